@@ -1,0 +1,127 @@
+"""Pieces shared by the stages: normalisation, evaluation, teacher/student checkpoints, run-dir layout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .config import Config, ModelConfig
+from .data import ImageSet, load_dataset
+from .errors import LabelDistillError
+from .models import create_model
+from .utils import atomic_write_json, model_fingerprint, read_json
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel for float images ``(N, C, H, W)`` in [0, 1]."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Inverse of :func:`normalize`."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x * s + m
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine annealing from ``base`` (step 0) to 0 (step ``total``), no warm-up."""
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...],
+             device: torch.device, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(data), batch_size):
+        x = normalize(data.images[i:i + batch_size].to(device).float() / 255, mean, std)
+        y = data.labels[i:i + batch_size].to(device)
+        correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / max(len(data), 1)
+
+
+def load_split(cfg: Config, split: str) -> ImageSet:
+    """The configured dataset split, subset as configured (seeded, class-balanced)."""
+    ds = load_dataset(cfg.data.dataset, split, cfg.data.root)
+    n = cfg.data.train_subset if split == "train" else cfg.data.test_subset
+    return ds.subset(n, seed=cfg.seed)
+
+
+def build_model(spec: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> nn.Module:
+    """Instantiate ``spec`` for images of ``shape`` = ``(C, H, W)``."""
+    return create_model(spec.name, num_classes=num_classes, in_channels=shape[0], image_size=shape[1],
+                        **spec.args)
+
+
+@dataclass
+class RunLayout:
+    """Where each stage reads and writes inside a run directory."""
+
+    root: Path
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def class_stats_dir(self) -> Path:
+        return self.root / "class_stats"
+
+    def images_dir(self, mode: str) -> Path:
+        return self.root / "images" / mode
+
+    def full_store(self, mode: str) -> Path:
+        return self.root / "labels" / mode / "full"
+
+    def pruned_store(self, mode: str, factor: float) -> Path:
+        return self.root / "labels" / mode / f"x{format_factor(factor)}"
+
+    def validate_file(self, mode: str, factor: float) -> Path:
+        return self.root / "validate" / f"{mode}_x{format_factor(factor)}.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+def format_factor(f: float) -> str:
+    """``40.0`` → ``"40"``, ``2.5`` → ``"2.5"``."""
+    return str(int(f)) if float(f).is_integer() else str(f)
+
+
+def save_teacher(model: nn.Module, folder: Path, info: dict) -> None:
+    """Save weights (safetensors) and ``teacher.json`` (model spec, accuracy, fingerprint)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(folder / "model.safetensors"))
+    atomic_write_json(folder / "teacher.json", {**info, "fingerprint": model_fingerprint(model)})
+
+
+def load_teacher(folder: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """Load the teacher saved by :func:`save_teacher`, in eval mode with frozen parameters.
+
+    Raises:
+        LabelDistillError: no teacher in ``folder`` (run ``squeeze`` first).
+    """
+    meta_f = folder / "teacher.json"
+    if not meta_f.is_file():
+        raise LabelDistillError(f"no teacher in {folder}: run 'labeldistill squeeze CONFIG' first")
+    info = read_json(meta_f)
+    model = create_model(info["model"], num_classes=info["num_classes"], in_channels=info["shape"][0],
+                         image_size=info["shape"][1], **info.get("model_args", {}))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, info

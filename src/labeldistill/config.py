@@ -1,0 +1,353 @@
+"""Typed experiment config: YAML file + dotted ``key=value`` overrides.
+
+A config is a tree of dataclasses. Loading rejects unknown keys and values of the wrong type with a
+:class:`~labeldistill.errors.ConfigError` that lists the known keys, so a typo never silently falls back
+to a default. The resolved config is dumped as ``config.yaml`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """A model from the registry: ``name`` plus keyword arguments for its builder."""
+
+    name: str = "convnet"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Dataset selection.
+
+    Attributes:
+        dataset: registry name (``fashion-mnist``, ``digits``, ``imagefolder``).
+        root: folder with the files; ``None`` uses the dataset's default location.
+        train_subset: use only this many training images (a seeded, class-balanced subset); ``None`` = all.
+        test_subset: use only this many test images; ``None`` = all.
+        workers: DataLoader worker processes for real-data passes.
+    """
+
+    dataset: str = "fashion-mnist"
+    root: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    workers: int = 0
+
+
+@dataclass
+class SqueezeConfig:
+    """Teacher training (SRe2L stage 1): SGD + momentum, cosine lr, random crop + flip."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64}))
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    crop_padding: int = 2
+    flip: bool = True
+
+
+@dataclass
+class ClassStatsConfig:
+    """Class-wise BN statistics pass (LPLD §3): one eval-mode pass over the augmented train set."""
+
+    batch_size: int = 512
+    augment: bool = True
+
+
+@dataclass
+class RecoverConfig:
+    """Image synthesis by BN-statistics matching (SRe2L / LPLD).
+
+    Attributes:
+        modes: which recover variants to run; ``sre2l`` (cross-class batches, global BN targets) and
+            ``lpld`` (class-wise batches, class-wise BN targets).
+        ipc: images per class.
+        iterations: optimisation steps per batch.
+        lr: Adam learning rate (cosine-annealed to 0).
+        r_bn: weight of the BN-statistics loss.
+        first_bn_multiplier: extra weight of the first BN layer's term (``s_1``).
+        batch_size: images per optimisation batch (``lpld``: at most IPC of one class).
+        crop_scale: RandomResizedCrop scale range used each iteration, as fractions of the area.
+        jitter: maximum roll offset in pixels each iteration.
+        flip: random horizontal flip each iteration.
+    """
+
+    modes: list = field(default_factory=lambda: ["sre2l", "lpld"])
+    ipc: int = 10
+    iterations: int = 500
+    lr: float = 0.1
+    r_bn: float = 0.01
+    first_bn_multiplier: float = 10.0
+    batch_size: int = 100
+    crop_scale: list = field(default_factory=lambda: [0.5, 1.0])
+    jitter: int = 2
+    flip: bool = True
+
+
+@dataclass
+class RelabelConfig:
+    """FKD-style stored soft labels.
+
+    Attributes:
+        epochs: number of stored epochs ``E``.
+        batch_size: images per stored step ``B``.
+        crop_scale: RandomResizedCrop scale range.
+        flip: random horizontal flip (p = 0.5).
+        cutmix: probability of CutMix per step (0 disables it).
+        cutmix_alpha: Beta(alpha, alpha) parameter for λ.
+        steps_per_shard: stored steps per safetensors shard.
+    """
+
+    epochs: int = 300
+    batch_size: int = 50
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    flip: bool = True
+    cutmix: float = 0.0
+    cutmix_alpha: float = 1.0
+    steps_per_shard: int = 200
+
+
+@dataclass
+class PruneConfig:
+    """Soft-label pruning: keep ``max(1, round(steps / factor))`` stored steps."""
+
+    factors: list = field(default_factory=lambda: [1, 10, 40])
+    strategy: str = "random"
+
+
+@dataclass
+class ValidateConfig:
+    """Student training on synthetic images + stored (pruned) soft labels.
+
+    Attributes:
+        model: the student architecture.
+        epochs: training epochs; ``None`` = the store's stored epochs.
+        optimizer: ``adamw`` or ``sgd``.
+        lr: peak learning rate (cosine-annealed to 0).
+        weight_decay: optimizer weight decay.
+        temperature: KD temperature ``T`` (loss = T² · KL).
+        eval_batch_size: batch size on the real test split.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32}))
+    epochs: int | None = None
+    optimizer: str = "adamw"
+    lr: float = 0.002
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    temperature: float = 4.0
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class Config:
+    """A whole experiment: one run directory, every stage's settings."""
+
+    name: str = "experiment"
+    run_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
+    class_stats: ClassStatsConfig = field(default_factory=ClassStatsConfig)
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
+    @property
+    def run_path(self) -> Path:
+        """The run directory (``runs/<name>`` unless ``run_dir`` is set)."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a (string-free) annotation; returns (ok, coerced value)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if annotation in (list, dict):
+        return isinstance(value, annotation), value
+    return True, value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; known keys of {where or 'the top level'}: "
+            + ", ".join(sorted(fields))
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            if hint is ModelConfig and isinstance(value, str):
+                value = {"name": value}
+            kwargs[name] = _build(hint, value, key)
+            continue
+        ok, coerced = _type_ok(value, hint)
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {_hint_name(hint)}, got {value!r}")
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config and apply ``key=value`` overrides (values parsed as YAML).
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: e.g. ``["recover.ipc=5", "validate.model.args.width=16"]``.
+
+    Raises:
+        ConfigError: missing/unparsable file, unknown key, wrong type, bad override syntax.
+    """
+    tree = config_to_dict(Config())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        _check_keys(loaded, "")
+        _merge(tree, loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. recover.ipc=5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _check_keys(_nest(key, value), "")
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate_config(cfg)
+    return cfg
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: dict = {}
+    _set_dotted(out, dotted, value)
+    return out
+
+
+def _check_keys(data: dict, where: str, cls: type = Config) -> None:
+    """Reject unknown keys early (before merging into defaults), with the known names."""
+    hints = typing.get_type_hints(cls)
+    for k, v in data.items():
+        if k not in hints:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(
+                f"unknown config key '{prefix}{k}'; known keys of {where or 'the top level'}: "
+                + ", ".join(sorted(hints))
+            )
+        h = hints[k]
+        if dataclasses.is_dataclass(h) and isinstance(v, dict):
+            _check_keys(v, f"{where}.{k}" if where else k, h)
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "args":
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def validate_config(cfg: Config) -> None:
+    """Range checks that types alone cannot express.
+
+    Raises:
+        ConfigError: on the first bad value, naming the key.
+    """
+    if cfg.recover.ipc < 1:
+        raise ConfigError(f"recover.ipc must be >= 1, got {cfg.recover.ipc}")
+    for m in cfg.recover.modes:
+        if m not in ("sre2l", "lpld"):
+            raise ConfigError(f"unknown recover mode '{m}'; known: lpld, sre2l")
+    for f in cfg.prune.factors:
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or f < 1:
+            raise ConfigError(f"prune.factors must be numbers >= 1, got {f!r}")
+    if cfg.prune.strategy not in ("random",):
+        raise ConfigError(f"unknown prune.strategy '{cfg.prune.strategy}'; known: random")
+    if cfg.relabel.epochs < 1 or cfg.relabel.batch_size < 1:
+        raise ConfigError("relabel.epochs and relabel.batch_size must be >= 1")
+    for key in ("recover.crop_scale", "relabel.crop_scale"):
+        sect, name = key.split(".")
+        lo_hi = getattr(getattr(cfg, sect), name)
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1, got {lo_hi}")
+    if cfg.validate.optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"unknown validate.optimizer '{cfg.validate.optimizer}'; known: adamw, sgd")
+    if cfg.validate.temperature <= 0:
+        raise ConfigError("validate.temperature must be > 0")
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,173 @@
+"""Stage 4, relabel: FKD-style stored soft labels (Shen & Xing, ECCV 2022; SRe2L §3.3; spec §5).
+
+For E epochs, the synthetic images are visited in a seeded random order in steps of B. Each image gets a
+RandomResizedCrop box and a flip bit; each step optionally gets CutMix (one permutation, λ ~ Beta(α, α), one
+box). The teacher's pre-softmax logits on the augmented (mixed) batch are stored in fp16 with the compact
+parameters. Every step is a pure function of ``(seed, step id)``: the epoch's order comes from a generator
+keyed by ``(seed, epoch)`` and the step's augmentation from one keyed by ``(seed, step id)``, so any subset of
+steps can be generated alone (sharding, resuming, generating only the steps pruning will keep) and still match
+a full run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..augment import (apply_crops_flips, apply_cutmix, sample_cutmix, sample_flips, sample_resized_crops,
+                       step_generator)
+from ..common import RunLayout, load_teacher, normalize
+from ..config import Config, RelabelConfig
+from ..data import ImageSet
+from ..recover import load_synthetic
+from ..utils import is_rank0, pick_device
+from .store import LabelStore, LabelStoreWriter, StepRecord
+
+_ORDER_KEY, _AUG_KEY = 11, 12
+
+
+class StepPlan:
+    """Deterministic description of every relabel step for ``num_images`` images.
+
+    Args:
+        num_images: N.
+        batch_size: B.
+        epochs: E.
+        seed: relabel seed.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, epochs: int, seed: int):
+        self.n, self.b, self.epochs, self.seed = num_images, batch_size, epochs, seed
+        self.steps_per_epoch = math.ceil(num_images / batch_size)
+        self.total_steps = self.steps_per_epoch * epochs
+        self._order_cache: dict[int, torch.Tensor] = {}
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The permutation of image indices visited in ``epoch``."""
+        if epoch not in self._order_cache:
+            if len(self._order_cache) > 4:
+                self._order_cache.clear()
+            self._order_cache[epoch] = torch.randperm(self.n, generator=step_generator(self.seed, _ORDER_KEY, epoch))
+        return self._order_cache[epoch]
+
+    def sample_idx(self, step_id: int) -> torch.Tensor:
+        """Image indices ``(B_g,)`` of global step ``step_id``."""
+        e, j = divmod(step_id, self.steps_per_epoch)
+        return self.epoch_order(e)[j * self.b:(j + 1) * self.b]
+
+
+def sample_step(plan: StepPlan, step_id: int, rc: RelabelConfig, hw: tuple[int, int],
+                out_hw: tuple[int, int]) -> StepRecord:
+    """Sample the augmentation of one step (logits left empty)."""
+    idx = plan.sample_idx(step_id)
+    n = len(idx)
+    g = step_generator(plan.seed, _AUG_KEY, step_id)
+    boxes = sample_resized_crops(g, n, hw[0], hw[1], tuple(rc.crop_scale))
+    flips = sample_flips(g, n) if rc.flip else torch.zeros(n, dtype=torch.bool)
+    mix = None
+    if rc.cutmix > 0 and float(torch.rand(1, generator=g)) < rc.cutmix:
+        mix = sample_cutmix(g, n, out_hw[0], out_hw[1], rc.cutmix_alpha)
+    return StepRecord(step_id, idx, boxes, flips, mix, torch.empty(0))
+
+
+def build_batch(images: torch.Tensor, rec: StepRecord, out_hw: tuple[int, int], mean: tuple[float, ...],
+                std: tuple[float, ...]) -> torch.Tensor:
+    """Rebuild the normalised augmented batch ``(B, C, H', W')`` of a step from float images in [0, 1].
+
+    Used both when generating labels and when replaying them in validate, so the two see identical inputs.
+    """
+    x = apply_crops_flips(images[rec.sample_idx], rec.boxes, rec.flips, out_hw)
+    if rec.mix is not None:
+        x = apply_cutmix(x, rec.mix)
+    return normalize(x, mean, std)
+
+
+@torch.no_grad()
+def generate_steps(teacher: nn.Module, images: torch.Tensor, plan: StepPlan, step_ids: Iterable[int],
+                   rc: RelabelConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                   chunk_images: int = 1024, progress: bool = True) -> Iterable[StepRecord]:
+    """Yield the records of ``step_ids`` (in the given order) with the teacher's fp16 logits.
+
+    Steps are batched into one teacher forward of about ``chunk_images`` images (the teacher is in eval
+    mode, so samples do not interact).
+    """
+    hw = tuple(images.shape[2:])
+    ids = list(step_ids)
+    bar = tqdm(total=len(ids), desc="relabel", unit="step", disable=not progress)
+    i = 0
+    while i < len(ids):
+        recs, xs, count = [], [], 0
+        while i < len(ids) and (count == 0 or count + plan.b <= chunk_images):
+            r = sample_step(plan, ids[i], rc, hw, hw)
+            xs.append(build_batch(images, r, hw, mean, std))
+            recs.append(r)
+            count += len(r.sample_idx)
+            i += 1
+        x = torch.cat(xs).to(device).contiguous(memory_format=torch.channels_last)
+        logits = teacher(x).to(torch.float16).cpu()
+        off = 0
+        for r in recs:
+            n = len(r.sample_idx)
+            r.logits = logits[off:off + n]
+            off += n
+            yield r
+        bar.update(len(recs))
+    bar.close()
+
+
+def store_meta(data: ImageSet, info: dict, image_fp: str, rc: RelabelConfig, seed: int, plan: StepPlan) -> dict:
+    """Manifest fields shared by a full store and its pruned children."""
+    return {
+        "num_images": len(data),
+        "image_hw": list(data.shape[1:]),
+        "input_size": list(data.shape[1:]),
+        "channels": data.shape[0],
+        "class_to_idx": data.class_to_idx,
+        "image_fingerprint": image_fp,
+        "teacher_fingerprint": info["fingerprint"],
+        "normalization": {"mean": list(info["mean"]), "std": list(info["std"])},
+        "augmentation": {"crop": "random_resized_crop", "crop_scale": list(rc.crop_scale),
+                         "crop_ratio": [3 / 4, 4 / 3], "flip": rc.flip, "cutmix": rc.cutmix,
+                         "cutmix_alpha": rc.cutmix_alpha, "interpolation": "bilinear"},
+        "cutmix": rc.cutmix > 0,
+        "seed": seed,
+        "batch_size": plan.b,
+        "epochs": plan.epochs,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
+        "prune": {"factor": 1.0, "strategy": "none"},
+    }
+
+
+def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
+    """Generate the full label store ``labels/<mode>/full`` for ``images/<mode>``.
+
+    Raises:
+        LabelDistillError: missing teacher or images.
+    """
+    layout = RunLayout(cfg.run_path)
+    out = layout.full_store(mode)
+    if (out / "manifest.json").is_file() and not force:
+        return LabelStore(out)
+    device = pick_device(cfg.device)
+    teacher, info = load_teacher(layout.teacher_dir, device)
+    data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
+    rc = cfg.relabel
+    plan = StepPlan(len(data), rc.batch_size, rc.epochs, cfg.seed)
+    images = data.float_images()
+    meta = store_meta(data, info, img_meta["fingerprint"], rc, cfg.seed, plan)
+    t0 = time.time()
+    writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=force)
+    try:
+        writer.extend(generate_steps(teacher, images, plan, range(plan.total_steps), rc, info["mean"],
+                                     info["std"], device, progress=is_rank0()))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.meta["seconds"] = round(time.time() - t0, 2)
+    return writer.close()

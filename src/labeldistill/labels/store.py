@@ -1,0 +1,316 @@
+"""The label store: FKD-style soft labels on disk (``manifest.json`` + safetensors shards).
+
+One stored **step** is one relabel batch: the indices of its images, the augmentation that was applied
+(crop box per image as small integers, flip bits packed 8 per byte, optional per-step CutMix permutation,
+λ and box) and the teacher's fp16 logits on the augmented batch. Steps are keyed by their **global step id**
+``g = epoch · steps_per_epoch + batch`` — never by their first image (the reference code's key, which can
+swap labels between steps).
+
+Shard tensors (entries = images of the shard's steps, concatenated in step order):
+
+===============  ==========================  =============================================
+name             shape / dtype               content
+===============  ==========================  =============================================
+``step_ids``     (k,) int32                  global step ids
+``step_offsets`` (k+1,) int32                entry offsets of each step within the shard
+``sample_idx``   (m,) int16 | int32          image index of each entry
+``crop``         (m, 4) uint8 | int16        crop box ``(x0, y0, w, h)`` in source pixels
+``flip``         (ceil(m/8),) uint8          packed flip bits
+``mix_perm``     (m,) uint8 | int16          CutMix partner, index within the step (if CutMix)
+``mix_lam``      (k,) float16                sampled λ (if CutMix)
+``mix_box``      (k, 4) uint8 | int16        CutMix box ``(x0, y0, w, h)``, w = 0: no mix (if CutMix)
+``logits``       (m, C) float16              teacher logits on the augmented (mixed) batch
+===============  ==========================  =============================================
+
+Writing goes to a temporary directory renamed into place after the manifest is written, so a store on
+disk is either complete or absent. Source: FKD (Shen & Xing, ECCV 2022) / SRe2L relabel; LPLD §5 (spec).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..augment import MixParams, pack_bits, unpack_bits
+from ..errors import StoreError
+from ..utils import atomic_write_json, sha256_file
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "labeldistill.label_store"
+MANIFEST = "manifest.json"
+
+# Which tensor belongs to which storage component (for accounting).
+COMPONENTS = {
+    "logits": "logits", "crop": "crop", "flip": "flip", "sample_idx": "sample_idx",
+    "mix_perm": "mix_index", "mix_lam": "mix_lambda", "mix_box": "mix_box",
+    "step_ids": "step_index", "step_offsets": "step_index",
+}
+
+
+@dataclass
+class StepRecord:
+    """One stored step.
+
+    Attributes:
+        step_id: global step id.
+        sample_idx: int64 ``(B,)`` image indices into the image set.
+        boxes: int64 ``(B, 4)`` crop boxes ``(x0, y0, w, h)`` in source pixels.
+        flips: bool ``(B,)``.
+        mix: CutMix parameters or None.
+        logits: float16 ``(B, C)`` teacher logits on the augmented batch.
+    """
+
+    step_id: int
+    sample_idx: torch.Tensor
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    mix: MixParams | None
+    logits: torch.Tensor
+
+
+def _small_int(t: torch.Tensor, limit: int) -> torch.Tensor:
+    """Narrowest of uint8 / int16 / int32 that holds values in ``[0, limit]``."""
+    if limit <= 255:
+        return t.to(torch.uint8)
+    if limit <= 32767:
+        return t.to(torch.int16)
+    return t.to(torch.int32)
+
+
+def _shard_tensors(records: list[StepRecord], num_images: int, image_hw: tuple[int, int], cutmix: bool,
+                   out_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+    sizes = [len(r.sample_idx) for r in records]
+    offsets = torch.zeros(len(records) + 1, dtype=torch.int32)
+    offsets[1:] = torch.tensor(sizes, dtype=torch.int32).cumsum(0)
+    t: dict[str, torch.Tensor] = {
+        "step_ids": torch.tensor([r.step_id for r in records], dtype=torch.int32),
+        "step_offsets": offsets,
+        "sample_idx": _small_int(torch.cat([r.sample_idx for r in records]), num_images - 1),
+        "crop": _small_int(torch.cat([r.boxes for r in records]), max(image_hw)),
+        "flip": pack_bits(torch.cat([r.flips for r in records])),
+        "logits": torch.cat([r.logits for r in records]).to(torch.float16).contiguous(),
+    }
+    if cutmix:
+        perms, lams, boxes = [], [], []
+        for r, n in zip(records, sizes):
+            if r.mix is None:
+                perms.append(torch.arange(n))
+                lams.append(1.0)
+                boxes.append((0, 0, 0, 0))
+            else:
+                perms.append(r.mix.perm)
+                lams.append(r.mix.lam)
+                boxes.append(r.mix.box)
+        t["mix_perm"] = _small_int(torch.cat(perms), max(sizes) - 1)
+        t["mix_lam"] = torch.tensor(lams, dtype=torch.float16)
+        t["mix_box"] = _small_int(torch.tensor(boxes, dtype=torch.int64), max(out_hw))
+    return t
+
+
+class LabelStoreWriter:
+    """Write a label store step by step; call :meth:`close` to publish it.
+
+    Args:
+        path: final store directory (must not exist, or ``overwrite=True``).
+        meta: manifest fields (class_to_idx, fingerprints, augmentation spec, epochs, batch size …);
+            must include ``num_images``, ``image_hw`` ``[H, W]``, ``input_size`` ``[H', W']`` and ``cutmix``.
+        steps_per_shard: steps buffered per safetensors file.
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any], steps_per_shard: int = 200,
+                 overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise StoreError(f"label store already exists: {self.path}")
+        for k in ("num_images", "image_hw", "input_size", "cutmix"):
+            if k not in meta:
+                raise ValueError(f"label store meta needs '{k}'")
+        self.meta = dict(meta)
+        self.steps_per_shard = max(1, int(steps_per_shard))
+        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.buffer: list[StepRecord] = []
+        self.shards: list[dict[str, Any]] = []
+        self.component_bytes: dict[str, int] = {}
+        self.num_entries = 0
+        self.num_classes: int | None = None
+
+    def add(self, record: StepRecord) -> None:
+        if self.num_classes is None:
+            self.num_classes = int(record.logits.shape[1])
+        self.buffer.append(record)
+        if len(self.buffer) >= self.steps_per_shard:
+            self._flush()
+
+    def extend(self, records: Iterable[StepRecord]) -> None:
+        for r in records:
+            self.add(r)
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        tensors = _shard_tensors(self.buffer, self.meta["num_images"], tuple(self.meta["image_hw"]),
+                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]))
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        save_file(tensors, str(self.tmp / name))
+        for k, v in tensors.items():
+            comp = COMPONENTS[k]
+            self.component_bytes[comp] = self.component_bytes.get(comp, 0) + v.numel() * v.element_size()
+        self.shards.append({
+            "file": name,
+            "num_steps": len(self.buffer),
+            "num_entries": int(tensors["step_offsets"][-1]),
+            "first_step": int(tensors["step_ids"][0]),
+            "bytes": (self.tmp / name).stat().st_size,
+            "sha256": sha256_file(self.tmp / name),
+        })
+        self.num_entries += int(tensors["step_offsets"][-1])
+        self.buffer = []
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def close(self) -> "LabelStore":
+        """Flush, write the manifest last, rename into place; returns the opened store."""
+        self._flush()
+        if not self.shards:
+            self.abort()
+            raise StoreError(f"refusing to write an empty label store: {self.path}")
+        manifest = {
+            "format": FORMAT_NAME,
+            "schema_version": SCHEMA_VERSION,
+            **self.meta,
+            "num_classes": self.num_classes,
+            "num_steps": sum(s["num_steps"] for s in self.shards),
+            "num_entries": self.num_entries,
+            "logits_dtype": "float16",
+            "component_bytes": dict(sorted(self.component_bytes.items())),
+            "shards": self.shards,
+        }
+        atomic_write_json(self.tmp / MANIFEST, manifest)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, self.path)
+        return LabelStore(self.path)
+
+
+class LabelStore:
+    """Read-only, lazy view of a label store: shards are memory-mapped and read one step at a time.
+
+    Raises:
+        StoreError: missing directory or manifest, wrong format or schema version, missing or resized shard.
+    """
+
+    def __init__(self, path: str | Path, verify: bool = False):
+        self.path = Path(path)
+        mf = self.path / MANIFEST
+        if not mf.is_file():
+            raise StoreError(f"not a label store (no {MANIFEST}): {self.path}")
+        try:
+            self.manifest = json.loads(mf.read_text())
+        except ValueError as e:
+            raise StoreError(f"{mf} is not valid JSON ({e}); the store is corrupt, re-run relabel") from None
+        if self.manifest.get("format") != FORMAT_NAME:
+            raise StoreError(f"{self.path} is not a {FORMAT_NAME} directory")
+        if self.manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {self.manifest.get('schema_version')}; this "
+                             f"labeldistill reads version {SCHEMA_VERSION}: re-run relabel")
+        self._index: dict[int, tuple[int, int]] = {}
+        self._offsets: list[torch.Tensor] = []
+        self._handles: dict[int, Any] = {}
+        self._handle_pid = os.getpid()
+        for si, sh in enumerate(self.manifest["shards"]):
+            f = self.path / sh["file"]
+            if not f.is_file():
+                raise StoreError(f"label store {self.path} is missing shard {sh['file']}")
+            if f.stat().st_size != sh["bytes"]:
+                raise StoreError(f"shard {f} has {f.stat().st_size} bytes, manifest says {sh['bytes']}: "
+                                 "the store is truncated or altered")
+            if verify and sha256_file(f) != sh["sha256"]:
+                raise StoreError(f"shard {f} fails its SHA-256 check: the store is corrupt")
+            h = self._open(si)
+            ids = h.get_tensor("step_ids").tolist()
+            self._offsets.append(h.get_tensor("step_offsets").long())
+            for pos, g in enumerate(ids):
+                self._index[int(g)] = (si, pos)
+
+    def _open(self, si: int) -> Any:
+        if self._handle_pid != os.getpid():  # after a fork (DataLoader workers): reopen
+            self._handles, self._handle_pid = {}, os.getpid()
+        if si not in self._handles:
+            f = self.path / self.manifest["shards"][si]["file"]
+            try:
+                self._handles[si] = safe_open(str(f), framework="pt")
+            except (SafetensorError, OSError) as e:
+                raise StoreError(f"cannot read shard {f}: {e}") from None
+        return self._handles[si]
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_handles"] = {}
+        return d
+
+    @property
+    def step_ids(self) -> list[int]:
+        """Kept global step ids, sorted."""
+        return sorted(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, step_id: int) -> bool:
+        return step_id in self._index
+
+    def get(self, step_id: int) -> StepRecord:
+        """Read one stored step.
+
+        Raises:
+            KeyError: the step id is not in this store (e.g. pruned away).
+        """
+        si, pos = self._index[int(step_id)]
+        h = self._open(si)
+        off = self._offsets[si]
+        a, b = int(off[pos]), int(off[pos + 1])
+        n = b - a
+        flips_packed = h.get_slice("flip")[a // 8: (b + 7) // 8]
+        bits = unpack_bits(flips_packed, (b + 7) // 8 * 8 - (a // 8) * 8)
+        flips = bits[a - (a // 8) * 8: a - (a // 8) * 8 + n]
+        mix = None
+        if self.manifest["cutmix"]:
+            box = tuple(int(v) for v in h.get_slice("mix_box")[pos:pos + 1][0].tolist())
+            if box[2] > 0 and box[3] > 0:
+                mix = MixParams(h.get_slice("mix_perm")[a:b].long(),
+                                float(h.get_slice("mix_lam")[pos:pos + 1][0]), box)  # type: ignore[arg-type]
+        return StepRecord(
+            step_id=int(step_id),
+            sample_idx=h.get_slice("sample_idx")[a:b].long(),
+            boxes=h.get_slice("crop")[a:b].long(),
+            flips=flips,
+            mix=mix,
+            logits=h.get_slice("logits")[a:b],
+        )
+
+    def bytes_on_disk(self) -> int:
+        """Total size in bytes of the store directory's files (manifest + shards)."""
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def verify(self) -> None:
+        """Check every shard's SHA-256 against the manifest.
+
+        Raises:
+            StoreError: naming the first corrupt shard.
+        """
+        for sh in self.manifest["shards"]:
+            if sha256_file(self.path / sh["file"]) != sh["sha256"]:
+                raise StoreError(f"shard {self.path / sh['file']} fails its SHA-256 check: the store is corrupt")

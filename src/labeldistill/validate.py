@@ -1,0 +1,168 @@
+"""Stage 6, validate: train a fresh student on synthetic images + stored (pruned) soft labels.
+
+Each stored step is replayed exactly: its images are cropped, flipped and mixed with the stored parameters
+(the same code path relabel used), and the student is trained towards the stored teacher logits with
+``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (Hinton et al. 2015). Each training epoch draws
+``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (LPLD's improved label pool,
+spec §6.3). Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
+that yields step ids; labels are read lazily from the memory-mapped shards.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .augment import step_generator
+from .common import RunLayout, build_model, cosine_lr, evaluate, load_split
+from .config import Config
+from .data import ImageSet
+from .errors import StoreError
+from .labels.relabel import build_batch
+from .labels.store import LabelStore
+from .recover import image_bytes, load_synthetic
+from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
+
+_POOL_KEY = 31
+
+
+class StoredStepDataset(Dataset):
+    """Map-style dataset: ``ds[step_id]`` → (normalised augmented batch ``(B, C, H, W)``, fp32 logits ``(B, K)``).
+
+    Args:
+        store: the (pruned) label store.
+        images: float images ``(N, C, H, W)`` in [0, 1] that the store was made from.
+    """
+
+    def __init__(self, store: LabelStore, images: torch.Tensor):
+        self.store = store
+        self.images = images
+        m = store.manifest
+        self.out_hw = tuple(m["input_size"])
+        self.mean = tuple(m["normalization"]["mean"])
+        self.std = tuple(m["normalization"]["std"])
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, step_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.store.get(step_id)
+        return build_batch(self.images, rec, self.out_hw, self.mean, self.std), rec.logits.float()
+
+
+class PoolSampler(Sampler[int]):
+    """Yields ``steps_per_epoch × epochs`` step ids drawn uniformly with replacement from ``pool``.
+
+    Seeded per epoch, so a given (seed, epoch) always draws the same steps.
+    """
+
+    def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int):
+        self.pool, self.spe, self.epochs, self.seed = list(pool), steps_per_epoch, epochs, seed
+
+    def __len__(self) -> int:
+        return self.spe * self.epochs
+
+    def __iter__(self) -> Iterator[int]:
+        for e in range(self.epochs):
+            draw = torch.randint(len(self.pool), (self.spe,), generator=step_generator(self.seed, _POOL_KEY, e))
+            for i in draw.tolist():
+                yield self.pool[i]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None = None) -> None:
+    """Refuse a store made for another image set (or teacher).
+
+    Raises:
+        StoreError: naming both fingerprints.
+    """
+    m = store.manifest
+    if m["image_fingerprint"] != image_fp:
+        raise StoreError(f"label store {store.path} belongs to image set {m['image_fingerprint']}, "
+                         f"not to the given images {image_fp}: relabel these images")
+    if teacher_fp is not None and m["teacher_fingerprint"] != teacher_fp:
+        raise StoreError(f"label store {store.path} was made by teacher {m['teacher_fingerprint']}, "
+                         f"not by {teacher_fp}")
+
+
+def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
+                  log: MetricsLog | None = None) -> dict:
+    """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
+
+    Returns:
+        ``{"top1": fraction, "epochs": int, "steps": int, "seconds": float}``.
+    """
+    vc = cfg.validate
+    device = pick_device(cfg.device)
+    m = store.manifest
+    epochs = vc.epochs or m["epochs"]
+    spe = m["steps_per_epoch"]
+    torch.manual_seed(cfg.seed)  # student initialisation
+    student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
+    if vc.optimizer == "adamw":
+        opt = torch.optim.AdamW(student.parameters(), lr=vc.lr, weight_decay=vc.weight_decay)
+    else:
+        opt = torch.optim.SGD(student.parameters(), lr=vc.lr, momentum=vc.momentum, weight_decay=vc.weight_decay)
+    ds = StoredStepDataset(store, data.float_images())
+    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed)
+    loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
+    total = len(sampler)
+    t0 = time.time()
+    student.train()
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not is_rank0(), leave=False)
+    for step, (x, t) in enumerate(loader):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(vc.lr, step, total)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        loss = kd_loss(student(x), t.to(device), vc.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        if log is not None and (step + 1) % spe == 0 and ((step + 1) // spe) % 50 == 0:
+            log.log(stage="validate", run=desc, epoch=(step + 1) // spe, loss=float(loss))
+    bar.close()
+    mean, std = m["normalization"]["mean"], m["normalization"]["std"]
+    top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
+    return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
+
+
+def validate(cfg: Config, mode: str, factor: float, store_path: Path | None = None, force: bool = False) -> dict:
+    """Validate the store of ``mode`` pruned at ``factor``; writes ``validate/<mode>_x<factor>.json``.
+
+    Raises:
+        StoreError: missing store, or a store that does not belong to the images.
+    """
+    layout = RunLayout(cfg.run_path)
+    out = layout.validate_file(mode, factor)
+    if out.is_file() and not force:
+        return read_json(out)
+    path = store_path or layout.pruned_store(mode, factor)
+    if not (path / "manifest.json").is_file():
+        raise StoreError(f"no label store at {path}: run 'labeldistill prune CONFIG' first")
+    store = LabelStore(path)
+    data, img_meta = load_synthetic(layout.images_dir(mode), store.manifest["normalization"]["mean"],
+                                    store.manifest["normalization"]["std"])
+    check_store_matches(store, img_meta["fingerprint"])
+    test = load_split(cfg, "test")
+    res = train_student(cfg, store, data, test, desc=f"validate[{mode} x{factor:g}]", log=MetricsLog(layout.metrics))
+    row = {
+        "recover": mode, "ipc": img_meta["ipc"], "prune_factor": float(factor),
+        "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
+        "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
+        "kept_steps": len(store), "student": cfg.validate.model.name, **res,
+    }
+    atomic_write_json(out, row)
+    return row
