@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--factor", action="append", type=float, help="prune factor(s); default: prune.factors")
         if name != "report":
             s.add_argument("--force", action="store_true", help="redo the stage even if its output exists")
+    ll = sub.add_parser("learn-labels", help="learn soft labels for real base examples (LD / RR, Bohdal et al. 2020)")
+    ll.add_argument("config", help="YAML learn-labels config")
+    ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     st = sub.add_parser("store", help="inspect a label store")
     sst = st.add_subparsers(dest="store_command", required=True)
     info = sst.add_parser("info", help="sizes and settings of a label store")
@@ -57,6 +60,11 @@ def _main(argv: list[str] | None) -> int:
             for k, v in summary.items():
                 print(f"{k}: {v}")
         return 0
+
+    if args.command == "learn-labels":
+        from .learn_labels import learn_labels_main
+
+        return learn_labels_main(args.config, args.overrides)
 
     from .config import load_config
 

@@ -251,17 +251,16 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config and apply ``key=value`` overrides (values parsed as YAML).
+def load_typed_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Load a YAML file into dataclass ``cls`` and apply ``key=value`` overrides (values parsed as YAML).
 
-    Args:
-        path: YAML file; ``None`` starts from the defaults.
-        overrides: e.g. ``["recover.ipc=5", "validate.model.args.width=16"]``.
+    Unknown keys and wrong types are rejected; nested dataclass fields merge key by key, other dicts
+    (e.g. model ``args``) are replaced by an override of the whole dict or updated by a dotted key.
 
     Raises:
         ConfigError: missing/unparsable file, unknown key, wrong type, bad override syntax.
     """
-    tree = config_to_dict(Config())
+    tree = config_to_dict(cls())
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -272,19 +271,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-        _check_keys(loaded, "")
+        _check_keys(loaded, "", cls)
         _merge(tree, loaded)
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. recover.ipc=5)")
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. seed=1)")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        _check_keys(_nest(key, value), "")
+        _check_keys(_nest(key, value), "", cls)
         _set_dotted(tree, key, value)
-    cfg = _build(Config, tree, "")
+    return _build(cls, tree, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load the main-job :class:`Config` (see :func:`load_typed_config`) and range-check it.
+
+    Example overrides: ``["recover.ipc=5", "validate.model.args.width=16"]``.
+
+    Raises:
+        ConfigError: as :func:`load_typed_config`, or a value out of range.
+    """
+    cfg = load_typed_config(Config, path, overrides)
     validate_config(cfg)
     return cfg
 

@@ -128,7 +128,7 @@ def recover_batch(teacher: nn.Module, hooks: list[BNInputHook], targets: list[tu
         with torch.no_grad():
             x.copy_(torch.maximum(torch.minimum(x, hi), lo))
     img = denormalize(x.detach(), mean, std).clamp(0, 1).cpu()
-    return img, {"ce": float(ce), "bn": float(bn)}
+    return img, {"ce": ce.item(), "bn": bn.item()}
 
 
 def save_imagefolder(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path) -> None:
