@@ -22,7 +22,7 @@ data:
 	@FMNIST_DIR="$(FMNIST_DIR)" bash scripts/ensure_fmnist.sh
 
 demo: setup data
-	$(BIN)/labeldistill run configs/fmnist_demo.yaml
+	$(BIN)/labeldistill run configs/fmnist_demo.yaml data.root=$(FMNIST_DIR)
 
 test: setup data
 	$(BIN)/python -m pytest -q

@@ -27,7 +27,7 @@ def test_int_is_accepted_for_float_and_coerced():
     ("bogus=1", "unknown config key 'bogus'"),
     ("recover.ipc=ten", "must be int"),
     ("recover.ipc=0", "recover.ipc must be >= 1"),
-    ("prune.factors=[0.5]", "prune.factors must be numbers >= 1"),
+    ("prune.factors=[0.5]", "prune factors must be numbers >= 1"),
     ("recover.modes=[dc]", "unknown recover mode 'dc'"),
     ("noequals", "must look like key=value"),
 ])

@@ -32,8 +32,9 @@ def _records(n_steps, batch, n_images, classes, hw, cutmix, seed=0, last_partial
     return recs
 
 
-def _write(path, recs, n_images, hw, cutmix, per_shard=3):
+def _write(path, recs, n_images, hw, cutmix, per_shard=3, logits="fp16"):
     meta = {"num_images": n_images, "image_hw": [hw, hw], "input_size": [hw, hw], "cutmix": cutmix,
+            "num_classes": recs[0].logits.shape[1], "logits_format": logits,
             "epochs": 1, "batch_size": 8, "steps_per_epoch": len(recs), "prune": {"factor": 1.0, "strategy": "none"},
             "image_fingerprint": "img", "teacher_fingerprint": "tea",
             "normalization": {"mean": [0.0], "std": [1.0]}}

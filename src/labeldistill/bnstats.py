@@ -40,12 +40,13 @@ class _Accumulator:
         self.labels: torch.Tensor | None = None
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        x = inputs[0].detach().double()
-        y = self.labels.to(x.device)
+        x = inputs[0].detach()
+        y = self.labels.cpu()
         hw = x.shape[2] * x.shape[3]
-        self.s.index_add_(0, y.cpu(), x.sum((2, 3)).cpu())
-        self.sq.index_add_(0, y.cpu(), (x * x).sum((2, 3)).cpu())
-        self.count.index_add_(0, y.cpu(), torch.full((len(y),), float(hw), dtype=torch.float64))
+        # Per-image sums over (H, W) in the input's precision, accumulated across images in float64.
+        self.s.index_add_(0, y, x.sum((2, 3)).double().cpu())
+        self.sq.index_add_(0, y, (x * x).sum((2, 3)).double().cpu())
+        self.count.index_add_(0, y, torch.full((len(y),), float(hw), dtype=torch.float64))
 
 
 def class_stats(cfg: Config, force: bool = False) -> Path:

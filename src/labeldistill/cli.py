@@ -33,11 +33,19 @@ def _parser() -> argparse.ArgumentParser:
     ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     st = sub.add_parser("store", help="inspect a label store")
     sst = st.add_subparsers(dest="store_command", required=True)
-    info = sst.add_parser("info", help="sizes and settings of a label store")
+    info = sst.add_parser("info", help="bytes per component of a label store, images and class statistics")
     info.add_argument("path")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--images", help="image folder the store labels (default: inferred from the run dir)")
+    info.add_argument("--class-stats", help="stats.safetensors (default: inferred from the run dir)")
     ver = sst.add_parser("verify", help="check every shard's checksum")
     ver.add_argument("path")
+    ex = sub.add_parser("export", help="export a run's images + soft labels for another tool")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", required=True, choices=["ddranking"])
+    ex.add_argument("--mode", action="append", help="recover mode(s); default: every images/<mode>")
+    ex.add_argument("--store", default="full", help="label store tag under labels/<mode>/ (default: full)")
+    ex.add_argument("--out", help="output folder (one mode only)")
     return p
 
 
@@ -50,15 +58,24 @@ def _main(argv: list[str] | None) -> int:
         if args.store_command == "verify":
             print(f"ok: {len(store.manifest['shards'])} shards, {len(store)} steps verified")
             return 0
-        m = store.manifest
-        summary = {"path": str(store.path), "steps": len(store), "entries": m["num_entries"],
-                   "bytes_on_disk": store.bytes_on_disk(), "component_bytes": m["component_bytes"],
-                   "prune": m["prune"], "epochs": m["epochs"], "batch_size": m["batch_size"]}
-        if args.json:
-            print(json.dumps(summary, indent=2))
-        else:
-            for k, v in summary.items():
-                print(f"{k}: {v}")
+        from .labels.accounting import format_report, store_report
+
+        rep = store_report(args.path, args.images, args.class_stats)
+        print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+        return 0
+    if args.command == "export":
+        from pathlib import Path
+
+        from .export import export_ddranking
+
+        run_dir = Path(args.run_dir)
+        modes = args.mode or sorted(p.name for p in (run_dir / "images").glob("*") if p.is_dir())
+        if not modes:
+            raise LabelDistillError(f"no images/<mode> folders in {run_dir}")
+        if args.out and len(modes) > 1:
+            raise LabelDistillError("--out needs exactly one --mode")
+        for m in modes:
+            print(export_ddranking(run_dir, m, args.store, args.out))
         return 0
 
     if args.command == "learn-labels":
@@ -99,23 +116,20 @@ def _main(argv: list[str] | None) -> int:
 
         for m in modes:
             print(relabel(cfg, m, force=force).path)
-    elif args.command == "prune":
-        from .common import RunLayout
-        from .labels.prune import prune_store
-
-        lay = RunLayout(cfg.run_path)
-        for m in modes:
-            for f in factors:
-                s = prune_store(lay.full_store(m), lay.pruned_store(m, f), float(f), cfg.prune.strategy, cfg.seed,
-                                overwrite=force)
-                print(f"{s.path}: {len(s)} steps, {s.bytes_on_disk()} bytes")
-    elif args.command == "validate":
+    elif args.command in ("prune", "validate"):
+        from .pipeline import label_variants, prune_all
         from .validate import validate
 
+        variants = [v for v in label_variants(cfg) if v[0] in {float(f) for f in factors}]
+        cfg.prune.factors = [v[0] for v in variants] or cfg.prune.factors
         for m in modes:
-            for f in factors:
-                r = validate(cfg, m, float(f), force=force)
-                print(f"{m} x{f:g}: top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
+            if args.command == "prune":
+                for path in prune_all(cfg, m, force=force):
+                    print(path)
+            else:
+                for f, st, lg, gr in variants:
+                    r = validate(cfg, m, f, st, lg, gr, force=force)
+                    print(f"{m} {r['label_store']}: top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
     elif args.command == "report":
         from .report import write_report
 

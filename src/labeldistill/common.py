@@ -84,15 +84,29 @@ class RunLayout:
     def full_store(self, mode: str) -> Path:
         return self.root / "labels" / mode / "full"
 
-    def pruned_store(self, mode: str, factor: float) -> Path:
-        return self.root / "labels" / mode / f"x{format_factor(factor)}"
+    def pruned_store(self, mode: str, factor: float, strategy: str = "random", logits: str = "fp16",
+                     granularity: str = "batch") -> Path:
+        return self.root / "labels" / mode / label_tag(factor, strategy, logits, granularity)
 
-    def validate_file(self, mode: str, factor: float) -> Path:
-        return self.root / "validate" / f"{mode}_x{format_factor(factor)}.json"
+    def validate_file(self, mode: str, factor: float, strategy: str = "random", logits: str = "fp16",
+                      granularity: str = "batch") -> Path:
+        return self.root / "validate" / f"{mode}_{label_tag(factor, strategy, logits, granularity)}.json"
 
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+
+def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch") -> str:
+    """A self-describing store name: ``x40``, ``x40-confidence-easy``, ``x10-top2``, ``x20-epoch``."""
+    tag = f"x{format_factor(factor)}"
+    if strategy != "random":
+        tag += f"-{strategy}"
+    if logits != "fp16":
+        tag += f"-{logits}"
+    if granularity != "batch":
+        tag += f"-{granularity}"
+    return tag
 
 
 def format_factor(f: float) -> str:

@@ -70,23 +70,35 @@ class ClassStatsConfig:
 
 @dataclass
 class RecoverConfig:
-    """Image synthesis by BN-statistics matching (SRe2L / LPLD).
+    """Where the distilled images come from: BN-statistics synthesis (SRe2L / CDA / LPLD) or real baselines.
 
     Attributes:
-        modes: which recover variants to run; ``sre2l`` (cross-class batches, global BN targets) and
-            ``lpld`` (class-wise batches, class-wise BN targets).
+        modes: image sources to run, each a built-in variant or a key of ``variants``. Built-in:
+            ``sre2l`` (cross-class batches, global BN targets), ``c`` (class-wise batches, global targets),
+            ``cs`` / ``lpld`` (class-wise batches, class-wise targets: LPLD), ``cda`` (SRe2L + CDA's crop
+            curriculum), ``random_real`` (IPC random real training images per class), ``rded`` (RDED:
+            teacher-scored real crops stitched together).
+        variants: extra named variants, each a mapping with ``batching`` (``cross_class`` | ``class_wise``),
+            ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` | ``cda``).
         ipc: images per class.
         iterations: optimisation steps per batch.
         lr: Adam learning rate (cosine-annealed to 0).
         r_bn: weight of the BN-statistics loss.
         first_bn_multiplier: extra weight of the first BN layer's term (``s_1``).
-        batch_size: images per optimisation batch (``lpld``: at most IPC of one class).
-        crop_scale: RandomResizedCrop scale range used each iteration, as fractions of the area.
+        batch_size: images per optimisation batch (class-wise: at most IPC of one class).
+        crop_scale: RandomResizedCrop scale range [low, high] as fractions of the area; the ``cda`` schedule
+            anneals the lower bound from ``high`` down to ``low``.
+        cda_milestone: fraction of the iterations over which the CDA curriculum reaches ``low``.
+        crops: ``per_batch`` (one crop and flip for the whole batch, as the reference code) or ``per_image``.
         jitter: maximum roll offset in pixels each iteration.
         flip: random horizontal flip each iteration.
+        init: ``noise`` (N(0, 1) in normalised space, as the papers) or ``real`` (real images of the class).
+        rded_factor: RDED stitches ``factor²`` patches into one image.
+        rded_candidates: RDED scores this many random crops per kept patch and keeps the most confident.
     """
 
     modes: list = field(default_factory=lambda: ["sre2l", "lpld"])
+    variants: dict = field(default_factory=dict)
     ipc: int = 10
     iterations: int = 500
     lr: float = 0.1
@@ -94,8 +106,13 @@ class RecoverConfig:
     first_bn_multiplier: float = 10.0
     batch_size: int = 100
     crop_scale: list = field(default_factory=lambda: [0.5, 1.0])
+    cda_milestone: float = 1.0
+    crops: str = "per_batch"
     jitter: int = 2
     flip: bool = True
+    init: str = "noise"
+    rded_factor: int = 2
+    rded_candidates: int = 5
 
 
 @dataclass
@@ -109,7 +126,10 @@ class RelabelConfig:
         flip: random horizontal flip (p = 0.5).
         cutmix: probability of CutMix per step (0 disables it).
         cutmix_alpha: Beta(alpha, alpha) parameter for λ.
+        logits: ``fp16`` (all C logits) or ``top<k>`` (k largest logits as fp16 + their class indices).
         steps_per_shard: stored steps per safetensors shard.
+        only_kept: if set, a pruning factor: generate only the steps that random pruning at this factor
+            keeps (cheaper; identical to generating everything and pruning with the same seed).
     """
 
     epochs: int = 300
@@ -118,15 +138,28 @@ class RelabelConfig:
     flip: bool = True
     cutmix: float = 0.0
     cutmix_alpha: float = 1.0
+    logits: str = "fp16"
     steps_per_shard: int = 200
+    only_kept: float | None = None
 
 
 @dataclass
 class PruneConfig:
-    """Soft-label pruning: keep ``max(1, round(steps / factor))`` stored steps."""
+    """Soft-label pruning; every combination of the lists below becomes one pruned store.
+
+    Attributes:
+        factors: pruning factors ``f`` >= 1: keep ``max(1, round(S / f))`` of the ``S`` stored steps.
+        strategies: ``random`` or ``<metric>-<easy|hard>`` with metric in ``confidence``, ``diff``,
+            ``diff_signed``, ``correct``, ``cut_ratio`` (see :mod:`labeldistill.labels.prune`).
+        logits: label formats of the pruned stores: ``fp16`` or ``top<k>``.
+        granularity: ``batch`` (keep single steps; each training epoch draws steps with replacement: LPLD's
+            improved label pool) or ``epoch`` (keep whole stored epochs; each training epoch replays one).
+    """
 
     factors: list = field(default_factory=lambda: [1, 10, 40])
-    strategy: str = "random"
+    strategies: list = field(default_factory=lambda: ["random"])
+    logits: list = field(default_factory=lambda: ["fp16"])
+    granularity: str = "batch"
 
 
 @dataclass
@@ -139,7 +172,9 @@ class ValidateConfig:
         optimizer: ``adamw`` or ``sgd``.
         lr: peak learning rate (cosine-annealed to 0).
         weight_decay: optimizer weight decay.
-        temperature: KD temperature ``T`` (loss = T² · KL).
+        temperature: KD temperature ``T``.
+        t2_scale: multiply the KL loss by ``T²`` (Hinton et al.; the LPLD Tiny recipe does, its ImageNet
+            recipe does not).
         eval_batch_size: batch size on the real test split.
     """
 
@@ -150,6 +185,7 @@ class ValidateConfig:
     weight_decay: float = 0.01
     momentum: float = 0.9
     temperature: float = 4.0
+    t2_scale: bool = True
     eval_batch_size: int = 1000
 
 
@@ -334,18 +370,36 @@ def validate_config(cfg: Config) -> None:
     Raises:
         ConfigError: on the first bad value, naming the key.
     """
-    if cfg.recover.ipc < 1:
-        raise ConfigError(f"recover.ipc must be >= 1, got {cfg.recover.ipc}")
-    for m in cfg.recover.modes:
-        if m not in ("sre2l", "lpld"):
-            raise ConfigError(f"unknown recover mode '{m}'; known: lpld, sre2l")
-    for f in cfg.prune.factors:
+    from .labels.prune import parse_strategy
+    from .labels.store import parse_logits_format
+    from .recover import resolve_variant
+
+    rc = cfg.recover
+    if rc.ipc < 1:
+        raise ConfigError(f"recover.ipc must be >= 1, got {rc.ipc}")
+    for m in rc.modes:
+        resolve_variant(m, rc.variants)
+    if rc.crops not in ("per_batch", "per_image"):
+        raise ConfigError(f"recover.crops must be per_batch or per_image, got '{rc.crops}'")
+    if rc.init not in ("noise", "real"):
+        raise ConfigError(f"recover.init must be noise or real, got '{rc.init}'")
+    if rc.iterations < 1 or rc.batch_size < 1 or rc.rded_factor < 1 or rc.rded_candidates < 1:
+        raise ConfigError("recover.iterations, batch_size, rded_factor and rded_candidates must be >= 1")
+    if not 0 < rc.cda_milestone <= 1:
+        raise ConfigError(f"recover.cda_milestone must be in (0, 1], got {rc.cda_milestone}")
+    for f in cfg.prune.factors + ([cfg.relabel.only_kept] if cfg.relabel.only_kept is not None else []):
         if not isinstance(f, (int, float)) or isinstance(f, bool) or f < 1:
-            raise ConfigError(f"prune.factors must be numbers >= 1, got {f!r}")
-    if cfg.prune.strategy not in ("random",):
-        raise ConfigError(f"unknown prune.strategy '{cfg.prune.strategy}'; known: random")
+            raise ConfigError(f"prune factors must be numbers >= 1, got {f!r}")
+    for st in cfg.prune.strategies:
+        parse_strategy(st)
+    for fmt in cfg.prune.logits + [cfg.relabel.logits]:
+        parse_logits_format(fmt)
+    if cfg.prune.granularity not in ("batch", "epoch"):
+        raise ConfigError(f"prune.granularity must be batch or epoch, got '{cfg.prune.granularity}'")
     if cfg.relabel.epochs < 1 or cfg.relabel.batch_size < 1:
         raise ConfigError("relabel.epochs and relabel.batch_size must be >= 1")
+    if not 0 <= cfg.relabel.cutmix <= 1:
+        raise ConfigError(f"relabel.cutmix is a probability in [0, 1], got {cfg.relabel.cutmix}")
     for key in ("recover.crop_scale", "relabel.crop_scale"):
         sect, name = key.split(".")
         lo_hi = getattr(getattr(cfg, sect), name)

@@ -6,6 +6,9 @@ Each stage skips work whose output is already complete, so re-running resumes af
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import torch
 
 from .bnstats import class_stats
 from .common import RunLayout
@@ -15,18 +18,43 @@ from .labels.relabel import relabel
 from .recover import recover
 from .report import results_table, write_report
 from .squeeze import squeeze
-from .utils import atomic_write_json
+from .utils import atomic_write_json, read_json
 from .validate import validate
 
 
-def prune_all(cfg: Config, mode: str) -> list:
-    """Write ``labels/<mode>/x<f>`` for every configured factor (skipping existing stores)."""
-    layout = RunLayout(cfg.run_path)
+def label_variants(cfg: Config) -> list[tuple[float, str, str, str]]:
+    """Every (factor, strategy, logits, granularity) the config asks for.
+
+    At factor 1 every strategy keeps every step, so only ``random`` is listed there. With
+    ``relabel.only_kept = f`` only factor ``f`` (random) exists.
+    """
+    g = cfg.prune.granularity
+    if cfg.relabel.only_kept is not None:
+        return [(float(cfg.relabel.only_kept), "random", cfg.relabel.logits, "batch")]
     out = []
     for f in cfg.prune.factors:
-        dest = layout.pruned_store(mode, f)
-        if not (dest / "manifest.json").is_file():
-            prune_store(layout.full_store(mode), dest, float(f), cfg.prune.strategy, cfg.seed)
+        for st in cfg.prune.strategies:
+            if float(f) == 1.0 and st != "random":
+                continue
+            for lg in cfg.prune.logits:
+                v = (float(f), st, lg, g)
+                if v not in out:
+                    out.append(v)
+    return out
+
+
+def prune_all(cfg: Config, mode: str, force: bool = False) -> list[Path]:
+    """Write ``labels/<mode>/<tag>`` for every configured label variant (skipping existing stores)."""
+    layout = RunLayout(cfg.run_path)
+    out = []
+    labels = None
+    for f, st, lg, gr in label_variants(cfg):
+        dest = layout.pruned_store(mode, f, st, lg, gr)
+        if force or not (dest / "manifest.json").is_file():
+            if labels is None:
+                labels = read_json(layout.images_dir(mode) / "images.json")
+                labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
+            prune_store(layout.full_store(mode), dest, f, st, cfg.seed, lg, gr, image_labels=labels, overwrite=force)
         out.append(dest)
     return out
 
@@ -47,9 +75,10 @@ def run(cfg: Config) -> dict:
     for mode in cfg.recover.modes:
         recover(cfg, mode)
         relabel(cfg, mode)
-        prune_all(cfg, mode)
-        for f in cfg.prune.factors:
-            rows.append(validate(cfg, mode, float(f)))
+        if cfg.relabel.only_kept is None:
+            prune_all(cfg, mode)
+        for f, st, lg, gr in label_variants(cfg):
+            rows.append(validate(cfg, mode, f, st, lg, gr))
     results = {
         "name": cfg.name,
         "dataset": cfg.data.dataset,

@@ -7,10 +7,18 @@ Loss per batch (spec §4.1)::
 with μ_l, σ²_l the mean and biased variance of BN layer ``l``'s input over (N, H, W), plain (not squared)
 L2 norms and ``s_1 = first_bn_multiplier``. Modes (spec §4.2):
 
-* ``sre2l`` — each batch holds one image of every class (loop over IPC slots); targets are the teacher's
-  global running statistics.
-* ``lpld`` — each batch holds images of one class only; targets are that class's statistics from
-  ``class-stats`` (LPLD's "+CS", class-wise supervision).
+* batching ``cross_class`` — each batch holds one image of every class (loop over IPC slots), as SRe2L;
+  ``class_wise`` — each batch holds images of one class only (LPLD's re-batching, "+C").
+* BN targets ``global`` — the teacher's running statistics, as SRe2L; ``class`` — that class's statistics
+  from ``class-stats`` (LPLD's class-wise supervision, "+CS"; needs class-wise batching).
+* crop schedule ``fixed`` or ``cda`` — CDA's curriculum (Yin & Shen, TMLR 2024): the RandomResizedCrop lower
+  scale bound is cosine-annealed from the upper bound down to the lower one, easy (large) crops first.
+
+Built-in variants: ``sre2l`` = cross_class + global; ``c`` = class_wise + global; ``cs`` (alias ``lpld``) =
+class_wise + class; ``cda`` = cross_class + global + cda schedule. Two real-image sources go through the same
+relabel/prune/validate path as baselines: ``random_real`` (IPC random training images per class, after
+DD-Ranking's fairness idea) and ``rded`` (RDED, Sun et al. CVPR 2024: random crops of real images scored by
+the teacher, the most confident kept and stitched ``factor × factor`` into one image).
 
 Images start as N(0, 1) in normalised space; Adam (0.5, 0.9); cosine lr to 0; per-iteration random resized
 crop + flip + roll jitter; clipped to the valid pixel range after each step; the last iterate is saved as
@@ -19,6 +27,7 @@ lossless PNG with an explicit ``class_to_idx.json``.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -30,15 +39,78 @@ from tqdm.auto import tqdm
 
 from .augment import apply_crops_flips, random_roll, sample_flips, sample_resized_crops, step_generator
 from .bnstats import load_class_stats
-from .common import RunLayout, cosine_lr, denormalize, load_teacher
+from .common import RunLayout, cosine_lr, denormalize, load_split, load_teacher, normalize
 from .config import Config
 from .data import ImageSet
 from .data.imagefolder import load_imagefolder
-from .errors import LabelDistillError
+from .errors import ConfigError, DataError, LabelDistillError
 from .models import bn_layers
 from .utils import MetricsLog, atomic_dir, atomic_write_json, is_rank0, pick_device, read_json, tensor_fingerprint
 
-MODE_KEYS = {"sre2l": 1, "lpld": 2}
+BUILTIN_VARIANTS: dict[str, dict] = {
+    "sre2l": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed"},
+    "c": {"batching": "class_wise", "bn_targets": "global", "crop_schedule": "fixed"},
+    "cs": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
+    "lpld": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
+    "cda": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "cda"},
+    "random_real": {"source": "random_real"},
+    "rded": {"source": "rded"},
+}
+_VARIANT_KEYS = {"batching": ("cross_class", "class_wise"), "bn_targets": ("global", "class"),
+                 "crop_schedule": ("fixed", "cda")}
+
+
+def resolve_variant(mode: str, custom: dict | None = None) -> dict:
+    """The switches of a recover mode: a built-in variant or one defined under ``recover.variants``.
+
+    Returns:
+        ``{"source": "synthesis" | "random_real" | "rded", "batching", "bn_targets", "crop_schedule"}``.
+
+    Raises:
+        ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches.
+    """
+    custom = custom or {}
+    if mode in custom:
+        spec = custom[mode]
+        if not isinstance(spec, dict):
+            raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
+        bad = [k for k in spec if k not in _VARIANT_KEYS]
+        if bad:
+            raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: "
+                              + ", ".join(_VARIANT_KEYS))
+        v = {"source": "synthesis", "batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed",
+             **spec}
+    elif mode in BUILTIN_VARIANTS:
+        v = {"source": "synthesis", **BUILTIN_VARIANTS[mode]}
+    else:
+        raise ConfigError(f"unknown recover mode '{mode}'; known: {', '.join(BUILTIN_VARIANTS)}"
+                          + (f", {', '.join(custom)}" if custom else ""))
+    if v["source"] == "synthesis":
+        for k, allowed in _VARIANT_KEYS.items():
+            if v[k] not in allowed:
+                raise ConfigError(f"recover variant '{mode}': {k} must be one of {', '.join(allowed)}, got {v[k]!r}")
+        if v["bn_targets"] == "class" and v["batching"] != "class_wise":
+            raise ConfigError(f"recover variant '{mode}': class BN targets need class_wise batching")
+    return v
+
+
+def mode_key(mode: str) -> int:
+    """A stable integer for a mode name (seeds per-mode generators)."""
+    return int.from_bytes(mode.encode()[:7].ljust(7, b"\0"), "little")
+
+
+def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:
+    """RandomResizedCrop lower scale bound at iteration ``t``.
+
+    ``fixed``: ``low``. ``cda``: ``low + ½(high − low)(1 + cos(π t / (milestone · iterations)))`` until the
+    milestone, ``low`` after it (CDA's easy-to-hard curriculum, spec §4.4).
+    """
+    if schedule != "cda":
+        return low
+    span = milestone * iterations
+    if t >= span:
+        return low
+    return low + 0.5 * (high - low) * (1.0 + math.cos(math.pi * t / span))
 
 
 class BNInputHook:
@@ -54,32 +126,32 @@ class BNInputHook:
         self.var = x.var(dim=(0, 2, 3), unbiased=False)
 
 
-def plan_batches(mode: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:
+def plan_batches(batching: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:
     """The optimisation batches as lists of ``(class, slot)`` pairs.
 
-    ``sre2l``: for each IPC slot k, the classes ``0..C-1`` (chunked to ``batch_size``) at slot k.
-    ``lpld``: for each class c, its slots ``0..IPC-1`` (chunked to ``batch_size``).
+    ``cross_class``: for each IPC slot k, the classes ``0..C-1`` (chunked to ``batch_size``) at slot k.
+    ``class_wise``: for each class c, its slots ``0..IPC-1`` (chunked to ``batch_size``).
     """
     batches = []
-    if mode == "sre2l":
+    if batching == "cross_class":
         for k in range(ipc):
             for i in range(0, num_classes, batch_size):
                 batches.append([(c, k) for c in range(i, min(i + batch_size, num_classes))])
-    elif mode == "lpld":
+    elif batching == "class_wise":
         for c in range(num_classes):
             for i in range(0, ipc, batch_size):
                 batches.append([(c, k) for k in range(i, min(i + batch_size, ipc))])
     else:
-        raise LabelDistillError(f"unknown recover mode '{mode}'; known: lpld, sre2l")
+        raise ConfigError(f"unknown batching '{batching}'; known: class_wise, cross_class")
     return batches
 
 
-def bn_targets(mode: str, stats: dict[str, torch.Tensor], num_layers: int, cls: int | None,
+def bn_targets(targets: str, stats: dict[str, torch.Tensor], num_layers: int, cls: int | None,
                device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(μ*, σ²*) per BN layer: running stats for ``sre2l``, class ``cls``'s stats for ``lpld``."""
+    """(μ*, σ²*) per BN layer: the teacher's running stats (``global``) or class ``cls``'s (``class``)."""
     out = []
     for li in range(num_layers):
-        if mode == "lpld":
+        if targets == "class":
             m, v = stats[f"l{li}.class_mean"][cls], stats[f"l{li}.class_var"][cls]
         else:
             m, v = stats[f"l{li}.running_mean"], stats[f"l{li}.running_var"]
@@ -89,27 +161,40 @@ def bn_targets(mode: str, stats: dict[str, torch.Tensor], num_layers: int, cls: 
 
 def recover_batch(teacher: nn.Module, hooks: list[BNInputHook], targets: list[tuple[torch.Tensor, torch.Tensor]],
                   labels: torch.Tensor, shape: tuple[int, int, int], mean: tuple[float, ...],
-                  std: tuple[float, ...], cfg: Config, gen: torch.Generator,
-                  device: torch.device) -> tuple[torch.Tensor, dict]:
+                  std: tuple[float, ...], cfg: Config, gen: torch.Generator, device: torch.device,
+                  crop_schedule: str = "fixed", init: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Optimise one batch of images.
+
+    Args:
+        init: float ``(n, C, H, W)`` start images in [0, 1] (``init: real``); None starts from N(0, 1) in
+            normalised space.
 
     Returns:
         Images ``(n, C, H, W)`` as float in [0, 1] (the last iterate) and the final loss terms.
+
+    Raises:
+        LabelDistillError: the loss became NaN or infinite (names the classes).
     """
     rc = cfg.recover
     n = len(labels)
     c, h, w = shape
-    x = torch.randn((n, c, h, w), generator=gen).to(device).requires_grad_(True)
-    lo = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
-    hi = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+    if init is None:
+        x0 = torch.randn((n, c, h, w), generator=gen)
+    else:
+        x0 = normalize(init.float(), mean, std)
+    x = x0.to(device).requires_grad_(True)
+    lo_px = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+    hi_px = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
     opt = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
     y = labels.to(device)
     ce = bn = torch.zeros(())
     for t in range(rc.iterations):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(rc.lr, t, rc.iterations)
-        box = sample_resized_crops(gen, 1, h, w, tuple(rc.crop_scale)).expand(n, 4)
-        flip = sample_flips(gen, 1).expand(n) if rc.flip else None
+        lo = min_crop_scale(crop_schedule, t, rc.iterations, rc.crop_scale[0], rc.crop_scale[1], rc.cda_milestone)
+        k = n if rc.crops == "per_image" else 1
+        box = sample_resized_crops(gen, k, h, w, (lo, rc.crop_scale[1])).expand(n, 4)
+        flip = sample_flips(gen, k).expand(n) if rc.flip else None
         xa = apply_crops_flips(x, box, flip, (h, w))
         xa = random_roll(gen, xa, rc.jitter)
         logits = teacher(xa.contiguous(memory_format=torch.channels_last))
@@ -126,7 +211,7 @@ def recover_batch(teacher: nn.Module, hooks: list[BNInputHook], targets: list[tu
         loss.backward()
         opt.step()
         with torch.no_grad():
-            x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+            x.copy_(torch.maximum(torch.minimum(x, hi_px), lo_px))
     img = denormalize(x.detach(), mean, std).clamp(0, 1).cpu()
     return img, {"ce": ce.item(), "bn": bn.item()}
 
@@ -141,54 +226,128 @@ def save_imagefolder(images: torch.Tensor, labels: torch.Tensor, classes: list[s
     atomic_write_json(folder / "class_to_idx.json", {c: i for i, c in enumerate(classes)})
 
 
-def recover(cfg: Config, mode: str, force: bool = False) -> Path:
-    """Synthesise ``recover.ipc`` images per class with the given mode into ``images/<mode>/``.
-
-    Returns:
-        The image folder.
+def pick_real(data: ImageSet, ipc: int, gen: torch.Generator) -> torch.Tensor:
+    """Indices of ``ipc`` random images of every class, class-major ``(C · ipc,)``.
 
     Raises:
-        LabelDistillError: unknown mode, missing teacher or class statistics, non-finite loss.
+        DataError: a class has fewer than ``ipc`` images.
+    """
+    out = []
+    for c in range(data.num_classes):
+        idx = torch.nonzero(data.labels == c).flatten()
+        if len(idx) < ipc:
+            raise DataError(f"recover.ipc={ipc} but class '{data.classes[c]}' has only {len(idx)} real "
+                            "training images; lower recover.ipc")
+        out.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rded_images(teacher: nn.Module, data: ImageSet, info: dict, cfg: Config, gen: torch.Generator,
+                device: torch.device) -> torch.Tensor:
+    """RDED (Sun et al., CVPR 2024, §3): realistic and diverse images from real crops, no optimisation.
+
+    For each class, ``ipc · f² · candidates`` random resized crops of random real images of the class are
+    scored by the teacher's log-probability of the class; the ``ipc · f²`` best are downsampled by ``f`` and
+    stitched ``f × f`` into ``ipc`` images.
+
+    Returns:
+        float ``(C · ipc, C_in, H, W)`` in [0, 1], class-major.
+    """
+    rc = cfg.recover
+    f = rc.rded_factor
+    _, h, w = data.shape
+    ph, pw = max(h // f, 1), max(w // f, 1)
+    per_image = f * f
+    out = []
+    for c in range(data.num_classes):
+        idx = torch.nonzero(data.labels == c).flatten()
+        if len(idx) == 0:
+            raise DataError(f"class '{data.classes[c]}' has no real training images for RDED")
+        m = rc.ipc * per_image * rc.rded_candidates
+        pick = idx[torch.randint(len(idx), (m,), generator=gen)]
+        boxes = sample_resized_crops(gen, m, h, w, tuple(rc.crop_scale))
+        crops = apply_crops_flips(data.images[pick].float() / 255, boxes, None, (h, w))
+        logp = torch.cat([
+            F.log_softmax(teacher(normalize(crops[i:i + 512], info["mean"], info["std"]).to(device)
+                                  .contiguous(memory_format=torch.channels_last)), 1)[:, c].cpu()
+            for i in range(0, m, 512)])
+        best = crops[logp.argsort(descending=True)[:rc.ipc * per_image]]
+        patches = F.interpolate(best, size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
+        patches = patches.view(rc.ipc, f, f, -1, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(rc.ipc, -1, f * ph, f * pw)
+        if (f * ph, f * pw) != (h, w):
+            patches = F.interpolate(patches, size=(h, w), mode="bilinear", align_corners=False)
+        out.append(patches.clamp(0, 1))
+    return torch.cat(out)
+
+
+def recover(cfg: Config, mode: str, force: bool = False) -> Path:
+    """Produce ``recover.ipc`` images per class with the given mode into ``images/<mode>/``.
+
+    Returns:
+        The image folder (PNG ImageFolder + ``class_to_idx.json`` + ``images.json``).
+
+    Raises:
+        ConfigError: unknown mode; LabelDistillError: missing teacher or class statistics, non-finite loss;
+        DataError: too few real images for ``random_real`` / ``init: real``.
     """
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
     if (out / "images.json").is_file() and not force:
         return out
-    if mode not in MODE_KEYS:
-        raise LabelDistillError(f"unknown recover mode '{mode}'; known: {', '.join(sorted(MODE_KEYS))}")
+    rc = cfg.recover
+    variant = resolve_variant(mode, rc.variants)
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
-    stats, _ = load_class_stats(layout.class_stats_dir)
-    bns = bn_layers(teacher)
-    hooks = [BNInputHook() for _ in bns]
-    handles = [bn.register_forward_hook(hk) for bn, hk in zip(bns, hooks)]
     C, shape = info["num_classes"], tuple(info["shape"])
-    rc = cfg.recover
-    images = torch.zeros((C * rc.ipc, *shape))
     labels = torch.arange(C).repeat_interleave(rc.ipc)
-    batches = plan_batches(mode, C, rc.ipc, rc.batch_size)
+    gen = step_generator(cfg.seed, mode_key(mode))
     log = MetricsLog(layout.metrics)
     t0 = time.time()
-    try:
-        for bi, batch in enumerate(tqdm(batches, desc=f"recover[{mode}]", disable=not is_rank0(), unit="batch")):
-            y = torch.tensor([cls for cls, _ in batch])
-            targets = bn_targets(mode, stats, len(bns), batch[0][0], device)
-            gen = step_generator(cfg.seed, MODE_KEYS[mode], batch[0][0], batch[0][1])
-            img, terms = recover_batch(teacher, hooks, targets, y, shape, info["mean"], info["std"], cfg, gen,
-                                       device)
-            for (cls, k), im in zip(batch, img):
-                images[cls * rc.ipc + k] = im
-            log.log(stage="recover", mode=mode, batch=bi, classes=sorted({c for c, _ in batch}), **terms)
-    finally:
-        for hd in handles:
-            hd.remove()
+    needs_real = variant["source"] != "synthesis" or rc.init == "real"
+    train = load_split(cfg, "train") if needs_real else None
+    extra: dict = {}
+    if variant["source"] == "random_real":
+        sel = pick_real(train, rc.ipc, gen)
+        images = train.images[sel].float() / 255
+        extra["real_indices"] = sel.tolist()
+    elif variant["source"] == "rded":
+        images = rded_images(teacher, train, info, cfg, gen, device)
+    else:
+        stats, _ = load_class_stats(layout.class_stats_dir)
+        init_imgs = train.images[pick_real(train, rc.ipc, gen)].float() / 255 if rc.init == "real" else None
+        bns = bn_layers(teacher)
+        hooks = [BNInputHook() for _ in bns]
+        handles = [bn.register_forward_hook(hk) for bn, hk in zip(bns, hooks)]
+        images = torch.zeros((C * rc.ipc, *shape))
+        batches = plan_batches(variant["batching"], C, rc.ipc, rc.batch_size)
+        try:
+            for bi, batch in enumerate(tqdm(batches, desc=f"recover[{mode}]", disable=not is_rank0(), unit="batch")):
+                y = torch.tensor([cls for cls, _ in batch])
+                slots = [cls * rc.ipc + k for cls, k in batch]
+                targets = bn_targets(variant["bn_targets"], stats, len(bns), batch[0][0], device)
+                bgen = step_generator(cfg.seed, mode_key(mode), batch[0][0], batch[0][1])
+                img, terms = recover_batch(teacher, hooks, targets, y, shape, info["mean"], info["std"], cfg, bgen,
+                                           device, variant["crop_schedule"],
+                                           None if init_imgs is None else init_imgs[slots])
+                images[slots] = img
+                log.log(stage="recover", mode=mode, batch=bi, classes=sorted({c for c, _ in batch}), **terms)
+        finally:
+            for hd in handles:
+                hd.remove()
+        extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
     u8 = (images * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        x = normalize(u8.float() / 255, info["mean"], info["std"]).to(device)
+        teacher_top1 = float((teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
+                              == labels).float().mean())
     with atomic_dir(out) as tmp:
         save_imagefolder(u8, labels, info["classes"], tmp)
         atomic_write_json(tmp / "images.json", {
-            "mode": mode, "ipc": rc.ipc, "num_images": len(labels), "classes": info["classes"],
-            "fingerprint": image_fingerprint(u8, labels), "teacher_fingerprint": info["fingerprint"],
-            "iterations": rc.iterations, "seconds": round(time.time() - t0, 2),
+            "mode": mode, "source": variant["source"], "ipc": rc.ipc, "num_images": len(labels),
+            "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
+            "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": teacher_top1,
+            "seconds": round(time.time() - t0, 2), **extra,
         })
     return out
 

@@ -25,14 +25,17 @@ def human_bytes(n: float) -> str:
 
 def results_table(results: dict) -> str:
     """A Markdown table of the result rows."""
-    head = ("| recover | IPC | prune | kept steps | label bytes | image bytes | labels ÷ images | student | top-1 "
-            "| seconds |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| recover | IPC | prune | strategy | logits | kept steps | label bytes | image bytes | labels ÷ images "
+            "| student | top-1 | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results["rows"]:
+        strategy = r.get("prune_strategy", "random")
+        if r.get("granularity", "batch") != "batch":
+            strategy += f" ({r['granularity']})"
         lines.append(
-            f"| {r['recover']} | {r['ipc']} | {r['prune_factor']:g}× | {r.get('kept_steps', '')} "
-            f"| {human_bytes(r['label_bytes'])} | {human_bytes(r['image_bytes'])} "
-            f"| {r['label_bytes'] / max(r['image_bytes'], 1):.1f} | {r['student']} | {100 * r['top1']:.1f} % "
+            f"| {r['recover']} | {r['ipc']} | {r['prune_factor']:g}× | {strategy} | {r.get('logits', 'fp16')} "
+            f"| {r.get('kept_steps', '')} | {human_bytes(r['label_bytes'])} | {human_bytes(r['image_bytes'])} "
+            f"| {r['label_bytes'] / max(r['image_bytes'], 1):.2f} | {r['student']} | {100 * r['top1']:.1f} % "
             f"| {r['seconds']:.0f} |")
     return head + "\n".join(lines) + "\n"
 
@@ -42,7 +45,8 @@ def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     modes = sorted({r["recover"] for r in results["rows"]})
     for mode in modes:
-        rows = sorted((r for r in results["rows"] if r["recover"] == mode),
+        rows = sorted((r for r in results["rows"] if r["recover"] == mode
+                       and r.get("prune_strategy", "random") == "random" and r.get("logits", "fp16") == "fp16"),
                       key=lambda r: r["label_bytes"] + r["image_bytes"])
         xs = [(r["label_bytes"] + r["image_bytes"]) / 1024 for r in rows]
         ys = [100 * r["top1"] for r in rows]
@@ -52,7 +56,7 @@ def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("total storage: images + soft labels (KiB)")
     ax.set_ylabel("student top-1 on real test set (%)")
-    ax.set_title(f"{results['dataset']}: accuracy vs storage")
+    ax.set_title(f"{results['dataset']}: accuracy vs storage (random pruning, fp16 logits)")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

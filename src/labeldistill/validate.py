@@ -3,8 +3,9 @@
 Each stored step is replayed exactly: its images are cropped, flipped and mixed with the stored parameters
 (the same code path relabel used), and the student is trained towards the stored teacher logits with
 ``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (Hinton et al. 2015). Each training epoch draws
-``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (LPLD's improved label pool,
-spec §6.3). Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
+``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (granularity ``batch``: LPLD's
+improved label pool, spec §6.3), or replays one whole kept stored epoch drawn with replacement (granularity
+``epoch``). Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
 that yields step ids; labels are read lazily from the memory-mapped shards.
 """
 
@@ -23,7 +24,7 @@ from .augment import step_generator
 from .common import RunLayout, build_model, cosine_lr, evaluate, load_split
 from .config import Config
 from .data import ImageSet
-from .errors import StoreError
+from .errors import LabelDistillError, StoreError
 from .labels.relabel import build_batch
 from .labels.store import LabelStore
 from .recover import image_bytes, load_synthetic
@@ -33,16 +34,21 @@ _POOL_KEY = 31
 
 
 class StoredStepDataset(Dataset):
-    """Map-style dataset: ``ds[step_id]`` → (normalised augmented batch ``(B, C, H, W)``, fp32 logits ``(B, K)``).
+    """Map-style dataset: ``ds[step_id]`` → (normalised augmented batch ``(B, C, H, W)``, targets ``(B, K)``).
+
+    Targets are the teacher's probabilities at temperature ``T`` (float32, rows sum to 1).
 
     Args:
         store: the (pruned) label store.
         images: float images ``(N, C, H, W)`` in [0, 1] that the store was made from.
+        temperature: KD temperature ``T``.
     """
 
-    def __init__(self, store: LabelStore, images: torch.Tensor):
+    def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float = 1.0):
         self.store = store
         self.images = images
+        self.temperature = temperature
+        self.num_classes = store.manifest["num_classes"]
         m = store.manifest
         self.out_hw = tuple(m["input_size"])
         self.mean = tuple(m["normalization"]["mean"])
@@ -53,33 +59,55 @@ class StoredStepDataset(Dataset):
 
     def __getitem__(self, step_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         rec = self.store.get(step_id)
-        return build_batch(self.images, rec, self.out_hw, self.mean, self.std), rec.logits.float()
+        x = build_batch(self.images, rec, self.out_hw, self.mean, self.std)
+        return x, rec.soft_targets(self.num_classes, self.temperature)
 
 
 class PoolSampler(Sampler[int]):
-    """Yields ``steps_per_epoch × epochs`` step ids drawn uniformly with replacement from ``pool``.
+    """Yields the step ids of ``epochs`` training epochs drawn from the kept ``pool``.
 
-    Seeded per epoch, so a given (seed, epoch) always draws the same steps.
+    Granularity ``batch``: each epoch draws ``steps_per_epoch`` ids uniformly with replacement from the pool.
+    Granularity ``epoch``: each epoch draws one stored epoch (``id // steps_per_epoch``) uniformly with
+    replacement among those in the pool and yields its kept steps in stored order. Seeded per epoch.
     """
 
-    def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int):
-        self.pool, self.spe, self.epochs, self.seed = list(pool), steps_per_epoch, epochs, seed
+    def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int, granularity: str = "batch"):
+        self.pool, self.spe, self.epochs, self.seed = sorted(pool), steps_per_epoch, epochs, seed
+        self.granularity = granularity
+        self.by_epoch: dict[int, list[int]] = {}
+        for g in self.pool:
+            self.by_epoch.setdefault(g // steps_per_epoch, []).append(g)
+        self.epoch_ids = sorted(self.by_epoch)
 
     def __len__(self) -> int:
+        if self.granularity == "epoch":
+            return sum(len(list(self._epoch_steps(e))) for e in range(self.epochs))
         return self.spe * self.epochs
+
+    def _epoch_steps(self, e: int) -> Iterator[int]:
+        g = step_generator(self.seed, _POOL_KEY, e)
+        if self.granularity == "epoch":
+            pick = self.epoch_ids[int(torch.randint(len(self.epoch_ids), (1,), generator=g))]
+            yield from self.by_epoch[pick]
+        else:
+            for i in torch.randint(len(self.pool), (self.spe,), generator=g).tolist():
+                yield self.pool[i]
 
     def __iter__(self) -> Iterator[int]:
         for e in range(self.epochs):
-            draw = torch.randint(len(self.pool), (self.spe,), generator=step_generator(self.seed, _POOL_KEY, e))
-            for i in draw.tolist():
-                yield self.pool[i]
+            yield from self._epoch_steps(e)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over the batch."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
-                    reduction="batchmean", log_target=True) * (t * t)
+def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+            t2_scale: bool = True) -> torch.Tensor:
+    """``KL(p ‖ softmax(s / T))`` averaged over the batch, times ``T²`` if ``t2_scale`` (Hinton et al. 2015).
+
+    Args:
+        student_logits: ``(B, K)``.
+        targets: teacher probabilities ``p`` at temperature ``T``, ``(B, K)``, rows summing to 1 (zeros allowed).
+    """
+    loss = F.kl_div(F.log_softmax(student_logits / temperature, 1), targets, reduction="batchmean")
+    return loss * (temperature * temperature) if t2_scale else loss
 
 
 def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None = None) -> None:
@@ -115,8 +143,8 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         opt = torch.optim.AdamW(student.parameters(), lr=vc.lr, weight_decay=vc.weight_decay)
     else:
         opt = torch.optim.SGD(student.parameters(), lr=vc.lr, momentum=vc.momentum, weight_decay=vc.weight_decay)
-    ds = StoredStepDataset(store, data.float_images())
-    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed)
+    ds = StoredStepDataset(store, data.float_images(), vc.temperature)
+    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, m["prune"].get("granularity", "batch"))
     loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
     total = len(sampler)
     t0 = time.time()
@@ -126,30 +154,37 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         for group in opt.param_groups:
             group["lr"] = cosine_lr(vc.lr, step, total)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = kd_loss(student(x), t.to(device), vc.temperature)
+        loss = kd_loss(student(x), t.to(device), vc.temperature, vc.t2_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         bar.update(1)
-        if log is not None and (step + 1) % spe == 0 and ((step + 1) // spe) % 50 == 0:
-            log.log(stage="validate", run=desc, epoch=(step + 1) // spe, loss=float(loss))
+        if not torch.isfinite(loss):
+            raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
+        if log is not None and (step + 1) % (50 * spe) == 0:
+            log.log(stage="validate", run=desc, step=step + 1, loss=loss.item())
     bar.close()
     mean, std = m["normalization"]["mean"], m["normalization"]["std"]
     top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
 
 
-def validate(cfg: Config, mode: str, factor: float, store_path: Path | None = None, force: bool = False) -> dict:
-    """Validate the store of ``mode`` pruned at ``factor``; writes ``validate/<mode>_x<factor>.json``.
+def validate(cfg: Config, mode: str, factor: float, strategy: str = "random", logits: str = "fp16",
+             granularity: str = "batch", store_path: Path | None = None, force: bool = False) -> dict:
+    """Validate one (pruned) store of ``mode``; writes ``validate/<mode>_<tag>.json``.
+
+    Returns:
+        The result row: recover, ipc, prune_factor, prune_strategy, logits, granularity, label_store,
+        label_bytes (bytes on disk of the store), image_bytes (PNG bytes), kept_steps, student, top1, seconds.
 
     Raises:
         StoreError: missing store, or a store that does not belong to the images.
     """
     layout = RunLayout(cfg.run_path)
-    out = layout.validate_file(mode, factor)
+    out = layout.validate_file(mode, factor, strategy, logits, granularity)
     if out.is_file() and not force:
         return read_json(out)
-    path = store_path or layout.pruned_store(mode, factor)
+    path = Path(store_path) if store_path else layout.pruned_store(mode, factor, strategy, logits, granularity)
     if not (path / "manifest.json").is_file():
         raise StoreError(f"no label store at {path}: run 'labeldistill prune CONFIG' first")
     store = LabelStore(path)
@@ -157,9 +192,11 @@ def validate(cfg: Config, mode: str, factor: float, store_path: Path | None = No
                                     store.manifest["normalization"]["std"])
     check_store_matches(store, img_meta["fingerprint"])
     test = load_split(cfg, "test")
-    res = train_student(cfg, store, data, test, desc=f"validate[{mode} x{factor:g}]", log=MetricsLog(layout.metrics))
+    tag = path.name
+    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {tag}]", log=MetricsLog(layout.metrics))
     row = {
-        "recover": mode, "ipc": img_meta["ipc"], "prune_factor": float(factor),
+        "recover": mode, "ipc": img_meta["ipc"], "prune_factor": float(factor), "prune_strategy": strategy,
+        "logits": logits, "granularity": granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, **res,

@@ -25,7 +25,8 @@ from ..common import RunLayout, load_teacher, normalize
 from ..config import Config, RelabelConfig
 from ..data import ImageSet
 from ..recover import load_synthetic
-from ..utils import is_rank0, pick_device
+from ..utils import MetricsLog, is_rank0, pick_device
+from .prune import select_steps
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
 _ORDER_KEY, _AUG_KEY = 11, 12
@@ -127,6 +128,7 @@ def store_meta(data: ImageSet, info: dict, image_fp: str, rc: RelabelConfig, see
         "image_hw": list(data.shape[1:]),
         "input_size": list(data.shape[1:]),
         "channels": data.shape[0],
+        "num_classes": data.num_classes,
         "class_to_idx": data.class_to_idx,
         "image_fingerprint": image_fp,
         "teacher_fingerprint": info["fingerprint"],
@@ -145,29 +147,41 @@ def store_meta(data: ImageSet, info: dict, image_fp: str, rc: RelabelConfig, see
 
 
 def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
-    """Generate the full label store ``labels/<mode>/full`` for ``images/<mode>``.
+    """Generate the label store of ``images/<mode>``.
+
+    Normally writes the full store ``labels/<mode>/full``. With ``relabel.only_kept = f`` it generates only
+    the steps that random pruning at factor ``f`` (same seed) keeps and writes them straight to the pruned
+    store ``labels/<mode>/x<f>`` — the LPLD "generate only the prefix" route, here for any random subset.
 
     Raises:
         LabelDistillError: missing teacher or images.
     """
     layout = RunLayout(cfg.run_path)
-    out = layout.full_store(mode)
+    rc = cfg.relabel
+    only = rc.only_kept
+    out = layout.full_store(mode) if only is None else layout.pruned_store(mode, only, logits=rc.logits)
     if (out / "manifest.json").is_file() and not force:
         return LabelStore(out)
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
     data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
-    rc = cfg.relabel
     plan = StepPlan(len(data), rc.batch_size, rc.epochs, cfg.seed)
     images = data.float_images()
     meta = store_meta(data, info, img_meta["fingerprint"], rc, cfg.seed, plan)
+    meta["logits_format"] = rc.logits
+    steps = list(range(plan.total_steps))
+    if only is not None:
+        steps = select_steps(steps, only, "random", cfg.seed)
+        meta["prune"] = {"factor": float(only), "strategy": "random", "granularity": "batch", "seed": cfg.seed,
+                         "source_steps": plan.total_steps, "kept_steps": len(steps), "generated_only_kept": True}
     t0 = time.time()
     writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=force)
     try:
-        writer.extend(generate_steps(teacher, images, plan, range(plan.total_steps), rc, info["mean"],
-                                     info["std"], device, progress=is_rank0()))
+        writer.extend(generate_steps(teacher, images, plan, steps, rc, info["mean"], info["std"], device,
+                                     progress=is_rank0()))
     except BaseException:
         writer.abort()
         raise
-    writer.meta["seconds"] = round(time.time() - t0, 2)
-    return writer.close()
+    store = writer.close()
+    MetricsLog(layout.metrics).log(stage="relabel", mode=mode, steps=len(steps), seconds=round(time.time() - t0, 2))
+    return store

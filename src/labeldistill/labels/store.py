@@ -20,6 +20,8 @@ name             shape / dtype               content
 ``mix_lam``      (k,) float16                sampled λ (if CutMix)
 ``mix_box``      (k, 4) uint8 | int16        CutMix box ``(x0, y0, w, h)``, w = 0: no mix (if CutMix)
 ``logits``       (m, C) float16              teacher logits on the augmented (mixed) batch
+``topk_values``  (m, k) float16              instead of ``logits`` in a ``top<k>`` store: the k largest
+``topk_indices`` (m, k) uint8 | int16        their class indices
 ===============  ==========================  =============================================
 
 Writing goes to a temporary directory renamed into place after the manifest is written, so a store on
@@ -28,6 +30,7 @@ disk is either complete or absent. Source: FKD (Shen & Xing, ECCV 2022) / SRe2L 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -40,7 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..augment import MixParams, pack_bits, unpack_bits
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..utils import atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -52,7 +55,21 @@ COMPONENTS = {
     "logits": "logits", "crop": "crop", "flip": "flip", "sample_idx": "sample_idx",
     "mix_perm": "mix_index", "mix_lam": "mix_lambda", "mix_box": "mix_box",
     "step_ids": "step_index", "step_offsets": "step_index",
+    "topk_values": "logits", "topk_indices": "logits_index",
 }
+
+
+def parse_logits_format(fmt: str) -> int | None:
+    """``"fp16"`` → None (all logits); ``"top<k>"`` → k.
+
+    Raises:
+        ConfigError: any other string.
+    """
+    if fmt == "fp16":
+        return None
+    if fmt.startswith("top") and fmt[3:].isdigit() and int(fmt[3:]) >= 1:
+        return int(fmt[3:])
+    raise ConfigError(f"unknown logits format '{fmt}'; known: fp16, top<k> (e.g. top5)")
 
 
 @dataclass
@@ -65,7 +82,8 @@ class StepRecord:
         boxes: int64 ``(B, 4)`` crop boxes ``(x0, y0, w, h)`` in source pixels.
         flips: bool ``(B,)``.
         mix: CutMix parameters or None.
-        logits: float16 ``(B, C)`` teacher logits on the augmented batch.
+        logits: float16 ``(B, C)`` teacher logits on the augmented batch, or ``(B, k)`` top-k values.
+        topk_indices: int64 ``(B, k)`` class indices of ``logits`` in a top-k store, else None.
     """
 
     step_id: int
@@ -74,6 +92,32 @@ class StepRecord:
     flips: torch.Tensor
     mix: MixParams | None
     logits: torch.Tensor
+    topk_indices: torch.Tensor | None = None
+
+    def soft_targets(self, num_classes: int, temperature: float = 1.0) -> torch.Tensor:
+        """Teacher probabilities ``softmax(logits / T)`` as float32 ``(B, C)``.
+
+        For a top-k record the softmax runs over the k stored logits and every other class gets 0
+        (the student rebuilds the distribution from what was kept).
+        """
+        p = torch.softmax(self.logits.float() / temperature, dim=1)
+        if self.topk_indices is None:
+            return p
+        out = torch.zeros(p.shape[0], num_classes)
+        return out.scatter_(1, self.topk_indices.long(), p)
+
+    def to_topk(self, k: int) -> "StepRecord":
+        """This record with only the k largest logits (and their indices) kept.
+
+        Raises:
+            StoreError: the record already holds fewer than k logits.
+        """
+        if self.topk_indices is not None:
+            if k > self.logits.shape[1]:
+                raise StoreError(f"cannot make top-{k} labels from a top-{self.logits.shape[1]} store")
+            return dataclasses.replace(self, logits=self.logits[:, :k], topk_indices=self.topk_indices[:, :k])
+        vals, idx = torch.topk(self.logits.float(), k, dim=1)
+        return dataclasses.replace(self, logits=vals.to(torch.float16), topk_indices=idx)
 
 
 def _small_int(t: torch.Tensor, limit: int) -> torch.Tensor:
@@ -86,7 +130,7 @@ def _small_int(t: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 def _shard_tensors(records: list[StepRecord], num_images: int, image_hw: tuple[int, int], cutmix: bool,
-                   out_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+                   out_hw: tuple[int, int], topk: int | None, num_classes: int) -> dict[str, torch.Tensor]:
     sizes = [len(r.sample_idx) for r in records]
     offsets = torch.zeros(len(records) + 1, dtype=torch.int32)
     offsets[1:] = torch.tensor(sizes, dtype=torch.int32).cumsum(0)
@@ -96,8 +140,15 @@ def _shard_tensors(records: list[StepRecord], num_images: int, image_hw: tuple[i
         "sample_idx": _small_int(torch.cat([r.sample_idx for r in records]), num_images - 1),
         "crop": _small_int(torch.cat([r.boxes for r in records]), max(image_hw)),
         "flip": pack_bits(torch.cat([r.flips for r in records])),
-        "logits": torch.cat([r.logits for r in records]).to(torch.float16).contiguous(),
     }
+    if topk is None:
+        if any(r.topk_indices is not None for r in records):
+            raise StoreError("cannot write full fp16 logits from top-k records")
+        t["logits"] = torch.cat([r.logits for r in records]).to(torch.float16).contiguous()
+    else:
+        recs = [r.to_topk(topk) for r in records]
+        t["topk_values"] = torch.cat([r.logits for r in recs]).to(torch.float16).contiguous()
+        t["topk_indices"] = _small_int(torch.cat([r.topk_indices for r in recs]), num_classes - 1).contiguous()
     if cutmix:
         perms, lams, boxes = [], [], []
         for r, n in zip(records, sizes):
@@ -121,7 +172,8 @@ class LabelStoreWriter:
     Args:
         path: final store directory (must not exist, or ``overwrite=True``).
         meta: manifest fields (class_to_idx, fingerprints, augmentation spec, epochs, batch size …);
-            must include ``num_images``, ``image_hw`` ``[H, W]``, ``input_size`` ``[H', W']`` and ``cutmix``.
+            must include ``num_images``, ``image_hw`` ``[H, W]``, ``input_size`` ``[H', W']``, ``cutmix`` and
+            ``num_classes``; ``logits_format`` (``fp16`` default, or ``top<k>``) converts records on write.
         steps_per_shard: steps buffered per safetensors file.
     """
 
@@ -130,10 +182,12 @@ class LabelStoreWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise StoreError(f"label store already exists: {self.path}")
-        for k in ("num_images", "image_hw", "input_size", "cutmix"):
+        for k in ("num_images", "image_hw", "input_size", "cutmix", "num_classes"):
             if k not in meta:
                 raise ValueError(f"label store meta needs '{k}'")
         self.meta = dict(meta)
+        self.meta.setdefault("logits_format", "fp16")
+        self.topk = parse_logits_format(self.meta["logits_format"])
         self.steps_per_shard = max(1, int(steps_per_shard))
         self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         if self.tmp.exists():
@@ -143,11 +197,8 @@ class LabelStoreWriter:
         self.shards: list[dict[str, Any]] = []
         self.component_bytes: dict[str, int] = {}
         self.num_entries = 0
-        self.num_classes: int | None = None
 
     def add(self, record: StepRecord) -> None:
-        if self.num_classes is None:
-            self.num_classes = int(record.logits.shape[1])
         self.buffer.append(record)
         if len(self.buffer) >= self.steps_per_shard:
             self._flush()
@@ -160,7 +211,8 @@ class LabelStoreWriter:
         if not self.buffer:
             return
         tensors = _shard_tensors(self.buffer, self.meta["num_images"], tuple(self.meta["image_hw"]),
-                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]))
+                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]), self.topk,
+                                 int(self.meta["num_classes"]))
         name = f"shard_{len(self.shards):05d}.safetensors"
         save_file(tensors, str(self.tmp / name))
         for k, v in tensors.items():
@@ -190,10 +242,8 @@ class LabelStoreWriter:
             "format": FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,
             **self.meta,
-            "num_classes": self.num_classes,
             "num_steps": sum(s["num_steps"] for s in self.shards),
             "num_entries": self.num_entries,
-            "logits_dtype": "float16",
             "component_bytes": dict(sorted(self.component_bytes.items())),
             "shards": self.shards,
         }
@@ -287,6 +337,12 @@ class LabelStore:
         bits = unpack_bits(flips_packed, (b + 7) // 8 * 8 - (a // 8) * 8)
         flips = bits[a - (a // 8) * 8: a - (a // 8) * 8 + n]
         mix = None
+        topk_idx = None
+        if self.manifest.get("logits_format", "fp16") == "fp16":
+            logits = h.get_slice("logits")[a:b]
+        else:
+            logits = h.get_slice("topk_values")[a:b]
+            topk_idx = h.get_slice("topk_indices")[a:b].long()
         if self.manifest["cutmix"]:
             box = tuple(int(v) for v in h.get_slice("mix_box")[pos:pos + 1][0].tolist())
             if box[2] > 0 and box[3] > 0:
@@ -298,7 +354,8 @@ class LabelStore:
             boxes=h.get_slice("crop")[a:b].long(),
             flips=flips,
             mix=mix,
-            logits=h.get_slice("logits")[a:b],
+            logits=logits,
+            topk_indices=topk_idx,
         )
 
     def bytes_on_disk(self) -> int:
