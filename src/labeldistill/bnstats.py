@@ -17,17 +17,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import kornia.augmentation as K
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .augment import apply_crops_flips, sample_flips, step_generator
 from .common import RunLayout, load_split, load_teacher, normalize
+from .distributed import all_reduce_sum, barrier, shard
 from .config import Config
 from .errors import LabelDistillError
 from .models import bn_layers
-from .utils import atomic_write_json, is_rank0, pick_device, read_json
+from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
+
+_CS_KEY = 41
 
 
 class _Accumulator:
@@ -73,26 +77,26 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
     accs = [_Accumulator(C, bn.num_features) for bn in bns]
     handles = [bn.register_forward_hook(a) for bn, a in zip(bns, accs)]
     _, h, w = train.shape
-    aug = nn.Sequential(
-        K.RandomCrop((h, w), padding=cfg.squeeze.crop_padding) if cfg.squeeze.crop_padding > 0 else nn.Identity(),
-        K.RandomHorizontalFlip() if cfg.squeeze.flip else nn.Identity(),
-    )
-    torch.manual_seed(cfg.seed)
+    pad = cfg.squeeze.crop_padding
     t0 = time.time()
     bs = cfg.class_stats.batch_size
+    starts = shard(range(0, len(train), bs))
     try:
         with torch.no_grad():
-            for i in tqdm(range(0, len(train), bs), desc="class-stats", disable=not is_rank0(), unit="batch"):
-                x = train.images[i:i + bs].to(device).float().div_(255)
+            for i in tqdm(starts, desc="class-stats", disable=not is_rank0(), unit="batch"):
+                x = train.images[i:i + bs].float().div_(255)
                 if cfg.class_stats.augment:
-                    x = aug(x)
+                    x = pad_crop_flip(x, pad, cfg.squeeze.flip, step_generator(cfg.seed, _CS_KEY, i))
                 y = train.labels[i:i + bs]
                 for a in accs:
                     a.labels = y
-                teacher(normalize(x, info["mean"], info["std"]).contiguous(memory_format=torch.channels_last))
+                teacher(normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last))
     finally:
         for hd in handles:
             hd.remove()
+    for a in accs:  # exact statistics over all ranks' images
+        for t in (a.s, a.sq, a.count):
+            all_reduce_sum(t)
     tensors: dict[str, torch.Tensor] = {}
     for li, (bn, a) in enumerate(zip(bns, accs)):
         n = a.count.clamp_min(1)[:, None]
@@ -108,16 +112,38 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         tensors[f"l{li}.running_mean"] = bn.running_mean.detach().cpu().float()
         tensors[f"l{li}.running_var"] = bn.running_var.detach().cpu().float()
     tensors["class_counts"] = torch.bincount(train.labels, minlength=C).float()
-    layout.class_stats_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".stats.safetensors.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(out)
-    atomic_write_json(layout.class_stats_dir / "class_stats.json", {
-        "num_layers": len(bns), "num_classes": C, "channels": [bn.num_features for bn in bns],
-        "teacher_fingerprint": info["fingerprint"], "augment": cfg.class_stats.augment,
-        "bytes": out.stat().st_size, "seconds": round(time.time() - t0, 2),
-    })
+    untouched = [li for li in range(len(bns)) if bool((tensors[f"l{li}.class_var"] == 0).all())]
+    if untouched:
+        raise LabelDistillError(f"class statistics of BN layer(s) {untouched} were never updated: the pass saw "
+                                "no data (check data.train_subset)")
+    if is_rank0():
+        layout.class_stats_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(".stats.safetensors.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(out)
+        atomic_write_json(layout.class_stats_dir / "class_stats.json", {
+            "num_layers": len(bns), "num_classes": C, "channels": [bn.num_features for bn in bns],
+            "teacher_fingerprint": info["fingerprint"], "augment": cfg.class_stats.augment, "bytes": out.stat().st_size,
+        })
+        MetricsLog(layout.metrics).log(stage="class-stats", seconds=round(time.time() - t0, 2))
+    barrier()
     return out
+
+
+def pad_crop_flip(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by ``pad`` pixels, then random horizontal flip, per image.
+
+    Parameters come from ``gen`` (so each batch's augmentation is independent of which rank runs it);
+    the crop is applied with kornia as an unscaled box on the padded image. ``x``: float ``(N, C, H, W)``.
+    """
+    n, _, h, w = x.shape
+    if pad > 0:
+        x = F.pad(x, (pad, pad, pad, pad))
+        off = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+        boxes = torch.stack([off[:, 0], off[:, 1], torch.full((n,), w), torch.full((n,), h)], 1)
+    else:
+        boxes = torch.tensor([[0, 0, w, h]]).expand(n, 4)
+    return apply_crops_flips(x, boxes, sample_flips(gen, n) if flip else None, (h, w))
 
 
 def load_class_stats(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -138,11 +138,19 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``labeldistill`` console script."""
+    """Entry point of the ``labeldistill`` console script (also under ``torchrun``)."""
     try:
+        from .distributed import init_distributed
+
+        init_distributed()
         return _main(argv)
     except LabelDistillError as e:
         print(f"labeldistill: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable output folder, full disk, vanished file
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"labeldistill: error: {e.strerror or e}{where}; check that the run directory is writable and "
+              "the disk has space", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("labeldistill: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -48,7 +48,11 @@ class DataConfig:
 
 @dataclass
 class SqueezeConfig:
-    """Teacher training (SRe2L stage 1): SGD + momentum, cosine lr, random crop + flip."""
+    """Teacher training (SRe2L stage 1): SGD + momentum, cosine lr, random crop + flip.
+
+    ``checkpoint``: a ``state_dict`` file (``.safetensors``, or ``.pth`` in torchvision's key layout) to use
+    as the teacher instead of training one.
+    """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64}))
     epochs: int = 3
@@ -58,6 +62,7 @@ class SqueezeConfig:
     weight_decay: float = 5e-4
     crop_padding: int = 2
     flip: bool = True
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -95,6 +100,8 @@ class RecoverConfig:
         init: ``noise`` (N(0, 1) in normalised space, as the papers) or ``real`` (real images of the class).
         rded_factor: RDED stitches ``factor²`` patches into one image.
         rded_candidates: RDED scores this many random crops per kept patch and keeps the most confident.
+        vectorize: optimise this many batches together in one teacher forward (same images as one at a
+            time; much higher throughput for small class-wise batches).
     """
 
     modes: list = field(default_factory=lambda: ["sre2l", "lpld"])
@@ -113,6 +120,7 @@ class RecoverConfig:
     init: str = "noise"
     rded_factor: int = 2
     rded_candidates: int = 5
+    vectorize: int = 1
 
 
 @dataclass
@@ -383,8 +391,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"recover.crops must be per_batch or per_image, got '{rc.crops}'")
     if rc.init not in ("noise", "real"):
         raise ConfigError(f"recover.init must be noise or real, got '{rc.init}'")
-    if rc.iterations < 1 or rc.batch_size < 1 or rc.rded_factor < 1 or rc.rded_candidates < 1:
-        raise ConfigError("recover.iterations, batch_size, rded_factor and rded_candidates must be >= 1")
+    if min(rc.iterations, rc.batch_size, rc.rded_factor, rc.rded_candidates, rc.vectorize) < 1:
+        raise ConfigError("recover.iterations, batch_size, rded_factor, rded_candidates and vectorize must be >= 1")
     if not 0 < rc.cda_milestone <= 1:
         raise ConfigError(f"recover.cda_milestone must be in (0, 1], got {rc.cda_milestone}")
     for f in cfg.prune.factors + ([cfg.relabel.only_kept] if cfg.relabel.only_kept is not None else []):

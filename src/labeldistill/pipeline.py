@@ -18,7 +18,9 @@ from .labels.relabel import relabel
 from .recover import recover
 from .report import results_table, write_report
 from .squeeze import squeeze
-from .utils import atomic_write_json, read_json
+from .distributed import barrier
+from .resume import check_run_dir
+from .utils import atomic_write_json, is_rank0, read_json
 from .validate import validate
 
 
@@ -66,8 +68,10 @@ def run(cfg: Config) -> dict:
         The ``results.json`` content.
     """
     layout = RunLayout(cfg.run_path)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, layout.root / "config.yaml")
+    if is_rank0():
+        check_run_dir(layout.root)
+        dump_config(cfg, layout.root / "config.yaml")
+    barrier()
     t0 = time.time()
     teacher = squeeze(cfg)
     class_stats(cfg)
@@ -75,8 +79,9 @@ def run(cfg: Config) -> dict:
     for mode in cfg.recover.modes:
         recover(cfg, mode)
         relabel(cfg, mode)
-        if cfg.relabel.only_kept is None:
+        if cfg.relabel.only_kept is None and is_rank0():
             prune_all(cfg, mode)
+        barrier()
         for f, st, lg, gr in label_variants(cfg):
             rows.append(validate(cfg, mode, f, st, lg, gr))
     results = {
@@ -87,9 +92,11 @@ def run(cfg: Config) -> dict:
         "rows": rows,
         "seconds": round(time.time() - t0, 2),
     }
-    atomic_write_json(layout.root / "results.json", results)
-    write_report(layout.root)
-    print(results_table(results))
-    print(f"teacher top-1 {100 * teacher['top1']:.2f} %; outputs in {layout.root}/ "
-          "(results.json, report.md, plots/)")
+    if is_rank0():
+        atomic_write_json(layout.root / "results.json", results)
+        write_report(layout.root)
+        print(results_table(results))
+        print(f"teacher top-1 {100 * teacher['top1']:.2f} %; outputs in {layout.root}/ "
+              "(results.json, report.md, plots/)")
+    barrier()
     return results

@@ -28,7 +28,10 @@ lossless PNG with an explicit ``class_to_idx.json``.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,10 +40,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from safetensors.torch import load_file, save_file
+
 from .augment import apply_crops_flips, random_roll, sample_flips, sample_resized_crops, step_generator
 from .bnstats import load_class_stats
 from .common import RunLayout, cosine_lr, denormalize, load_split, load_teacher, normalize
-from .config import Config
+from .config import Config, config_to_dict
+from .distributed import barrier, shard
+from .resume import settings_key
 from .data import ImageSet
 from .data.imagefolder import load_imagefolder
 from .errors import ConfigError, DataError, LabelDistillError
@@ -114,16 +121,18 @@ def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: flo
 
 
 class BNInputHook:
-    """Forward hook keeping the mean and biased variance over (N, H, W) of a BN layer's input."""
+    """Forward hook keeping a BN layer's input, to take its statistics over (N, H, W) per segment of rows."""
 
     def __init__(self) -> None:
-        self.mean: torch.Tensor | None = None
-        self.var: torch.Tensor | None = None
+        self.x: torch.Tensor | None = None
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        x = inputs[0]
-        self.mean = x.mean(dim=(0, 2, 3))
-        self.var = x.var(dim=(0, 2, 3), unbiased=False)
+        self.x = inputs[0]
+
+    def stats(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and biased variance per channel of rows ``a:b`` of the last input."""
+        seg = self.x[a:b]
+        return seg.mean(dim=(0, 2, 3)), seg.var(dim=(0, 2, 3), unbiased=False)
 
 
 def plan_batches(batching: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:
@@ -159,61 +168,104 @@ def bn_targets(targets: str, stats: dict[str, torch.Tensor], num_layers: int, cl
     return out
 
 
+@dataclass
+class Segment:
+    """One optimisation batch inside a (possibly vectorised) recover step.
+
+    Attributes:
+        labels: int64 ``(n,)`` classes of the images.
+        targets: (μ*, σ²*) per BN layer.
+        gen: the batch's own generator (initial noise, crops, flips, jitter).
+        init: float ``(n, C, H, W)`` start images in [0, 1] for ``init: real``, else None.
+    """
+
+    labels: torch.Tensor
+    targets: list[tuple[torch.Tensor, torch.Tensor]]
+    gen: torch.Generator
+    init: torch.Tensor | None = None
+
+
+def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: list[Segment],
+                     shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...], cfg: Config,
+                     device: torch.device, crop_schedule: str = "fixed") -> tuple[list[torch.Tensor], list[dict]]:
+    """Optimise several independent batches together (one teacher forward per iteration).
+
+    The teacher is in eval mode, so rows do not interact in the forward pass: each segment's loss
+    ``CE + r_bn · BN`` uses only its own rows (BN statistics are taken over the segment), the total loss is
+    the sum over segments, and Adam is element-wise, so every segment follows the same trajectory as when
+    optimised alone (up to floating-point summation order). Each segment draws its noise and augmentation
+    from its own generator in the same order as a lone batch would.
+
+    Returns:
+        Per segment: images ``(n, C, H, W)`` in [0, 1] (the last iterate), and the final loss terms.
+
+    Raises:
+        LabelDistillError: a segment's loss became NaN or infinite (names its classes).
+    """
+    rc = cfg.recover
+    c, h, w = shape
+    xs = []
+    for seg in segments:
+        n = len(seg.labels)
+        x0 = torch.randn((n, c, h, w), generator=seg.gen) if seg.init is None else normalize(seg.init.float(), mean, std)
+        xs.append(x0.to(device).requires_grad_(True))
+    bounds = [0]
+    for seg in segments:
+        bounds.append(bounds[-1] + len(seg.labels))
+    lo_px = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+    hi_px = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+    opt = torch.optim.Adam(xs, lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
+    ys = [seg.labels.to(device) for seg in segments]
+    terms = [{"ce": 0.0, "bn": 0.0} for _ in segments]
+    for t in range(rc.iterations):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(rc.lr, t, rc.iterations)
+        low = min_crop_scale(crop_schedule, t, rc.iterations, rc.crop_scale[0], rc.crop_scale[1], rc.cda_milestone)
+        views = []
+        for seg, x in zip(segments, xs):
+            n = len(seg.labels)
+            k = n if rc.crops == "per_image" else 1
+            box = sample_resized_crops(seg.gen, k, h, w, (low, rc.crop_scale[1])).expand(n, 4)
+            flip = sample_flips(seg.gen, k).expand(n) if rc.flip else None
+            views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), rc.jitter))
+        logits = teacher(torch.cat(views).contiguous(memory_format=torch.channels_last))
+        total = torch.zeros((), device=device)
+        for si, seg in enumerate(segments):
+            a, b = bounds[si], bounds[si + 1]
+            ce = F.cross_entropy(logits[a:b], ys[si])
+            bn = torch.zeros((), device=device)
+            for li, (hk, (tm, tv)) in enumerate(zip(hooks, seg.targets)):
+                m_, v_ = hk.stats(a, b)
+                scale = rc.first_bn_multiplier if li == 0 else 1.0
+                bn = bn + scale * (torch.linalg.vector_norm(m_ - tm) + torch.linalg.vector_norm(v_ - tv))
+            loss = ce + rc.r_bn * bn
+            if not torch.isfinite(loss):
+                raise LabelDistillError(f"recover loss became {loss.item()} at iteration {t} for classes "
+                                        f"{sorted(set(seg.labels.tolist()))}; lower recover.lr or recover.r_bn")
+            total = total + loss
+            if t == rc.iterations - 1:
+                terms[si] = {"ce": ce.item(), "bn": bn.item()}
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        with torch.no_grad():
+            for x in xs:
+                x.copy_(torch.maximum(torch.minimum(x, hi_px), lo_px))
+    return [denormalize(x.detach(), mean, std).clamp(0, 1).cpu() for x in xs], terms
+
+
 def recover_batch(teacher: nn.Module, hooks: list[BNInputHook], targets: list[tuple[torch.Tensor, torch.Tensor]],
                   labels: torch.Tensor, shape: tuple[int, int, int], mean: tuple[float, ...],
                   std: tuple[float, ...], cfg: Config, gen: torch.Generator, device: torch.device,
                   crop_schedule: str = "fixed", init: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Optimise one batch of images.
-
-    Args:
-        init: float ``(n, C, H, W)`` start images in [0, 1] (``init: real``); None starts from N(0, 1) in
-            normalised space.
+    """Optimise one batch of images (:func:`recover_segments` with a single segment).
 
     Returns:
         Images ``(n, C, H, W)`` as float in [0, 1] (the last iterate) and the final loss terms.
-
-    Raises:
-        LabelDistillError: the loss became NaN or infinite (names the classes).
     """
-    rc = cfg.recover
-    n = len(labels)
-    c, h, w = shape
-    if init is None:
-        x0 = torch.randn((n, c, h, w), generator=gen)
-    else:
-        x0 = normalize(init.float(), mean, std)
-    x = x0.to(device).requires_grad_(True)
-    lo_px = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
-    hi_px = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
-    opt = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
-    y = labels.to(device)
-    ce = bn = torch.zeros(())
-    for t in range(rc.iterations):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(rc.lr, t, rc.iterations)
-        lo = min_crop_scale(crop_schedule, t, rc.iterations, rc.crop_scale[0], rc.crop_scale[1], rc.cda_milestone)
-        k = n if rc.crops == "per_image" else 1
-        box = sample_resized_crops(gen, k, h, w, (lo, rc.crop_scale[1])).expand(n, 4)
-        flip = sample_flips(gen, k).expand(n) if rc.flip else None
-        xa = apply_crops_flips(x, box, flip, (h, w))
-        xa = random_roll(gen, xa, rc.jitter)
-        logits = teacher(xa.contiguous(memory_format=torch.channels_last))
-        ce = F.cross_entropy(logits, y)
-        bn = torch.zeros((), device=device)
-        for li, (hk, (tm, tv)) in enumerate(zip(hooks, targets)):
-            s = rc.first_bn_multiplier if li == 0 else 1.0
-            bn = bn + s * (torch.linalg.vector_norm(hk.mean - tm) + torch.linalg.vector_norm(hk.var - tv))
-        loss = ce + rc.r_bn * bn
-        if not torch.isfinite(loss):
-            raise LabelDistillError(f"recover loss became {loss.item()} at iteration {t} for classes "
-                                    f"{sorted(set(labels.tolist()))}; lower recover.lr or recover.r_bn")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            x.copy_(torch.maximum(torch.minimum(x, hi_px), lo_px))
-    img = denormalize(x.detach(), mean, std).clamp(0, 1).cpu()
-    return img, {"ce": ce.item(), "bn": bn.item()}
+    imgs, terms = recover_segments(teacher, hooks, [Segment(labels, targets, gen, init)], shape, mean, std, cfg,
+                                   device, crop_schedule)
+    return imgs[0], terms[0]
 
 
 def save_imagefolder(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path) -> None:
@@ -319,37 +371,86 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         bns = bn_layers(teacher)
         hooks = [BNInputHook() for _ in bns]
         handles = [bn.register_forward_hook(hk) for bn, hk in zip(bns, hooks)]
-        images = torch.zeros((C * rc.ipc, *shape))
         batches = plan_batches(variant["batching"], C, rc.ipc, rc.batch_size)
+        groups = [batches[i:i + rc.vectorize] for i in range(0, len(batches), rc.vectorize)]
+        partial = out.with_name(f".{out.name}.partial")
+        key = settings_key("recover", mode, variant, config_to_dict(rc), info["fingerprint"], cfg.seed,
+                           config_to_dict(cfg.data) if rc.init == "real" else None)
+        done = _load_partial(partial, key)
+        barrier()
+        todo = [gi for gi in shard(range(len(groups))) if gi not in done]
         try:
-            for bi, batch in enumerate(tqdm(batches, desc=f"recover[{mode}]", disable=not is_rank0(), unit="batch")):
-                y = torch.tensor([cls for cls, _ in batch])
-                slots = [cls * rc.ipc + k for cls, k in batch]
-                targets = bn_targets(variant["bn_targets"], stats, len(bns), batch[0][0], device)
-                bgen = step_generator(cfg.seed, mode_key(mode), batch[0][0], batch[0][1])
-                img, terms = recover_batch(teacher, hooks, targets, y, shape, info["mean"], info["std"], cfg, bgen,
-                                           device, variant["crop_schedule"],
-                                           None if init_imgs is None else init_imgs[slots])
-                images[slots] = img
-                log.log(stage="recover", mode=mode, batch=bi, classes=sorted({c for c, _ in batch}), **terms)
+            for gi in tqdm(todo, desc=f"recover[{mode}]", disable=not is_rank0(), unit="group"):
+                segs = []
+                for batch in groups[gi]:
+                    slots = [cls * rc.ipc + k for cls, k in batch]
+                    segs.append(Segment(torch.tensor([cls for cls, _ in batch]),
+                                        bn_targets(variant["bn_targets"], stats, len(bns), batch[0][0], device),
+                                        step_generator(cfg.seed, mode_key(mode), batch[0][0], batch[0][1]),
+                                        None if init_imgs is None else init_imgs[slots]))
+                imgs, terms = recover_segments(teacher, hooks, segs, shape, info["mean"], info["std"], cfg, device,
+                                               variant["crop_schedule"])
+                slots = torch.tensor([cls * rc.ipc + k for batch in groups[gi] for cls, k in batch])
+                _save_partial(partial, gi, slots, torch.cat(imgs))
+                for batch, tm in zip(groups[gi], terms):
+                    log.log(stage="recover", mode=mode, classes=sorted({c for c, _ in batch}), **tm)
         finally:
             for hd in handles:
                 hd.remove()
+        barrier()
+        done = _load_partial(partial, key)
+        if len(done) != len(groups):
+            raise LabelDistillError(f"recover[{mode}]: {len(groups) - len(done)} batch groups missing from "
+                                    f"{partial}; re-run to finish them")
+        images = torch.zeros((C * rc.ipc, *shape))
+        for slots, imgs in done.values():
+            images[slots] = imgs
         extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
     u8 = (images * 255).round().to(torch.uint8)
     with torch.no_grad():
         x = normalize(u8.float() / 255, info["mean"], info["std"]).to(device)
         teacher_top1 = float((teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
                               == labels).float().mean())
-    with atomic_dir(out) as tmp:
-        save_imagefolder(u8, labels, info["classes"], tmp)
-        atomic_write_json(tmp / "images.json", {
-            "mode": mode, "source": variant["source"], "ipc": rc.ipc, "num_images": len(labels),
-            "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
-            "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": teacher_top1,
-            "seconds": round(time.time() - t0, 2), **extra,
-        })
+    if is_rank0():
+        with atomic_dir(out) as tmp:
+            save_imagefolder(u8, labels, info["classes"], tmp)
+            atomic_write_json(tmp / "images.json", {
+                "mode": mode, "source": variant["source"], "ipc": rc.ipc, "num_images": len(labels),
+                "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
+                "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": teacher_top1, **extra,
+            })
+        shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
+        log.log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
+    barrier()
     return out
+
+
+def _load_partial(partial: Path, key: str) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Finished batch groups of an interrupted recover: group index → (slots, float images).
+
+    A partial folder written with other settings is discarded (by rank 0).
+    """
+    kf = partial / "key.json"
+    if partial.is_dir() and kf.is_file() and read_json(kf).get("key") == key:
+        out = {}
+        for f in sorted(partial.glob("group_*.safetensors")):
+            try:
+                t = load_file(str(f))
+            except Exception:  # noqa: BLE001 - a file cut off by a kill is redone
+                continue
+            out[int(f.stem.split("_")[1])] = (t["slots"].long(), t["images"])
+        return out
+    if is_rank0():
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        atomic_write_json(kf, {"key": key})
+    return {}
+
+
+def _save_partial(partial: Path, gi: int, slots: torch.Tensor, images: torch.Tensor) -> None:
+    tmp = partial / f".group_{gi:05d}.tmp-{os.getpid()}"
+    save_file({"slots": slots.to(torch.int64), "images": images.contiguous()}, str(tmp))
+    os.replace(tmp, partial / f"group_{gi:05d}.safetensors")
 
 
 def image_fingerprint(images_u8: torch.Tensor, labels: torch.Tensor) -> str:

@@ -5,7 +5,7 @@ SGD with momentum and a cosine learning rate; random crop (zero padding) + horiz
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import kornia.augmentation as K
 import torch
@@ -13,21 +13,53 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from safetensors.torch import load_file
+
 from .common import RunLayout, build_model, cosine_lr, evaluate, load_split, normalize, save_teacher
-from .config import Config
+from .config import Config, config_to_dict
+from .data import ImageSet
+from .distributed import barrier, rank_world, wrap_ddp
+from .errors import DataError, LabelDistillError
+from .resume import load_checkpoint, save_checkpoint, settings_key
 from .utils import MetricsLog, is_rank0, pick_device, read_json
 
 
-def squeeze(cfg: Config, force: bool = False) -> dict:
-    """Train the teacher and save ``teacher/model.safetensors`` + ``teacher/teacher.json``.
-
-    Skipped when ``teacher.json`` already exists (unless ``force``).
-
-    Returns:
-        The teacher info: model name and args, ``top1`` (fraction) on the real test split, epochs, seconds.
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``state_dict`` from ``.safetensors`` or a ``torch.save`` file (``.pth``/``.pt``, optionally a dict
+    holding it under ``state_dict`` or ``model``), stripping a DistributedDataParallel ``module.`` prefix.
 
     Raises:
-        DataError / RegistryError: bad dataset or model configuration.
+        DataError: missing or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"teacher checkpoint not found: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+            for k in ("state_dict", "model"):
+                if isinstance(sd, dict) and isinstance(sd.get(k), dict):
+                    sd = sd[k]
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise DataError(f"cannot read teacher checkpoint {p}: {str(e).splitlines()[0]}") from None
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def squeeze(cfg: Config, force: bool = False) -> dict:
+    """Train the teacher (or load ``squeeze.checkpoint``) and save ``teacher/model.safetensors`` + ``teacher.json``.
+
+    Skipped when ``teacher.json`` already exists (unless ``force``). Training resumes from the last finished
+    epoch after an interruption (``teacher/.resume.pt``) and then gives the same weights as an
+    uninterrupted run. Under ``torchrun`` the batches of each step are split across ranks
+    (DistributedDataParallel).
+
+    Returns:
+        The teacher info: model name and args, ``top1`` (fraction) on the real test split, epochs.
+
+    Raises:
+        DataError / RegistryError: bad dataset, model or checkpoint; LabelDistillError: the loss diverged.
     """
     layout = RunLayout(cfg.run_path)
     meta_f = layout.teacher_dir / "teacher.json"
@@ -37,8 +69,36 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     sc = cfg.squeeze
     torch.manual_seed(cfg.seed)  # model init and kornia's sampling during training
-    model = build_model(sc.model, train.num_classes, train.shape).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    model = build_model(sc.model, train.num_classes, train.shape)
+    if sc.checkpoint:
+        try:
+            model.load_state_dict(load_state_dict_file(sc.checkpoint))
+        except RuntimeError as e:
+            raise DataError(f"teacher checkpoint {sc.checkpoint} does not fit model '{sc.model.name}' "
+                            f"{sc.model.args}: {str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else e}") from None
+        epochs_done = 0
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if not sc.checkpoint:
+        _train_teacher(model, train, cfg, layout, device)
+        epochs_done = sc.epochs
+    top1 = evaluate(model, test, train.mean, train.std, device)
+    info = {
+        "model": sc.model.name, "model_args": dict(sc.model.args), "num_classes": train.num_classes,
+        "shape": list(train.shape), "mean": list(train.mean), "std": list(train.std),
+        "classes": train.classes, "dataset": cfg.data.dataset, "epochs": epochs_done, "top1": top1,
+        "checkpoint": sc.checkpoint,
+    }
+    MetricsLog(layout.metrics).log(stage="squeeze", top1=top1)
+    if is_rank0():
+        save_teacher(model, layout.teacher_dir, info)
+        (layout.teacher_dir / ".resume.pt").unlink(missing_ok=True)
+    barrier()
+    return read_json(meta_f)
+
+
+def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLayout, device: torch.device) -> None:
+    sc = cfg.squeeze
+    net = wrap_ddp(model, device)
     opt = torch.optim.SGD(model.parameters(), lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay,
                           nesterov=True)
     _, h, w = train.shape
@@ -49,21 +109,36 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (len(train) + sc.batch_size - 1) // sc.batch_size
     total = sc.epochs * steps_per_epoch
+    rank, world = rank_world()
+    ckpt_path = layout.teacher_dir / ".resume.pt"
+    key = settings_key("squeeze", config_to_dict(sc), config_to_dict(cfg.data), cfg.seed, world)
+    start = 0
+    state = load_checkpoint(ckpt_path, key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["gen"])
+        torch.set_rng_state(state["rng"])
+        start = state["epoch"] + 1
     log = MetricsLog(layout.metrics)
-    t0 = time.time()
-    step = 0
-    bar = tqdm(total=total, desc="squeeze", disable=not is_rank0(), unit="step")
-    for epoch in range(sc.epochs):
+    bar = tqdm(total=total, initial=start * steps_per_epoch, desc="squeeze", disable=not is_rank0(), unit="step")
+    step = start * steps_per_epoch
+    for epoch in range(start, sc.epochs):
         model.train()
         order = torch.randperm(len(train), generator=g)
         for i in range(steps_per_epoch):
             idx = order[i * sc.batch_size:(i + 1) * sc.batch_size]
-            x = train.images[idx].to(device).float().div_(255)
-            x = normalize(aug(x), train.mean, train.std).contiguous(memory_format=torch.channels_last)
-            y = train.labels[idx].to(device)
+            x = train.images[idx].float().div_(255)
+            x = aug(x)  # augment the whole batch on every rank so the global RNG stays in step
+            idx_local = slice(rank, None, world)
+            x = normalize(x[idx_local].to(device), train.mean, train.std).contiguous(memory_format=torch.channels_last)
+            y = train.labels[idx][idx_local].to(device)
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(sc.lr, step, total)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(net(x), y)
+            if not torch.isfinite(loss):
+                raise LabelDistillError(f"teacher loss became {loss.item()} at epoch {epoch}, step {i}; "
+                                        "lower squeeze.lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -72,14 +147,7 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         log.log(stage="squeeze", epoch=epoch, loss=loss.item())
+        if is_rank0() and epoch + 1 < sc.epochs:
+            save_checkpoint(ckpt_path, key, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                                             "gen": g.get_state(), "rng": torch.get_rng_state()})
     bar.close()
-    top1 = evaluate(model, test, train.mean, train.std, device)
-    info = {
-        "model": sc.model.name, "model_args": dict(sc.model.args), "num_classes": train.num_classes,
-        "shape": list(train.shape), "mean": list(train.mean), "std": list(train.std),
-        "classes": train.classes, "dataset": cfg.data.dataset, "epochs": sc.epochs, "top1": top1,
-        "seconds": round(time.time() - t0, 2),
-    }
-    log.log(stage="squeeze", top1=top1)
-    save_teacher(model, layout.teacher_dir, info)
-    return read_json(meta_f)

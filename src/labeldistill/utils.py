@@ -19,7 +19,7 @@ def pick_device(name: str = "auto") -> torch.device:
     """``auto`` → CUDA, then MPS, then CPU; any other string is passed to :class:`torch.device`."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -120,6 +120,7 @@ class MetricsLog:
 
 
 def is_rank0() -> bool:
+    """True on rank 0 of a process group, or without one."""
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -22,12 +22,14 @@ from tqdm.auto import tqdm
 
 from .augment import step_generator
 from .common import RunLayout, build_model, cosine_lr, evaluate, load_split
-from .config import Config
+from .config import Config, config_to_dict
+from .distributed import barrier, rank_world, wrap_ddp
 from .data import ImageSet
 from .errors import LabelDistillError, StoreError
 from .labels.relabel import build_batch
 from .labels.store import LabelStore
 from .recover import image_bytes, load_synthetic
+from .resume import Throttle, load_checkpoint, save_checkpoint, settings_key
 from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
 
 _POOL_KEY = 31
@@ -71,8 +73,10 @@ class PoolSampler(Sampler[int]):
     replacement among those in the pool and yields its kept steps in stored order. Seeded per epoch.
     """
 
-    def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int, granularity: str = "batch"):
+    def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int, granularity: str = "batch",
+                 start_epoch: int = 0):
         self.pool, self.spe, self.epochs, self.seed = sorted(pool), steps_per_epoch, epochs, seed
+        self.start_epoch = start_epoch
         self.granularity = granularity
         self.by_epoch: dict[int, list[int]] = {}
         for g in self.pool:
@@ -80,9 +84,11 @@ class PoolSampler(Sampler[int]):
         self.epoch_ids = sorted(self.by_epoch)
 
     def __len__(self) -> int:
-        if self.granularity == "epoch":
-            return sum(len(list(self._epoch_steps(e))) for e in range(self.epochs))
-        return self.spe * self.epochs
+        return sum(self.epoch_len(e) for e in range(self.start_epoch, self.epochs))
+
+    def epoch_len(self, e: int) -> int:
+        """Steps in training epoch ``e``."""
+        return len(list(self._epoch_steps(e))) if self.granularity == "epoch" else self.spe
 
     def _epoch_steps(self, e: int) -> Iterator[int]:
         g = step_generator(self.seed, _POOL_KEY, e)
@@ -94,7 +100,7 @@ class PoolSampler(Sampler[int]):
                 yield self.pool[i]
 
     def __iter__(self) -> Iterator[int]:
-        for e in range(self.epochs):
+        for e in range(self.start_epoch, self.epochs):
             yield from self._epoch_steps(e)
 
 
@@ -126,43 +132,71 @@ def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None
 
 
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
-                  log: MetricsLog | None = None) -> dict:
+                  log: MetricsLog | None = None, resume_path: Path | None = None) -> dict:
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
+
+    With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
+    every 30 seconds and an interrupted run continues from it, ending with the same weights. Under torchrun
+    each stored step is split across ranks and gradients are averaged (DistributedDataParallel).
 
     Returns:
         ``{"top1": fraction, "epochs": int, "steps": int, "seconds": float}``.
+
+    Raises:
+        LabelDistillError: the loss became NaN or infinite.
     """
     vc = cfg.validate
     device = pick_device(cfg.device)
     m = store.manifest
     epochs = vc.epochs or m["epochs"]
     spe = m["steps_per_epoch"]
+    granularity = m["prune"].get("granularity", "batch")
     torch.manual_seed(cfg.seed)  # student initialisation
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
+    net = wrap_ddp(student, device)
     if vc.optimizer == "adamw":
         opt = torch.optim.AdamW(student.parameters(), lr=vc.lr, weight_decay=vc.weight_decay)
     else:
         opt = torch.optim.SGD(student.parameters(), lr=vc.lr, momentum=vc.momentum, weight_decay=vc.weight_decay)
+    full = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity)
+    total = len(full)
+    rank, world = rank_world()
+    key = settings_key("validate", config_to_dict(vc), m["image_fingerprint"], m["shards"], cfg.seed, world)
+    start, step = 0, 0
+    state = load_checkpoint(resume_path, key) if resume_path else None
+    if state is not None:
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, step = state["epoch"] + 1, state["step"]
     ds = StoredStepDataset(store, data.float_images(), vc.temperature)
-    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, m["prune"].get("granularity", "batch"))
+    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start)
     loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
-    total = len(sampler)
     t0 = time.time()
     student.train()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not is_rank0(), leave=False)
-    for step, (x, t) in enumerate(loader):
+    save_now = Throttle(30.0)
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not is_rank0(), leave=False)
+    epoch, left = start, sampler.epoch_len(start) if start < epochs else 0
+    for x, t in loader:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(vc.lr, step, total)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = kd_loss(student(x), t.to(device), vc.temperature, vc.t2_scale)
+        x = x[rank::world].to(device).contiguous(memory_format=torch.channels_last)
+        loss = kd_loss(net(x), t[rank::world].to(device), vc.temperature, vc.t2_scale)
+        if not torch.isfinite(loss):
+            raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        step += 1
         bar.update(1)
-        if not torch.isfinite(loss):
-            raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
-        if log is not None and (step + 1) % (50 * spe) == 0:
-            log.log(stage="validate", run=desc, step=step + 1, loss=loss.item())
+        left -= 1
+        if left == 0:  # end of a training epoch
+            if log is not None and (epoch + 1) % 50 == 0:
+                log.log(stage="validate", run=desc, epoch=epoch + 1, loss=loss.item())
+            if resume_path is not None and is_rank0() and epoch + 1 < epochs and save_now():
+                save_checkpoint(resume_path, key, {"model": student.state_dict(), "opt": opt.state_dict(),
+                                                   "epoch": epoch, "step": step})
+            epoch += 1
+            left = sampler.epoch_len(epoch) if epoch < epochs else 0
     bar.close()
     mean, std = m["normalization"]["mean"], m["normalization"]["std"]
     top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
@@ -193,7 +227,9 @@ def validate(cfg: Config, mode: str, factor: float, strategy: str = "random", lo
     check_store_matches(store, img_meta["fingerprint"])
     test = load_split(cfg, "test")
     tag = path.name
-    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {tag}]", log=MetricsLog(layout.metrics))
+    resume = out.with_name(f".{out.stem}.resume.pt")
+    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {tag}]", log=MetricsLog(layout.metrics),
+                        resume_path=resume)
     row = {
         "recover": mode, "ipc": img_meta["ipc"], "prune_factor": float(factor), "prune_strategy": strategy,
         "logits": logits, "granularity": granularity,
@@ -201,5 +237,8 @@ def validate(cfg: Config, mode: str, factor: float, strategy: str = "random", lo
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, **res,
     }
-    atomic_write_json(out, row)
+    if is_rank0():
+        atomic_write_json(out, row)
+        resume.unlink(missing_ok=True)
+    barrier()
     return row

@@ -26,6 +26,8 @@ from ..config import Config, RelabelConfig
 from ..data import ImageSet
 from ..recover import load_synthetic
 from ..utils import MetricsLog, is_rank0, pick_device
+from ..distributed import barrier, shard
+from ..resume import settings_key
 from .prune import select_steps
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
@@ -175,13 +177,25 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         meta["prune"] = {"factor": float(only), "strategy": "random", "granularity": "batch", "seed": cfg.seed,
                          "source_steps": plan.total_steps, "kept_steps": len(steps), "generated_only_kept": True}
     t0 = time.time()
-    writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=force)
-    try:
-        writer.extend(generate_steps(teacher, images, plan, steps, rc, info["mean"], info["std"], device,
-                                     progress=is_rank0()))
-    except BaseException:
-        writer.abort()
-        raise
-    store = writer.close()
-    MetricsLog(layout.metrics).log(stage="relabel", mode=mode, steps=len(steps), seconds=round(time.time() - t0, 2))
-    return store
+    key = settings_key("relabel", meta, steps, info["fingerprint"])
+    if is_rank0():
+        writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=True, resume_key=key)
+    barrier()
+    if not is_rank0():
+        writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=True, resume_key=key, prepare=False)
+    shards = [steps[i:i + rc.steps_per_shard] for i in range(0, len(steps), rc.steps_per_shard)]
+    todo = [i for i in shard(range(len(shards))) if not writer.shard_done(i)]
+    bar = tqdm(total=sum(len(shards[i]) for i in todo), desc=f"relabel[{mode}]", unit="step", disable=not is_rank0())
+    for i in todo:
+        # One teacher pass per shard, so a resumed run batches (and rounds) exactly as an uninterrupted one.
+        writer.write_shard(i, list(generate_steps(teacher, images, plan, shards[i], rc, info["mean"], info["std"],
+                                                  device, progress=False)))
+        bar.update(len(shards[i]))
+    bar.close()
+    barrier()
+    if is_rank0():
+        writer.close(num_shards=len(shards))
+        MetricsLog(layout.metrics).log(stage="relabel", mode=mode, steps=len(steps),
+                                       seconds=round(time.time() - t0, 2))
+    barrier()
+    return LabelStore(out)

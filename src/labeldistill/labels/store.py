@@ -167,18 +167,30 @@ def _shard_tensors(records: list[StepRecord], num_images: int, image_hw: tuple[i
 
 
 class LabelStoreWriter:
-    """Write a label store step by step; call :meth:`close` to publish it.
+    """Write a label store shard by shard; :meth:`close` publishes it.
+
+    Shards go to a partial directory ``.<name>.partial`` next to the final path, each followed by a small
+    sidecar JSON (its manifest entry), both written atomically. The manifest is written last and the
+    directory renamed into place, so a store on disk is complete or absent. With a ``resume_key``, a partial
+    directory left by an interrupted run with the same key is kept and its finished shards are reused
+    (:meth:`shard_done`); any other partial directory is discarded. Shards can be written by several
+    processes (one writer per rank, shard indices disjoint); one of them calls :meth:`close`.
 
     Args:
         path: final store directory (must not exist, or ``overwrite=True``).
         meta: manifest fields (class_to_idx, fingerprints, augmentation spec, epochs, batch size …);
             must include ``num_images``, ``image_hw`` ``[H, W]``, ``input_size`` ``[H', W']``, ``cutmix`` and
             ``num_classes``; ``logits_format`` (``fp16`` default, or ``top<k>``) converts records on write.
-        steps_per_shard: steps buffered per safetensors file.
+        steps_per_shard: steps per safetensors file for :meth:`add`.
+        resume_key: settings fingerprint allowing reuse of an interrupted run's shards.
+        prepare: create (or validate) the partial directory; ranks other than 0 pass False after a barrier.
+
+    Raises:
+        StoreError: ``path`` exists and ``overwrite`` is False.
     """
 
     def __init__(self, path: str | Path, meta: dict[str, Any], steps_per_shard: int = 200,
-                 overwrite: bool = False):
+                 overwrite: bool = False, resume_key: str | None = None, prepare: bool = True):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise StoreError(f"label store already exists: {self.path}")
@@ -189,16 +201,56 @@ class LabelStoreWriter:
         self.meta.setdefault("logits_format", "fp16")
         self.topk = parse_logits_format(self.meta["logits_format"])
         self.steps_per_shard = max(1, int(steps_per_shard))
-        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        key_file = self.tmp / "resume_key.json"
+        if prepare:
+            keep = (resume_key is not None and key_file.is_file()
+                    and json.loads(key_file.read_text()).get("key") == resume_key)
+            if not keep:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp.mkdir(parents=True)
+                atomic_write_json(key_file, {"key": resume_key})
         self.buffer: list[StepRecord] = []
-        self.shards: list[dict[str, Any]] = []
-        self.component_bytes: dict[str, int] = {}
-        self.num_entries = 0
+        self.next_shard = 0
+
+    def shard_done(self, index: int) -> bool:
+        """True if shard ``index`` was completely written (sidecar present, size matches)."""
+        side = self.tmp / f"shard_{index:05d}.json"
+        if not side.is_file():
+            return False
+        try:
+            entry = json.loads(side.read_text())
+        except ValueError:
+            return False
+        f = self.tmp / entry["file"]
+        return f.is_file() and f.stat().st_size == entry["bytes"]
+
+    def write_shard(self, index: int, records: list[StepRecord]) -> dict[str, Any]:
+        """Write shard ``index`` from ``records`` (atomically, then its sidecar); returns its manifest entry."""
+        tensors = _shard_tensors(records, self.meta["num_images"], tuple(self.meta["image_hw"]),
+                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]), self.topk,
+                                 int(self.meta["num_classes"]))
+        name = f"shard_{index:05d}.safetensors"
+        tmp = self.tmp / f".{name}.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.tmp / name)
+        comps: dict[str, int] = {}
+        for k, v in tensors.items():
+            comps[COMPONENTS[k]] = comps.get(COMPONENTS[k], 0) + v.numel() * v.element_size()
+        entry = {
+            "file": name,
+            "num_steps": len(records),
+            "num_entries": int(tensors["step_offsets"][-1]),
+            "first_step": int(tensors["step_ids"][0]),
+            "bytes": (self.tmp / name).stat().st_size,
+            "sha256": sha256_file(self.tmp / name),
+            "component_bytes": comps,
+        }
+        atomic_write_json(self.tmp / f"shard_{index:05d}.json", entry)
+        return entry
 
     def add(self, record: StepRecord) -> None:
+        """Buffer one record; a shard is written every ``steps_per_shard`` records."""
         self.buffer.append(record)
         if len(self.buffer) >= self.steps_per_shard:
             self._flush()
@@ -208,45 +260,49 @@ class LabelStoreWriter:
             self.add(r)
 
     def _flush(self) -> None:
-        if not self.buffer:
-            return
-        tensors = _shard_tensors(self.buffer, self.meta["num_images"], tuple(self.meta["image_hw"]),
-                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]), self.topk,
-                                 int(self.meta["num_classes"]))
-        name = f"shard_{len(self.shards):05d}.safetensors"
-        save_file(tensors, str(self.tmp / name))
-        for k, v in tensors.items():
-            comp = COMPONENTS[k]
-            self.component_bytes[comp] = self.component_bytes.get(comp, 0) + v.numel() * v.element_size()
-        self.shards.append({
-            "file": name,
-            "num_steps": len(self.buffer),
-            "num_entries": int(tensors["step_offsets"][-1]),
-            "first_step": int(tensors["step_ids"][0]),
-            "bytes": (self.tmp / name).stat().st_size,
-            "sha256": sha256_file(self.tmp / name),
-        })
-        self.num_entries += int(tensors["step_offsets"][-1])
-        self.buffer = []
+        if self.buffer:
+            self.write_shard(self.next_shard, self.buffer)
+            self.next_shard += 1
+            self.buffer = []
 
     def abort(self) -> None:
+        """Discard everything written (not used on a kill: then the partial directory is kept for resuming)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def close(self) -> "LabelStore":
-        """Flush, write the manifest last, rename into place; returns the opened store."""
+    def close(self, num_shards: int | None = None) -> "LabelStore":
+        """Flush, write the manifest last, rename into place; returns the opened store.
+
+        Args:
+            num_shards: number of shards expected (default: those written through :meth:`add`).
+
+        Raises:
+            StoreError: a shard is missing, or the store would be empty.
+        """
         self._flush()
-        if not self.shards:
+        n = self.next_shard if num_shards is None else num_shards
+        shards, comps = [], {}
+        for i in range(n):
+            side = self.tmp / f"shard_{i:05d}.json"
+            if not self.shard_done(i):
+                raise StoreError(f"shard {i} of {self.path} is missing; re-run to finish it")
+            entry = json.loads(side.read_text())
+            for k, v in entry.pop("component_bytes").items():
+                comps[k] = comps.get(k, 0) + v
+            shards.append(entry)
+        if not shards:
             self.abort()
             raise StoreError(f"refusing to write an empty label store: {self.path}")
         manifest = {
             "format": FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,
             **self.meta,
-            "num_steps": sum(s["num_steps"] for s in self.shards),
-            "num_entries": self.num_entries,
-            "component_bytes": dict(sorted(self.component_bytes.items())),
-            "shards": self.shards,
+            "num_steps": sum(s["num_steps"] for s in shards),
+            "num_entries": sum(s["num_entries"] for s in shards),
+            "component_bytes": dict(sorted(comps.items())),
+            "shards": shards,
         }
+        for f in list(self.tmp.glob("*.json")):
+            f.unlink()
         atomic_write_json(self.tmp / MANIFEST, manifest)
         if self.path.exists():
             shutil.rmtree(self.path)

@@ -1,0 +1,70 @@
+"""torch.distributed helpers: every stage runs unchanged under ``torchrun --nproc-per-node N [--nnodes …]``.
+
+The process group is created from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` …) with
+``gloo`` on CPU and ``nccl`` on CUDA. Without torchrun every helper degrades to the single-process case.
+How each stage splits its work: recover shards its optimisation batches, relabel its shards, class-stats
+its images (per-class sums are all-reduced), squeeze and validate wrap the model in DistributedDataParallel.
+Outputs are written by rank 0 (or by the rank owning a shard); a barrier separates stages.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+T = TypeVar("T")
+
+
+def init_distributed() -> bool:
+    """Initialise the default process group if launched by torchrun (``WORLD_SIZE`` > 1).
+
+    Returns:
+        True if a process group is active.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items``: every ``world``-th item starting at ``rank`` (round robin)."""
+    rank, world = rank_world()
+    return list(items[rank::world])
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op without a process group); returns ``t``."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` under a process group, else ``model`` itself."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
