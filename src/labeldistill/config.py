@@ -184,6 +184,7 @@ class ValidateConfig:
         t2_scale: multiply the KL loss by ``T²`` (Hinton et al.; the LPLD Tiny recipe does, its ImageNet
             recipe does not).
         eval_batch_size: batch size on the real test split.
+        checkpoint_seconds: save a resume checkpoint at the end of an epoch at most this often.
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32}))
@@ -195,6 +196,7 @@ class ValidateConfig:
     temperature: float = 4.0
     t2_scale: bool = True
     eval_batch_size: int = 1000
+    checkpoint_seconds: float = 30.0
 
 
 @dataclass

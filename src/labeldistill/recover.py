@@ -47,7 +47,7 @@ from .bnstats import load_class_stats
 from .common import RunLayout, cosine_lr, denormalize, load_split, load_teacher, normalize
 from .config import Config, config_to_dict
 from .distributed import barrier, shard
-from .resume import settings_key
+from .resume import fault_point, settings_key
 from .data import ImageSet
 from .data.imagefolder import load_imagefolder
 from .errors import ConfigError, DataError, LabelDistillError
@@ -392,6 +392,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
                                                variant["crop_schedule"])
                 slots = torch.tensor([cls * rc.ipc + k for batch in groups[gi] for cls, k in batch])
                 _save_partial(partial, gi, slots, torch.cat(imgs))
+                fault_point("recover-group")
                 for batch, tm in zip(groups[gi], terms):
                     log.log(stage="recover", mode=mode, classes=sorted({c for c, _ in batch}), **tm)
         finally:

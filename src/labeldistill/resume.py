@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,24 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
     except Exception:  # a checkpoint cut off mid-write by a crash is simply not used
         return None
     return state if state.get("key") == key else None
+
+
+def fault_point(name: str) -> None:
+    """Kill this process with SIGKILL at the n-th call of ``name`` when ``LABELDISTILL_KILL_AT=name:n`` is set.
+
+    A fault-injection hook for the test suite: it makes "killed right after the n-th unit of work of a
+    stage" reproducible (units: ``squeeze-epoch``, ``recover-group``, ``relabel-shard``, ``validate-epoch``).
+    Without the variable it does nothing.
+    """
+    spec = os.environ.get("LABELDISTILL_KILL_AT")
+    if not spec or spec.rpartition(":")[0] != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] >= int(spec.rpartition(":")[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_COUNTS: dict[str, int] = {}
 
 
 class Throttle:

@@ -20,7 +20,7 @@ from .config import Config, config_to_dict
 from .data import ImageSet
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import DataError, LabelDistillError
-from .resume import load_checkpoint, save_checkpoint, settings_key
+from .resume import fault_point, load_checkpoint, save_checkpoint, settings_key
 from .utils import MetricsLog, is_rank0, pick_device, read_json
 
 
@@ -150,4 +150,5 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
         if is_rank0() and epoch + 1 < sc.epochs:
             save_checkpoint(ckpt_path, key, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                                              "gen": g.get_state(), "rng": torch.get_rng_state()})
+            fault_point("squeeze-epoch")
     bar.close()

@@ -29,7 +29,7 @@ from .errors import LabelDistillError, StoreError
 from .labels.relabel import build_batch
 from .labels.store import LabelStore
 from .recover import image_bytes, load_synthetic
-from .resume import Throttle, load_checkpoint, save_checkpoint, settings_key
+from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint, settings_key
 from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
 
 _POOL_KEY = 31
@@ -136,7 +136,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
 
     With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
-    every 30 seconds and an interrupted run continues from it, ending with the same weights. Under torchrun
+    every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights. Under torchrun
     each stored step is split across ranks and gradients are averaged (DistributedDataParallel).
 
     Returns:
@@ -173,7 +173,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
     t0 = time.time()
     student.train()
-    save_now = Throttle(30.0)
+    save_now = Throttle(vc.checkpoint_seconds)
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not is_rank0(), leave=False)
     epoch, left = start, sampler.epoch_len(start) if start < epochs else 0
     for x, t in loader:
@@ -195,6 +195,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
             if resume_path is not None and is_rank0() and epoch + 1 < epochs and save_now():
                 save_checkpoint(resume_path, key, {"model": student.state_dict(), "opt": opt.state_dict(),
                                                    "epoch": epoch, "step": step})
+                fault_point("validate-epoch")
             epoch += 1
             left = sampler.epoch_len(epoch) if epoch < epochs else 0
     bar.close()

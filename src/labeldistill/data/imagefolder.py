@@ -66,8 +66,13 @@ def load_imagefolder(folder: str | Path, class_to_idx: dict[str, int] | None = N
     mapping = class_to_idx or read_class_to_idx(folder)
     arrays, labels, size, mode = [], [], None, None
     for cls, ci in sorted(mapping.items(), key=lambda kv: kv[1]):
-        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) \
+        entries = sorted(p for p in (folder / cls).iterdir() if not p.name.startswith(".")) \
             if (folder / cls).is_dir() else []
+        stray = [p for p in entries if p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS]
+        if stray:
+            raise DataError(f"{stray[0]} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                            "remove it from the class folder")
+        files = entries
         if not files:
             raise DataError(f"class '{cls}' has no images in {folder / cls}")
         for p in files:

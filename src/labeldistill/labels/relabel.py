@@ -27,7 +27,7 @@ from ..data import ImageSet
 from ..recover import load_synthetic
 from ..utils import MetricsLog, is_rank0, pick_device
 from ..distributed import barrier, shard
-from ..resume import settings_key
+from ..resume import fault_point, settings_key
 from .prune import select_steps
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
@@ -191,6 +191,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         writer.write_shard(i, list(generate_steps(teacher, images, plan, shards[i], rc, info["mean"], info["std"],
                                                   device, progress=False)))
         bar.update(len(shards[i]))
+        fault_point("relabel-shard")
     bar.close()
     barrier()
     if is_rank0():

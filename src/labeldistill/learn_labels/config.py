@@ -1,0 +1,360 @@
+"""Typed config of the ``learn-labels`` job (label distillation, Bohdal, Yang & Hospedales 2020).
+
+Loaded with :func:`labeldistill.config.load_typed_config` (YAML + dotted ``key=value`` overrides, unknown keys
+rejected), then range-checked by :func:`validate_ld_config`. Defaults follow the reference configuration of the
+paper (spec §9): N = 100 base examples, inner batch 50, outer batch 1024, inner lr 0.01, labels as probabilities
+with uniform init and Adam 1e-3, reset window 50, validation every 5 epochs, λ = 1 for RR, 20 test repeats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ModelConfig, load_typed_config
+from ..errors import ConfigError
+
+METHODS = ("ld", "rr", "onehot", "smooth", "teacher")
+LEARNED_METHODS = ("ld", "rr")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw")
+LABEL_PARAMS = ("prob", "logits")
+LABEL_INITS = ("uniform", "onehot", "teacher")
+BASE_MODES = ("balanced", "unbalanced")
+STEP_RULES = ("paper", "val")
+
+
+@dataclass
+class LDDataConfig:
+    """Target and source (base-example) datasets.
+
+    Attributes:
+        target: registry name of the target dataset: its classes are the label classes, its train split gives
+            the outer-loss batches and the validation split, its test split is used only at meta-test.
+        target_root: folder of the target files (``None`` = the dataset's default location).
+        source: dataset the base examples come from; ``None`` = the target (within-dataset distillation).
+        source_root: folder of the source files.
+        val_size: images held out of the target TRAIN split for model selection (never the test split).
+        target_subset: use only this many of the remaining target train images as outer-loss data
+            (seeded, class-balanced); ``None`` = all of them.
+        test_subset: evaluate on this many test images (seeded, class-balanced); ``None`` = the whole split.
+        split_seed: seed of the train/validation split.
+    """
+
+    target: str = "fashion-mnist"
+    target_root: str | None = None
+    source: str | None = None
+    source_root: str | None = None
+    val_size: int = 10000
+    target_subset: int | None = None
+    test_subset: int | None = None
+    split_seed: int = 0
+
+
+@dataclass
+class BaseConfig:
+    """Base-example selection (spec §2).
+
+    Attributes:
+        n: number of base examples N (balanced mode: a multiple of the source's class count).
+        mode: ``balanced`` (N / C random images per source class) or ``unbalanced`` (one random batch of N).
+        seed: seed of the choice (the paper's default is 1234).
+    """
+
+    n: int = 100
+    mode: str = "balanced"
+    seed: int = 1234
+
+
+@dataclass
+class LabelConfig:
+    """Parameterisation of the learned labels (spec §3 and §14).
+
+    Attributes:
+        param: ``prob`` (the paper: probabilities, clamped to [0, 1] and renormalised after every Adam step) or
+            ``logits`` (labels = softmax(z / temperature), always on the simplex).
+        init: ``uniform`` (the paper), ``onehot`` (the base example's own class; cross-dataset: source class
+            ``i`` → target class ``i``) or ``teacher`` (the teacher's soft labels).
+        init_smoothing: mix ``s`` of the uniform distribution into the initial labels, ``(1 - s) p + s / C``;
+            must be > 0 for ``logits`` with a non-uniform init (log of zero otherwise).
+        lr: Adam learning rate of the label parameters.
+        temperature: softmax temperature of the ``logits`` parameterisation.
+    """
+
+    param: str = "prob"
+    init: str = "uniform"
+    init_smoothing: float = 0.0
+    lr: float = 0.001
+    temperature: float = 1.0
+
+
+@dataclass
+class MetaConfig:
+    """Meta-training loop shared by LD and RR (spec §4, §5, §7).
+
+    Attributes:
+        epochs: passes over the outer-loss target data.
+        outer_batch: target images per outer step (the paper: 1024).
+        inner_batch: base examples per inner step ``n_i``.
+        model_lr: Adam learning rate of the online model (and of every Adam-trained fresh model).
+        reset_window: window W of the moving-average target error; the model is re-initialised when the
+            average has not reached a new minimum for W steps. ``None`` = 50 for N ≤ 100, else 200.
+        val_every: run model selection every this many epochs (and after the last epoch).
+        max_steps: cap on the training length of a fresh model (validation and meta-test);
+            ``None`` = 1000 for N ≤ 100, else 1701 (the paper's baseline search ranges).
+    """
+
+    epochs: int = 400
+    outer_batch: int = 1024
+    inner_batch: int = 50
+    model_lr: float = 0.001
+    reset_window: int | None = None
+    val_every: int = 5
+    max_steps: int | None = None
+
+
+@dataclass
+class LDConfig:
+    """Second-order variant (spec §4).
+
+    Attributes:
+        inner_lr: SGD step size α of the unrolled inner step(s).
+        inner_steps: number k of unrolled inner SGD steps (the paper's code effectively uses 1).
+    """
+
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+
+
+@dataclass
+class RRConfig:
+    """First-order ridge-regression variant (spec §6).
+
+    Attributes:
+        lam: ridge penalty λ of the dual solve.
+        ema: rate of the exponential moving average of the global head, ``H ← (1 - ema) H + ema W_l``.
+        scale_lr: Adam learning rate of the calibration scale ``s``.
+    """
+
+    lam: float = 1.0
+    ema: float = 0.01
+    scale_lr: float = 0.01
+
+
+@dataclass
+class TeacherConfig:
+    """Teacher for the ``teacher`` baseline and ``labels.init: teacher`` (project addition, spec §8).
+
+    Attributes:
+        model: teacher architecture.
+        epochs: Adam epochs over the target meta-train images (no augmentation).
+        batch_size: teacher minibatch size.
+        lr: teacher Adam learning rate.
+        temperature: the soft labels are ``softmax(logits / temperature)``.
+        checkpoint: load this teacher (``teacher.safetensors`` + ``teacher.json`` written by an earlier run)
+            instead of training one; ``None`` = train one (saved in the run directory).
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64, "norm": "instance"}))
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.001
+    temperature: float = 1.0
+    checkpoint: str | None = None
+
+
+@dataclass
+class MetaTestConfig:
+    """Meta-test protocol (spec §8).
+
+    Attributes:
+        repeats: fresh models per row (mean ± std of top-1 on the real test split).
+        optimizers: optimizers to train fresh models with (``sgd``, ``sgd_momentum``, ``adam``, ``adamw``).
+        lrs: learning rate per optimizer.
+        momentum: momentum of ``sgd_momentum``.
+        weight_decay: weight decay of ``adamw``.
+        archs: extra architectures to test on besides the learner (names or ``{name, args}`` mappings).
+        rr_learner: also test every label set with the RR learner (feature extractor + EMA ridge head) when
+            ``rr`` is among the methods.
+        rr_plain: also test RR labels with plain networks.
+        step_rule: ``paper``: LD/RR labels on their own learner with Adam use the step count found during
+            meta-training and every other row searches the step count on validation; ``val``: every row
+            searches it on validation.
+        eval_batch: batch size of evaluation passes.
+    """
+
+    repeats: int = 20
+    optimizers: list = field(default_factory=lambda: ["adam"])
+    lrs: dict = field(default_factory=lambda: {"sgd": 0.01, "sgd_momentum": 0.01, "adam": 0.001,
+                                               "adamw": 0.001})
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    archs: list = field(default_factory=list)
+    rr_learner: bool = True
+    rr_plain: bool = True
+    step_rule: str = "paper"
+    eval_batch: int = 1000
+
+
+@dataclass
+class LearnLabelsConfig:
+    """A whole ``learn-labels`` run: one run directory, every setting.
+
+    Attributes:
+        name: run name; the run directory is ``runs/<name>`` unless ``run_dir`` is set.
+        seed: seed of model initialisations, target batches and inner batches.
+        device: ``auto`` (CUDA, then MPS, then CPU) or a torch device string.
+        threads: ``torch.set_num_threads`` value; ``None`` keeps torch's default.
+        methods: label sets to produce and meta-test (``ld``, ``rr``, ``onehot``, ``smooth``, ``teacher``).
+        learner: the meta-training network (LD: the whole network; RR: its ``embed`` is the feature
+            extractor). Prefer ``norm: instance`` or ``none``: LD's functional forward uses batch statistics.
+        smoothing: label-smoothing amount of the ``smooth`` baseline.
+        plot_examples: base examples shown in ``labels.png``.
+        labels_from: a finished run directory whose ``labels.safetensors`` + ``labels.json`` provide the label
+            sets, base examples and step counts: meta-training and the teacher are skipped and only the
+            meta-test runs (e.g. new architectures or optimisers for labels learned earlier).
+    """
+
+    name: str = "learn_labels"
+    run_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    methods: list = field(default_factory=lambda: list(METHODS))
+    data: LDDataConfig = field(default_factory=LDDataConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    learner: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32, "norm": "instance"}))
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    ld: LDConfig = field(default_factory=LDConfig)
+    rr: RRConfig = field(default_factory=RRConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    metatest: MetaTestConfig = field(default_factory=MetaTestConfig)
+    smoothing: float = 0.1
+    plot_examples: int = 10
+    labels_from: str | None = None
+
+    @property
+    def run_path(self) -> Path:
+        """The run directory (``runs/<name>`` unless ``run_dir`` is set)."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def reset_window(self) -> int:
+        """W: the configured value, else 50 for N ≤ 100 and 200 above (spec §5)."""
+        if self.meta.reset_window is not None:
+            return self.meta.reset_window
+        return 50 if self.base.n <= 100 else 200
+
+    def max_steps(self) -> int:
+        """Training-length cap of fresh models: configured, else 1000 for N ≤ 100 and 1701 above (spec §8)."""
+        if self.meta.max_steps is not None:
+            return self.meta.max_steps
+        return 1000 if self.base.n <= 100 else 1701
+
+
+def parse_arch(entry: object, where: str) -> ModelConfig:
+    """A model spec from a config entry: a registry name or a ``{name, args}`` mapping.
+
+    Raises:
+        ConfigError: anything else, or unknown keys in the mapping.
+    """
+    if isinstance(entry, str):
+        return ModelConfig(entry, {})
+    if isinstance(entry, ModelConfig):
+        return entry
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str) and set(entry) <= {"name", "args"}:
+        args = entry.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigError(f"{where}: 'args' must be a mapping, got {args!r}")
+        return ModelConfig(entry["name"], dict(args))
+    raise ConfigError(f"{where}: expected a model name or a mapping {{name: ..., args: {{...}}}}, got {entry!r}")
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate_ld_config(cfg: LearnLabelsConfig) -> None:
+    """Range checks that types alone cannot express.
+
+    Raises:
+        ConfigError: on the first bad value, naming the key and the accepted values.
+    """
+    if not cfg.methods:
+        raise ConfigError(f"methods must name at least one of: {', '.join(METHODS)}")
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method '{m}' in methods; known: {', '.join(METHODS)}")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"methods lists a method twice: {cfg.methods}")
+    if cfg.base.mode not in BASE_MODES:
+        raise ConfigError(f"unknown base.mode '{cfg.base.mode}'; known: {', '.join(BASE_MODES)}")
+    if cfg.base.n < 1:
+        raise ConfigError(f"base.n must be >= 1, got {cfg.base.n}")
+    if cfg.labels.param not in LABEL_PARAMS:
+        raise ConfigError(f"unknown labels.param '{cfg.labels.param}'; known: {', '.join(LABEL_PARAMS)}")
+    if cfg.labels.init not in LABEL_INITS:
+        raise ConfigError(f"unknown labels.init '{cfg.labels.init}'; known: {', '.join(LABEL_INITS)}")
+    if not 0 <= cfg.labels.init_smoothing <= 1:
+        raise ConfigError(f"labels.init_smoothing must be in [0, 1], got {cfg.labels.init_smoothing}")
+    if cfg.labels.param == "logits" and cfg.labels.init != "uniform" and cfg.labels.init_smoothing == 0:
+        raise ConfigError("labels.param=logits with a non-uniform labels.init needs labels.init_smoothing > 0 "
+                          "(e.g. 0.1): a zero probability has no finite logit")
+    _positive(cfg.labels.lr, "labels.lr")
+    _positive(cfg.labels.temperature, "labels.temperature")
+    for key in ("epochs", "outer_batch", "inner_batch", "val_every"):
+        if getattr(cfg.meta, key) < 1:
+            raise ConfigError(f"meta.{key} must be >= 1, got {getattr(cfg.meta, key)}")
+    if cfg.meta.inner_batch > cfg.base.n:
+        raise ConfigError(f"meta.inner_batch ({cfg.meta.inner_batch}) must not exceed base.n ({cfg.base.n})")
+    _positive(cfg.meta.model_lr, "meta.model_lr")
+    if cfg.meta.reset_window is not None and cfg.meta.reset_window < 1:
+        raise ConfigError(f"meta.reset_window must be >= 1 or null, got {cfg.meta.reset_window}")
+    if cfg.meta.max_steps is not None and cfg.meta.max_steps < 1:
+        raise ConfigError(f"meta.max_steps must be >= 1 or null, got {cfg.meta.max_steps}")
+    _positive(cfg.ld.inner_lr, "ld.inner_lr")
+    if cfg.ld.inner_steps < 1:
+        raise ConfigError(f"ld.inner_steps must be >= 1, got {cfg.ld.inner_steps}")
+    _positive(cfg.rr.lam, "rr.lam")
+    if not 0 < cfg.rr.ema <= 1:
+        raise ConfigError(f"rr.ema must be in (0, 1], got {cfg.rr.ema}")
+    _positive(cfg.rr.scale_lr, "rr.scale_lr")
+    if cfg.teacher.epochs < 1 or cfg.teacher.batch_size < 1:
+        raise ConfigError("teacher.epochs and teacher.batch_size must be >= 1")
+    _positive(cfg.teacher.lr, "teacher.lr")
+    _positive(cfg.teacher.temperature, "teacher.temperature")
+    if not 0 <= cfg.smoothing < 1:
+        raise ConfigError(f"smoothing must be in [0, 1), got {cfg.smoothing}")
+    mt = cfg.metatest
+    if mt.repeats < 1:
+        raise ConfigError(f"metatest.repeats must be >= 1, got {mt.repeats}")
+    if not mt.optimizers:
+        raise ConfigError(f"metatest.optimizers must name at least one of: {', '.join(OPTIMIZERS)}")
+    for o in mt.optimizers:
+        if o not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer '{o}' in metatest.optimizers; known: {', '.join(OPTIMIZERS)}")
+        lr = mt.lrs.get(o)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            raise ConfigError(f"metatest.lrs.{o} must be a number > 0, got {lr!r}")
+    if mt.step_rule not in STEP_RULES:
+        raise ConfigError(f"unknown metatest.step_rule '{mt.step_rule}'; known: {', '.join(STEP_RULES)}")
+    if mt.eval_batch < 1:
+        raise ConfigError(f"metatest.eval_batch must be >= 1, got {mt.eval_batch}")
+    for i, a in enumerate(mt.archs):
+        parse_arch(a, f"metatest.archs[{i}]")
+    if cfg.data.val_size < 1:
+        raise ConfigError(f"data.val_size must be >= 1 (model selection needs a validation split), "
+                          f"got {cfg.data.val_size}")
+    if cfg.plot_examples < 0:
+        raise ConfigError(f"plot_examples must be >= 0, got {cfg.plot_examples}")
+
+
+def load_ld_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LearnLabelsConfig:
+    """Load a ``learn-labels`` YAML config, apply ``key=value`` overrides and range-check it.
+
+    Raises:
+        ConfigError: missing/unparsable file, unknown key, wrong type or out-of-range value.
+    """
+    cfg = load_typed_config(LearnLabelsConfig, path, overrides)
+    validate_ld_config(cfg)
+    return cfg

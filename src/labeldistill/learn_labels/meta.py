@@ -1,0 +1,159 @@
+"""The meta-training loop shared by LD and RR (Bohdal et al. 2020; spec §5, §7, §11).
+
+Per outer step: one target batch, ``k`` random inner batches of base examples, the variant's outer step
+(label update + online model update), and the plateau tracker; on a plateau the model is re-initialised
+and the training length at the moving-average minimum is recorded. Every ``val_every`` epochs (and after
+the last), a fresh model is trained on (base examples, current labels) for the mean of the last three
+recorded lengths (or the current length if no reset happened yet), its error on the held-out validation
+split is measured, and the labels with the lowest validation error are kept together with that step count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .labels import LearnedLabels
+from .learners import Learner, MinibatchSampler, PlateauTracker, error_rate, seeded, train_learner
+
+
+class MetaVariant(Protocol):
+    """LD or RR: what the loop needs from a variant."""
+
+    head: str
+
+    def reset(self) -> None: ...
+
+    def outer_step(self, labels: LearnedLabels, x_base: torch.Tensor, inner_idx: list[torch.Tensor],
+                   x_target: torch.Tensor, y_target: torch.Tensor) -> float: ...
+
+    def new_learner(self) -> Learner: ...
+
+
+@dataclass
+class MetaResult:
+    """Outcome of meta-training.
+
+    Attributes:
+        labels: the best labels ``(N, C)`` (lowest validation error).
+        steps: their training length (``best_num_steps``).
+        val_error: their validation error (fraction).
+        final_labels: the labels after the last outer step ``(N, C)``.
+        outer_steps: outer steps taken.
+        reset_lengths: recorded training lengths, one per plateau reset.
+        history: one dict per model-selection check (epoch, outer step, steps, val_error, target_error).
+        seconds: wall time of the loop (validation included).
+        seconds_per_step: mean wall time of one outer step (validation excluded).
+    """
+
+    labels: torch.Tensor
+    steps: int
+    val_error: float
+    final_labels: torch.Tensor
+    outer_steps: int
+    reset_lengths: list[int] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+
+
+def validation_steps(reset_lengths: list[int], current: int, max_steps: int) -> int:
+    """Training length for a validation model (spec §7): mean of the last 3 reset lengths, else ``current``.
+
+    Clamped to ``[1, max_steps]``.
+    """
+    n = round(sum(reset_lengths[-3:]) / len(reset_lengths[-3:])) if reset_lengths else current
+    return int(min(max(n, 1), max_steps))
+
+
+def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
+               y_target: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *, epochs: int,
+               outer_batch: int, inner_batch: int, inner_steps: int, window: int, val_every: int, max_steps: int,
+               seed: int, eval_batch: int = 1000, desc: str = "meta",
+               log: Callable[..., None] | None = None) -> MetaResult:
+    """Learn labels for the base examples (spec §11, ``meta_train``).
+
+    Args:
+        variant: an :class:`~labeldistill.learn_labels.ld.LDMetaLearner` or
+            :class:`~labeldistill.learn_labels.rr.RRMetaLearner`.
+        labels: the learned labels (updated in place).
+        x_base: normalised base images ``(N, C, H, W)``.
+        x_target: normalised outer-loss target images ``(M, C, H, W)``.
+        y_target: their int64 classes ``(M,)``.
+        x_val: normalised validation images ``(V, C, H, W)`` (held out of the target train split).
+        y_val: their classes ``(V,)``.
+        epochs: passes over the target images.
+        outer_batch: target images per outer step.
+        inner_batch: base examples per inner batch.
+        inner_steps: inner batches per outer step (LD's unrolled steps; RR uses one).
+        window: plateau window W.
+        val_every: epochs between model-selection checks.
+        max_steps: cap of the validation training length.
+        seed: seed of the target and inner batch order and of the validation models' initialisation.
+        eval_batch: batch size of the validation pass.
+        desc: progress-bar label.
+        log: optional callback receiving keyword metrics (e.g. :meth:`MetricsLog.log`).
+
+    Returns:
+        The best labels, their step count and the run's history.
+    """
+    target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1))
+    inner_gen = torch.Generator().manual_seed(seed + 2)
+    steps_per_epoch = max(len(x_target) // target_sampler.batch, 1)
+    tracker = PlateauTracker(window)
+    lengths: list[int] = []
+    history: list[dict] = []
+    best = (float("inf"), labels.snapshot(), 1)
+    device = x_base.device
+    t0 = time.perf_counter()
+    step_time = 0.0
+    step = 0
+    recent: list[float] = []
+
+    def select(epoch: int) -> None:
+        nonlocal best
+        n = validation_steps(lengths, tracker.step, max_steps)
+        current = labels.snapshot()
+        learner = seeded(seed + 10_000, variant.new_learner)
+        train_learner(learner, x_base, current, n, inner_batch, torch.Generator().manual_seed(seed + 3))
+        err = error_rate(learner.predict, x_val, y_val, eval_batch)
+        entry = {"epoch": epoch, "outer_step": step, "steps": n, "val_error": err,
+                 "target_error": sum(recent) / max(len(recent), 1)}
+        history.append(entry)
+        if log is not None:
+            log(event="select", method=desc, **entry)
+        if err < best[0]:
+            best = (err, current, n)
+
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step")
+    for epoch in range(1, epochs + 1):
+        recent = []
+        for _ in range(steps_per_epoch):
+            t_idx = target_sampler.next().to(device)
+            inner_idx = [torch.randperm(len(x_base), generator=inner_gen)[:inner_batch].to(device)
+                         for _ in range(inner_steps)]
+            ts = time.perf_counter()
+            err = variant.outer_step(labels, x_base, inner_idx, x_target[t_idx], y_target[t_idx])
+            step_time += time.perf_counter() - ts
+            step += 1
+            recent.append(err)
+            if tracker.update(err):
+                lengths.append(tracker.best_step)
+                if log is not None:
+                    log(event="reset", method=desc, outer_step=step, length=tracker.best_step)
+                variant.reset()
+                tracker.reset()
+            bar.update(1)
+        bar.set_postfix(err=f"{sum(recent) / len(recent):.3f}", resets=len(lengths),
+                        best_val=f"{best[0]:.3f}" if best[0] < float("inf") else "-")
+        if epoch % val_every == 0 or epoch == epochs:
+            select(epoch)
+    bar.close()
+    val_error, best_labels, best_steps = best
+    return MetaResult(labels=best_labels, steps=best_steps, val_error=val_error, final_labels=labels.snapshot(),
+                      outer_steps=step, reset_lengths=lengths, history=history,
+                      seconds=time.perf_counter() - t0, seconds_per_step=step_time / max(step, 1))

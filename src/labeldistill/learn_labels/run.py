@@ -1,0 +1,435 @@
+"""The ``learn-labels`` job: base examples → label sets (LD, RR, baselines) → meta-test → run directory.
+
+Outputs in the run directory (written only when the whole job succeeded):
+
+- ``labels.safetensors``: one ``(N, C)`` float32 tensor of label distributions per method (key = method name),
+  ``base_indices`` (int64 ``(N,)``, into the source train split) and ``base_images`` (uint8 ``(N, C, H, W)``);
+- ``labels.json``: the manifest (source and target datasets, base-example indices and selection, classes,
+  methods with their settings and step counts, seeds);
+- ``results.json``: one row per (method, learner, optimiser) with top-1 mean ± std on the real test split;
+- ``report.md`` and ``labels.png`` (base images with their label bars); ``config.yaml``; ``metrics.jsonl``;
+- ``teacher/`` when a teacher was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..common import normalize
+from ..config import ModelConfig, config_to_dict
+from ..data import ImageSet, load_dataset
+from ..errors import ConfigError, DataError
+from ..utils import MetricsLog, atomic_write_bytes, atomic_write_json, pick_device
+from .base_examples import select_base_examples
+from .config import LEARNED_METHODS, LearnLabelsConfig, parse_arch
+from .labels import LearnedLabels, onehot_labels, smooth_labels, uniform_labels
+from .ld import LDMetaLearner
+from .learners import OptimizerSpec, build_network
+from .meta import MetaResult, meta_train
+from .metatest import EvalData, LearnerSpec, evaluate_label_set
+from .report import plot_labels, write_report
+from .rr import RRMetaLearner
+from .teacher import get_teacher, soft_labels
+
+
+@dataclass
+class Task:
+    """The prepared data of a run (all images normalised with the target's mean/std).
+
+    Attributes:
+        source: the split the base examples come from (uint8 images).
+        base_indices: int64 ``(N,)`` into ``source``.
+        x_base: normalised base images ``(N, C, H, W)``.
+        x_target, y_target: outer-loss target images ``(M, C, H, W)`` and classes (the meta-train part).
+        x_val, y_val: validation split held out of the target train split.
+        x_test, y_test: the real test split.
+        classes: target class names (the label space).
+        val_indices: int64 indices of the validation images in the target train split.
+        cross_dataset: True when the source is not the target.
+    """
+
+    source: ImageSet
+    base_indices: torch.Tensor
+    x_base: torch.Tensor
+    x_target: torch.Tensor
+    y_target: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val_indices: torch.Tensor
+    cross_dataset: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_base.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def base_source_labels(self) -> torch.Tensor:
+        """Source-dataset classes of the base examples ``(N,)``."""
+        return self.source.labels[self.base_indices]
+
+
+def _float(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+           device: torch.device) -> torch.Tensor:
+    return normalize(images.float().div_(255.0), mean, std).to(device)
+
+
+def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: torch.Tensor | None = None) -> Task:
+    """Load the datasets, split validation off the target train split and choose the base examples.
+
+    Args:
+        cfg: the run's config.
+        device: where the image tensors go.
+        base_indices: use these base examples (indices into the source train split) instead of selecting.
+
+    Raises:
+        ConfigError: a validation split as large as the train split, N incompatible with the selection mode,
+            given base examples that fall into the validation split or outside the source.
+        DataError / RegistryError: missing dataset files, unknown dataset, source and target image shapes differ.
+    """
+    d = cfg.data
+    train = load_dataset(d.target, "train", d.target_root)
+    test = load_dataset(d.target, "test", d.target_root).subset(d.test_subset, seed=d.split_seed)
+    if d.val_size >= len(train):
+        raise ConfigError(f"data.val_size={d.val_size} leaves no training images of {d.target} "
+                          f"({len(train)} in the train split); lower it")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(d.split_seed))
+    val_idx, rest_idx = perm[:d.val_size].sort().values, perm[d.val_size:].sort().values
+    rest = ImageSet(train.images[rest_idx], train.labels[rest_idx], train.classes, train.mean, train.std,
+                    train.name).subset(d.target_subset, seed=d.split_seed)
+    cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
+    if cross:
+        source = load_dataset(d.source, "train", d.source_root)
+        exclude = None
+    else:
+        source, exclude = train, val_idx
+    if source.shape != train.shape:
+        raise DataError(f"source images {source.shape} and target images {train.shape} differ in shape; pick a "
+                        f"source of the same size (e.g. digits28 for 28×28 targets)")
+    if base_indices is None:
+        base_idx = select_base_examples(source.labels, cfg.base.n, cfg.base.mode, source.num_classes,
+                                        cfg.base.seed, exclude)
+    else:
+        base_idx = base_indices
+        if int(base_idx.max()) >= len(source) or int(base_idx.min()) < 0:
+            raise ConfigError(f"the reused base examples do not index the {len(source)} {source.name} train images")
+        if exclude is not None and bool(torch.isin(base_idx, exclude).any()):
+            raise ConfigError("some reused base examples fall into this run's validation split; keep "
+                              "data.split_seed of the earlier run and a data.val_size no larger than its")
+    m, s = train.mean, train.std
+    return Task(source=source, base_indices=base_idx, x_base=_float(source.images[base_idx], m, s, device),
+                x_target=_float(rest.images, m, s, device), y_target=rest.labels.to(device),
+                x_val=_float(train.images[val_idx], m, s, device), y_val=train.labels[val_idx].to(device),
+                x_test=_float(test.images, m, s, device), y_test=test.labels.to(device), classes=list(train.classes),
+                mean=m, std=s, val_indices=val_idx, cross_dataset=cross)
+
+
+@dataclass
+class PreviousLabels:
+    """Label sets of an earlier run (``labels_from``)."""
+
+    base_indices: torch.Tensor
+    label_sets: dict[str, torch.Tensor]
+    steps: dict[str, int]
+    teacher: dict | None
+    path: Path
+
+
+def load_previous_labels(cfg: LearnLabelsConfig) -> PreviousLabels:
+    """Read ``labels.safetensors`` + ``labels.json`` of the run directory ``cfg.labels_from``.
+
+    Raises:
+        ConfigError: missing files, another source/target dataset, or a configured method the run lacks.
+    """
+    folder = Path(cfg.labels_from or "")
+    manifest_f, labels_f = folder / "labels.json", folder / "labels.safetensors"
+    if not (manifest_f.is_file() and labels_f.is_file()):
+        raise ConfigError(f"labels_from={folder} has no labels.json + labels.safetensors; point it at the run "
+                          "directory of a finished learn-labels run")
+    manifest = json.loads(manifest_f.read_text())
+    tensors = load_file(str(labels_f))
+    source = cfg.data.source or cfg.data.target
+    if manifest["source"]["dataset"] != source or manifest["target"]["dataset"] != cfg.data.target:
+        raise ConfigError(f"labels_from={folder} holds labels for {manifest['source']['dataset']} → "
+                          f"{manifest['target']['dataset']}, this config is {source} → {cfg.data.target}")
+    missing = [m for m in cfg.methods if m not in manifest["methods"]]
+    if missing:
+        raise ConfigError(f"labels_from={folder} has no '{missing[0]}' labels; it has "
+                          f"{', '.join(manifest['methods'])}: set methods to a subset of those")
+    steps = {m: int(e["best_steps"]) for m, e in manifest["methods"].items() if "best_steps" in e}
+    return PreviousLabels(tensors["base_indices"], {m: tensors[m] for m in cfg.methods}, steps,
+                          manifest["methods"].get("teacher", {}).get("teacher"), folder)
+
+
+def _hard_labels(task: Task, purpose: str) -> torch.Tensor:
+    """One-hot labels of the base examples over the target classes (source class i → target class i).
+
+    Raises:
+        ConfigError: the source has more classes than the target.
+    """
+    if task.source.num_classes > task.num_classes:
+        raise ConfigError(f"{purpose} needs the base examples' own classes, but the source has "
+                          f"{task.source.num_classes} classes and the target {task.num_classes}; drop {purpose} "
+                          "from the config")
+    return onehot_labels(task.base_source_labels, task.num_classes)
+
+
+def initial_labels(cfg: LearnLabelsConfig, task: Task, teacher_labels: torch.Tensor | None) -> torch.Tensor:
+    """The starting point of LD/RR labels ``(N, C)`` (``labels.init`` then ``labels.init_smoothing``)."""
+    if cfg.labels.init == "uniform":
+        init = uniform_labels(len(task.base_indices), task.num_classes)
+    elif cfg.labels.init == "onehot":
+        init = _hard_labels(task, "labels.init=onehot")
+    else:
+        assert teacher_labels is not None
+        init = teacher_labels.cpu()
+    return smooth_labels(init, cfg.labels.init_smoothing)
+
+
+def _learner_spec(cfg: LearnLabelsConfig, arch: ModelConfig, head: str, optimizer: str) -> LearnerSpec:
+    mt = cfg.metatest
+    opt = OptimizerSpec(optimizer, float(mt.lrs[optimizer]), mt.momentum, mt.weight_decay)
+    return LearnerSpec(arch, head, opt, cfg.rr.lam, cfg.rr.ema, cfg.rr.scale_lr)
+
+
+def evaluation_plan(cfg: LearnLabelsConfig) -> list[tuple[str, LearnerSpec]]:
+    """The (method, learner) rows of the meta-test.
+
+    Every label set is tested with plain networks (the learner and ``metatest.archs``) under every optimiser,
+    except RR labels when ``metatest.rr_plain`` is false. When ``rr`` is a method and ``metatest.rr_learner``
+    is true, RR labels and the baselines are also tested with the RR learner (the learner's architecture).
+    """
+    archs: list[ModelConfig] = [cfg.learner]
+    for i, a in enumerate(cfg.metatest.archs):
+        spec = parse_arch(a, f"metatest.archs[{i}]")
+        if all((spec.name, spec.args) != (b.name, b.args) for b in archs):
+            archs.append(spec)
+    plan = []
+    for method in cfg.methods:
+        if method != "rr" or cfg.metatest.rr_plain:
+            for arch in archs:
+                for opt in cfg.metatest.optimizers:
+                    plan.append((method, _learner_spec(cfg, arch, "plain", opt)))
+        if "rr" in cfg.methods and cfg.metatest.rr_learner and method != "ld":
+            for opt in cfg.metatest.optimizers:
+                plan.append((method, _learner_spec(cfg, cfg.learner, "rr", opt)))
+    return plan
+
+
+def _own_learner(method: str, spec: LearnerSpec, cfg: LearnLabelsConfig) -> bool:
+    """True for the row on which the paper reports a learned label set: its own learner with Adam."""
+    own_head = {"ld": "plain", "rr": "rr"}.get(method)
+    return (own_head == spec.head and spec.arch.name == cfg.learner.name and spec.arch.args == cfg.learner.args
+            and spec.optimizer.name == "adam")
+
+
+def learn_labels(cfg: LearnLabelsConfig) -> dict:
+    """Run the whole job and write the run directory (see the module docstring).
+
+    Args:
+        cfg: a validated config (:func:`~labeldistill.learn_labels.config.load_ld_config`).
+
+    Returns:
+        The ``results.json`` content.
+
+    Raises:
+        ConfigError / DataError / RegistryError: bad settings or data (nothing is written but the teacher).
+    """
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    previous = load_previous_labels(cfg) if cfg.labels_from else None
+    task = prepare_task(cfg, device, previous.base_indices if previous else None)
+    for _, spec in evaluation_plan(cfg):  # fail on a bad architecture before any long computation
+        build_network(spec.arch, task.num_classes, task.shape, torch.device("cpu"))
+    metrics = MetricsLog(cfg.run_path / "metrics.jsonl")
+    torch.manual_seed(cfg.seed)
+    if previous is None:
+        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log)
+        steps = {m: r.steps for m, r in meta_results.items()}
+    else:
+        label_sets = {m: y.to(device) for m, y in previous.label_sets.items()}
+        meta_results, teacher_info, steps = {}, previous.teacher, previous.steps
+
+    data = EvalData(task.x_base, task.x_val, task.y_val, task.x_test, task.y_test, task.num_classes, task.shape,
+                    device, cfg.meta.inner_batch, cfg.max_steps(), cfg.metatest.eval_batch)
+    rows = []
+    n = len(task.base_indices)
+    for method, spec in evaluation_plan(cfg):
+        fixed = None
+        if cfg.metatest.step_rule == "paper" and method in steps and _own_learner(method, spec, cfg):
+            fixed = steps[method]
+        # Every row uses the same seeds: repeat r of every label set starts from the same initialisation.
+        row = evaluate_label_set(spec, data, label_sets[method], cfg.metatest.repeats, cfg.seed * 100_000 + 1000,
+                                 fixed, desc=f"{method} on {spec.name}/{spec.optimizer.name}")
+        row = {"method": method, "n_base": n, "source": cfg.data.source or cfg.data.target,
+               "target": cfg.data.target, **row}
+        metrics.log(event="metatest", **{k: v for k, v in row.items() if k not in ("top1_all", "val_curve")})
+        rows.append(row)
+
+    results = {
+        "name": cfg.name,
+        "source": cfg.data.source or cfg.data.target, "target": cfg.data.target, "cross_dataset": task.cross_dataset,
+        "n_base": n, "base_mode": cfg.base.mode, "learner": {"name": cfg.learner.name, "args": cfg.learner.args},
+        "label_param": cfg.labels.param, "label_init": cfg.labels.init,
+        "labels_from": str(previous.path) if previous else None,
+        "rows": rows,
+        "meta": {m: {"best_steps": r.steps, "best_val_error": r.val_error, "outer_steps": r.outer_steps,
+                     "resets": len(r.reset_lengths), "reset_lengths": r.reset_lengths, "history": r.history,
+                     "seconds": round(r.seconds, 2), "seconds_per_outer_step": round(r.seconds_per_step, 4)}
+                 for m, r in meta_results.items()},
+        "teacher": teacher_info,
+        "sizes": {"target_train": len(task.x_target), "val": len(task.x_val), "test": len(task.x_test)},
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": str(device),
+                    "torch": torch.__version__},
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
+                  results)
+    return results
+
+
+def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, MetaResult], dict | None]:
+    """Teacher (if needed), meta-training of LD/RR and the baseline label sets.
+
+    Returns:
+        ``(label sets by method (each (N, C)), meta-training results of ld/rr, teacher info or None)``.
+    """
+    teacher_info = None
+    teacher_labels = None
+    if "teacher" in cfg.methods or cfg.labels.init == "teacher":
+        teacher, teacher_info = get_teacher(cfg.teacher, cfg.run_path / "teacher", task.x_target, task.y_target,
+                                            task.x_test, task.y_test, task.classes, cfg.data.target, task.mean,
+                                            task.std, device, cfg.seed)
+        teacher_labels = soft_labels(teacher, task.x_base, cfg.teacher.temperature).to(device)
+        teacher_info = {**teacher_info, "temperature": cfg.teacher.temperature}
+        log(event="teacher", top1=teacher_info.get("top1"))
+
+    label_sets: dict[str, torch.Tensor] = {}
+    meta_results: dict[str, MetaResult] = {}
+    make_model = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
+    for method in cfg.methods:
+        if method in LEARNED_METHODS:
+            init = initial_labels(cfg, task, teacher_labels).to(device)
+            labels = LearnedLabels(init, cfg.labels.param, cfg.labels.lr, cfg.labels.temperature)
+            torch.manual_seed(cfg.seed)
+            variant: LDMetaLearner | RRMetaLearner
+            if method == "ld":
+                variant = LDMetaLearner(make_model, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
+            else:
+                variant = RRMetaLearner(make_model, task.num_classes, cfg.meta.model_lr, cfg.rr.lam, cfg.rr.ema,
+                                        cfg.rr.scale_lr)
+            res = meta_train(variant, labels, task.x_base, task.x_target, task.y_target, task.x_val, task.y_val,
+                             epochs=cfg.meta.epochs, outer_batch=cfg.meta.outer_batch,
+                             inner_batch=cfg.meta.inner_batch, inner_steps=cfg.ld.inner_steps if method == "ld" else 1,
+                             window=cfg.reset_window(), val_every=cfg.meta.val_every, max_steps=cfg.max_steps(),
+                             seed=cfg.seed, eval_batch=cfg.metatest.eval_batch, desc=method, log=log)
+            meta_results[method] = res
+            label_sets[method] = res.labels
+        elif method == "onehot":
+            label_sets[method] = _hard_labels(task, "the onehot baseline").to(device)
+        elif method == "smooth":
+            label_sets[method] = smooth_labels(_hard_labels(task, "the smooth baseline"), cfg.smoothing).to(device)
+        else:
+            assert teacher_labels is not None
+            label_sets[method] = teacher_labels
+    return label_sets, meta_results, teacher_info
+
+
+def _method_entries(cfg: LearnLabelsConfig, label_sets: dict[str, torch.Tensor], meta_results: dict[str, MetaResult],
+                    steps: dict[str, int], teacher_info: dict | None) -> dict[str, dict]:
+    """The manifest's description of every label set."""
+    methods = {}
+    for m in label_sets:
+        entry: dict = {"kind": "learned" if m in LEARNED_METHODS else "baseline"}
+        if m in LEARNED_METHODS:
+            entry["best_steps"] = steps[m]
+            if cfg.labels_from:
+                entry["labels_from"] = cfg.labels_from
+        if m in meta_results:
+            r = meta_results[m]
+            entry.update({"param": cfg.labels.param, "init": cfg.labels.init,
+                          "init_smoothing": cfg.labels.init_smoothing, "label_lr": cfg.labels.lr,
+                          "best_val_error": r.val_error, "outer_steps": r.outer_steps,
+                          **({"inner_lr": cfg.ld.inner_lr, "inner_steps": cfg.ld.inner_steps} if m == "ld" else
+                             {"lam": cfg.rr.lam, "ema": cfg.rr.ema, "scale_lr": cfg.rr.scale_lr})})
+        elif m == "smooth":
+            entry["smoothing"] = cfg.smoothing
+        elif m == "teacher" and teacher_info is not None:
+            entry["teacher"] = {k: teacher_info[k] for k in ("model", "model_args", "top1", "temperature",
+                                                              "loaded_from") if k in teacher_info}
+        methods[m] = entry
+    return methods
+
+
+def write_outputs(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torch.Tensor], methods: dict[str, dict],
+                  results: dict) -> None:
+    """Write labels, manifest, results, report and plot into the run directory (each file atomically)."""
+    run_dir = cfg.run_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {m: y.detach().float().cpu().contiguous() for m, y in label_sets.items()}
+    tensors["base_indices"] = task.base_indices.clone().contiguous()
+    tensors["base_images"] = task.source.images[task.base_indices].contiguous()
+    tmp = run_dir / ".labels.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(run_dir / "labels.safetensors")
+    manifest = {
+        "format": "labeldistill.learned-labels/1",
+        "file": "labels.safetensors",
+        "source": {"dataset": cfg.data.source or cfg.data.target, "split": "train",
+                   "root": cfg.data.source_root if task.cross_dataset else cfg.data.target_root,
+                   "classes": list(task.source.classes)},
+        "target": {"dataset": cfg.data.target, "root": cfg.data.target_root, "classes": task.classes,
+                   "mean": list(task.mean), "std": list(task.std), "val_size": cfg.data.val_size,
+                   "split_seed": cfg.data.split_seed},
+        "cross_dataset": task.cross_dataset,
+        "base": {"n": len(task.base_indices), "mode": cfg.base.mode, "seed": cfg.base.seed,
+                 "indices": task.base_indices.tolist(), "source_labels": task.base_source_labels.tolist()},
+        "shape": [len(task.base_indices), task.num_classes],
+        "learner": {"name": cfg.learner.name, "args": dict(cfg.learner.args)},
+        "methods": methods,
+        "seeds": {"seed": cfg.seed, "base_seed": cfg.base.seed, "split_seed": cfg.data.split_seed},
+    }
+    atomic_write_json(run_dir / "labels.json", manifest)
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+    if cfg.plot_examples:
+        plot_labels(tensors["base_images"], task.base_source_labels, task.source.classes,
+                    {m: tensors[m] for m in label_sets}, task.classes, run_dir / "labels.png", cfg.plot_examples)
+    write_report(run_dir, results, plot=bool(cfg.plot_examples))
+
+
+def learn_labels_main(config_path: str, overrides: list[str]) -> int:
+    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...]``; prints the results table.
+
+    Returns:
+        0 on success (errors are raised as project exceptions and turned into exit code 2 by the CLI).
+    """
+    from .config import load_ld_config
+    from .report import results_table
+
+    cfg = load_ld_config(config_path, overrides)
+    results = learn_labels(cfg)
+    print(results_table(results["rows"]))
+    print(f"wrote {cfg.run_path}/ (labels.safetensors, labels.json, results.json, report.md) "
+          f"in {results['seconds']:.0f} s")
+    return 0
