@@ -8,6 +8,7 @@ to a default. The resolved config is dumped as ``config.yaml`` in the run direct
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -415,6 +416,11 @@ def validate_config(cfg: Config) -> None:
         lo_hi = getattr(getattr(cfg, sect), name)
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
             raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1, got {lo_hi}")
+    for key in ("squeeze.lr", "recover.lr", "validate.lr"):
+        sect, name = key.split(".")
+        v = getattr(getattr(cfg, sect), name)
+        if not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{key} must be a finite number > 0, got {v}")
     if cfg.validate.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"unknown validate.optimizer '{cfg.validate.optimizer}'; known: adamw, sgd")
     if cfg.validate.temperature <= 0:
