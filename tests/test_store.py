@@ -55,18 +55,26 @@ def _assert_same(a: StepRecord, b: StepRecord):
         assert abs(a.mix.lam - b.mix.lam) < 1e-3
 
 
-@settings(max_examples=12, deadline=None)
-@given(n_steps=st.integers(1, 9), batch=st.integers(2, 19), classes=st.integers(2, 30),
-       n_images=st.sampled_from([50, 300, 40000]), hw=st.sampled_from([8, 28, 300]), cutmix=st.booleans())
-def test_store_roundtrip_is_exact(tmp_path_factory, n_steps, batch, classes, n_images, hw, cutmix):
+@settings(max_examples=15, deadline=None)
+@given(n_steps=st.integers(1, 9), batch=st.integers(2, 19), classes=st.integers(3, 300),
+       n_images=st.sampled_from([50, 300, 40000]), hw=st.sampled_from([8, 28, 300]), cutmix=st.booleans(),
+       logits=st.sampled_from(["fp16", "top1", "top3"]))
+def test_store_roundtrip_is_exact(tmp_path_factory, n_steps, batch, classes, n_images, hw, cutmix, logits):
+    """Write → read is exact for every index width (uint8/int16/int32), crop width, CutMix and label format."""
     path = tmp_path_factory.mktemp("s") / "store"
     recs = _records(n_steps, batch, n_images, classes, hw, cutmix)
-    store = _write(path, recs, n_images, hw, cutmix)
+    store = _write(path, recs, n_images, hw, cutmix, logits=logits)
     assert store.step_ids == sorted(r.step_id for r in recs)
+    k = None if logits == "fp16" else int(logits[3:])
     for r in recs:
-        _assert_same(r, store.get(r.step_id))
+        expected = r if k is None else r.to_topk(k)
+        got = store.get(r.step_id)
+        _assert_same(expected, got)
+        if k is not None:
+            assert torch.equal(expected.topk_indices, got.topk_indices)
     reopened = LabelStore(path, verify=True)
-    _assert_same(recs[-1], reopened.get(recs[-1].step_id))
+    last = recs[-1] if k is None else recs[-1].to_topk(k)
+    _assert_same(last, reopened.get(recs[-1].step_id))
 
 
 def test_component_bytes_and_disk_bytes(tmp_path):
