@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench_lpld"))
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--skip", nargs="*", default=[], help="tables to skip: A B C D E")
+    ap.add_argument("--section", default="lpld_fmnist", help="BENCHMARKS.md section name (for parallel runs)")
     args = ap.parse_args()
     t0 = time.time()
     if args.threads:
@@ -122,7 +123,7 @@ def main() -> None:
                                      f"prune.factors={factor_list}"])
                 for r in res["rows"]:
                     results.setdefault((ipc, "cs (init real)"), []).append(r)
-            write_section(Path(args.out), "lpld_fmnist", "\n\n".join(sections + [
+            write_section(Path(args.out), args.section, "\n\n".join(sections + [
                 f"### A. Image source × pruning factor (seeds {args.seeds}; IPC 50: "
                 f"{args.ipc50_seeds or args.seeds})\n\n" + table_a(args, results)]) + "\n\n(in progress)")
         sections.append(f"### A. Image source × pruning factor (seeds {args.seeds}; IPC 50 seeds "
@@ -131,7 +132,7 @@ def main() -> None:
         strategies = ["random"] + [f"{m}-{k}" for m in METRICS for k in ("easy", "hard")]
         rows: dict = {}
         for seed in args.seeds:
-            _, res = seeded_run(args, f"ipc10_s{seed}", seed, [
+            _, res = seeded_run(args, f"ipc10_s{seed}_cs", seed, [
                 "recover.ipc=10", "recover.modes=[cs]", "prune.factors=[20, 50]",
                 f"prune.strategies=[{', '.join(strategies)}]"])
             for r in res["rows"]:
@@ -146,7 +147,7 @@ def main() -> None:
         rows = {}
         for seed in args.seeds:
             for gran in ("batch", "epoch"):
-                _, res = seeded_run(args, f"ipc10_s{seed}", seed, [
+                _, res = seeded_run(args, f"ipc10_s{seed}_cs", seed, [
                     "recover.ipc=10", "recover.modes=[cs]", "prune.factors=[20]", f"prune.granularity={gran}"])
                 rows.setdefault(gran, []).extend(r["top1"] for r in res["rows"])
         sections.append(f"### C. Label pool granularity at 20× (cs, IPC 10, seeds {args.seeds})\n\n"
@@ -156,7 +157,7 @@ def main() -> None:
     if "D" not in args.skip:
         rows, nbytes = {}, {}
         for seed in args.seeds:
-            _, res = seeded_run(args, f"ipc10_s{seed}", seed, [
+            _, res = seeded_run(args, f"ipc10_s{seed}_cs", seed, [
                 "recover.ipc=10", "recover.modes=[cs]", "prune.factors=[1, 10, 40]",
                 "prune.logits=[fp16, top1, top2, top5]"])
             for r in res["rows"]:
@@ -171,7 +172,7 @@ def main() -> None:
         rows = {}
         test = None
         for seed in args.seeds:
-            cfg, _ = seeded_run(args, f"ipc10_s{seed}", seed, ["recover.ipc=10", "recover.modes=[cs]",
+            cfg, _ = seeded_run(args, f"ipc10_s{seed}_cs", seed, ["recover.ipc=10", "recover.modes=[cs]",
                                                                "prune.factors=[1, 40]"])
             lay = RunLayout(cfg.run_path)
             test = test or load_split(cfg, "test")
@@ -187,7 +188,7 @@ def main() -> None:
             lines.append(f"| {temp:g} | {mean_std(rows[(temp, 1.0)])} | {mean_std(rows[(temp, 40.0)])} |")
         sections.append(f"### E. KD temperature (cs, IPC 10, seeds {args.seeds}; loss × T²)\n\n" + "\n".join(lines))
     sections.append(f"Wall time of this study: {(time.time() - t0) / 60:.1f} min.")
-    write_section(Path(args.out), "lpld_fmnist", "\n\n".join(sections))
+    write_section(Path(args.out), args.section, "\n\n".join(sections))
     print("\n\n".join(sections))
 
 

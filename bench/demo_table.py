@@ -1,0 +1,42 @@
+"""Copy the main job's results (``runs/<name>/results.json`` from ``make demo``) into BENCHMARKS.md.
+
+Usage (after the run)::
+
+    python bench/demo_table.py [--run runs/fmnist_demo] [--command "make demo"] [--wall SECONDS]
+
+The section records the command that produced the run, its wall time, the date and this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, machine, today, write_section  # noqa: E402
+
+from labeldistill.report import results_table  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=str(REPO / "runs" / "fmnist_demo"))
+    ap.add_argument("--command", default="make demo")
+    ap.add_argument("--wall", type=float, default=None, help="wall time of the command in seconds")
+    ap.add_argument("--section", default="demo")
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    res = json.loads((Path(args.run) / "results.json").read_text())
+    t = res["teacher"]
+    wall = f"{args.wall / 60:.1f} min" if args.wall else f"{res['seconds'] / 60:.1f} min (stages, from results.json)"
+    body = (f"## Main job: `{args.command}`\n\nDate: {today()}  \nMachine: {machine()}  \nWall time: {wall}\n\n"
+            f"Teacher: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, top-1 "
+            f"{100 * t['top1']:.2f} % on the 10,000 real test images.\n\n" + results_table(res))
+    write_section(Path(args.out), args.section, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
