@@ -10,6 +10,11 @@ File ``class_stats/stats.safetensors`` holds, per layer index ``l``:
 ``l{l}.class_mean`` / ``l{l}.class_var`` ``(C, ch)``, ``l{l}.global_mean`` / ``l{l}.global_var`` ``(ch,)``
 (exact, over the pass), ``l{l}.running_mean`` / ``l{l}.running_var`` ``(ch,)`` (the teacher's buffers) and
 ``class_counts`` ``(C,)`` (images seen per class).
+
+The augmentation is the squeeze one: padded random crop + flip, or RandomResizedCrop + flip when
+``squeeze.crop_scale`` is set (LPLD's Tiny-ImageNet and ImageNet passes, spec §3). A lazy training set is
+decoded by ``data.workers`` DataLoader processes; on CUDA the teacher runs under bf16 autocast and the hooks
+accumulate its BN inputs in float32/float64.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .augment import apply_crops_flips, sample_flips, step_generator
-from .common import RunLayout, load_split, load_teacher, normalize
+from .augment import apply_crops_flips, sample_flips, sample_resized_crops, step_generator
+from .common import RunLayout, autocast, iter_batches, load_split, load_teacher, normalize
 from .distributed import all_reduce_sum, barrier, shard
 from .config import Config
 from .errors import LabelDistillError
 from .models import bn_layers
+from .squeeze import check_squeeze_options
 from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
 
 _CS_KEY = 41
@@ -45,9 +51,11 @@ class _Accumulator:
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         x = inputs[0].detach()
+        if x.dtype in (torch.float16, torch.bfloat16):  # autocast: sum in float32, not in 8 mantissa bits
+            x = x.float()
         y = self.labels.cpu()
         hw = x.shape[2] * x.shape[3]
-        # Per-image sums over (H, W) in the input's precision, accumulated across images in float64.
+        # Per-image sums over (H, W) in the input's precision (float32 at least), accumulated in float64.
         self.s.index_add_(0, y, x.sum((2, 3)).double().cpu())
         self.sq.index_add_(0, y, (x * x).sum((2, 3)).double().cpu())
         self.count.index_add_(0, y, torch.full((len(y),), float(hw), dtype=torch.float64))
@@ -72,25 +80,32 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
     if not bns:
         raise LabelDistillError(f"teacher '{info['model']}' has no BatchNorm2d layer: BN-statistics recovery "
                                 "needs one (e.g. convnet with norm=batch, resnet18)")
+    check_squeeze_options(cfg.squeeze)
     train = load_split(cfg, "train")
     C = train.num_classes
     accs = [_Accumulator(C, bn.num_features) for bn in bns]
     handles = [bn.register_forward_hook(a) for bn, a in zip(bns, accs)]
-    _, h, w = train.shape
-    pad = cfg.squeeze.crop_padding
+    pad, scale = cfg.squeeze.crop_padding, cfg.squeeze.crop_scale
     t0 = time.time()
     bs = cfg.class_stats.batch_size
     starts = shard(range(0, len(train), bs))
+    batches = [slice(i, i + bs) for i in starts]
     try:
         with torch.no_grad():
-            for i in tqdm(starts, desc="class-stats", disable=not is_rank0(), unit="batch"):
-                x = train.images[i:i + bs].float().div_(255)
+            stream = iter_batches(train, batches, cfg.data.workers, pin_memory=device.type == "cuda")
+            for i, (images, y) in zip(tqdm(starts, desc="class-stats", disable=not is_rank0(), unit="batch"), stream):
+                x = images.float().div_(255)
                 if cfg.class_stats.augment:
-                    x = pad_crop_flip(x, pad, cfg.squeeze.flip, step_generator(cfg.seed, _CS_KEY, i))
-                y = train.labels[i:i + bs]
+                    gen = step_generator(cfg.seed, _CS_KEY, i)
+                    if scale is not None:
+                        x = resized_crop_flip(x, tuple(scale), cfg.squeeze.flip, gen)
+                    else:
+                        x = pad_crop_flip(x, pad, cfg.squeeze.flip, gen)
                 for a in accs:
                     a.labels = y
-                teacher(normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last))
+                x = normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last)
+                with autocast(device):
+                    teacher(x)
     finally:
         for hd in handles:
             hd.remove()
@@ -143,6 +158,16 @@ def pad_crop_flip(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -
         boxes = torch.stack([off[:, 0], off[:, 1], torch.full((n,), w), torch.full((n,), h)], 1)
     else:
         boxes = torch.tensor([[0, 0, w, h]]).expand(n, 4)
+    return apply_crops_flips(x, boxes, sample_flips(gen, n) if flip else None, (h, w))
+
+
+def resized_crop_flip(x: torch.Tensor, scale: tuple[float, float], flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop (area ``scale``, aspect 3/4..4/3) back to the input size, then random flip, per image.
+
+    Parameters come from ``gen``, as in :func:`pad_crop_flip`. ``x``: float ``(N, C, H, W)``.
+    """
+    n, _, h, w = x.shape
+    boxes = sample_resized_crops(gen, n, h, w, scale)
     return apply_crops_flips(x, boxes, sample_flips(gen, n) if flip else None, (h, w))
 
 

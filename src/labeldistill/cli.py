@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--factor", action="append", type=float, help="prune factor(s); default: prune.factors")
         if name != "report":
             s.add_argument("--force", action="store_true", help="redo the stage even if its output exists")
+        if name == "run":
+            s.add_argument("--dry-run", action="store_true",
+                           help="check the config, data and teacher checkpoint, print the planned work and a storage "
+                                "estimate; train and write nothing")
+            s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     ll = sub.add_parser("learn-labels", help="learn soft labels for real base examples (LD / RR, Bohdal et al. 2020)")
     ll.add_argument("config", help="YAML learn-labels config")
     ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -49,8 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, accepting ``key=value`` overrides after flags too (``run CONFIG --dry-run a=1``)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.command == "store":
         from .labels.store import LabelStore
 
@@ -93,7 +109,12 @@ def _main(argv: list[str] | None) -> int:
     modes = getattr(args, "mode", None) or cfg.recover.modes
     factors = getattr(args, "factor", None) or cfg.prune.factors
     force = getattr(args, "force", False)
-    if args.command == "run":
+    if args.command == "run" and args.dry_run:
+        from .plan import format_plan, plan_run
+
+        plan = plan_run(cfg)
+        print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    elif args.command == "run":
         from .pipeline import run
 
         run(cfg)

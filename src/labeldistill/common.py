@@ -1,18 +1,22 @@
-"""Pieces shared by the stages: normalisation, evaluation, teacher/student checkpoints, run-dir layout."""
+"""Pieces shared by the stages: normalisation, streaming real data, evaluation, teacher/student checkpoints,
+run-dir layout."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 
 from .config import Config, ModelConfig
 from .data import ImageSet, load_dataset
-from .errors import LabelDistillError
+from .errors import DataError, LabelDistillError
 from .models import create_model
 from .utils import atomic_write_json, model_fingerprint, read_json
 
@@ -36,26 +40,117 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op context on every other device (CPU and MPS run in float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class _DecodeFailure:
+    """A DataError raised in a DataLoader worker, sent back as a value so the message stays one line."""
+
+    message: str
+
+
+class _BatchDecoder(Dataset):
+    """``ds[index]`` → (uint8 images ``(n, C, H, W)``, int64 labels ``(n,)``) of one batch of a lazy set."""
+
+    def __init__(self, data: ImageSet):
+        self.images, self.labels = data.images, data.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.images[index], self.labels[index]
+        except DataError as e:
+            return _DecodeFailure(str(e))
+
+
+def iter_batches(data: ImageSet, batches: Sequence[Any], workers: int | None = None,
+                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(images, labels)`` for each index batch, in the given order.
+
+    An in-memory set is indexed directly (no DataLoader, no copy beyond the indexing). A lazy set is decoded
+    by a stock :class:`~torch.utils.data.DataLoader` whose sampler yields the batches (``batch_size=None``),
+    with ``workers`` worker processes decoding ahead of the consumer.
+
+    Args:
+        data: the split.
+        batches: slices, lists or LongTensors of image indices.
+        workers: DataLoader worker processes for a lazy set; ``None`` = ``data.meta["workers"]`` (0 if unset).
+        pin_memory: pin decoded batches (for asynchronous copies to CUDA).
+
+    Yields:
+        uint8 images ``(n, C, H, W)`` and int64 labels ``(n,)``.
+
+    Raises:
+        DataError: an image could not be decoded (same message as without workers).
+    """
+    if not data.is_lazy:
+        for b in batches:
+            yield data.images[b], data.labels[b]
+        return
+    workers = data.meta.get("workers", 0) if workers is None else workers
+    # A private generator: creating the iterator then draws its worker base seed from it, not from the global
+    # RNG, so a lazy run's augmentation (drawn from the global RNG in squeeze) matches an in-memory run.
+    loader = DataLoader(_BatchDecoder(data), batch_size=None, sampler=list(batches), num_workers=workers,
+                        pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
+                        generator=torch.Generator().manual_seed(0))
+    for item in loader:
+        if isinstance(item, _DecodeFailure):
+            raise DataError(item.message)
+        yield item
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...],
-             device: torch.device, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data``, in eval mode."""
+             device: torch.device, batch_size: int = 1000, workers: int | None = None) -> float:
+    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data``, in eval mode, in float32.
+
+    Args:
+        model: classifier taking normalised ``(N, C, H, W)`` images.
+        data: the split (in memory, or lazy: decoded by ``workers`` DataLoader processes).
+        mean, std: normalisation in [0, 1] units.
+        device: where the model runs.
+        batch_size: images per forward pass.
+        workers: see :func:`iter_batches`.
+    """
     was_training = model.training
     model.eval()
     correct = 0
-    for i in range(0, len(data), batch_size):
-        x = normalize(data.images[i:i + batch_size].to(device).float() / 255, mean, std)
-        y = data.labels[i:i + batch_size].to(device)
+    batches = [slice(i, i + batch_size) for i in range(0, len(data), batch_size)]
+    for images, labels in iter_batches(data, batches, workers, pin_memory=device.type == "cuda"):
+        x = normalize(images.to(device, non_blocking=True).float() / 255, mean, std)
+        y = labels.to(device)
         correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
     model.train(was_training)
     return correct / max(len(data), 1)
 
 
+def data_options(cfg: Config) -> dict[str, Any]:
+    """Dataset loader options from ``cfg.data`` (see :func:`labeldistill.data.load_dataset`)."""
+    d = cfg.data
+    return {"image_size": d.image_size, "resize": d.resize, "lazy": d.lazy, "mean": d.mean, "std": d.std}
+
+
 def load_split(cfg: Config, split: str) -> ImageSet:
-    """The configured dataset split, subset as configured (seeded, class-balanced)."""
-    ds = load_dataset(cfg.data.dataset, split, cfg.data.root)
+    """The configured dataset split, subset as configured (seeded, class-balanced).
+
+    A lazy split keeps only its file list; ``meta["workers"]`` records ``data.workers`` for the passes that
+    stream it.
+
+    Raises:
+        RegistryError / ConfigError / DataError: see :func:`labeldistill.data.load_dataset`.
+    """
+    ds = load_dataset(cfg.data.dataset, split, cfg.data.root, **data_options(cfg))
     n = cfg.data.train_subset if split == "train" else cfg.data.test_subset
-    return ds.subset(n, seed=cfg.seed)
+    ds = ds.subset(n, seed=cfg.seed)
+    ds.meta["workers"] = cfg.data.workers
+    return ds
 
 
 def build_model(spec: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> nn.Module:

@@ -37,7 +37,18 @@ class DataConfig:
         root: folder with the files; ``None`` uses the dataset's default location.
         train_subset: use only this many training images (a seeded, class-balanced subset); ``None`` = all.
         test_subset: use only this many test images; ``None`` = all.
-        workers: DataLoader worker processes for real-data passes.
+        workers: DataLoader worker processes: decode a lazy dataset's batches in squeeze, class-stats and
+            evaluation on the real splits, and build replayed batches in validate.
+        image_size: ``imagefolder`` only: resize every image (shorter side to ``resize`` pixels) and
+            centre-crop it to ``image_size × image_size`` pixels; ``None`` keeps the native size, which must then
+            be the same for every image. It is the input size of every later stage (recover, relabel, validate).
+        resize: ``imagefolder`` only: shorter side in pixels before the centre crop; ``None`` = ``image_size``
+            (ImageNet's evaluation preset is ``resize: 256`` with ``image_size: 224``).
+        lazy: ``imagefolder`` only: keep only the file list and decode images with Pillow when a batch is
+            needed (for folders too large for memory, e.g. ImageNet).
+        mean: per-channel normalisation mean in [0, 1] units (one value per channel); ``None`` = the
+            dataset's own (``imagefolder``: computed from the images; lazy: estimated from 256 of them).
+        std: per-channel normalisation std, as ``mean``.
     """
 
     dataset: str = "fashion-mnist"
@@ -45,6 +56,41 @@ class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     workers: int = 0
+    image_size: int | None = None
+    resize: int | None = None
+    lazy: bool = False
+    mean: list | None = None
+    std: list | None = None
+
+    def __post_init__(self) -> None:
+        """Range checks of the data keys.
+
+        Raises:
+            ConfigError: naming the bad key and the fix.
+        """
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        for key in ("train_subset", "test_subset", "image_size", "resize"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"data.{key} must be >= 1 (or null), got {v}")
+        if self.resize is not None:
+            if self.image_size is None:
+                raise ConfigError("data.resize needs data.image_size (the centre-crop size), e.g. image_size: 224")
+            if self.resize < self.image_size:
+                raise ConfigError(f"data.resize ({self.resize}) must be >= data.image_size ({self.image_size}): "
+                                  "the centre crop must fit in the resized image")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("set both data.mean and data.std, or neither")
+        if self.mean is not None:
+            if len(self.mean) != len(self.std) or not self.mean:
+                raise ConfigError(f"data.mean and data.std need one value per channel, got {self.mean} and {self.std}")
+            for key in ("mean", "std"):
+                for v in getattr(self, key):
+                    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                        raise ConfigError(f"data.{key} must be a list of numbers, got {getattr(self, key)}")
+            if min(self.std) <= 0:
+                raise ConfigError(f"data.std values must be > 0, got {self.std}")
 
 
 @dataclass
@@ -52,7 +98,10 @@ class SqueezeConfig:
     """Teacher training (SRe2L stage 1): SGD + momentum, cosine lr, random crop + flip.
 
     ``checkpoint``: a ``state_dict`` file (``.safetensors``, or ``.pth`` in torchvision's key layout) to use
-    as the teacher instead of training one.
+    as the teacher instead of training one. ``warmup_epochs``: linear warm-up from 0.01 × ``lr`` over this
+    many epochs before the cosine schedule (Tiny-ImageNet recipe: 5). ``crop_scale``: if set, a
+    RandomResizedCrop with this area range ``[low, high]`` replaces the padded random crop, in training and in
+    the class-statistics pass (Tiny-ImageNet / ImageNet recipe: ``[0.08, 1.0]``).
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64}))
@@ -64,6 +113,8 @@ class SqueezeConfig:
     crop_padding: int = 2
     flip: bool = True
     checkpoint: str | None = None
+    warmup_epochs: int = 0
+    crop_scale: list | None = None
 
 
 @dataclass

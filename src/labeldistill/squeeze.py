@@ -1,6 +1,8 @@
 """Stage 1, squeeze: train the teacher on the real training set (SRe2L, Yin et al. NeurIPS 2023, §3.1).
 
-SGD with momentum and a cosine learning rate; random crop (zero padding) + horizontal flip through kornia.
+SGD with momentum and a cosine learning rate (optionally after a linear warm-up); random crop (zero padding)
+or RandomResizedCrop, + horizontal flip, through kornia. A lazy training set (``data.lazy``) is decoded by
+``data.workers`` DataLoader processes; on CUDA the forward pass runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import load_file
 
-from .common import RunLayout, build_model, cosine_lr, evaluate, load_split, normalize, save_teacher
-from .config import Config, config_to_dict
+from .common import (RunLayout, autocast, build_model, cosine_lr, evaluate, iter_batches, load_split, normalize,
+                     save_teacher)
+from .config import Config, SqueezeConfig, config_to_dict
 from .data import ImageSet
 from .distributed import barrier, rank_world, wrap_ddp
-from .errors import DataError, LabelDistillError
+from .errors import ConfigError, DataError, LabelDistillError
 from .resume import fault_point, load_checkpoint, save_checkpoint, settings_key
 from .utils import MetricsLog, is_rank0, pick_device, read_json
 
@@ -47,6 +50,29 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def check_squeeze_options(sc: SqueezeConfig) -> None:
+    """Range checks of ``squeeze.warmup_epochs`` and ``squeeze.crop_scale``.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    if sc.warmup_epochs < 0 or (not sc.checkpoint and 0 < sc.epochs <= sc.warmup_epochs):
+        raise ConfigError(f"squeeze.warmup_epochs must be >= 0 and < squeeze.epochs ({sc.epochs}), "
+                          f"got {sc.warmup_epochs}")
+    cs = sc.crop_scale
+    if cs is not None and (len(cs) != 2 or not all(isinstance(v, (int, float)) for v in cs)
+                           or not 0 < cs[0] <= cs[1] <= 1):
+        raise ConfigError(f"squeeze.crop_scale must be null or [low, high] with 0 < low <= high <= 1, got {cs}")
+
+
+def teacher_lr(sc: SqueezeConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Learning rate at ``step``: linear from 0.01 × lr to lr over ``warmup_epochs``, then cosine to 0."""
+    warm = sc.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return sc.lr * (0.01 + 0.99 * step / warm)
+    return cosine_lr(sc.lr, step - warm, total - warm)
+
+
 def squeeze(cfg: Config, force: bool = False) -> dict:
     """Train the teacher (or load ``squeeze.checkpoint``) and save ``teacher/model.safetensors`` + ``teacher.json``.
 
@@ -59,15 +85,20 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
         The teacher info: model name and args, ``top1`` (fraction) on the real test split, epochs.
 
     Raises:
-        DataError / RegistryError: bad dataset, model or checkpoint; LabelDistillError: the loss diverged.
+        DataError / RegistryError: bad dataset, model or checkpoint, or train and test splits with different
+        classes; ConfigError: bad squeeze options; LabelDistillError: the loss diverged.
     """
     layout = RunLayout(cfg.run_path)
     meta_f = layout.teacher_dir / "teacher.json"
     if meta_f.is_file() and not force:
         return read_json(meta_f)
+    sc = cfg.squeeze
+    check_squeeze_options(sc)
     device = pick_device(cfg.device)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
-    sc = cfg.squeeze
+    if test.classes != train.classes:
+        raise DataError(f"the test split has classes {_class_summary(test.classes)} but the train split has "
+                        f"{_class_summary(train.classes)}: give both the same class folders (or class_to_idx.json)")
     torch.manual_seed(cfg.seed)  # model init and kornia's sampling during training
     model = build_model(sc.model, train.num_classes, train.shape)
     if sc.checkpoint:
@@ -81,7 +112,7 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     if not sc.checkpoint:
         _train_teacher(model, train, cfg, layout, device)
         epochs_done = sc.epochs
-    top1 = evaluate(model, test, train.mean, train.std, device)
+    top1 = evaluate(model, test, train.mean, train.std, device, workers=cfg.data.workers)
     info = {
         "model": sc.model.name, "model_args": dict(sc.model.args), "num_classes": train.num_classes,
         "shape": list(train.shape), "mean": list(train.mean), "std": list(train.std),
@@ -96,16 +127,21 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     return read_json(meta_f)
 
 
+def _class_summary(classes: list[str]) -> str:
+    return f"{len(classes)} [{', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}]"
+
+
 def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLayout, device: torch.device) -> None:
     sc = cfg.squeeze
     net = wrap_ddp(model, device)
     opt = torch.optim.SGD(model.parameters(), lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay,
                           nesterov=True)
     _, h, w = train.shape
-    aug = nn.Sequential(
-        K.RandomCrop((h, w), padding=sc.crop_padding) if sc.crop_padding > 0 else nn.Identity(),
-        K.RandomHorizontalFlip() if sc.flip else nn.Identity(),
-    )
+    if sc.crop_scale is not None:
+        crop: nn.Module = K.RandomResizedCrop((h, w), scale=tuple(sc.crop_scale))
+    else:
+        crop = K.RandomCrop((h, w), padding=sc.crop_padding) if sc.crop_padding > 0 else nn.Identity()
+    aug = nn.Sequential(crop, K.RandomHorizontalFlip() if sc.flip else nn.Identity())
     g = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (len(train) + sc.batch_size - 1) // sc.batch_size
     total = sc.epochs * steps_per_epoch
@@ -123,19 +159,30 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
     log = MetricsLog(layout.metrics)
     bar = tqdm(total=total, initial=start * steps_per_epoch, desc="squeeze", disable=not is_rank0(), unit="step")
     step = start * steps_per_epoch
+    # A lazy set under torchrun decodes only this rank's rows of each batch; the other rows stay zero. The
+    # augmentation still runs on the whole batch, so the global RNG stays in step with an in-memory run and
+    # every row gets the same crop and flip it would get there.
+    local_only = train.is_lazy and world > 1
     for epoch in range(start, sc.epochs):
         model.train()
         order = torch.randperm(len(train), generator=g)
-        for i in range(steps_per_epoch):
-            idx = order[i * sc.batch_size:(i + 1) * sc.batch_size]
-            x = train.images[idx].float().div_(255)
+        batches = [order[i * sc.batch_size:(i + 1) * sc.batch_size] for i in range(steps_per_epoch)]
+        fetch = [b[rank::world] for b in batches] if local_only else batches
+        for i, (images, _) in enumerate(iter_batches(train, fetch, cfg.data.workers)):
+            idx = batches[i]
+            if local_only:
+                x = torch.zeros((len(idx), *train.shape))
+                x[rank::world] = images.float().div_(255)
+            else:
+                x = images.float().div_(255)
             x = aug(x)  # augment the whole batch on every rank so the global RNG stays in step
             idx_local = slice(rank, None, world)
             x = normalize(x[idx_local].to(device), train.mean, train.std).contiguous(memory_format=torch.channels_last)
             y = train.labels[idx][idx_local].to(device)
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(sc.lr, step, total)
-            loss = F.cross_entropy(net(x), y)
+                group["lr"] = teacher_lr(sc, step, total, steps_per_epoch)
+            with autocast(device):
+                loss = F.cross_entropy(net(x), y)
             if not torch.isfinite(loss):
                 raise LabelDistillError(f"teacher loss became {loss.item()} at epoch {epoch}, step {i}; "
                                         "lower squeeze.lr")

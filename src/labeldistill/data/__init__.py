@@ -1,33 +1,40 @@
 """Dataset registry.
 
-Every dataset loads into memory as a :class:`TensorDataset`-like :class:`ImageSet`: ``images`` as uint8
-``(N, C, H, W)``, ``labels`` as int64 ``(N,)``, the class names and per-dataset normalisation. Nothing is
-downloaded: users point ``data.root`` at their own files.
+Every dataset loads as a :class:`TensorDataset`-like :class:`ImageSet`: ``images`` as uint8
+``(N, C, H, W)`` — an in-memory tensor, or for ``imagefolder`` with ``lazy=True`` a
+:class:`~labeldistill.data.imagefolder.LazyImages` that decodes files when indexed — ``labels`` as int64
+``(N,)`` (always in memory), the class names and per-dataset normalisation. Nothing is downloaded: users
+point ``data.root`` at their own files.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from ..errors import RegistryError
+from ..errors import ConfigError, RegistryError
 
 _DATASETS: dict[str, Callable[..., "ImageSet"]] = {}
 
 
 @dataclass
 class ImageSet:
-    """An in-memory image classification split.
+    """An image classification split.
 
     Attributes:
-        images: uint8 tensor ``(N, C, H, W)`` with values 0..255.
+        images: uint8 ``(N, C, H, W)`` with values 0..255: a tensor, or a lazy
+            :class:`~labeldistill.data.imagefolder.LazyImages` (indexing by an int, slice, list, LongTensor or
+            bool mask decodes the selected files into a tensor).
         labels: int64 tensor ``(N,)`` of class indices.
         classes: class names; index ``i`` is class ``i``.
         mean: per-channel normalisation mean, in [0, 1] pixel units.
         std: per-channel normalisation std, in [0, 1] pixel units.
         name: registry name of the dataset.
+        meta: free-form extras; ``workers`` (set by :func:`labeldistill.common.load_split`) is the number
+            of DataLoader worker processes used to decode a lazy set.
     """
 
     images: torch.Tensor
@@ -54,9 +61,15 @@ class ImageSet:
         """``(C, H, W)`` of one image."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def is_lazy(self) -> bool:
+        """True if ``images`` decodes files on indexing instead of being an in-memory tensor."""
+        return not isinstance(self.images, torch.Tensor)
+
     def float_images(self) -> torch.Tensor:
-        """Images as float32 in [0, 1], ``(N, C, H, W)``."""
-        return self.images.float().div_(255.0)
+        """Images as float32 in [0, 1], ``(N, C, H, W)`` (a lazy set is decoded completely)."""
+        images = self.images[:] if self.is_lazy else self.images
+        return images.float().div_(255.0)
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
         """A seeded, class-balanced subset of ``n`` images (all images if ``n`` is None or too large)."""
@@ -71,8 +84,8 @@ class ImageSet:
             take = min(len(idx), k + (1 if c < rest else 0))
             chosen.append(idx[torch.randperm(len(idx), generator=g)[:take]])
         sel = torch.cat(chosen).sort().values
-        return ImageSet(self.images[sel], self.labels[sel], self.classes, self.mean, self.std, self.name,
-                        dict(self.meta))
+        images = self.images.take(sel) if self.is_lazy else self.images[sel]  # lazy: select, do not decode
+        return ImageSet(images, self.labels[sel], self.classes, self.mean, self.std, self.name, dict(self.meta))
 
 
 def register_dataset(name: str) -> Callable:
@@ -89,18 +102,64 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def load_dataset(name: str, split: str, root: str | None = None) -> ImageSet:
-    """Load split ``train`` or ``test`` of a registered dataset.
+def dataset_options(name: str) -> list[str]:
+    """Keyword options (beyond ``root`` and ``split``) that dataset ``name``'s loader accepts.
 
     Raises:
-        RegistryError: unknown dataset name (the message lists the known ones).
-        DataError: missing or corrupt files.
+        RegistryError: unknown dataset name.
     """
     if name not in _DATASETS:
         raise RegistryError(f"unknown dataset '{name}'; known datasets: {', '.join(list_datasets())}")
+    return [p for p in inspect.signature(_DATASETS[name]).parameters if p not in ("root", "split")]
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse options that are set (not None/False) but not supported by dataset ``name``.
+
+    ``mean`` and ``std`` are supported by every dataset (they replace its normalisation).
+
+    Raises:
+        RegistryError: unknown dataset name.
+        ConfigError: an option the dataset does not support (names the datasets that do).
+    """
+    known = dataset_options(name)
+    for key, value in options.items():
+        if value is None or value is False or key in known or key in ("mean", "std"):
+            continue
+        users = [d for d in list_datasets() if key in dataset_options(d)]
+        raise ConfigError(f"data.{key} is not supported by dataset '{name}' (only by: {', '.join(users) or 'none'}); "
+                          f"remove it from the config")
+
+
+def load_dataset(name: str, split: str, root: str | None = None, **options: Any) -> ImageSet:
+    """Load split ``train`` or ``test`` of a registered dataset.
+
+    Args:
+        name: registry name.
+        split: ``train`` or ``test``.
+        root: folder with the files; None = the dataset's default.
+        **options: dataset options such as ``image_size``, ``resize``, ``lazy`` (``imagefolder``), and
+            ``mean`` / ``std`` (any dataset: per-channel normalisation in [0, 1] units, one value per channel).
+
+    Raises:
+        RegistryError: unknown dataset name (the message lists the known ones).
+        ConfigError: an option the dataset does not support, or mean/std of the wrong length.
+        DataError: missing or corrupt files.
+    """
+    check_dataset_options(name, options)
     if split not in ("train", "test"):
         raise RegistryError(f"unknown split '{split}'; known: train, test")
-    ds = _DATASETS[name](root=root, split=split)
+    known = dataset_options(name)
+    passed = {k: v for k, v in options.items() if k in known and v is not None}
+    ds = _DATASETS[name](root=root, split=split, **passed)
+    for key in ("mean", "std"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if len(value) != ds.shape[0]:
+            raise ConfigError(f"data.{key} has {len(value)} values but '{name}' images have {ds.shape[0]} "
+                              f"channel(s); give one value per channel")
+        setattr(ds, key, tuple(float(v) for v in value))
     ds.name = name
     return ds
 
