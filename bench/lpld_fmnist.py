@@ -123,11 +123,12 @@ def main() -> None:
                                      f"prune.factors={factor_list}"])
                 for r in res["rows"]:
                     results.setdefault((ipc, "cs (init real)"), []).append(r)
-            write_section(Path(args.out), args.section, "\n\n".join(sections + [
-                f"### A. Image source × pruning factor (seeds {args.seeds}; IPC 50: "
-                f"{args.ipc50_seeds or args.seeds})\n\n" + table_a(args, results)]) + "\n\n(in progress)")
-        sections.append(f"### A. Image source × pruning factor (seeds {args.seeds}; IPC 50 seeds "
-                        f"{args.ipc50_seeds or args.seeds})\n\n" + table_a(args, results))
+                write_section(Path(args.out), args.section, "\n\n".join(sections + [
+                    f"### A. Image source × pruning factor (in progress: done up to IPC {ipc}, seed {seed})\n\n"
+                    + table_a(args, results)]))
+        ipcs = ", ".join(f"IPC {i}: seeds {args.ipc50_seeds if (i >= 50 and args.ipc50_seeds) else args.seeds}"
+                         for i in args.ipc)
+        sections.append(f"### A. Image source × pruning factor ({ipcs})\n\n" + table_a(args, results))
     if "B" not in args.skip:
         strategies = ["random"] + [f"{m}-{k}" for m in METRICS for k in ("easy", "hard")]
         rows: dict = {}

@@ -244,3 +244,20 @@ def test_config_rejects_bad_values(tmp_path):
             load_ld_config(None, [bad])
     with pytest.raises(ConfigError, match="init_smoothing"):
         load_ld_config(None, ["labels.param=logits", "labels.init=onehot"])
+
+
+def test_validation_split_never_contains_base_examples_and_does_not_move_them():
+    from labeldistill.learn_labels.run import prepare_task
+
+    tasks = [prepare_task(load_ld_config(None, ["data.target=digits", f"data.val_size={v}", "base.n=50"]),
+                          torch.device("cpu")) for v in (100, 400)]
+    small, large = tasks
+    assert torch.equal(small.base_indices, large.base_indices)
+    for t, v in zip(tasks, (100, 400)):
+        assert len(t.val_indices) == v and len(t.x_val) == v
+        assert not set(t.val_indices.tolist()) & set(t.base_indices.tolist())
+        assert len(t.x_target) == 1437 - v  # the rest of the train split gives the outer-loss batches
+    assert set(small.val_indices.tolist()) <= set(large.val_indices.tolist())
+    with pytest.raises(ConfigError, match="val_size"):
+        prepare_task(load_ld_config(None, ["data.target=digits", "data.val_size=1400", "base.n=50"]),
+                     torch.device("cpu"))

@@ -16,8 +16,8 @@ ROW_KEYS = {"method", "n_base", "learner", "optimizer", "top1_mean", "top1_std",
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes OpenMP workers spin."""
+def restore_threads():
+    """The runs set ``threads: 1`` (tiny models gain nothing from threads); restore torch's setting after."""
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -96,6 +96,19 @@ def test_cli_within_dataset_writes_every_output(tmp_path, capsys):
     assert torch.equal(again["ld"], tensors["ld"]) and torch.equal(again["teacher"], tensors["teacher"])
     assert json.loads((run2 / "results.json").read_text())["teacher"]["loaded_from"] == str(run / "teacher")
 
+    # Meta-test only: reuse the first run's labels on another architecture; no meta-training happens.
+    run3 = tmp_path / "run3"
+    assert main(["learn-labels", cfg, f"run_dir={run3}", "methods=[ld, onehot]", f"labels_from={run}",
+                 "metatest.archs=[{name: convnet, args: {width: 4, depth: 1, norm: none}}]",
+                 "metatest.optimizers=[adam]", "metatest.repeats=1"]) == 0
+    reused = json.loads((run3 / "results.json").read_text())
+    assert reused["meta"] == {} and reused["labels_from"] == str(run)
+    assert {(r["method"], r["learner"]) for r in reused["rows"]} == {
+        ("ld", "mlp"), ("ld", "convnet"), ("onehot", "mlp"), ("onehot", "convnet")}
+    ld_own = next(r for r in reused["rows"] if (r["method"], r["learner"]) == ("ld", "mlp"))
+    assert ld_own["steps"] == manifest["methods"]["ld"]["best_steps"] and ld_own["step_rule"] == "meta-train"
+    assert torch.equal(load_file(str(run3 / "labels.safetensors"))["ld"], tensors["ld"])
+
 
 def test_cli_cross_dataset_digits28_to_fashion_mnist(tmp_path):
     cfg = dict(TINY, data={"target": "fashion-mnist", "source": "digits28", "val_size": 200, "target_subset": 400,
@@ -120,6 +133,7 @@ def test_cli_cross_dataset_digits28_to_fashion_mnist(tmp_path):
     ("methods=[ld, oracle]", "unknown method 'oracle'"),
     ("learner.name=vgg", "unknown model 'vgg'"),
     ("data.val_size=5000", "leaves no training images"),
+    ("labels_from=/nonexistent/run", "no labels.json"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, override, message):
     run = tmp_path / "bad"

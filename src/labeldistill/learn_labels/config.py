@@ -33,7 +33,8 @@ class LDDataConfig:
         target_root: folder of the target files (``None`` = the dataset's default location).
         source: dataset the base examples come from; ``None`` = the target (within-dataset distillation).
         source_root: folder of the source files.
-        val_size: images held out of the target TRAIN split for model selection (never the test split).
+        val_size: images held out of the target TRAIN split for model selection (never the test split); drawn
+            after the base examples, from the images that are not base examples.
         target_subset: use only this many of the remaining target train images as outer-loss data
             (seeded, class-balanced); ``None`` = all of them.
         test_subset: evaluate on this many test images (seeded, class-balanced); ``None`` = the whole split.

@@ -29,7 +29,7 @@ from ..config import ModelConfig, config_to_dict
 from ..data import ImageSet, load_dataset
 from ..errors import ConfigError, DataError
 from ..utils import MetricsLog, atomic_write_bytes, atomic_write_json, pick_device
-from .base_examples import select_base_examples
+from .base_examples import candidate_pool, select_base_examples
 from .config import LEARNED_METHODS, LearnLabelsConfig, parse_arch
 from .labels import LearnedLabels, onehot_labels, smooth_labels, uniform_labels
 from .ld import LDMetaLearner
@@ -101,38 +101,37 @@ def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: tor
 
     Raises:
         ConfigError: a validation split as large as the train split, N incompatible with the selection mode,
-            given base examples that fall into the validation split or outside the source.
+            given base examples outside the source.
         DataError / RegistryError: missing dataset files, unknown dataset, source and target image shapes differ.
     """
     d = cfg.data
     train = load_dataset(d.target, "train", d.target_root)
     test = load_dataset(d.target, "test", d.target_root).subset(d.test_subset, seed=d.split_seed)
-    if d.val_size >= len(train):
-        raise ConfigError(f"data.val_size={d.val_size} leaves no training images of {d.target} "
-                          f"({len(train)} in the train split); lower it")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(d.split_seed))
-    val_idx, rest_idx = perm[:d.val_size].sort().values, perm[d.val_size:].sort().values
-    rest = ImageSet(train.images[rest_idx], train.labels[rest_idx], train.classes, train.mean, train.std,
-                    train.name).subset(d.target_subset, seed=d.split_seed)
     cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
-    if cross:
-        source = load_dataset(d.source, "train", d.source_root)
-        exclude = None
-    else:
-        source, exclude = train, val_idx
+    source = load_dataset(d.source, "train", d.source_root) if cross else train
     if source.shape != train.shape:
         raise DataError(f"source images {source.shape} and target images {train.shape} differ in shape; pick a "
                         f"source of the same size (e.g. digits28 for 28×28 targets)")
+    # Base examples first (they depend only on the source, N, the mode and base.seed), then the validation
+    # split from the target train images that are not base examples.
     if base_indices is None:
         base_idx = select_base_examples(source.labels, cfg.base.n, cfg.base.mode, source.num_classes,
-                                        cfg.base.seed, exclude)
+                                        cfg.base.seed)
     else:
         base_idx = base_indices
         if int(base_idx.max()) >= len(source) or int(base_idx.min()) < 0:
             raise ConfigError(f"the reused base examples do not index the {len(source)} {source.name} train images")
-        if exclude is not None and bool(torch.isin(base_idx, exclude).any()):
-            raise ConfigError("some reused base examples fall into this run's validation split; keep "
-                              "data.split_seed of the earlier run and a data.val_size no larger than its")
+    candidates = candidate_pool(len(train), None if cross else base_idx)
+    if d.val_size >= len(candidates):
+        raise ConfigError(f"data.val_size={d.val_size} leaves no training images of {d.target} "
+                          f"({len(candidates)} available for validation); lower it")
+    perm = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(d.split_seed))]
+    val_idx = perm[:d.val_size].sort().values
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[val_idx] = False
+    rest_idx = torch.nonzero(keep).flatten()
+    rest = ImageSet(train.images[rest_idx], train.labels[rest_idx], train.classes, train.mean, train.std,
+                    train.name).subset(d.target_subset, seed=d.split_seed)
     m, s = train.mean, train.std
     return Task(source=source, base_indices=base_idx, x_base=_float(source.images[base_idx], m, s, device),
                 x_target=_float(rest.images, m, s, device), y_target=rest.labels.to(device),
