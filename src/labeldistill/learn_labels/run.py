@@ -9,6 +9,12 @@ Outputs in the run directory (written only when the whole job succeeded):
 - ``results.json``: one row per (method, learner, optimiser) with top-1 mean ± std on the real test split;
 - ``report.md`` and ``labels.png`` (base images with their label bars); ``config.yaml``; ``metrics.jsonl``;
 - ``teacher/`` when a teacher was trained.
+
+Resuming: while the job runs, ``.learn_labels.resume.pt`` in the run directory holds every finished label set
+(with its meta-training record) and every finished meta-test row. Running the same command again after a kill
+continues from there; the file carries a fingerprint of the settings (the config without ``name``,
+``run_dir``, ``threads``, ``device``), so a file left by other settings is ignored. It is removed once the outputs
+are written.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +34,7 @@ from ..common import normalize
 from ..config import ModelConfig, config_to_dict
 from ..data import ImageSet, load_dataset
 from ..errors import ConfigError, DataError
+from ..resume import fault_point, load_checkpoint, save_checkpoint, settings_key
 from ..utils import MetricsLog, atomic_write_bytes, atomic_write_json, pick_device
 from .base_examples import candidate_pool, select_base_examples
 from .config import LEARNED_METHODS, LearnLabelsConfig, parse_arch
@@ -260,9 +267,10 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
     for _, spec in evaluation_plan(cfg):  # fail on a bad architecture before any long computation
         build_network(spec.arch, task.num_classes, task.shape, torch.device("cpu"))
     metrics = MetricsLog(cfg.run_path / "metrics.jsonl")
+    progress = Progress(cfg)
     torch.manual_seed(cfg.seed)
     if previous is None:
-        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log)
+        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log, progress)
         steps = {m: r.steps for m, r in meta_results.items()}
     else:
         label_sets = {m: y.to(device) for m, y in previous.label_sets.items()}
@@ -272,7 +280,10 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
                     device, cfg.meta.inner_batch, cfg.max_steps(), cfg.metatest.eval_batch)
     rows = []
     n = len(task.base_indices)
-    for method, spec in evaluation_plan(cfg):
+    for i, (method, spec) in enumerate(evaluation_plan(cfg)):
+        if i < len(progress.rows):  # finished before a kill
+            rows.append(progress.rows[i])
+            continue
         fixed = None
         if cfg.metatest.step_rule == "paper" and method in steps and _own_learner(method, spec, cfg):
             fixed = steps[method]
@@ -283,6 +294,8 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
                "target": cfg.data.target, **row}
         metrics.log(event="metatest", **{k: v for k, v in row.items() if k not in ("top1_all", "val_curve")})
         rows.append(row)
+        progress.save_rows(rows)
+        fault_point("metatest-row")
 
     results = {
         "name": cfg.name,
@@ -303,12 +316,62 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
     }
     write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
                   results)
+    progress.clear()
     return results
 
 
-def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None]
+class Progress:
+    """The resume file of a learn-labels run (``<run_dir>/.learn_labels.resume.pt``).
+
+    Holds the finished label sets (``(N, C)`` tensors by method), their meta-training records and the finished
+    meta-test rows, keyed by a fingerprint of the settings (:func:`~labeldistill.resume.settings_key` of the
+    config without ``name``, ``run_dir``, ``threads`` and ``device``). Written atomically after each unit.
+    """
+
+    def __init__(self, cfg: LearnLabelsConfig):
+        settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads",
+                                                                              "device", "plot_examples")}
+        self.key = settings_key("learn-labels", settings)
+        self.path = cfg.run_path / ".learn_labels.resume.pt"
+        state = load_checkpoint(self.path, self.key) or {}
+        self.label_sets: dict[str, torch.Tensor] = state.get("label_sets", {})
+        self.meta: dict[str, dict] = state.get("meta", {})
+        self.rows: list[dict] = state.get("rows", [])
+        if state:
+            print(f"resuming {cfg.run_path}: {len(self.label_sets)} label sets and {len(self.rows)} meta-test rows "
+                  "already done", flush=True)
+
+    def _save(self) -> None:
+        save_checkpoint(self.path, self.key, {"label_sets": self.label_sets, "meta": self.meta, "rows": self.rows})
+
+    def save_label_set(self, method: str, labels: torch.Tensor, meta: MetaResult | None) -> None:
+        self.label_sets[method] = labels.detach().cpu().clone()
+        if meta is not None:
+            self.meta[method] = asdict(meta)
+        self._save()
+
+    def meta_result(self, method: str, device: torch.device) -> MetaResult | None:
+        if method not in self.meta:
+            return None
+        r = dict(self.meta[method])
+        r["labels"], r["final_labels"] = r["labels"].to(device), r["final_labels"].to(device)
+        return MetaResult(**r)
+
+    def save_rows(self, rows: list[dict]) -> None:
+        self.rows = list(rows)
+        self._save()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None],
+                    progress: Progress | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, MetaResult], dict | None]:
     """Teacher (if needed), meta-training of LD/RR and the baseline label sets.
+
+    Learned label sets already in ``progress`` (a run resumed after a kill) are taken from it; each newly
+    learned set is saved there.
 
     Returns:
         ``(label sets by method (each (N, C)), meta-training results of ld/rr, teacher info or None)``.
@@ -328,6 +391,11 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
     make_model = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
     for method in cfg.methods:
         if method in LEARNED_METHODS:
+            done = progress.meta_result(method, device) if progress is not None else None
+            if done is not None:
+                meta_results[method] = done
+                label_sets[method] = done.labels
+                continue
             init = initial_labels(cfg, task, teacher_labels).to(device)
             labels = LearnedLabels(init, cfg.labels.param, cfg.labels.lr, cfg.labels.temperature)
             torch.manual_seed(cfg.seed)
@@ -344,6 +412,9 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
                              seed=cfg.seed, eval_batch=cfg.metatest.eval_batch, desc=method, log=log)
             meta_results[method] = res
             label_sets[method] = res.labels
+            if progress is not None:
+                progress.save_label_set(method, res.labels, res)
+            fault_point("meta-train")
         elif method == "onehot":
             label_sets[method] = _hard_labels(task, "the onehot baseline").to(device)
         elif method == "smooth":
