@@ -300,7 +300,9 @@ class Study:
         parts += self._transfer_tables()
         parts += self._cross_tables()
         parts += self._unroll_table()
-        Path(a.out).write_text("\n".join(parts) + "\n")
+        # Recorded commands name run directories relative to the repository (they are written absolute).
+        text = "\n".join(parts).replace(str(ROOT) + os.sep, "")
+        Path(a.out).write_text(text + "\n")
 
     def _main_tables(self) -> list[str]:
         a = self.args
@@ -426,11 +428,14 @@ class Study:
                f"target batch, gradient to the labels, online model update); convnet width {self.args.convnet_width}. "
                "Graph memory = bytes of the tensors autograd saves for the backward pass; peak RSS = the probe "
                "process's maximum resident set (data and model included).", "",
-               "| k | outer batch | seconds / outer step | graph memory (MiB) | peak RSS (MiB) |",
-               "|---|---|---|---|---|"]
+               "Wall seconds depend on what else runs on the cores (the 1-minute load average during each probe is "
+               "given); CPU seconds are the probe's own processor time.", "",
+               "| k | outer batch | wall s / outer step | CPU s / outer step | graph memory (MiB) | peak RSS (MiB) "
+               "| load average |", "|---|---|---|---|---|---|---|"]
         for r in data["rows"]:
             out.append(f"| {r['inner_steps']} | {r['outer_batch']} | {r['seconds_per_step']:.3f} "
-                       f"| {r['saved_tensor_bytes'] / 2**20:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+                       f"| {r['cpu_seconds_per_step']:.3f} | {r['saved_tensor_bytes'] / 2**20:.0f} "
+                       f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['load_average']:.1f} |")
         return out + [""]
 
 
@@ -451,9 +456,10 @@ def unroll_probe(args: argparse.Namespace) -> None:
     make = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
     labels = torch.full((len(task.x_base), task.num_classes), 1.0 / task.num_classes)
     res = profile_outer_step(make, task.x_base, labels, task.x_target[:batch], task.y_target[:batch],
-                             args.unroll_probe, cfg.meta.inner_batch, cfg.ld.inner_lr, repeats=5)
+                             args.unroll_probe, cfg.meta.inner_batch, cfg.ld.inner_lr, repeats=10)
     res["outer_batch"] = batch
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res["load_average"] = os.getloadavg()[0]
     print(json.dumps(res))
 
 

@@ -155,7 +155,8 @@ def profile_outer_step(make_model: Callable[[], nn.Module], x_base: torch.Tensor
         seed: seed of the model initialisation and the inner batches.
 
     Returns:
-        ``{"inner_steps", "seconds_per_step", "saved_tensor_bytes", "cuda_peak_bytes"}``; the last is
+        ``{"inner_steps", "seconds_per_step"`` (wall), ``"cpu_seconds_per_step"`` (this process's CPU time, less
+        sensitive to other jobs on shared cores), ``"saved_tensor_bytes", "cuda_peak_bytes"}``; the last is
         ``None`` off CUDA.
     """
     torch.manual_seed(seed)
@@ -180,12 +181,13 @@ def profile_outer_step(make_model: Callable[[], nn.Module], x_base: torch.Tensor
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         learner.outer_step(lab, x_base, batches(), x_target, y_target)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / repeats
+    cpu_seconds = (time.process_time() - c0) / repeats
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return {"inner_steps": inner_steps, "seconds_per_step": seconds, "saved_tensor_bytes": nbytes,
-            "cuda_peak_bytes": peak}
+    return {"inner_steps": inner_steps, "seconds_per_step": seconds, "cpu_seconds_per_step": cpu_seconds,
+            "saved_tensor_bytes": nbytes, "cuda_peak_bytes": peak}
