@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Label-distillation study on Fashion-MNIST (Bohdal, Yang & Hospedales 2020), written into a Markdown file.
+"""Label-distillation study on Fashion-MNIST (Bohdal, Yang & Hospedales 2020), written into BENCHMARKS.md.
 
 Parts (``--parts``, comma-separated; all by default):
 
@@ -10,8 +10,8 @@ Parts (``--parts``, comma-separated; all by default):
 - ``unroll``: time and memory of one LD outer step vs the number of unrolled steps k ∈ {1, 2, 5}.
 
 Every setting is one ``learn-labels`` run under ``--runs`` (skipped when its ``results.json`` exists, so an
-interrupted study resumes); the Markdown file is rewritten after every finished run, each table with the exact
-command, the date and the machine. Published anchors come from ``ANCHORS.md`` §1 and are marked as such.
+interrupted study resumes); the ``ld_fmnist`` section of BENCHMARKS.md is rewritten after every finished run,
+each table with the exact command, the date and the machine. Published anchors come from ``ANCHORS.md`` §1 and are marked as such.
 
 Example (the full study, in the background)::
 
@@ -35,6 +35,9 @@ from pathlib import Path
 import torch
 
 from labeldistill.learn_labels import learn_labels, load_ld_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw"]
@@ -69,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated parts; run order: unroll, main at N = 100, ablation, cross, main at the "
                         "other N, transfer")
     p.add_argument("--config", default=str(ROOT / "configs" / "fmnist_ld.yaml"), help="base learn-labels config")
-    p.add_argument("--out", default=str(ROOT / "BENCHMARKS_LD.md"), help="Markdown file to write")
+    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"),
+                   help="Markdown file whose 'ld_fmnist' section is (re)written")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench_ld"), help="folder of the run directories")
     p.add_argument("--ns", default="10,100,500", help="numbers of base examples of the main part")
     p.add_argument("--learners", default="lenet,convnet", help="learners of the main part")
@@ -302,7 +306,9 @@ class Study:
         parts += self._unroll_table()
         # Recorded commands name run directories relative to the repository (they are written absolute).
         text = "\n".join(parts).replace(str(ROOT) + os.sep, "")
-        Path(a.out).write_text(text + "\n")
+        # One level below the file's own title: '# X' → '## X', '## Y' → '### Y'.
+        text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+        write_section(Path(a.out), "ld_fmnist", text)
 
     def _main_tables(self) -> list[str]:
         a = self.args
