@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from labeldistill.learn_labels import learn_labels, load_ld_config
+from labeldistill.utils import tune_malloc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402
@@ -471,6 +472,7 @@ def unroll_probe(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = _parser().parse_args()
+    tune_malloc()  # as the labeldistill command does (see bench/malloc.py)
     if args.unroll_probe is not None:
         unroll_probe(args)
         return

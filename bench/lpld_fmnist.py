@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="tables to skip: A B C D E")
     ap.add_argument("--section", default="lpld_fmnist", help="BENCHMARKS.md section name (for parallel runs)")
     args = ap.parse_args()
+    tune_malloc()  # as the labeldistill command does (see bench/malloc.py)
     t0 = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -265,3 +265,23 @@ def test_png_upper_bound_holds_for_noise(tmp_path):
         c = 1 if len(shape) == 2 else 3
         bound = png_upper_bound(c, shape[0], shape[1])
         assert os.path.getsize(p) <= bound < 1.01 * c * shape[0] * shape[1] + 200
+
+
+@pytest.mark.parametrize("env, expected", [({}, True), ({"LABELDISTILL_MALLOC": "system"}, False),
+                                           ({"MALLOC_ARENA_MAX": "2"}, False)])
+def test_tune_malloc_applies_unless_opted_out(env, expected):
+    """tune_malloc sets glibc's thresholds on Linux, and leaves them alone when the user opts out or already
+    tunes malloc (run in a fresh process: the setting cannot be undone)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if expected and (sys.platform != "linux" or platform.libc_ver()[0] != "glibc"):
+        pytest.skip("glibc only")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in (
+        "LABELDISTILL_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")}
+    r = subprocess.run([sys.executable, "-c", "from labeldistill.utils import tune_malloc; print(tune_malloc())"],
+                       capture_output=True, text=True, env={**base, **env}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(expected)

@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labeldistill`` console script (also under ``torchrun``)."""
     try:
         from .distributed import init_distributed
+        from .utils import tune_malloc
 
+        tune_malloc()
         init_distributed()
         return _main(argv)
     except LabelDistillError as e:
