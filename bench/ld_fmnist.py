@@ -266,6 +266,13 @@ class Study:
                 f"Machine: {'; '.join(machines)}.\n\n<details><summary>the same runs as learn-labels commands"
                 f"</summary>\n\n```\n{per_run}\n```\n</details>\n")
 
+    def _models(self, res: dict | None) -> str:
+        """' (5 models)' when a run used another number of fresh models than the header states."""
+        if not res or not res["rows"]:
+            return ""
+        r = res["rows"][0]["repeats"]
+        return "" if r == self.args.repeats else f" ({r} models)"
+
     @staticmethod
     def _cell(row: dict | None) -> str:
         if row is None:
@@ -322,7 +329,7 @@ class Study:
                 continue
             arch = f"convnet (width {a.convnet_width}, instance norm, depth 3)" if learner == "convnet" else learner
             out += [f"## Within Fashion-MNIST, {arch} learner", "", self._stamp(keys), "",
-                    "| labels | tested with | " + " | ".join(f"N = {n}" for n in ns) + " |",
+                    "| labels | tested with | " + " | ".join(f"N = {n}" + self._models(res[n]) for n in ns) + " |",
                     "|---|---|" + "---|" * len(ns)]
             plan = [("ld", learner), ("onehot", learner), ("smooth", learner), ("teacher", learner),
                     ("rr", f"rr+{learner}"), ("onehot", f"rr+{learner}"), ("smooth", f"rr+{learner}"),
