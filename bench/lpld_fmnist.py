@@ -37,6 +37,7 @@ from labeldistill.labels.store import LabelStore  # noqa: E402
 from labeldistill.pipeline import run  # noqa: E402
 from labeldistill.recover import load_synthetic  # noqa: E402
 from labeldistill.report import human_bytes  # noqa: E402
+from labeldistill.utils import tune_malloc  # noqa: E402
 from labeldistill.validate import train_student  # noqa: E402
 
 MODES = ["sre2l", "c", "cs", "cda", "random_real", "rded"]
