@@ -4,8 +4,9 @@
 Parts (``--parts``, comma-separated; all by default):
 
 - ``main``: N ∈ {10, 100, 500} × {LD, RR, one-hot, smoothing, teacher} × {lenet, convnet} learners;
-- ``transfer``: the N = 100 convnet labels meta-tested on {lenet, convnet, resnet18, mlp} ×
+- ``transfer``: the N = 100 convnet labels meta-tested on {lenet, convnet, mlp} ×
   {SGD, SGD + momentum, Adam, AdamW} (``labels_from``: no new meta-training);
+- ``resnet``: the same labels on resnet18 (``--resnet-*``: few repeats, a capped training length);
 - ``cross``: digits28 → Fashion-MNIST and Fashion-MNIST → digits28, N = 100 unbalanced base examples;
 - ``unroll``: time and memory of one LD outer step vs the number of unrolled steps k ∈ {1, 2, 5}.
 
@@ -69,9 +70,9 @@ ABLATIONS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="unroll,main,ablation,cross,transfer",
+    p.add_argument("--parts", default="unroll,main,ablation,cross,transfer,resnet",
                    help="comma-separated parts; run order: unroll, main at N = 100, ablation, cross, main at the "
-                        "other N, transfer")
+                        "other N, transfer, resnet")
     p.add_argument("--config", default=str(ROOT / "configs" / "fmnist_ld.yaml"), help="base learn-labels config")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"),
                    help="Markdown file whose 'ld_fmnist' section is (re)written")
@@ -198,6 +199,12 @@ class Study:
                                    self.learner("convnet"), f"metatest.archs={archs}", f"metatest.optimizers={opts}",
                                    "metatest.rr_learner=false", f"metatest.repeats={self.args.transfer_repeats}"])
         self.render()
+
+    def resnet_part(self) -> None:
+        """The N = 100 convnet labels on resnet18 (few repeats: a CPU minute per model)."""
+        src = self.runs / "main_convnet_n100"
+        if not (src / "labels.json").is_file():
+            self.run("main_convnet_n100", ["base.n=100", "meta.inner_batch=50", self.learner("convnet")])
         a = self.args
         if a.resnet_repeats > 0:
             self.run("transfer_n100_resnet18", [
@@ -502,6 +509,8 @@ def main() -> None:
         study.main_part(headline=False)
     if "transfer" in parts:
         study.transfer_part()
+    if "resnet" in parts:
+        study.resnet_part()
     study.render()
     print(f"study done in {(time.time() - t0) / 60:.1f} min; wrote {args.out}", flush=True)
 
