@@ -188,10 +188,15 @@ class Study:
                                          "methods=[ld]"] + ov)
             self.render()
 
-    def transfer_part(self) -> None:
+    def n100_labels(self) -> Path:
+        """Run directory of the N = 100 convnet labels that the transfer parts reuse (learned if missing)."""
         src = self.runs / "main_convnet_n100"
         if not (src / "labels.json").is_file():
             self.run("main_convnet_n100", ["base.n=100", "meta.inner_batch=50", self.learner("convnet")])
+        return src
+
+    def transfer_part(self) -> None:
+        src = self.n100_labels()
         cheap = [a for a in self.args.transfer_archs.split(",") if a and a != "convnet"]
         archs = "[" + ", ".join(f"{{name: {a}}}" for a in cheap) + "]"
         opts = "[" + ", ".join(OPTIMIZERS) + "]"
@@ -202,9 +207,7 @@ class Study:
 
     def resnet_part(self) -> None:
         """The N = 100 convnet labels on resnet18 (few repeats: a CPU minute per model)."""
-        src = self.runs / "main_convnet_n100"
-        if not (src / "labels.json").is_file():
-            self.run("main_convnet_n100", ["base.n=100", "meta.inner_batch=50", self.learner("convnet")])
+        src = self.n100_labels()
         a = self.args
         if a.resnet_repeats > 0:
             self.run("transfer_n100_resnet18", [
@@ -497,20 +500,13 @@ def main() -> None:
     t0 = time.time()
     parts = args.parts.split(",")
     study.render()
-    if "unroll" in parts:
-        study.unroll_part()
-    if "main" in parts:
-        study.main_part(headline=True)
-    if "ablation" in parts:
-        study.ablation_part()
-    if "cross" in parts:
-        study.cross_part()
-    if "main" in parts:
-        study.main_part(headline=False)
-    if "transfer" in parts:
-        study.transfer_part()
-    if "resnet" in parts:
-        study.resnet_part()
+    order = [("unroll", study.unroll_part), ("main", lambda: study.main_part(headline=True)),
+             ("ablation", study.ablation_part), ("cross", study.cross_part),
+             ("main", lambda: study.main_part(headline=False)), ("transfer", study.transfer_part),
+             ("resnet", study.resnet_part)]
+    for name, part in order:
+        if name in parts:
+            part()
     study.render()
     print(f"study done in {(time.time() - t0) / 60:.1f} min; wrote {args.out}", flush=True)
 
