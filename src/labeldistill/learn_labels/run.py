@@ -323,9 +323,10 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
 class Progress:
     """The resume file of a learn-labels run (``<run_dir>/.learn_labels.resume.pt``).
 
-    Holds the finished label sets (``(N, C)`` tensors by method), their meta-training records and the finished
-    meta-test rows, keyed by a fingerprint of the settings (:func:`~labeldistill.resume.settings_key` of the
-    config without ``name``, ``run_dir``, ``threads`` and ``device``). Written atomically after each unit.
+    Holds the meta-training record of every finished learned label set (its :class:`MetaResult` as a dict,
+    ``(N, C)`` labels included) and the finished meta-test rows, keyed by a fingerprint of the settings
+    (:func:`~labeldistill.resume.settings_key` of the config without ``name``, ``run_dir``, ``threads``,
+    ``device`` and ``plot_examples``). Written atomically after each unit.
     """
 
     def __init__(self, cfg: LearnLabelsConfig):
@@ -334,20 +335,17 @@ class Progress:
         self.key = settings_key("learn-labels", settings)
         self.path = cfg.run_path / ".learn_labels.resume.pt"
         state = load_checkpoint(self.path, self.key) or {}
-        self.label_sets: dict[str, torch.Tensor] = state.get("label_sets", {})
         self.meta: dict[str, dict] = state.get("meta", {})
         self.rows: list[dict] = state.get("rows", [])
         if state:
-            print(f"resuming {cfg.run_path}: {len(self.label_sets)} label sets and {len(self.rows)} meta-test rows "
+            print(f"resuming {cfg.run_path}: {len(self.meta)} label sets and {len(self.rows)} meta-test rows "
                   "already done", flush=True)
 
     def _save(self) -> None:
-        save_checkpoint(self.path, self.key, {"label_sets": self.label_sets, "meta": self.meta, "rows": self.rows})
+        save_checkpoint(self.path, self.key, {"meta": self.meta, "rows": self.rows})
 
-    def save_label_set(self, method: str, labels: torch.Tensor, meta: MetaResult | None) -> None:
-        self.label_sets[method] = labels.detach().cpu().clone()
-        if meta is not None:
-            self.meta[method] = asdict(meta)
+    def save_label_set(self, method: str, meta: MetaResult) -> None:
+        self.meta[method] = {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in asdict(meta).items()}
         self._save()
 
     def meta_result(self, method: str, device: torch.device) -> MetaResult | None:
@@ -413,7 +411,7 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
             meta_results[method] = res
             label_sets[method] = res.labels
             if progress is not None:
-                progress.save_label_set(method, res.labels, res)
+                progress.save_label_set(method, res)
             fault_point("meta-train")
         elif method == "onehot":
             label_sets[method] = _hard_labels(task, "the onehot baseline").to(device)
