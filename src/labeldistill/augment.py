@@ -11,6 +11,7 @@ Conventions: a crop box is ``(x0, y0, w, h)`` in integer pixels of the source im
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,28 @@ import torch
 from kornia.geometry.transform import crop_and_resize, hflip
 
 _MASK = (1 << 63) - 1
+
+
+class Stream(enum.IntEnum):
+    """The first key of every seeded random stream, in one place so two stages never share a stream.
+
+    ``step_generator(seed, Stream.RELABEL_AUG, step_id)`` is relabel's augmentation of one step, and so on.
+    Recover's streams are keyed by the mode instead (:func:`mode_stream`); a test checks that no built-in mode
+    maps onto one of these values. The numbers are part of every stored result: changing one
+    changes every number downstream.
+    """
+
+    RELABEL_ORDER = 11  # relabel: the image order of stored epoch e      (seed, 11, e)
+    RELABEL_AUG = 12  # relabel: crops, flips, CutMix of stored step g   (seed, 12, g)
+    PRUNE = 21  # prune: the random step order (seed, 21) and epoch order (seed, 21, 1)
+    VALIDATE_POOL = 31  # validate: the steps drawn in training epoch e   (seed, 31, e)
+    CLASS_STATS = 41  # class-stats: augmentation of batch i            (seed, 41, i)
+
+
+def mode_stream(mode: str) -> int:
+    """Recover's stream key of a mode: the little-endian integer of its first 7 bytes (any name of two or more
+    bytes gives at least 256, above every :class:`Stream` value)."""
+    return int.from_bytes(mode.encode()[:7].ljust(7, b"\0"), "little")
 
 
 def step_generator(seed: int, *keys: int) -> torch.Generator:

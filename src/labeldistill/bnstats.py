@@ -25,19 +25,25 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .augment import apply_crops_flips, sample_flips, sample_resized_crops, step_generator
-from .common import RunLayout, autocast, iter_batches, load_split, load_teacher, normalize
+from .augment import (
+    Stream,
+    apply_crops_flips,
+    sample_flips,
+    sample_resized_crops,
+    step_generator,
+)
+from .config import Config, check_squeeze_options
+from .data import ImageSet, iter_batches, load_split, normalize
 from .distributed import all_reduce_sum, barrier, shard
-from .config import Config
 from .errors import LabelDistillError
-from .models import bn_layers
-from .squeeze import check_squeeze_options
-from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
-
-_CS_KEY = 41
+from .io import MetricsLog, atomic_write_json, load_class_stats  # noqa: F401  (load_class_stats: old path)
+from .layout import RunLayout
+from .models import forward_hooks, require_bn_layers
+from .models.checkpoint import load_teacher
+from .runtime import autocast, is_rank0, pick_device
 
 
 class _Accumulator:
@@ -68,7 +74,7 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         Path of ``stats.safetensors``.
 
     Raises:
-        LabelDistillError: no teacher yet, or the teacher has no BatchNorm2d layer.
+        LabelDistillError: no teacher yet, the teacher has no BatchNorm2d layer, or the pass saw no data.
     """
     layout = RunLayout(cfg.run_path)
     out = layout.class_stats_dir / "stats.safetensors"
@@ -76,42 +82,61 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         return out
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
-    bns = bn_layers(teacher)
-    if not bns:
-        raise LabelDistillError(f"teacher '{info['model']}' has no BatchNorm2d layer: BN-statistics recovery "
-                                "needs one (e.g. convnet with norm=batch, resnet18)")
+    bns = require_bn_layers(teacher, info["model"])
     check_squeeze_options(cfg.squeeze)
     train = load_split(cfg, "train")
-    C = train.num_classes
-    accs = [_Accumulator(C, bn.num_features) for bn in bns]
-    handles = [bn.register_forward_hook(a) for bn, a in zip(bns, accs)]
-    pad, scale = cfg.squeeze.crop_padding, cfg.squeeze.crop_scale
+    accs = [_Accumulator(train.num_classes, bn.num_features) for bn in bns]
     t0 = time.time()
-    bs = cfg.class_stats.batch_size
-    starts = shard(range(0, len(train), bs))
-    batches = [slice(i, i + bs) for i in starts]
-    try:
-        with torch.no_grad():
-            stream = iter_batches(train, batches, cfg.data.workers, pin_memory=device.type == "cuda")
-            for i, (images, y) in zip(tqdm(starts, desc="class-stats", disable=not is_rank0(), unit="batch"), stream):
-                x = images.float().div_(255)
-                if cfg.class_stats.augment:
-                    gen = step_generator(cfg.seed, _CS_KEY, i)
-                    if scale is not None:
-                        x = resized_crop_flip(x, tuple(scale), cfg.squeeze.flip, gen)
-                    else:
-                        x = pad_crop_flip(x, pad, cfg.squeeze.flip, gen)
-                for a in accs:
-                    a.labels = y
-                x = normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last)
-                with autocast(device):
-                    teacher(x)
-    finally:
-        for hd in handles:
-            hd.remove()
+    with forward_hooks(bns, accs):
+        _accumulate(teacher, train, accs, cfg, info, device)
     for a in accs:  # exact statistics over all ranks' images
         for t in (a.s, a.sq, a.count):
             all_reduce_sum(t)
+    tensors = _stats_tensors(bns, accs, train)
+    if is_rank0():
+        layout.class_stats_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(".stats.safetensors.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(out)
+        atomic_write_json(layout.class_stats_dir / "class_stats.json", {
+            "num_layers": len(bns), "num_classes": train.num_classes, "channels": [bn.num_features for bn in bns],
+            "teacher_fingerprint": info["fingerprint"], "augment": cfg.class_stats.augment, "bytes": out.stat().st_size,
+        })
+        MetricsLog(layout.metrics).log(stage="class-stats", seconds=round(time.time() - t0, 2))
+    barrier()
+    return out
+
+
+@torch.no_grad()
+def _accumulate(teacher: nn.Module, train: ImageSet, accs: list[_Accumulator], cfg: Config, info: dict,
+                device: torch.device) -> None:
+    """One eval-mode pass over this rank's share of the (augmented) training set, feeding the hooks."""
+    pad, scale = cfg.squeeze.crop_padding, cfg.squeeze.crop_scale
+    bs = cfg.class_stats.batch_size
+    starts = shard(range(0, len(train), bs))
+    batches = [slice(i, i + bs) for i in starts]
+    stream = iter_batches(train, batches, cfg.data.workers, pin_memory=device.type == "cuda")
+    for i, (images, y) in zip(tqdm(starts, desc="class-stats", disable=not is_rank0(), unit="batch"), stream):
+        x = images.float().div_(255)
+        if cfg.class_stats.augment:
+            gen = step_generator(cfg.seed, Stream.CLASS_STATS, i)
+            if scale is not None:
+                x = resized_crop_flip(x, tuple(scale), cfg.squeeze.flip, gen)
+            else:
+                x = pad_crop_flip(x, pad, cfg.squeeze.flip, gen)
+        for a in accs:
+            a.labels = y
+        x = normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            teacher(x)
+
+
+def _stats_tensors(bns: list[nn.BatchNorm2d], accs: list[_Accumulator], train: ImageSet) -> dict[str, torch.Tensor]:
+    """The file's tensors: exact class and global mean / biased variance per layer, running stats, counts.
+
+    Raises:
+        LabelDistillError: a layer whose statistics were never updated (the pass saw no data).
+    """
     tensors: dict[str, torch.Tensor] = {}
     for li, (bn, a) in enumerate(zip(bns, accs)):
         n = a.count.clamp_min(1)[:, None]
@@ -126,23 +151,12 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         tensors[f"l{li}.global_var"] = gvar.float()
         tensors[f"l{li}.running_mean"] = bn.running_mean.detach().cpu().float()
         tensors[f"l{li}.running_var"] = bn.running_var.detach().cpu().float()
-    tensors["class_counts"] = torch.bincount(train.labels, minlength=C).float()
+    tensors["class_counts"] = torch.bincount(train.labels, minlength=train.num_classes).float()
     untouched = [li for li in range(len(bns)) if bool((tensors[f"l{li}.class_var"] == 0).all())]
     if untouched:
         raise LabelDistillError(f"class statistics of BN layer(s) {untouched} were never updated: the pass saw "
                                 "no data (check data.train_subset)")
-    if is_rank0():
-        layout.class_stats_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(".stats.safetensors.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(out)
-        atomic_write_json(layout.class_stats_dir / "class_stats.json", {
-            "num_layers": len(bns), "num_classes": C, "channels": [bn.num_features for bn in bns],
-            "teacher_fingerprint": info["fingerprint"], "augment": cfg.class_stats.augment, "bytes": out.stat().st_size,
-        })
-        MetricsLog(layout.metrics).log(stage="class-stats", seconds=round(time.time() - t0, 2))
-    barrier()
-    return out
+    return tensors
 
 
 def pad_crop_flip(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -169,15 +183,3 @@ def resized_crop_flip(x: torch.Tensor, scale: tuple[float, float], flip: bool, g
     n, _, h, w = x.shape
     boxes = sample_resized_crops(gen, n, h, w, scale)
     return apply_crops_flips(x, boxes, sample_flips(gen, n) if flip else None, (h, w))
-
-
-def load_class_stats(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load ``stats.safetensors`` and its JSON description.
-
-    Raises:
-        LabelDistillError: missing (run ``class-stats`` first).
-    """
-    f = folder / "stats.safetensors"
-    if not f.is_file():
-        raise LabelDistillError(f"no class statistics in {folder}: run 'labeldistill class-stats CONFIG' first")
-    return load_file(str(f)), read_json(folder / "class_stats.json")

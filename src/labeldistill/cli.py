@@ -65,60 +65,54 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _main(argv: list[str] | None) -> int:
-    args = _parse(argv)
-    if args.command == "store":
-        from .labels.store import LabelStore
+def _store_command(args: argparse.Namespace) -> int:
+    """``store info`` / ``store verify``."""
+    from .labels.store import LabelStore
 
-        store = LabelStore(args.path, verify=args.store_command == "verify")
-        if args.store_command == "verify":
-            print(f"ok: {len(store.manifest['shards'])} shards, {len(store)} steps verified")
-            return 0
-        from .labels.accounting import format_report, store_report
-
-        rep = store_report(args.path, args.images, args.class_stats)
-        print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    store = LabelStore(args.path, verify=args.store_command == "verify")
+    if args.store_command == "verify":
+        print(f"ok: {len(store.manifest['shards'])} shards, {len(store)} steps verified")
         return 0
-    if args.command == "export":
-        from pathlib import Path
+    from .labels.accounting import format_report, store_report
 
-        from .export import export_ddranking
+    rep = store_report(args.path, args.images, args.class_stats)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
 
-        run_dir = Path(args.run_dir)
-        modes = args.mode or sorted(p.name for p in (run_dir / "images").glob("*") if p.is_dir())
-        if not modes:
-            raise LabelDistillError(f"no images/<mode> folders in {run_dir}")
-        if args.out and len(modes) > 1:
-            raise LabelDistillError("--out needs exactly one --mode")
-        for m in modes:
-            print(export_ddranking(run_dir, m, args.store, args.out))
-        return 0
 
-    if args.command == "learn-labels":
-        from .learn_labels import learn_labels_main
+def _export_command(args: argparse.Namespace) -> int:
+    """``export RUN_DIR --format ddranking``."""
+    from pathlib import Path
 
-        return learn_labels_main(args.config, args.overrides)
+    from .export import export_ddranking
 
-    from .config import load_config
+    run_dir = Path(args.run_dir)
+    modes = args.mode or sorted(p.name for p in (run_dir / "images").glob("*") if p.is_dir())
+    if not modes:
+        raise LabelDistillError(f"no images/<mode> folders in {run_dir}")
+    if args.out and len(modes) > 1:
+        raise LabelDistillError("--out needs exactly one --mode")
+    for m in modes:
+        print(export_ddranking(run_dir, m, args.store, args.out))
+    return 0
 
-    cfg = load_config(args.config, args.overrides)
-    if cfg.threads:
-        import torch
 
-        torch.set_num_threads(cfg.threads)
-    modes = getattr(args, "mode", None) or cfg.recover.modes
-    factors = getattr(args, "factor", None) or cfg.prune.factors
-    force = getattr(args, "force", False)
-    if args.command == "run" and args.dry_run:
+def _run_command(cfg, args: argparse.Namespace) -> None:
+    """``run`` (every stage) or ``run --dry-run`` (the plan)."""
+    if args.dry_run:
         from .plan import format_plan, plan_run
 
         plan = plan_run(cfg)
         print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
-    elif args.command == "run":
+    else:
         from .pipeline import run
 
         run(cfg)
-    elif args.command == "squeeze":
+
+
+def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
+    """One stage of the main job: squeeze, class-stats, recover, relabel or report."""
+    if args.command == "squeeze":
         from .squeeze import squeeze
 
         info = squeeze(cfg, force=force)
@@ -137,24 +131,54 @@ def _main(argv: list[str] | None) -> int:
 
         for m in modes:
             print(relabel(cfg, m, force=force).path)
-    elif args.command in ("prune", "validate"):
-        from .pipeline import label_variants, prune_all
-        from .validate import validate
-
-        variants = [v for v in label_variants(cfg) if v[0] in {float(f) for f in factors}]
-        cfg.prune.factors = [v[0] for v in variants] or cfg.prune.factors
-        for m in modes:
-            if args.command == "prune":
-                for path in prune_all(cfg, m, force=force):
-                    print(path)
-            else:
-                for f, st, lg, gr in variants:
-                    r = validate(cfg, m, f, st, lg, gr, force=force)
-                    print(f"{m} {r['label_store']}: top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
     elif args.command == "report":
         from .report import write_report
 
         print(write_report(cfg.run_path))
+
+
+def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
+    """``prune`` / ``validate`` for the configured label variants whose factor is among ``--factor``."""
+    from .pipeline import prune_all
+    from .validate import validate
+    from .variants import label_variants
+
+    factors = {float(f) for f in (args.factor or cfg.prune.factors)}
+    variants = [v for v in label_variants(cfg) if v.factor in factors]
+    cfg.prune.factors = [v.factor for v in variants] or cfg.prune.factors
+    for m in modes:
+        if args.command == "prune":
+            for path in prune_all(cfg, m, force=force):
+                print(path)
+        else:
+            for v in variants:
+                r = validate(cfg, m, v, force=force)
+                print(f"{m} {r['label_store']}: top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parse(argv)
+    if args.command == "store":
+        return _store_command(args)
+    if args.command == "export":
+        return _export_command(args)
+    if args.command == "learn-labels":
+        from .learn_labels import learn_labels_main
+
+        return learn_labels_main(args.config, args.overrides)
+    from .config import load_config
+    from .runtime import set_threads
+
+    cfg = load_config(args.config, args.overrides)
+    set_threads(cfg.threads)
+    modes = getattr(args, "mode", None) or cfg.recover.modes
+    force = getattr(args, "force", False)
+    if args.command == "run":
+        _run_command(cfg, args)
+    elif args.command in ("prune", "validate"):
+        _label_command(cfg, args, modes, force)
+    else:
+        _stage_command(cfg, args, modes, force)
     return 0
 
 
@@ -162,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``labeldistill`` console script (also under ``torchrun``)."""
     try:
         from .distributed import init_distributed
-        from .utils import tune_malloc
+        from .runtime import tune_malloc
 
         tune_malloc()
         init_distributed()

@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
+from . import config_checks as chk
 from .errors import ConfigError
+from .variants import (
+    GRANULARITIES,
+    parse_logits_format,
+    parse_strategy,
+    resolve_variant,
+)
 
 
 @dataclass
@@ -68,12 +75,9 @@ class DataConfig:
         Raises:
             ConfigError: naming the bad key and the fix.
         """
-        if self.workers < 0:
-            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        chk.at_least(self.workers, 0, "data.workers")
         for key in ("train_subset", "test_subset", "image_size", "resize"):
-            v = getattr(self, key)
-            if v is not None and v < 1:
-                raise ConfigError(f"data.{key} must be >= 1 (or null), got {v}")
+            chk.at_least(getattr(self, key), 1, f"data.{key}", nullable=True)
         if self.resize is not None:
             if self.image_size is None:
                 raise ConfigError("data.resize needs data.image_size (the centre-crop size), e.g. image_size: 224")
@@ -86,9 +90,8 @@ class DataConfig:
             if len(self.mean) != len(self.std) or not self.mean:
                 raise ConfigError(f"data.mean and data.std need one value per channel, got {self.mean} and {self.std}")
             for key in ("mean", "std"):
-                for v in getattr(self, key):
-                    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                        raise ConfigError(f"data.{key} must be a list of numbers, got {getattr(self, key)}")
+                if not all(chk.is_number(v) and math.isfinite(v) for v in getattr(self, key)):
+                    raise ConfigError(f"data.{key} must be a list of numbers, got {getattr(self, key)}")
             if min(self.std) <= 0:
                 raise ConfigError(f"data.std values must be > 0, got {self.std}")
 
@@ -252,14 +255,33 @@ class ValidateConfig:
 
 
 @dataclass
-class Config:
-    """A whole experiment: one run directory, every stage's settings."""
+class RunConfig:
+    """Settings every job has: where it runs and with what randomness and hardware.
+
+    Attributes:
+        name: run name; the run directory is ``runs/<name>`` unless ``run_dir`` is set.
+        run_dir: explicit run directory.
+        seed: seed of every random stream of the job.
+        device: ``auto`` (CUDA, then MPS, then CPU) or a torch device string.
+        threads: ``torch.set_num_threads`` value; ``None`` keeps torch's default.
+    """
 
     name: str = "experiment"
     run_dir: str | None = None
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+
+    @property
+    def run_path(self) -> Path:
+        """The run directory (``runs/<name>`` unless ``run_dir`` is set)."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+@dataclass
+class Config(RunConfig):
+    """A whole experiment of the main job: one run directory, every stage's settings."""
+
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
     class_stats: ClassStatsConfig = field(default_factory=ClassStatsConfig)
@@ -267,11 +289,6 @@ class Config:
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
-
-    @property
-    def run_path(self) -> Path:
-        """The run directory (``runs/<name>`` unless ``run_dir`` is set)."""
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
 
 def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -307,11 +324,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; known keys of {where or 'the top level'}: "
-            + ", ".join(sorted(fields))
-        )
+        raise ConfigError(chk.unknown_key_message(unknown[0], where, fields))
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -408,11 +421,7 @@ def _check_keys(data: dict, where: str, cls: type = Config) -> None:
     hints = typing.get_type_hints(cls)
     for k, v in data.items():
         if k not in hints:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(
-                f"unknown config key '{prefix}{k}'; known keys of {where or 'the top level'}: "
-                + ", ".join(sorted(hints))
-            )
+            raise ConfigError(chk.unknown_key_message(k, where, hints))
         h = hints[k]
         if dataclasses.is_dataclass(h) and isinstance(v, dict):
             _check_keys(v, f"{where}.{k}" if where else k, h)
@@ -426,19 +435,20 @@ def _merge(base: dict, new: dict) -> None:
             base[k] = v
 
 
-def validate_config(cfg: Config) -> None:
-    """Range checks that types alone cannot express.
+def check_squeeze_options(sc: SqueezeConfig) -> None:
+    """Range checks of ``squeeze.warmup_epochs`` and ``squeeze.crop_scale``.
 
     Raises:
-        ConfigError: on the first bad value, naming the key.
+        ConfigError: naming the key.
     """
-    from .labels.prune import parse_strategy
-    from .labels.store import parse_logits_format
-    from .recover import resolve_variant
+    if sc.warmup_epochs < 0 or (not sc.checkpoint and 0 < sc.epochs <= sc.warmup_epochs):
+        raise ConfigError(f"squeeze.warmup_epochs must be >= 0 and < squeeze.epochs ({sc.epochs}), "
+                          f"got {sc.warmup_epochs}")
+    chk.scale_range(sc.crop_scale, "squeeze.crop_scale", nullable=True)
 
-    rc = cfg.recover
-    if rc.ipc < 1:
-        raise ConfigError(f"recover.ipc must be >= 1, got {rc.ipc}")
+
+def _check_recover(rc: RecoverConfig) -> None:
+    chk.at_least(rc.ipc, 1, "recover.ipc")
     for m in rc.modes:
         resolve_variant(m, rc.variants)
     if rc.crops not in ("per_batch", "per_image"):
@@ -447,26 +457,35 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"recover.init must be noise or real, got '{rc.init}'")
     if min(rc.iterations, rc.batch_size, rc.rded_factor, rc.rded_candidates, rc.vectorize) < 1:
         raise ConfigError("recover.iterations, batch_size, rded_factor, rded_candidates and vectorize must be >= 1")
-    if not 0 < rc.cda_milestone <= 1:
-        raise ConfigError(f"recover.cda_milestone must be in (0, 1], got {rc.cda_milestone}")
+    chk.in_interval(rc.cda_milestone, 0, 1, "recover.cda_milestone", closed="right")
+    chk.scale_range(rc.crop_scale, "recover.crop_scale")
+
+
+def _check_labels(cfg: Config) -> None:
     for f in cfg.prune.factors + ([cfg.relabel.only_kept] if cfg.relabel.only_kept is not None else []):
-        if not isinstance(f, (int, float)) or isinstance(f, bool) or f < 1:
+        if not chk.is_number(f) or f < 1:
             raise ConfigError(f"prune factors must be numbers >= 1, got {f!r}")
     for st in cfg.prune.strategies:
         parse_strategy(st)
     for fmt in cfg.prune.logits + [cfg.relabel.logits]:
         parse_logits_format(fmt)
-    if cfg.prune.granularity not in ("batch", "epoch"):
+    if cfg.prune.granularity not in GRANULARITIES:
         raise ConfigError(f"prune.granularity must be batch or epoch, got '{cfg.prune.granularity}'")
     if cfg.relabel.epochs < 1 or cfg.relabel.batch_size < 1:
         raise ConfigError("relabel.epochs and relabel.batch_size must be >= 1")
-    if not 0 <= cfg.relabel.cutmix <= 1:
-        raise ConfigError(f"relabel.cutmix is a probability in [0, 1], got {cfg.relabel.cutmix}")
-    for key in ("recover.crop_scale", "relabel.crop_scale"):
-        sect, name = key.split(".")
-        lo_hi = getattr(getattr(cfg, sect), name)
-        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-            raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1, got {lo_hi}")
+    chk.in_interval(cfg.relabel.cutmix, 0, 1, "relabel.cutmix", what="is a probability")
+    chk.scale_range(cfg.relabel.crop_scale, "relabel.crop_scale")
+
+
+def validate_config(cfg: Config) -> None:
+    """Range checks that types alone cannot express.
+
+    Raises:
+        ConfigError: on the first bad value, naming the key.
+    """
+    _check_recover(cfg.recover)
+    _check_labels(cfg)
+    check_squeeze_options(cfg.squeeze)
     for key in ("squeeze.lr", "recover.lr", "validate.lr"):
         sect, name = key.split(".")
         v = getattr(getattr(cfg, sect), name)
@@ -474,8 +493,7 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"{key} must be a finite number > 0, got {v}")
     if cfg.validate.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"unknown validate.optimizer '{cfg.validate.optimizer}'; known: adamw, sgd")
-    if cfg.validate.temperature <= 0:
-        raise ConfigError("validate.temperature must be > 0")
+    chk.positive(cfg.validate.temperature, "validate.temperature")
 
 
 def dump_config(cfg: Config, path: Path) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from .data.synthetic import load_synthetic
 from .errors import LabelDistillError
+from .io import atomic_dir, atomic_write_json
 from .labels.store import LabelStore
-from .recover import load_synthetic
-from .utils import atomic_dir, atomic_write_json
 
 
 def image_soft_labels(store: LabelStore) -> torch.Tensor:

@@ -11,38 +11,19 @@ from pathlib import Path
 import torch
 
 from .bnstats import class_stats
-from .common import RunLayout
 from .config import Config, dump_config
+from .distributed import barrier
+from .io import atomic_write_json, read_json
 from .labels.prune import prune_store
 from .labels.relabel import relabel
+from .layout import RunLayout
 from .recover import recover
 from .report import results_table, write_report
-from .squeeze import squeeze
-from .distributed import barrier
 from .resume import check_run_dir
-from .utils import atomic_write_json, is_rank0, read_json
+from .runtime import is_rank0
+from .squeeze import squeeze
 from .validate import validate
-
-
-def label_variants(cfg: Config) -> list[tuple[float, str, str, str]]:
-    """Every (factor, strategy, logits, granularity) the config asks for.
-
-    At factor 1 every strategy keeps every step, so only ``random`` is listed there. With
-    ``relabel.only_kept = f`` only factor ``f`` (random) exists.
-    """
-    g = cfg.prune.granularity
-    if cfg.relabel.only_kept is not None:
-        return [(float(cfg.relabel.only_kept), "random", cfg.relabel.logits, "batch")]
-    out = []
-    for f in cfg.prune.factors:
-        for st in cfg.prune.strategies:
-            if float(f) == 1.0 and st != "random":
-                continue
-            for lg in cfg.prune.logits:
-                v = (float(f), st, lg, g)
-                if v not in out:
-                    out.append(v)
-    return out
+from .variants import label_variants  # noqa: F401  (also the old import path)
 
 
 def prune_all(cfg: Config, mode: str, force: bool = False) -> list[Path]:
@@ -50,13 +31,14 @@ def prune_all(cfg: Config, mode: str, force: bool = False) -> list[Path]:
     layout = RunLayout(cfg.run_path)
     out = []
     labels = None
-    for f, st, lg, gr in label_variants(cfg):
-        dest = layout.pruned_store(mode, f, st, lg, gr)
+    for v in label_variants(cfg):
+        dest = layout.pruned_store(mode, v)
         if force or not (dest / "manifest.json").is_file():
             if labels is None:
                 labels = read_json(layout.images_dir(mode) / "images.json")
                 labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
-            prune_store(layout.full_store(mode), dest, f, st, cfg.seed, lg, gr, image_labels=labels, overwrite=force)
+            prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
+                        image_labels=labels, overwrite=force)
         out.append(dest)
     return out
 
@@ -82,8 +64,8 @@ def run(cfg: Config) -> dict:
         if cfg.relabel.only_kept is None and is_rank0():
             prune_all(cfg, mode)
         barrier()
-        for f, st, lg, gr in label_variants(cfg):
-            rows.append(validate(cfg, mode, f, st, lg, gr))
+        for v in label_variants(cfg):
+            rows.append(validate(cfg, mode, v))
     results = {
         "name": cfg.name,
         "dataset": cfg.data.dataset,

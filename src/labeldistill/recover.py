@@ -37,74 +37,44 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from safetensors.torch import load_file, save_file
-
-from .augment import apply_crops_flips, random_roll, sample_flips, sample_resized_crops, step_generator
-from .bnstats import load_class_stats
-from .common import RunLayout, cosine_lr, denormalize, load_split, load_teacher, normalize
+from .augment import (
+    apply_crops_flips,
+    mode_stream,
+    random_roll,
+    sample_flips,
+    sample_resized_crops,
+    step_generator,
+)
 from .config import Config, config_to_dict
+from .data import ImageSet, denormalize, load_split, normalize
+from .data.synthetic import (  # noqa: F401
+    image_bytes,
+    image_fingerprint,
+    load_synthetic,
+    save_imagefolder,
+)
 from .distributed import barrier, shard
-from .resume import fault_point, settings_key
-from .data import ImageSet
-from .data.imagefolder import load_imagefolder
-from .errors import ConfigError, DataError, LabelDistillError
-from .models import bn_layers
-from .utils import MetricsLog, atomic_dir, atomic_write_json, is_rank0, pick_device, read_json, tensor_fingerprint
+from .errors import DataError, LabelDistillError
+from .io import (
+    MetricsLog,
+    atomic_dir,
+    atomic_write_json,
+    load_class_stats,
+    read_json,
+    settings_key,
+)
+from .layout import RunLayout
+from .models import forward_hooks, require_bn_layers
+from .models.checkpoint import load_teacher
+from .resume import fault_point
+from .runtime import is_rank0, pick_device
+from .training import cosine_lr
+from .variants import BUILTIN_VARIANTS, plan_batches, resolve_variant  # noqa: F401  (old import paths)
 
-BUILTIN_VARIANTS: dict[str, dict] = {
-    "sre2l": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed"},
-    "c": {"batching": "class_wise", "bn_targets": "global", "crop_schedule": "fixed"},
-    "cs": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
-    "lpld": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
-    "cda": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "cda"},
-    "random_real": {"source": "random_real"},
-    "rded": {"source": "rded"},
-}
-_VARIANT_KEYS = {"batching": ("cross_class", "class_wise"), "bn_targets": ("global", "class"),
-                 "crop_schedule": ("fixed", "cda")}
-
-
-def resolve_variant(mode: str, custom: dict | None = None) -> dict:
-    """The switches of a recover mode: a built-in variant or one defined under ``recover.variants``.
-
-    Returns:
-        ``{"source": "synthesis" | "random_real" | "rded", "batching", "bn_targets", "crop_schedule"}``.
-
-    Raises:
-        ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches.
-    """
-    custom = custom or {}
-    if mode in custom:
-        spec = custom[mode]
-        if not isinstance(spec, dict):
-            raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
-        bad = [k for k in spec if k not in _VARIANT_KEYS]
-        if bad:
-            raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: "
-                              + ", ".join(_VARIANT_KEYS))
-        v = {"source": "synthesis", "batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed",
-             **spec}
-    elif mode in BUILTIN_VARIANTS:
-        v = {"source": "synthesis", **BUILTIN_VARIANTS[mode]}
-    else:
-        raise ConfigError(f"unknown recover mode '{mode}'; known: {', '.join(BUILTIN_VARIANTS)}"
-                          + (f", {', '.join(custom)}" if custom else ""))
-    if v["source"] == "synthesis":
-        for k, allowed in _VARIANT_KEYS.items():
-            if v[k] not in allowed:
-                raise ConfigError(f"recover variant '{mode}': {k} must be one of {', '.join(allowed)}, got {v[k]!r}")
-        if v["bn_targets"] == "class" and v["batching"] != "class_wise":
-            raise ConfigError(f"recover variant '{mode}': class BN targets need class_wise batching")
-    return v
-
-
-def mode_key(mode: str) -> int:
-    """A stable integer for a mode name (seeds per-mode generators)."""
-    return int.from_bytes(mode.encode()[:7].ljust(7, b"\0"), "little")
-
+mode_key = mode_stream  # old name of the recover stream key of a mode
 
 def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:
     """RandomResizedCrop lower scale bound at iteration ``t``.
@@ -133,26 +103,6 @@ class BNInputHook:
         """Mean and biased variance per channel of rows ``a:b`` of the last input."""
         seg = self.x[a:b]
         return seg.mean(dim=(0, 2, 3)), seg.var(dim=(0, 2, 3), unbiased=False)
-
-
-def plan_batches(batching: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:
-    """The optimisation batches as lists of ``(class, slot)`` pairs.
-
-    ``cross_class``: for each IPC slot k, the classes ``0..C-1`` (chunked to ``batch_size``) at slot k.
-    ``class_wise``: for each class c, its slots ``0..IPC-1`` (chunked to ``batch_size``).
-    """
-    batches = []
-    if batching == "cross_class":
-        for k in range(ipc):
-            for i in range(0, num_classes, batch_size):
-                batches.append([(c, k) for c in range(i, min(i + batch_size, num_classes))])
-    elif batching == "class_wise":
-        for c in range(num_classes):
-            for i in range(0, ipc, batch_size):
-                batches.append([(c, k) for k in range(i, min(i + batch_size, ipc))])
-    else:
-        raise ConfigError(f"unknown batching '{batching}'; known: class_wise, cross_class")
-    return batches
 
 
 def bn_targets(targets: str, stats: dict[str, torch.Tensor], num_layers: int, cls: int | None,
@@ -268,16 +218,6 @@ def recover_batch(teacher: nn.Module, hooks: list[BNInputHook], targets: list[tu
     return imgs[0], terms[0]
 
 
-def save_imagefolder(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path) -> None:
-    """Write uint8 ``(N, C, H, W)`` images as PNG into ``folder/<class>/<index>.png`` + ``class_to_idx.json``."""
-    for i, (im, y) in enumerate(zip(images, labels)):
-        d = folder / classes[int(y)]
-        d.mkdir(parents=True, exist_ok=True)
-        a = im.permute(1, 2, 0).numpy()
-        Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(d / f"{i:06d}.png", optimize=True)
-    atomic_write_json(folder / "class_to_idx.json", {c: i for i, c in enumerate(classes)})
-
-
 def pick_real(data: ImageSet, ipc: int, gen: torch.Generator) -> torch.Tensor:
     """Indices of ``ipc`` random images of every class, class-major ``(C · ipc,)``.
 
@@ -340,8 +280,9 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         The image folder (PNG ImageFolder + ``class_to_idx.json`` + ``images.json``).
 
     Raises:
-        ConfigError: unknown mode; LabelDistillError: missing teacher or class statistics, non-finite loss;
-        DataError: too few real images for ``random_real`` / ``init: real``.
+        ConfigError: unknown mode; LabelDistillError: missing teacher or class statistics, a teacher without
+        BatchNorm2d layers (synthesis), non-finite loss; DataError: too few real images for ``random_real`` /
+        ``init: real``.
     """
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
@@ -351,10 +292,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     variant = resolve_variant(mode, rc.variants)
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
-    C, shape = info["num_classes"], tuple(info["shape"])
-    labels = torch.arange(C).repeat_interleave(rc.ipc)
-    gen = step_generator(cfg.seed, mode_key(mode))
-    log = MetricsLog(layout.metrics)
+    gen = step_generator(cfg.seed, mode_stream(mode))
     t0 = time.time()
     needs_real = variant["source"] != "synthesis" or rc.init == "real"
     train = load_split(cfg, "train") if needs_real else None
@@ -366,64 +304,95 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     elif variant["source"] == "rded":
         images = rded_images(teacher, train, info, cfg, gen, device)
     else:
-        stats, _ = load_class_stats(layout.class_stats_dir)
-        init_imgs = train.images[pick_real(train, rc.ipc, gen)].float() / 255 if rc.init == "real" else None
-        bns = bn_layers(teacher)
-        hooks = [BNInputHook() for _ in bns]
-        handles = [bn.register_forward_hook(hk) for bn, hk in zip(bns, hooks)]
-        batches = plan_batches(variant["batching"], C, rc.ipc, rc.batch_size)
-        groups = [batches[i:i + rc.vectorize] for i in range(0, len(batches), rc.vectorize)]
-        partial = out.with_name(f".{out.name}.partial")
-        key = settings_key("recover", mode, variant, config_to_dict(rc), info["fingerprint"], cfg.seed,
-                           config_to_dict(cfg.data) if rc.init == "real" else None)
-        done = _load_partial(partial, key)
-        barrier()
-        todo = [gi for gi in shard(range(len(groups))) if gi not in done]
-        try:
-            for gi in tqdm(todo, desc=f"recover[{mode}]", disable=not is_rank0(), unit="group"):
-                segs = []
-                for batch in groups[gi]:
-                    slots = [cls * rc.ipc + k for cls, k in batch]
-                    segs.append(Segment(torch.tensor([cls for cls, _ in batch]),
-                                        bn_targets(variant["bn_targets"], stats, len(bns), batch[0][0], device),
-                                        step_generator(cfg.seed, mode_key(mode), batch[0][0], batch[0][1]),
-                                        None if init_imgs is None else init_imgs[slots]))
-                imgs, terms = recover_segments(teacher, hooks, segs, shape, info["mean"], info["std"], cfg, device,
-                                               variant["crop_schedule"])
-                slots = torch.tensor([cls * rc.ipc + k for batch in groups[gi] for cls, k in batch])
-                _save_partial(partial, gi, slots, torch.cat(imgs))
-                fault_point("recover-group")
-                for batch, tm in zip(groups[gi], terms):
-                    log.log(stage="recover", mode=mode, classes=sorted({c for c, _ in batch}), **tm)
-        finally:
-            for hd in handles:
-                hd.remove()
-        barrier()
-        done = _load_partial(partial, key)
-        if len(done) != len(groups):
-            raise LabelDistillError(f"recover[{mode}]: {len(groups) - len(done)} batch groups missing from "
-                                    f"{partial}; re-run to finish them")
-        images = torch.zeros((C * rc.ipc, *shape))
-        for slots, imgs in done.values():
-            images[slots] = imgs
+        init = train.images[pick_real(train, rc.ipc, gen)].float() / 255 if rc.init == "real" else None
+        images = synthesise(cfg, mode, variant, teacher, info, layout, init, device)
         extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
+    if is_rank0():
+        _write_image_set(out, mode, variant, images, teacher, info, rc.ipc, extra, device)
+        MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
+    barrier()
+    return out
+
+
+def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: dict, layout: RunLayout,
+               init: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """BN-statistics synthesis of every image of a mode, batch group by batch group, resumable.
+
+    Finished groups are kept in ``images/.<mode>.partial/`` under a settings key, so a killed run resumes
+    where it stopped; under torchrun the groups are split across ranks.
+
+    Args:
+        init: float ``(C · IPC, C_in, H, W)`` start images in [0, 1] (``init: real``), or None for noise.
+
+    Returns:
+        float ``(C · IPC, C_in, H, W)`` images in [0, 1], class-major.
+
+    Raises:
+        LabelDistillError: missing class statistics, no BatchNorm2d layer, a non-finite loss, or groups missing
+        after every rank finished.
+    """
+    rc = cfg.recover
+    stats, _ = load_class_stats(layout.class_stats_dir)
+    bns = require_bn_layers(teacher, info["model"])
+    batches = plan_batches(variant["batching"], info["num_classes"], rc.ipc, rc.batch_size)
+    groups = [batches[i:i + rc.vectorize] for i in range(0, len(batches), rc.vectorize)]
+    out = layout.images_dir(mode)
+    partial = out.with_name(f".{out.name}.partial")
+    key = settings_key("recover", mode, variant, config_to_dict(rc), info["fingerprint"], cfg.seed,
+                       config_to_dict(cfg.data) if rc.init == "real" else None)
+    done = _load_partial(partial, key)
+    barrier()
+    todo = [gi for gi in shard(range(len(groups))) if gi not in done]
+    log = MetricsLog(layout.metrics)
+    hooks = [BNInputHook() for _ in bns]
+    with forward_hooks(bns, hooks):
+        for gi in tqdm(todo, desc=f"recover[{mode}]", disable=not is_rank0(), unit="group"):
+            segs = [_segment(cfg, mode, variant, batch, stats, len(bns), init, device) for batch in groups[gi]]
+            imgs, terms = recover_segments(teacher, hooks, segs, tuple(info["shape"]), info["mean"], info["std"],
+                                           cfg, device, variant["crop_schedule"])
+            slots = torch.tensor([cls * rc.ipc + k for batch in groups[gi] for cls, k in batch])
+            _save_partial(partial, gi, slots, torch.cat(imgs))
+            fault_point("recover-group")
+            for batch, tm in zip(groups[gi], terms):
+                log.log(stage="recover", mode=mode, classes=sorted({c for c, _ in batch}), **tm)
+    barrier()
+    done = _load_partial(partial, key)
+    if len(done) != len(groups):
+        raise LabelDistillError(f"recover[{mode}]: {len(groups) - len(done)} batch groups missing from "
+                                f"{partial}; re-run to finish them")
+    images = torch.zeros((info["num_classes"] * rc.ipc, *info["shape"]))
+    for slots, imgs in done.values():
+        images[slots] = imgs
+    return images
+
+
+def _segment(cfg: Config, mode: str, variant: dict, batch: list[tuple[int, int]], stats: dict[str, torch.Tensor],
+             num_layers: int, init: torch.Tensor | None, device: torch.device) -> Segment:
+    """One optimisation batch of ``(class, slot)`` pairs with its BN targets, generator and start images."""
+    slots = [cls * cfg.recover.ipc + k for cls, k in batch]
+    return Segment(torch.tensor([cls for cls, _ in batch]),
+                   bn_targets(variant["bn_targets"], stats, num_layers, batch[0][0], device),
+                   step_generator(cfg.seed, mode_stream(mode), batch[0][0], batch[0][1]),
+                   None if init is None else init[slots])
+
+
+def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, teacher: nn.Module, info: dict,
+                     ipc: int, extra: dict, device: torch.device) -> None:
+    """Quantise to uint8, measure the teacher's top-1 on the set, write PNGs + ``images.json`` atomically."""
+    labels = torch.arange(info["num_classes"]).repeat_interleave(ipc)
     u8 = (images * 255).round().to(torch.uint8)
     with torch.no_grad():
         x = normalize(u8.float() / 255, info["mean"], info["std"]).to(device)
         teacher_top1 = float((teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
                               == labels).float().mean())
-    if is_rank0():
-        with atomic_dir(out) as tmp:
-            save_imagefolder(u8, labels, info["classes"], tmp)
-            atomic_write_json(tmp / "images.json", {
-                "mode": mode, "source": variant["source"], "ipc": rc.ipc, "num_images": len(labels),
-                "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
-                "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": teacher_top1, **extra,
-            })
-        shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
-        log.log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
-    barrier()
-    return out
+    with atomic_dir(out) as tmp:
+        save_imagefolder(u8, labels, info["classes"], tmp)
+        atomic_write_json(tmp / "images.json", {
+            "mode": mode, "source": variant["source"], "ipc": ipc, "num_images": len(labels),
+            "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
+            "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": teacher_top1, **extra,
+        })
+    shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
 
 
 def _load_partial(partial: Path, key: str) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -452,27 +421,3 @@ def _save_partial(partial: Path, gi: int, slots: torch.Tensor, images: torch.Ten
     tmp = partial / f".group_{gi:05d}.tmp-{os.getpid()}"
     save_file({"slots": slots.to(torch.int64), "images": images.contiguous()}, str(tmp))
     os.replace(tmp, partial / f"group_{gi:05d}.safetensors")
-
-
-def image_fingerprint(images_u8: torch.Tensor, labels: torch.Tensor) -> str:
-    """Fingerprint of an image set: its uint8 pixels and labels (independent of the PNG encoding)."""
-    return tensor_fingerprint(images_u8, labels)
-
-
-def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[ImageSet, dict]:
-    """Load an ``images/<mode>/`` folder (PNG + class_to_idx.json) and its ``images.json``.
-
-    Raises:
-        LabelDistillError: the folder was not written by ``recover`` (run it first).
-    """
-    meta_f = Path(folder) / "images.json"
-    if not meta_f.is_file():
-        raise LabelDistillError(f"no synthetic images in {folder}: run 'labeldistill recover CONFIG' first")
-    c2i = read_json(Path(folder) / "class_to_idx.json")
-    data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std))
-    return data, read_json(meta_f)
-
-
-def image_bytes(folder: Path) -> int:
-    """Bytes on disk of the PNG files of an image folder."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*.png"))

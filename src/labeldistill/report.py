@@ -11,16 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .data.imagefolder import load_imagefolder  # noqa: E402
-from .utils import read_json  # noqa: E402
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` → ``"1.5 KiB"`` (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from .io import human_bytes, read_json  # noqa: E402,F401  (human_bytes: old import path)
 
 
 def results_table(results: dict) -> str:

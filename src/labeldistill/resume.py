@@ -8,27 +8,19 @@ bytes as an uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import __version__
 from .errors import LabelDistillError
-from .utils import atomic_write_json
+from .io import atomic_write_json, settings_key  # noqa: F401  (settings_key: old import path)
 
 RUN_LAYOUT_VERSION = 1
-
-
-def settings_key(*parts: Any) -> str:
-    """Stable fingerprint (16 hex digits) of JSON-serialisable settings."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, key: str, state: dict) -> None:
@@ -83,23 +75,35 @@ class Throttle:
         return False
 
 
-def check_run_dir(root: Path) -> None:
-    """Stamp a new run directory with the layout version, or refuse one made by an incompatible version.
+def read_run_version(root: Path) -> dict | None:
+    """The ``run.json`` stamp of a run directory (``None`` when the directory has none yet).
 
     Raises:
-        LabelDistillError: ``run.json`` names another layout version, or is unreadable.
+        LabelDistillError: ``run.json`` is unreadable, or names another layout version than this one.
     """
     f = Path(root) / "run.json"
-    if f.is_file():
-        try:
-            info = json.loads(f.read_text())
-        except ValueError:
-            raise LabelDistillError(f"{f} is not valid JSON; use a fresh run_dir") from None
-        if info.get("layout_version") != RUN_LAYOUT_VERSION:
-            raise LabelDistillError(
-                f"run directory {root} was made by labeldistill {info.get('labeldistill_version', '?')} "
-                f"(layout {info.get('layout_version')}); this version {__version__} uses layout "
-                f"{RUN_LAYOUT_VERSION}: use a new run_dir")
+    if not f.is_file():
+        return None
+    try:
+        info = json.loads(f.read_text())
+    except ValueError:
+        raise LabelDistillError(f"{f} is not valid JSON; use a fresh run_dir") from None
+    if info.get("layout_version") != RUN_LAYOUT_VERSION:
+        raise LabelDistillError(
+            f"run directory {root} was made by labeldistill {info.get('labeldistill_version', '?')} "
+            f"(layout {info.get('layout_version')}), incompatible with this version {__version__} (layout "
+            f"{RUN_LAYOUT_VERSION}): use a new run_dir")
+    return info
+
+
+def check_run_dir(root: Path, create: bool = True) -> None:
+    """Refuse a run directory made by an incompatible version; stamp a new one (when ``create``).
+
+    Raises:
+        LabelDistillError: see :func:`read_run_version`.
+    """
+    if read_run_version(root) is not None or not create:
         return
     Path(root).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(f, {"labeldistill_version": __version__, "layout_version": RUN_LAYOUT_VERSION})
+    atomic_write_json(Path(root) / "run.json", {"labeldistill_version": __version__,
+                                                "layout_version": RUN_LAYOUT_VERSION})

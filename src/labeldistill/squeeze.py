@@ -7,62 +7,23 @@ or RandomResizedCrop, + horizontal flip, through kornia. A lazy training set (``
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import kornia.augmentation as K
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from safetensors.torch import load_file
-
-from .common import (RunLayout, autocast, build_model, cosine_lr, evaluate, iter_batches, load_split, normalize,
-                     save_teacher)
-from .config import Config, SqueezeConfig, config_to_dict
-from .data import ImageSet
+from .config import Config, SqueezeConfig, check_squeeze_options, config_to_dict
+from .data import ImageSet, iter_batches, load_split, normalize
 from .distributed import barrier, rank_world, wrap_ddp
-from .errors import ConfigError, DataError, LabelDistillError
-from .resume import fault_point, load_checkpoint, save_checkpoint, settings_key
-from .utils import MetricsLog, is_rank0, pick_device, read_json
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``state_dict`` from ``.safetensors`` or a ``torch.save`` file (``.pth``/``.pt``, optionally a dict
-    holding it under ``state_dict`` or ``model``), stripping a DistributedDataParallel ``module.`` prefix.
-
-    Raises:
-        DataError: missing or unreadable file.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"teacher checkpoint not found: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-            for k in ("state_dict", "model"):
-                if isinstance(sd, dict) and isinstance(sd.get(k), dict):
-                    sd = sd[k]
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise DataError(f"cannot read teacher checkpoint {p}: {str(e).splitlines()[0]}") from None
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def check_squeeze_options(sc: SqueezeConfig) -> None:
-    """Range checks of ``squeeze.warmup_epochs`` and ``squeeze.crop_scale``.
-
-    Raises:
-        ConfigError: naming the key.
-    """
-    if sc.warmup_epochs < 0 or (not sc.checkpoint and 0 < sc.epochs <= sc.warmup_epochs):
-        raise ConfigError(f"squeeze.warmup_epochs must be >= 0 and < squeeze.epochs ({sc.epochs}), "
-                          f"got {sc.warmup_epochs}")
-    cs = sc.crop_scale
-    if cs is not None and (len(cs) != 2 or not all(isinstance(v, (int, float)) for v in cs)
-                           or not 0 < cs[0] <= cs[1] <= 1):
-        raise ConfigError(f"squeeze.crop_scale must be null or [low, high] with 0 < low <= high <= 1, got {cs}")
+from .errors import DataError, LabelDistillError
+from .io import MetricsLog, read_json, settings_key
+from .layout import RunLayout
+from .models import build_model
+from .models.checkpoint import load_checkpoint_into, load_state_dict_file, save_teacher  # noqa: F401
+from .resume import fault_point, load_checkpoint, save_checkpoint
+from .runtime import autocast, is_rank0, pick_device
+from .training import cosine_lr, evaluate, make_optimizer
 
 
 def teacher_lr(sc: SqueezeConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -102,11 +63,7 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     torch.manual_seed(cfg.seed)  # model init and kornia's sampling during training
     model = build_model(sc.model, train.num_classes, train.shape)
     if sc.checkpoint:
-        try:
-            model.load_state_dict(load_state_dict_file(sc.checkpoint))
-        except RuntimeError as e:
-            raise DataError(f"teacher checkpoint {sc.checkpoint} does not fit model '{sc.model.name}' "
-                            f"{sc.model.args}: {str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else e}") from None
+        load_checkpoint_into(model, sc.checkpoint, sc.model, train.num_classes)
         epochs_done = 0
     model = model.to(device).to(memory_format=torch.channels_last)
     if not sc.checkpoint:
@@ -134,8 +91,7 @@ def _class_summary(classes: list[str]) -> str:
 def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLayout, device: torch.device) -> None:
     sc = cfg.squeeze
     net = wrap_ddp(model, device)
-    opt = torch.optim.SGD(model.parameters(), lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay,
-                          nesterov=True)
+    opt = make_optimizer("sgd", model.parameters(), sc.lr, sc.momentum, sc.weight_decay, nesterov=True)
     _, h, w = train.shape
     if sc.crop_scale is not None:
         crop: nn.Module = K.RandomResizedCrop((h, w), scale=tuple(sc.crop_scale))

@@ -20,19 +20,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .augment import step_generator
-from .common import RunLayout, build_model, cosine_lr, evaluate, load_split
+from .augment import Stream, step_generator
 from .config import Config, config_to_dict
+from .data import ImageSet, load_split
+from .data.synthetic import image_bytes, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
-from .data import ImageSet
 from .errors import LabelDistillError, StoreError
-from .labels.relabel import build_batch
+from .io import MetricsLog, atomic_write_json, read_json, settings_key
+from .labels.replay import build_batch
 from .labels.store import LabelStore
-from .recover import image_bytes, load_synthetic
-from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint, settings_key
-from .utils import MetricsLog, atomic_write_json, is_rank0, pick_device, read_json
-
-_POOL_KEY = 31
+from .layout import LabelVariant, RunLayout
+from .models import build_model
+from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
+from .runtime import is_rank0, pick_device
+from .training import cosine_lr, evaluate, make_optimizer
 
 
 class StoredStepDataset(Dataset):
@@ -91,7 +92,7 @@ class PoolSampler(Sampler[int]):
         return len(list(self._epoch_steps(e))) if self.granularity == "epoch" else self.spe
 
     def _epoch_steps(self, e: int) -> Iterator[int]:
-        g = step_generator(self.seed, _POOL_KEY, e)
+        g = step_generator(self.seed, Stream.VALIDATE_POOL, e)
         if self.granularity == "epoch":
             pick = self.epoch_ids[int(torch.randint(len(self.epoch_ids), (1,), generator=g))]
             yield from self.by_epoch[pick]
@@ -154,10 +155,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     torch.manual_seed(cfg.seed)  # student initialisation
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
     net = wrap_ddp(student, device)
-    if vc.optimizer == "adamw":
-        opt = torch.optim.AdamW(student.parameters(), lr=vc.lr, weight_decay=vc.weight_decay)
-    else:
-        opt = torch.optim.SGD(student.parameters(), lr=vc.lr, momentum=vc.momentum, weight_decay=vc.weight_decay)
+    opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
     full = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity)
     total = len(full)
     rank, world = rank_world()
@@ -204,9 +202,17 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
 
 
-def validate(cfg: Config, mode: str, factor: float, strategy: str = "random", logits: str = "fp16",
-             granularity: str = "batch", store_path: Path | None = None, force: bool = False) -> dict:
+def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, store_path: Path | None = None,
+             force: bool = False, **parts: str) -> dict:
     """Validate one (pruned) store of ``mode``; writes ``validate/<mode>_<tag>.json``.
+
+    Args:
+        cfg: the run's config.
+        mode: recover mode whose images are used.
+        variant: the :class:`~labeldistill.layout.LabelVariant`, or its factor followed by (or with keywords
+            for) strategy, logits and granularity.
+        store_path: validate this store instead of the variant's store in the run directory.
+        force: redo a finished result.
 
     Returns:
         The result row: recover, ipc, prune_factor, prune_strategy, logits, granularity, label_store,
@@ -215,11 +221,12 @@ def validate(cfg: Config, mode: str, factor: float, strategy: str = "random", lo
     Raises:
         StoreError: missing store, or a store that does not belong to the images.
     """
+    v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    out = layout.validate_file(mode, factor, strategy, logits, granularity)
+    out = layout.validate_file(mode, v)
     if out.is_file() and not force:
         return read_json(out)
-    path = Path(store_path) if store_path else layout.pruned_store(mode, factor, strategy, logits, granularity)
+    path = Path(store_path) if store_path else layout.pruned_store(mode, v)
     if not (path / "manifest.json").is_file():
         raise StoreError(f"no label store at {path}: run 'labeldistill prune CONFIG' first")
     store = LabelStore(path)
@@ -227,13 +234,12 @@ def validate(cfg: Config, mode: str, factor: float, strategy: str = "random", lo
                                     store.manifest["normalization"]["std"])
     check_store_matches(store, img_meta["fingerprint"])
     test = load_split(cfg, "test")
-    tag = path.name
     resume = out.with_name(f".{out.stem}.resume.pt")
-    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {tag}]", log=MetricsLog(layout.metrics),
+    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
                         resume_path=resume)
     row = {
-        "recover": mode, "ipc": img_meta["ipc"], "prune_factor": float(factor), "prune_strategy": strategy,
-        "logits": logits, "granularity": granularity,
+        "recover": mode, "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
+        "logits": v.logits, "granularity": v.granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, **res,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ImageSet, register_dataset
+from .registry import ImageSet, register_dataset
 
 # A fixed stratified 80/20 split (seed 0) of the 1,797 images: 1,437 train / 360 test.
 _TEST_FRACTION = 0.2

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from . import ImageSet, register_dataset
+from .registry import ImageSet, register_dataset
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [

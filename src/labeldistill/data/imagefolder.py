@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from . import ImageSet, register_dataset
+from .registry import ImageSet, register_dataset
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 # Images used to estimate the per-channel mean/std of a lazy split when data.mean/std are not given.

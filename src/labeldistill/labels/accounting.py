@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..recover import image_bytes
+from ..data.synthetic import image_bytes
+from ..io import human_bytes
 from .store import MANIFEST, LabelStore
 
 COMPONENT_ORDER = ("logits", "logits_index", "sample_idx", "crop", "flip", "mix_index", "mix_lambda", "mix_box",
@@ -77,8 +78,6 @@ def store_report(path: str | Path, images: str | Path | None = None, class_stats
 
 def format_report(r: dict) -> str:
     """Human-readable lines for :func:`store_report`'s dict."""
-    from ..report import human_bytes
-
     lines = [f"label store {r['path']}: {r['steps']} steps, {r['entries']} entries "
              f"({r['epochs']} epochs × batch {r['batch_size']}), logits {r['logits_format']}, "
              f"prune {r['prune'].get('factor', 1):g}× {r['prune'].get('strategy')}"]

@@ -27,38 +27,12 @@ from pathlib import Path
 
 import torch
 
-from ..augment import step_generator
 from ..errors import ConfigError, StoreError
+from ..layout import LabelVariant
+from ..variants import PRUNE_METRICS as METRICS  # noqa: F401  (old import path)
+from ..variants import parse_strategy
+from .pool import kept_steps, num_kept, select_epochs, select_steps  # noqa: F401  (old import paths)
 from .store import LabelStore, LabelStoreWriter, StepRecord
-
-_PRUNE_KEY = 21
-METRICS = ("confidence", "diff", "diff_signed", "correct", "cut_ratio")
-
-
-def parse_strategy(name: str) -> tuple[str, str | None]:
-    """``"random"`` → ("random", None); ``"confidence-easy"`` → ("confidence", "easy").
-
-    Raises:
-        ConfigError: unknown metric or keep direction.
-    """
-    if name == "random":
-        return "random", None
-    metric, _, keep = name.rpartition("-")
-    if metric not in METRICS or keep not in ("easy", "hard"):
-        raise ConfigError(f"unknown prune strategy '{name}'; known: random, or <metric>-easy|hard with metric "
-                          f"in {', '.join(METRICS)}")
-    return metric, keep
-
-
-def num_kept(total: int, factor: float) -> int:
-    """Units (steps or epochs) kept out of ``total`` at pruning factor ``factor`` (>= 1).
-
-    Raises:
-        ConfigError: factor < 1.
-    """
-    if factor < 1:
-        raise ConfigError(f"prune factor must be >= 1 (1 keeps everything), got {factor}")
-    return max(1, min(total, round(total / factor)))
 
 
 def step_score(rec: StepRecord, metric: str, image_labels: torch.Tensor | None, num_classes: int) -> float:
@@ -87,40 +61,6 @@ def step_score(rec: StepRecord, metric: str, image_labels: torch.Tensor | None, 
     raise ConfigError(f"unknown prune metric '{metric}'")
 
 
-def select_steps(step_ids: list[int], factor: float, strategy: str = "random", seed: int = 0,
-                 scores: dict[int, float] | None = None) -> list[int]:
-    """The step ids kept at ``factor`` (granularity ``batch``), sorted.
-
-    Args:
-        step_ids: the stored step ids.
-        factor: pruning factor >= 1.
-        strategy: ``random`` or ``<metric>-easy|hard``.
-        seed: seed of the random permutation.
-        scores: step id → score, required by metric strategies (see :func:`step_score`).
-
-    Raises:
-        ConfigError: factor < 1, unknown strategy, or missing scores.
-    """
-    k = num_kept(len(step_ids), factor)
-    metric, keep = parse_strategy(strategy)
-    ids = sorted(step_ids)
-    if metric == "random":
-        order = torch.randperm(len(ids), generator=step_generator(seed, _PRUNE_KEY))
-        return sorted(ids[i] for i in order[:k].tolist())
-    if scores is None:
-        raise ConfigError(f"prune strategy '{strategy}' needs step scores")
-    sign = -1.0 if keep == "easy" else 1.0
-    ranked = sorted(ids, key=lambda g: (sign * scores[g], g))
-    return sorted(ranked[:k])
-
-
-def select_epochs(num_epochs: int, factor: float, seed: int = 0) -> list[int]:
-    """Whole stored epochs kept at ``factor`` (granularity ``epoch``, random), sorted."""
-    k = num_kept(num_epochs, factor)
-    order = torch.randperm(num_epochs, generator=step_generator(seed, _PRUNE_KEY, 1))
-    return sorted(order[:k].tolist())
-
-
 def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: str = "random", seed: int = 0,
                 logits: str = "fp16", granularity: str = "batch", image_labels: torch.Tensor | None = None,
                 overwrite: bool = False) -> LabelStore:
@@ -144,20 +84,12 @@ def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: s
     if src.manifest["prune"]["strategy"] != "none":
         raise StoreError(f"{source} is already pruned; prune the full store instead")
     metric, _ = parse_strategy(strategy)
-    if granularity == "epoch":
-        if metric != "random":
-            raise ConfigError("granularity 'epoch' supports only the random strategy")
-        spe = src.manifest["steps_per_epoch"]
-        epochs = set(select_epochs(src.manifest["epochs"], factor, seed))
-        kept = [g for g in src.step_ids if g // spe in epochs]
-    elif granularity == "batch":
-        scores = None
-        if metric != "random":
-            scores = {g: step_score(src.get(g), metric, image_labels, src.manifest["num_classes"])
-                      for g in src.step_ids}
-        kept = select_steps(src.step_ids, factor, strategy, seed, scores)
-    else:
-        raise ConfigError(f"unknown granularity '{granularity}'; known: batch, epoch")
+    scores = None
+    if metric != "random" and granularity == "batch":
+        scores = {g: step_score(src.get(g), metric, image_labels, src.manifest["num_classes"])
+                  for g in src.step_ids}
+    kept = kept_steps(src.step_ids, LabelVariant(float(factor), strategy, logits, granularity), seed,
+                      src.manifest["steps_per_epoch"], src.manifest["epochs"], scores)
     meta = {k: v for k, v in src.manifest.items()
             if k not in ("format", "schema_version", "shards", "component_bytes", "num_steps", "num_entries",
                          "seconds")}

@@ -19,19 +19,25 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..augment import (apply_crops_flips, apply_cutmix, sample_cutmix, sample_flips, sample_resized_crops,
-                       step_generator)
-from ..common import RunLayout, load_teacher, normalize
+from ..augment import (
+    Stream,
+    sample_cutmix,
+    sample_flips,
+    sample_resized_crops,
+    step_generator,
+)
 from ..config import Config, RelabelConfig
 from ..data import ImageSet
-from ..recover import load_synthetic
-from ..utils import MetricsLog, is_rank0, pick_device
+from ..data.synthetic import load_synthetic
 from ..distributed import barrier, shard
-from ..resume import fault_point, settings_key
-from .prune import select_steps
+from ..io import MetricsLog, settings_key
+from ..layout import LabelVariant, RunLayout
+from ..models.checkpoint import load_teacher
+from ..resume import fault_point
+from ..runtime import is_rank0, pick_device
+from .pool import select_steps
+from .replay import build_batch  # noqa: F401  (also the old import path of build_batch)
 from .store import LabelStore, LabelStoreWriter, StepRecord
-
-_ORDER_KEY, _AUG_KEY = 11, 12
 
 
 class StepPlan:
@@ -55,7 +61,7 @@ class StepPlan:
         if epoch not in self._order_cache:
             if len(self._order_cache) > 4:
                 self._order_cache.clear()
-            self._order_cache[epoch] = torch.randperm(self.n, generator=step_generator(self.seed, _ORDER_KEY, epoch))
+            self._order_cache[epoch] = torch.randperm(self.n, generator=step_generator(self.seed, Stream.RELABEL_ORDER, epoch))
         return self._order_cache[epoch]
 
     def sample_idx(self, step_id: int) -> torch.Tensor:
@@ -69,25 +75,13 @@ def sample_step(plan: StepPlan, step_id: int, rc: RelabelConfig, hw: tuple[int, 
     """Sample the augmentation of one step (logits left empty)."""
     idx = plan.sample_idx(step_id)
     n = len(idx)
-    g = step_generator(plan.seed, _AUG_KEY, step_id)
+    g = step_generator(plan.seed, Stream.RELABEL_AUG, step_id)
     boxes = sample_resized_crops(g, n, hw[0], hw[1], tuple(rc.crop_scale))
     flips = sample_flips(g, n) if rc.flip else torch.zeros(n, dtype=torch.bool)
     mix = None
     if rc.cutmix > 0 and float(torch.rand(1, generator=g)) < rc.cutmix:
         mix = sample_cutmix(g, n, out_hw[0], out_hw[1], rc.cutmix_alpha)
     return StepRecord(step_id, idx, boxes, flips, mix, torch.empty(0))
-
-
-def build_batch(images: torch.Tensor, rec: StepRecord, out_hw: tuple[int, int], mean: tuple[float, ...],
-                std: tuple[float, ...]) -> torch.Tensor:
-    """Rebuild the normalised augmented batch ``(B, C, H', W')`` of a step from float images in [0, 1].
-
-    Used both when generating labels and when replaying them in validate, so the two see identical inputs.
-    """
-    x = apply_crops_flips(images[rec.sample_idx], rec.boxes, rec.flips, out_hw)
-    if rec.mix is not None:
-        x = apply_cutmix(x, rec.mix)
-    return normalize(x, mean, std)
 
 
 @torch.no_grad()
@@ -161,7 +155,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     layout = RunLayout(cfg.run_path)
     rc = cfg.relabel
     only = rc.only_kept
-    out = layout.full_store(mode) if only is None else layout.pruned_store(mode, only, logits=rc.logits)
+    out = layout.full_store(mode) if only is None else layout.pruned_store(mode, LabelVariant(float(only), logits=rc.logits))
     if (out / "manifest.json").is_file() and not force:
         return LabelStore(out)
     device = pick_device(cfg.device)

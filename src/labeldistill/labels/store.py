@@ -43,8 +43,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..augment import MixParams, pack_bits, unpack_bits
-from ..errors import ConfigError, StoreError
-from ..utils import atomic_write_json, sha256_file
+from ..errors import StoreError
+from ..io import atomic_write_json, sha256_file
+from ..variants import parse_logits_format  # noqa: F401  (old import path)
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "labeldistill.label_store"
@@ -57,19 +58,6 @@ COMPONENTS = {
     "step_ids": "step_index", "step_offsets": "step_index",
     "topk_values": "logits", "topk_indices": "logits_index",
 }
-
-
-def parse_logits_format(fmt: str) -> int | None:
-    """``"fp16"`` → None (all logits); ``"top<k>"`` → k.
-
-    Raises:
-        ConfigError: any other string.
-    """
-    if fmt == "fp16":
-        return None
-    if fmt.startswith("top") and fmt[3:].isdigit() and int(fmt[3:]) >= 1:
-        return int(fmt[3:])
-    raise ConfigError(f"unknown logits format '{fmt}'; known: fp16, top<k> (e.g. top5)")
 
 
 @dataclass

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ModelConfig, load_typed_config
+from .. import config_checks as chk
+from ..config import ModelConfig, RunConfig, load_typed_config
 from ..errors import ConfigError
 
 METHODS = ("ld", "rr", "onehot", "smooth", "teacher")
@@ -197,14 +198,12 @@ class MetaTestConfig:
 
 
 @dataclass
-class LearnLabelsConfig:
+class LearnLabelsConfig(RunConfig):
     """A whole ``learn-labels`` run: one run directory, every setting.
 
     Attributes:
-        name: run name; the run directory is ``runs/<name>`` unless ``run_dir`` is set.
-        seed: seed of model initialisations, target batches and inner batches.
-        device: ``auto`` (CUDA, then MPS, then CPU) or a torch device string.
-        threads: ``torch.set_num_threads`` value; ``None`` keeps torch's default.
+        name, run_dir, seed, device, threads: as :class:`~labeldistill.config.RunConfig`; the seed drives model
+            initialisations, target batches and inner batches.
         methods: label sets to produce and meta-test (``ld``, ``rr``, ``onehot``, ``smooth``, ``teacher``).
         learner: the meta-training network (LD: the whole network; RR: its ``embed`` is the feature
             extractor). Prefer ``norm: instance`` or ``none``: LD's functional forward uses batch statistics.
@@ -216,10 +215,6 @@ class LearnLabelsConfig:
     """
 
     name: str = "learn_labels"
-    run_dir: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
     methods: list = field(default_factory=lambda: list(METHODS))
     data: LDDataConfig = field(default_factory=LDDataConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
@@ -233,11 +228,6 @@ class LearnLabelsConfig:
     smoothing: float = 0.1
     plot_examples: int = 10
     labels_from: str | None = None
-
-    @property
-    def run_path(self) -> Path:
-        """The run directory (``runs/<name>`` unless ``run_dir`` is set)."""
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
     def reset_window(self) -> int:
         """W: the configured value, else 50 for N ≤ 100 and 200 above (spec §5)."""
@@ -270,9 +260,58 @@ def parse_arch(entry: object, where: str) -> ModelConfig:
     raise ConfigError(f"{where}: expected a model name or a mapping {{name: ..., args: {{...}}}}, got {entry!r}")
 
 
-def _positive(value: float, key: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+def _check_methods_and_labels(cfg: LearnLabelsConfig) -> None:
+    if not cfg.methods:
+        raise ConfigError(f"methods must name at least one of: {', '.join(METHODS)}")
+    for m in cfg.methods:
+        chk.one_of(m, METHODS, "methods", what="method")
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise ConfigError(f"methods lists a method twice: {cfg.methods}")
+    chk.one_of(cfg.base.mode, BASE_MODES, "base.mode")
+    chk.at_least(cfg.base.n, 1, "base.n")
+    chk.one_of(cfg.labels.param, LABEL_PARAMS, "labels.param")
+    chk.one_of(cfg.labels.init, LABEL_INITS, "labels.init")
+    chk.in_interval(cfg.labels.init_smoothing, 0, 1, "labels.init_smoothing")
+    if cfg.labels.param == "logits" and cfg.labels.init != "uniform" and cfg.labels.init_smoothing == 0:
+        raise ConfigError("labels.param=logits with a non-uniform labels.init needs labels.init_smoothing > 0 "
+                          "(e.g. 0.1): a zero probability has no finite logit")
+    chk.positive(cfg.labels.lr, "labels.lr")
+    chk.positive(cfg.labels.temperature, "labels.temperature")
+
+
+def _check_meta(cfg: LearnLabelsConfig) -> None:
+    for key in ("epochs", "outer_batch", "inner_batch", "val_every"):
+        chk.at_least(getattr(cfg.meta, key), 1, f"meta.{key}")
+    if cfg.meta.inner_batch > cfg.base.n:
+        raise ConfigError(f"meta.inner_batch ({cfg.meta.inner_batch}) must not exceed base.n ({cfg.base.n})")
+    chk.positive(cfg.meta.model_lr, "meta.model_lr")
+    chk.at_least(cfg.meta.reset_window, 1, "meta.reset_window", nullable=True)
+    chk.at_least(cfg.meta.max_steps, 1, "meta.max_steps", nullable=True)
+    chk.positive(cfg.ld.inner_lr, "ld.inner_lr")
+    chk.at_least(cfg.ld.inner_steps, 1, "ld.inner_steps")
+    chk.positive(cfg.rr.lam, "rr.lam")
+    chk.in_interval(cfg.rr.ema, 0, 1, "rr.ema", closed="right")
+    chk.positive(cfg.rr.scale_lr, "rr.scale_lr")
+    if cfg.teacher.epochs < 1 or cfg.teacher.batch_size < 1:
+        raise ConfigError("teacher.epochs and teacher.batch_size must be >= 1")
+    chk.positive(cfg.teacher.lr, "teacher.lr")
+    chk.positive(cfg.teacher.temperature, "teacher.temperature")
+    chk.in_interval(cfg.smoothing, 0, 1, "smoothing", closed="left")
+
+
+def _check_metatest(mt: MetaTestConfig) -> None:
+    chk.at_least(mt.repeats, 1, "metatest.repeats")
+    if not mt.optimizers:
+        raise ConfigError(f"metatest.optimizers must name at least one of: {', '.join(OPTIMIZERS)}")
+    for o in mt.optimizers:
+        chk.one_of(o, OPTIMIZERS, "metatest.optimizers", what="optimizer")
+        lr = mt.lrs.get(o)
+        if not chk.is_number(lr) or lr <= 0:
+            raise ConfigError(f"metatest.lrs.{o} must be a number > 0, got {lr!r}")
+    chk.one_of(mt.step_rule, STEP_RULES, "metatest.step_rule")
+    chk.at_least(mt.eval_batch, 1, "metatest.eval_batch")
+    for i, a in enumerate(mt.archs):
+        parse_arch(a, f"metatest.archs[{i}]")
 
 
 def validate_ld_config(cfg: LearnLabelsConfig) -> None:
@@ -281,73 +320,13 @@ def validate_ld_config(cfg: LearnLabelsConfig) -> None:
     Raises:
         ConfigError: on the first bad value, naming the key and the accepted values.
     """
-    if not cfg.methods:
-        raise ConfigError(f"methods must name at least one of: {', '.join(METHODS)}")
-    for m in cfg.methods:
-        if m not in METHODS:
-            raise ConfigError(f"unknown method '{m}' in methods; known: {', '.join(METHODS)}")
-    if len(set(cfg.methods)) != len(cfg.methods):
-        raise ConfigError(f"methods lists a method twice: {cfg.methods}")
-    if cfg.base.mode not in BASE_MODES:
-        raise ConfigError(f"unknown base.mode '{cfg.base.mode}'; known: {', '.join(BASE_MODES)}")
-    if cfg.base.n < 1:
-        raise ConfigError(f"base.n must be >= 1, got {cfg.base.n}")
-    if cfg.labels.param not in LABEL_PARAMS:
-        raise ConfigError(f"unknown labels.param '{cfg.labels.param}'; known: {', '.join(LABEL_PARAMS)}")
-    if cfg.labels.init not in LABEL_INITS:
-        raise ConfigError(f"unknown labels.init '{cfg.labels.init}'; known: {', '.join(LABEL_INITS)}")
-    if not 0 <= cfg.labels.init_smoothing <= 1:
-        raise ConfigError(f"labels.init_smoothing must be in [0, 1], got {cfg.labels.init_smoothing}")
-    if cfg.labels.param == "logits" and cfg.labels.init != "uniform" and cfg.labels.init_smoothing == 0:
-        raise ConfigError("labels.param=logits with a non-uniform labels.init needs labels.init_smoothing > 0 "
-                          "(e.g. 0.1): a zero probability has no finite logit")
-    _positive(cfg.labels.lr, "labels.lr")
-    _positive(cfg.labels.temperature, "labels.temperature")
-    for key in ("epochs", "outer_batch", "inner_batch", "val_every"):
-        if getattr(cfg.meta, key) < 1:
-            raise ConfigError(f"meta.{key} must be >= 1, got {getattr(cfg.meta, key)}")
-    if cfg.meta.inner_batch > cfg.base.n:
-        raise ConfigError(f"meta.inner_batch ({cfg.meta.inner_batch}) must not exceed base.n ({cfg.base.n})")
-    _positive(cfg.meta.model_lr, "meta.model_lr")
-    if cfg.meta.reset_window is not None and cfg.meta.reset_window < 1:
-        raise ConfigError(f"meta.reset_window must be >= 1 or null, got {cfg.meta.reset_window}")
-    if cfg.meta.max_steps is not None and cfg.meta.max_steps < 1:
-        raise ConfigError(f"meta.max_steps must be >= 1 or null, got {cfg.meta.max_steps}")
-    _positive(cfg.ld.inner_lr, "ld.inner_lr")
-    if cfg.ld.inner_steps < 1:
-        raise ConfigError(f"ld.inner_steps must be >= 1, got {cfg.ld.inner_steps}")
-    _positive(cfg.rr.lam, "rr.lam")
-    if not 0 < cfg.rr.ema <= 1:
-        raise ConfigError(f"rr.ema must be in (0, 1], got {cfg.rr.ema}")
-    _positive(cfg.rr.scale_lr, "rr.scale_lr")
-    if cfg.teacher.epochs < 1 or cfg.teacher.batch_size < 1:
-        raise ConfigError("teacher.epochs and teacher.batch_size must be >= 1")
-    _positive(cfg.teacher.lr, "teacher.lr")
-    _positive(cfg.teacher.temperature, "teacher.temperature")
-    if not 0 <= cfg.smoothing < 1:
-        raise ConfigError(f"smoothing must be in [0, 1), got {cfg.smoothing}")
-    mt = cfg.metatest
-    if mt.repeats < 1:
-        raise ConfigError(f"metatest.repeats must be >= 1, got {mt.repeats}")
-    if not mt.optimizers:
-        raise ConfigError(f"metatest.optimizers must name at least one of: {', '.join(OPTIMIZERS)}")
-    for o in mt.optimizers:
-        if o not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer '{o}' in metatest.optimizers; known: {', '.join(OPTIMIZERS)}")
-        lr = mt.lrs.get(o)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-            raise ConfigError(f"metatest.lrs.{o} must be a number > 0, got {lr!r}")
-    if mt.step_rule not in STEP_RULES:
-        raise ConfigError(f"unknown metatest.step_rule '{mt.step_rule}'; known: {', '.join(STEP_RULES)}")
-    if mt.eval_batch < 1:
-        raise ConfigError(f"metatest.eval_batch must be >= 1, got {mt.eval_batch}")
-    for i, a in enumerate(mt.archs):
-        parse_arch(a, f"metatest.archs[{i}]")
+    _check_methods_and_labels(cfg)
+    _check_meta(cfg)
+    _check_metatest(cfg.metatest)
     if cfg.data.val_size < 1:
         raise ConfigError(f"data.val_size must be >= 1 (model selection needs a validation split), "
                           f"got {cfg.data.val_size}")
-    if cfg.plot_examples < 0:
-        raise ConfigError(f"plot_examples must be >= 0, got {cfg.plot_examples}")
+    chk.at_least(cfg.plot_examples, 0, "plot_examples")
 
 
 def load_ld_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LearnLabelsConfig:

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..training import make_optimizer
 from .labels import LearnedLabels, soft_cross_entropy
 from .learners import OptimizerSpec, PlainLearner
 
@@ -81,7 +82,7 @@ class LDMetaLearner:
     def reset(self) -> None:
         """Re-initialise the model and its Adam optimiser (spec §5)."""
         self.model = self.make_model()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.model_lr)
+        self.optimizer = make_optimizer("adam", self.model.parameters(), self.model_lr)
 
     def outer_step(self, labels: LearnedLabels, x_base: torch.Tensor, inner_idx: list[torch.Tensor],
                    x_target: torch.Tensor, y_target: torch.Tensor) -> float:

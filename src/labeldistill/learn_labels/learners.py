@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..models import create_model
+from ..models import build_model
+from ..training import make_optimizer
 from .labels import soft_cross_entropy
 
 T = TypeVar("T")
@@ -35,13 +36,11 @@ class OptimizerSpec:
             ConfigError: unknown optimiser name.
         """
         if self.name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr)
+            return make_optimizer("sgd", params, self.lr)
         if self.name == "sgd_momentum":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
-        if self.name == "adam":
-            return torch.optim.Adam(params, lr=self.lr)
-        if self.name == "adamw":
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            return make_optimizer("sgd", params, self.lr, momentum=self.momentum)
+        if self.name in ("adam", "adamw"):
+            return make_optimizer(self.name, params, self.lr, weight_decay=self.weight_decay)
         raise ConfigError(f"unknown optimizer '{self.name}'; known: adam, adamw, sgd, sgd_momentum")
 
 
@@ -52,9 +51,7 @@ def build_network(spec: ModelConfig, num_classes: int, shape: tuple[int, int, in
     Raises:
         RegistryError: unknown model name or option.
     """
-    model = create_model(spec.name, num_classes=num_classes, in_channels=shape[0], image_size=shape[1],
-                         **spec.args)
-    return model.to(device).train()
+    return build_model(spec, num_classes, shape).to(device).train()
 
 
 class MinibatchSampler:

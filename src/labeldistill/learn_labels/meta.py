@@ -18,7 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .labels import LearnedLabels
-from .learners import Learner, MinibatchSampler, PlateauTracker, error_rate, seeded, train_learner
+from .learners import (
+    Learner,
+    MinibatchSampler,
+    PlateauTracker,
+    error_rate,
+    seeded,
+    train_learner,
+)
 
 
 class MetaVariant(Protocol):
@@ -107,20 +114,15 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     tracker = PlateauTracker(window)
     lengths: list[int] = []
     history: list[dict] = []
-    best = (float("inf"), labels.snapshot(), 1)
-    device = x_base.device
+    best, device = (float("inf"), labels.snapshot(), 1), x_base.device
     t0 = time.perf_counter()
-    step_time = 0.0
-    step = 0
-    recent: list[float] = []
+    step_time, step, recent = 0.0, 0, []
 
     def select(epoch: int) -> None:
         nonlocal best
         n = validation_steps(lengths, tracker.step, max_steps)
         current = labels.snapshot()
-        learner = seeded(seed + 10_000, variant.new_learner)
-        train_learner(learner, x_base, current, n, inner_batch, torch.Generator().manual_seed(seed + 3))
-        err = error_rate(learner.predict, x_val, y_val, eval_batch)
+        err = _validation_error(variant, x_base, current, n, inner_batch, x_val, y_val, seed, eval_batch)
         entry = {"epoch": epoch, "outer_step": step, "steps": n, "val_error": err,
                  "target_error": sum(recent) / max(len(recent), 1)}
         history.append(entry)
@@ -134,11 +136,9 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
         recent = []
         for _ in range(steps_per_epoch):
             t_idx = target_sampler.next().to(device)
-            inner_idx = [torch.randperm(len(x_base), generator=inner_gen)[:inner_batch].to(device)
-                         for _ in range(inner_steps)]
-            ts = time.perf_counter()
-            err = variant.outer_step(labels, x_base, inner_idx, x_target[t_idx], y_target[t_idx])
-            step_time += time.perf_counter() - ts
+            err, seconds = _timed_outer_step(variant, labels, x_base, x_target[t_idx], y_target[t_idx], inner_gen,
+                                             inner_batch, inner_steps)
+            step_time += seconds
             step += 1
             recent.append(err)
             if tracker.update(err):
@@ -148,8 +148,8 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
                 variant.reset()
                 tracker.reset()
             bar.update(1)
-        bar.set_postfix(err=f"{sum(recent) / len(recent):.3f}", resets=len(lengths),
-                        best_val=f"{best[0]:.3f}" if best[0] < float("inf") else "-")
+        best_val = f"{best[0]:.3f}" if best[0] < float("inf") else "-"
+        bar.set_postfix(err=f"{sum(recent) / len(recent):.3f}", resets=len(lengths), best_val=best_val)
         if epoch % val_every == 0 or epoch == epochs:
             select(epoch)
     bar.close()
@@ -157,3 +157,22 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     return MetaResult(labels=best_labels, steps=best_steps, val_error=val_error, final_labels=labels.snapshot(),
                       outer_steps=step, reset_lengths=lengths, history=history,
                       seconds=time.perf_counter() - t0, seconds_per_step=step_time / max(step, 1))
+
+
+def _timed_outer_step(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
+                      y_target: torch.Tensor, inner_gen: torch.Generator, inner_batch: int,
+                      inner_steps: int) -> tuple[float, float]:
+    """Draw the inner batches, run one outer step; returns (target error, seconds of the step itself)."""
+    inner_idx = [torch.randperm(len(x_base), generator=inner_gen)[:inner_batch].to(x_base.device)
+                 for _ in range(inner_steps)]
+    ts = time.perf_counter()
+    err = variant.outer_step(labels, x_base, inner_idx, x_target, y_target)
+    return err, time.perf_counter() - ts
+
+
+def _validation_error(variant: MetaVariant, x_base: torch.Tensor, labels: torch.Tensor, steps: int,
+                      inner_batch: int, x_val: torch.Tensor, y_val: torch.Tensor, seed: int, eval_batch: int) -> float:
+    """Error on the validation split of a fresh learner trained ``steps`` steps on the base examples + labels."""
+    learner = seeded(seed + 10_000, variant.new_learner)
+    train_learner(learner, x_base, labels, steps, inner_batch, torch.Generator().manual_seed(seed + 3))
+    return error_rate(learner.predict, x_val, y_val, eval_batch)

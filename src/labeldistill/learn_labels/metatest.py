@@ -19,7 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from .learners import Learner, OptimizerSpec, PlainLearner, build_network, error_rate, seeded, train_learner
+from .learners import (
+    Learner,
+    OptimizerSpec,
+    PlainLearner,
+    build_network,
+    error_rate,
+    seeded,
+    train_learner,
+)
 from .rr import RRLearner
 
 

@@ -30,12 +30,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..common import normalize
 from ..config import ModelConfig, config_to_dict
-from ..data import ImageSet, load_dataset
+from ..data import ImageSet, load_dataset, normalize
 from ..errors import ConfigError, DataError
-from ..resume import fault_point, load_checkpoint, save_checkpoint, settings_key
-from ..utils import MetricsLog, atomic_write_bytes, atomic_write_json, pick_device
+from ..io import MetricsLog, atomic_write_bytes, atomic_write_json, settings_key
+from ..resume import fault_point, load_checkpoint, save_checkpoint
+from ..runtime import pick_device, set_threads
 from .base_examples import candidate_pool, select_base_examples
 from .config import LEARNED_METHODS, LearnLabelsConfig, parse_arch
 from .labels import LearnedLabels, onehot_labels, smooth_labels, uniform_labels
@@ -259,8 +259,7 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
         ConfigError / DataError / RegistryError: bad settings or data (nothing is written but the teacher).
     """
     t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = pick_device(cfg.device)
     previous = load_previous_labels(cfg) if cfg.labels_from else None
     task = prepare_task(cfg, device, previous.base_indices if previous else None)
@@ -325,7 +324,7 @@ class Progress:
 
     Holds the meta-training record of every finished learned label set (its :class:`MetaResult` as a dict,
     ``(N, C)`` labels included) and the finished meta-test rows, keyed by a fingerprint of the settings
-    (:func:`~labeldistill.resume.settings_key` of the config without ``name``, ``run_dir``, ``threads``,
+    (:func:`~labeldistill.io.settings_key` of the config without ``name``, ``run_dir``, ``threads``,
     ``device`` and ``plot_examples``). Written atomically after each unit.
     """
 

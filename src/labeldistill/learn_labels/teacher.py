@@ -2,7 +2,7 @@
 
 A network trained with hard-label cross-entropy on the target meta-train images (the validation images are
 held out, so model selection stays clean); its tempered softmax outputs on the base examples are the
-``teacher`` label set. Saved with :func:`labeldistill.common.save_teacher`, so a later run can reuse it
+``teacher`` label set. Saved with :func:`labeldistill.models.checkpoint.save_teacher`, so a later run can reuse it
 through ``teacher.checkpoint``.
 """
 
@@ -16,8 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..common import load_teacher, save_teacher
 from ..errors import ConfigError
+from ..models.checkpoint import load_teacher, save_teacher
+from ..training import make_optimizer
 from .config import TeacherConfig
 from .learners import MinibatchSampler, build_network, error_rate, seeded
 
@@ -39,7 +40,7 @@ def train_teacher(cfg: TeacherConfig, x: torch.Tensor, y: torch.Tensor, num_clas
         The trained network in eval mode.
     """
     model = seeded(seed, lambda: build_network(cfg.model, num_classes, shape, device))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer("adam", model.parameters(), cfg.lr)
     sampler = MinibatchSampler(len(x), cfg.batch_size, torch.Generator().manual_seed(seed))
     steps = cfg.epochs * max(len(x) // sampler.batch, 1)
     for _ in tqdm(range(steps), desc="teacher", unit="step"):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import RegistryError
-from . import register_model
+from .registry import register_model
 
 
 def _norm(kind: str, ch: int) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import RegistryError
-from . import register_model
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):

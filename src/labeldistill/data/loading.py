@@ -1,0 +1,112 @@
+"""Reading a configured split and streaming it in batches: normalisation, the configured subset, and a
+stock DataLoader that decodes a lazy set in worker processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from .registry import ImageSet, load_dataset
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel for float images ``(N, C, H, W)`` in [0, 1]."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Inverse of :func:`normalize`."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x * s + m
+
+
+def data_options(cfg: Any) -> dict[str, Any]:
+    """Dataset loader options from a main-job config's ``data`` section (see :func:`load_dataset`)."""
+    d = cfg.data
+    return {"image_size": d.image_size, "resize": d.resize, "lazy": d.lazy, "mean": d.mean, "std": d.std}
+
+
+def load_split(cfg: Any, split: str) -> ImageSet:
+    """The configured dataset split, subset as configured (seeded, class-balanced).
+
+    A lazy split keeps only its file list; ``meta["workers"]`` records ``data.workers`` for the passes that
+    stream it.
+
+    Args:
+        cfg: a :class:`labeldistill.config.Config`.
+        split: ``train`` or ``test``.
+
+    Raises:
+        RegistryError / ConfigError / DataError: see :func:`labeldistill.data.load_dataset`.
+    """
+    ds = load_dataset(cfg.data.dataset, split, cfg.data.root, **data_options(cfg))
+    n = cfg.data.train_subset if split == "train" else cfg.data.test_subset
+    ds = ds.subset(n, seed=cfg.seed)
+    ds.meta["workers"] = cfg.data.workers
+    return ds
+
+
+@dataclass
+class _DecodeFailure:
+    """A DataError raised in a DataLoader worker, sent back as a value so the message stays one line."""
+
+    message: str
+
+
+class _BatchDecoder(Dataset):
+    """``ds[index]`` → (uint8 images ``(n, C, H, W)``, int64 labels ``(n,)``) of one batch of a lazy set."""
+
+    def __init__(self, data: ImageSet):
+        self.images, self.labels = data.images, data.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.images[index], self.labels[index]
+        except DataError as e:
+            return _DecodeFailure(str(e))
+
+
+def iter_batches(data: ImageSet, batches: Sequence[Any], workers: int | None = None,
+                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(images, labels)`` for each index batch, in the given order.
+
+    An in-memory set is indexed directly (no DataLoader, no copy beyond the indexing). A lazy set is decoded
+    by a stock :class:`~torch.utils.data.DataLoader` whose sampler yields the batches (``batch_size=None``),
+    with ``workers`` worker processes decoding ahead of the consumer.
+
+    Args:
+        data: the split.
+        batches: slices, lists or LongTensors of image indices.
+        workers: DataLoader worker processes for a lazy set; ``None`` = ``data.meta["workers"]`` (0 if unset).
+        pin_memory: pin decoded batches (for asynchronous copies to CUDA).
+
+    Yields:
+        uint8 images ``(n, C, H, W)`` and int64 labels ``(n,)``.
+
+    Raises:
+        DataError: an image could not be decoded (same message as without workers).
+    """
+    if not data.is_lazy:
+        for b in batches:
+            yield data.images[b], data.labels[b]
+        return
+    workers = data.meta.get("workers", 0) if workers is None else workers
+    # A private generator: creating the iterator then draws its worker base seed from it, not from the global
+    # RNG, so a lazy run's augmentation (drawn from the global RNG in squeeze) matches an in-memory run.
+    loader = DataLoader(_BatchDecoder(data), batch_size=None, sampler=list(batches), num_workers=workers,
+                        pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
+                        generator=torch.Generator().manual_seed(0))
+    for item in loader:
+        if isinstance(item, _DecodeFailure):
+            raise DataError(item.message)
+        yield item

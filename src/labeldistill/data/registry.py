@@ -1,0 +1,158 @@
+"""The dataset registry and the :class:`ImageSet` every dataset loads as (see the package docstring)."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError, RegistryError
+
+_DATASETS: dict[str, Callable[..., "ImageSet"]] = {}
+
+
+@dataclass
+class ImageSet:
+    """An image classification split.
+
+    Attributes:
+        images: uint8 ``(N, C, H, W)`` with values 0..255: a tensor, or a lazy
+            :class:`~labeldistill.data.imagefolder.LazyImages` (indexing by an int, slice, list, LongTensor or
+            bool mask decodes the selected files into a tensor).
+        labels: int64 tensor ``(N,)`` of class indices.
+        classes: class names; index ``i`` is class ``i``.
+        mean: per-channel normalisation mean, in [0, 1] pixel units.
+        std: per-channel normalisation std, in [0, 1] pixel units.
+        name: registry name of the dataset.
+        meta: free-form extras; ``workers`` (set by :func:`labeldistill.data.loading.load_split`) is the number
+            of DataLoader worker processes used to decode a lazy set.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def is_lazy(self) -> bool:
+        """True if ``images`` decodes files on indexing instead of being an in-memory tensor."""
+        return not isinstance(self.images, torch.Tensor)
+
+    def float_images(self) -> torch.Tensor:
+        """Images as float32 in [0, 1], ``(N, C, H, W)`` (a lazy set is decoded completely)."""
+        images = self.images[:] if self.is_lazy else self.images
+        return images.float().div_(255.0)
+
+    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """A seeded, class-balanced subset of ``n`` images (all images if ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        per_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
+        k = n // self.num_classes
+        rest = n - k * self.num_classes
+        chosen = []
+        for c, idx in enumerate(per_class):
+            take = min(len(idx), k + (1 if c < rest else 0))
+            chosen.append(idx[torch.randperm(len(idx), generator=g)[:take]])
+        sel = torch.cat(chosen).sort().values
+        images = self.images.take(sel) if self.is_lazy else self.images[sel]  # lazy: select, do not decode
+        return ImageSet(images, self.labels[sel], self.classes, self.mean, self.std, self.name, dict(self.meta))
+
+
+def register_dataset(name: str) -> Callable:
+    """Decorator: register ``fn(root, split) -> ImageSet`` under ``name``."""
+
+    def deco(fn: Callable) -> Callable:
+        _DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_DATASETS)
+
+
+def dataset_options(name: str) -> list[str]:
+    """Keyword options (beyond ``root`` and ``split``) that dataset ``name``'s loader accepts.
+
+    Raises:
+        RegistryError: unknown dataset name.
+    """
+    if name not in _DATASETS:
+        raise RegistryError(f"unknown dataset '{name}'; known datasets: {', '.join(list_datasets())}")
+    return [p for p in inspect.signature(_DATASETS[name]).parameters if p not in ("root", "split")]
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse options that are set (not None/False) but not supported by dataset ``name``.
+
+    ``mean`` and ``std`` are supported by every dataset (they replace its normalisation).
+
+    Raises:
+        RegistryError: unknown dataset name.
+        ConfigError: an option the dataset does not support (names the datasets that do).
+    """
+    known = dataset_options(name)
+    for key, value in options.items():
+        if value is None or value is False or key in known or key in ("mean", "std"):
+            continue
+        users = [d for d in list_datasets() if key in dataset_options(d)]
+        raise ConfigError(f"data.{key} is not supported by dataset '{name}' (only by: {', '.join(users) or 'none'}); "
+                          f"remove it from the config")
+
+
+def load_dataset(name: str, split: str, root: str | None = None, **options: Any) -> ImageSet:
+    """Load split ``train`` or ``test`` of a registered dataset.
+
+    Args:
+        name: registry name.
+        split: ``train`` or ``test``.
+        root: folder with the files; None = the dataset's default.
+        **options: dataset options such as ``image_size``, ``resize``, ``lazy`` (``imagefolder``), and
+            ``mean`` / ``std`` (any dataset: per-channel normalisation in [0, 1] units, one value per channel).
+
+    Raises:
+        RegistryError: unknown dataset name (the message lists the known ones).
+        ConfigError: an option the dataset does not support, or mean/std of the wrong length.
+        DataError: missing or corrupt files.
+    """
+    check_dataset_options(name, options)
+    if split not in ("train", "test"):
+        raise RegistryError(f"unknown split '{split}'; known: train, test")
+    known = dataset_options(name)
+    passed = {k: v for k, v in options.items() if k in known and v is not None}
+    ds = _DATASETS[name](root=root, split=split, **passed)
+    for key in ("mean", "std"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if len(value) != ds.shape[0]:
+            raise ConfigError(f"data.{key} has {len(value)} values but '{name}' images have {ds.shape[0]} "
+                              f"channel(s); give one value per channel")
+        setattr(ds, key, tuple(float(v) for v in value))
+    ds.name = name
+    return ds

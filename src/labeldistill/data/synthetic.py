@@ -1,0 +1,52 @@
+"""Distilled image sets on disk: a PNG ImageFolder with an explicit ``class_to_idx.json`` and the
+``images.json`` that describes how the set was made (mode, source, IPC, fingerprint, teacher).
+
+PNG is lossless, so relabel and validate see exactly the pixels recover optimised; the class index never
+depends on folder sort order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..errors import LabelDistillError
+from ..io import atomic_write_json, read_json, tensor_fingerprint
+from .imagefolder import load_imagefolder
+from .registry import ImageSet
+
+
+def save_imagefolder(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path) -> None:
+    """Write uint8 ``(N, C, H, W)`` images as PNG into ``folder/<class>/<index>.png`` + ``class_to_idx.json``."""
+    for i, (im, y) in enumerate(zip(images, labels)):
+        d = folder / classes[int(y)]
+        d.mkdir(parents=True, exist_ok=True)
+        a = im.permute(1, 2, 0).numpy()
+        Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(d / f"{i:06d}.png", optimize=True)
+    atomic_write_json(folder / "class_to_idx.json", {c: i for i, c in enumerate(classes)})
+
+
+def image_fingerprint(images_u8: torch.Tensor, labels: torch.Tensor) -> str:
+    """Fingerprint of an image set: its uint8 pixels ``(N, C, H, W)`` and labels (independent of the encoding)."""
+    return tensor_fingerprint(images_u8, labels)
+
+
+def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[ImageSet, dict]:
+    """Load an ``images/<mode>/`` folder (PNG + class_to_idx.json) and its ``images.json``.
+
+    Raises:
+        LabelDistillError: the folder was not written by ``recover`` (run it first).
+    """
+    meta_f = Path(folder) / "images.json"
+    if not meta_f.is_file():
+        raise LabelDistillError(f"no synthetic images in {folder}: run 'labeldistill recover CONFIG' first")
+    c2i = read_json(Path(folder) / "class_to_idx.json")
+    data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std))
+    return data, read_json(meta_f)
+
+
+def image_bytes(folder: Path) -> int:
+    """Bytes on disk of the PNG files of an image folder."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*.png"))

@@ -1,0 +1,97 @@
+"""Where every artifact of a run lives, and the name of a label variant. No torch.
+
+A run directory ``runs/<name>/`` holds ``teacher/``, ``class_stats/``, ``images/<mode>/``,
+``labels/<mode>/full`` + ``labels/<mode>/<tag>`` and ``validate/<mode>_<tag>.json``; :class:`RunLayout` is the
+only place these paths are spelled. A :class:`LabelVariant` is one pruned store's recipe — pruning factor,
+strategy, logits format and pool granularity — and its :attr:`LabelVariant.tag` names the store on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+
+def format_factor(f: float) -> str:
+    """``40.0`` → ``"40"``, ``2.5`` → ``"2.5"``."""
+    return str(int(f)) if float(f).is_integer() else str(f)
+
+
+class LabelVariant(NamedTuple):
+    """One pruned label store's recipe (immutable; unpacks as ``factor, strategy, logits, granularity``).
+
+    Attributes:
+        factor: pruning factor ``f >= 1`` (1 keeps every stored step; LPLD §4).
+        strategy: ``random`` or ``<metric>-easy|hard`` (:mod:`labeldistill.labels.prune`).
+        logits: label format of the store: ``fp16`` or ``top<k>``.
+        granularity: ``batch`` (keep single steps) or ``epoch`` (keep whole stored epochs).
+    """
+
+    factor: float
+    strategy: str = "random"
+    logits: str = "fp16"
+    granularity: str = "batch"
+
+    @classmethod
+    def of(cls, variant: "LabelVariant | float", *rest: str, **parts: str) -> "LabelVariant":
+        """A variant from a variant (fields in ``parts`` replaced), or from a factor plus the other fields."""
+        if isinstance(variant, LabelVariant):
+            return variant._replace(**dict(zip(cls._fields[1:], rest)), **parts)
+        return cls(float(variant), *rest, **parts)
+
+    @property
+    def tag(self) -> str:
+        """A self-describing store name: ``x40``, ``x40-confidence-easy``, ``x10-top2``, ``x20-epoch``."""
+        tag = f"x{format_factor(self.factor)}"
+        if self.strategy != "random":
+            tag += f"-{self.strategy}"
+        if self.logits != "fp16":
+            tag += f"-{self.logits}"
+        if self.granularity != "batch":
+            tag += f"-{self.granularity}"
+        return tag
+
+
+def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch") -> str:
+    """The store name of a variant given by its parts (see :attr:`LabelVariant.tag`)."""
+    return LabelVariant(float(factor), strategy, logits, granularity).tag
+
+
+@dataclass
+class RunLayout:
+    """Where each stage reads and writes inside a run directory.
+
+    Methods that name a label store take a :class:`LabelVariant`, or a factor followed by the variant's
+    other fields (their defaults are :class:`LabelVariant`'s).
+    """
+
+    root: Path
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def class_stats_dir(self) -> Path:
+        return self.root / "class_stats"
+
+    def images_dir(self, mode: str) -> Path:
+        return self.root / "images" / mode
+
+    def full_store(self, mode: str) -> Path:
+        return self.root / "labels" / mode / "full"
+
+    def pruned_store(self, mode: str, variant: LabelVariant | float, *rest: str, **parts: str) -> Path:
+        return self.root / "labels" / mode / LabelVariant.of(variant, *rest, **parts).tag
+
+    def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, **parts: str) -> Path:
+        return self.root / "validate" / f"{mode}_{LabelVariant.of(variant, *rest, **parts).tag}.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"

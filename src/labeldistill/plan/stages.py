@@ -1,0 +1,159 @@
+"""The dry run's plan, one helper per stage: what each stage would do, how much, and whether it is done."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..labels.pool import kept_steps, select_steps
+from ..labels.relabel import StepPlan
+from ..layout import LabelVariant, RunLayout
+from ..models import build_model, require_bn_layers
+from ..models.checkpoint import load_checkpoint_into
+from ..variants import label_variants, plan_batches, resolve_variant
+from .estimates import estimate_store_bytes, step_size
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+def teacher_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> dict:
+    """Build the teacher once on the CPU: parameters, bytes, BN layers; check a checkpoint fits it.
+
+    Raises:
+        RegistryError: unknown model; LabelDistillError: no BatchNorm2d layer; DataError: a checkpoint that is
+        missing, unreadable or does not fit.
+    """
+    sc = cfg.squeeze
+    model = build_model(sc.model, num_classes, shape)
+    bns = require_bn_layers(model, sc.model.name)
+    teacher_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    if sc.checkpoint:
+        load_checkpoint_into(model, sc.checkpoint, sc.model, num_classes)
+    return {"model": sc.model.name, "args": dict(sc.model.args), "parameters": sum(p.numel() for p in model.parameters()),
+            "bytes": teacher_bytes, "bn_layers": len(bns), "bn_channels": sum(b.num_features for b in bns),
+            "checkpoint": sc.checkpoint}
+
+
+def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> list[dict]:
+    """The squeeze and class-stats rows."""
+    sc = cfg.squeeze
+    spe_sq = math.ceil(n_train / sc.batch_size)
+    squeeze = {
+        "stage": "squeeze", "done": _done(layout.teacher_dir / "teacher.json"),
+        "work": (f"load {sc.checkpoint} (no training)" if sc.checkpoint else
+                 f"train {sc.model.name} for {sc.epochs} epochs × {spe_sq} steps of {sc.batch_size} "
+                 f"({sc.epochs * n_train:,} images" + (f", {sc.warmup_epochs} warm-up epochs" if sc.warmup_epochs else "")
+                 + ")") + f"; evaluate on {n_test:,} test images",
+        "steps": 0 if sc.checkpoint else sc.epochs * spe_sq,
+        "images": (0 if sc.checkpoint else sc.epochs * n_train) + n_test,
+    }
+    cs_batches = math.ceil(n_train / cfg.class_stats.batch_size)
+    stats = {"stage": "class-stats", "done": _done(layout.class_stats_dir / "class_stats.json"),
+             "work": f"1 eval pass: {cs_batches} batches, {n_train:,} images", "steps": cs_batches, "images": n_train}
+    return [squeeze, stats]
+
+
+def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]:
+    """One row per recover mode: its switches, batches and teacher passes."""
+    rc = cfg.recover
+    n_syn = num_classes * rc.ipc
+    rows = []
+    for mode in rc.modes:
+        v = resolve_variant(mode, rc.variants)
+        row: dict[str, Any] = {"mode": mode, "source": v["source"], "images": n_syn,
+                               "done": _done(layout.images_dir(mode) / "images.json")}
+        if v["source"] == "synthesis":
+            batches = plan_batches(v["batching"], num_classes, rc.ipc, rc.batch_size)
+            groups = math.ceil(len(batches) / rc.vectorize)
+            biggest = max(len(b) for b in batches)
+            row.update(batching=v["batching"], bn_targets=v["bn_targets"], crop_schedule=v["crop_schedule"],
+                       batches=len(batches), batch_size=biggest, teacher_passes=groups * rc.iterations,
+                       image_iterations=n_syn * rc.iterations,
+                       work=f"{len(batches)} batches of ≤{biggest} ({v['batching']}, "
+                            f"{v['bn_targets']} BN targets) × {rc.iterations} iterations, {rc.vectorize} batch(es) "
+                            f"per forward: {groups * rc.iterations:,} teacher forward+backward passes, "
+                            f"{n_syn * rc.iterations:,} image-iterations")
+        elif v["source"] == "rded":
+            scored = n_syn * rc.rded_factor ** 2 * rc.rded_candidates
+            row.update(teacher_passes=math.ceil(scored / 512), image_iterations=scored,
+                       work=f"score {scored:,} real crops, stitch {rc.rded_factor}×{rc.rded_factor} patches")
+        else:
+            row.update(teacher_passes=0, image_iterations=0, work=f"pick {rc.ipc} real training images per class")
+        rows.append(row)
+    return rows
+
+
+def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, int]) -> tuple[dict, list[dict]]:
+    """The relabel summary and one relabel stage row per mode."""
+    rl = cfg.relabel
+    all_steps = list(range(plan.total_steps))
+    generated = all_steps if rl.only_kept is None else select_steps(all_steps, rl.only_kept, "random", cfg.seed)
+    summary = {"images": plan.n, "epochs": rl.epochs, "batch_size": rl.batch_size,
+               "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+               "generated_steps": len(generated), "only_kept": rl.only_kept, "input_size": list(hw),
+               "cutmix": rl.cutmix, "logits": rl.logits}
+    gen_entries = sum(step_size(plan, g) for g in generated)
+    rows = []
+    for mode in cfg.recover.modes:
+        store = layout.full_store(mode) if rl.only_kept is None else \
+            layout.pruned_store(mode, LabelVariant(float(rl.only_kept), logits=rl.logits))
+        rows.append({"stage": f"relabel[{mode}]", "done": _done(store / "manifest.json"),
+                     "work": f"{len(generated):,} steps of {rl.batch_size} ({gen_entries:,} teacher forwards of "
+                             f"augmented images)" + (f", only the steps kept at {rl.only_kept:g}×" if rl.only_kept else ""),
+                     "steps": len(generated), "images": gen_entries})
+    return summary, rows
+
+
+def label_rows(cfg: Config, plan: StepPlan, num_classes: int, hw: tuple[int, int], names: list[str]) -> list[dict]:
+    """One row per label store (the full store, then every variant): kept steps and estimated bytes.
+
+    A metric strategy's kept steps depend on the stored logits: the count is exact, the sizes are those of a
+    random choice (``exact_steps: False``).
+    """
+    rl = cfg.relabel
+    cutmix = rl.cutmix > 0
+    all_steps = list(range(plan.total_steps))
+    rows = []
+    if rl.only_kept is None:
+        full = estimate_store_bytes(all_steps, plan, num_classes, hw, cutmix, rl.logits, rl.steps_per_shard, names)
+        rows.append({"tag": "full", "factor": 1.0, "strategy": "none", "logits": rl.logits, "granularity": "-",
+                     "kept_steps": full["steps"], "exact_steps": True, **full})
+    for v in label_variants(cfg):
+        if rl.only_kept is not None:
+            generated = select_steps(all_steps, rl.only_kept, "random", cfg.seed)
+            est = estimate_store_bytes(generated, plan, num_classes, hw, cutmix, v.logits, rl.steps_per_shard, names)
+            exact = True
+        else:
+            exact = v.strategy == "random" or v.granularity == "epoch"
+            as_random = v if exact else v._replace(strategy="random")
+            kept = kept_steps(all_steps, as_random, cfg.seed, plan.steps_per_epoch, rl.epochs)
+            est = estimate_store_bytes(kept, plan, num_classes, hw, cutmix, v.logits, None, names)
+        rows.append({"tag": v.tag, "factor": v.factor, "strategy": v.strategy, "logits": v.logits,
+                     "granularity": v.granularity, "kept_steps": est["steps"], "exact_steps": exact, **est})
+    return rows
+
+
+def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> tuple[list[dict], list[dict]]:
+    """The validate rows (one per mode × variant) and the prune and validate stage rows."""
+    vc = cfg.validate
+    epochs = vc.epochs or cfg.relabel.epochs
+    variants = label_variants(cfg)
+    validate = []
+    for mode in cfg.recover.modes:
+        for v in variants:
+            validate.append({"mode": mode, "store": v.tag, "student": vc.model.name, "epochs": epochs,
+                             "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n,
+                             "eval_images": n_test, "done": _done(layout.validate_file(mode, v))})
+    prune = {"stage": "prune", "done": all(_done(layout.pruned_store(m, v) / "manifest.json")
+                                           for m in cfg.recover.modes for v in variants),
+             "work": f"{len(variants)} store(s) per mode: " + ", ".join(v.tag for v in variants),
+             "steps": 0, "images": 0}
+    val = {"stage": "validate", "done": all(r["done"] for r in validate),
+           "work": f"{len(validate)} student run(s) of {epochs} epochs × {plan.steps_per_epoch} steps "
+                   f"({vc.model.name}), each evaluated on {n_test:,} test images",
+           "steps": sum(r["steps"] for r in validate), "images": sum(r["images"] for r in validate)}
+    return validate, [prune, val]

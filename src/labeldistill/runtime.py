@@ -1,0 +1,75 @@
+"""Where and how the code runs: device choice, bf16 autocast, threads, rank 0, the allocator setting."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA, then MPS, then CPU; any other string is passed to :class:`torch.device`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op context on every other device (CPU and MPS run in float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when a count is configured; ``None`` keeps torch's default."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def is_rank0() -> bool:
+    """True on rank 0 of a process group, or without one."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h> mallopt parameters
+
+
+def tune_malloc(keep_bytes: int = 1 << 30) -> bool:
+    """Stop glibc from handing every large tensor buffer back to the kernel (CPU runs only; Linux/glibc).
+
+    By default glibc serves allocations above 128 KiB–32 MiB with ``mmap`` and returns them with ``munmap``
+    on free, so every forward pass re-faults its activation pages: a 10,000-image evaluation of a ConvNet-32
+    on CPU spends more than half its time in the kernel (``bench/malloc.py`` measures it). Raising the mmap and trim thresholds to ``keep_bytes`` keeps freed buffers in the heap for
+    reuse; the price is that up to ``keep_bytes`` of freed memory stays resident.
+
+    Set ``LABELDISTILL_MALLOC=system`` to keep glibc's defaults; nothing is changed either when the user
+    already tunes malloc (``MALLOC_*`` or ``GLIBC_TUNABLES`` variables, or a preloaded allocator).
+
+    Args:
+        keep_bytes: mmap and trim threshold in bytes (at most 2**31 - 1).
+
+    Returns:
+        True when the thresholds were set.
+    """
+    env = os.environ
+    if (env.get("LABELDISTILL_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux")
+            or "GLIBC_TUNABLES" in env or "LD_PRELOAD" in env or any(k.startswith("MALLOC_") for k in env)):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        value = min(int(keep_bytes), 2**31 - 1)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, value) and libc.mallopt(_M_TRIM_THRESHOLD, value)
+                    and libc.mallopt(_M_TOP_PAD, 64 << 20))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the system allocator's behaviour
+        return False
+

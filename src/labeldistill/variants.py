@@ -1,0 +1,142 @@
+"""Recover modes and label variants as data: what each mode switches on, how its batches are planned, and
+which pruned stores a config asks for. No torch, so loading and checking a config stays cheap.
+
+Recover modes (LPLD §3, spec §4.2):
+
+* batching ``cross_class`` — each batch holds one image of every class (loop over IPC slots), as SRe2L;
+  ``class_wise`` — each batch holds images of one class only (LPLD's re-batching, "+C").
+* BN targets ``global`` — the teacher's running statistics, as SRe2L; ``class`` — that class's statistics
+  from ``class-stats`` (LPLD's class-wise supervision, "+CS"; needs class-wise batching).
+* crop schedule ``fixed`` or ``cda`` — CDA's easy-to-hard RandomResizedCrop curriculum (Yin & Shen, TMLR 2024).
+* source ``synthesis`` (the above), ``random_real`` (real images, DD-Ranking's fairness baseline) or ``rded``
+  (RDED, Sun et al. CVPR 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError
+from .layout import LabelVariant
+
+BUILTIN_VARIANTS: dict[str, dict] = {
+    "sre2l": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed"},
+    "c": {"batching": "class_wise", "bn_targets": "global", "crop_schedule": "fixed"},
+    "cs": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
+    "lpld": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
+    "cda": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "cda"},
+    "random_real": {"source": "random_real"},
+    "rded": {"source": "rded"},
+}
+VARIANT_SWITCHES = {"batching": ("cross_class", "class_wise"), "bn_targets": ("global", "class"),
+                    "crop_schedule": ("fixed", "cda")}
+PRUNE_METRICS = ("confidence", "diff", "diff_signed", "correct", "cut_ratio")
+GRANULARITIES = ("batch", "epoch")
+
+
+def resolve_variant(mode: str, custom: dict | None = None) -> dict:
+    """The switches of a recover mode: a built-in variant or one defined under ``recover.variants``.
+
+    Returns:
+        ``{"source": "synthesis" | "random_real" | "rded", "batching", "bn_targets", "crop_schedule"}``.
+
+    Raises:
+        ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches.
+    """
+    custom = custom or {}
+    if mode in custom:
+        spec = custom[mode]
+        if not isinstance(spec, dict):
+            raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
+        bad = [k for k in spec if k not in VARIANT_SWITCHES]
+        if bad:
+            raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: "
+                              + ", ".join(VARIANT_SWITCHES))
+        v = {"source": "synthesis", "batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed",
+             **spec}
+    elif mode in BUILTIN_VARIANTS:
+        v = {"source": "synthesis", **BUILTIN_VARIANTS[mode]}
+    else:
+        raise ConfigError(f"unknown recover mode '{mode}'; known: {', '.join(BUILTIN_VARIANTS)}"
+                          + (f", {', '.join(custom)}" if custom else ""))
+    if v["source"] == "synthesis":
+        for k, allowed in VARIANT_SWITCHES.items():
+            if v[k] not in allowed:
+                raise ConfigError(f"recover variant '{mode}': {k} must be one of {', '.join(allowed)}, got {v[k]!r}")
+        if v["bn_targets"] == "class" and v["batching"] != "class_wise":
+            raise ConfigError(f"recover variant '{mode}': class BN targets need class_wise batching")
+    return v
+
+
+def plan_batches(batching: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """The optimisation batches as lists of ``(class, slot)`` pairs.
+
+    ``cross_class``: for each IPC slot k, the classes ``0..C-1`` (chunked to ``batch_size``).
+    ``class_wise``: for each class c, its slots ``0..IPC-1`` (chunked to ``batch_size``).
+
+    Raises:
+        ConfigError: unknown batching.
+    """
+    batches = []
+    if batching == "cross_class":
+        for k in range(ipc):
+            for i in range(0, num_classes, batch_size):
+                batches.append([(c, k) for c in range(i, min(i + batch_size, num_classes))])
+    elif batching == "class_wise":
+        for c in range(num_classes):
+            for i in range(0, ipc, batch_size):
+                batches.append([(c, k) for k in range(i, min(i + batch_size, ipc))])
+    else:
+        raise ConfigError(f"unknown batching '{batching}'; known: class_wise, cross_class")
+    return batches
+
+
+def parse_strategy(name: str) -> tuple[str, str | None]:
+    """``"random"`` → ("random", None); ``"confidence-easy"`` → ("confidence", "easy").
+
+    Raises:
+        ConfigError: unknown metric or keep direction.
+    """
+    if name == "random":
+        return "random", None
+    metric, _, keep = name.rpartition("-")
+    if metric not in PRUNE_METRICS or keep not in ("easy", "hard"):
+        raise ConfigError(f"unknown prune strategy '{name}'; known: random, or <metric>-easy|hard with metric "
+                          f"in {', '.join(PRUNE_METRICS)}")
+    return metric, keep
+
+
+def parse_logits_format(fmt: str) -> int | None:
+    """``"fp16"`` → None (all logits); ``"top<k>"`` → k.
+
+    Raises:
+        ConfigError: any other string.
+    """
+    if fmt == "fp16":
+        return None
+    if fmt.startswith("top") and fmt[3:].isdigit() and int(fmt[3:]) >= 1:
+        return int(fmt[3:])
+    raise ConfigError(f"unknown logits format '{fmt}'; known: fp16, top<k> (e.g. top5)")
+
+
+def label_variants(cfg: Any) -> list[LabelVariant]:
+    """Every :class:`~labeldistill.layout.LabelVariant` a main-job config asks for, in config order.
+
+    At factor 1 every strategy keeps every step, so only ``random`` is listed there. With
+    ``relabel.only_kept = f`` only factor ``f`` (random, batch granularity) exists.
+
+    Args:
+        cfg: a :class:`labeldistill.config.Config` (its ``prune`` and ``relabel`` sections are read).
+    """
+    if cfg.relabel.only_kept is not None:
+        return [LabelVariant(float(cfg.relabel.only_kept), "random", cfg.relabel.logits, "batch")]
+    out: list[LabelVariant] = []
+    for f in cfg.prune.factors:
+        for st in cfg.prune.strategies:
+            if float(f) == 1.0 and st != "random":
+                continue
+            for lg in cfg.prune.logits:
+                v = LabelVariant(float(f), st, lg, cfg.prune.granularity)
+                if v not in out:
+                    out.append(v)
+    return out
