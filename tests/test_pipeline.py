@@ -24,8 +24,12 @@ def test_results_json_shape(tiny_run):
     assert set(saved["teacher"]) >= {"model", "top1", "epochs"} and 0 < saved["teacher"]["top1"] <= 1
     rows = saved["rows"]
     assert {(r["recover"], r["prune_factor"]) for r in rows} == {(m, f) for m in ("sre2l", "lpld") for f in (1.0, 3.0)}
+    from labeldistill.validate import validate  # local: keeps the module's import block untouched
+
     for r in rows:
-        assert 0 <= r["top1"] <= 1 and r["ipc"] == 2 and r["seconds"] >= 0
+        assert r["ipc"] == 2 and r["seconds"] >= 0
+        # The tiny student stays near chance, so check the reported top-1 is the validate result, reproducibly.
+        assert validate(cfg, r["recover"], r["prune_factor"], force=True)["top1"] == r["top1"], r
         store_dir = cfg.run_path / r["label_store"]
         assert r["label_bytes"] == sum(p.stat().st_size for p in store_dir.iterdir())
         assert r["image_bytes"] > 0
