@@ -1,0 +1,379 @@
+"""GPU check of the label side: one command, at most 8 minutes on one GPU, nothing downloaded.
+
+Checks (synthetic in-memory data registered through ``labeldistill.data.register_dataset``; no dataset files):
+
+  a. the test suite with CUDA visible (``python -m pytest -q -x``). Tests whose config has ``device: auto``
+     (everything built on ``configs/fmnist_demo.yaml``: conftest's ``tiny_cfg`` / ``tiny_run``, test_pipeline,
+     test_lpld, test_resilience, test_bad_input, test_config) run their stages on the GPU; test_scale.py forces
+     ``device=cpu``; helper checks that build ``torch.device("cpu")`` stay on the CPU. The Fashion-MNIST tests are
+     skipped where the data is not installed.
+  b. recover throughput, class-wise batches (mode ``lpld``), ``recover.vectorize = C`` ÷ ``1`` at IPC 10 and 50
+     (goal ≥ 3×);
+  c. relabel (the ``relabel`` stage: augmentation + teacher + fp16 + store) ÷ a plain teacher forward of as many
+     images, in chunks of 1,024 (relabel's own chunking);
+  d. bf16 autocast on/off parity of recover, relabel and validate. labeldistill has **no switch** for autocast:
+     squeeze and class-stats always run under bf16 autocast on CUDA (``common.autocast``), and recover, relabel and
+     validate never enable it (they run in float32). "on" below therefore means the public stage function called
+     inside ``torch.autocast("cuda", torch.bfloat16)`` from outside, "off" the stage as shipped;
+  e. 224 px synthetic relabel + validate throughput (ResNet-18 teacher and student, ``random_real`` images).
+
+Writes its table into BENCHMARKS.md (section ``gpu_check``) with the GPU's name. ``--dry-run`` checks the plumbing
+on the CPU with tiny sizes in well under a minute (the test suite is only collected) and writes nothing.
+
+Usage::
+
+    bash bench/gpu_check.sh              # on a GPU machine
+    bash bench/gpu_check.sh --dry-run    # anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+from common import command_line, machine, today, write_section  # noqa: E402
+
+from labeldistill.bnstats import class_stats  # noqa: E402
+from labeldistill.config import load_config  # noqa: E402
+from labeldistill.data import ImageSet, register_dataset  # noqa: E402
+from labeldistill.labels.prune import prune_store  # noqa: E402
+from labeldistill.labels.relabel import relabel  # noqa: E402
+from labeldistill.labels.store import LabelStore  # noqa: E402
+from labeldistill.models import create_model  # noqa: E402
+from labeldistill.recover import recover  # noqa: E402
+from labeldistill.squeeze import squeeze  # noqa: E402
+from labeldistill.validate import validate  # noqa: E402
+
+DATASET = "gpu-check-templates"
+AUTOCAST_NOTE = ("labeldistill has no switch to turn bf16 autocast on or off: squeeze and class-stats always use it on "
+                 "CUDA, recover/relabel/validate never do (float32); 'on' = the stage called inside "
+                 "torch.autocast('cuda', bfloat16) from outside")
+
+FULL = {"classes": 50, "size": 32, "width": 64, "train_per_class": 100, "test_per_class": 20, "squeeze_epochs": 3,
+        "timing_iterations": 100, "ipcs": (10, 50), "parity_ipc": 10, "parity_iterations": 300,
+        "relabel_epochs": 20, "validate_epochs": 100, "big_classes": 100, "big_ipc": 2, "big_epochs": 5,
+        "pytest": ["-q", "-x"], "pytest_timeout": 270}
+TINY = {"classes": 4, "size": 16, "width": 8, "train_per_class": 8, "test_per_class": 4, "squeeze_epochs": 1,
+        "timing_iterations": 2, "ipcs": (2, 3), "parity_ipc": 2, "parity_iterations": 3,
+        "relabel_epochs": 2, "validate_epochs": 2, "big_classes": 3, "big_ipc": 1, "big_epochs": 1,
+        "big_size": 32, "pytest": ["-q", "--collect-only"], "pytest_timeout": 60}
+
+
+def register_templates(classes: int, train_per_class: int, test_per_class: int) -> None:
+    """``gpu-check-templates``: one smooth random colour template per class + pixel noise (learnable, so
+    top-1 means something); ``random`` images of any size with ``image_size``."""
+
+    def templates(root, split, image_size=32):  # noqa: ARG001 - nothing is read from disk
+        s = int(image_size or 32)
+        base = torch.rand((classes, 3, 4, 4), generator=torch.Generator().manual_seed(7))
+        base = torch.nn.functional.interpolate(base, size=(s, s), mode="bilinear", align_corners=False)
+        per = train_per_class if split == "train" else test_per_class
+        g = torch.Generator().manual_seed(1 if split == "train" else 2)
+        labels = torch.arange(classes).repeat(per)
+        x = base[labels] + 0.35 * torch.randn((len(labels), 3, s, s), generator=g)
+        images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return ImageSet(images, labels, [f"c{i:03d}" for i in range(classes)], (0.5, 0.5, 0.5), (0.3, 0.3, 0.3))
+
+    register_dataset(DATASET)(templates)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def base_overrides(run_dir: Path, sz: dict, device: str, size: int | None = None, model: str | None = None) -> list[str]:
+    s = size or sz["size"]
+    m = model or f"{{name: convnet, args: {{width: {sz['width']}, depth: 3}}}}"
+    return [f"run_dir={run_dir}", "name=gpu_check", f"device={device}", "seed=0", f"data.dataset={DATASET}",
+            f"data.image_size={s}", f"squeeze.model={m}", f"squeeze.epochs={sz['squeeze_epochs']}",
+            "squeeze.batch_size=256", "recover.modes=[lpld]", "recover.batch_size=100", "relabel.batch_size=100",
+            "relabel.steps_per_shard=200", "prune.factors=[1]", f"validate.model={m}", "validate.lr=0.005",
+            "validate.eval_batch_size=500", "validate.checkpoint_seconds=100000"]
+
+
+def clone_run(src: Path, dst: Path) -> None:
+    """A new run directory sharing the teacher and class statistics of ``src``."""
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    for d in ("teacher", "class_stats"):
+        if (src / d).is_dir():
+            shutil.copytree(src / d, dst / d)
+
+
+def check_tests(sz: dict, dry: bool) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", *sz["pytest"]], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=sz["pytest_timeout"])
+        tail = (r.stdout.strip().splitlines() or [""])[-1]
+        rc = r.returncode
+    except subprocess.TimeoutExpired:
+        tail, rc = f"timed out after {sz['pytest_timeout']} s", 124
+    return {"rc": rc, "summary": tail, "seconds": time.perf_counter() - t0, "collect_only": dry}
+
+
+def check_recover(base: Path, work: Path, sz: dict, device: torch.device) -> list[dict]:
+    rows = []
+    C = sz["classes"]
+    for ipc in sz["ipcs"]:
+        t = {}
+        for v in (1, C):
+            run = work / f"recover_ipc{ipc}_v{v}"
+            clone_run(base, run)
+            cfg = load_config(None, base_overrides(run, sz, device.type) + [
+                f"recover.ipc={ipc}", f"recover.iterations={sz['timing_iterations']}", f"recover.vectorize={v}"])
+            t[v], _ = timed(lambda: recover(cfg, "lpld", force=True), device)
+        rows.append({"ipc": ipc, "classes": C, "seconds_v1": t[1], "seconds_vC": t[C], "ratio": t[1] / t[C]})
+    return rows
+
+
+def teacher_from_run(run: Path, info_cfg, device: torch.device) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    meta = json.loads((run / "teacher" / "teacher.json").read_text())
+    model = create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["shape"][0],
+                         image_size=meta["shape"][1], **meta.get("model_args", {}))
+    model.load_state_dict(load_file(str(run / "teacher" / "model.safetensors")))
+    return model.to(device).eval()
+
+
+def check_relabel(run: Path, sz: dict, device: torch.device) -> dict:
+    cfg = load_config(None, base_overrides(run, sz, device.type) + [
+        f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}"])
+    secs, store = timed(lambda: relabel(cfg, "lpld", force=True), device)
+    n = store.manifest["num_entries"]
+    teacher = teacher_from_run(run, cfg, device)
+    shape = json.loads((run / "teacher" / "teacher.json").read_text())["shape"]
+    x = torch.randn((min(n, 1024), *shape), device=device).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def plain() -> None:
+        left = n
+        while left > 0:
+            k = min(left, 1024)
+            teacher(x[:k]).to(torch.float16).cpu()
+            left -= k
+
+    plain()  # warm-up
+    p, _ = timed(plain, device)
+    return {"entries": n, "relabel_seconds": secs, "plain_seconds": p, "ratio": secs / p}
+
+
+def autocast_ctx(on: bool, device: torch.device):
+    if on and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_autocast(base: Path, work: Path, sz: dict, device: torch.device) -> dict:
+    """The same recover → relabel → validate chain with the stages inside / outside a bf16 autocast context."""
+    out: dict = {}
+    runs = {}
+    for on in (False, True):
+        run = work / f"parity_{'on' if on else 'off'}"
+        clone_run(base, run)
+        cfg = load_config(None, base_overrides(run, sz, device.type) + [
+            f"recover.ipc={sz['parity_ipc']}", f"recover.iterations={sz['parity_iterations']}",
+            f"recover.vectorize={sz['classes']}", f"relabel.epochs={sz['relabel_epochs']}",
+            f"validate.epochs={sz['validate_epochs']}"])
+        with autocast_ctx(on, device):
+            recover(cfg, "lpld", force=True)
+        runs[on] = (run, cfg)
+        out[f"recover_teacher_top1_{'on' if on else 'off'}"] = json.loads(
+            (run / "images" / "lpld" / "images.json").read_text())["teacher_top1_on_images"]
+    # relabel and validate on the same (autocast-off) images, so only the stage under test differs
+    run_off, cfg_off = runs[False]
+    run_on = work / "parity_relabel_on"
+    clone_run(run_off, run_on)
+    shutil.copytree(run_off / "images", run_on / "images")
+    cfg_on = load_config(None, [o.replace(str(run_off), str(run_on)) for o in
+                                base_overrides(run_off, sz, device.type)] + [
+        f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
+        f"validate.epochs={sz['validate_epochs']}"])
+    cfg_off = load_config(None, base_overrides(run_off, sz, device.type) + [
+        f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
+        f"validate.epochs={sz['validate_epochs']}"])
+    s_off = relabel(cfg_off, "lpld", force=True)
+    with autocast_ctx(True, device):
+        s_on = relabel(cfg_on, "lpld", force=True)
+    agree, maxdiff, k = 0, 0.0, 0
+    for g in s_off.step_ids:
+        a, b = s_off.get(g).logits.float(), s_on.get(g).logits.float()
+        agree += int((a.argmax(1) == b.argmax(1)).sum())
+        maxdiff = max(maxdiff, float((a - b).abs().max()))
+        k += len(a)
+    out.update(relabel_argmax_agreement=agree / k, relabel_max_abs_logit_diff=maxdiff)
+    rows = {}
+    for name, on, seed in (("off", False, 0), ("off_seed1", False, 1), ("on", True, 0)):
+        cfg = load_config(None, base_overrides(run_off, sz, device.type) + [
+            f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
+            f"validate.epochs={sz['validate_epochs']}", f"seed={seed}"])
+        with autocast_ctx(on, device):
+            rows[name] = validate(cfg, "lpld", 1.0, store_path=s_off.path, force=True)["top1"]
+    out.update({f"validate_top1_{k}": v for k, v in rows.items()})
+    out["validate_noise"] = abs(rows["off"] - rows["off_seed1"])
+    return out
+
+
+def check_224(work: Path, sz: dict, device: torch.device) -> dict:
+    s = sz.get("big_size", 224)
+    run = work / "px224"
+    shutil.rmtree(run, ignore_errors=True)
+    model = "{name: resnet18, args: {stem: imagenet}}"
+    ov = base_overrides(run, sz, device.type, size=s, model=model) + [
+        "squeeze.epochs=0", "recover.modes=[random_real]", f"recover.ipc={sz['big_ipc']}",
+        f"relabel.epochs={sz['big_epochs']}", f"validate.epochs={sz['big_epochs']}", "relabel.batch_size=100",
+        "validate.eval_batch_size=100"]
+    register_templates(sz["big_classes"], max(sz["big_ipc"], 2), 2)
+    cfg = load_config(None, ov)
+    squeeze(cfg)
+    recover(cfg, "random_real")
+    secs, store = timed(lambda: relabel(cfg, "random_real", force=True), device)
+    entries = store.manifest["num_entries"]
+    vsecs, row = timed(lambda: validate(cfg, "random_real", 1.0, store_path=store.path, force=True), device)
+    return {"image_size": s, "classes": sz["big_classes"], "images": sz["big_classes"] * sz["big_ipc"],
+            "entries": entries, "relabel_seconds": secs, "relabel_images_per_s": entries / secs,
+            "validate_seconds": vsecs, "validate_train_seconds": row["seconds"], "validate_steps": row["steps"],
+            "validate_images_per_s": sz["big_classes"] * sz["big_ipc"] * row["epochs"] / max(row["seconds"], 1e-9)}
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; write nothing to BENCHMARKS.md")
+    ap.add_argument("--skip-tests", action="store_true", help="skip check (a)")
+    ap.add_argument("--work", default=None, help="work folder (default runs/gpu_check, or a temp folder for --dry-run)")
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    dry = args.dry_run
+    if dry:
+        device = torch.device("cpu")
+        torch.set_num_threads(1)
+    elif not torch.cuda.is_available():
+        print("gpu_check: error: no CUDA device visible; run with --dry-run to check the plumbing on the CPU",
+              file=sys.stderr)
+        return 2
+    else:
+        device = torch.device("cuda")
+    sz = TINY if dry else FULL
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="gpu_check_") if dry and args.work is None else None
+    work = Path(args.work or tmp or REPO / "runs" / "gpu_check")
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    register_templates(sz["classes"], sz["train_per_class"], sz["test_per_class"])
+    res: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                 "autocast_note": AUTOCAST_NOTE}
+    print(f"gpu_check on {device}{' (dry run: tiny sizes, nothing written)' if dry else ''}", flush=True)
+    print(f"note: {AUTOCAST_NOTE}", flush=True)
+    if not args.skip_tests:
+        print("a. test suite" + (" (collect only)" if dry else ""), flush=True)
+        res["tests"] = check_tests(sz, dry)
+        print(f"   rc={res['tests']['rc']}: {res['tests']['summary']}", flush=True)
+    base = work / "base"
+    shutil.rmtree(base, ignore_errors=True)
+    cfg = load_config(None, base_overrides(base, sz, device.type))
+    t_setup, _ = timed(lambda: (squeeze(cfg), class_stats(cfg)), device)
+    res["setup_seconds"] = t_setup
+    print("b. recover vectorize=C vs 1", flush=True)
+    res["recover"] = check_recover(base, work, sz, device)
+    for r in res["recover"]:
+        print(f"   IPC {r['ipc']}: {r['seconds_v1']:.2f} s vs {r['seconds_vC']:.2f} s → {r['ratio']:.2f}×", flush=True)
+    print("d. bf16 autocast parity", flush=True)
+    res["autocast"] = check_autocast(base, work, sz, device)
+    print("   " + json.dumps(res["autocast"]), flush=True)
+    print("c. relabel ÷ plain teacher inference", flush=True)
+    res["relabel"] = check_relabel(work / "parity_off", sz, device)
+    print(f"   {res['relabel']['ratio']:.3f}", flush=True)
+    print("e. 224 px relabel + validate throughput", flush=True)
+    res["px224"] = check_224(work, sz, device)
+    print("   " + json.dumps(res["px224"]), flush=True)
+    res["minutes"] = (time.time() - t_start) / 60
+    body = report(res, sz, dry)
+    print(body)
+    (work / "gpu_check.json").write_text(json.dumps(res, indent=2, default=str))
+    if dry:
+        print("dry run: plumbing OK; nothing written to BENCHMARKS.md")
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        write_section(Path(args.out), "gpu_check", body)
+    tests_ok = args.skip_tests or res["tests"]["rc"] == 0
+    return 0 if tests_ok else 1
+
+
+def report(res: dict, sz: dict, dry: bool) -> str:
+    a = res["autocast"]
+    rows = ["| check | result | target | | detail |", "|---|---|---|---|---|"]
+    if dry:
+        rows.append("| (dry run) | tiny sizes on the CPU: the verdicts below say nothing about a GPU | | | |")
+    if "tests" in res:
+        t = res["tests"]
+        rows.append(f"| a. `python -m pytest {' '.join(sz['pytest'])}` with the device visible | exit {t['rc']}: "
+                    f"{t['summary']} | exit 0 | {verdict(t['rc'] == 0)} | {t['seconds']:.0f} s; tests with "
+                    "`device: auto` (fmnist_demo.yaml-based) run on the GPU, test_scale.py forces the CPU |")
+    for r in res["recover"]:
+        rows.append(f"| b. recover (lpld, class-wise) throughput at IPC {r['ipc']}, vectorize {r['classes']} ÷ 1 "
+                    f"({r['classes']} classes, {sz['timing_iterations']} iterations) | {r['ratio']:.2f}× | ≥ 3× | "
+                    f"{verdict(r['ratio'] >= 3)} | {r['seconds_v1']:.2f} s vs {r['seconds_vC']:.2f} s |")
+    rl = res["relabel"]
+    rows.append(f"| c. relabel stage ÷ plain teacher forward of as many images ({rl['entries']:,}) | "
+                f"{rl['ratio']:.2f} | ≤ 1.15 | {verdict(rl['ratio'] <= 1.15)} | {rl['relabel_seconds']:.2f} s vs "
+                f"{rl['plain_seconds']:.2f} s |")
+    rows.append(f"| d1. recover, autocast on vs off: teacher top-1 on the recovered images | "
+                f"{a['recover_teacher_top1_on']:.3f} vs {a['recover_teacher_top1_off']:.3f} | similar | | "
+                "no switch in the code (see note) |")
+    rows.append(f"| d2. relabel, autocast on vs off (same images): stored-logit argmax agreement | "
+                f"{a['relabel_argmax_agreement']:.4f} | ≈ 1 | {verdict(a['relabel_argmax_agreement'] >= 0.99)} | "
+                f"max abs logit difference {a['relabel_max_abs_logit_diff']:.3f} |")
+    d = abs(a["validate_top1_on"] - a["validate_top1_off"])
+    rows.append(f"| d3. validate, autocast on vs off (same store, seed 0): student top-1 | "
+                f"{a['validate_top1_on']:.3f} vs {a['validate_top1_off']:.3f} | within noise | "
+                f"{verdict(d <= max(2 * a['validate_noise'], 0.01))} | noise: seed 1 off gives "
+                f"{a['validate_top1_off_seed1']:.3f} (Δ {a['validate_noise']:.3f}) |")
+    p = res["px224"]
+    rows.append(f"| e. {p['image_size']} px relabel throughput (ResNet-18 teacher, {p['images']} images, "
+                f"{p['entries']:,} entries) | {p['relabel_images_per_s']:,.0f} images/s | (report) | | "
+                f"{p['relabel_seconds']:.2f} s |")
+    rows.append(f"| e. {p['image_size']} px validate throughput (ResNet-18 student, {p['validate_steps']} steps of "
+                f"≤ 100 images) | {p['validate_images_per_s']:,.0f} images/s | (report) | | train {p['validate_train_seconds']:.2f} s, "
+                f"with evaluation {p['validate_seconds']:.2f} s |")
+    head = ("## GPU check\n\n"
+            f"Command: `bash bench/gpu_check.sh{' --dry-run' if dry else ''}` (runs `{command_line()}`)  \n"
+            f"Date: {today()}  \nGPU: {res['gpu'] or 'none (dry run on the CPU)'}  \nMachine: {machine()}  \n"
+            f"Setting: synthetic class-template images ({sz['classes']} classes, {sz['size']} px; registered "
+            f"in-process, nothing downloaded), ConvNet-{sz['width']} teacher ({sz['squeeze_epochs']} squeeze epochs) "
+            f"and student; whole check {res['minutes']:.1f} min.  \n"
+            f"Note: {AUTOCAST_NOTE}.\n\n")
+    return head + "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

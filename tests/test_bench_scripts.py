@@ -1,0 +1,73 @@
+"""The benchmark scripts' plumbing: ``bench/gpu_check.sh --dry-run`` and a tiny ``bench/scale.py`` run.
+
+Both run as subprocesses exactly as a user would start them; together they take well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"classes", "ipc", "image_size", "epochs", "stage_seconds", "peak_rss_bytes", "store_bytes",
+            "estimated_store_bytes"}
+STAGES = {"class_stats", "recover", "relabel", "prune_x1", "prune_x10", "prune_x40", "validate_x1"}
+
+
+def _env() -> dict:
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+            "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_gpu_check_dry_run_writes_nothing(tmp_path):
+    bench = REPO / "BENCHMARKS.md"
+    before = bench.read_bytes() if bench.is_file() else None
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", "--work", str(tmp_path)],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    for part in ("a. test suite", "b. recover", "c. relabel", "d. bf16 autocast", "e. 224 px",
+                 "no switch to turn bf16 autocast", "nothing written to BENCHMARKS.md"):
+        assert part in out, part
+    assert "| c. relabel stage" in out and "| d3. validate" in out
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res["tests"]["rc"] == 0 and "collected" in res["tests"]["summary"]
+    assert [r["ipc"] for r in res["recover"]] == [2, 3] and all(r["ratio"] > 0 for r in res["recover"])
+    assert 0 <= res["autocast"]["relabel_argmax_agreement"] <= 1
+    assert res["px224"]["entries"] > 0
+    assert (bench.read_bytes() if bench.is_file() else None) == before
+
+
+def test_gpu_check_refuses_without_gpu_or_dry_run(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--skip-tests", "--work", str(tmp_path)],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--dry-run" in r.stderr
+
+
+def test_scale_tiny_json(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--classes", "10", "--ipc", "1",
+                        "--image-size", "16", "--epochs", "1", "--json", "--work", str(tmp_path)],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(r.stdout)
+    assert list(data) == ["rows"] and len(data["rows"]) == 1
+    row = data["rows"][0]
+    assert set(row) == ROW_KEYS
+    assert (row["classes"], row["ipc"], row["image_size"], row["epochs"]) == (10, 1, 16, 1)
+    assert STAGES <= set(row["stage_seconds"]) and all(v >= 0 for v in row["stage_seconds"].values())
+    assert row["peak_rss_bytes"] > 50 * 2**20
+    assert row["store_bytes"] > 0 and abs(row["store_bytes"] / row["estimated_store_bytes"] - 1) <= 0.02
+    # the details file agrees with the row: 10 images × 1 epoch in batches of 50 → 1 step, 10 entries
+    det = json.loads((tmp_path / "c10_ipc1_s16_e1.json").read_text())
+    assert det["details"]["relabel"]["entries"] == 10 and det["details"]["relabel"]["steps"] == 1
+    assert det["details"]["prune_x1"]["store_bytes"] > 0
+    assert not (tmp_path / "c10_ipc1_s16_e1").exists()  # run directory removed without --keep
