@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from labeldistill.learn_labels import learn_labels, load_ld_config
-from labeldistill.utils import tune_malloc
+from labeldistill.runtime import tune_malloc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402

@@ -31,13 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, machine, mean_std, today, write_section  # noqa: E402
 
-from labeldistill.common import RunLayout, load_split  # noqa: E402
+from labeldistill.data import load_split  # noqa: E402
+from labeldistill.layout import RunLayout  # noqa: E402
 from labeldistill.config import load_config  # noqa: E402
 from labeldistill.labels.store import LabelStore  # noqa: E402
 from labeldistill.pipeline import run  # noqa: E402
 from labeldistill.recover import load_synthetic  # noqa: E402
 from labeldistill.report import human_bytes  # noqa: E402
-from labeldistill.utils import tune_malloc  # noqa: E402
+from labeldistill.runtime import tune_malloc  # noqa: E402
 from labeldistill.validate import train_student  # noqa: E402
 
 MODES = ["sre2l", "c", "cs", "cda", "random_real", "rded"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""What ``labeldistill.utils.tune_malloc`` buys on CPU: glibc's default allocator vs raised thresholds.
+"""What ``labeldistill.runtime.tune_malloc`` buys on CPU: glibc's default allocator vs raised thresholds.
 
 Each setting runs in its own fresh process (malloc settings cannot be undone), twice, alternating, so both
 see the same machine load. Workloads (1 torch thread, random data of Fashion-MNIST shape):
@@ -49,7 +49,7 @@ def probe(tuned: bool) -> dict:
     from labeldistill.config import ModelConfig
     from labeldistill.learn_labels.ld import profile_outer_step
     from labeldistill.learn_labels.learners import build_network
-    from labeldistill.utils import tune_malloc
+    from labeldistill.runtime import tune_malloc
 
     applied = tune_malloc() if tuned else False
     torch.set_num_threads(1)
@@ -120,7 +120,7 @@ def main() -> None:
             f"Machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end  \n"
             "Each setting in a fresh process, 1 torch thread, best of "
             f"{args.rounds} alternating rounds. 'default' = glibc's malloc as shipped; 'tuned' = "
-            "`labeldistill.utils.tune_malloc()` (called by the `labeldistill` command; "
+            "`labeldistill.runtime.tune_malloc()` (called by the `labeldistill` command; "
             "`LABELDISTILL_MALLOC=system` turns it off). Workloads: see `bench/malloc.py`.\n\n" + "\n".join(lines))
     write_section(Path(args.out), "malloc", body)
     print(body)

@@ -49,7 +49,10 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, machine, today, write_section  # noqa: E402
 
-from labeldistill.common import RunLayout, build_model, load_split, load_teacher, normalize  # noqa: E402
+from labeldistill.data import load_split, normalize  # noqa: E402
+from labeldistill.layout import RunLayout  # noqa: E402
+from labeldistill.models import build_model  # noqa: E402
+from labeldistill.models.checkpoint import load_teacher  # noqa: E402
 from labeldistill.config import load_config  # noqa: E402
 from labeldistill.labels.accounting import store_report  # noqa: E402
 from labeldistill.labels.prune import prune_store  # noqa: E402

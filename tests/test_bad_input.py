@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from labeldistill import cli
-from labeldistill.common import RunLayout
+from labeldistill.layout import RunLayout
 
 from conftest import REPO, needs_fmnist
 

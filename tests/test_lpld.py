@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from labeldistill.common import RunLayout, load_split
+from labeldistill.data import load_split
+from labeldistill.layout import RunLayout
 from labeldistill.errors import ConfigError, DataError
 from labeldistill.labels.accounting import store_report
 from labeldistill.labels.prune import parse_strategy, prune_store, select_steps, step_score
@@ -90,7 +91,7 @@ def test_every_recover_variant_runs(tiny_run):
         data, meta = load_synthetic(folder, (0.286,), (0.353,))
         assert len(data) == 20 and torch.bincount(data.labels).tolist() == [2] * 10
         assert meta["source"] == {"random_real": "random_real", "rded": "rded"}.get(m, "synthesis")
-        from labeldistill.common import load_teacher  # local: keeps the module's import block untouched
+        from labeldistill.models.checkpoint import load_teacher  # local: keeps the module's import block untouched
 
         teacher, info = load_teacher(lay.teacher_dir, torch.device("cpu"))
         x = (data.float_images() - info["mean"][0]) / info["std"][0]

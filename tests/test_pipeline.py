@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from labeldistill.common import RunLayout, load_teacher
+from labeldistill.layout import RunLayout
+from labeldistill.models.checkpoint import load_teacher
 from labeldistill.labels.relabel import StepPlan, generate_steps
 from labeldistill.labels.store import LabelStore
 from labeldistill.recover import load_synthetic

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from labeldistill.bnstats import load_class_stats
-from labeldistill.common import RunLayout, load_teacher
+from labeldistill.layout import RunLayout
+from labeldistill.models.checkpoint import load_teacher
 from labeldistill.models import bn_layers
 from labeldistill.recover import BNInputHook, Segment, bn_targets, recover_segments
 from labeldistill.augment import step_generator

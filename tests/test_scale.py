@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from labeldistill.cli import main
-from labeldistill.common import evaluate, iter_batches, load_split
+from labeldistill.data import iter_batches, load_split
+from labeldistill.training import evaluate
 from labeldistill.config import load_config
 from labeldistill.data.imagefolder import load_imagefolder
 from labeldistill.errors import ConfigError, DataError
@@ -281,7 +282,7 @@ def test_tune_malloc_applies_unless_opted_out(env, expected):
         pytest.skip("glibc only")
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in (
         "LABELDISTILL_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")}
-    r = subprocess.run([sys.executable, "-c", "from labeldistill.utils import tune_malloc; print(tune_malloc())"],
+    r = subprocess.run([sys.executable, "-c", "from labeldistill.runtime import tune_malloc; print(tune_malloc())"],
                        capture_output=True, text=True, env={**base, **env}, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(expected)
