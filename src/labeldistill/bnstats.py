@@ -43,6 +43,7 @@ from .io import MetricsLog, atomic_write_json, load_class_stats  # noqa: F401  (
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import load_teacher
+from .provenance import StageRef, check_fresh, record_stage
 from .runtime import autocast, is_rank0, pick_device
 
 
@@ -78,7 +79,9 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
     """
     layout = RunLayout(cfg.run_path)
     out = layout.class_stats_dir / "stats.safetensors"
+    ref = StageRef("class-stats")
     if out.is_file() and (layout.class_stats_dir / "class_stats.json").is_file() and not force:
+        check_fresh(cfg, ref, layout)
         return out
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
@@ -103,6 +106,7 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
             "teacher_fingerprint": info["fingerprint"], "augment": cfg.class_stats.augment, "bytes": out.stat().st_size,
         })
         MetricsLog(layout.metrics).log(stage="class-stats", seconds=round(time.time() - t0, 2))
+        record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
     return out
 

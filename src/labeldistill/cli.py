@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from .errors import LabelDistillError
+from .errors import ConfigError, LabelDistillError
+from .variants import resolve_variant
 
 STAGES = ("squeeze", "class-stats", "recover", "relabel", "prune", "validate", "run", "report")
 
@@ -107,7 +108,30 @@ def _run_command(cfg, args: argparse.Namespace) -> None:
     else:
         from .pipeline import run
 
-        run(cfg)
+        run(cfg, force=args.force)
+
+
+def _report_command(cfg) -> None:
+    """``report``: results.json, report.md and plots from whatever validate rows exist (any seed)."""
+    from .io import atomic_write_json
+    from .report import collect_results, summarize, write_report
+
+    if not cfg.seeds:
+        results = collect_results(cfg)
+    else:
+        import dataclasses
+
+        parts = [collect_results(dataclasses.replace(cfg, seed=s, seeds=None), cfg.run_path / f"seed{s}")
+                 for s in cfg.seeds if (cfg.run_path / f"seed{s}" / "validate").is_dir()]
+        if not parts:
+            raise LabelDistillError(f"no validate results under {cfg.run_path}/seed*/: run the job first")
+        results = {**parts[0], "seeds": [p["seed"] for p in parts], "teachers": [p["teacher"] for p in parts],
+                   "rows": [r for p in parts for r in p["rows"]], "stale": [s for p in parts for s in p["stale"]]}
+        results["summary"] = summarize(results["rows"])
+    atomic_write_json(cfg.run_path / "results.json", results)
+    print(write_report(cfg.run_path))
+    if results["stale"]:
+        print(f"left out {len(results['stale'])} result(s) made with other settings: {', '.join(results['stale'])}")
 
 
 def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
@@ -131,10 +155,6 @@ def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
 
         for m in modes:
             print(relabel(cfg, m, force=force).path)
-    elif args.command == "report":
-        from .report import write_report
-
-        print(write_report(cfg.run_path))
 
 
 def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
@@ -143,9 +163,15 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
     from .validate import validate
     from .variants import label_variants
 
-    factors = {float(f) for f in (args.factor or cfg.prune.factors)}
-    variants = [v for v in label_variants(cfg) if v.factor in factors]
-    cfg.prune.factors = [v.factor for v in variants] or cfg.prune.factors
+    if args.factor:
+        bad = [f for f in args.factor if not f >= 1]
+        if bad:
+            raise ConfigError(f"--factor must be a number >= 1 (1 keeps every stored step), got {bad[0]:g}")
+        if cfg.relabel.only_kept is not None and {float(f) for f in args.factor} != {float(cfg.relabel.only_kept)}:
+            raise ConfigError(f"relabel.only_kept={cfg.relabel.only_kept:g} generated only that factor's store; "
+                              "--factor must be the same")
+        cfg.prune.factors = [float(f) for f in args.factor]
+    variants = label_variants(cfg)
     for m in modes:
         if args.command == "prune":
             for path in prune_all(cfg, m, force=force):
@@ -172,9 +198,13 @@ def _main(argv: list[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     set_threads(cfg.threads)
     modes = getattr(args, "mode", None) or cfg.recover.modes
+    for m in modes:
+        resolve_variant(m, cfg.recover.variants)
     force = getattr(args, "force", False)
     if args.command == "run":
         _run_command(cfg, args)
+    elif args.command == "report":
+        _report_command(cfg)
     elif args.command in ("prune", "validate"):
         _label_command(cfg, args, modes, force)
     else:

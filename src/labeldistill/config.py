@@ -280,8 +280,13 @@ class RunConfig:
 
 @dataclass
 class Config(RunConfig):
-    """A whole experiment of the main job: one run directory, every stage's settings."""
+    """A whole experiment of the main job: one run directory, every stage's settings.
 
+    ``seeds``: run the whole job once per seed, each in ``<run_dir>/seed<k>/`` with ``seed = k``, and report
+    mean ± std over them (``null`` = one run with ``seed``).
+    """
+
+    seeds: list | None = None
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
     class_stats: ClassStatsConfig = field(default_factory=ClassStatsConfig)
@@ -483,6 +488,9 @@ def validate_config(cfg: Config) -> None:
     Raises:
         ConfigError: on the first bad value, naming the key.
     """
+    if cfg.seeds is not None and (not cfg.seeds or len(set(map(str, cfg.seeds))) != len(cfg.seeds)
+                                  or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds)):
+        raise ConfigError(f"seeds must be a non-empty list of distinct integers (or null), got {cfg.seeds}")
     _check_recover(cfg.recover)
     _check_labels(cfg)
     check_squeeze_options(cfg.squeeze)

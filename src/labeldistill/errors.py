@@ -22,3 +22,7 @@ class StoreError(LabelDistillError):
 
 class RegistryError(LabelDistillError):
     """Unknown name in a registry (dataset, model)."""
+
+
+class StaleStageError(LabelDistillError):
+    """A finished stage's output was made with other settings than the current config's."""

@@ -85,8 +85,9 @@ class RunLayout:
     def pruned_store(self, mode: str, variant: LabelVariant | float, *rest: str, **parts: str) -> Path:
         return self.root / "labels" / mode / LabelVariant.of(variant, *rest, **parts).tag
 
-    def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, **parts: str) -> Path:
-        return self.root / "validate" / f"{mode}_{LabelVariant.of(variant, *rest, **parts).tag}.json"
+    def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str, **parts: str) -> Path:
+        """``validate/<student>/<mode>_<tag>.json``: one result per images × labels × student."""
+        return self.root / "validate" / student / f"{mode}_{LabelVariant.of(variant, *rest, **parts).tag}.json"
 
     @property
     def metrics(self) -> Path:

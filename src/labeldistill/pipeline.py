@@ -1,84 +1,138 @@
-"""The main job: squeeze → class-stats → recover → relabel → prune → validate → report.
+"""The main job: squeeze → class-stats → recover → relabel → prune → validate → report, per seed.
 
-Each stage skips work whose output is already complete, so re-running resumes after an interruption.
+Each stage skips work whose output is complete and was made with the current settings, so re-running
+resumes after an interruption; an output made with other settings is refused before any work starts
+(``force`` recomputes the stale stages instead; see :mod:`labeldistill.provenance`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-
-import torch
 
 from .bnstats import class_stats
 from .config import Config, dump_config
 from .distributed import barrier
-from .io import atomic_write_json, read_json
-from .labels.prune import prune_store
+from .errors import StaleStageError
+from .io import atomic_write_json
+from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
 from .layout import RunLayout
+from .models import check_model_spec
+from .provenance import StageRef, check_fresh, done_marker, machine, model_tag, stage_seconds, stale_keys
 from .recover import recover
-from .report import results_table, write_report
+from .report import results_table, summarize, write_report
 from .resume import check_run_dir
-from .runtime import is_rank0
+from .runtime import is_rank0, pick_device
 from .squeeze import squeeze
 from .validate import validate
-from .variants import label_variants  # noqa: F401  (also the old import path)
+from .variants import label_variants
 
 
-def prune_all(cfg: Config, mode: str, force: bool = False) -> list[Path]:
-    """Write ``labels/<mode>/<tag>`` for every configured label variant (skipping existing stores)."""
+def stage_refs(cfg: Config) -> list[StageRef]:
+    """Every unit of work of the main job for one seed, in the order it runs."""
+    refs = [StageRef("squeeze"), StageRef("class-stats")]
+    student = model_tag(cfg.validate.model)
+    for mode in cfg.recover.modes:
+        refs += [StageRef("recover", mode), StageRef("relabel", mode)]
+        if cfg.relabel.only_kept is None:
+            refs += [StageRef("prune", mode, v) for v in label_variants(cfg)]
+        refs += [StageRef("validate", mode, v, student) for v in label_variants(cfg)]
+    return refs
+
+
+def stale_refs(cfg: Config, force: bool) -> set[str]:
+    """Keys of finished stages made with other settings; refused (StaleStageError) unless ``force``."""
     layout = RunLayout(cfg.run_path)
-    out = []
-    labels = None
-    for v in label_variants(cfg):
-        dest = layout.pruned_store(mode, v)
-        if force or not (dest / "manifest.json").is_file():
-            if labels is None:
-                labels = read_json(layout.images_dir(mode) / "images.json")
-                labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
-            prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
-                        image_labels=labels, overwrite=force)
-        out.append(dest)
-    return out
+    stale = set()
+    for ref in stage_refs(cfg):
+        if done_marker(cfg, ref, layout).is_file() and stale_keys(cfg, ref, layout):
+            if not force:
+                check_fresh(cfg, ref, layout)
+            stale.add(ref.key)
+    return stale
 
 
-def run(cfg: Config) -> dict:
-    """Run every stage for every configured recover mode and prune factor; write results and report.
+def run(cfg: Config, force: bool = False) -> dict:
+    """Run every stage for every configured recover mode and prune factor (per seed when ``seeds`` is set);
+    write ``results.json``, ``report.md`` and the plots.
+
+    Args:
+        cfg: the job.
+        force: recompute stages whose finished output was made with other settings (default: refuse them).
 
     Returns:
         The ``results.json`` content.
+
+    Raises:
+        StaleStageError: a finished stage made with other settings (before any work starts).
+        RegistryError: an unknown teacher or student model (before any work starts).
     """
+    check_model_spec(cfg.squeeze.model, "squeeze.model")
+    check_model_spec(cfg.validate.model, "validate.model")
+    if not cfg.seeds:
+        return _run_one(cfg, force)
+    root = RunLayout(cfg.run_path).root
+    seed_cfgs = [dataclasses.replace(cfg, seed=s, seeds=None, run_dir=str(root / f"seed{s}")) for s in cfg.seeds]
+    for c in seed_cfgs:  # refuse stale work of any seed before training anything
+        stale_refs(c, force)
+    results = [_run_one(c, force, report=False) for c in seed_cfgs]
+    merged = {"name": cfg.name, "dataset": cfg.data.dataset, "seeds": list(cfg.seeds),
+              "teacher": results[0]["teacher"], "teachers": [r["teacher"] for r in results],
+              "rows": [row for r in results for row in r["rows"]],
+              "provenance": {**results[-1]["provenance"], "seconds": round(sum(r["seconds"] for r in results), 2)},
+              "seconds": round(sum(r["seconds"] for r in results), 2)}
+    merged["summary"] = summarize(merged["rows"])
+    _finish(cfg, root, merged)
+    return merged
+
+
+def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
     layout = RunLayout(cfg.run_path)
     if is_rank0():
         check_run_dir(layout.root)
+    stale = stale_refs(cfg, force)
+    if is_rank0():
         dump_config(cfg, layout.root / "config.yaml")
     barrier()
     t0 = time.time()
-    teacher = squeeze(cfg)
-    class_stats(cfg)
+    teacher = squeeze(cfg, force="squeeze" in stale)
+    class_stats(cfg, force="class-stats" in stale)
     rows = []
     for mode in cfg.recover.modes:
-        recover(cfg, mode)
-        relabel(cfg, mode)
+        recover(cfg, mode, force=StageRef("recover", mode).key in stale)
+        relabel(cfg, mode, force=StageRef("relabel", mode).key in stale)
         if cfg.relabel.only_kept is None and is_rank0():
-            prune_all(cfg, mode)
+            prune_all(cfg, mode, force=stale)
         barrier()
+        student = model_tag(cfg.validate.model)
         for v in label_variants(cfg):
-            rows.append(validate(cfg, mode, v))
+            rows.append(validate(cfg, mode, v, force=StageRef("validate", mode, v, student).key in stale))
     results = {
-        "name": cfg.name,
-        "dataset": cfg.data.dataset,
+        "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),
                     "top1": teacher["top1"], "epochs": teacher["epochs"]},
-        "rows": rows,
-        "seconds": round(time.time() - t0, 2),
+        "rows": rows, "seconds": round(time.time() - t0, 2),
+        "provenance": {**machine(pick_device(cfg.device)), "stage_seconds": stage_seconds(layout)},
     }
-    if is_rank0():
-        atomic_write_json(layout.root / "results.json", results)
-        write_report(layout.root)
-        print(results_table(results))
-        print(f"teacher top-1 {100 * teacher['top1']:.2f} %; outputs in {layout.root}/ "
-              "(results.json, report.md, plots/)")
+    if report:
+        _finish(cfg, layout.root, results)
     barrier()
     return results
+
+
+def _finish(cfg: Config, root: Path, results: dict) -> None:
+    if not is_rank0():
+        return
+    if cfg.seeds:
+        dump_config(cfg, root / "config.yaml")
+    atomic_write_json(root / "results.json", results)
+    write_report(root)
+    print(results_table(results))
+    tops = [t["top1"] for t in results.get("teachers", [results["teacher"]])]
+    print(f"teacher top-1 {', '.join(f'{100 * t:.2f}' for t in tops)} %; outputs in {root}/ "
+          "(results.json, report.md, plots/)")
+
+
+__all__ = ["run", "prune_all", "label_variants", "stage_refs", "StaleStageError"]

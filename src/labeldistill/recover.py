@@ -69,6 +69,7 @@ from .io import (
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import load_teacher
+from .provenance import StageRef, check_fresh, record_stage
 from .resume import fault_point
 from .runtime import is_rank0, pick_device
 from .training import cosine_lr
@@ -286,7 +287,9 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     """
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
+    ref = StageRef("recover", mode)
     if (out / "images.json").is_file() and not force:
+        check_fresh(cfg, ref, layout)
         return out
     rc = cfg.recover
     variant = resolve_variant(mode, rc.variants)
@@ -310,6 +313,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     if is_rank0():
         _write_image_set(out, mode, variant, images, teacher, info, rc.ipc, extra, device)
         MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
+        record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
     return out
 

@@ -2,58 +2,139 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
+from .config import Config, ModelConfig  # noqa: E402
 from .data.imagefolder import load_imagefolder  # noqa: E402
+from .errors import LabelDistillError  # noqa: E402
 from .io import human_bytes, read_json  # noqa: E402,F401  (human_bytes: old import path)
+from .layout import LabelVariant, RunLayout  # noqa: E402
+from .provenance import StageRef, fingerprint, machine, model_tag, stage_seconds, stage_settings  # noqa: E402
+from .runtime import pick_device  # noqa: E402
+
+_GROUP = ("recover", "prune_factor", "prune_strategy", "logits", "granularity", "student")
+
+
+def _student(r: dict) -> str:
+    """The student with its main arguments: ``convnet(width=32, depth=3)``."""
+    args = r.get("student_args") or {}
+    return f"{r['student']}({', '.join(f'{k}={v}' for k, v in args.items())})" if args else r["student"]
+
+
+def _group_key(r: dict) -> tuple:
+    return tuple(r.get(k) for k in _GROUP) + (_student(r),)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean ± std (population, in fractions) of top-1 over the seeds of each (images, labels, student) setting.
+
+    Returns:
+        One dict per setting, in first-seen order: the grouping fields, ``ipc``, ``label_bytes``,
+        ``image_bytes`` (of the first seed), ``kept_steps``, ``top1_mean``, ``top1_std``, ``n``, ``seeds``.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_group_key(r), []).append(r)
+    out = []
+    for rs in groups.values():
+        t = torch.tensor([r["top1"] for r in rs], dtype=torch.float64)
+        first = rs[0]
+        out.append({**{k: first.get(k) for k in _GROUP}, "student_args": first.get("student_args", {}),
+                    "ipc": first["ipc"], "kept_steps": first.get("kept_steps"), "label_bytes": first["label_bytes"],
+                    "image_bytes": first["image_bytes"], "top1_mean": float(t.mean()),
+                    "top1_std": float(t.std(unbiased=False)) if len(rs) > 1 else 0.0, "n": len(rs),
+                    "seeds": [r.get("seed") for r in rs]})
+    return out
 
 
 def results_table(results: dict) -> str:
-    """A Markdown table of the result rows."""
+    """A Markdown table of the result rows (with seeds: mean ± std per setting, then one row per seed)."""
     head = ("| recover | IPC | prune | strategy | logits | kept steps | label bytes | image bytes | labels ÷ images "
-            "| student | top-1 | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
-    for r in results["rows"]:
-        strategy = r.get("prune_strategy", "random")
-        if r.get("granularity", "batch") != "batch":
-            strategy += f" ({r['granularity']})"
-        lines.append(
-            f"| {r['recover']} | {r['ipc']} | {r['prune_factor']:g}× | {strategy} | {r.get('logits', 'fp16')} "
+            "| student | top-1 | {last} |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    if results.get("summary"):
+        lines = [_line(r, f"{100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} %", f"{r['n']}")
+                 for r in results["summary"]]
+        per_seed = [_line(r, f"{100 * r['top1']:.1f} %", f"{r.get('seed')}") for r in results["rows"]]
+        return (head.format(last="seeds") + "\n".join(lines) + "\n\nPer seed:\n\n" + head.format(last="seed")
+                + "\n".join(per_seed) + "\n")
+    lines = [_line(r, f"{100 * r['top1']:.1f} %", f"{r['seconds']:.0f}") for r in results["rows"]]
+    return head.format(last="seconds") + "\n".join(lines) + "\n"
+
+
+def _line(r: dict, top1: str, last: str) -> str:
+    strategy = r.get("prune_strategy", "random")
+    if r.get("granularity", "batch") != "batch":
+        strategy += f" ({r['granularity']})"
+    return (f"| {r['recover']} | {r['ipc']} | {r['prune_factor']:g}× | {strategy} | {r.get('logits', 'fp16')} "
             f"| {r.get('kept_steps', '')} | {human_bytes(r['label_bytes'])} | {human_bytes(r['image_bytes'])} "
-            f"| {r['label_bytes'] / max(r['image_bytes'], 1):.2f} | {r['student']} | {100 * r['top1']:.1f} % "
-            f"| {r['seconds']:.0f} |")
-    return head + "\n".join(lines) + "\n"
+            f"| {r['label_bytes'] / max(r['image_bytes'], 1):.2f} | {_student(r)} | {top1} | {last} |")
 
 
 def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
-    """Top-1 against total bytes (images + labels), one line per recover mode, log-scale x."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    modes = sorted({r["recover"] for r in results["rows"]})
-    for mode in modes:
-        rows = sorted((r for r in results["rows"] if r["recover"] == mode
-                       and r.get("prune_strategy", "random") == "random" and r.get("logits", "fp16") == "fp16"),
-                      key=lambda r: r["label_bytes"] + r["image_bytes"])
-        xs = [(r["label_bytes"] + r["image_bytes"]) / 1024 for r in rows]
-        ys = [100 * r["top1"] for r in rows]
-        ax.plot(xs, ys, marker="o", label=mode)
-        for r, x, y in zip(rows, xs, ys):
+    """Top-1 against total bytes (images + labels), one line per recover mode and student, log-scale x; error
+    bars (± std over seeds) when the results hold several seeds."""
+    rows = results.get("summary") or [{**r, "top1_mean": r["top1"], "top1_std": 0.0} for r in results["rows"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    students = {_student(r) for r in rows}
+    for key in sorted({(r["recover"], _student(r)) for r in rows}):
+        sel = sorted((r for r in rows if (r["recover"], _student(r)) == key
+                      and r.get("prune_strategy", "random") == "random" and r.get("logits", "fp16") == "fp16"),
+                     key=lambda r: r["label_bytes"] + r["image_bytes"])
+        xs = [(r["label_bytes"] + r["image_bytes"]) / 1024 for r in sel]
+        ys = [100 * r["top1_mean"] for r in sel]
+        label = key[0] if len(students) == 1 else f"{key[0]} · {key[1]}"
+        ax.errorbar(xs, ys, yerr=[100 * r["top1_std"] for r in sel], marker="o", capsize=3, label=label)
+        for r, x, y in zip(sel, xs, ys):
             ax.annotate(f"{r['prune_factor']:g}×", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("total storage: images + soft labels (KiB)")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("total storage: images + soft labels (KiB, log scale)")
     ax.set_ylabel("student top-1 on real test set (%)")
-    ax.set_title(f"{results['dataset']}: accuracy vs storage (random pruning, fp16 logits)")
+    seeds = f", mean ± std over {len(results['seeds'])} seeds" if results.get("seeds") else ""
+    ax.set_title(f"{results['dataset']}: accuracy vs storage (random pruning, fp16{seeds})", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
+    """Results of a run built stage by stage: every ``validate/<student>/*.json`` row of the run directory that
+    was made with the settings of ``cfg`` (rows of other settings are listed under ``stale``).
+
+    Raises:
+        LabelDistillError: no teacher or no validate rows yet.
+    """
+    root = Path(run_dir or cfg.run_path)
+    rows, stale = [], []
+    for f in sorted((root / "validate").glob("*/*.json")):
+        r = read_json(f)
+        spec = ModelConfig(r["student"], r.get("student_args", {}))
+        c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec))
+        v = LabelVariant(r["prune_factor"], r["prune_strategy"], r["logits"], r["granularity"])
+        ref = StageRef("validate", r["recover"], v, model_tag(spec))
+        (rows if r.get("fingerprint") == fingerprint(stage_settings(c, ref)) else stale).append(r)
+    if not (root / "teacher" / "teacher.json").is_file() or not (rows or stale):
+        raise LabelDistillError(f"no validate results in {root}: run 'labeldistill validate CONFIG' first")
+    t = read_json(root / "teacher" / "teacher.json")
+    old = read_json(root / "results.json") if (root / "results.json").is_file() else {}
+    prov = {**(old.get("provenance") or machine(pick_device(cfg.device))), "stage_seconds": stage_seconds(RunLayout(root))}
+    return {"provenance": prov, "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
+            "teacher": {"model": t["model"], "model_args": t.get("model_args", {}), "top1": t["top1"],
+                        "epochs": t["epochs"]},
+            "rows": rows, "stale": [str(r.get("label_store")) + f" ({r['student']})" for r in stale],
+            "seconds": round(sum(r.get("seconds", 0) for r in rows), 2)}
 
 
 def plot_image_grid(folders: dict[str, Path], path: Path, per_class: int = 10) -> None:
@@ -84,17 +165,24 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
     plot_accuracy_vs_bytes(results, run_dir / "plots" / "accuracy_vs_bytes.png")
-    folders = {m: run_dir / "images" / m for m in sorted({r["recover"] for r in results["rows"]})
-               if (run_dir / "images" / m / "class_to_idx.json").is_file()}
+    images_root = run_dir / "images" if not results.get("seeds") else run_dir / f"seed{results['seeds'][0]}" / "images"
+    folders = {m: images_root / m for m in sorted({r["recover"] for r in results["rows"]})
+               if (images_root / m / "class_to_idx.json").is_file()}
     if folders:
         plot_image_grid(folders, run_dir / "plots" / "images.png")
     t = results["teacher"]
+    tops = ", ".join(f"{100 * x['top1']:.2f}" for x in results.get("teachers", [t]))
+    prov = results.get("provenance", {})
     text = (
         f"# {results['name']}: soft-label pruning on {results['dataset']}\n\n"
         f"Teacher: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, "
-        f"top-1 {100 * t['top1']:.2f} % on the real test split.\n\n"
+        f"top-1 {tops} % on the real test split" + (f" (seeds {results['seeds']})" if results.get("seeds") else "")
+        + ".\n\n"
+        + (f"Code {prov.get('commit')} (labeldistill {prov.get('labeldistill')}), torch {prov.get('torch')}, "
+           f"{prov.get('device')} ({prov.get('device_name')}), {prov.get('torch_threads')} torch thread(s).\n\n"
+           if prov else "")
         + results_table(results)
-        + "\nlabel bytes = bytes on disk of the (pruned) label store; image bytes = PNG files. "
+        + "\nlabel bytes = bytes on disk of the (pruned) label store; image bytes = the image files. "
         "top-1 is measured on the real test split.\n\n"
         "![accuracy vs bytes](plots/accuracy_vs_bytes.png)\n\n![synthetic images](plots/images.png)\n"
     )

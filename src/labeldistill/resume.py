@@ -20,7 +20,7 @@ from . import __version__
 from .errors import LabelDistillError
 from .io import atomic_write_json, settings_key  # noqa: F401  (settings_key: old import path)
 
-RUN_LAYOUT_VERSION = 1
+RUN_LAYOUT_VERSION = 2  # 2: validate results keyed by student (validate/<student>/), stages.json
 
 
 def save_checkpoint(path: Path, key: str, state: dict) -> None:

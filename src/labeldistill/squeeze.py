@@ -7,6 +7,8 @@ or RandomResizedCrop, + horizontal flip, through kornia. A lazy training set (``
 
 from __future__ import annotations
 
+import time
+
 import kornia.augmentation as K
 import torch
 import torch.nn as nn
@@ -20,6 +22,7 @@ from .errors import DataError, LabelDistillError
 from .io import MetricsLog, read_json, settings_key
 from .layout import RunLayout
 from .models import build_model
+from .provenance import StageRef, check_fresh, record_stage
 from .models.checkpoint import load_checkpoint_into, load_state_dict_file, save_teacher  # noqa: F401
 from .resume import fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
@@ -51,8 +54,11 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     """
     layout = RunLayout(cfg.run_path)
     meta_f = layout.teacher_dir / "teacher.json"
+    ref = StageRef("squeeze")
     if meta_f.is_file() and not force:
+        check_fresh(cfg, ref, layout)
         return read_json(meta_f)
+    t0 = time.time()
     sc = cfg.squeeze
     check_squeeze_options(sc)
     device = pick_device(cfg.device)
@@ -80,6 +86,7 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     if is_rank0():
         save_teacher(model, layout.teacher_dir, info)
         (layout.teacher_dir / ".resume.pt").unlink(missing_ok=True)
+        record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
     return read_json(meta_f)
 

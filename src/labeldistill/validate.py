@@ -31,6 +31,7 @@ from .labels.replay import build_batch
 from .labels.store import LabelStore
 from .layout import LabelVariant, RunLayout
 from .models import build_model
+from .provenance import StageRef, check_fresh, fingerprint, model_tag, record_stage, stage_settings
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer
@@ -216,15 +217,19 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
 
     Returns:
         The result row: recover, ipc, prune_factor, prune_strategy, logits, granularity, label_store,
-        label_bytes (bytes on disk of the store), image_bytes (PNG bytes), kept_steps, student, top1, seconds.
+        label_bytes (bytes on disk of the store), image_bytes (bytes of the image files), kept_steps, student,
+        student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds.
 
     Raises:
         StoreError: missing store, or a store that does not belong to the images.
+        StaleStageError: a finished result of this student made with other settings (without ``force``).
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    out = layout.validate_file(mode, v)
+    ref = StageRef("validate", mode, v, model_tag(cfg.validate.model))
+    out = layout.validate_file(mode, v, student=ref.student)
     if out.is_file() and not force:
+        check_fresh(cfg, ref, layout)
         return read_json(out)
     path = Path(store_path) if store_path else layout.pruned_store(mode, v)
     if not (path / "manifest.json").is_file():
@@ -242,10 +247,12 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         "logits": v.logits, "granularity": v.granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
-        "kept_steps": len(store), "student": cfg.validate.model.name, **res,
+        "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
+        "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res,
     }
     if is_rank0():
         atomic_write_json(out, row)
         resume.unlink(missing_ok=True)
+        record_stage(cfg, ref, res["seconds"], layout)
     barrier()
     return row

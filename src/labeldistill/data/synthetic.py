@@ -47,6 +47,10 @@ def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]
     return data, read_json(meta_f)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
 def image_bytes(folder: Path) -> int:
-    """Bytes on disk of the PNG files of an image folder."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*.png"))
+    """Bytes on disk of every image file (PNG, JPEG, WebP, BMP, GIF, TIFF, PPM/PGM) under an image folder."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+               and p.is_file())

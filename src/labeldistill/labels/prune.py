@@ -23,11 +23,17 @@ Strategies:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, StoreError
+from ..config import Config
+from ..errors import ConfigError, LabelDistillError, StoreError
+from ..io import read_json
+from ..layout import RunLayout
+from ..provenance import StageRef, check_fresh, record_stage
+from ..variants import label_variants
 from ..layout import LabelVariant
 from ..variants import PRUNE_METRICS as METRICS  # noqa: F401  (old import path)
 from ..variants import parse_strategy
@@ -104,3 +110,36 @@ def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: s
         writer.abort()
         raise
     return writer.close()
+
+
+def prune_all(cfg: Config, mode: str, force: bool | set[str] = False) -> list[Path]:
+    """Write ``labels/<mode>/<tag>`` for every configured label variant.
+
+    An existing store is kept when it was made with the current settings, refused otherwise (``force``
+    recomputes it; a set of stage keys recomputes just those, see :class:`labeldistill.provenance.StageRef`).
+
+    Raises:
+        LabelDistillError: no full store yet (run relabel first); StaleStageError: a store made with other
+        settings (without ``force``).
+    """
+    layout = RunLayout(cfg.run_path)
+    out = []
+    labels = None
+    for v in label_variants(cfg):
+        dest, ref = layout.pruned_store(mode, v), StageRef("prune", mode, v)
+        out.append(dest)
+        redo = force if isinstance(force, bool) else ref.key in force
+        if (dest / "manifest.json").is_file() and not redo:
+            check_fresh(cfg, ref, layout)
+            continue
+        if not (layout.full_store(mode) / "manifest.json").is_file():
+            raise LabelDistillError(f"no full label store for mode '{mode}' in {layout.full_store(mode)}: run "
+                                    "'labeldistill relabel CONFIG' first")
+        if labels is None:
+            labels = read_json(layout.images_dir(mode) / "images.json")
+            labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
+        t0 = time.time()
+        prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
+                    image_labels=labels, overwrite=True)
+        record_stage(cfg, ref, time.time() - t0, layout)
+    return out

@@ -33,6 +33,7 @@ from ..distributed import barrier, shard
 from ..io import MetricsLog, settings_key
 from ..layout import LabelVariant, RunLayout
 from ..models.checkpoint import load_teacher
+from ..provenance import StageRef, check_fresh, record_stage
 from ..resume import fault_point
 from ..runtime import is_rank0, pick_device
 from .pool import select_steps
@@ -156,7 +157,9 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     rc = cfg.relabel
     only = rc.only_kept
     out = layout.full_store(mode) if only is None else layout.pruned_store(mode, LabelVariant(float(only), logits=rc.logits))
+    ref = StageRef("relabel", mode)
     if (out / "manifest.json").is_file() and not force:
+        check_fresh(cfg, ref, layout)
         return LabelStore(out)
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
@@ -192,5 +195,6 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         writer.close(num_shards=len(shards))
         MetricsLog(layout.metrics).log(stage="relabel", mode=mode, steps=len(steps),
                                        seconds=round(time.time() - t0, 2))
+        record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
     return LabelStore(out)

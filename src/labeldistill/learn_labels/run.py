@@ -35,6 +35,7 @@ from ..data import ImageSet, load_dataset, normalize
 from ..errors import ConfigError, DataError
 from ..io import MetricsLog, atomic_write_bytes, atomic_write_json, settings_key
 from ..resume import fault_point, load_checkpoint, save_checkpoint
+from ..models import check_model_spec
 from ..runtime import pick_device, set_threads
 from .base_examples import candidate_pool, select_base_examples
 from .config import LEARNED_METHODS, LearnLabelsConfig, parse_arch
@@ -259,6 +260,9 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
         ConfigError / DataError / RegistryError: bad settings or data (nothing is written but the teacher).
     """
     t_start = time.perf_counter()
+    for where, spec in [("learner", cfg.learner), ("teacher.model", cfg.teacher.model)] + \
+            [(f"metatest.archs[{i}]", parse_arch(a, "metatest.archs")) for i, a in enumerate(cfg.metatest.archs)]:
+        check_model_spec(spec, where)  # before the data is read: a typo fails at once
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     previous = load_previous_labels(cfg) if cfg.labels_from else None

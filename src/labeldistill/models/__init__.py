@@ -8,4 +8,4 @@ from __future__ import annotations
 
 from . import convnet, lenet, mlp, resnet  # noqa: E402,F401  (registration side effects)
 from .hooks import bn_layers, forward_hooks, require_bn_layers  # noqa: F401
-from .registry import build_model, create_model, list_models, register_model  # noqa: F401
+from .registry import build_model, check_model_spec, create_model, list_models, register_model  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable
 
@@ -40,15 +41,34 @@ def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
     Raises:
         RegistryError: unknown model name or keyword argument.
     """
+    _check(name, kwargs)
+    return _MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def _check(name: str, kwargs: dict, where: str = "") -> None:
+    at = f"{where}: " if where else ""
     if name not in _MODELS:
-        raise RegistryError(f"unknown model '{name}'; known models: {', '.join(list_models())}")
-    fn = _MODELS[name]
-    params = inspect.signature(fn).parameters
+        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise RegistryError(f"{at}unknown model '{name}'{hint} known models: {', '.join(list_models())}")
+    params = inspect.signature(_MODELS[name]).parameters
     allowed = [p for p in params if p not in ("num_classes", "in_channels", "image_size")]
     bad = [k for k in kwargs if k not in allowed]
     if bad:
-        raise RegistryError(f"model '{name}' has no option '{bad[0]}'; its options: {', '.join(allowed)}")
-    return fn(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+        raise RegistryError(f"{at}model '{name}' has no option '{bad[0]}'; its options: {', '.join(allowed)}")
+
+
+def check_model_spec(spec: Any, where: str = "") -> None:
+    """Check a model spec's name and option names without building it (cheap; run before any work).
+
+    Args:
+        spec: a :class:`~labeldistill.config.ModelConfig` (``name`` + ``args``).
+        where: the config key, named in the message (e.g. ``validate.model``).
+
+    Raises:
+        RegistryError: unknown name (with close matches) or an option the model does not take.
+    """
+    _check(spec.name, dict(spec.args), where)
 
 
 def build_model(spec: Any, num_classes: int, shape: tuple[int, int, int]) -> nn.Module:

@@ -30,14 +30,7 @@ from ..layout import RunLayout
 from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
 from .probe import probe_data
-from .stages import (
-    early_stages,
-    label_rows,
-    late_stages,
-    recover_rows,
-    relabel_plan,
-    teacher_plan,
-)
+from .stages import early_stages, label_rows, late_stages, recover_rows, relabel_plan, student_plan, teacher_plan
 
 
 def plan_run(cfg: Config) -> dict:
@@ -67,6 +60,7 @@ def plan_run(cfg: Config) -> dict:
     C = len(names)
     n_train, n_test = data["splits"]["train"]["used"], data["splits"]["test"]["used"]
     teacher = teacher_plan(cfg, C, shape)
+    teacher["student"] = student_plan(cfg, C, shape)
     recover = recover_rows(cfg, layout, C)
     plan = StepPlan(C * cfg.recover.ipc, cfg.relabel.batch_size, cfg.relabel.epochs, cfg.seed)
     hw = (shape[1], shape[2])
@@ -74,8 +68,8 @@ def plan_run(cfg: Config) -> dict:
     labels = label_rows(cfg, plan, C, hw, names)
     validate, last_stages = late_stages(cfg, layout, plan, n_test)
     stages = (early_stages(cfg, layout, n_train, n_test)
-              + [{"stage": f"recover[{r['mode']}]", "done": r["done"], "work": r["work"], "steps": r["teacher_passes"],
-                  "images": r["images"]} for r in recover]
+              + [{"stage": f"recover[{r['mode']}]", "done": r["done"], "status": r["status"], "work": r["work"],
+                  "steps": r["teacher_passes"], "images": r["images"]} for r in recover]
               + relabel_stages + last_stages)
     return {"name": cfg.name, "run_dir": str(layout.root), "run_dir_exists": layout.root.exists(),
             "dataset": cfg.data.dataset, "lazy": cfg.data.lazy, "workers": cfg.data.workers, "data": data,
@@ -105,8 +99,8 @@ def format_plan(p: dict) -> str:
     d = p["data"]
     c, h, w = p["image_shape"]
     lines = [f"dry run of '{p['name']}': nothing trained, nothing written",
-             f"run directory: {p['run_dir']}" + (" (exists; finished stages are skipped)" if p["run_dir_exists"] else
-                                                 " (not created yet)"),
+             f"run directory: {p['run_dir']}" + (" (exists: done stages are skipped, stale ones refused unless --force)"
+                                                 if p["run_dir_exists"] else " (not created yet)"),
              f"data: {p['dataset']}" + (" (lazy: decoded on the fly by "
                                         f"{p['workers']} DataLoader worker(s))" if p["lazy"] else " (in memory)")
              + f", {p['num_classes']} classes, images {c}×{h}×{w}"]
@@ -122,7 +116,7 @@ def format_plan(p: dict) -> str:
     lines.append("")
     lines.append("planned work:")
     for s in p["stages"]:
-        lines.append(f"  {'[done] ' if s['done'] else ''}{s['stage']}: {s['work']}")
+        lines.append(f"  [{s['status']}] {s['stage']}: {s['work']}")
     rl = p["relabel"]
     lines.append(f"  relabel plan: {rl['images']:,} images × {rl['epochs']} epochs, batch {rl['batch_size']} → "
                  f"{rl['steps_per_epoch']:,} steps/epoch, {rl['total_steps']:,} steps, "

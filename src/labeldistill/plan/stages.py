@@ -9,15 +9,22 @@ from typing import Any
 from ..config import Config
 from ..labels.pool import kept_steps, select_steps
 from ..labels.relabel import StepPlan
-from ..layout import LabelVariant, RunLayout
-from ..models import build_model, require_bn_layers
+from ..layout import RunLayout
+from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
+from ..provenance import StageRef, model_tag, stage_status
 from ..variants import label_variants, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
 
 
 def _done(path: Path) -> bool:
     return path.is_file()
+
+
+def _status(cfg: Config, layout: RunLayout, ref: StageRef) -> dict:
+    """``{"done": bool, "status": "done" | "to do" | "stale (changed keys)"}`` of one unit of work."""
+    status = stage_status(cfg, ref, layout)
+    return {"done": status == "done", "status": status}
 
 
 def teacher_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> dict:
@@ -28,6 +35,7 @@ def teacher_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> 
         missing, unreadable or does not fit.
     """
     sc = cfg.squeeze
+    check_model_spec(sc.model, "squeeze.model")
     model = build_model(sc.model, num_classes, shape)
     bns = require_bn_layers(model, sc.model.name)
     teacher_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
@@ -38,12 +46,24 @@ def teacher_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> 
             "checkpoint": sc.checkpoint}
 
 
+def student_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> dict:
+    """Build the student once on the CPU (a typo in its name fails here, not after hours of work).
+
+    Raises:
+        RegistryError: unknown model or option (with close matches).
+    """
+    vc = cfg.validate
+    check_model_spec(vc.model, "validate.model")
+    model = build_model(vc.model, num_classes, shape)
+    return {"model": vc.model.name, "args": dict(vc.model.args), "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> list[dict]:
     """The squeeze and class-stats rows."""
     sc = cfg.squeeze
     spe_sq = math.ceil(n_train / sc.batch_size)
     squeeze = {
-        "stage": "squeeze", "done": _done(layout.teacher_dir / "teacher.json"),
+        "stage": "squeeze", **_status(cfg, layout, StageRef("squeeze")),
         "work": (f"load {sc.checkpoint} (no training)" if sc.checkpoint else
                  f"train {sc.model.name} for {sc.epochs} epochs × {spe_sq} steps of {sc.batch_size} "
                  f"({sc.epochs * n_train:,} images" + (f", {sc.warmup_epochs} warm-up epochs" if sc.warmup_epochs else "")
@@ -52,7 +72,7 @@ def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> l
         "images": (0 if sc.checkpoint else sc.epochs * n_train) + n_test,
     }
     cs_batches = math.ceil(n_train / cfg.class_stats.batch_size)
-    stats = {"stage": "class-stats", "done": _done(layout.class_stats_dir / "class_stats.json"),
+    stats = {"stage": "class-stats", **_status(cfg, layout, StageRef("class-stats")),
              "work": f"1 eval pass: {cs_batches} batches, {n_train:,} images", "steps": cs_batches, "images": n_train}
     return [squeeze, stats]
 
@@ -65,7 +85,7 @@ def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]
     for mode in rc.modes:
         v = resolve_variant(mode, rc.variants)
         row: dict[str, Any] = {"mode": mode, "source": v["source"], "images": n_syn,
-                               "done": _done(layout.images_dir(mode) / "images.json")}
+                               **_status(cfg, layout, StageRef("recover", mode))}
         if v["source"] == "synthesis":
             batches = plan_batches(v["batching"], num_classes, rc.ipc, rc.batch_size)
             groups = math.ceil(len(batches) / rc.vectorize)
@@ -99,9 +119,7 @@ def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, 
     gen_entries = sum(step_size(plan, g) for g in generated)
     rows = []
     for mode in cfg.recover.modes:
-        store = layout.full_store(mode) if rl.only_kept is None else \
-            layout.pruned_store(mode, LabelVariant(float(rl.only_kept), logits=rl.logits))
-        rows.append({"stage": f"relabel[{mode}]", "done": _done(store / "manifest.json"),
+        rows.append({"stage": f"relabel[{mode}]", **_status(cfg, layout, StageRef("relabel", mode)),
                      "work": f"{len(generated):,} steps of {rl.batch_size} ({gen_entries:,} teacher forwards of "
                              f"augmented images)" + (f", only the steps kept at {rl.only_kept:g}×" if rl.only_kept else ""),
                      "steps": len(generated), "images": gen_entries})
@@ -142,18 +160,30 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     vc = cfg.validate
     epochs = vc.epochs or cfg.relabel.epochs
     variants = label_variants(cfg)
+    student = model_tag(vc.model)
     validate = []
     for mode in cfg.recover.modes:
         for v in variants:
-            validate.append({"mode": mode, "store": v.tag, "student": vc.model.name, "epochs": epochs,
-                             "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n,
-                             "eval_images": n_test, "done": _done(layout.validate_file(mode, v))})
-    prune = {"stage": "prune", "done": all(_done(layout.pruned_store(m, v) / "manifest.json")
-                                           for m in cfg.recover.modes for v in variants),
+            validate.append({"mode": mode, "store": v.tag, "student": vc.model.name, "student_tag": student,
+                             "epochs": epochs, "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n,
+                             "eval_images": n_test, **_status(cfg, layout, StageRef("validate", mode, v, student))})
+    prunes = [_status(cfg, layout, StageRef("prune", m, v)) for m in cfg.recover.modes for v in variants] \
+        if cfg.relabel.only_kept is None else [{"done": True, "status": "done"}]
+    prune = {"stage": "prune", "done": all(p["done"] for p in prunes),
+             "status": _worst([p["status"] for p in prunes]),
              "work": f"{len(variants)} store(s) per mode: " + ", ".join(v.tag for v in variants),
              "steps": 0, "images": 0}
     val = {"stage": "validate", "done": all(r["done"] for r in validate),
+           "status": _worst([r["status"] for r in validate]),
            "work": f"{len(validate)} student run(s) of {epochs} epochs × {plan.steps_per_epoch} steps "
                    f"({vc.model.name}), each evaluated on {n_test:,} test images",
            "steps": sum(r["steps"] for r in validate), "images": sum(r["images"] for r in validate)}
     return validate, [prune, val]
+
+
+def _worst(statuses: list[str]) -> str:
+    """One status for several units: any stale one wins, then any to do, else done."""
+    stale = [s for s in statuses if s.startswith("stale")]
+    if stale:
+        return stale[0] + (f" and {len(stale) - 1} more stale" if len(stale) > 1 else "")
+    return "to do" if "to do" in statuses else "done"

@@ -1,0 +1,224 @@
+"""What every artifact of a run was made from: per-stage settings fingerprints, and the machine and code.
+
+Each stage's output is recorded in ``<run_dir>/stages.json`` with the fingerprint of exactly the settings it
+depends on — its own config section and everything upstream of it (the seed, the data, the teacher's
+training, the recover mode, ...), flattened to dotted keys. A stage whose output exists is skipped only when
+its recorded fingerprint equals the one the current config gives; otherwise it is **refused** with one line
+that names the changed keys and the two ways out (``--force`` recomputes it, a new ``name``/``run_dir``
+keeps both). Nothing is ever silently reused for other settings.
+
+Settings that cannot change a number are left out: ``data.workers``, ``data.lazy`` (decoding on the fly
+gives the same images), ``threads``, ``device`` and ``checkpoint_seconds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, ModelConfig
+from .errors import StaleStageError
+from .io import atomic_write_json, read_json, settings_key
+from .layout import LabelVariant, RunLayout
+from .variants import resolve_variant
+
+LEDGER = "stages.json"
+_DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
+_NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants"}
+
+
+def model_tag(spec: ModelConfig) -> str:
+    """A file-name-safe name of a model spec: ``convnet-depth3-normbatch-width32``."""
+    parts = [spec.name] + [f"{k}{v}" for k, v in sorted(spec.args.items())]
+    tag = "".join(c if c.isalnum() or c in "._=-" else "-" for c in "-".join(parts))
+    return tag if len(tag) <= 64 else f"{tag[:48]}-{settings_key(spec.name, spec.args)[:8]}"
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """One unit of work of the main job: a stage, for a recover mode, a label variant and a student."""
+
+    stage: str
+    mode: str | None = None
+    variant: LabelVariant | None = None
+    student: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``."""
+        inner = " ".join(p for p in (self.mode, self.variant.tag if self.variant else None, self.student) if p)
+        return f"{self.stage}[{inner}]" if inner else self.stage
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if prefix in _NO_EFFECT:
+        return {}
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict) and not prefix.endswith(".args"):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}", v))
+        return out
+    return {prefix: value}
+
+
+def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
+    """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included."""
+    out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
+                           **_flat("squeeze", cfg.squeeze)}
+    if ref.stage == "squeeze":
+        return out
+    stats = _flat("class_stats", cfg.class_stats)
+    if ref.stage == "class-stats":
+        return {**out, **stats}
+    variant = resolve_variant(ref.mode, cfg.recover.variants)
+    recover = _flat("recover", cfg.recover)
+    if variant["source"] == "synthesis":
+        out.update(stats)
+    else:  # real-image sources read only these recover settings
+        used = ("recover.ipc",) + (("recover.rded_factor", "recover.rded_candidates", "recover.crop_scale")
+                                   if variant["source"] == "rded" else ())
+        recover = {k: v for k, v in recover.items() if k in used}
+    out.update({"recover.mode": ref.mode, "recover.variant": variant, **recover})
+    if ref.stage == "recover":
+        return out
+    out.update(_flat("relabel", cfg.relabel))
+    if ref.stage == "relabel":
+        return out
+    out["prune.variant"] = ref.variant.tag
+    if ref.stage == "prune":
+        return out
+    return {**out, **_flat("validate", cfg.validate)}
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """16 hex digits over the settings (order-independent)."""
+    return settings_key(settings)
+
+
+def _ledger(layout: RunLayout) -> dict:
+    f = layout.root / LEDGER
+    return read_json(f) if f.is_file() else {}
+
+
+def stale_keys(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> list[str] | None:
+    """The settings keys that differ from those the stage's recorded output was made with.
+
+    Returns:
+        ``None`` when no output of ``ref`` is recorded (not run yet, or made before this record existed),
+        ``[]`` when the record matches, else the changed keys (``key: old → new``).
+    """
+    layout = layout or RunLayout(cfg.run_path)
+    rec = _ledger(layout).get(ref.key)
+    if rec is None:
+        return None
+    now = stage_settings(cfg, ref)
+    if rec["fingerprint"] == fingerprint(now):
+        return []
+    old = rec.get("settings", {})
+    keys = sorted(set(old) | set(now))
+    return [f"{k}: {old.get(k, '(unset)')!r} → {now.get(k, '(unset)')!r}" for k in keys
+            if _canon(old.get(k)) != _canon(now.get(k))] or ["(settings format changed)"]
+
+
+def _canon(v: Any) -> str:
+    return settings_key(v)
+
+
+def check_fresh(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> None:
+    """Refuse to reuse an output made with other settings.
+
+    Raises:
+        StaleStageError: one line naming the stage, the changed keys and the two ways out.
+    """
+    changed = stale_keys(cfg, ref, layout)
+    if changed:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+        root = (layout or RunLayout(cfg.run_path)).root
+        raise StaleStageError(f"{ref.key} in {root} was made with other settings ({shown}); rerun with --force "
+                              "to recompute it (and what depends on it), or set a new name=/run_dir= to keep both")
+
+
+def record_stage(cfg: Config, ref: StageRef, seconds: float | None = None, layout: RunLayout | None = None) -> None:
+    """Record that ``ref``'s output now exists, made with the current settings (call on rank 0 only)."""
+    layout = layout or RunLayout(cfg.run_path)
+    ledger = _ledger(layout)
+    settings = stage_settings(cfg, ref)
+    ledger[ref.key] = {"fingerprint": fingerprint(settings), "settings": settings,
+                       "seconds": None if seconds is None else round(seconds, 2),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_json(layout.root / LEDGER, _jsonable(ledger))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj if isinstance(obj, (str, int, float, bool)) or obj is None else str(obj)
+
+
+def done_marker(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> Path:
+    """The file whose existence means the output of ``ref`` is complete."""
+    layout = layout or RunLayout(cfg.run_path)
+    if ref.stage == "squeeze":
+        return layout.teacher_dir / "teacher.json"
+    if ref.stage == "class-stats":
+        return layout.class_stats_dir / "class_stats.json"
+    if ref.stage == "recover":
+        return layout.images_dir(ref.mode) / "images.json"
+    if ref.stage == "relabel":
+        only = cfg.relabel.only_kept
+        store = layout.full_store(ref.mode) if only is None else \
+            layout.pruned_store(ref.mode, LabelVariant(float(only), logits=cfg.relabel.logits))
+        return store / "manifest.json"
+    if ref.stage == "prune":
+        return layout.pruned_store(ref.mode, ref.variant) / "manifest.json"
+    return layout.validate_file(ref.mode, ref.variant, student=ref.student)
+
+
+def stage_status(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> str:
+    """``done``, ``to do``, or ``stale (key: old → new; ...)`` for the dry run."""
+    if not done_marker(cfg, ref, layout).is_file():
+        return "to do"
+    changed = stale_keys(cfg, ref, layout)
+    return f"stale ({'; '.join(changed)})" if changed else "done"
+
+
+def stage_seconds(layout: RunLayout) -> dict[str, float | None]:
+    """Wall seconds each recorded stage took when it was computed."""
+    return {k: v.get("seconds") for k, v in _ledger(layout).items()}
+
+
+def git_commit() -> str:
+    """The commit of the checkout the package runs from (``+dirty`` with local changes), or a note why not."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10)
+        if sha.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+
+
+def machine(device: Any) -> dict[str, Any]:
+    """Code and machine of a run: package and torch versions, commit, device name, threads, CPU count."""
+    import torch
+
+    name = torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else platform.processor() \
+        or platform.machine()
+    return {"labeldistill": __version__, "commit": git_commit(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device), "device_name": name,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
