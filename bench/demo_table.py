@@ -31,7 +31,11 @@ def main() -> None:
     res = json.loads((Path(args.run) / "results.json").read_text())
     t = res["teacher"]
     wall = f"{args.wall / 60:.1f} min" if args.wall else f"{res['seconds'] / 60:.1f} min (stages, from results.json)"
-    body = (f"## Main job: `{args.command}`\n\nDate: {today()}  \nMachine: {machine()}  \nWall time: {wall}\n\n"
+    prov = res.get("provenance", {})
+    made = (f"Run made by commit {prov['commit']} (labeldistill {prov['labeldistill']}, torch {prov['torch']}, "
+            f"{prov['device']}, {prov['torch_threads']} torch thread(s))  \n" if prov else "")
+    body = (f"## Main job: `{args.command}`\n\nDate: {today()}  \n{made}Machine: {machine()}  \n"
+            f"Wall time: {wall}\n\n"
             f"Teacher: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, top-1 "
             f"{100 * t['top1']:.2f} % on the 10,000 real test images.\n\n" + results_table(res))
     write_section(Path(args.out), args.section, body)
