@@ -119,6 +119,49 @@ def bn_targets(targets: str, stats: dict[str, torch.Tensor], num_layers: int, cl
     return out
 
 
+def segment_stats(x: torch.Tensor, seg_id: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance over (N, H, W) of each segment's rows of ``x`` ``(N, C, H, W)``.
+
+    One scatter-add per moment instead of one slice per segment: the backward of S slices materialises S
+    full-size gradients, which made many-segment (vectorised) recover quadratic in the number of segments.
+
+    Returns:
+        ``(S, C)`` means and ``(S, C)`` variances.
+    """
+    counts = torch.bincount(seg_id, minlength=num_segments).to(x.dtype)[:, None] * (x.shape[2] * x.shape[3])
+    zeros = x.new_zeros((num_segments, x.shape[1]))
+    mean = zeros.index_add(0, seg_id, x.sum((2, 3))) / counts
+    d = x - mean[seg_id][:, :, None, None]
+    return mean, zeros.index_add(0, seg_id, (d * d).sum((2, 3))) / counts
+
+
+def segment_losses(logits: torch.Tensor, labels: torch.Tensor, hooks: list["BNInputHook"],
+                   targets: list[tuple[torch.Tensor, torch.Tensor]], seg_id: torch.Tensor,
+                   first_bn_multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per segment: cross-entropy (mean over its rows) and the BN-matching term (spec §4.1).
+
+    ``bn_s = Σ_l s_l (‖μ_l(s) − μ*_l(s)‖₂ + ‖σ²_l(s) − σ²*_l(s)‖₂)`` with ``s_1 = first_bn_multiplier``.
+
+    Args:
+        logits: ``(N, K)`` teacher logits of every row; labels: ``(N,)``.
+        hooks: one per BN layer, holding that layer's last input.
+        targets: per BN layer, ``(S, C)`` target means and ``(S, C)`` target variances.
+        seg_id: ``(N,)`` segment of every row (rows of a segment are contiguous).
+
+    Returns:
+        ``(S,)`` cross-entropy and ``(S,)`` BN terms.
+    """
+    num = len(targets[0][0]) if targets else int(seg_id.max()) + 1
+    counts = torch.bincount(seg_id, minlength=num).to(logits.dtype)
+    ce = logits.new_zeros(num).index_add(0, seg_id, F.cross_entropy(logits, labels, reduction="none")) / counts
+    bn = logits.new_zeros(num)
+    for li, (hk, (tm, tv)) in enumerate(zip(hooks, targets)):
+        m_, v_ = segment_stats(hk.x, seg_id, num)
+        scale = first_bn_multiplier if li == 0 else 1.0
+        bn = bn + scale * (torch.linalg.vector_norm(m_ - tm, dim=1) + torch.linalg.vector_norm(v_ - tv, dim=1))
+    return ce, bn
+
+
 @dataclass
 class Segment:
     """One optimisation batch inside a (possibly vectorised) recover step.
@@ -160,13 +203,14 @@ def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: lis
         n = len(seg.labels)
         x0 = torch.randn((n, c, h, w), generator=seg.gen) if seg.init is None else normalize(seg.init.float(), mean, std)
         xs.append(x0.to(device).requires_grad_(True))
-    bounds = [0]
-    for seg in segments:
-        bounds.append(bounds[-1] + len(seg.labels))
     lo_px = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
     hi_px = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
     opt = torch.optim.Adam(xs, lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
-    ys = [seg.labels.to(device) for seg in segments]
+    labels = torch.cat([seg.labels for seg in segments]).to(device)
+    sizes = torch.tensor([len(seg.labels) for seg in segments], device=device)
+    seg_id = torch.repeat_interleave(torch.arange(len(segments), device=device), sizes)
+    targets = [(torch.stack([seg.targets[li][0] for seg in segments]), torch.stack([seg.targets[li][1] for seg in segments]))
+               for li in range(len(hooks))]
     terms = [{"ce": 0.0, "bn": 0.0} for _ in segments]
     for t in range(rc.iterations):
         for group in opt.param_groups:
@@ -180,22 +224,15 @@ def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: lis
             flip = sample_flips(seg.gen, k).expand(n) if rc.flip else None
             views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), rc.jitter))
         logits = teacher(torch.cat(views).contiguous(memory_format=torch.channels_last))
-        total = torch.zeros((), device=device)
-        for si, seg in enumerate(segments):
-            a, b = bounds[si], bounds[si + 1]
-            ce = F.cross_entropy(logits[a:b], ys[si])
-            bn = torch.zeros((), device=device)
-            for li, (hk, (tm, tv)) in enumerate(zip(hooks, seg.targets)):
-                m_, v_ = hk.stats(a, b)
-                scale = rc.first_bn_multiplier if li == 0 else 1.0
-                bn = bn + scale * (torch.linalg.vector_norm(m_ - tm) + torch.linalg.vector_norm(v_ - tv))
-            loss = ce + rc.r_bn * bn
-            if not torch.isfinite(loss):
-                raise LabelDistillError(f"recover loss became {loss.item()} at iteration {t} for classes "
-                                        f"{sorted(set(seg.labels.tolist()))}; lower recover.lr or recover.r_bn")
-            total = total + loss
-            if t == rc.iterations - 1:
-                terms[si] = {"ce": ce.item(), "bn": bn.item()}
+        ce, bn = segment_losses(logits, labels, hooks, targets, seg_id, rc.first_bn_multiplier)
+        losses = ce + rc.r_bn * bn
+        if not bool(torch.isfinite(losses).all()):
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise LabelDistillError(f"recover loss became {losses[bad].item()} at iteration {t} for classes "
+                                    f"{sorted(set(segments[bad].labels.tolist()))}; lower recover.lr or recover.r_bn")
+        total = losses.sum()
+        if t == rc.iterations - 1:
+            terms = [{"ce": c_, "bn": b_} for c_, b_ in zip(ce.tolist(), bn.tolist())]
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
