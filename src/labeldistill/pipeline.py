@@ -14,7 +14,7 @@ from .bnstats import class_stats
 from .config import Config, dump_config
 from .distributed import barrier
 from .io import atomic_write_json, read_json
-from .labels.prune import prune_store
+from .labels.prune import check_pruned_store, prune_store
 from .labels.relabel import relabel
 from .layout import RunLayout
 from .recover import recover
@@ -27,7 +27,8 @@ from .variants import label_variants  # noqa: F401  (also the old import path)
 
 
 def prune_all(cfg: Config, mode: str, force: bool = False) -> list[Path]:
-    """Write ``labels/<mode>/<tag>`` for every configured label variant (skipping existing stores)."""
+    """Write ``labels/<mode>/<tag>`` for every configured label variant (skipping existing stores made with the
+    same pool; one made with another pool is refused, never silently reused)."""
     layout = RunLayout(cfg.run_path)
     out = []
     labels = None
@@ -38,7 +39,9 @@ def prune_all(cfg: Config, mode: str, force: bool = False) -> list[Path]:
                 labels = read_json(layout.images_dir(mode) / "images.json")
                 labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
             prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
-                        image_labels=labels, overwrite=force)
+                        image_labels=labels, overwrite=force, pool=v.pool)
+        else:
+            check_pruned_store(dest, v)
         out.append(dest)
     return out
 
