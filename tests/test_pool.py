@@ -12,7 +12,7 @@ import torch
 from labeldistill.augment import Stream, step_generator
 from labeldistill.config import load_config
 from labeldistill.errors import ConfigError
-from labeldistill.labels.pool import kept_steps, num_kept, select_epochs, select_steps
+from labeldistill.labels.pool import kept_steps, num_kept, recipe_mismatch, select_epochs, select_steps
 from labeldistill.labels.relabel import StepPlan
 from labeldistill.layout import LabelVariant, RunLayout
 from labeldistill.plan.stages import label_rows
@@ -141,3 +141,14 @@ def test_dry_run_label_rows_use_the_pool_selection():
 def test_reference_presets_use_the_reference_pool_and_ema_class_stats(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.class_stats.mode == "ema" and cfg.prune.pool == "prefix" and cfg.prune.replay is None
+
+
+def test_results_and_stores_made_before_pools_are_not_taken_for_the_new_defaults():
+    """A validate row or store manifest that records no pool / replay used ``subset`` / ``pool``: the new
+    defaults (prefix; ordered at 1x) must see the difference instead of reusing it."""
+    old_row = {"prune_factor": 1.0, "top1": 0.5}
+    assert recipe_mismatch(old_row, LabelVariant(1.0), with_replay=True) == "prune.replay 'pool', not 'ordered'"
+    assert recipe_mismatch(old_row, LabelVariant(1.0, replay="pool"), with_replay=True) is None
+    row = {"pool": "prefix", "replay": "pool"}
+    assert recipe_mismatch(row, LabelVariant(40.0), with_replay=True) is None
+    assert "prune.pool 'prefix', not 'subset'" in recipe_mismatch(row, LabelVariant(40.0, pool="subset"))
