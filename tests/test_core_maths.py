@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import labeldistill.recover as recover_mod
+from labeldistill.augment import Stream, step_generator
 from labeldistill.bnstats import class_stats
 from labeldistill.config import load_config
 from labeldistill.data import load_dataset
-from labeldistill.labels.prune import num_kept, select_steps
+from labeldistill.errors import LabelDistillError
+from labeldistill.labels.prune import num_kept, prune_store, select_steps
 from labeldistill.labels.relabel import StepPlan, build_batch, relabel
 from labeldistill.models import bn_layers, create_model
 from labeldistill.recover import (BNInputHook, Segment, bn_targets, load_synthetic, min_crop_scale, recover,
@@ -138,6 +141,39 @@ def test_class_stats_equal_direct_per_class_moments_of_bn_inputs(run):
             spread = max(spread, float((cm - gm).abs().max()))
         assert spread > 1e-2, "classes too alike for this test to tell class from global statistics"
         assert float((gm - bn.running_mean.double()).abs().max()) > 1e-2  # global ≠ running: both checked
+
+
+def test_ema_class_stats_equal_a_direct_ema_over_per_class_sub_batches(run, tmp_path):
+    """class_stats.mode=ema: for each batch of the shuffled pass, for each class in it, buf ← 0.9·buf + 0.1·new
+    with the sub-batch's mean and biased variance of the BN input, from buffers at 0 / 1 (spec §3).
+
+    Catches: unbiased variance, buffers started at the first sub-batch, batches in dataset order, exact moments
+    instead of the EMA, a momentum other than 0.1; and stats of one mode reused for the other."""
+    shutil.copytree(run.cfg().run_path / "teacher", tmp_path / "teacher")
+    cfg = run.cfg(f"run_dir={tmp_path}", "class_stats.mode=ema", "class_stats.batch_size=100")
+    stats = load_file(str(class_stats(cfg)))
+    tr = run.train
+    _, inputs = _bn_inputs(run.model, _norm(tr.images.float() / 255, tr.mean, tr.std))
+    order = torch.randperm(len(tr), generator=step_generator(cfg.seed, Stream.CLASS_STATS))
+    for li, inp in enumerate(inputs):
+        ch = inp.shape[1]
+        mean, var = torch.zeros(10, ch, dtype=torch.float64), torch.ones(10, ch, dtype=torch.float64)
+        unbiased = torch.ones(10, ch, dtype=torch.float64)
+        for i in range(0, len(tr), 100):
+            idx = order[i:i + 100]
+            for c in tr.labels[idx].unique().tolist():
+                sub = inp[idx[tr.labels[idx] == c]]
+                m, v = _moments(sub)
+                mean[c], var[c] = 0.9 * mean[c] + 0.1 * m, 0.9 * var[c] + 0.1 * v
+                n = sub.shape[0] * sub.shape[2] * sub.shape[3]
+                unbiased[c] = 0.9 * unbiased[c] + 0.1 * v * n / (n - 1)
+        torch.testing.assert_close(stats[f"l{li}.class_mean"].double(), mean, atol=1e-6, rtol=2e-5)
+        torch.testing.assert_close(stats[f"l{li}.class_var"].double(), var, atol=1e-6, rtol=2e-5)
+        assert float((var - unbiased).abs().max()) > 1e-4  # 20x the tolerance: biased and unbiased told apart
+        assert float((mean - run.stats[f"l{li}.class_mean"].double()).abs().max()) > 1e-2  # EMA ≠ exact
+        torch.testing.assert_close(stats[f"l{li}.global_mean"], run.stats[f"l{li}.global_mean"])  # exact in both
+    with pytest.raises(LabelDistillError, match="class_stats.mode 'ema'"):
+        class_stats(run.cfg(f"run_dir={tmp_path}"))  # exact asked, ema on disk: refused, not reused
 
 
 # ---------------------------------------------------------------- recover loss (spec §4.1)
@@ -349,10 +385,6 @@ def test_recover_cda_passes_the_curriculum_to_the_crops(run, monkeypatch):
 # ---------------------------------------------------------------- label pool coverage (spec §6.2)
 
 
-@pytest.mark.xfail(strict=True, reason="labels/prune.py keeps a uniform random subset of stored steps, so at 100x "
-                   "some images keep no stored view at all; the spec's prefix pool (first (1-r) of the steps in "
-                   "generation order) gives every image floor(kept/steps_per_epoch) views (issue #13: add a "
-                   "reference 'prefix' pool)")
 def test_pruned_pool_keeps_every_image_in_floor_kept_over_steps_per_epoch_views():
     plan = StepPlan(num_images=200, batch_size=10, epochs=100, seed=0)
     steps = list(range(plan.total_steps))
@@ -362,3 +394,24 @@ def test_pruned_pool_keeps_every_image_in_floor_kept_over_steps_per_epoch_views(
     for gid in kept:
         counts[plan.sample_idx(gid)] += 1
     assert int(counts.min()) >= len(kept) // plan.steps_per_epoch  # = 1 view of every image
+
+
+def test_only_kept_generates_exactly_the_pool_steps(run):
+    """relabel.only_kept under pool prefix writes exactly the first int((1 - r)·S) steps, equal record by record
+    to the full store's; under subset the seeded random subset pruning keeps. Catches: only_kept ignoring the
+    pool, a different count than prune, records that differ from generating everything."""
+    base = ["recover.ipc=4", "relabel.epochs=10", "relabel.batch_size=8", "relabel.steps_per_shard=7"]
+    recover(run.cfg(*base), "random_real", force=True)
+    full = relabel(run.cfg(*base), "random_real", force=True)
+    assert len(full) == 50  # 40 images, 5 steps per epoch, 10 epochs
+    for pool, want in (("prefix", list(range(12))), ("subset", select_steps(list(range(50)), 4, seed=0, pool="subset"))):
+        cfg = run.cfg(*base, "relabel.only_kept=4", f"prune.pool={pool}")
+        direct = relabel(cfg, "random_real", force=True)
+        assert direct.path.name == ("x4" if pool == "prefix" else "x4-subset")
+        assert direct.step_ids == want and direct.manifest["prune"]["pool"] == pool
+        assert direct.step_ids == prune_store(full.path, direct.path.parent / f"cmp-{pool}", 4, pool=pool).step_ids
+        for g in direct.step_ids:
+            a, b = direct.get(g), full.get(g)
+            assert torch.equal(a.sample_idx, b.sample_idx) and torch.equal(a.boxes, b.boxes)
+            assert torch.equal(a.flips, b.flips) and torch.equal(a.logits, b.logits)
+    assert want != list(range(12))  # the subset is not the prefix, so the check above can tell them apart

@@ -5,8 +5,9 @@ from hypothesis import strategies as st
 
 from labeldistill.augment import MixParams
 from labeldistill.errors import ConfigError, StoreError
-from labeldistill.labels.prune import num_kept, prune_store, select_steps
+from labeldistill.labels.prune import check_pruned_store, num_kept, prune_store, recipe_mismatch, select_steps
 from labeldistill.labels.store import LabelStore, LabelStoreWriter, StepRecord
+from labeldistill.layout import LabelVariant
 
 
 def _records(n_steps, batch, n_images, classes, hw, cutmix, seed=0, last_partial=True):
@@ -111,18 +112,31 @@ def test_altered_shard_fails_verification(tmp_path):
 
 @pytest.mark.parametrize("total, factor, kept", [(600, 1, 600), (600, 10, 60), (600, 40, 15), (600, 30, 20),
                                                  (7, 40, 1), (1000, 2.5, 400), (601, 100, 6)])
-def test_num_kept(total, factor, kept):
-    assert num_kept(total, factor) == kept
+def test_num_kept_subset_rounds(total, factor, kept):
+    assert num_kept(total, factor, "subset") == kept
+
+
+# prefix: int((1 - r) * total) with r = 1 - 1/f in floating point, as the reference (10x of 600: 59, not 60;
+# 30x of 600: 19)
+@pytest.mark.parametrize("total, factor, kept", [(600, 1, 600), (600, 10, 59), (600, 40, 15), (600, 30, 19),
+                                                 (7, 40, 1), (1000, 2.5, 400), (601, 100, 6), (15700, 10, 1569)])
+def test_num_kept_prefix_truncates(total, factor, kept):
+    assert num_kept(total, factor) == num_kept(total, factor, "prefix") == kept
 
 
 @settings(max_examples=40, deadline=None)
-@given(total=st.integers(1, 3000), f1=st.floats(1, 200), f2=st.floats(1, 200), seed=st.integers(0, 99))
-def test_pruning_keeps_exact_count_and_nests(total, f1, f2, seed):
+@given(total=st.integers(1, 3000), f1=st.floats(1, 200), f2=st.floats(1, 200), seed=st.integers(0, 99),
+       pool=st.sampled_from(["prefix", "subset"]))
+def test_pruning_keeps_exact_count_and_nests(total, f1, f2, seed, pool):
     ids = list(range(total))
     small, large = sorted((f1, f2))
-    a = select_steps(ids, small, "random", seed)
-    b = select_steps(ids, large, "random", seed)
-    assert len(a) == max(1, round(total / small)) and len(b) == max(1, round(total / large))
+    a = select_steps(ids, small, "random", seed, pool=pool)
+    b = select_steps(ids, large, "random", seed, pool=pool)
+    if pool == "subset":
+        assert len(a) == max(1, round(total / small)) and len(b) == max(1, round(total / large))
+    else:
+        assert len(a) == max(1, int((1 - (1 - 1 / small)) * total)) and a == ids[:len(a)]
+        assert len(b) == max(1, int((1 - (1 - 1 / large)) * total)) and b == ids[:len(b)]
     assert set(b) <= set(a)
 
 
@@ -130,7 +144,8 @@ def test_prune_store_writes_a_real_smaller_store(tmp_path):
     recs = _records(40, 16, 100, 10, 28, cutmix=True, last_partial=False)
     full = _write(tmp_path / "full", recs, 100, 28, True, per_shard=10)
     p = prune_store(tmp_path / "full", tmp_path / "x10", 10, "random", seed=0)
-    assert len(p) == 4 and set(p.step_ids) <= set(full.step_ids)
+    assert len(p) == 3  # prefix pool: int((1 - 0.9) * 40) = int(3.9999999999999996), the reference's truncation
+    assert p.step_ids == full.step_ids[:3] and p.manifest["prune"]["pool"] == "prefix"
     for g in p.step_ids:
         _assert_same(full.get(g), p.get(g))
     assert p.manifest["prune"]["factor"] == 10.0
@@ -140,3 +155,20 @@ def test_prune_store_writes_a_real_smaller_store(tmp_path):
     with pytest.raises(ConfigError):
         prune_store(tmp_path / "full", tmp_path / "bad", 0.5)
     assert not (tmp_path / "bad").exists()
+
+
+def test_subset_store_records_its_pool_and_is_never_reused_as_prefix(tmp_path):
+    """Catches: the pool missing from the manifest, a subset store (or one written before pools existed, which
+    records none) silently reused where the prefix pool is asked for."""
+    recs = _records(40, 16, 100, 10, 28, cutmix=False, last_partial=False)
+    full = _write(tmp_path / "full", recs, 100, 28, False, per_shard=10)
+    sub = prune_store(tmp_path / "full", tmp_path / "x10-subset", 10, "random", seed=0, pool="subset")
+    assert sub.manifest["prune"]["pool"] == "subset" and len(sub) == 4  # round(40 / 10)
+    assert sub.step_ids == select_steps(full.step_ids, 10, seed=0, pool="subset") != full.step_ids[:4]
+    check_pruned_store(sub.path, LabelVariant(10.0, pool="subset"))
+    with pytest.raises(StoreError, match="prune.pool 'subset', not 'prefix'"):
+        check_pruned_store(sub.path, LabelVariant(10.0))
+    legacy = {"factor": 10.0, "strategy": "random", "granularity": "batch", "seed": 0}  # no pool recorded
+    assert recipe_mismatch(legacy, LabelVariant(10.0)) == "prune.pool 'subset', not 'prefix'"
+    assert recipe_mismatch(legacy, LabelVariant(10.0, pool="subset")) is None
+    assert recipe_mismatch({"factor": 1.0, "strategy": "none"}, LabelVariant(1.0)) is None  # 1x keeps all

@@ -34,7 +34,7 @@ class Stream(enum.IntEnum):
     RELABEL_AUG = 12  # relabel: crops, flips, CutMix of stored step g   (seed, 12, g)
     PRUNE = 21  # prune: the random step order (seed, 21) and epoch order (seed, 21, 1)
     VALIDATE_POOL = 31  # validate: the steps drawn in training epoch e   (seed, 31, e)
-    CLASS_STATS = 41  # class-stats: augmentation of batch i            (seed, 41, i)
+    CLASS_STATS = 41  # class-stats: augmentation of batch i (seed, 41, i); ema mode's image order (seed, 41)
 
 
 def mode_stream(mode: str) -> int:

@@ -1,15 +1,28 @@
-"""Stage 2, class-stats: exact per-class and global BN-input statistics of the teacher (LPLD §3, spec §3).
+"""Stage 2, class-stats: per-class and global BN-input statistics of the teacher (LPLD §3, spec §3).
 
 One eval-mode pass over the augmented training set. For every BatchNorm2d layer ``l`` and class ``c`` we
-accumulate, in float64, the sum and sum of squares of the layer's *input* over (N, H, W), and turn them into
-the exact mean and biased variance. This is the "exact" mode the spec asks for; it avoids the reference
-code's EMA (momentum 0.1) and its rank-0-only statistics. The teacher's own running statistics are saved
-alongside as the SRe2L global targets.
+accumulate, in float64, the sum and sum of squares of the layer's *input* over (N, H, W). Two modes
+(``class_stats.mode``):
+
+* ``exact`` (default): the class statistics are the exact mean and biased variance over the whole pass (the
+  spec's "exact" mode; batches in dataset order, which does not matter).
+* ``ema``: the reference's ``ClassAwareBatchNorm2d`` (spec §3: ``recover/models/resnet_class.py:41-75``). The
+  pass visits the images in a seeded random order (the reference's ``RandomSampler``; stream ``(seed,
+  Stream.CLASS_STATS)``), and for each batch, for each class ``c`` present in it, ``buf_c ← 0.9·buf_c + 0.1·new``
+  (BN's default momentum 0.1), with ``new`` the mean and the **biased** variance of the BN input over (N, H, W)
+  of that class's sub-batch. Buffers start, as the reference's, at mean 0 and variance 1 (not at the first
+  sub-batch's values), so a class present in ``K`` batches keeps ``0.9^K`` of the initial value. Computed as
+  the equivalent weighted sum ``0.9^K·init + Σ_b 0.1·0.9^(batches after b holding c)·new_b``, whose terms
+  each rank adds for its batches: summed over ranks it is exactly the single-process EMA over the global
+  batch order (the reference keeps per-rank statistics and saves rank 0's).
+
+The global statistics are exact in both modes, and the teacher's own running statistics are saved alongside as
+the SRe2L global targets.
 
 File ``class_stats/stats.safetensors`` holds, per layer index ``l``:
 ``l{l}.class_mean`` / ``l{l}.class_var`` ``(C, ch)``, ``l{l}.global_mean`` / ``l{l}.global_var`` ``(ch,)``
 (exact, over the pass), ``l{l}.running_mean`` / ``l{l}.running_var`` ``(ch,)`` (the teacher's buffers) and
-``class_counts`` ``(C,)`` (images seen per class).
+``class_counts`` ``(C,)`` (images seen per class). ``class_stats.json`` records the mode.
 
 The augmentation is the squeeze one: padded random crop + flip, or RandomResizedCrop + flip when
 ``squeeze.crop_scale`` is set (LPLD's Tiny-ImageNet and ImageNet passes, spec §3). A lazy training set is
@@ -39,7 +52,7 @@ from .config import Config, check_squeeze_options
 from .data import ImageSet, iter_batches, load_split, normalize
 from .distributed import all_reduce_sum, barrier, shard
 from .errors import LabelDistillError
-from .io import MetricsLog, atomic_write_json, load_class_stats  # noqa: F401  (load_class_stats: old path)
+from .io import MetricsLog, atomic_write_json, load_class_stats, read_json  # noqa: F401  (load_class_stats: old path)
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import load_teacher
@@ -55,6 +68,10 @@ class _Accumulator:
         self.sq = torch.zeros(num_classes, channels, dtype=torch.float64)
         self.count = torch.zeros(num_classes, dtype=torch.float64)  # elements per channel: n·H·W
         self.labels: torch.Tensor | None = None
+        # EMA mode: this batch's weight of each class's sub-batch statistics, and the weighted sums.
+        self.weights: torch.Tensor | None = None
+        self.ema_mean = torch.zeros(num_classes, channels, dtype=torch.float64)
+        self.ema_var = torch.zeros(num_classes, channels, dtype=torch.float64)
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         x = inputs[0].detach()
@@ -63,9 +80,37 @@ class _Accumulator:
         y = self.labels.cpu()
         hw = x.shape[2] * x.shape[3]
         # Per-image sums over (H, W) in the input's precision (float32 at least), accumulated in float64.
-        self.s.index_add_(0, y, x.sum((2, 3)).double().cpu())
-        self.sq.index_add_(0, y, (x * x).sum((2, 3)).double().cpu())
+        s, sq = x.sum((2, 3)).double().cpu(), (x * x).sum((2, 3)).double().cpu()
+        self.s.index_add_(0, y, s)
+        self.sq.index_add_(0, y, sq)
         self.count.index_add_(0, y, torch.full((len(y),), float(hw), dtype=torch.float64))
+        if self.weights is not None:  # per-class sub-batch mean and biased variance, weighted into the EMA
+            classes, inv = y.unique(return_inverse=True)
+            n = torch.bincount(inv).double()[:, None] * hw
+            mean = torch.zeros(len(classes), s.shape[1], dtype=torch.float64).index_add_(0, inv, s) / n
+            msq = torch.zeros(len(classes), s.shape[1], dtype=torch.float64).index_add_(0, inv, sq) / n
+            w = self.weights[classes][:, None]
+            self.ema_mean.index_add_(0, classes, w * mean)
+            self.ema_var.index_add_(0, classes, w * (msq - mean * mean).clamp_min(0))
+
+
+def ema_weights(batch_labels: list[torch.Tensor], num_classes: int,
+                momentum: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights that turn per-batch class statistics into the sequential EMA over ``batch_labels``' order.
+
+    With ``K_c`` the batches holding class ``c`` and ``a_bc`` those after batch ``b`` that hold it, the EMA
+    ``buf ← (1 − m)·buf + m·new`` from ``init`` ends at ``(1 − m)^K_c·init + Σ_b m·(1 − m)^a_bc·new_bc``.
+
+    Returns:
+        ``(weights (B, C), keep (C,))``: ``m·(1 − m)^a_bc`` (0 where ``c`` is absent from ``b``) and
+        ``(1 − m)^K_c``, float64.
+    """
+    present = torch.zeros(len(batch_labels), num_classes, dtype=torch.float64)
+    for b, y in enumerate(batch_labels):
+        present[b, y.unique()] = 1.0
+    after = present.flip(0).cumsum(0).flip(0) - present
+    weights = momentum * (1 - momentum) ** after * present
+    return weights, (1 - momentum) ** present.sum(0)
 
 
 def class_stats(cfg: Config, force: bool = False) -> Path:
@@ -75,13 +120,19 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         Path of ``stats.safetensors``.
 
     Raises:
-        LabelDistillError: no teacher yet, the teacher has no BatchNorm2d layer, or the pass saw no data.
+        LabelDistillError: no teacher yet, the teacher has no BatchNorm2d layer, the pass saw no data, or existing
+        statistics of another ``class_stats.mode``.
     """
     layout = RunLayout(cfg.run_path)
     out = layout.class_stats_dir / "stats.safetensors"
+    info_file = layout.class_stats_dir / "class_stats.json"
     ref = StageRef("class-stats")
-    if out.is_file() and (layout.class_stats_dir / "class_stats.json").is_file() and not force:
+    if out.is_file() and info_file.is_file() and not force:
         check_fresh(cfg, ref, layout)
+        made = read_json(info_file).get("mode", "exact")
+        if made != cfg.class_stats.mode:
+            raise LabelDistillError(f"{out} holds class_stats.mode '{made}' statistics, not "
+                                    f"'{cfg.class_stats.mode}': rerun class-stats with --force")
         return out
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
@@ -91,11 +142,11 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
     accs = [_Accumulator(train.num_classes, bn.num_features) for bn in bns]
     t0 = time.time()
     with forward_hooks(bns, accs):
-        _accumulate(teacher, train, accs, cfg, info, device)
-    for a in accs:  # exact statistics over all ranks' images
-        for t in (a.s, a.sq, a.count):
+        keep = _accumulate(teacher, train, accs, cfg, info, device)
+    for a in accs:  # exact statistics (and EMA terms) over all ranks' images
+        for t in (a.s, a.sq, a.count, a.ema_mean, a.ema_var):
             all_reduce_sum(t)
-    tensors = _stats_tensors(bns, accs, train)
+    tensors = _stats_tensors(bns, accs, train, keep)
     if is_rank0():
         layout.class_stats_dir.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(".stats.safetensors.tmp")
@@ -104,6 +155,7 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         atomic_write_json(layout.class_stats_dir / "class_stats.json", {
             "num_layers": len(bns), "num_classes": train.num_classes, "channels": [bn.num_features for bn in bns],
             "teacher_fingerprint": info["fingerprint"], "augment": cfg.class_stats.augment, "bytes": out.stat().st_size,
+            "mode": cfg.class_stats.mode,
         })
         MetricsLog(layout.metrics).log(stage="class-stats", seconds=round(time.time() - t0, 2))
         record_stage(cfg, ref, time.time() - t0, layout)
@@ -113,12 +165,23 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
 
 @torch.no_grad()
 def _accumulate(teacher: nn.Module, train: ImageSet, accs: list[_Accumulator], cfg: Config, info: dict,
-                device: torch.device) -> None:
-    """One eval-mode pass over this rank's share of the (augmented) training set, feeding the hooks."""
+                device: torch.device) -> torch.Tensor | None:
+    """One eval-mode pass over this rank's share of the (augmented) training set, feeding the hooks.
+
+    Returns:
+        EMA mode: ``(1 − m)^K_c`` per class (:func:`ema_weights`), the weight of the buffers' initial values;
+        exact mode: ``None``.
+    """
     pad, scale = cfg.squeeze.crop_padding, cfg.squeeze.crop_scale
     bs = cfg.class_stats.batch_size
     starts = shard(range(0, len(train), bs))
-    batches = [slice(i, i + bs) for i in starts]
+    batches: list = [slice(i, i + bs) for i in starts]
+    weights = keep = None
+    if cfg.class_stats.mode == "ema":  # the reference's shuffled pass; EMA weights from the global batch order
+        order = torch.randperm(len(train), generator=step_generator(cfg.seed, Stream.CLASS_STATS))
+        weights, keep = ema_weights([train.labels[order[i:i + bs]] for i in range(0, len(train), bs)],
+                                    train.num_classes)
+        batches = [order[i:i + bs] for i in starts]
     stream = iter_batches(train, batches, cfg.data.workers, pin_memory=device.type == "cuda")
     for i, (images, y) in zip(tqdm(starts, desc="class-stats", disable=not is_rank0(), unit="batch"), stream):
         x = images.float().div_(255)
@@ -130,18 +193,23 @@ def _accumulate(teacher: nn.Module, train: ImageSet, accs: list[_Accumulator], c
                 x = pad_crop_flip(x, pad, cfg.squeeze.flip, gen)
         for a in accs:
             a.labels = y
+            a.weights = None if weights is None else weights[i // bs]
         x = normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             teacher(x)
+    return keep
 
 
-def _stats_tensors(bns: list[nn.BatchNorm2d], accs: list[_Accumulator], train: ImageSet) -> dict[str, torch.Tensor]:
-    """The file's tensors: exact class and global mean / biased variance per layer, running stats, counts.
+def _stats_tensors(bns: list[nn.BatchNorm2d], accs: list[_Accumulator], train: ImageSet,
+                   keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The file's tensors: class (exact, or EMA when ``keep`` is given) and exact global mean / biased variance
+    per layer, running stats, counts. ``keep``: the EMA's weight of the initial buffers (mean 0, variance 1).
 
     Raises:
         LabelDistillError: a layer whose statistics were never updated (the pass saw no data).
     """
     tensors: dict[str, torch.Tensor] = {}
+    untouched = []
     for li, (bn, a) in enumerate(zip(bns, accs)):
         n = a.count.clamp_min(1)[:, None]
         mean = a.s / n
@@ -149,14 +217,15 @@ def _stats_tensors(bns: list[nn.BatchNorm2d], accs: list[_Accumulator], train: I
         tot = a.count.sum()
         gmean = a.s.sum(0) / tot
         gvar = (a.sq.sum(0) / tot - gmean * gmean).clamp_min(0)
-        tensors[f"l{li}.class_mean"] = mean.float()
-        tensors[f"l{li}.class_var"] = var.float()
+        if bool((var == 0).all()):
+            untouched.append(li)
+        tensors[f"l{li}.class_mean"] = (mean if keep is None else a.ema_mean).float()
+        tensors[f"l{li}.class_var"] = (var if keep is None else keep[:, None] + a.ema_var).float()
         tensors[f"l{li}.global_mean"] = gmean.float()
         tensors[f"l{li}.global_var"] = gvar.float()
         tensors[f"l{li}.running_mean"] = bn.running_mean.detach().cpu().float()
         tensors[f"l{li}.running_var"] = bn.running_var.detach().cpu().float()
     tensors["class_counts"] = torch.bincount(train.labels, minlength=train.num_classes).float()
-    untouched = [li for li in range(len(bns)) if bool((tensors[f"l{li}.class_var"] == 0).all())]
     if untouched:
         raise LabelDistillError(f"class statistics of BN layer(s) {untouched} were never updated: the pass saw "
                                 "no data (check data.train_subset)")

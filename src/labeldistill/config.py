@@ -21,6 +21,8 @@ from . import config_checks as chk
 from .errors import ConfigError
 from .variants import (
     GRANULARITIES,
+    POOLS,
+    REPLAYS,
     parse_logits_format,
     parse_strategy,
     resolve_variant,
@@ -122,10 +124,15 @@ class SqueezeConfig:
 
 @dataclass
 class ClassStatsConfig:
-    """Class-wise BN statistics pass (LPLD §3): one eval-mode pass over the augmented train set."""
+    """Class-wise BN statistics pass (LPLD §3): one eval-mode pass over the augmented train set.
+
+    ``mode``: ``exact`` (per-class mean / biased variance over the whole pass) or ``ema`` (the reference's
+    momentum-0.1 running averages over per-class sub-batches, in a shuffled order; :mod:`labeldistill.bnstats`).
+    """
 
     batch_size: int = 512
     augment: bool = True
+    mode: str = "exact"
 
 
 @dataclass
@@ -211,18 +218,26 @@ class PruneConfig:
     """Soft-label pruning; every combination of the lists below becomes one pruned store.
 
     Attributes:
-        factors: pruning factors ``f`` >= 1: keep ``max(1, round(S / f))`` of the ``S`` stored steps.
+        factors: pruning factors ``f`` >= 1 (``r = 1 - 1/f``): pool ``prefix`` keeps the first
+            ``max(1, int((1 - r) · S))`` of the ``S`` stored steps, pool ``subset`` ``max(1, round(S / f))``.
         strategies: ``random`` or ``<metric>-<easy|hard>`` with metric in ``confidence``, ``diff``,
             ``diff_signed``, ``correct``, ``cut_ratio`` (see :mod:`labeldistill.labels.prune`).
         logits: label formats of the pruned stores: ``fp16`` or ``top<k>``.
         granularity: ``batch`` (keep single steps; each training epoch draws steps with replacement: LPLD's
             improved label pool) or ``epoch`` (keep whole stored epochs; each training epoch replays one).
+        pool: ``prefix`` (the reference: the first stored steps in generation order) or ``subset`` (a seeded
+            uniform random subset); see :mod:`labeldistill.labels.pool`.
+        replay: ``ordered`` (training epoch e replays kept stored epoch e mod their number, in stored order),
+            ``pool`` (draw from the kept pool as ``granularity`` says) or ``null``: ``ordered`` at factor 1,
+            ``pool`` at every other factor (the reference's ``order`` / ``random``).
     """
 
     factors: list = field(default_factory=lambda: [1, 10, 40])
     strategies: list = field(default_factory=lambda: ["random"])
     logits: list = field(default_factory=lambda: ["fp16"])
     granularity: str = "batch"
+    pool: str = "prefix"
+    replay: str | None = None
 
 
 @dataclass
@@ -476,6 +491,10 @@ def _check_labels(cfg: Config) -> None:
         parse_logits_format(fmt)
     if cfg.prune.granularity not in GRANULARITIES:
         raise ConfigError(f"prune.granularity must be batch or epoch, got '{cfg.prune.granularity}'")
+    chk.one_of(cfg.prune.pool, POOLS, "prune.pool")
+    if cfg.prune.replay is not None:
+        chk.one_of(cfg.prune.replay, REPLAYS, "prune.replay")
+    chk.one_of(cfg.class_stats.mode, ("exact", "ema"), "class_stats.mode")
     if cfg.relabel.epochs < 1 or cfg.relabel.batch_size < 1:
         raise ConfigError("relabel.epochs and relabel.batch_size must be >= 1")
     chk.in_interval(cfg.relabel.cutmix, 0, 1, "relabel.cutmix", what="is a probability")

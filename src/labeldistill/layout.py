@@ -3,7 +3,8 @@
 A run directory ``runs/<name>/`` holds ``teacher/``, ``class_stats/``, ``images/<mode>/``,
 ``labels/<mode>/full`` + ``labels/<mode>/<tag>`` and ``validate/<mode>_<tag>.json``; :class:`RunLayout` is the
 only place these paths are spelled. A :class:`LabelVariant` is one pruned store's recipe — pruning factor,
-strategy, logits format and pool granularity — and its :attr:`LabelVariant.tag` names the store on disk.
+strategy, logits format, pool granularity, pool and replay — and its :attr:`LabelVariant.tag` names the store
+on disk (:attr:`LabelVariant.result_tag` its validate result).
 """
 
 from __future__ import annotations
@@ -19,19 +20,38 @@ def format_factor(f: float) -> str:
 
 
 class LabelVariant(NamedTuple):
-    """One pruned label store's recipe (immutable; unpacks as ``factor, strategy, logits, granularity``).
+    """One pruned label store's recipe and how validate replays it (immutable; unpacks as ``factor, strategy,
+    logits, granularity, pool, replay``).
 
     Attributes:
         factor: pruning factor ``f >= 1`` (1 keeps every stored step; LPLD §4).
         strategy: ``random`` or ``<metric>-easy|hard`` (:mod:`labeldistill.labels.prune`).
         logits: label format of the store: ``fp16`` or ``top<k>``.
         granularity: ``batch`` (keep single steps) or ``epoch`` (keep whole stored epochs).
+        pool: ``prefix`` (the reference's first steps in generation order) or ``subset`` (a seeded random
+            subset); see :mod:`labeldistill.labels.pool`.
+        replay: ``ordered`` (training epoch e replays kept stored epoch e) or ``pool`` (draws from the kept
+            pool); ``None`` = the factor's default (:meth:`default_replay`). Not part of the store: only of the
+            validate result.
     """
 
     factor: float
     strategy: str = "random"
     logits: str = "fp16"
     granularity: str = "batch"
+    pool: str = "prefix"
+    replay: str | None = None
+
+    @staticmethod
+    def default_replay(factor: float) -> str:
+        """``ordered`` at factor 1 (the reference's unpruned baseline replays stored epochs in order), else
+        ``pool`` (the reference draws from the pruned pool)."""
+        return "ordered" if float(factor) == 1.0 else "pool"
+
+    @property
+    def replay_mode(self) -> str:
+        """The replay validate uses: :attr:`replay`, or the factor's default."""
+        return self.replay or self.default_replay(self.factor)
 
     @classmethod
     def of(cls, variant: "LabelVariant | float", *rest: str, **parts: str) -> "LabelVariant":
@@ -42,7 +62,9 @@ class LabelVariant(NamedTuple):
 
     @property
     def tag(self) -> str:
-        """A self-describing store name: ``x40``, ``x40-confidence-easy``, ``x10-top2``, ``x20-epoch``."""
+        """A self-describing store name: ``x40``, ``x40-confidence-easy``, ``x10-top2``, ``x20-epoch``,
+        ``x40-subset``. Settings at their defaults add nothing, so default stores keep their names; the pool
+        is left out at factor 1, where every pool keeps every step."""
         tag = f"x{format_factor(self.factor)}"
         if self.strategy != "random":
             tag += f"-{self.strategy}"
@@ -50,12 +72,23 @@ class LabelVariant(NamedTuple):
             tag += f"-{self.logits}"
         if self.granularity != "batch":
             tag += f"-{self.granularity}"
+        if self.pool != "prefix" and float(self.factor) != 1.0:
+            tag += f"-{self.pool}"
         return tag
 
+    @property
+    def result_tag(self) -> str:
+        """The validate result's name: :attr:`tag`, plus ``-replay_<mode>`` when the replay is not the factor's
+        default (``x1-replay_pool``, ``x40-replay_ordered``)."""
+        if self.replay_mode != self.default_replay(self.factor):
+            return f"{self.tag}-replay_{self.replay_mode}"
+        return self.tag
 
-def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch") -> str:
+
+def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch",
+              pool: str = "prefix") -> str:
     """The store name of a variant given by its parts (see :attr:`LabelVariant.tag`)."""
-    return LabelVariant(float(factor), strategy, logits, granularity).tag
+    return LabelVariant(float(factor), strategy, logits, granularity, pool).tag
 
 
 @dataclass
@@ -86,8 +119,8 @@ class RunLayout:
         return self.root / "labels" / mode / LabelVariant.of(variant, *rest, **parts).tag
 
     def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str, **parts: str) -> Path:
-        """``validate/<student>/<mode>_<tag>.json``: one result per images × labels × student."""
-        return self.root / "validate" / student / f"{mode}_{LabelVariant.of(variant, *rest, **parts).tag}.json"
+        """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student."""
+        return self.root / "validate" / student / f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}.json"
 
     @property
     def metrics(self) -> Path:

@@ -53,7 +53,8 @@ class StageRef:
     @property
     def key(self) -> str:
         """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``."""
-        inner = " ".join(p for p in (self.mode, self.variant.tag if self.variant else None, self.student) if p)
+        tag = None if self.variant is None else self.variant.result_tag if self.stage == "validate" else self.variant.tag
+        inner = " ".join(p for p in (self.mode, tag, self.student) if p)
         return f"{self.stage}[{inner}]" if inner else self.stage
 
 
@@ -96,7 +97,7 @@ def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     out["prune.variant"] = ref.variant.tag
     if ref.stage == "prune":
         return out
-    return {**out, **_flat("validate", cfg.validate)}
+    return {**out, **_flat("validate", cfg.validate), "validate.replay": ref.variant.replay_mode}
 
 
 def fingerprint(settings: dict[str, Any]) -> str:

@@ -122,7 +122,8 @@ def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
         r = read_json(f)
         spec = ModelConfig(r["student"], r.get("student_args", {}))
         c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec))
-        v = LabelVariant(r["prune_factor"], r["prune_strategy"], r["logits"], r["granularity"])
+        v = LabelVariant(r["prune_factor"], r["prune_strategy"], r["logits"], r["granularity"],
+                         r.get("pool", "subset"), r.get("replay"))
         ref = StageRef("validate", r["recover"], v, model_tag(spec))
         (rows if r.get("fingerprint") == fingerprint(stage_settings(c, ref)) else stale).append(r)
     if not (root / "teacher" / "teacher.json").is_file() or not (rows or stale):

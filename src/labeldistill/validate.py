@@ -5,7 +5,8 @@ Each stored step is replayed exactly: its images are cropped, flipped and mixed 
 ``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (Hinton et al. 2015). Each training epoch draws
 ``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (granularity ``batch``: LPLD's
 improved label pool, spec §6.3), or replays one whole kept stored epoch drawn with replacement (granularity
-``epoch``). Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
+``epoch``); with replay ``ordered`` (the default at factor 1, the reference's ``order``) training epoch e replays
+kept stored epoch e (mod their number) in stored order instead. Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
 that yields step ids; labels are read lazily from the memory-mapped shards.
 """
 
@@ -27,6 +28,7 @@ from .data.synthetic import image_bytes, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
+from .labels.pool import recipe_mismatch
 from .labels.replay import build_batch
 from .labels.store import LabelStore
 from .layout import LabelVariant, RunLayout
@@ -70,16 +72,19 @@ class StoredStepDataset(Dataset):
 class PoolSampler(Sampler[int]):
     """Yields the step ids of ``epochs`` training epochs drawn from the kept ``pool``.
 
-    Granularity ``batch``: each epoch draws ``steps_per_epoch`` ids uniformly with replacement from the pool.
-    Granularity ``epoch``: each epoch draws one stored epoch (``id // steps_per_epoch``) uniformly with
-    replacement among those in the pool and yields its kept steps in stored order. Seeded per epoch.
+    Replay ``pool``, granularity ``batch``: each epoch draws ``steps_per_epoch`` ids uniformly with replacement
+    from the pool. Granularity ``epoch``: each epoch draws one stored epoch (``id // steps_per_epoch``) uniformly
+    with replacement among those in the pool and yields its kept steps in stored order. Seeded per epoch.
+    Replay ``ordered`` (either granularity): training epoch ``e`` yields the kept steps of the ``e mod K``-th of
+    the ``K`` kept stored epochs, in stored order (at factor 1: stored epoch ``e``).
     """
 
     def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int, granularity: str = "batch",
-                 start_epoch: int = 0):
+                 start_epoch: int = 0, replay: str = "pool"):
         self.pool, self.spe, self.epochs, self.seed = sorted(pool), steps_per_epoch, epochs, seed
         self.start_epoch = start_epoch
         self.granularity = granularity
+        self.replay = replay
         self.by_epoch: dict[int, list[int]] = {}
         for g in self.pool:
             self.by_epoch.setdefault(g // steps_per_epoch, []).append(g)
@@ -90,9 +95,14 @@ class PoolSampler(Sampler[int]):
 
     def epoch_len(self, e: int) -> int:
         """Steps in training epoch ``e``."""
-        return len(list(self._epoch_steps(e))) if self.granularity == "epoch" else self.spe
+        if self.granularity == "epoch" or self.replay == "ordered":
+            return len(list(self._epoch_steps(e)))
+        return self.spe
 
     def _epoch_steps(self, e: int) -> Iterator[int]:
+        if self.replay == "ordered":
+            yield from self.by_epoch[self.epoch_ids[e % len(self.epoch_ids)]]
+            return
         g = step_generator(self.seed, Stream.VALIDATE_POOL, e)
         if self.granularity == "epoch":
             pick = self.epoch_ids[int(torch.randint(len(self.epoch_ids), (1,), generator=g))]
@@ -134,8 +144,11 @@ def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None
 
 
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
-                  log: MetricsLog | None = None, resume_path: Path | None = None) -> dict:
+                  log: MetricsLog | None = None, resume_path: Path | None = None, replay: str | None = None) -> dict:
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
+
+    ``replay``: ``ordered`` or ``pool`` (:class:`PoolSampler`); ``None`` = ``ordered`` for an unpruned store
+    (factor 1), ``pool`` otherwise.
 
     With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
     every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights. Under torchrun
@@ -153,14 +166,15 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     epochs = vc.epochs or m["epochs"]
     spe = m["steps_per_epoch"]
     granularity = m["prune"].get("granularity", "batch")
+    replay = replay or LabelVariant.default_replay(m["prune"]["factor"])
     torch.manual_seed(cfg.seed)  # student initialisation
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
     net = wrap_ddp(student, device)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    full = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity)
+    full = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, replay=replay)
     total = len(full)
     rank, world = rank_world()
-    key = settings_key("validate", config_to_dict(vc), m["image_fingerprint"], m["shards"], cfg.seed, world)
+    key = settings_key("validate", config_to_dict(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay)
     start, step = 0, 0
     state = load_checkpoint(resume_path, key) if resume_path else None
     if state is not None:
@@ -168,7 +182,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         opt.load_state_dict(state["opt"])
         start, step = state["epoch"] + 1, state["step"]
     ds = StoredStepDataset(store, data.float_images(), vc.temperature)
-    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start)
+    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay)
     loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
     t0 = time.time()
     student.train()
@@ -211,17 +225,19 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         cfg: the run's config.
         mode: recover mode whose images are used.
         variant: the :class:`~labeldistill.layout.LabelVariant`, or its factor followed by (or with keywords
-            for) strategy, logits and granularity.
+            for) strategy, logits, granularity, pool and replay.
         store_path: validate this store instead of the variant's store in the run directory.
         force: redo a finished result.
 
     Returns:
         The result row: recover, ipc, prune_factor, prune_strategy, logits, granularity, label_store,
         label_bytes (bytes on disk of the store), image_bytes (bytes of the image files), kept_steps, student,
-        student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds.
+        student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
+        pool, replay.
 
     Raises:
-        StoreError: missing store, or a store that does not belong to the images.
+        StoreError: missing store, a store that does not belong to the images, or a store or earlier result made
+        with another pool or replay (never reused silently).
         StaleStageError: a finished result of this student made with other settings (without ``force``).
     """
     v = LabelVariant.of(variant, *rest, **parts)
@@ -230,25 +246,31 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     out = layout.validate_file(mode, v, student=ref.student)
     if out.is_file() and not force:
         check_fresh(cfg, ref, layout)
-        return read_json(out)
+        row = read_json(out)
+        if diff := recipe_mismatch(row, v, with_replay=True):
+            raise StoreError(f"{out} was computed with {diff}: rerun with --force to recompute it")
+        return row
     path = Path(store_path) if store_path else layout.pruned_store(mode, v)
     if not (path / "manifest.json").is_file():
         raise StoreError(f"no label store at {path}: run 'labeldistill prune CONFIG' first")
     store = LabelStore(path)
+    if diff := recipe_mismatch(store.manifest["prune"], v):
+        raise StoreError(f"label store {path} was made with {diff}: rebuild it with 'labeldistill prune --force'")
     data, img_meta = load_synthetic(layout.images_dir(mode), store.manifest["normalization"]["mean"],
                                     store.manifest["normalization"]["std"])
     check_store_matches(store, img_meta["fingerprint"])
     test = load_split(cfg, "test")
     resume = out.with_name(f".{out.stem}.resume.pt")
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
-                        resume_path=resume)
+                        resume_path=resume, replay=v.replay_mode)
     row = {
         "recover": mode, "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
         "logits": v.logits, "granularity": v.granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
-        "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res,
+        "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res, "pool": v.pool,
+        "replay": v.replay_mode,
     }
     if is_rank0():
         atomic_write_json(out, row)

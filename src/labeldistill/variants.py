@@ -32,6 +32,8 @@ VARIANT_SWITCHES = {"batching": ("cross_class", "class_wise"), "bn_targets": ("g
                     "crop_schedule": ("fixed", "cda")}
 PRUNE_METRICS = ("confidence", "diff", "diff_signed", "correct", "cut_ratio")
 GRANULARITIES = ("batch", "epoch")
+POOLS = ("prefix", "subset")  # which stored steps a pruned store keeps (labels/pool.py); the first is the default
+REPLAYS = ("ordered", "pool")  # how validate walks a store's steps (validate.PoolSampler)
 
 
 def resolve_variant(mode: str, custom: dict | None = None) -> dict:
@@ -122,21 +124,30 @@ def parse_logits_format(fmt: str) -> int | None:
 def label_variants(cfg: Any) -> list[LabelVariant]:
     """Every :class:`~labeldistill.layout.LabelVariant` a main-job config asks for, in config order.
 
-    At factor 1 every strategy keeps every step, so only ``random`` is listed there. With
-    ``relabel.only_kept = f`` only factor ``f`` (random, batch granularity) exists.
+    At factor 1 every strategy and every pool keeps every step, so only ``random`` with the default pool is
+    listed there. With ``relabel.only_kept = f`` only factor ``f`` (random, batch granularity, ``prune.pool``)
+    exists. ``prune.replay`` is kept only where it differs from the factor's default
+    (:meth:`~labeldistill.layout.LabelVariant.default_replay`), so default variants keep their old tags.
 
     Args:
         cfg: a :class:`labeldistill.config.Config` (its ``prune`` and ``relabel`` sections are read).
     """
+    pc = cfg.prune
+
+    def variant(f: float, st: str, lg: str, gr: str) -> LabelVariant:
+        pool = pc.pool if f != 1.0 else POOLS[0]
+        replay = pc.replay if pc.replay != LabelVariant.default_replay(f) else None
+        return LabelVariant(f, st, lg, gr, pool, replay)
+
     if cfg.relabel.only_kept is not None:
-        return [LabelVariant(float(cfg.relabel.only_kept), "random", cfg.relabel.logits, "batch")]
+        return [variant(float(cfg.relabel.only_kept), "random", cfg.relabel.logits, "batch")]
     out: list[LabelVariant] = []
-    for f in cfg.prune.factors:
-        for st in cfg.prune.strategies:
+    for f in pc.factors:
+        for st in pc.strategies:
             if float(f) == 1.0 and st != "random":
                 continue
-            for lg in cfg.prune.logits:
-                v = LabelVariant(float(f), st, lg, cfg.prune.granularity)
+            for lg in pc.logits:
+                v = variant(float(f), st, lg, pc.granularity)
                 if v not in out:
                     out.append(v)
     return out

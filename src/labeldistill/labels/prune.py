@@ -1,13 +1,17 @@
 """Stage 5, prune: keep a fraction of the stored steps and write a real, smaller store (LPLD §4, spec §6).
 
-A pruning factor ``f`` keeps ``max(1, round(S / f))`` of the ``S`` stored steps (granularity ``batch``) or
-``max(1, round(E / f))`` of the ``E`` stored epochs, whole (granularity ``epoch``): 1× keeps all, 10× keeps
-10 %, 40× keeps 2.5 %.
+A pruning factor ``f`` (prune ratio ``r = 1 − 1/f``) keeps about ``S / f`` of the ``S`` stored steps
+(granularity ``batch``) or ``E / f`` of the ``E`` stored epochs, whole (granularity ``epoch``): 1× keeps all, 10×
+keeps 10 %, 40× keeps 2.5 %. The exact count and which steps come from the pool (:mod:`labeldistill.labels.pool`):
+``prefix`` (default, the reference) keeps the first ``max(1, int((1 − r)·S))`` steps in generation order, ``subset``
+a seeded random ``max(1, round(S / f))``. The pruned store's manifest records the pool (``prune.pool``).
 
 Strategies:
 
-* ``random`` — a seeded random permutation; its first entries are kept, so for one seed the steps kept at a
-  larger factor are a subset of those kept at a smaller one. The paper's recommended choice.
+* ``random`` — pool ``prefix``: the first stored steps, a random pruning since every stored step was drawn at
+  random, and every image keeps at least ``⌊kept / steps_per_epoch⌋`` views. Pool ``subset``: a seeded random
+  permutation's first entries. Either way, for one seed the steps kept at a larger factor are a subset of those
+  kept at a smaller one. The paper's recommended choice.
 * ``<metric>-easy`` / ``<metric>-hard`` — score every stored step by the mean of a per-entry metric and keep
   the highest-scoring (easy) or lowest-scoring (hard) steps (ties broken by step id). The paper compares
   such metrics with random pruning (LPLD Table 5); its definitions are known only from secondary
@@ -19,6 +23,9 @@ Strategies:
   - ``diff_signed``: ``p_y − max_{c≠y} p_c`` — positive when the teacher prefers the image's class.
   - ``correct``: 1 if ``argmax_c p_c = y`` else 0 (the step score is the fraction of correct entries).
   - ``cut_ratio``: the step's CutMix λ (1 for a step without CutMix): high λ = little mixing = easy.
+
+  They rank every stored step, so they cover images unevenly: an image whose steps all score low (easy) or high
+  (hard) keeps no view at all; the pool sets only how many steps are kept.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ..variants import label_variants
 from ..layout import LabelVariant
 from ..variants import PRUNE_METRICS as METRICS  # noqa: F401  (old import path)
 from ..variants import parse_strategy
+from .pool import LEGACY_POOL, recipe_mismatch
 from .pool import kept_steps, num_kept, select_epochs, select_steps  # noqa: F401  (old import paths)
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
@@ -69,7 +77,7 @@ def step_score(rec: StepRecord, metric: str, image_labels: torch.Tensor | None, 
 
 def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: str = "random", seed: int = 0,
                 logits: str = "fp16", granularity: str = "batch", image_labels: torch.Tensor | None = None,
-                overwrite: bool = False) -> LabelStore:
+                overwrite: bool = False, pool: str = "prefix") -> LabelStore:
     """Write ``dest``: the steps of ``source`` kept at ``factor``, in label format ``logits``.
 
     Args:
@@ -82,6 +90,7 @@ def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: s
         granularity: ``batch`` (keep steps) or ``epoch`` (keep whole stored epochs; random only).
         image_labels: int64 ``(N,)`` class of every image (needed by ``correct`` and ``diff_signed``).
         overwrite: replace an existing ``dest``.
+        pool: ``prefix`` (the first stored steps, the reference) or ``subset`` (a seeded random subset).
 
     Raises:
         StoreError: the source is not a full label store; ConfigError: bad factor, strategy or format.
@@ -94,14 +103,14 @@ def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: s
     if metric != "random" and granularity == "batch":
         scores = {g: step_score(src.get(g), metric, image_labels, src.manifest["num_classes"])
                   for g in src.step_ids}
-    kept = kept_steps(src.step_ids, LabelVariant(float(factor), strategy, logits, granularity), seed,
+    kept = kept_steps(src.step_ids, LabelVariant(float(factor), strategy, logits, granularity, pool), seed,
                       src.manifest["steps_per_epoch"], src.manifest["epochs"], scores)
     meta = {k: v for k, v in src.manifest.items()
             if k not in ("format", "schema_version", "shards", "component_bytes", "num_steps", "num_entries",
                          "seconds")}
     meta["logits_format"] = logits
-    meta["prune"] = {"factor": float(factor), "strategy": strategy, "granularity": granularity, "seed": seed,
-                     "source_steps": len(src), "kept_steps": len(kept)}
+    meta["prune"] = {"factor": float(factor), "strategy": strategy, "granularity": granularity, "pool": pool,
+                     "seed": seed, "source_steps": len(src), "kept_steps": len(kept)}
     writer = LabelStoreWriter(dest, meta, steps_per_shard=max(len(kept), 1), overwrite=overwrite)
     try:
         for g in kept:
@@ -131,6 +140,7 @@ def prune_all(cfg: Config, mode: str, force: bool | set[str] = False) -> list[Pa
         redo = force if isinstance(force, bool) else ref.key in force
         if (dest / "manifest.json").is_file() and not redo:
             check_fresh(cfg, ref, layout)
+            check_pruned_store(dest, v)
             continue
         if not (layout.full_store(mode) / "manifest.json").is_file():
             raise LabelDistillError(f"no full label store for mode '{mode}' in {layout.full_store(mode)}: run "
@@ -140,6 +150,18 @@ def prune_all(cfg: Config, mode: str, force: bool | set[str] = False) -> list[Pa
             labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
         t0 = time.time()
         prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
-                    image_labels=labels, overwrite=True)
+                    image_labels=labels, overwrite=True, pool=v.pool)
         record_stage(cfg, ref, time.time() - t0, layout)
     return out
+def check_pruned_store(path: str | Path, variant: LabelVariant) -> None:
+    """Refuse to reuse the store at ``path`` for ``variant`` when its manifest records another pool (a store
+    written before pools existed used ``subset``).
+
+    Raises:
+        StoreError: naming the recorded and the asked-for pool, and the fix.
+    """
+    recorded = LabelStore(path).manifest["prune"]
+    diff = recipe_mismatch(recorded, variant)
+    if diff:
+        raise StoreError(f"label store {path} was made with {diff}: rebuild it (--force, or delete it) or set "
+                         f"prune.pool: {recorded.get('pool', LEGACY_POOL)}")

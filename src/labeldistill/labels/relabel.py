@@ -30,13 +30,15 @@ from ..config import Config, RelabelConfig
 from ..data import ImageSet
 from ..data.synthetic import load_synthetic
 from ..distributed import barrier, shard
+from ..errors import StoreError
 from ..io import MetricsLog, settings_key
-from ..layout import LabelVariant, RunLayout
+from ..layout import RunLayout
 from ..models.checkpoint import load_teacher
 from ..provenance import StageRef, check_fresh, record_stage
 from ..resume import fault_point
 from ..runtime import is_rank0, pick_device
-from .pool import select_steps
+from ..variants import label_variants
+from .pool import kept_steps, recipe_mismatch
 from .replay import build_batch  # noqa: F401  (also the old import path of build_batch)
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
@@ -147,20 +149,28 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     """Generate the label store of ``images/<mode>``.
 
     Normally writes the full store ``labels/<mode>/full``. With ``relabel.only_kept = f`` it generates only
-    the steps that random pruning at factor ``f`` (same seed) keeps and writes them straight to the pruned
-    store ``labels/<mode>/x<f>`` — the LPLD "generate only the prefix" route, here for any random subset.
+    the steps that random pruning at factor ``f`` (same seed, pool ``prune.pool``) keeps and writes them straight
+    to the pruned store ``labels/<mode>/x<f>``: the LPLD "generate only the prefix" route (spec §6.2). Under pool
+    ``prefix`` that is exactly the first ``max(1, int((1 − r)·S))`` steps; under ``subset`` the same random
+    subset that pruning the full store would keep.
 
     Raises:
-        LabelDistillError: missing teacher or images.
+        LabelDistillError: missing teacher or images; StoreError: an existing ``only_kept`` store made with
+        another pool.
     """
     layout = RunLayout(cfg.run_path)
     rc = cfg.relabel
     only = rc.only_kept
-    out = layout.full_store(mode) if only is None else layout.pruned_store(mode, LabelVariant(float(only), logits=rc.logits))
+    variant = label_variants(cfg)[0] if only is not None else None
+    out = layout.full_store(mode) if variant is None else layout.pruned_store(mode, variant)
     ref = StageRef("relabel", mode)
     if (out / "manifest.json").is_file() and not force:
         check_fresh(cfg, ref, layout)
-        return LabelStore(out)
+        store = LabelStore(out)
+        diff = variant and recipe_mismatch(store.manifest["prune"], variant)
+        if diff:
+            raise StoreError(f"label store {out} was made with {diff}: rebuild it with --force")
+        return store
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
     data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
@@ -169,10 +179,11 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     meta = store_meta(data, info, img_meta["fingerprint"], rc, cfg.seed, plan)
     meta["logits_format"] = rc.logits
     steps = list(range(plan.total_steps))
-    if only is not None:
-        steps = select_steps(steps, only, "random", cfg.seed)
-        meta["prune"] = {"factor": float(only), "strategy": "random", "granularity": "batch", "seed": cfg.seed,
-                         "source_steps": plan.total_steps, "kept_steps": len(steps), "generated_only_kept": True}
+    if variant is not None:
+        steps = kept_steps(steps, variant, cfg.seed, plan.steps_per_epoch, plan.epochs)
+        meta["prune"] = {"factor": float(only), "strategy": "random", "granularity": "batch", "pool": variant.pool,
+                         "seed": cfg.seed, "source_steps": plan.total_steps, "kept_steps": len(steps),
+                         "generated_only_kept": True}
     t0 = time.time()
     key = settings_key("relabel", meta, steps, info["fingerprint"])
     if is_rank0():

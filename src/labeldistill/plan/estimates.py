@@ -141,7 +141,7 @@ def _manifest_size(names: list[str], shards: list[dict], comps: dict, n: int, hw
         "cutmix": False, "seed": 0, "batch_size": plan.b, "epochs": plan.epochs,
         "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
         "prune": ({"factor": 1.0, "strategy": "none"} if steps_per_shard is not None else
-                  {"factor": 40.0, "strategy": "random", "granularity": "batch", "seed": 0,
+                  {"factor": 40.0, "strategy": "random", "granularity": "batch", "pool": "prefix", "seed": 0,
                    "source_steps": plan.total_steps, "kept_steps": steps}),
         "logits_format": logits, "num_steps": steps, "num_entries": entries,
         "component_bytes": {k: v for k, v in comps.items() if v}, "shards": shards,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..labels.pool import kept_steps, select_steps
+from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
 from ..layout import RunLayout
 from ..models import build_model, check_model_spec, require_bn_layers
@@ -111,10 +111,12 @@ def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, 
     """The relabel summary and one relabel stage row per mode."""
     rl = cfg.relabel
     all_steps = list(range(plan.total_steps))
-    generated = all_steps if rl.only_kept is None else select_steps(all_steps, rl.only_kept, "random", cfg.seed)
+    only = label_variants(cfg)[0] if rl.only_kept is not None else None
+    generated = all_steps if only is None else kept_steps(all_steps, only, cfg.seed, plan.steps_per_epoch, rl.epochs)
     summary = {"images": plan.n, "epochs": rl.epochs, "batch_size": rl.batch_size,
                "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
-               "generated_steps": len(generated), "only_kept": rl.only_kept, "input_size": list(hw),
+               "generated_steps": len(generated), "only_kept": rl.only_kept, "pool": cfg.prune.pool,
+               "input_size": list(hw),
                "cutmix": rl.cutmix, "logits": rl.logits}
     gen_entries = sum(step_size(plan, g) for g in generated)
     rows = []
@@ -130,7 +132,8 @@ def label_rows(cfg: Config, plan: StepPlan, num_classes: int, hw: tuple[int, int
     """One row per label store (the full store, then every variant): kept steps and estimated bytes.
 
     A metric strategy's kept steps depend on the stored logits: the count is exact, the sizes are those of a
-    random choice (``exact_steps: False``).
+    random choice (``exact_steps: False``). Kept steps come from :func:`~labeldistill.labels.pool.kept_steps`,
+    the selection prune and relabel's ``only_kept`` use, with the variant's pool.
     """
     rl = cfg.relabel
     cutmix = rl.cutmix > 0
@@ -142,7 +145,7 @@ def label_rows(cfg: Config, plan: StepPlan, num_classes: int, hw: tuple[int, int
                      "kept_steps": full["steps"], "exact_steps": True, **full})
     for v in label_variants(cfg):
         if rl.only_kept is not None:
-            generated = select_steps(all_steps, rl.only_kept, "random", cfg.seed)
+            generated = kept_steps(all_steps, v, cfg.seed, plan.steps_per_epoch, rl.epochs)
             est = estimate_store_bytes(generated, plan, num_classes, hw, cutmix, v.logits, rl.steps_per_shard, names)
             exact = True
         else:
@@ -151,7 +154,8 @@ def label_rows(cfg: Config, plan: StepPlan, num_classes: int, hw: tuple[int, int
             kept = kept_steps(all_steps, as_random, cfg.seed, plan.steps_per_epoch, rl.epochs)
             est = estimate_store_bytes(kept, plan, num_classes, hw, cutmix, v.logits, None, names)
         rows.append({"tag": v.tag, "factor": v.factor, "strategy": v.strategy, "logits": v.logits,
-                     "granularity": v.granularity, "kept_steps": est["steps"], "exact_steps": exact, **est})
+                     "granularity": v.granularity, "pool": v.pool, "replay": v.replay_mode,
+                     "kept_steps": est["steps"], "exact_steps": exact, **est})
     return rows
 
 
@@ -164,7 +168,8 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     validate = []
     for mode in cfg.recover.modes:
         for v in variants:
-            validate.append({"mode": mode, "store": v.tag, "student": vc.model.name, "student_tag": student,
+            validate.append({"mode": mode, "store": v.tag, "result": v.result_tag, "student": vc.model.name,
+                             "student_tag": student,
                              "epochs": epochs, "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n,
                              "eval_images": n_test, **_status(cfg, layout, StageRef("validate", mode, v, student))})
     prunes = [_status(cfg, layout, StageRef("prune", m, v)) for m in cfg.recover.modes for v in variants] \
