@@ -113,7 +113,7 @@ def test_replay_defaults_and_tags():
     assert LabelVariant(40.0, replay="ordered").result_tag == "x40-replay_ordered"
     assert LabelVariant(1.0, replay="pool").result_tag == "x1-replay_pool"
     lay = RunLayout(Path("r"))
-    assert lay.validate_file("m", LabelVariant(40.0, replay="ordered")).name == "m_x40-replay_ordered.json"
+    assert lay.validate_file("m", LabelVariant(40.0, replay="ordered"), student="s").name == "m_x40-replay_ordered.json"
     cfg = load_config(DEMO, ["prune.factors=[1, 40]", "prune.pool=subset"])
     assert [(v.tag, v.replay_mode) for v in label_variants(cfg)] == [("x1", "ordered"), ("x40-subset", "pool")]
     cfg = load_config(DEMO, ["prune.factors=[1, 40]", "prune.replay=ordered"])
