@@ -34,12 +34,15 @@ def _views(plan: StepPlan, kept: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("total", [1, 7, 64, 157, 600, 1570, 15700, 117300])
 def test_prefix_keeps_the_first_int_one_minus_r_times_s_steps_like_the_reference(total):
-    """Catches: rounding instead of truncation, S // f instead of the reference's float expression, a random
-    subset instead of the first steps, an input order taken for the generation order."""
+    """Catches: rounding instead of truncation, a random subset instead of the first steps, an input order taken
+    for the generation order. The count is the reference's ⌊(1 − r)·S⌋ computed exactly: its float expression
+    keeps one fewer where (1 − r)·S lands just below an integer (a documented departure)."""
     ids = list(range(total))
     shuffled = [ids[i] for i in torch.randperm(total, generator=torch.Generator().manual_seed(1)).tolist()]
     for f, r in REFERENCE_RATIOS.items():
-        k = max(1, int((1 - r) * total))  # the reference: pool = pool[:int((1-args.prune_ratio)*total_steps)]
+        exact = max(1, int((1 - r) * total + 1e-9))  # the reference: pool[:int((1-args.prune_ratio)*total_steps)]
+        k = max(1, total // f)
+        assert exact == k and k <= max(1, round(total / f))
         assert num_kept(total, f) == k
         assert select_steps(ids, f, seed=3) == select_steps(shuffled, f, seed=4) == ids[:k]
 
@@ -51,7 +54,7 @@ def test_prefix_from_a_100_epoch_plan_keeps_every_image_in_floor_kept_over_spe_v
     steps = list(range(plan.total_steps))
     for f in (100, 40, 20):
         kept = select_steps(steps, f, seed=0)
-        assert len(kept) == int((1 - (1 - 1 / f)) * plan.total_steps)
+        assert len(kept) == plan.total_steps // f
         assert int(_views(plan, kept).min()) >= len(kept) // plan.steps_per_epoch >= 1
     subset = select_steps(steps, 100, seed=0, pool="subset")
     assert len(subset) == 16 and int(_views(plan, subset).min()) == 0
@@ -62,7 +65,7 @@ def test_epoch_granularity_keeps_the_first_whole_epochs_within_the_step_budget()
     the batch granularity's budget, zero epochs at a large factor."""
     spe, epochs = 16, 100
     steps = list(range(spe * epochs))
-    for f, want in ((40, 2), (10, 9), (3, 33), (1000, 1)):  # 10x: int(0.0999..98 * 100) = 9, as the reference
+    for f, want in ((40, 2), (10, 10), (3, 33), (1000, 1)):  # ⌊100 / f⌋ epochs (the reference's float: 9 at 10x)
         v = LabelVariant(float(f), granularity="epoch")
         kept = kept_steps(steps, v, 0, spe, epochs)
         assert select_epochs(epochs, f) == list(range(want))
@@ -84,7 +87,7 @@ def test_subset_pool_is_the_old_seeded_random_selection():
 
 def test_metric_strategies_rank_all_steps_and_take_the_count_from_the_pool():
     scores = {g: float((g * 7) % 11) for g in range(600)}
-    for pool, k in (("prefix", 59), ("subset", 60)):
+    for pool, k in (("prefix", 60), ("subset", 60)):
         easy = select_steps(list(range(600)), 10, "confidence-easy", 0, scores, pool=pool)
         assert len(easy) == k and min(scores[g] for g in easy) >= max(scores[g] for g in range(600) if g not in easy)
 
@@ -124,15 +127,15 @@ def test_replay_defaults_and_tags():
 
 
 def test_dry_run_label_rows_use_the_pool_selection():
-    """The dry run's kept steps are the pool's (59 of 600 at 10x under prefix, 60 under subset)."""
+    """The dry run's kept steps are the pool's (at 80x of 600: 7 under prefix, 8 under subset)."""
     plan = StepPlan(num_images=100, batch_size=10, epochs=60, seed=0)  # 600 steps
-    for pool, k in (("prefix", 59), ("subset", 60)):
-        cfg = load_config(DEMO, ["prune.factors=[1, 10]", f"prune.pool={pool}", "relabel.epochs=60",
+    for pool, k in (("prefix", 7), ("subset", 8)):
+        cfg = load_config(DEMO, ["prune.factors=[1, 80]", f"prune.pool={pool}", "relabel.epochs=60",
                                  "relabel.batch_size=10"])
         rows = {r["tag"]: r for r in label_rows(cfg, plan, 10, (28, 28), [str(i) for i in range(10)])}
-        tag = "x10" if pool == "prefix" else "x10-subset"
+        tag = "x80" if pool == "prefix" else "x80-subset"
         assert rows[tag]["kept_steps"] == k and rows[tag]["pool"] == pool and rows["x1"]["kept_steps"] == 600
-        only = load_config(DEMO, ["relabel.only_kept=10", f"prune.pool={pool}", "relabel.epochs=60",
+        only = load_config(DEMO, ["relabel.only_kept=80", f"prune.pool={pool}", "relabel.epochs=60",
                                   "relabel.batch_size=10"])
         assert [r["kept_steps"] for r in label_rows(only, plan, 10, (28, 28), [str(i) for i in range(10)])] == [k]
 

@@ -51,7 +51,7 @@ def test_a_changed_setting_is_refused_and_config_yaml_is_untouched(micro_run, ca
 def test_dry_run_names_stale_stages(micro_run, capsys):
     code, out, _ = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={micro_run}", "relabel.epochs=3", "--dry-run")
     assert code == 0
-    assert "[done] squeeze" in out and "[stale (relabel.epochs: 2 → 3)] relabel[random_real]" in out, out
+    assert "squeeze [done]" in out and "relabel[random_real] [stale (relabel.epochs: 2 → 3)]" in out, out
     assert "[to do]" not in out
 
 

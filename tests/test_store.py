@@ -1,3 +1,4 @@
+import math
 import torch
 import pytest
 from hypothesis import given, settings
@@ -116,10 +117,11 @@ def test_num_kept_subset_rounds(total, factor, kept):
     assert num_kept(total, factor, "subset") == kept
 
 
-# prefix: int((1 - r) * total) with r = 1 - 1/f in floating point, as the reference (10x of 600: 59, not 60;
-# 30x of 600: 19)
-@pytest.mark.parametrize("total, factor, kept", [(600, 1, 600), (600, 10, 59), (600, 40, 15), (600, 30, 19),
-                                                 (7, 40, 1), (1000, 2.5, 400), (601, 100, 6), (15700, 10, 1569)])
+# prefix: the reference's truncation ⌊(1 - r) * total⌋ = ⌊total / f⌋, computed exactly (300 / 40: 7 where rounding
+# gives 8; the reference's float expression would give 59 of 600 at 10x)
+@pytest.mark.parametrize("total, factor, kept", [(600, 1, 600), (600, 10, 60), (600, 40, 15), (600, 30, 20),
+                                                 (300, 40, 7), (7, 40, 1), (1000, 2.5, 400), (601, 100, 6),
+                                                 (15700, 10, 1570), (18, 3, 6), (6, 3, 2)])
 def test_num_kept_prefix_truncates(total, factor, kept):
     assert num_kept(total, factor) == num_kept(total, factor, "prefix") == kept
 
@@ -135,8 +137,8 @@ def test_pruning_keeps_exact_count_and_nests(total, f1, f2, seed, pool):
     if pool == "subset":
         assert len(a) == max(1, round(total / small)) and len(b) == max(1, round(total / large))
     else:
-        assert len(a) == max(1, int((1 - (1 - 1 / small)) * total)) and a == ids[:len(a)]
-        assert len(b) == max(1, int((1 - (1 - 1 / large)) * total)) and b == ids[:len(b)]
+        assert len(a) == max(1, math.floor(total / small + 1e-9)) and a == ids[:len(a)]
+        assert len(b) == max(1, math.floor(total / large + 1e-9)) and b == ids[:len(b)]
     assert set(b) <= set(a)
 
 
@@ -144,8 +146,8 @@ def test_prune_store_writes_a_real_smaller_store(tmp_path):
     recs = _records(40, 16, 100, 10, 28, cutmix=True, last_partial=False)
     full = _write(tmp_path / "full", recs, 100, 28, True, per_shard=10)
     p = prune_store(tmp_path / "full", tmp_path / "x10", 10, "random", seed=0)
-    assert len(p) == 3  # prefix pool: int((1 - 0.9) * 40) = int(3.9999999999999996), the reference's truncation
-    assert p.step_ids == full.step_ids[:3] and p.manifest["prune"]["pool"] == "prefix"
+    assert len(p) == 4  # prefix pool: ⌊40 / 10⌋ (the reference's float expression would keep 3)
+    assert p.step_ids == full.step_ids[:4] and p.manifest["prune"]["pool"] == "prefix"
     for g in p.step_ids:
         _assert_same(full.get(g), p.get(g))
     assert p.manifest["prune"]["factor"] == 10.0

@@ -20,7 +20,8 @@ from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
 from .layout import RunLayout
 from .models import check_model_spec
-from .provenance import StageRef, check_fresh, done_marker, machine, model_tag, stage_seconds, stale_keys
+from .provenance import (StageRef, check_fresh, done_marker, machine, model_tag, relabel_ref, stage_seconds,
+                         stale_keys)
 from .recover import recover
 from .report import results_table, summarize, write_report
 from .resume import check_run_dir
@@ -35,7 +36,7 @@ def stage_refs(cfg: Config) -> list[StageRef]:
     refs = [StageRef("squeeze"), StageRef("class-stats")]
     student = model_tag(cfg.validate.model)
     for mode in cfg.recover.modes:
-        refs += [StageRef("recover", mode), StageRef("relabel", mode)]
+        refs += [StageRef("recover", mode), relabel_ref(cfg, mode)]
         if cfg.relabel.only_kept is None:
             refs += [StageRef("prune", mode, v) for v in label_variants(cfg)]
         refs += [StageRef("validate", mode, v, student) for v in label_variants(cfg)]
@@ -102,7 +103,7 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
     rows = []
     for mode in cfg.recover.modes:
         recover(cfg, mode, force=StageRef("recover", mode).key in stale)
-        relabel(cfg, mode, force=StageRef("relabel", mode).key in stale)
+        relabel(cfg, mode, force=relabel_ref(cfg, mode).key in stale)
         if cfg.relabel.only_kept is None and is_rank0():
             prune_all(cfg, mode, force=stale)
         barrier()

@@ -27,7 +27,7 @@ from .config import Config, ModelConfig
 from .errors import StaleStageError
 from .io import atomic_write_json, read_json, settings_key
 from .layout import LabelVariant, RunLayout
-from .variants import resolve_variant
+from .variants import label_variants, resolve_variant
 
 LEDGER = "stages.json"
 _DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
@@ -56,6 +56,13 @@ class StageRef:
         tag = None if self.variant is None else self.variant.result_tag if self.stage == "validate" else self.variant.tag
         inner = " ".join(p for p in (self.mode, tag, self.student) if p)
         return f"{self.stage}[{inner}]" if inner else self.stage
+
+
+def relabel_ref(cfg: Config, mode: str) -> StageRef:
+    """The relabel unit of a mode: the full store, or with ``relabel.only_kept`` the one pruned store it writes
+    (a different output, so a different record: ``relabel[cs x40]``)."""
+    variants = label_variants(cfg) if cfg.relabel.only_kept is not None else [None]
+    return StageRef("relabel", mode, variants[0])
 
 
 def _flat(prefix: str, value: Any) -> dict[str, Any]:

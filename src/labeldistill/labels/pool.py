@@ -29,6 +29,8 @@ exactly the first steps) and by the dry run's storage estimate; this module is t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..augment import Stream, step_generator
@@ -44,7 +46,11 @@ LEGACY_REPLAY = "pool"  # what a validate result that records no replay used
 def num_kept(total: int, factor: float, pool: str = "prefix") -> int:
     """Units (steps or epochs) kept out of ``total`` at pruning factor ``factor`` (>= 1) under ``pool``.
 
-    ``prefix``: ``max(1, int((1 − r) · total))`` with ``r = 1 − 1/factor``; ``subset``: ``max(1, round(total / factor))``.
+    ``prefix``: ``max(1, ⌊(1 − r) · total⌋)`` with ``r = 1 − 1/factor``, the reference's truncation
+    (``int((1 - prune_ratio) * total_steps)``), computed exactly as ``⌊total / factor⌋``. Departure: the
+    reference evaluates ``1 - r`` in floating point, which lands just below ``1/factor`` for some factors and then
+    keeps one unit fewer (59 of 600 steps at 10×, 1 of 6 epochs at 3×); we keep the count the formula means.
+    ``subset``: ``max(1, round(total / factor))`` (the earlier behaviour).
 
     Raises:
         ConfigError: factor < 1, or an unknown pool.
@@ -53,8 +59,7 @@ def num_kept(total: int, factor: float, pool: str = "prefix") -> int:
         raise ConfigError(f"prune factor must be >= 1 (1 keeps everything), got {factor}")
     one_of(pool, POOLS, "prune.pool")
     if pool == "prefix":
-        r = 1 - 1 / factor
-        return max(1, min(total, int((1 - r) * total)))
+        return max(1, min(total, math.floor(total / factor + 1e-9)))
     return max(1, min(total, round(total / factor)))
 
 

@@ -34,7 +34,7 @@ from ..errors import StoreError
 from ..io import MetricsLog, settings_key
 from ..layout import RunLayout
 from ..models.checkpoint import load_teacher
-from ..provenance import StageRef, check_fresh, record_stage
+from ..provenance import check_fresh, record_stage, relabel_ref
 from ..resume import fault_point
 from ..runtime import is_rank0, pick_device
 from ..variants import label_variants
@@ -163,7 +163,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     only = rc.only_kept
     variant = label_variants(cfg)[0] if only is not None else None
     out = layout.full_store(mode) if variant is None else layout.pruned_store(mode, variant)
-    ref = StageRef("relabel", mode)
+    ref = relabel_ref(cfg, mode)
     if (out / "manifest.json").is_file() and not force:
         check_fresh(cfg, ref, layout)
         store = LabelStore(out)

@@ -116,7 +116,7 @@ def format_plan(p: dict) -> str:
     lines.append("")
     lines.append("planned work:")
     for s in p["stages"]:
-        lines.append(f"  [{s['status']}] {s['stage']}: {s['work']}")
+        lines.append(f"  {s['stage']} [{s['status']}]: {s['work']}")
     rl = p["relabel"]
     lines.append(f"  relabel plan: {rl['images']:,} images × {rl['epochs']} epochs, batch {rl['batch_size']} → "
                  f"{rl['steps_per_epoch']:,} steps/epoch, {rl['total_steps']:,} steps, "

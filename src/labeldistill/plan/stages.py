@@ -12,7 +12,7 @@ from ..labels.relabel import StepPlan
 from ..layout import RunLayout
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
-from ..provenance import StageRef, model_tag, stage_status
+from ..provenance import StageRef, model_tag, relabel_ref, stage_status
 from ..variants import label_variants, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
 
@@ -121,7 +121,7 @@ def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, 
     gen_entries = sum(step_size(plan, g) for g in generated)
     rows = []
     for mode in cfg.recover.modes:
-        rows.append({"stage": f"relabel[{mode}]", **_status(cfg, layout, StageRef("relabel", mode)),
+        rows.append({"stage": f"relabel[{mode}]", **_status(cfg, layout, relabel_ref(cfg, mode)),
                      "work": f"{len(generated):,} steps of {rl.batch_size} ({gen_entries:,} teacher forwards of "
                              f"augmented images)" + (f", only the steps kept at {rl.only_kept:g}×" if rl.only_kept else ""),
                      "steps": len(generated), "images": gen_entries})
