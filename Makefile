@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null \
 		|| $(BIN)/pip install --quiet $(TORCH_SPEC)
-	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	@$(BIN)/python -c "from importlib.metadata import version; print('torch==' + version('torch'))" \
+		> $(VENV)/torch-constraint.txt
 	$(BIN)/pip install --quiet -c $(VENV)/torch-constraint.txt -e '.[dev]' \
 		|| { echo "setup: the venv's $$(cat $(VENV)/torch-constraint.txt) does not fit pyproject.toml" \
 		     "(torch>=2.14 with a matching torchvision); upgrade it, or remove $(VENV) to get $(TORCH_SPEC)" >&2; \
