@@ -109,7 +109,7 @@ def test_results_carry_provenance(micro_run):
 
 def test_bad_student_name_fails_the_dry_run_with_close_matches(capsys, tmp_path):
     code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path}", "validate.model.name=convnt", "--dry-run")
-    assert code == 2 and "validate.model" in err and "did you mean convnet" in err, err
+    assert code == 2 and "validate.model" in err and "did you mean: convnet" in err, err
     code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path / 'x'}", "validate.model.name=convnt")
     assert code == 2 and not (tmp_path / "x" / "teacher").exists()  # refused before squeeze
 

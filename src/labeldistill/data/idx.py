@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     Format: 2 zero bytes, a dtype code, the number of dimensions, then big-endian int32 sizes and data.
 
     Raises:
-        DataError: the file is missing, has the wrong magic number or is truncated.
+        DataError: the file is missing or unreadable, has the wrong magic number or dtype code, or sizes that
+            do not fit its length (truncated, or a corrupt dimension byte).
     """
     path = Path(path)
     if not path.is_file():
@@ -39,20 +42,24 @@ def read_idx(path: str | Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
+    if raw[2] not in _DTYPES:
+        raise DataError(f"{path} is not an IDX file (unknown data type code {raw[2]:#04x} in the magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path} is truncated (header)")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[raw[2]])
-    need = int(np.prod(dims)) * dtype.itemsize
+    count = math.prod(dims)  # Python ints: corrupt sizes must not wrap around (np.prod is int64)
+    need = count * dtype.itemsize
     if len(raw) - header < need:
-        raise DataError(f"{path} is truncated: expected {need} data bytes, found {len(raw) - header}")
-    return np.frombuffer(raw, dtype=dtype, count=int(np.prod(dims)), offset=header).reshape(dims)
+        raise DataError(f"{path} is truncated or has a corrupt header: sizes {dims} need {need} data bytes, "
+                        f"found {len(raw) - header}")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path:

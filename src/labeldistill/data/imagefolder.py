@@ -322,32 +322,54 @@ def load_imagefolder(folder: str | Path, class_to_idx: dict[str, int] | None = N
     folder = Path(folder)
     mapping, names, labels = scan_imagefolder(folder, class_to_idx)
     classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+    return load_images(folder, names, labels, classes, mean, std, image_size, resize, lazy)
+
+
+def load_images(folder: str | Path, names: list[str], labels: torch.Tensor, classes: list[str],
+                mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                image_size: int | None = None, resize: int | None = None, lazy: bool = False,
+                mode: str | None = None) -> ImageSet:
+    """An :class:`ImageSet` of the files ``folder/names[i]`` with class ``labels[i]`` (any file layout).
+
+    Args:
+        folder, names: the image files (``names`` relative to ``folder``).
+        labels: int64 ``(N,)`` class indices into ``classes``.
+        mean, std, image_size, resize, lazy: as :func:`load_imagefolder`.
+        mode: convert every image to this Pillow mode (``RGB``, ``L``); None: the files must share one mode
+            (lazy: the first file's mode family).
+
+    Raises:
+        DataError: unreadable file, mixed sizes (without ``image_size``) or, without ``mode``, mixed modes.
+    """
+    folder = Path(folder)
     if lazy:
-        images = LazyImages(folder, names, image_size, resize)
+        images = LazyImages(folder, names, image_size, resize, mode)
         if mean is None or std is None:
             mean, std = estimate_stats(images)
-        return ImageSet(images, labels, classes, tuple(mean), tuple(std))
-    arrays, size, mode = [], None, None
+        return ImageSet(images, labels, list(classes), tuple(mean), tuple(std))
+    arrays, size, first_mode = [], None, None
     for name in names:
         p = folder / name
         try:
             with Image.open(p) as im:
-                if mode is None:
-                    mode, size = im.mode, im.size
-                if im.mode != mode:
-                    raise DataError(f"{p} has mode {im.mode}, other images have {mode}")
+                if first_mode is None:
+                    first_mode, size = im.mode, im.size
+                if mode is None and im.mode != first_mode:
+                    raise DataError(f"{p} has mode {im.mode}, other images have {first_mode}")
                 if image_size is None and im.size != size:
                     raise DataError(f"{p} is {im.size[0]}x{im.size[1]}, other images are "
                                     f"{size[0]}x{size[1]}; resize them to one size first (or set data.image_size)")
-                arrays.append(_pixels(im, None, image_size, resize))
+                arrays.append(_pixels(im, mode, image_size, resize))
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {p}: {e}") from None
+    if not arrays:
+        raise DataError(f"no images in {folder}")
     x = torch.from_numpy(np.stack(arrays)).contiguous()
     if mean is None or std is None:
         xf = x.float() / 255
         mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
         std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    return ImageSet(x, labels, classes, tuple(mean), tuple(std))
+    return ImageSet(x, labels, list(classes), tuple(mean), tuple(std))
 
 
 @register_dataset("imagefolder")

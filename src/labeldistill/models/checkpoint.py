@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,38 +43,109 @@ def load_teacher(folder: Path, device: torch.device) -> tuple[nn.Module, dict]:
     return model, info
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``state_dict`` from ``.safetensors`` or a ``torch.save`` file (``.pth``/``.pt``, optionally a dict
-    holding it under ``state_dict`` or ``model``), stripping a DistributedDataParallel ``module.`` prefix.
+# Where training scripts keep the weights inside a checkpoint dict (timm: state_dict / state_dict_ema; DeiT,
+# torchvision references: model; some DDP scripts: module), tried in this order.
+STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "module")
+# Prefixes of wrapped models, removed when every key has them: DDP/DataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+SHOW_KEYS = 5
+
+
+def _read_raw(p: Path) -> Any:
+    """The object in a ``.safetensors`` or ``torch.save`` file (``weights_only``: tensors and plain data).
 
     Raises:
-        DataError: missing or unreadable file.
+        DataError: unreadable file, or a pickled Python object other than tensors and plain containers.
+    """
+    try:
+        if p.suffix == ".safetensors":
+            return load_file(str(p))
+        with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train.py stores its args
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+        msg = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if found:
+            raise DataError(f"teacher checkpoint {p} holds a pickled {found.group(1)} object, not only tensors: "
+                            "save model.state_dict() (it is read with weights_only=True)") from None
+        raise DataError(f"cannot read teacher checkpoint {p}: {msg.splitlines()[0] if msg else type(e).__name__}"
+                        ) from None
+
+
+def _unwrap(obj: Any, p: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` inside a checkpoint object (see :data:`STATE_DICT_KEYS`), wrapper prefixes removed."""
+    for _ in range(3):  # e.g. {"model": {"module": {...}}}
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        key = next((k for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
+    tensors = isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())
+    if not tensors:
+        keys = list(obj)[:SHOW_KEYS] if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(f"teacher checkpoint {p} holds no state_dict (a dict of tensors, alone or under "
+                        f"{' / '.join(STATE_DICT_KEYS)}); found {keys}")
+    sd = dict(obj)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``state_dict`` from ``.safetensors`` or a ``torch.save`` file (``.pth``/``.pt``/``.bin``/...).
+
+    Accepted forms: a plain ``state_dict``; a dict holding it under ``state_dict``, ``model``,
+    ``state_dict_ema`` or ``module`` (the first present, so a timm checkpoint gives its raw weights, not
+    the EMA ones; other entries such as ``optimizer``, ``epoch``, ``args`` are ignored); keys with a
+    DistributedDataParallel / DataParallel ``module.`` or a ``torch.compile`` ``_orig_mod.`` prefix (removed
+    when every key has it).
+
+    Raises:
+        DataError: missing or unreadable file, a pickled object other than tensors, or no state_dict inside.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"teacher checkpoint not found: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-            for k in ("state_dict", "model"):
-                if isinstance(sd, dict) and isinstance(sd.get(k), dict):
-                    sd = sd[k]
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise DataError(f"cannot read teacher checkpoint {p}: {str(e).splitlines()[0]}") from None
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return _unwrap(_read_raw(p), p)
+
+
+def _first(keys: list[str]) -> str:
+    more = f" (+{len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else ""
+    return ", ".join(keys[:SHOW_KEYS]) + more
+
+
+def describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
+    """Which keys of ``sd`` are missing from / unexpected by ``model``, and which differ in shape (first few)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    parts = [f"missing keys: {_first(missing)}" if missing else "",
+             f"unexpected keys: {_first(unexpected)}" if unexpected else "",
+             f"shape (checkpoint vs model): {_first(shapes)}" if shapes else ""]
+    return "; ".join(x for x in parts if x) or "no key differs"
 
 
 def load_checkpoint_into(model: nn.Module, path: str | Path, spec: Any, num_classes: int) -> None:
     """Load a user's teacher checkpoint into ``model`` (built from ``spec`` for ``num_classes`` classes).
 
     Raises:
-        DataError: missing or unreadable file, or weights that do not fit the model (names the model).
+        DataError: missing or unreadable file, or weights that do not fit the model: the message names the
+        model and the first few missing, unexpected and mis-shaped keys.
     """
+    sd = load_state_dict_file(path)
     try:
-        model.load_state_dict(load_state_dict_file(path))
+        model.load_state_dict(sd)
     except RuntimeError as e:
-        lines = str(e).splitlines()
+        detail = describe_mismatch(model, sd)
+        if detail == "no key differs":
+            detail = str(e).splitlines()[-1].strip()
         raise DataError(f"teacher checkpoint {path} does not fit model '{spec.name}' {spec.args} with "
-                        f"{num_classes} classes: {lines[1].strip() if len(lines) > 1 else e}") from None
+                        f"{num_classes} classes: {detail}") from None

@@ -29,7 +29,8 @@ def require_bn_layers(model: nn.Module, name: str) -> list[nn.BatchNorm2d]:
     bns = bn_layers(model)
     if not bns:
         raise LabelDistillError(f"teacher '{name}' has no BatchNorm2d layer: BN-statistics recovery needs one "
-                                "(e.g. convnet with norm=batch, resnet18)")
+                                "(e.g. convnet with norm=batch, resnet18); models without BatchNorm (ViT, "
+                                "ConvNeXt) can relabel and validate but not recover")
     return bns
 
 
