@@ -8,16 +8,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_store import _records, _write
 
 from labeldistill.errors import ConfigError, StoreError
 from labeldistill.labels.accounting import format_report, store_report
 from labeldistill.labels.codecs import Codec, pack4, unpack4
 from labeldistill.labels.prune import prune_store
 from labeldistill.labels.relabel import StepPlan, sample_step
-from labeldistill.labels.store import LabelStore, LabelStoreWriter, StepRecord
+from labeldistill.labels.store import LabelStoreWriter, StepRecord
 from labeldistill.plan import estimate_store_bytes
 from labeldistill.variants import parse_logits_codec, parse_logits_format
-from test_store import _records, _write
 
 QUANTISED = ["int8", "int4", "top3-int8", "top3-int4"]
 ALL_FORMATS = ["fp16", "top3", *QUANTISED]
@@ -99,7 +99,7 @@ def test_tensor_names_dtypes_and_logits_bytes_at_10_classes(tmp_path):
     assert h.get_slice("logits_q4").get_dtype() == "U8" and h.get_slice("logits_q4").get_shape() == [500, 5]
     assert h.get_slice("logits_scale").get_dtype() == "F32" and h.get_slice("logits_offset").get_shape() == [10]
     assert set(h.keys()).isdisjoint({"logits", "logits_q"})
-    for f, s in stores.items():
+    for s in stores.values():
         rep = store_report(s.path)
         assert rep["floor"] == sum(s.manifest["component_bytes"].values())
         assert rep["total_on_disk"] == sum(p.stat().st_size for p in s.path.iterdir())
