@@ -8,18 +8,20 @@ the route ``prune.logits: [<codec>]`` takes.
 Measured, per codec:
 
 (a) decode time per step ÷ fp16: ``store.get(g)`` (read + decode one step), ``get(g).soft_targets(C, T)``
-    (what the student consumes) and ``StoredStepDataset[g]`` (validate's read: + replaying the crops/flips);
-    all steps of the store per repeat, the codecs run interleaved (fp16, int8, …, fp16, int8, …), 1 thread;
-    the ratio is the median of the per-repeat ratios;
+    (what the student consumes), ``StoredStepDataset[g]`` (validate's read: + replaying the crops/flips) and
+    a whole validate step (that read + a ConvNet-32 student's forward, KD loss, backward, AdamW step);
+    every step read by every codec back to back (random order per step), all steps per repeat, 1 thread; the ratio
+    is the median over (repeat, step) of codec time ÷ fp16 time, with an fp16-vs-fp16 (A/A) row as noise floor;
 (b) bytes: the logits component (codes or values), ``logits_scale`` (per-step scale + offset), indices, the
     whole store on disk, each ÷ fp16, and the dry-run estimate (``plan.estimate_store_bytes``) ÷ actual;
-(c) soft targets at T = 4: total variation ½·Σ|p − p_fp16| per row (max, mean) and argmax agreement;
+(c) soft targets at T = 4: total variation ½·Σ|p − p_ref| per row (max, mean) and argmax agreement, against the
+    same kept logits in fp16 (``fp16`` for full codecs, ``top3`` for ``top3-int8`` / ``top3-int4``);
 (d) where scale and offset live: the same quantisation per step (the store's), per row (fp16 scale + offset,
     4 B a row) and per shard, on the same logits — the error and what each costs.
 
 Usage::
 
-    python bench/codecs.py                  # about 2 minutes on 2 CPU cores
+    python bench/codecs.py                  # about 4 minutes on 2 CPU cores (first run: +1 min of setup)
     python bench/codecs.py --repeats 3 --no-write
 """
 
@@ -33,7 +35,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,11 +51,12 @@ from labeldistill.labels.prune import prune_store  # noqa: E402
 from labeldistill.labels.relabel import StepPlan, relabel  # noqa: E402
 from labeldistill.labels.store import LabelStore  # noqa: E402
 from labeldistill.layout import RunLayout  # noqa: E402
+from labeldistill.models import build_model  # noqa: E402
 from labeldistill.models.checkpoint import load_teacher  # noqa: E402
 from labeldistill.plan import estimate_store_bytes  # noqa: E402
 from labeldistill.recover import load_synthetic, recover  # noqa: E402
 from labeldistill.squeeze import squeeze  # noqa: E402
-from labeldistill.validate import StoredStepDataset  # noqa: E402
+from labeldistill.validate import StoredStepDataset, kd_loss  # noqa: E402
 
 MODE = "random_real"
 CODECS = ["fp16", "int8", "int4", "top3", "top3-int8", "top3-int4"]
@@ -73,8 +78,8 @@ def overrides(run_dir: Path) -> list[str]:
             "relabel.epochs=40", "relabel.batch_size=50", "relabel.steps_per_shard=40"]
 
 
-def build_stores(runs: Path) -> tuple[dict[str, LabelStore], torch.Tensor, StepPlan]:
-    """The fp16 relabel store and its factor-1 copy in every codec; returns (stores, images, plan)."""
+def build_stores(runs: Path) -> tuple[dict[str, LabelStore], torch.Tensor, StepPlan, Any]:
+    """The fp16 relabel store and its factor-1 copy in every codec; returns (stores, images, plan, config)."""
     cfg = load_config(DEMO, overrides(runs))
     layout = RunLayout(runs)
     squeeze(cfg)
@@ -89,32 +94,56 @@ def build_stores(runs: Path) -> tuple[dict[str, LabelStore], torch.Tensor, StepP
     _, info = load_teacher(layout.teacher_dir, torch.device("cpu"))
     data, _ = load_synthetic(layout.images_dir(MODE), info["mean"], info["std"])
     m = full.manifest
-    return stores, data.float_images(), StepPlan(m["num_images"], m["batch_size"], m["epochs"], cfg.seed)
+    return stores, data.float_images(), StepPlan(m["num_images"], m["batch_size"], m["epochs"], cfg.seed), cfg
 
 
-def bench_decode(stores: dict[str, LabelStore], images: torch.Tensor, repeats: int) -> dict:
-    """(a): seconds per step of three read paths. Every step is read by every codec back to back (the order
-    rotating from step to step), so a slow spell of the shared CPU hits all codecs alike; a repeat sums all
-    steps; the first repeat is a warm-up."""
+def train_step(cfg: Any, store: LabelStore) -> Callable[[Any, Any, int], None]:
+    """One student step as validate takes it: read the step, replay its augmentation, KD loss, backward, AdamW
+    step (one ConvNet student shared by all codecs: only the time matters here)."""
+    vc, m = cfg.validate, store.manifest
+    torch.manual_seed(0)
+    student = build_model(vc.model, m["num_classes"], (m["channels"], *m["input_size"]))
+    opt = torch.optim.AdamW(student.parameters(), lr=vc.lr, weight_decay=vc.weight_decay)
+
+    def step(s: LabelStore, d: StoredStepDataset, g: int) -> None:
+        x, t = d[g]
+        loss = kd_loss(student(x), t, T, vc.t2_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def bench_decode(stores: dict[str, LabelStore], images: torch.Tensor, repeats: int, cfg: Any) -> dict:
+    """(a): seconds per call of four read paths (``get``, + soft targets, validate's read, a validate step). Every step is read by every codec back to back (in a fresh
+    random order for every step), so a slow spell of the shared CPU hits all codecs of that step alike; the ratio
+    is the median over all (repeat, step) pairs of codec time ÷ fp16 time for the same step in the same round.
+    ``fp16 (A/A)`` reads the fp16 store through a second handle: its ratio is the noise floor. The first repeat
+    is a warm-up."""
     c = stores["fp16"].manifest["num_classes"]
+    stores = {**stores, "fp16 (A/A)": LabelStore(stores["fp16"].path)}
     datasets = {f: StoredStepDataset(s, images, T) for f, s in stores.items()}
     paths = {
         "get": lambda s, d, g: s.get(g),
         "soft_targets": lambda s, d, g: s.get(g).soft_targets(c, T),
         "validate_read": lambda s, d, g: d[g],
+        "train_step": train_step(cfg, stores["fp16"]),
     }
     order, ids = list(stores), stores["fp16"].step_ids
+    gen = torch.Generator().manual_seed(0)
     out = {}
     for name, fn in paths.items():
-        times: dict[str, list[float]] = {f: [0.0] * (repeats + 1) for f in stores}
-        for rep in range(repeats + 1):
-            for i, g in enumerate(ids):
-                for f in order[i % len(order):] + order[:i % len(order)]:
+        times: dict[str, list[float]] = {f: [] for f in stores}
+        heavy = name == "train_step"  # ~40 ms a call: every 4th step, fewer repeats
+        for rep in range(1 + (max(2, repeats // 5) if heavy else repeats)):
+            for g in ids[::4] if heavy else ids:
+                for j in torch.randperm(len(order), generator=gen).tolist():
+                    f = order[j]
                     t0 = time.perf_counter()
                     fn(stores[f], datasets[f], g)
-                    times[f][rep] += time.perf_counter() - t0
-        times = {f: v[1:] for f, v in times.items()}
-        out[name] = {f: {"us_per_step": 1e6 * statistics.median(v) / len(ids),
+                    if rep:
+                        times[f].append(time.perf_counter() - t0)
+        out[name] = {f: {"us_per_step": 1e6 * statistics.median(v),
                          "ratio": statistics.median(a / b for a, b in zip(v, times["fp16"]))}
                      for f, v in times.items()}
     return out
@@ -193,17 +222,21 @@ def bench_placement(store: LabelStore) -> dict:
 
 
 def _table(dec: dict, byt: dict, qual: dict) -> list[str]:
+    paths = ("get", "soft_targets", "validate_read", "train_step")
     rows = [("| codec | logits + scale ÷ fp16 | labels (+ indices) ÷ fp16 | store on disk ÷ fp16 | estimate ÷ actual | "
              "decode `get` ÷ fp16 | `get` + `soft_targets` ÷ fp16 | validate read (`StoredStepDataset`) ÷ fp16 | "
-             "TV at T=4 vs reference, max / mean | argmax agreement | reference |"), "|" + "---|" * 11]
+             "validate step (read + student step) ÷ fp16 | TV at T=4 vs reference, max / mean | argmax agreement | "
+             "reference |"), "|" + "---|" * 12]
     for f in CODECS:
         b, q = byt[f], qual[f]
         rows.append(f"| `{f}` | {b['logits_ratio']:.3f} ({b['logits']:,} + {b['logits_scale']:,} B) | "
                     f"{b['labels_ratio']:.3f} | {b['total_ratio']:.3f} ({b['total']:,} B) | {b['estimate_ratio']:.4f} | "
-                    + " | ".join(f"{dec[k][f]['ratio']:.3f} ({dec[k][f]['us_per_step']:.0f} µs)"
-                                 for k in ("get", "soft_targets", "validate_read"))
+                    + " | ".join(f"{dec[k][f]['ratio']:.3f} ({dec[k][f]['us_per_step']:.0f} µs)" for k in paths)
                     + f" | {q['tv_max']:.4f} / {q['tv_mean']:.5f} | {100 * q['argmax_agreement']:.2f} % | "
                     f"`{q['reference']}` |")
+        if f == "fp16":
+            rows.append("| fp16 again, second handle (A/A: noise floor) | | | | | "
+                        + " | ".join(f"{dec[k]['fp16 (A/A)']['ratio']:.3f}" for k in paths) + " | | | |")
     return rows
 
 
@@ -229,9 +262,9 @@ def main() -> None:
     torch.set_num_threads(1)
     t_start, load_start = time.time(), os.getloadavg()[0]
     print("setup: teacher, images, relabel store, one store per codec …", flush=True)
-    stores, images, plan = build_stores(Path(args.runs))
+    stores, images, plan, cfg = build_stores(Path(args.runs))
     print("decode timings", flush=True)
-    dec = bench_decode(stores, images, args.repeats)
+    dec = bench_decode(stores, images, args.repeats, cfg)
     byt, qual, pl = bench_bytes(stores, plan), bench_quality(stores), bench_placement(stores["fp16"])
     m = stores["fp16"].manifest
     setting = (
@@ -239,9 +272,10 @@ def main() -> None:
         f"(`random_real`), relabel {m['epochs']} epochs × {m['steps_per_epoch']} steps of {m['batch_size']} "
         f"({m['num_steps']} steps, {m['num_entries']:,} entries, {m['num_classes']} classes, no CutMix), written in "
         "fp16 by `relabel` and re-written in each codec by `prune_store` at factor 1 (one shard). Decode times: every "
-        "step read by every codec in turn (order rotating per step), all steps per repeat, "
-        f"{args.repeats} repeats after a warm-up repeat, 1 torch thread; ratio = median of the per-repeat ratios, "
-        "µs = median per step. TV = ½·Σ|p − p_ref| per row of softmax(logits / 4), against the same kept logits "
+        "step read by every codec in turn (in a random order per step), all steps per repeat, "
+        f"{args.repeats} repeats after a warm-up repeat (validate step: every 4th step, {max(2, args.repeats // 5)} "
+        "repeats), 1 torch thread; ratio = median over all (repeat, step) "
+        "pairs of the codec's time ÷ fp16's for that step in that round, µs = median per call. TV = ½·Σ|p − p_ref| per row of softmax(logits / 4), against the same kept logits "
         "in fp16 (`reference`; `top3` against `fp16` shows what top-k itself changes). Targets at 10 classes: "
         "logits + scale ≤ 0.6 of fp16 (int8), ≤ 0.35 (int4). "
         f"Wall time {(time.time() - t_start) / 60:.1f} min; 1-minute load average {load_start:.1f} at the start, "

@@ -15,7 +15,7 @@ from labeldistill.labels.accounting import format_report, store_report
 from labeldistill.labels.codecs import Codec, pack4, unpack4
 from labeldistill.labels.prune import prune_store
 from labeldistill.labels.relabel import StepPlan, sample_step
-from labeldistill.labels.store import LabelStoreWriter, StepRecord
+from labeldistill.labels.store import LabelStore, LabelStoreWriter, StepRecord
 from labeldistill.plan import estimate_store_bytes
 from labeldistill.variants import parse_logits_codec, parse_logits_format
 
@@ -230,3 +230,15 @@ def test_step_record_from_a_quantised_store_converts_to_top_k(tmp_path):
     store = _write(tmp_path / "s", recs, 50, 28, False, logits="int8")
     r = store.get(recs[0].step_id)
     assert isinstance(r, StepRecord) and r.to_topk(2).logits.shape == (len(r.sample_idx), 2)
+
+
+def test_a_store_in_an_unknown_format_is_a_store_error(tmp_path):
+    import json
+
+    store = _write(tmp_path / "s", _records(2, 4, 50, 10, 28, False), 50, 28, False, logits="int8")
+    mf = store.path / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["logits_format"] = "int3"
+    mf.write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="'int3', a format this labeldistill cannot read"):
+        LabelStore(store.path)

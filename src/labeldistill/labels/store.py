@@ -57,7 +57,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..augment import MixParams, pack_bits, unpack_bits
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..io import atomic_write_json, sha256_file
 from ..variants import parse_logits_format  # noqa: F401  (old import path)
 from .codecs import Codec
@@ -333,7 +333,11 @@ class LabelStore:
         self._index: dict[int, tuple[int, int]] = {}
         self._offsets: list[torch.Tensor] = []
         self._qparams: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-        self.codec = Codec.of(self.manifest.get("logits_format", "fp16"), self.manifest["num_classes"])
+        try:
+            self.codec = Codec.of(self.manifest.get("logits_format", "fp16"), self.manifest["num_classes"])
+        except ConfigError:
+            raise StoreError(f"{self.path} stores logits as '{self.manifest.get('logits_format')}', a format this "
+                             "labeldistill cannot read: upgrade labeldistill or re-run relabel") from None
         self._handles: dict[int, Any] = {}
         self._handle_pid = os.getpid()
         for si, sh in enumerate(self.manifest["shards"]):
