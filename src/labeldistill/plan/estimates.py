@@ -83,8 +83,8 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
     sps = len(ids) if steps_per_shard is None else steps_per_shard
     shards = [ids[i:i + sps] for i in range(0, len(ids), max(sps, 1))]
     ib_img, ib_box = int_bytes(n - 1), int_bytes(max(image_hw))
-    comps = dict.fromkeys(("logits", "logits_index", "logits_scale", "sample_idx", "crop", "flip", "mix_index", "mix_lambda",
-                           "mix_box", "step_index"), 0)
+    comps = dict.fromkeys(("logits", "logits_index", "logits_scale", "sample_idx", "crop", "flip", "mix_index",
+                           "mix_lambda", "mix_box", "step_index"), 0)
     header = 0
     shard_entries = []
     for sh in shards:
