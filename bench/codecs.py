@@ -240,6 +240,22 @@ def _table(dec: dict, byt: dict, qual: dict) -> list[str]:
     return rows
 
 
+def _reading(dec: dict, byt: dict) -> str:
+    """One generated paragraph: targets met or not, and what decoding costs per step and per validate step."""
+    def extra(f: str, path: str) -> float:
+        return dec[path][f]["us_per_step"] - dec[path]["fp16"]["us_per_step"]
+
+    i8, i4 = byt["int8"]["logits_ratio"], byt["int4"]["logits_ratio"]
+    return (f"Reading: logits + scale of int8 = {i8:.3f} of fp16 ({'meets' if i8 <= 0.6 else 'misses'} ≤ 0.6), of int4 "
+            f"{i4:.3f} ({'meets' if i4 <= 0.35 else 'misses'} ≤ 0.35). Decoding one step of "
+            f"{dec['get']['fp16']['us_per_step']:.0f} µs costs int8 {extra('int8', 'get'):+.0f} µs and int4 "
+            f"{extra('int4', 'get'):+.0f} µs more than fp16 (read ratios {dec['get']['int8']['ratio']:.3f} / "
+            f"{dec['get']['int4']['ratio']:.3f}); in validate's read (crop replay included) the ratios are "
+            f"{dec['validate_read']['int8']['ratio']:.3f} / {dec['validate_read']['int4']['ratio']:.3f}, and in a whole "
+            f"validate step {dec['train_step']['int8']['ratio']:.3f} / {dec['train_step']['int4']['ratio']:.3f} "
+            f"(A/A noise floor {dec['train_step']['fp16 (A/A)']['ratio']:.3f}).")
+
+
 def _placement_table(pl: dict) -> list[str]:
     rows = [(f"Scale + offset placement on the same logits (median range of a row {pl['row_range_median']:.1f}, of a "
              f"step {pl['step_range_median']:.1f} logits); the store uses **per step**:"), "",
@@ -282,7 +298,8 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the 2 cores).")
     body = "\n".join(["## Label codecs: bytes, decode time and soft targets per logits format", "",
                       f"Command: `{command_line()}`  ", f"Date: {today()}  ", f"Commit: {git_commit()}  ",
-                      f"Machine: {machine()}  ", setting, "", *_table(dec, byt, qual), "", *_placement_table(pl)])
+                      f"Machine: {machine()}  ", setting, "", *_table(dec, byt, qual), "", _reading(dec, byt), "",
+                      *_placement_table(pl)])
     if not args.no_write:
         write_section(Path(args.out), "codecs", body)
     (Path(args.runs) / "codecs.json").write_text(json.dumps(
