@@ -97,7 +97,7 @@ def test_bad_imagefolder(tmp_path, capsys, damage, expect):
     ("prune.factors=[0.5]", "prune factors must be numbers >= 1"),
     ("recover.ipc=0", "recover.ipc must be >= 1"),
     ("prune.strategies=[entropy-easy]", "unknown prune strategy"),
-    ("relabel.logits=int8", "unknown logits format"),
+    ("relabel.logits=int2", "unknown logits format"),  # int8 and int4 are codecs now (issue #15)
     ("squeeze.model.name=vit", "known models: "),
     ("data.dataset=cifar1000", "known datasets: "),
 ])

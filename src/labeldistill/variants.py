@@ -108,17 +108,38 @@ def parse_strategy(name: str) -> tuple[str, str | None]:
     return metric, keep
 
 
-def parse_logits_format(fmt: str) -> int | None:
-    """``"fp16"`` → None (all logits); ``"top<k>"`` → k.
+LOGITS_VALUES = ("fp16", "int8", "int4")
+
+
+def parse_logits_codec(fmt: str) -> tuple[int | None, str]:
+    """A logits format as ``(k, values)``: which logits a store keeps and how their values are encoded.
+
+    ``fp16`` → (None, "fp16"); ``int8`` / ``int4`` → (None, "int8" / "int4"): all ``C`` logits, quantised;
+    ``top<k>`` → (k, "fp16"); ``top<k>-int8`` / ``top<k>-int4`` → (k, "int8" / "int4"): the k largest logits
+    quantised, with their class indices. The byte layout of each is in :mod:`labeldistill.labels.codecs`.
 
     Raises:
         ConfigError: any other string.
     """
-    if fmt == "fp16":
-        return None
-    if fmt.startswith("top") and fmt[3:].isdigit() and int(fmt[3:]) >= 1:
-        return int(fmt[3:])
-    raise ConfigError(f"unknown logits format '{fmt}'; known: fp16, top<k> (e.g. top5)")
+    base, dash, values = fmt.partition("-")
+    if not dash and base in LOGITS_VALUES:
+        return None, base
+    values = values if dash else "fp16"
+    is_topk = base.startswith("top") and base[3:].isdigit() and int(base[3:]) >= 1
+    if is_topk and (values in LOGITS_VALUES[1:] or not dash):
+        return int(base[3:]), values
+    raise ConfigError(f"unknown logits format '{fmt}'; known: fp16, int8, int4, top<k>, top<k>-int8, top<k>-int4 "
+                      "(e.g. top5, top5-int8)")
+
+
+def parse_logits_format(fmt: str) -> int | None:
+    """How many logits per entry a format keeps: ``top<k>[-int8|-int4]`` → k; ``fp16``, ``int8``, ``int4`` → None
+    (all of them). The value encoding is :func:`parse_logits_codec`'s second item.
+
+    Raises:
+        ConfigError: an unknown format.
+    """
+    return parse_logits_codec(fmt)[0]
 
 
 def label_variants(cfg: Any) -> list[LabelVariant]:

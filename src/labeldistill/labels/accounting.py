@@ -13,8 +13,8 @@ from ..data.synthetic import image_bytes
 from ..io import human_bytes
 from .store import MANIFEST, LabelStore
 
-COMPONENT_ORDER = ("logits", "logits_index", "sample_idx", "crop", "flip", "mix_index", "mix_lambda", "mix_box",
-                   "step_index")
+COMPONENT_ORDER = ("logits", "logits_index", "logits_scale", "sample_idx", "crop", "flip", "mix_index",
+                   "mix_lambda", "mix_box", "step_index")
 
 
 def reference_layout_estimate(manifest: dict) -> int:

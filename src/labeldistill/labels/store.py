@@ -2,27 +2,41 @@
 
 One stored **step** is one relabel batch: the indices of its images, the augmentation that was applied
 (crop box per image as small integers, flip bits packed 8 per byte, optional per-step CutMix permutation,
-λ and box) and the teacher's fp16 logits on the augmented batch. Steps are keyed by their **global step id**
-``g = epoch · steps_per_epoch + batch`` — never by their first image (the reference code's key, which can
-swap labels between steps).
+λ and box) and the teacher's logits on the augmented batch, in the store's logits format (manifest field
+``logits_format``: ``fp16``, ``int8``, ``int4``, ``top<k>``, ``top<k>-int8`` or ``top<k>-int4``). Steps are
+keyed by their **global step id** ``g = epoch · steps_per_epoch + batch`` — never by their first image (the
+reference code's key, which can swap labels between steps).
 
-Shard tensors (entries = images of the shard's steps, concatenated in step order):
+Shard tensors (``s`` steps; entries = images of the shard's steps, concatenated in step order, ``m`` of them):
 
-===============  ==========================  =============================================
-name             shape / dtype               content
-===============  ==========================  =============================================
-``step_ids``     (k,) int32                  global step ids
-``step_offsets`` (k+1,) int32                entry offsets of each step within the shard
-``sample_idx``   (m,) int16 | int32          image index of each entry
-``crop``         (m, 4) uint8 | int16        crop box ``(x0, y0, w, h)`` in source pixels
-``flip``         (ceil(m/8),) uint8          packed flip bits
-``mix_perm``     (m,) uint8 | int16          CutMix partner, index within the step (if CutMix)
-``mix_lam``      (k,) float16                sampled λ (if CutMix)
-``mix_box``      (k, 4) uint8 | int16        CutMix box ``(x0, y0, w, h)``, w = 0: no mix (if CutMix)
-``logits``       (m, C) float16              teacher logits on the augmented (mixed) batch
-``topk_values``  (m, k) float16              instead of ``logits`` in a ``top<k>`` store: the k largest
-``topk_indices`` (m, k) uint8 | int16        their class indices
-===============  ==========================  =============================================
+===================  ==========================  ============================================================
+name                 shape / dtype               content
+===================  ==========================  ============================================================
+``step_ids``         (s,) int32                  global step ids
+``step_offsets``     (s+1,) int32                entry offsets of each step within the shard
+``sample_idx``       (m,) int16 | int32          image index of each entry
+``crop``             (m, 4) uint8 | int16        crop box ``(x0, y0, w, h)`` in source pixels
+``flip``             (ceil(m/8),) uint8          packed flip bits
+``mix_perm``         (m,) uint8 | int16          CutMix partner, index within the step (if CutMix)
+``mix_lam``          (s,) float16                sampled λ (if CutMix)
+``mix_box``          (s, 4) uint8 | int16        CutMix box ``(x0, y0, w, h)``, w = 0: no mix (if CutMix)
+``logits``           (m, C) float16              ``fp16``: teacher logits on the augmented (mixed) batch
+``logits_q``         (m, C) uint8                ``int8``: quantised logits
+``logits_q4``        (m, ceil(C/2)) uint8        ``int4``: 4-bit codes, two per byte (even class: low nibble)
+``topk_values``      (m, k) float16              ``top<k>``: the k largest logits, descending
+``topk_values_q``    (m, k) uint8                ``top<k>-int8``: the same, quantised
+``topk_values_q4``   (m, ceil(k/2)) uint8        ``top<k>-int4``: the same, 4-bit codes two per byte
+``topk_indices``     (m, k) uint8 | int16        every top-k format: the class of each kept value
+``logits_scale``     (s,) float32                every int8 / int4 format: per-step scale …
+``logits_offset``    (s,) float32                … and offset; logit = code · scale + offset
+===================  ==========================  ============================================================
+
+The int8 / int4 formats (``L`` = 255 / 15) are quantised relative to the **step's** min/max, not the row's:
+over all kept values ``x`` of one step (every entry, every kept class), ``offset = min(x)`` and
+``scale = (max(x) − min(x)) / L`` (float32), ``code = round((x − offset) / scale)``; reading gives
+``code · scale + offset`` in float32, within ``scale / 2`` of the value written. Byte accounting puts the codes
+under the ``logits`` component and scale + offset under ``logits_scale``. Exact layout:
+:mod:`labeldistill.labels.codecs`.
 
 Writing goes to a temporary directory renamed into place after the manifest is written, so a store on
 disk is either complete or absent. Source: FKD (Shen & Xing, ECCV 2022) / SRe2L relabel; LPLD §5 (spec).
@@ -43,9 +57,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..augment import MixParams, pack_bits, unpack_bits
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..io import atomic_write_json, sha256_file
 from ..variants import parse_logits_format  # noqa: F401  (old import path)
+from .codecs import Codec
+from .codecs import small_int as _small_int
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "labeldistill.label_store"
@@ -57,6 +73,8 @@ COMPONENTS = {
     "mix_perm": "mix_index", "mix_lam": "mix_lambda", "mix_box": "mix_box",
     "step_ids": "step_index", "step_offsets": "step_index",
     "topk_values": "logits", "topk_indices": "logits_index",
+    "logits_q": "logits", "logits_q4": "logits", "topk_values_q": "logits", "topk_values_q4": "logits",
+    "logits_scale": "logits_scale", "logits_offset": "logits_scale",
 }
 
 
@@ -70,7 +88,8 @@ class StepRecord:
         boxes: int64 ``(B, 4)`` crop boxes ``(x0, y0, w, h)`` in source pixels.
         flips: bool ``(B,)``.
         mix: CutMix parameters or None.
-        logits: float16 ``(B, C)`` teacher logits on the augmented batch, or ``(B, k)`` top-k values.
+        logits: ``(B, C)`` teacher logits on the augmented batch, or ``(B, k)`` top-k values: float16 as stored
+            in an fp16 / top-k store, float32 as decoded from a quantised (int8 / int4) store.
         topk_indices: int64 ``(B, k)`` class indices of ``logits`` in a top-k store, else None.
     """
 
@@ -108,17 +127,8 @@ class StepRecord:
         return dataclasses.replace(self, logits=vals.to(torch.float16), topk_indices=idx)
 
 
-def _small_int(t: torch.Tensor, limit: int) -> torch.Tensor:
-    """Narrowest of uint8 / int16 / int32 that holds values in ``[0, limit]``."""
-    if limit <= 255:
-        return t.to(torch.uint8)
-    if limit <= 32767:
-        return t.to(torch.int16)
-    return t.to(torch.int32)
-
-
 def _shard_tensors(records: list[StepRecord], num_images: int, image_hw: tuple[int, int], cutmix: bool,
-                   out_hw: tuple[int, int], topk: int | None, num_classes: int) -> dict[str, torch.Tensor]:
+                   out_hw: tuple[int, int], codec: Codec) -> dict[str, torch.Tensor]:
     sizes = [len(r.sample_idx) for r in records]
     offsets = torch.zeros(len(records) + 1, dtype=torch.int32)
     offsets[1:] = torch.tensor(sizes, dtype=torch.int32).cumsum(0)
@@ -129,14 +139,13 @@ def _shard_tensors(records: list[StepRecord], num_images: int, image_hw: tuple[i
         "crop": _small_int(torch.cat([r.boxes for r in records]), max(image_hw)),
         "flip": pack_bits(torch.cat([r.flips for r in records])),
     }
-    if topk is None:
+    if codec.topk is None:
         if any(r.topk_indices is not None for r in records):
-            raise StoreError("cannot write full fp16 logits from top-k records")
-        t["logits"] = torch.cat([r.logits for r in records]).to(torch.float16).contiguous()
+            raise StoreError(f"cannot write full {codec.fmt} logits from top-k records")
+        t.update(codec.encode([r.logits for r in records], None))
     else:
-        recs = [r.to_topk(topk) for r in records]
-        t["topk_values"] = torch.cat([r.logits for r in recs]).to(torch.float16).contiguous()
-        t["topk_indices"] = _small_int(torch.cat([r.topk_indices for r in recs]), num_classes - 1).contiguous()
+        recs = [r.to_topk(codec.topk) for r in records]
+        t.update(codec.encode([r.logits for r in recs], [r.topk_indices for r in recs]))
     if cutmix:
         perms, lams, boxes = [], [], []
         for r, n in zip(records, sizes):
@@ -168,7 +177,8 @@ class LabelStoreWriter:
         path: final store directory (must not exist, or ``overwrite=True``).
         meta: manifest fields (class_to_idx, fingerprints, augmentation spec, epochs, batch size …);
             must include ``num_images``, ``image_hw`` ``[H, W]``, ``input_size`` ``[H', W']``, ``cutmix`` and
-            ``num_classes``; ``logits_format`` (``fp16`` default, or ``top<k>``) converts records on write.
+            ``num_classes``; ``logits_format`` (``fp16`` default, ``int8``, ``int4``, ``top<k>``, ``top<k>-int8``,
+            ``top<k>-int4``; see :mod:`~labeldistill.labels.codecs`) converts records on write.
         steps_per_shard: steps per safetensors file for :meth:`add`.
         resume_key: settings fingerprint allowing reuse of an interrupted run's shards.
         prepare: create (or validate) the partial directory; ranks other than 0 pass False after a barrier.
@@ -187,7 +197,8 @@ class LabelStoreWriter:
                 raise ValueError(f"label store meta needs '{k}'")
         self.meta = dict(meta)
         self.meta.setdefault("logits_format", "fp16")
-        self.topk = parse_logits_format(self.meta["logits_format"])
+        self.codec = Codec.of(self.meta["logits_format"], int(self.meta["num_classes"]))
+        self.topk = self.codec.topk
         self.steps_per_shard = max(1, int(steps_per_shard))
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
         key_file = self.tmp / "resume_key.json"
@@ -216,8 +227,7 @@ class LabelStoreWriter:
     def write_shard(self, index: int, records: list[StepRecord]) -> dict[str, Any]:
         """Write shard ``index`` from ``records`` (atomically, then its sidecar); returns its manifest entry."""
         tensors = _shard_tensors(records, self.meta["num_images"], tuple(self.meta["image_hw"]),
-                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]), self.topk,
-                                 int(self.meta["num_classes"]))
+                                 bool(self.meta["cutmix"]), tuple(self.meta["input_size"]), self.codec)
         name = f"shard_{index:05d}.safetensors"
         tmp = self.tmp / f".{name}.tmp-{os.getpid()}"
         save_file(tensors, str(tmp))
@@ -322,6 +332,12 @@ class LabelStore:
                              f"labeldistill reads version {SCHEMA_VERSION}: re-run relabel")
         self._index: dict[int, tuple[int, int]] = {}
         self._offsets: list[torch.Tensor] = []
+        self._qparams: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        try:
+            self.codec = Codec.of(self.manifest.get("logits_format", "fp16"), self.manifest["num_classes"])
+        except ConfigError:
+            raise StoreError(f"{self.path} stores logits as '{self.manifest.get('logits_format')}', a format this "
+                             "labeldistill cannot read: upgrade labeldistill or re-run relabel") from None
         self._handles: dict[int, Any] = {}
         self._handle_pid = os.getpid()
         for si, sh in enumerate(self.manifest["shards"]):
@@ -336,6 +352,7 @@ class LabelStore:
             h = self._open(si)
             ids = h.get_tensor("step_ids").tolist()
             self._offsets.append(h.get_tensor("step_offsets").long())
+            self._qparams.append(self.codec.load_params(h))
             for pos, g in enumerate(ids):
                 self._index[int(g)] = (si, pos)
 
@@ -381,12 +398,7 @@ class LabelStore:
         bits = unpack_bits(flips_packed, (b + 7) // 8 * 8 - (a // 8) * 8)
         flips = bits[a - (a // 8) * 8: a - (a // 8) * 8 + n]
         mix = None
-        topk_idx = None
-        if self.manifest.get("logits_format", "fp16") == "fp16":
-            logits = h.get_slice("logits")[a:b]
-        else:
-            logits = h.get_slice("topk_values")[a:b]
-            topk_idx = h.get_slice("topk_indices")[a:b].long()
+        logits, topk_idx = self.codec.decode(h, a, b, pos, self._qparams[si])
         if self.manifest["cutmix"]:
             box = tuple(int(v) for v in h.get_slice("mix_box")[pos:pos + 1][0].tolist())
             if box[2] > 0 and box[3] > 0:

@@ -12,9 +12,9 @@ import math
 from typing import Any
 
 from ..labels.accounting import reference_layout_estimate
+from ..labels.codecs import Codec
 from ..labels.relabel import StepPlan
 from ..labels.store import COMPONENTS
-from ..variants import parse_logits_format
 
 
 def step_size(plan: StepPlan, g: int) -> int:
@@ -62,7 +62,8 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
         num_classes: ``C``.
         image_hw: ``(H, W)`` of the images in pixels (crop and CutMix boxes are stored in these units).
         cutmix: whether the store has the CutMix tensors (``relabel.cutmix > 0``).
-        logits: ``fp16`` or ``top<k>``.
+        logits: a logits format: ``fp16``, ``int8``, ``int4``, ``top<k>``, ``top<k>-int8``, ``top<k>-int4``
+            (tensor layout of each: :meth:`labeldistill.labels.codecs.Codec.layout`).
         steps_per_shard: steps per shard; None = one shard (how :func:`~labeldistill.labels.prune.prune_store`
             writes a pruned store).
         class_names: names in ``class_to_idx`` (manifest size); default ``"class_<i>"``-like names.
@@ -76,14 +77,14 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
     Raises:
         ConfigError: unknown logits format.
     """
-    topk = parse_logits_format(logits)
+    codec = Codec.of(logits, num_classes)
     ids = sorted(step_ids)
     n = plan.n
     sps = len(ids) if steps_per_shard is None else steps_per_shard
     shards = [ids[i:i + sps] for i in range(0, len(ids), max(sps, 1))]
     ib_img, ib_box = int_bytes(n - 1), int_bytes(max(image_hw))
-    comps = dict.fromkeys(("logits", "logits_index", "sample_idx", "crop", "flip", "mix_index", "mix_lambda",
-                           "mix_box", "step_index"), 0)
+    comps = dict.fromkeys(("logits", "logits_index", "logits_scale", "sample_idx", "crop", "flip", "mix_index",
+                           "mix_lambda", "mix_box", "step_index"), 0)
     header = 0
     shard_entries = []
     for sh in shards:
@@ -94,12 +95,7 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
             "sample_idx": (_dt(ib_img), [m], ib_img * m), "crop": (_dt(ib_box), [m, 4], 4 * ib_box * m),
             "flip": ("U8", [(m + 7) // 8], (m + 7) // 8),
         }
-        if topk is None:
-            t["logits"] = ("F16", [m, num_classes], 2 * num_classes * m)
-        else:
-            ib_cls = int_bytes(num_classes - 1)
-            t["topk_values"] = ("F16", [m, topk], 2 * topk * m)
-            t["topk_indices"] = (_dt(ib_cls), [m, topk], ib_cls * topk * m)
+        t.update(codec.layout(m, k))
         if cutmix:
             ib_perm = int_bytes(max(step_size(plan, g) for g in sh) - 1)
             t["mix_perm"] = (_dt(ib_perm), [m], ib_perm * m)
