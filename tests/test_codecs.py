@@ -174,7 +174,7 @@ def test_full_codec_refuses_top_k_records(tmp_path):
 def _real_teacher_logits(steps: int = 40, batch: int = 50) -> torch.Tensor:
     """fp16 logits of a softmax-regression teacher (50 Adam steps on 2,000 real Fashion-MNIST test images, 80 %
     top-1) on 2,000 others: ``(steps, batch, 10)``. Median logit range: 15.5 in a row, 29.5 in a step of 50 — wider
-    than the ConvNet teacher of ``bench/codecs.py`` (10.0 and 16.3), so the quantisation step is coarser here."""
+    than the ConvNet teacher of ``bench/label_codecs.py`` (10.0 and 16.3), so the quantisation step is coarser here."""
     from labeldistill.data.idx import fashion_mnist
 
     data = fashion_mnist(None, "test")

@@ -28,7 +28,7 @@ Quantisation is affine and relative to the **step's** min/max (not the row's): w
 scale), 0, L)`` (round half to even; ``q = 0`` when ``scale = 0``). Decoding is ``q · scale + offset`` in
 float32 (a multiply, then an add), so every decoded value is within ``scale / 2`` of the value written. Per
 step, the parameters cost 8 bytes a step; per row (fp16 scale + offset) they would cost 4 bytes an entry,
-40 % of int8's 10 bytes at 10 classes (``bench/codecs.py`` measures what each placement costs and keeps).
+40 % of int8's 10 bytes at 10 classes (``bench/label_codecs.py`` measures what each placement costs and keeps).
 """
 
 from __future__ import annotations

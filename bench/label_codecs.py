@@ -21,8 +21,8 @@ Measured, per codec:
 
 Usage::
 
-    python bench/codecs.py                  # about 4 minutes on 2 CPU cores (first run: +1 min of setup)
-    python bench/codecs.py --repeats 3 --no-write
+    python bench/label_codecs.py                  # about 4 minutes on 2 CPU cores (first run: +1 min of setup)
+    python bench/label_codecs.py --repeats 3 --no-write
 """
 
 from __future__ import annotations
