@@ -234,3 +234,33 @@ def test_every_stage_forward_uses_the_configured_autocast(digits_run, monkeypatc
     validate_mod.validate(cfg, "lpld", 1.0, store_path=store.path)
     assert seen == {k: {mode} for k in ("squeeze", "class-stats", "recover", "relabel", "validate")}
     assert len(LabelStore(store.path)) > 0
+
+
+def test_faster_replay_gives_the_batches_of_the_reference_formula():
+    """Catches: the row-wise in-place flip or the in-place normalisation changing a single bit of a replayed
+    batch (stored logits were computed on the old formula's batches)."""
+    from kornia.geometry.transform import crop_and_resize, hflip
+
+    from labeldistill.augment import boxes_to_corners
+    from labeldistill.data import normalize
+
+    g = torch.Generator().manual_seed(1)
+    u8 = torch.randint(0, 256, (20, 3, 31, 29), generator=g, dtype=torch.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    flipped = 0
+    for rec in _record(20, (31, 29), cutmix=0.0):
+        x = u8[rec.sample_idx].float() / 255
+        ref = crop_and_resize(x, boxes_to_corners(rec.boxes), (31, 29), mode="bilinear", align_corners=True)
+        ref = torch.where(rec.flips.view(-1, 1, 1, 1), hflip(ref), ref)
+        assert torch.equal(build_batch(u8, rec, (31, 29), mean, std), normalize(ref, mean, std))
+        flipped += int(rec.flips.sum())
+    assert flipped > 0
+
+
+def test_uint8_to_float_conversion_is_bitwise_the_whole_set_conversion_for_every_value():
+    """Catches: a one-pass conversion (``torch.div(u8, 255.0)``) that rounds any of the 256 values differently."""
+    v = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(4, 3, 16, 16).contiguous()
+    f32 = v.float().div_(255.0)
+    for rec in _record(4, (16, 16)):
+        assert torch.equal(build_batch(v, rec, (16, 16), (0.3,) * 3, (0.7,) * 3),
+                           build_batch(f32, rec, (16, 16), (0.3,) * 3, (0.7,) * 3))

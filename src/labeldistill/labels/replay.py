@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ..augment import apply_crops_flips, apply_cutmix
-from ..data import normalize
 from .store import StepRecord
 
 
@@ -27,8 +26,11 @@ def build_batch(images: torch.Tensor, rec: StepRecord, out_hw: tuple[int, int], 
     """
     x = images[rec.sample_idx]
     if not x.is_floating_point():
-        x = x.float().div_(255.0)
+        x = torch.div(x, 255.0)  # one pass, float32 result: bitwise x.float() / 255 (tests/test_memory.py)
     x = apply_crops_flips(x, rec.boxes, rec.flips, out_hw)
     if rec.mix is not None:
         x = apply_cutmix(x, rec.mix)
-    return normalize(x, mean, std)
+    # x is this step's own tensor: normalise it in place, the same arithmetic as normalize() (x - m) / s
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
