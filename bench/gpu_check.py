@@ -10,7 +10,7 @@ Checks (synthetic in-memory data registered through ``labeldistill.data.register
   b. recover throughput, class-wise batches (mode ``lpld``), ``recover.vectorize = C`` ÷ ``1`` at IPC 10 and 50
      (goal ≥ 3×);
   c. relabel (the ``relabel`` stage: augmentation + teacher + fp16 + store) ÷ a plain teacher forward of as many
-     images, in chunks of 1,024 (relabel's own chunking);
+     images, in chunks of 1,024 (relabel's own chunking at ≤ 32 px), both under the default bf16 autocast;
   d. bf16 autocast on/off parity of recover, relabel and validate through the config switch ``autocast``:
      "on" = ``autocast=bf16`` (the default: squeeze, class-stats, recover, relabel and validate's training forward
      run under bf16 autocast on CUDA), "off" = ``autocast=off`` (float32 everywhere). Each pair shares the teacher
@@ -52,6 +52,7 @@ from labeldistill.labels.relabel import relabel  # noqa: E402
 from labeldistill.labels.store import LabelStore  # noqa: E402
 from labeldistill.models import create_model  # noqa: E402
 from labeldistill.recover import recover  # noqa: E402
+from labeldistill.runtime import autocast  # noqa: E402
 from labeldistill.squeeze import squeeze  # noqa: E402
 from labeldistill.validate import validate  # noqa: E402
 
@@ -169,11 +170,13 @@ def check_relabel(run: Path, sz: dict, device: torch.device) -> dict:
     x = torch.randn((min(n, 1024), *shape), device=device).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def plain() -> None:
+    def plain() -> None:  # under the same autocast as the relabel stage (cfg.autocast, bf16 by default)
         left = n
         while left > 0:
             k = min(left, 1024)
-            teacher(x[:k]).to(torch.float16).cpu()
+            with autocast(device, cfg.autocast):
+                out = teacher(x[:k])
+            out.float().to(torch.float16).cpu()
             left -= k
 
     plain()  # warm-up
