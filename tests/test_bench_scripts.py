@@ -32,9 +32,11 @@ def test_gpu_check_dry_run_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     for part in ("a. test suite", "b. recover", "c. relabel", "d. bf16 autocast", "e. 224 px",
-                 "no switch to turn bf16 autocast", "nothing written to BENCHMARKS.md"):
+                 "config switch autocast: bf16 (default) | off", "nothing written to BENCHMARKS.md"):
         assert part in out, part
     assert "| c. relabel stage" in out and "| d3. validate" in out
+    d1 = next(line for line in out.splitlines() if line.startswith("| d1. recover"))
+    assert "within 0.05 |" in d1 and ("| met |" in d1 or "| **missed** |" in d1)  # d1 has a pass/fail threshold
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res["tests"]["rc"] == 0 and "collected" in res["tests"]["summary"]
     assert [r["ipc"] for r in res["recover"]] == [2, 3] and all(r["ratio"] > 0 for r in res["recover"])

@@ -259,12 +259,14 @@ def test_cutmix_steps_replay_to_the_stored_teacher_logits(run):
     m = store.manifest
     mean, std = tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"])
     data, _ = load_synthetic(folder, mean, std)
-    images = data.float_images()
-    assert len(store) == 2 * 5  # 40 images, batch 8, 2 epochs
+    images = data.images  # uint8, as relabel and validate hold it
+    floats = data.float_images()
+    assert images.dtype == torch.uint8 and len(store) == 2 * 5  # 40 images, batch 8, 2 epochs
     mixed = differs = 0
     for gid in store.step_ids:
         rec = store.get(gid)
         x = build_batch(images, rec, tuple(m["input_size"]), mean, std)
+        assert torch.equal(x, build_batch(floats, rec, tuple(m["input_size"]), mean, std))  # per-step conversion
         with torch.no_grad():
             fresh = run.model(x)
         torch.testing.assert_close(fresh, rec.logits.float(), atol=5e-3, rtol=2e-3)

@@ -252,10 +252,19 @@ def test_storage_estimate_matches_a_written_store(tmp_path, cutmix, logits):
     assert est["entries"] == store.manifest["num_entries"] == n * rc.epochs
     assert abs(est["total"] - store.bytes_on_disk()) < 200  # metadata: headers + manifest, estimated
     if logits == "fp16":
+        # streamed in shards of the source's 7 steps (not one shard holding every kept step)
         pruned = prune_store(store.path, tmp_path / "x4", 4, seed=0)
-        est4 = estimate_store_bytes(LabelStore(pruned.path).step_ids, plan, c, hw, cutmix, class_names=names)
+        kept = LabelStore(pruned.path).step_ids
+        assert [sh["num_steps"] for sh in pruned.manifest["shards"]] == [7] * (len(kept) // 7) + (
+            [len(kept) % 7] if len(kept) % 7 else [])
+        est4 = estimate_store_bytes(kept, plan, c, hw, cutmix, logits, 7, names, pruned=True)
+        assert est4["shards"] == len(pruned.manifest["shards"])
         assert est4["floor"] == sum(pruned.manifest["component_bytes"].values())
         assert abs(est4["total"] - pruned.bytes_on_disk()) < 200
+        one = prune_store(store.path, tmp_path / "x4one", 4, seed=0, steps_per_shard=len(kept))
+        assert len(one.manifest["shards"]) == 1 and one.step_ids == kept
+        est1 = estimate_store_bytes(kept, plan, c, hw, cutmix, class_names=names)
+        assert abs(est1["total"] - one.bytes_on_disk()) < 200
 
 
 def test_png_upper_bound_holds_for_noise(tmp_path):

@@ -2,7 +2,7 @@
 
 Parameters are *sampled* here from a seeded :class:`torch.Generator` (so one stored step is a pure function
 of ``(seed, step id)`` — the property sharding, resuming and generate-only-kept relabelling rely on) and
-quantised to small integers; they are *applied* with kornia (``crop_and_resize``, ``hflip``). What is stored
+quantised to small integers; they are *applied* with kornia's ``crop_and_resize`` and ``Tensor.flip``. What is stored
 is exactly what is applied, so a replay rebuilds the batch the teacher saw bit for bit.
 
 Conventions: a crop box is ``(x0, y0, w, h)`` in integer pixels of the source image; images are float
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from kornia.geometry.transform import crop_and_resize, hflip
+from kornia.geometry.transform import crop_and_resize
 
 _MASK = (1 << 63) - 1
 
@@ -147,8 +147,10 @@ def apply_crops_flips(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Te
     out = crop_and_resize(images, boxes_to_corners(boxes).to(images.device), size, mode="bilinear",
                           align_corners=True)
     if flips is not None and bool(flips.any()):
-        f = flips.to(images.device).view(-1, 1, 1, 1)
-        out = torch.where(f, hflip(out), out)
+        # flip only the flagged rows, in place: the same values as torch.where(f, hflip(out), out) without
+        # flipping (and then selecting from) the whole batch (a fifth of a 224 px step's replay time)
+        rows = flips.to(images.device).nonzero().flatten()
+        out[rows] = out[rows].flip(-1)
     return out
 
 

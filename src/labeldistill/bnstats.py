@@ -195,7 +195,7 @@ def _accumulate(teacher: nn.Module, train: ImageSet, accs: list[_Accumulator], c
             a.labels = y
             a.weights = None if weights is None else weights[i // bs]
         x = normalize(x.to(device), info["mean"], info["std"]).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, cfg.autocast):
             teacher(x)
     return keep
 

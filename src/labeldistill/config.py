@@ -269,6 +269,9 @@ class ValidateConfig:
     checkpoint_seconds: float = 30.0
 
 
+AUTOCAST_MODES = ("bf16", "off")
+
+
 @dataclass
 class RunConfig:
     """Settings every job has: where it runs and with what randomness and hardware.
@@ -299,9 +302,14 @@ class Config(RunConfig):
 
     ``seeds``: run the whole job once per seed, each in ``<run_dir>/seed<k>/`` with ``seed = k``, and report
     mean ± std over them (``null`` = one run with ``seed``).
+
+    ``autocast``: ``bf16`` (default) runs the teacher and student forward passes of squeeze, class-stats,
+    recover, relabel and validate under bf16 autocast on CUDA; ``off`` runs them in float32. CPU and MPS run in
+    float32 either way.
     """
 
     seeds: list | None = None
+    autocast: str | bool = "bf16"  # YAML reads a bare off / on as False / True: validate_config maps them
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
     class_stats: ClassStatsConfig = field(default_factory=ClassStatsConfig)
@@ -510,6 +518,9 @@ def validate_config(cfg: Config) -> None:
     if cfg.seeds is not None and (not cfg.seeds or len(set(map(str, cfg.seeds))) != len(cfg.seeds)
                                   or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds)):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers (or null), got {cfg.seeds}")
+    if isinstance(cfg.autocast, bool):  # `autocast: off` in YAML is the boolean False
+        cfg.autocast = "bf16" if cfg.autocast else "off"
+    chk.one_of(cfg.autocast, AUTOCAST_MODES, "autocast")
     _check_recover(cfg.recover)
     _check_labels(cfg)
     check_squeeze_options(cfg.squeeze)

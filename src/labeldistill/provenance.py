@@ -31,6 +31,7 @@ from .variants import label_variants, resolve_variant
 
 LEDGER = "stages.json"
 _DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
+AUTOCAST_DEFAULT = "bf16"
 _NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants"}
 
 
@@ -78,10 +79,21 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def autocast_settings(cfg: Config) -> dict[str, Any]:
+    """``{"autocast": value}`` when ``autocast`` is not the default ``bf16``, else ``{}``.
+
+    bf16 autocast changes numbers only on CUDA, but the key is included on every device (a fingerprint must not
+    depend on the machine that computes it), and only when it is not the default, so that run directories made
+    before the key existed (all with bf16 behaviour) keep their fingerprints and stay valid.
+    """
+    return {} if cfg.autocast == AUTOCAST_DEFAULT else {"autocast": cfg.autocast}
+
+
 def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
-    """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included."""
+    """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included
+    (``autocast`` only when not the default: :func:`autocast_settings`)."""
     out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                           **_flat("squeeze", cfg.squeeze)}
+                           **autocast_settings(cfg), **_flat("squeeze", cfg.squeeze)}
     if ref.stage == "squeeze":
         return out
     stats = _flat("class_stats", cfg.class_stats)

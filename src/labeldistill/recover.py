@@ -69,9 +69,9 @@ from .io import (
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import load_teacher
-from .provenance import StageRef, check_fresh, record_stage
+from .provenance import StageRef, autocast_settings, check_fresh, record_stage
 from .resume import fault_point
-from .runtime import is_rank0, pick_device
+from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr
 from .variants import BUILTIN_VARIANTS, plan_batches, resolve_variant  # noqa: F401  (old import paths)
 
@@ -156,7 +156,7 @@ def segment_losses(logits: torch.Tensor, labels: torch.Tensor, hooks: list["BNIn
     ce = logits.new_zeros(num).index_add(0, seg_id, F.cross_entropy(logits, labels, reduction="none")) / counts
     bn = logits.new_zeros(num)
     for li, (hk, (tm, tv)) in enumerate(zip(hooks, targets)):
-        m_, v_ = segment_stats(hk.x, seg_id, num)
+        m_, v_ = segment_stats(hk.x.float(), seg_id, num)  # bf16 under autocast: statistics in float32
         scale = first_bn_multiplier if li == 0 else 1.0
         bn = bn + scale * (torch.linalg.vector_norm(m_ - tm, dim=1) + torch.linalg.vector_norm(v_ - tv, dim=1))
     return ce, bn
@@ -223,7 +223,9 @@ def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: lis
             box = sample_resized_crops(seg.gen, k, h, w, (low, rc.crop_scale[1])).expand(n, 4)
             flip = sample_flips(seg.gen, k).expand(n) if rc.flip else None
             views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), rc.jitter))
-        logits = teacher(torch.cat(views).contiguous(memory_format=torch.channels_last))
+        with autocast(device, cfg.autocast):
+            logits = teacher(torch.cat(views).contiguous(memory_format=torch.channels_last))
+        logits = logits.float()
         ce, bn = segment_losses(logits, labels, hooks, targets, seg_id, rc.first_bn_multiplier)
         losses = ce + rc.r_bn * bn
         if not bool(torch.isfinite(losses).all()):
@@ -298,10 +300,11 @@ def rded_images(teacher: nn.Module, data: ImageSet, info: dict, cfg: Config, gen
         pick = idx[torch.randint(len(idx), (m,), generator=gen)]
         boxes = sample_resized_crops(gen, m, h, w, tuple(rc.crop_scale))
         crops = apply_crops_flips(data.images[pick].float() / 255, boxes, None, (h, w))
-        logp = torch.cat([
-            F.log_softmax(teacher(normalize(crops[i:i + 512], info["mean"], info["std"]).to(device)
-                                  .contiguous(memory_format=torch.channels_last)), 1)[:, c].cpu()
-            for i in range(0, m, 512)])
+        with autocast(device, cfg.autocast):
+            logp = torch.cat([
+                F.log_softmax(teacher(normalize(crops[i:i + 512], info["mean"], info["std"]).to(device)
+                                      .contiguous(memory_format=torch.channels_last)).float(), 1)[:, c].cpu()
+                for i in range(0, m, 512)])
         best = crops[logp.argsort(descending=True)[:rc.ipc * per_image]]
         patches = F.interpolate(best, size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
         patches = patches.view(rc.ipc, f, f, -1, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(rc.ipc, -1, f * ph, f * pw)
@@ -348,7 +351,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         images = synthesise(cfg, mode, variant, teacher, info, layout, init, device)
         extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
     if is_rank0():
-        _write_image_set(out, mode, variant, images, teacher, info, rc.ipc, extra, device)
+        _write_image_set(out, mode, variant, images, teacher, info, rc.ipc, extra, device, cfg.autocast)
         MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
         record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
@@ -380,7 +383,7 @@ def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: 
     out = layout.images_dir(mode)
     partial = out.with_name(f".{out.name}.partial")
     key = settings_key("recover", mode, variant, config_to_dict(rc), info["fingerprint"], cfg.seed,
-                       config_to_dict(cfg.data) if rc.init == "real" else None)
+                       config_to_dict(cfg.data) if rc.init == "real" else None, *autocast_settings(cfg).values())
     done = _load_partial(partial, key)
     barrier()
     todo = [gi for gi in shard(range(len(groups))) if gi not in done]
@@ -418,14 +421,17 @@ def _segment(cfg: Config, mode: str, variant: dict, batch: list[tuple[int, int]]
 
 
 def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, teacher: nn.Module, info: dict,
-                     ipc: int, extra: dict, device: torch.device) -> None:
-    """Quantise to uint8, measure the teacher's top-1 on the set, write PNGs + ``images.json`` atomically."""
+                     ipc: int, extra: dict, device: torch.device, amp: str = "bf16", chunk: int = 256) -> None:
+    """Quantise to uint8, measure the teacher's top-1 on the set (``chunk`` images per forward, so the
+    activations of one forward, not of the whole set, are in memory), write PNGs + ``images.json`` atomically."""
     labels = torch.arange(info["num_classes"]).repeat_interleave(ipc)
     u8 = (images * 255).round().to(torch.uint8)
-    with torch.no_grad():
-        x = normalize(u8.float() / 255, info["mean"], info["std"]).to(device)
-        teacher_top1 = float((teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
-                              == labels).float().mean())
+    preds = []
+    with torch.no_grad(), autocast(device, amp):
+        for i in range(0, len(u8), chunk):
+            x = normalize(u8[i:i + chunk].float() / 255, info["mean"], info["std"]).to(device)
+            preds.append(teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
+    teacher_top1 = float((torch.cat(preds) == labels).float().mean())
     with atomic_dir(out) as tmp:
         save_imagefolder(u8, labels, info["classes"], tmp)
         atomic_write_json(tmp / "images.json", {

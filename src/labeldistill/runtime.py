@@ -21,9 +21,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op context on every other device (CPU and MPS run in float32)."""
-    if device.type == "cuda":
+def autocast(device: torch.device, mode: str = "bf16") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``mode`` is ``bf16`` (the config key ``autocast``); a no-op context with
+    ``off`` and on every other device (CPU and MPS run in float32)."""
+    if device.type == "cuda" and mode == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -2,7 +2,7 @@
 
 SGD with momentum and a cosine learning rate (optionally after a linear warm-up); random crop (zero padding)
 or RandomResizedCrop, + horizontal flip, through kornia. A lazy training set (``data.lazy``) is decoded by
-``data.workers`` DataLoader processes; on CUDA the forward pass runs under bf16 autocast.
+``data.workers`` DataLoader processes; on CUDA the forward pass runs under bf16 autocast (config key ``autocast``).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
             y = train.labels[idx][idx_local].to(device)
             for group in opt.param_groups:
                 group["lr"] = teacher_lr(sc, step, total, steps_per_epoch)
-            with autocast(device):
+            with autocast(device, cfg.autocast):
                 loss = F.cross_entropy(net(x), y)
             if not torch.isfinite(loss):
                 raise LabelDistillError(f"teacher loss became {loss.item()} at epoch {epoch}, step {i}; "

@@ -33,9 +33,9 @@ from .labels.replay import build_batch
 from .labels.store import LabelStore
 from .layout import LabelVariant, RunLayout
 from .models import build_model
-from .provenance import StageRef, check_fresh, fingerprint, model_tag, record_stage, stage_settings
+from .provenance import StageRef, autocast_settings, check_fresh, fingerprint, model_tag, record_stage, stage_settings
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
-from .runtime import is_rank0, pick_device
+from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer
 
 
@@ -46,7 +46,8 @@ class StoredStepDataset(Dataset):
 
     Args:
         store: the (pruned) label store.
-        images: float images ``(N, C, H, W)`` in [0, 1] that the store was made from.
+        images: the images the store was made from: uint8 ``(N, C, H, W)`` (converted per step by
+            :func:`~labeldistill.labels.replay.build_batch`) or float in [0, 1].
         temperature: KD temperature ``T``.
     """
 
@@ -174,14 +175,15 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     full = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, replay=replay)
     total = len(full)
     rank, world = rank_world()
-    key = settings_key("validate", config_to_dict(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay)
+    key = settings_key("validate", config_to_dict(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay,
+                       *autocast_settings(cfg).values())
     start, step = 0, 0
     state = load_checkpoint(resume_path, key) if resume_path else None
     if state is not None:
         student.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, step = state["epoch"] + 1, state["step"]
-    ds = StoredStepDataset(store, data.float_images(), vc.temperature)
+    ds = StoredStepDataset(store, data.uint8_images(), vc.temperature)  # uint8: a quarter of a float copy
     sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay)
     loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
     t0 = time.time()
@@ -193,7 +195,9 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         for group in opt.param_groups:
             group["lr"] = cosine_lr(vc.lr, step, total)
         x = x[rank::world].to(device).contiguous(memory_format=torch.channels_last)
-        loss = kd_loss(net(x), t[rank::world].to(device), vc.temperature, vc.t2_scale)
+        with autocast(device, cfg.autocast):  # bf16 on CUDA unless autocast: off; a no-op on CPU
+            out = net(x)
+        loss = kd_loss(out.float(), t[rank::world].to(device), vc.temperature, vc.t2_scale)
         if not torch.isfinite(loss):
             raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
         opt.zero_grad(set_to_none=True)

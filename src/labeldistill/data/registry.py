@@ -59,6 +59,10 @@ class ImageSet:
         """True if ``images`` decodes files on indexing instead of being an in-memory tensor."""
         return not isinstance(self.images, torch.Tensor)
 
+    def uint8_images(self) -> torch.Tensor:
+        """Images as the uint8 tensor ``(N, C, H, W)`` (a lazy set is decoded completely; no float copy)."""
+        return self.images[:] if self.is_lazy else self.images
+
     def float_images(self) -> torch.Tensor:
         """Images as float32 in [0, 1], ``(N, C, H, W)`` (a lazy set is decoded completely)."""
         images = self.images[:] if self.is_lazy else self.images

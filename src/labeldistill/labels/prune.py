@@ -77,8 +77,11 @@ def step_score(rec: StepRecord, metric: str, image_labels: torch.Tensor | None, 
 
 def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: str = "random", seed: int = 0,
                 logits: str = "fp16", granularity: str = "batch", image_labels: torch.Tensor | None = None,
-                overwrite: bool = False, pool: str = "prefix") -> LabelStore:
+                overwrite: bool = False, pool: str = "prefix", steps_per_shard: int | None = None) -> LabelStore:
     """Write ``dest``: the steps of ``source`` kept at ``factor``, in label format ``logits``.
+
+    The kept steps are streamed: read one by one and written a shard of ``steps_per_shard`` at a time, so at
+    most one shard's records are in memory, whatever the store's size.
 
     Args:
         source: a full (unpruned) label store.
@@ -91,6 +94,8 @@ def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: s
         image_labels: int64 ``(N,)`` class of every image (needed by ``correct`` and ``diff_signed``).
         overwrite: replace an existing ``dest``.
         pool: ``prefix`` (the first stored steps, the reference) or ``subset`` (a seeded random subset).
+        steps_per_shard: steps per shard of ``dest``; None = as many as the source's first shard holds (the
+            source's ``relabel.steps_per_shard`` unless the whole source fits in one shard).
 
     Raises:
         StoreError: the source is not a full label store; ConfigError: bad factor, strategy or format.
@@ -111,7 +116,8 @@ def prune_store(source: str | Path, dest: str | Path, factor: float, strategy: s
     meta["logits_format"] = logits
     meta["prune"] = {"factor": float(factor), "strategy": strategy, "granularity": granularity, "pool": pool,
                      "seed": seed, "source_steps": len(src), "kept_steps": len(kept)}
-    writer = LabelStoreWriter(dest, meta, steps_per_shard=max(len(kept), 1), overwrite=overwrite)
+    sps = steps_per_shard or src.manifest["shards"][0]["num_steps"]
+    writer = LabelStoreWriter(dest, meta, steps_per_shard=sps, overwrite=overwrite)
     try:
         for g in kept:
             writer.add(src.get(g))
@@ -150,7 +156,7 @@ def prune_all(cfg: Config, mode: str, force: bool | set[str] = False) -> list[Pa
             labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
         t0 = time.time()
         prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
-                    image_labels=labels, overwrite=True, pool=v.pool)
+                    image_labels=labels, overwrite=True, pool=v.pool, steps_per_shard=cfg.relabel.steps_per_shard)
         record_stage(cfg, ref, time.time() - t0, layout)
     return out
 def check_pruned_store(path: str | Path, variant: LabelVariant) -> None:

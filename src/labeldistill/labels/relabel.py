@@ -34,9 +34,9 @@ from ..errors import StoreError
 from ..io import MetricsLog, settings_key
 from ..layout import RunLayout
 from ..models.checkpoint import load_teacher
-from ..provenance import check_fresh, record_stage, relabel_ref
+from ..provenance import autocast_settings, check_fresh, record_stage, relabel_ref
 from ..resume import fault_point
-from ..runtime import is_rank0, pick_device
+from ..runtime import autocast, is_rank0, pick_device
 from ..variants import label_variants
 from .pool import kept_steps, recipe_mismatch
 from .replay import build_batch  # noqa: F401  (also the old import path of build_batch)
@@ -87,16 +87,31 @@ def sample_step(plan: StepPlan, step_id: int, rc: RelabelConfig, hw: tuple[int, 
     return StepRecord(step_id, idx, boxes, flips, mix, torch.empty(0))
 
 
+CHUNK_IMAGES, CHUNK_PIXELS = 1024, 1024 * 32 * 32
+
+
+def chunk_images_for(hw: tuple[int, int]) -> int:
+    """Images per relabel teacher forward: 1,024 up to 32 × 32 px, fewer above so that about as many pixels
+    (1,024 · 32²) are in flight at any size (44 at 160 px, 20 at 224 px); at least 1 (a step always goes whole).
+
+    Capped at 1,024 so that stores of small images batch (and round) exactly as before.
+    """
+    return max(1, min(CHUNK_IMAGES, CHUNK_PIXELS // (hw[0] * hw[1])))
+
+
 @torch.no_grad()
 def generate_steps(teacher: nn.Module, images: torch.Tensor, plan: StepPlan, step_ids: Iterable[int],
                    rc: RelabelConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                   chunk_images: int = 1024, progress: bool = True) -> Iterable[StepRecord]:
+                   chunk_images: int | None = None, progress: bool = True, amp: str = "bf16") -> Iterable[StepRecord]:
     """Yield the records of ``step_ids`` (in the given order) with the teacher's fp16 logits.
 
     Steps are batched into one teacher forward of about ``chunk_images`` images (the teacher is in eval
-    mode, so samples do not interact).
+    mode, so samples do not interact); ``None`` = :func:`chunk_images_for` the image size, at least one step.
+    ``images``: uint8 ``(N, C, H, W)`` (or float in [0, 1]). ``amp``: the config's ``autocast`` (``bf16`` runs the
+    teacher under bf16 autocast on CUDA; a no-op elsewhere).
     """
     hw = tuple(images.shape[2:])
+    chunk_images = chunk_images or chunk_images_for(hw)
     ids = list(step_ids)
     bar = tqdm(total=len(ids), desc="relabel", unit="step", disable=not progress)
     i = 0
@@ -109,7 +124,9 @@ def generate_steps(teacher: nn.Module, images: torch.Tensor, plan: StepPlan, ste
             count += len(r.sample_idx)
             i += 1
         x = torch.cat(xs).to(device).contiguous(memory_format=torch.channels_last)
-        logits = teacher(x).to(torch.float16).cpu()
+        with autocast(device, amp):
+            logits = teacher(x)
+        logits = logits.float().to(torch.float16).cpu()
         off = 0
         for r in recs:
             n = len(r.sample_idx)
@@ -175,7 +192,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     teacher, info = load_teacher(layout.teacher_dir, device)
     data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
     plan = StepPlan(len(data), rc.batch_size, rc.epochs, cfg.seed)
-    images = data.float_images()
+    images = data.uint8_images()  # converted per step by build_batch: no float copy of the set
     meta = store_meta(data, info, img_meta["fingerprint"], rc, cfg.seed, plan)
     meta["logits_format"] = rc.logits
     steps = list(range(plan.total_steps))
@@ -185,7 +202,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
                          "seed": cfg.seed, "source_steps": plan.total_steps, "kept_steps": len(steps),
                          "generated_only_kept": True}
     t0 = time.time()
-    key = settings_key("relabel", meta, steps, info["fingerprint"])
+    key = settings_key("relabel", meta, steps, info["fingerprint"], *autocast_settings(cfg).values())
     if is_rank0():
         writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=True, resume_key=key)
     barrier()
@@ -197,7 +214,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     for i in todo:
         # One teacher pass per shard, so a resumed run batches (and rounds) exactly as an uninterrupted one.
         writer.write_shard(i, list(generate_steps(teacher, images, plan, shards[i], rc, info["mean"], info["std"],
-                                                  device, progress=False)))
+                                                  device, progress=False, amp=cfg.autocast)))
         bar.update(len(shards[i]))
         fault_point("relabel-shard")
     bar.close()

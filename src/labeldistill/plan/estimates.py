@@ -53,7 +53,7 @@ def _safetensors_header(tensors: dict[str, tuple[str, list[int], int]]) -> int:
 
 def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, image_hw: tuple[int, int],
                          cutmix: bool, logits: str = "fp16", steps_per_shard: int | None = None,
-                         class_names: list[str] | None = None) -> dict[str, Any]:
+                         class_names: list[str] | None = None, pruned: bool | None = None) -> dict[str, Any]:
     """Bytes a label store holding ``step_ids`` of ``plan`` takes in this project's layout.
 
     Args:
@@ -64,9 +64,11 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
         cutmix: whether the store has the CutMix tensors (``relabel.cutmix > 0``).
         logits: a logits format: ``fp16``, ``int8``, ``int4``, ``top<k>``, ``top<k>-int8``, ``top<k>-int4``
             (tensor layout of each: :meth:`labeldistill.labels.codecs.Codec.layout`).
-        steps_per_shard: steps per shard; None = one shard (how :func:`~labeldistill.labels.prune.prune_store`
-            writes a pruned store).
+        steps_per_shard: steps per shard (relabel's, which :func:`~labeldistill.labels.prune.prune_store` also
+            uses for a pruned store); None = everything in one shard.
         class_names: names in ``class_to_idx`` (manifest size); default ``"class_<i>"``-like names.
+        pruned: the manifest of a pruned store (its ``prune`` record is longer); default: ``steps_per_shard is
+            None`` (the old convention, when pruned stores were written as one shard).
 
     Returns:
         ``{"entries", "steps", "shards", "components": {component: bytes}, "floor", "metadata", "total",
@@ -111,7 +113,7 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
     names = class_names or [f"class_{i:04d}" for i in range(num_classes)]
     entries = sum(step_size(plan, g) for g in ids)
     manifest = _manifest_size(names, shard_entries, comps, n, image_hw, plan, entries, len(ids), logits,
-                              steps_per_shard)
+                              steps_per_shard is None if pruned is None else pruned)
     return {
         "entries": entries, "steps": len(ids), "shards": len(shards), "components": comps, "floor": floor,
         "metadata": header + manifest, "total": floor + header + manifest,
@@ -125,7 +127,7 @@ def _dt(nbytes: int) -> str:
 
 
 def _manifest_size(names: list[str], shards: list[dict], comps: dict, n: int, hw: tuple[int, int], plan: StepPlan,
-                   entries: int, steps: int, logits: str, steps_per_shard: int | None) -> int:
+                   entries: int, steps: int, logits: str, pruned: bool) -> int:
     """Bytes of a manifest.json shaped like the one :class:`~labeldistill.labels.store.LabelStoreWriter` writes."""
     manifest = {
         "format": "labeldistill.label_store", "schema_version": 1, "num_images": n, "image_hw": list(hw),
@@ -136,7 +138,7 @@ def _manifest_size(names: list[str], shards: list[dict], comps: dict, n: int, hw
                          "flip": True, "cutmix": 0.0, "cutmix_alpha": 1.0, "interpolation": "bilinear"},
         "cutmix": False, "seed": 0, "batch_size": plan.b, "epochs": plan.epochs,
         "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
-        "prune": ({"factor": 1.0, "strategy": "none"} if steps_per_shard is not None else
+        "prune": ({"factor": 1.0, "strategy": "none"} if not pruned else
                   {"factor": 40.0, "strategy": "random", "granularity": "batch", "pool": "prefix", "seed": 0,
                    "source_steps": plan.total_steps, "kept_steps": steps}),
         "logits_format": logits, "num_steps": steps, "num_entries": entries,

@@ -152,7 +152,8 @@ def label_rows(cfg: Config, plan: StepPlan, num_classes: int, hw: tuple[int, int
             exact = v.strategy == "random" or v.granularity == "epoch"
             as_random = v if exact else v._replace(strategy="random")
             kept = kept_steps(all_steps, as_random, cfg.seed, plan.steps_per_epoch, rl.epochs)
-            est = estimate_store_bytes(kept, plan, num_classes, hw, cutmix, v.logits, None, names)
+            est = estimate_store_bytes(kept, plan, num_classes, hw, cutmix, v.logits, rl.steps_per_shard, names,
+                                       pruned=True)  # prune_store writes relabel's steps_per_shard
         rows.append({"tag": v.tag, "factor": v.factor, "strategy": v.strategy, "logits": v.logits,
                      "granularity": v.granularity, "pool": v.pool, "replay": v.replay_mode,
                      "kept_steps": est["steps"], "exact_steps": exact, **est})
