@@ -98,6 +98,7 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
         dump_config(cfg, layout.root / "config.yaml")
     barrier()
     t0 = time.time()
+    prov = machine(pick_device(cfg.device))  # the code and machine at the start of the run
     teacher = squeeze(cfg, force="squeeze" in stale)
     class_stats(cfg, force="class-stats" in stale)
     rows = []
@@ -115,7 +116,7 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),
                     "top1": teacher["top1"], "epochs": teacher["epochs"]},
         "rows": rows, "seconds": round(time.time() - t0, 2),
-        "provenance": {**machine(pick_device(cfg.device)), "stage_seconds": stage_seconds(layout)},
+        "provenance": {**prov, "stage_seconds": stage_seconds(layout)},
     }
     if report:
         _finish(cfg, layout.root, results)
