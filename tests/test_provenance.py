@@ -114,6 +114,11 @@ def test_bad_student_name_fails_the_dry_run_with_close_matches(capsys, tmp_path)
     assert code == 2 and not (tmp_path / "x" / "teacher").exists()  # refused before squeeze
 
 
+def test_bad_dataset_name_fails_the_dry_run_with_close_matches(capsys, tmp_path):
+    code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path}", "data.dataset=fashion-mnsit", "--dry-run")
+    assert code == 2 and "unknown dataset 'fashion-mnsit'; did you mean: fashion-mnist" in err, err
+
+
 def test_stage_by_stage_errors_name_the_missing_stage_and_report_works(tmp_path, capsys):
     args = [DEMO, *MICRO, f"run_dir={tmp_path}"]
     assert _cli(capsys, "squeeze", *args)[0] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -107,7 +108,9 @@ def dataset_options(name: str) -> list[str]:
         RegistryError: unknown dataset name.
     """
     if name not in _DATASETS:
-        raise RegistryError(f"unknown dataset '{name}'; known datasets: {', '.join(list_datasets())}")
+        close = difflib.get_close_matches(name, list_datasets(), n=3, cutoff=0.6)
+        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        raise RegistryError(f"unknown dataset '{name}'{hint}; known datasets: {', '.join(list_datasets())}")
     return [p for p in inspect.signature(_DATASETS[name]).parameters if p not in ("root", "split")]
 
 
