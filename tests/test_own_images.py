@@ -36,13 +36,13 @@ def own_set(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     x_of = lambda idx: normalize(train.images[idx].float() / 255, train.mean, train.std)  # noqa: E731
     model.train()
-    for _ in range(30):
+    for _ in range(20):
         idx = torch.randint(0, 2000, (32,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(x_of(idx)), train.labels[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():  # BN statistics of the final weights (30 steps are too few for the running averages)
+    with torch.no_grad():  # BN statistics of the final weights (20 steps are too few for the running averages)
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.reset_running_stats()
