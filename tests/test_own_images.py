@@ -29,6 +29,15 @@ IPC = 2
 def own_set(tmp_path_factory):
     """A torchvision ResNet-18 teacher trained briefly on 2,000 Fashion-MNIST images (DDP-style checkpoint), and
     ``IPC`` training images per class that it classifies correctly (so the mapping check's outcome is certain)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on a shared 2-core box spin-wait: 7x the CPU time
+    try:
+        return _train_teacher_and_pick(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_teacher_and_pick(tmp_path_factory):
     torch.manual_seed(0)
     train = load_dataset("fashion-mnist", "train")
     model = build_model(ModelConfig("torchvision:resnet18"), 10, (1, 28, 28))
@@ -71,7 +80,7 @@ def write_sre2l(folder, images, labels, shift=0):
 
 def write_config(path, run_dir, ckpt, variants):
     cfg = {
-        "name": "own", "run_dir": str(run_dir), "device": "cpu",
+        "name": "own", "run_dir": str(run_dir), "device": "cpu", "threads": 1,
         "data": {"dataset": "fashion-mnist", "train_subset": 500, "test_subset": 300},
         "squeeze": {"model": {"name": "torchvision:resnet18", "args": {}}, "checkpoint": str(ckpt)},
         "recover": {"variants": variants, "modes": list(variants)},
@@ -127,6 +136,9 @@ def test_tensor_source_gives_the_same_pixels(own_run):
     pixels = [sorted((int(y), x.numpy().tobytes()) for x, y in zip(d.images, d.labels)) for d in sets]
     assert pixels[0] == pixels[1]  # class-major; exact uint8 after the float round trip (order within a class: the set's)
     assert dd["teacher_top1_on_images"] == mine["teacher_top1_on_images"] == 1.0
+    out = run_dir.parent / "export_mine"
+    assert main(["export", str(run_dir), "--format", "ddranking", "--mode", "mine", "--out", str(out)]) == 0
+    assert torch.load(out / "images.pt").shape == (10 * IPC, 1, 28, 28)
 
 
 def test_changed_folder_is_stale(own_run, capsys):
