@@ -146,7 +146,8 @@ class RecoverConfig:
             curriculum), ``random_real`` (IPC random real training images per class), ``rded`` (RDED:
             teacher-scored real crops stitched together).
         variants: extra named variants, each a mapping with ``batching`` (``cross_class`` | ``class_wise``),
-            ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` | ``cda``).
+            ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` | ``cda``); or
+            ``{source: folder | tensor, path: DIR}``: a set made elsewhere (:mod:`labeldistill.data.owned`).
         ipc: images per class.
         iterations: optimisation steps per batch.
         lr: Adam learning rate (cosine-annealed to 0).

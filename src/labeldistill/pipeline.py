@@ -28,12 +28,15 @@ from .resume import check_run_dir
 from .runtime import is_rank0, pick_device
 from .squeeze import squeeze
 from .validate import validate
-from .variants import label_variants
+from .variants import label_variants, needs_class_stats
 
 
 def stage_refs(cfg: Config) -> list[StageRef]:
-    """Every unit of work of the main job for one seed, in the order it runs."""
-    refs = [StageRef("squeeze"), StageRef("class-stats")]
+    """Every unit of work of the main job for one seed, in the order it runs (class statistics only when some
+    mode optimises images)."""
+    refs = [StageRef("squeeze")]
+    if needs_class_stats(cfg.recover.modes, cfg.recover.variants):
+        refs.append(StageRef("class-stats"))
     student = model_tag(cfg.validate.model)
     for mode in cfg.recover.modes:
         refs += [StageRef("recover", mode), relabel_ref(cfg, mode)]
@@ -100,7 +103,8 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
     t0 = time.time()
     prov = machine(pick_device(cfg.device))  # the code and machine at the start of the run
     teacher = squeeze(cfg, force="squeeze" in stale)
-    class_stats(cfg, force="class-stats" in stale)
+    if needs_class_stats(cfg.recover.modes, cfg.recover.variants):  # only synthesis reads them
+        class_stats(cfg, force="class-stats" in stale)
     rows = []
     for mode in cfg.recover.modes:
         recover(cfg, mode, force=StageRef("recover", mode).key in stale)

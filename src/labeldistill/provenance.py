@@ -24,10 +24,11 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ModelConfig
+from .data.owned import source_fingerprint
 from .errors import StaleStageError
 from .io import atomic_write_json, read_json, settings_key
 from .layout import LabelVariant, RunLayout
-from .variants import label_variants, resolve_variant
+from .variants import OWN_SOURCES, label_variants, resolve_variant
 
 LEDGER = "stages.json"
 _DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
@@ -103,10 +104,13 @@ def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     recover = _flat("recover", cfg.recover)
     if variant["source"] == "synthesis":
         out.update(stats)
-    else:  # real-image sources read only these recover settings
-        used = ("recover.ipc",) + (("recover.rded_factor", "recover.rded_candidates", "recover.crop_scale")
-                                   if variant["source"] == "rded" else ())
+    else:  # real-image sources read only these recover settings; a set made elsewhere none of them
+        used = () if variant["source"] in OWN_SOURCES else ("recover.ipc",) + (
+            ("recover.rded_factor", "recover.rded_candidates", "recover.crop_scale")
+            if variant["source"] == "rded" else ())
         recover = {k: v for k, v in recover.items() if k in used}
+    if variant["source"] in OWN_SOURCES:  # the set's files: an edited folder makes recover (and all after) stale
+        recover["recover.source_fingerprint"] = source_fingerprint(variant["source"], variant["path"])
     out.update({"recover.mode": ref.mode, "recover.variant": variant, **recover})
     if ref.stage == "recover":
         return out

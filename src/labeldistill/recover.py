@@ -50,6 +50,7 @@ from .augment import (
 )
 from .config import Config, config_to_dict
 from .data import ImageSet, denormalize, load_split, normalize
+from .data.owned import load_own_set, source_fingerprint
 from .data.synthetic import (  # noqa: F401
     image_bytes,
     image_fingerprint,
@@ -73,9 +74,11 @@ from .provenance import StageRef, autocast_settings, check_fresh, record_stage
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr
-from .variants import BUILTIN_VARIANTS, plan_batches, resolve_variant  # noqa: F401  (old import paths)
+from .variants import BUILTIN_VARIANTS, OWN_SOURCES, plan_batches, resolve_variant  # noqa: F401  (old import paths)
 
 mode_key = mode_stream  # old name of the recover stream key of a mode
+CHANCE_FACTOR = 1.5  # a set made elsewhere on which the teacher's top-1 is <= this × chance (1/C) is refused
+
 
 def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:
     """RandomResizedCrop lower scale bound at iteration ``t``.
@@ -323,7 +326,8 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     Raises:
         ConfigError: unknown mode; LabelDistillError: missing teacher or class statistics, a teacher without
         BatchNorm2d layers (synthesis), non-finite loss; DataError: too few real images for ``random_real`` /
-        ``init: real``.
+        ``init: real``; DataError: a ``folder`` / ``tensor`` set that does not fit the teacher or on which the
+        teacher is at chance (:func:`own_images`).
     """
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
@@ -337,10 +341,14 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     teacher, info = load_teacher(layout.teacher_dir, device)
     gen = step_generator(cfg.seed, mode_stream(mode))
     t0 = time.time()
-    needs_real = variant["source"] != "synthesis" or rc.init == "real"
+    needs_real = variant["source"] in ("random_real", "rded") or (variant["source"] == "synthesis" and rc.init == "real")
     train = load_split(cfg, "train") if needs_real else None
     extra: dict = {}
-    if variant["source"] == "random_real":
+    ipc = rc.ipc
+    if variant["source"] in OWN_SOURCES:
+        images, extra = own_images(mode, variant, teacher, info, device, cfg.autocast)
+        ipc = extra["ipc"]
+    elif variant["source"] == "random_real":
         sel = pick_real(train, rc.ipc, gen)
         images = train.images[sel].float() / 255
         extra["real_indices"] = sel.tolist()
@@ -351,11 +359,52 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         images = synthesise(cfg, mode, variant, teacher, info, layout, init, device)
         extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
     if is_rank0():
-        _write_image_set(out, mode, variant, images, teacher, info, rc.ipc, extra, device, cfg.autocast)
+        _write_image_set(out, mode, variant, images, teacher, info, ipc, extra, device, cfg.autocast)
         MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
         record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
     return out
+
+
+def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device: torch.device, amp: str
+               ) -> tuple[torch.Tensor, dict]:
+    """A ``folder`` / ``tensor`` set made elsewhere, checked against the teacher (:mod:`labeldistill.data.owned`).
+
+    Returns:
+        float images ``(C · IPC, C_in, H, W)`` in [0, 1] (exact uint8 values), class-major, and the entries of
+        ``images.json`` that describe the source (``path``, ``source_fingerprint``, ``ipc``, ``layout``, ...).
+
+    Raises:
+        DataError: the set does not fit the teacher, or the teacher's top-1 on it is at most
+        :data:`CHANCE_FACTOR` × chance: the class mapping is most likely wrong.
+    """
+    path = variant["path"]
+    u8, labels, notes = load_own_set(variant["source"], path, tuple(info["shape"]), info["classes"])
+    top1 = teacher_top1(teacher, u8, labels, info, device, amp)
+    c = info["num_classes"]
+    if top1 <= CHANCE_FACTOR / c:
+        how = ("the class index is the folder number new{c:03d}: check that new000 holds the teacher's class 0 "
+               f"('{info['classes'][0]}')" if notes["layout"] == "sre2l" else
+               "check class_to_idx.json against the teacher's class order in teacher/teacher.json" if
+               notes["layout"] == "imagefolder" else "check that labels.pt uses the teacher's class indices")
+        raise DataError(f"recover[{mode}]: the teacher's top-1 on {path} is {100 * top1:.1f} % (chance "
+                        f"{100 / c:.1f} %, refused at <= {100 * CHANCE_FACTOR / c:.1f} %): the set's class mapping "
+                        f"is most likely not the teacher's (shifted class order or folder numbering); {how}")
+    extra = {"path": str(Path(path).expanduser().resolve()), "source_fingerprint": source_fingerprint(variant["source"], path),
+             **notes}
+    return u8.float() / 255, extra
+
+
+def teacher_top1(teacher: nn.Module, u8: torch.Tensor, labels: torch.Tensor, info: dict, device: torch.device,
+                 amp: str = "bf16", chunk: int = 256) -> float:
+    """The teacher's top-1 (fraction) on uint8 images ``(N, C, H, W)``, ``chunk`` images per forward (so the
+    activations of one forward, not of the whole set, are in memory)."""
+    preds = []
+    with torch.no_grad(), autocast(device, amp):
+        for i in range(0, len(u8), chunk):
+            x = normalize(u8[i:i + chunk].float() / 255, info["mean"], info["std"]).to(device)
+            preds.append(teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
+    return float((torch.cat(preds) == labels).float().mean())
 
 
 def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: dict, layout: RunLayout,
@@ -422,22 +471,17 @@ def _segment(cfg: Config, mode: str, variant: dict, batch: list[tuple[int, int]]
 
 def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, teacher: nn.Module, info: dict,
                      ipc: int, extra: dict, device: torch.device, amp: str = "bf16", chunk: int = 256) -> None:
-    """Quantise to uint8, measure the teacher's top-1 on the set (``chunk`` images per forward, so the
-    activations of one forward, not of the whole set, are in memory), write PNGs + ``images.json`` atomically."""
+    """Quantise to uint8, measure the teacher's top-1 on the set (:func:`teacher_top1`), write PNGs +
+    ``images.json`` atomically."""
     labels = torch.arange(info["num_classes"]).repeat_interleave(ipc)
     u8 = (images * 255).round().to(torch.uint8)
-    preds = []
-    with torch.no_grad(), autocast(device, amp):
-        for i in range(0, len(u8), chunk):
-            x = normalize(u8[i:i + chunk].float() / 255, info["mean"], info["std"]).to(device)
-            preds.append(teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
-    teacher_top1 = float((torch.cat(preds) == labels).float().mean())
+    top1 = teacher_top1(teacher, u8, labels, info, device, amp, chunk)
     with atomic_dir(out) as tmp:
         save_imagefolder(u8, labels, info["classes"], tmp)
         atomic_write_json(tmp / "images.json", {
             "mode": mode, "source": variant["source"], "ipc": ipc, "num_images": len(labels),
             "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
-            "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": teacher_top1, **extra,
+            "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": top1, **extra,
         })
     shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
 

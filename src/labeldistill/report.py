@@ -48,7 +48,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         t = torch.tensor([r["top1"] for r in rs], dtype=torch.float64)
         first = rs[0]
         out.append({**{k: first.get(k) for k in _GROUP}, "student_args": first.get("student_args", {}),
-                    "ipc": first["ipc"], "kept_steps": first.get("kept_steps"), "label_bytes": first["label_bytes"],
+                    "source": first.get("source"), "ipc": first["ipc"], "kept_steps": first.get("kept_steps"), "label_bytes": first["label_bytes"],
                     "image_bytes": first["image_bytes"], "top1_mean": float(t.mean()),
                     "top1_std": float(t.std(unbiased=False)) if len(rs) > 1 else 0.0, "n": len(rs),
                     "seeds": [r.get("seed") for r in rs]})

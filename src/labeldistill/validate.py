@@ -234,7 +234,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         force: redo a finished result.
 
     Returns:
-        The result row: recover, ipc, prune_factor, prune_strategy, logits, granularity, label_store,
+        The result row: recover, source (of the images: synthesis, random_real, rded, folder, tensor), ipc, prune_factor, prune_strategy, logits, granularity, label_store,
         label_bytes (bytes on disk of the store), image_bytes (bytes of the image files), kept_steps, student,
         student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
         pool, replay.
@@ -268,7 +268,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
                         resume_path=resume, replay=v.replay_mode)
     row = {
-        "recover": mode, "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
+        "recover": mode, "source": img_meta.get("source", "synthesis"), "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
         "logits": v.logits, "granularity": v.granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),

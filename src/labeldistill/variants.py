@@ -8,8 +8,10 @@ Recover modes (LPLD §3, spec §4.2):
 * BN targets ``global`` — the teacher's running statistics, as SRe2L; ``class`` — that class's statistics
   from ``class-stats`` (LPLD's class-wise supervision, "+CS"; needs class-wise batching).
 * crop schedule ``fixed`` or ``cda`` — CDA's easy-to-hard RandomResizedCrop curriculum (Yin & Shen, TMLR 2024).
-* source ``synthesis`` (the above), ``random_real`` (real images, DD-Ranking's fairness baseline) or ``rded``
-  (RDED, Sun et al. CVPR 2024).
+* source ``synthesis`` (the above), ``random_real`` (real images, DD-Ranking's fairness baseline), ``rded``
+  (RDED, Sun et al. CVPR 2024), or a set made elsewhere: ``folder`` (an ImageFolder with ``class_to_idx.json``,
+  or SRe2L's ``new{c:03d}/`` layout) or ``tensor`` (DD-Ranking's ``images.pt`` + ``labels.pt``), both with
+  ``path`` (:mod:`labeldistill.data.owned`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ BUILTIN_VARIANTS: dict[str, dict] = {
 }
 VARIANT_SWITCHES = {"batching": ("cross_class", "class_wise"), "bn_targets": ("global", "class"),
                     "crop_schedule": ("fixed", "cda")}
+SOURCES = ("synthesis", "random_real", "rded", "folder", "tensor")
+OWN_SOURCES = ("folder", "tensor")  # sets made elsewhere, read from ``path``
 PRUNE_METRICS = ("confidence", "diff", "diff_signed", "correct", "cut_ratio")
 GRANULARITIES = ("batch", "epoch")
 POOLS = ("prefix", "subset")  # which stored steps a pruned store keeps (labels/pool.py); the first is the default
@@ -39,23 +43,22 @@ REPLAYS = ("ordered", "pool")  # how validate walks a store's steps (validate.Po
 def resolve_variant(mode: str, custom: dict | None = None) -> dict:
     """The switches of a recover mode: a built-in variant or one defined under ``recover.variants``.
 
+    A custom variant is either synthesis switches (``batching``, ``bn_targets``, ``crop_schedule``) or a source:
+    ``{source: random_real | rded}``, or ``{source: folder | tensor, path: DIR}`` for a set made elsewhere.
+
     Returns:
-        ``{"source": "synthesis" | "random_real" | "rded", "batching", "bn_targets", "crop_schedule"}``.
+        ``{"source": "synthesis", "batching", "bn_targets", "crop_schedule"}``, ``{"source": "random_real" |
+        "rded"}`` or ``{"source": "folder" | "tensor", "path": str}``.
 
     Raises:
-        ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches.
+        ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches, a
+        ``folder`` / ``tensor`` source without ``path`` (or a ``path`` or synthesis switch with another source).
     """
     custom = custom or {}
     if mode in custom:
-        spec = custom[mode]
-        if not isinstance(spec, dict):
-            raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
-        bad = [k for k in spec if k not in VARIANT_SWITCHES]
-        if bad:
-            raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: "
-                              + ", ".join(VARIANT_SWITCHES))
-        v = {"source": "synthesis", "batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed",
-             **spec}
+        v = _custom_variant(mode, custom[mode])
+        if v["source"] != "synthesis":
+            return v
     elif mode in BUILTIN_VARIANTS:
         v = {"source": "synthesis", **BUILTIN_VARIANTS[mode]}
     else:
@@ -68,6 +71,42 @@ def resolve_variant(mode: str, custom: dict | None = None) -> dict:
         if v["bn_targets"] == "class" and v["batching"] != "class_wise":
             raise ConfigError(f"recover variant '{mode}': class BN targets need class_wise batching")
     return v
+
+
+def _custom_variant(mode: str, spec: Any) -> dict:
+    """The switches of a variant defined under ``recover.variants.<mode>`` (synthesis ones not yet checked)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
+    known = (*VARIANT_SWITCHES, "source", "path")
+    bad = [k for k in spec if k not in known]
+    if bad:
+        raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: " + ", ".join(known))
+    source = spec.get("source", "synthesis")
+    if source not in SOURCES:
+        raise ConfigError(f"recover.variants.{mode}.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "synthesis":
+        if "path" in spec:
+            raise ConfigError(f"recover.variants.{mode}: 'path' needs source: folder or tensor")
+        return {"source": "synthesis", "batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed",
+                **spec}
+    extra = [k for k in spec if k in VARIANT_SWITCHES]
+    if extra:
+        raise ConfigError(f"recover.variants.{mode}: '{extra[0]}' applies to source: synthesis only, not {source}")
+    if source in OWN_SOURCES:
+        path = spec.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"recover.variants.{mode}: source: {source} needs path: DIR (the folder holding "
+                              + ("the images" if source == "folder" else "images.pt and labels.pt") + ")")
+        return {"source": source, "path": path}
+    if "path" in spec:
+        raise ConfigError(f"recover.variants.{mode}: 'path' needs source: folder or tensor")
+    return {"source": source}
+
+
+def needs_class_stats(modes: list[str], custom: dict | None = None) -> bool:
+    """Whether any recover mode optimises images (source ``synthesis``): only those read the class statistics
+    and need a teacher with BatchNorm layers."""
+    return any(resolve_variant(m, custom)["source"] == "synthesis" for m in modes)
 
 
 def plan_batches(batching: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:

@@ -30,6 +30,7 @@ from ..layout import RunLayout
 from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
 from .probe import probe_data
+from ..variants import needs_class_stats
 from .stages import early_stages, label_rows, late_stages, recover_rows, relabel_plan, student_plan, teacher_plan
 
 
@@ -48,7 +49,8 @@ def plan_run(cfg: Config) -> dict:
         ConfigError / RegistryError: an option the dataset does not support, unknown model, bad squeeze option.
         DataError: missing data root, split folder, class folder or image; unreadable image; train and test
             classes differ; teacher checkpoint missing, unreadable or not matching the model.
-        LabelDistillError: the teacher has no BatchNorm layer, or the run directory is incompatible.
+        LabelDistillError: the teacher has no BatchNorm layer while some mode optimises images, or the run
+            directory is incompatible.
     """
     check_dataset_options(cfg.data.dataset, data_options(cfg))
     check_squeeze_options(cfg.squeeze)
@@ -62,7 +64,8 @@ def plan_run(cfg: Config) -> dict:
     teacher = teacher_plan(cfg, C, shape)
     teacher["student"] = student_plan(cfg, C, shape)
     recover = recover_rows(cfg, layout, C)
-    plan = StepPlan(C * cfg.recover.ipc, cfg.relabel.batch_size, cfg.relabel.epochs, cfg.seed)
+    n_images = max(r["images"] for r in recover)  # modes of sets made elsewhere hold their own number of images
+    plan = StepPlan(n_images, cfg.relabel.batch_size, cfg.relabel.epochs, cfg.seed)
     hw = (shape[1], shape[2])
     relabel, relabel_stages = relabel_plan(cfg, layout, plan, hw)
     labels = label_rows(cfg, plan, C, hw, names)
@@ -75,19 +78,22 @@ def plan_run(cfg: Config) -> dict:
             "dataset": cfg.data.dataset, "lazy": cfg.data.lazy, "workers": cfg.data.workers, "data": data,
             "image_shape": list(shape), "num_classes": C, "teacher": teacher, "stages": stages,
             "recover": recover, "relabel": relabel, "labels": labels, "validate": validate,
-            "storage": storage_plan(cfg, shape, C, teacher, labels)}
+            "storage": storage_plan(cfg, shape, C, teacher, labels, n_images)}
 
 
-def storage_plan(cfg: Config, shape: tuple[int, int, int], num_classes: int, teacher: dict, labels: list[dict]) -> dict:
-    """Bytes of images (raw and PNG upper bound), class statistics, teacher weights and label stores."""
-    n_syn = num_classes * cfg.recover.ipc
+def storage_plan(cfg: Config, shape: tuple[int, int, int], num_classes: int, teacher: dict, labels: list[dict],
+                 n_syn: int | None = None) -> dict:
+    """Bytes of images (raw and PNG upper bound; ``n_syn`` images per mode, default ``C · recover.ipc``), class
+    statistics (0 when no mode optimises images), teacher weights and label stores."""
+    n_syn = num_classes * cfg.recover.ipc if n_syn is None else n_syn
     raw = math.prod(shape)
     png = png_upper_bound(*shape)
     return {
         "image_raw_bytes": raw, "image_png_upper_bound": png,
         "images_per_mode_raw": n_syn * raw, "images_per_mode_png_upper_bound": n_syn * png,
         "images_total_png_upper_bound": n_syn * png * len(cfg.recover.modes),
-        "class_stats_bytes": 4 * ((2 * num_classes + 4) * teacher["bn_channels"] + num_classes),
+        "class_stats_bytes": 4 * ((2 * num_classes + 4) * teacher["bn_channels"] + num_classes)
+        if needs_class_stats(cfg.recover.modes, cfg.recover.variants) else 0,
         "teacher_bytes": teacher["bytes"],
         "labels_per_mode": {r["tag"]: r["total"] for r in labels},
         "labels_total": sum(r["total"] for r in labels) * len(cfg.recover.modes),
@@ -128,7 +134,8 @@ def format_plan(p: dict) -> str:
     lines.append(f"  images: {human_bytes(st['images_per_mode_png_upper_bound'])} as PNG (upper bound: incompressible "
                  f"pixels, {st['image_png_upper_bound']:,} B per image; raw uint8 {st['image_raw_bytes']:,} B per image "
                  f"= {human_bytes(st['images_per_mode_raw'])})")
-    lines.append(f"  class statistics: {human_bytes(st['class_stats_bytes'])} (float32; once per run)")
+    lines.append(f"  class statistics: {human_bytes(st['class_stats_bytes'])} (float32; once per run)" if
+                 st["class_stats_bytes"] else "  class statistics: none (no recover mode optimises images)")
     lines.append(f"  teacher weights: {human_bytes(st['teacher_bytes'])} (float32; once per run)")
     lines.append("  labels (this project's store layout; reference = LPLD layout estimate, spec §9, without per-file "
                  "overhead):")

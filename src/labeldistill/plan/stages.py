@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn as nn
+
 from ..config import Config
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
@@ -13,7 +16,8 @@ from ..layout import RunLayout
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
 from ..provenance import StageRef, model_tag, relabel_ref, stage_status
-from ..variants import label_variants, plan_batches, resolve_variant
+from ..data.owned import list_source
+from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
 
 
@@ -31,13 +35,16 @@ def teacher_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> 
     """Build the teacher once on the CPU: parameters, bytes, BN layers; check a checkpoint fits it.
 
     Raises:
-        RegistryError: unknown model; LabelDistillError: no BatchNorm2d layer; DataError: a checkpoint that is
-        missing, unreadable or does not fit.
+        RegistryError: unknown model; LabelDistillError: no BatchNorm2d layer while some recover mode optimises
+        images (source ``synthesis``); DataError: a checkpoint that is missing, unreadable or does not fit.
     """
     sc = cfg.squeeze
     check_model_spec(sc.model, "squeeze.model")
     model = build_model(sc.model, num_classes, shape)
-    bns = require_bn_layers(model, sc.model.name)
+    if needs_class_stats(cfg.recover.modes, cfg.recover.variants):
+        bns = require_bn_layers(model, sc.model.name)
+    else:
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     teacher_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     if sc.checkpoint:
         load_checkpoint_into(model, sc.checkpoint, sc.model, num_classes)
@@ -59,7 +66,7 @@ def student_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> 
 
 
 def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> list[dict]:
-    """The squeeze and class-stats rows."""
+    """The squeeze row, and the class-stats row when some recover mode optimises images."""
     sc = cfg.squeeze
     spe_sq = math.ceil(n_train / sc.batch_size)
     squeeze = {
@@ -74,11 +81,12 @@ def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> l
     cs_batches = math.ceil(n_train / cfg.class_stats.batch_size)
     stats = {"stage": "class-stats", **_status(cfg, layout, StageRef("class-stats")),
              "work": f"1 eval pass: {cs_batches} batches, {n_train:,} images", "steps": cs_batches, "images": n_train}
-    return [squeeze, stats]
+    return [squeeze, stats] if needs_class_stats(cfg.recover.modes, cfg.recover.variants) else [squeeze]
 
 
 def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]:
-    """One row per recover mode: its switches, batches and teacher passes."""
+    """One row per recover mode: its switches, batches and teacher passes (a set made elsewhere: its files,
+    listed and checked for their layout; the images of each class counted)."""
     rc = cfg.recover
     n_syn = num_classes * rc.ipc
     rows = []
@@ -101,10 +109,25 @@ def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]
             scored = n_syn * rc.rded_factor ** 2 * rc.rded_candidates
             row.update(teacher_passes=math.ceil(scored / 512), image_iterations=scored,
                        work=f"score {scored:,} real crops, stitch {rc.rded_factor}×{rc.rded_factor} patches")
+        elif v["source"] in OWN_SOURCES:
+            row.update(_own_row(v, num_classes))
         else:
             row.update(teacher_passes=0, image_iterations=0, work=f"pick {rc.ipc} real training images per class")
         rows.append(row)
     return rows
+
+
+def _own_row(v: dict, num_classes: int) -> dict:
+    """The plan of a ``folder`` / ``tensor`` source: its image count (a folder's from its files; a tensor set's
+    from ``labels.pt``, read here) and the work of copying it."""
+    listing = list_source(v["source"], v["path"])
+    if v["source"] == "tensor":
+        n = len(torch.load(listing.root / "labels.pt", map_location="cpu", weights_only=True))
+    else:
+        n = len(listing.names)
+    return {"images": n, "teacher_passes": math.ceil(n / 256), "image_iterations": 0,
+            "work": f"copy {n:,} images ({listing.layout} layout, ~{n / num_classes:g} per class) from {listing.root} "
+                    "as PNG; check the class mapping (teacher top-1 on the set)"}
 
 
 def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, int]) -> tuple[dict, list[dict]]:
