@@ -56,3 +56,11 @@ def test_missing_config_file(tmp_path):
 
 def test_defaults_are_valid():
     assert load_config(None).recover.modes == Config().recover.modes
+
+
+def test_a_model_mapping_naming_another_model_drops_the_default_args(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("squeeze:\n  model: {name: 'torchvision:resnet18'}\nvalidate:\n  model: {name: convnet}\n")
+    cfg = load_config(p)
+    assert cfg.squeeze.model.name == "torchvision:resnet18" and cfg.squeeze.model.args == {}
+    assert cfg.validate.model.args == {"width": 32}  # same model: its defaults stay

@@ -457,9 +457,16 @@ def _check_keys(data: dict, where: str, cls: type = Config) -> None:
 
 
 def _merge(base: dict, new: dict) -> None:
+    """Merge ``new`` into ``base`` key by key; a model mapping that names another model without ``args``
+    starts from no args (the default model's options, e.g. convnet's width, do not fit another model)."""
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "args":
-            _merge(base[k], v)
+        old = base.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and "args" in old and "name" in v and "args" not in v \
+                and v["name"] != old.get("name"):
+            base[k] = {**old, "args": {}}
+            old = base[k]
+        if isinstance(v, dict) and isinstance(old, dict) and k != "args":
+            _merge(old, v)
         else:
             base[k] = v
 
