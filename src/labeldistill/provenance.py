@@ -14,6 +14,7 @@ gives the same images), ``threads``, ``device`` and ``checkpoint_seconds``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import subprocess
@@ -222,8 +223,12 @@ def stage_seconds(layout: RunLayout) -> dict[str, float | None]:
     return {k: v.get("seconds") for k, v in _ledger(layout).items()}
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the checkout the package runs from (``+dirty`` with local changes), or a note why not."""
+    """The commit of the checkout the package runs from (``+dirty`` with local changes), or a note why not.
+
+    Read once per process: the code a process runs is what it imported at its start, even if the checkout moves
+    on while it runs."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,

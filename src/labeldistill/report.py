@@ -95,6 +95,7 @@ def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
         for r, x, y in zip(sel, xs, ys):
             ax.annotate(f"{r['prune_factor']:g}×", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("total storage: images + soft labels (KiB, log scale)")
