@@ -55,7 +55,8 @@ LPLD_TABLE_GB = {10: 5.67, 50: 28.33, 200: 113.33}
 SWEEP_32 = [(c, i) for c in (10, 100, 1000) for i in (1, 10, 50) if (c, i) != (1000, 50)]
 SWEEP_224 = [(1000, 1)]
 # Batches optimised together in one recover forward. Capped: the cost of one vectorised recover step grows
-# quadratically with the number of batches in it (see the sweep's findings), so a large group is slower.
+# with the number of batches in it before the per-segment statistics became one scatter-add; the cap keeps the
+# sweep's memory bounded.
 VECTORIZE_CAP = 32
 VECTORIZE_STUDY = (1, 16, 64, 256)  # recover at C = 256, IPC 1, 32 px: seconds vs batches per forward
 
@@ -536,11 +537,17 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
             d = r["details"]["recover"]
             lines.append(f"| {r['spec']['vectorize']} | {d['seconds']:.2f} | "
                          f"{1000 * d['seconds'] / (256 * args.iterations):.2f} | {mib(d['peak_growth_bytes'])} |")
-        lines += ["", "Beyond a few dozen batches per forward the step gets *slower* per image: every batch "
-                  "(segment) takes its BN statistics from a row slice of the hooked layer input and its CE from a "
-                  "row slice of the logits, and autograd's slice backward materialises a zero gradient of the "
-                  "*whole* tensor for every slice, so one backward costs O(segments × rows) — quadratic in "
-                  f"`recover.vectorize`. The sweep caps it at {VECTORIZE_CAP}."]
+        per = {r["spec"]["vectorize"]: r["details"]["recover"]["seconds"] for r in study}
+        big, mid = max(per), sorted(per)[len(per) // 2]
+        growth = per[big] / per[mid]
+        lines += ["", f"Per image-iteration, {big} batches per forward take {growth:.2f}× the time of {mid}. "
+                  + ("The step no longer slows down with more batches per forward: each batch's BN statistics and "
+                     "cross-entropy come from one scatter-add over all rows (`recover.segment_stats`, since commit "
+                     "d1c8daa), not from one row slice per batch, whose backward materialised a whole-tensor "
+                     "gradient per slice (quadratic in `recover.vectorize`)." if growth < 1.3 else
+                     "More batches per forward slow the step down: look for per-batch work that grows with the "
+                     "whole tensor (the old per-slice BN statistics were quadratic in `recover.vectorize`).")
+                  + f" The sweep caps vectorize at {VECTORIZE_CAP}."]
 
     # extrapolation to ImageNet-1K
     dev = max(abs(r["row"]["store_bytes"] / r["row"]["estimated_store_bytes"] - 1) for r in results)
@@ -559,7 +566,7 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
     be = sum(r["row"]["store_bytes"] for r in c1000) / sum(r["details"]["relabel"]["entries"] for r in c1000)
     lines += ["| IPC | images | stored entries (1×) | label bytes, estimator | label bytes, measured B/entry "
               "× entries | LPLD paper (1×) | relabel (h) | prune 1× (h) | validate 300 ep (h) | recover 4k it (h) | "
-              "float images in RAM (relabel, validate) |",
+              "uint8 images in RAM (relabel, validate) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ipc in (10, 50, 200):
         n = 1000 * ipc
@@ -574,7 +581,7 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
         lines.append(f"| {ipc} | {n:,} | {entries:,} | {est / 1e9:.2f} GB ({est / 2**30:.2f} GiB) | "
                      f"{be * entries / 1e9:.2f} GB | {LPLD_TABLE_GB[ipc]:.2f} GB | {hours('relabel', entries)} | "
                      f"{hours('prune_x1', entries)} | {hours('validate_x1', n * 300)} | "
-                     f"{hours('recover', n * 4000)} | {n * 3 * 224 * 224 * 4 / 1e9:.1f} GB |")
+                     f"{hours('recover', n * 4000)} | {n * 3 * 224 * 224 / 1e9:.1f} GB |")
     lines += ["", f"Measured bytes per stored entry at C = {cmax}: {be:,.1f} B. Per-row details (every stage's "
               f"VmHWM, RssAnon, wchar, bytes written): `{Path(args.work) / 'sweep.json'}` after a run."]
     return "\n".join(lines)
