@@ -27,7 +27,8 @@ LAYERS = [
               "labeldistill.utils", "labeldistill.common"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),
-    ("jobs and outputs", {"labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export"}),
+    ("jobs and outputs", {"labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
+                              "labeldistill.leaderboard"}),
     ("command line", {"labeldistill.cli"}),
 ]
 # Stage modules: none of them imports another (learn_labels is one stage; its modules import each other).

@@ -52,7 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--mode", action="append", help="recover mode(s); default: every images/<mode>")
     ex.add_argument("--store", default="full", help="label store tag under labels/<mode>/ (default: full)")
     ex.add_argument("--out", help="output folder (one mode only)")
+    lb = sub.add_parser("leaderboard", help="one table over main-job and learn-labels run directories")
+    lb.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    lb.add_argument("--json", action="store_true", help="machine-readable output")
+    lb.add_argument("--budget", type=float, metavar="BYTES", help="print the best row within BYTES total bytes")
     return p
+
+
+def _leaderboard_command(args: argparse.Namespace) -> int:
+    """``leaderboard RUN_DIR [RUN_DIR ...] [--json] [--budget BYTES]``."""
+    from .leaderboard import best_within, format_choice, format_leaderboard, leaderboard
+
+    table = leaderboard(args.run_dirs)
+    if args.json:
+        out = {"rows": table}
+        if args.budget is not None:
+            out["budget"] = {"bytes": args.budget, "best": best_within(table, args.budget)}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(format_leaderboard(table), end="")
+    if args.budget is not None:
+        print(format_choice(table, args.budget))
+    return 0
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -188,6 +209,8 @@ def _main(argv: list[str] | None) -> int:
         return _store_command(args)
     if args.command == "export":
         return _export_command(args)
+    if args.command == "leaderboard":
+        return _leaderboard_command(args)
     if args.command == "learn-labels":
         from .learn_labels import learn_labels_main
 

@@ -256,6 +256,11 @@ class ValidateConfig:
             recipe does not).
         eval_batch_size: batch size on the real test split.
         checkpoint_seconds: save a resume checkpoint at the end of an epoch at most this often.
+        loss: the student's loss against the stored soft labels: ``kl`` (``T² · KL``, the default),
+            ``soft_ce`` (soft cross-entropy, ``T²``-scaled like ``kl``) or ``gift`` (GIFT-style cosine loss
+            against a mix of soft label and smoothed hard label; :func:`labeldistill.validate.gift_loss`).
+        gift_alpha: weight of the soft label in the GIFT-style target (``loss: gift`` only).
+        gift_smoothing: label smoothing of the hard label in the GIFT-style target (``loss: gift`` only).
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32}))
@@ -268,8 +273,12 @@ class ValidateConfig:
     t2_scale: bool = True
     eval_batch_size: int = 1000
     checkpoint_seconds: float = 30.0
+    loss: str = "kl"
+    gift_alpha: float = 0.5
+    gift_smoothing: float = 0.1
 
 
+VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
 AUTOCAST_MODES = ("bf16", "off")
 
 
@@ -540,6 +549,9 @@ def validate_config(cfg: Config) -> None:
     if cfg.validate.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"unknown validate.optimizer '{cfg.validate.optimizer}'; known: adamw, sgd")
     chk.positive(cfg.validate.temperature, "validate.temperature")
+    chk.one_of(cfg.validate.loss, VALIDATE_LOSSES, "validate.loss")
+    chk.in_interval(cfg.validate.gift_alpha, 0, 1, "validate.gift_alpha")
+    chk.in_interval(cfg.validate.gift_smoothing, 0, 1, "validate.gift_smoothing")
 
 
 def dump_config(cfg: Config, path: Path) -> None:

@@ -121,7 +121,19 @@ def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     out["prune.variant"] = ref.variant.tag
     if ref.stage == "prune":
         return out
-    return {**out, **_flat("validate", cfg.validate), "validate.replay": ref.variant.replay_mode}
+    return {**out, **validate_settings(cfg), "validate.replay": ref.variant.replay_mode}
+
+
+def validate_settings(cfg: Config) -> dict[str, Any]:
+    """The ``validate`` section's settings; ``loss`` only when not ``kl`` and the ``gift_*`` keys only with
+    ``loss: gift``, so that results made before these keys existed (all ``kl``) keep their fingerprints."""
+    out = _flat("validate", cfg.validate)
+    if cfg.validate.loss == "kl":
+        out.pop("validate.loss")
+    if cfg.validate.loss != "gift":
+        out.pop("validate.gift_alpha")
+        out.pop("validate.gift_smoothing")
+    return out
 
 
 def fingerprint(settings: dict[str, Any]) -> str:

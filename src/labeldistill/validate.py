@@ -2,7 +2,8 @@
 
 Each stored step is replayed exactly: its images are cropped, flipped and mixed with the stored parameters
 (the same code path relabel used), and the student is trained towards the stored teacher logits with
-``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (Hinton et al. 2015). Each training epoch draws
+``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (Hinton et al. 2015; ``validate.loss: kl``, the default; ``soft_ce``
+and a GIFT-style cosine loss are the alternatives, see :func:`student_loss`). Each training epoch draws
 ``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (granularity ``batch``: LPLD's
 improved label pool, spec §6.3), or replays one whole kept stored epoch drawn with replacement (granularity
 ``epoch``); with replay ``ordered`` (the default at factor 1, the reference's ``order``) training epoch e replays
@@ -49,10 +50,14 @@ class StoredStepDataset(Dataset):
         images: the images the store was made from: uint8 ``(N, C, H, W)`` (converted per step by
             :func:`~labeldistill.labels.replay.build_batch`) or float in [0, 1].
         temperature: KD temperature ``T``.
+        hard_labels: int64 ``(N,)`` classes of the images; when given, ``ds[step_id]`` also returns each
+            entry's hard label (the class of its own image, before CutMix): a 3-tuple.
     """
 
-    def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float = 1.0):
+    def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float = 1.0,
+                 hard_labels: torch.Tensor | None = None):
         self.store = store
+        self.hard_labels = hard_labels
         self.images = images
         self.temperature = temperature
         self.num_classes = store.manifest["num_classes"]
@@ -67,7 +72,10 @@ class StoredStepDataset(Dataset):
     def __getitem__(self, step_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         rec = self.store.get(step_id)
         x = build_batch(self.images, rec, self.out_hw, self.mean, self.std)
-        return x, rec.soft_targets(self.num_classes, self.temperature)
+        t = rec.soft_targets(self.num_classes, self.temperature)
+        if self.hard_labels is None:
+            return x, t
+        return x, t, self.hard_labels[rec.sample_idx]  # each entry's own image's class (before CutMix)
 
 
 class PoolSampler(Sampler[int]):
@@ -129,6 +137,50 @@ def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: fl
     return loss * (temperature * temperature) if t2_scale else loss
 
 
+def soft_ce_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                 t2_scale: bool = True) -> torch.Tensor:
+    """Soft cross-entropy ``−Σ_k p_k log softmax(s / T)_k`` averaged over the batch, times ``T²`` if ``t2_scale``.
+
+    Same gradient as :func:`kd_loss` (they differ by the teacher's entropy, a constant), different value.
+    """
+    loss = -(targets * F.log_softmax(student_logits / temperature, 1)).sum(1).mean()
+    return loss * (temperature * temperature) if t2_scale else loss
+
+
+def gift_loss(student_logits: torch.Tensor, targets: torch.Tensor, hard: torch.Tensor, temperature: float,
+              alpha: float = 0.5, smoothing: float = 0.1) -> torch.Tensor:
+    """GIFT-style loss (after Shao et al. 2024, "GIFT: Unlocking full potential of labels in distilled dataset at
+    near-zero cost"; not a verified reproduction of their code).
+
+    What is implemented: the hard label is smoothed, ``h = (1 − ε)·onehot(y) + ε / K``; the target is
+    ``q = normalize(α·p + (1 − α)·h)`` (L2 normalisation; the cosine ignores the scale anyway); the loss is
+    ``1 − cos(softmax(s / T), q)`` averaged over the batch. No ``T²`` factor.
+
+    Args:
+        student_logits: ``(B, K)``.
+        targets: the soft labels ``p`` at temperature ``T``, ``(B, K)``.
+        hard: int64 ``(B,)`` hard labels (the class of each entry's own image, before CutMix).
+        alpha: ``α``, the weight of the soft label.
+        smoothing: ``ε``.
+    """
+    k = targets.shape[1]
+    h = F.one_hot(hard.long(), k).to(targets.dtype) * (1 - smoothing) + smoothing / k
+    q = F.normalize(alpha * targets + (1 - alpha) * h, dim=1)
+    return (1 - F.cosine_similarity(F.softmax(student_logits / temperature, 1), q, dim=1)).mean()
+
+
+def student_loss(vc, student_logits: torch.Tensor, targets: torch.Tensor,
+                 hard: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss ``validate.loss`` names (``kl``: :func:`kd_loss`, ``soft_ce``, ``gift``) with ``vc``'s settings."""
+    if vc.loss == "kl":
+        return kd_loss(student_logits, targets, vc.temperature, vc.t2_scale)
+    if vc.loss == "soft_ce":
+        return soft_ce_loss(student_logits, targets, vc.temperature, vc.t2_scale)
+    if vc.loss == "gift":
+        return gift_loss(student_logits, targets, hard, vc.temperature, vc.gift_alpha, vc.gift_smoothing)
+    raise LabelDistillError(f"unknown validate.loss '{vc.loss}'")
+
+
 def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None = None) -> None:
     """Refuse a store made for another image set (or teacher).
 
@@ -183,7 +235,8 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         student.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, step = state["epoch"] + 1, state["step"]
-    ds = StoredStepDataset(store, data.uint8_images(), vc.temperature)  # uint8: a quarter of a float copy
+    hard = data.labels if vc.loss == "gift" else None
+    ds = StoredStepDataset(store, data.uint8_images(), vc.temperature, hard)  # uint8: a quarter of a float copy
     sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay)
     loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
     t0 = time.time()
@@ -191,13 +244,14 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     save_now = Throttle(vc.checkpoint_seconds)
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not is_rank0(), leave=False)
     epoch, left = start, sampler.epoch_len(start) if start < epochs else 0
-    for x, t in loader:
+    for x, t, *y in loader:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(vc.lr, step, total)
         x = x[rank::world].to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.autocast):  # bf16 on CUDA unless autocast: off; a no-op on CPU
             out = net(x)
-        loss = kd_loss(out.float(), t[rank::world].to(device), vc.temperature, vc.t2_scale)
+        hard = y[0][rank::world].to(device) if y else None
+        loss = student_loss(vc, out.float(), t[rank::world].to(device), hard)
         if not torch.isfinite(loss):
             raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
         opt.zero_grad(set_to_none=True)
@@ -274,7 +328,9 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
         "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res, "pool": v.pool,
-        "replay": v.replay_mode,
+        "replay": v.replay_mode, "loss": cfg.validate.loss,
+        **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
+           if cfg.validate.loss == "gift" else {}),
     }
     if is_rank0():
         atomic_write_json(out, row)

@@ -1,0 +1,75 @@
+"""labeldistill leaderboard: main-job and learn-labels runs in one table, IOR, Pareto front, budget (issue #15 item 5)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from labeldistill import cli
+from labeldistill.leaderboard import best_within, leaderboard
+
+
+def _main_row(recover: str, top1: float, seed: int, label_bytes: int, logits: str = "fp16",
+              strategy: str = "random") -> dict:
+    return {"recover": recover, "source": "synthesis" if recover != "random_real" else "random_real", "ipc": 1,
+            "prune_factor": 1.0, "prune_strategy": strategy, "logits": logits, "granularity": "batch",
+            "label_bytes": label_bytes, "image_bytes": 1000, "student": "convnet", "student_args": {"width": 4},
+            "seed": seed, "top1": top1}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    main = tmp_path / "main"
+    main.mkdir()
+    rows = [_main_row("random_real", 0.50, 0, 4000), _main_row("random_real", 0.60, 1, 4000),
+            _main_row("lpld", 0.70, 0, 4000), _main_row("lpld", 0.80, 1, 4000),
+            _main_row("lpld", 0.65, 0, 1000, logits="top1")]  # no random_real with top1: no IOR
+    (main / "results.json").write_text(json.dumps({"rows": rows, "seeds": [0, 1]}))
+    ll = tmp_path / "ll"
+    ll.mkdir()
+    lrow = {"learner": "x", "arch": "lenet", "arch_args": {}, "n_base": 10, "source": "fmnist", "target": "fmnist",
+            "top1_mean": 0.40, "top1_std": 0.0, "top1_all": [0.3, 0.5]}
+    (ll / "results.json").write_text(json.dumps({"seed": 0, "n_base": 10, "rows": [{**lrow, "method": "ld"},
+                                                {**lrow, "method": "onehot", "top1_all": [0.2, 0.2]}]}))
+    (ll / "labels.json").write_text(json.dumps({"target": {"classes": [str(i) for i in range(10)]}}))
+    header = json.dumps({"base_images": {"dtype": "U8", "shape": [10, 1, 28, 28], "data_offsets": [0, 7840]}})
+    (ll / "labels.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(7840))
+    return main, ll
+
+
+def test_leaderboard_ior_pareto_and_budget(runs):
+    table = leaderboard(list(runs))
+    by = {(r["images"], r["labels"], r["codec"]): r for r in table}
+    lp = by[("lpld", "x1 random", "fp16")]
+    assert lp["top1_mean"] == pytest.approx(0.75) and lp["top1_std"] == pytest.approx(0.05) and lp["n"] == 2
+    assert lp["ior"] == pytest.approx(0.75 - 0.55)
+    assert by[("random_real", "x1 random", "fp16")]["ior"] is None
+    assert by[("lpld", "x1 random", "top1")]["ior"] is None
+    ld = by[("base examples (fmnist)", "ld", "float32")]
+    assert ld["label_bytes"] == 10 * 10 * 4 and ld["image_bytes"] == 7840 and ld["total_bytes"] == 8240
+    assert ld["top1_mean"] == pytest.approx(0.4) and ld["ior"] is None
+    # totals: lpld top1 2000 (0.65), lpld/random_real fp16 5000 (0.75 / 0.55), ld 8240 (0.40), onehot 8240 (0.20)
+    assert {(r["images"], r["codec"], r["labels"]) for r in table if r["pareto"]} == {
+        ("lpld", "top1", "x1 random"), ("lpld", "fp16", "x1 random")}
+    assert best_within(table, 5000)["images"] == "lpld" and best_within(table, 5000)["codec"] == "fp16"
+    assert best_within(table, 3000)["codec"] == "top1"
+    assert best_within(table, 100) is None
+
+
+def test_leaderboard_cli(runs, capsys):
+    assert cli.main(["leaderboard", *map(str, runs), "--budget", "3000"]) == 0
+    out = capsys.readouterr().out
+    assert "IOR (vs random_real)" in out and "+20.0 pt" in out and "| ld |" in out
+    assert "budget 2.9 KiB: lpld + x1 random (top1" in out
+    assert cli.main(["leaderboard", *map(str, runs), "--budget", "10"]) == 0
+    assert "no row fits" in capsys.readouterr().out
+    assert cli.main(["leaderboard", *map(str, runs), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["rows"]) == 5
+
+
+def test_leaderboard_missing_run_dir_exits_2_with_one_line(runs, tmp_path, capsys):
+    assert cli.main(["leaderboard", str(runs[0]), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "no such directory" in err[0]
