@@ -104,16 +104,16 @@ def test_relabel_and_validate_make_no_float_copy_of_the_image_set(digits_run, mo
     seen = []
     orig = validate_mod.StoredStepDataset.__init__
 
-    def spy(self, store, images, temperature=1.0):
+    def spy(self, store, images, *args, **kwargs):
         seen.append(images.dtype)
-        orig(self, store, images, temperature)
+        orig(self, store, images, *args, **kwargs)
 
     monkeypatch.setattr(validate_mod.StoredStepDataset, "__init__", spy)
     data, _ = recover_mod.load_synthetic(RunLayout(cfg.run_path).images_dir("random_real"),
                                          store.manifest["normalization"]["mean"], store.manifest["normalization"]["std"])
     test = ImageSet(data.images[:8], data.labels[:8], data.classes, data.mean, data.std)
     res = train_student(cfg, store, data, test)
-    assert seen == [torch.uint8] and 0 <= res["top1"] <= 1
+    assert seen == [torch.uint8] and res["steps"] > 0  # the student trained from the uint8 set
 
 
 # ---------------------------------------------------------------- chunked teacher passes (findings b, c)
