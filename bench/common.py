@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{os.cpu_count()} CPU cores, {mem:.0f} GiB RAM, {gpu}, torch {torch.__version__}, "
             f"Python {platform.python_version()}, {torch.get_num_threads()} torch threads")
+
+
+def git_commit() -> str:
+    """Short hash of the checkout's HEAD, or ``unknown``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def today() -> str:

@@ -47,9 +47,7 @@ from common import command_line, machine, today, write_section  # noqa: E402
 from labeldistill.bnstats import class_stats  # noqa: E402
 from labeldistill.config import load_config  # noqa: E402
 from labeldistill.data import ImageSet, register_dataset  # noqa: E402
-from labeldistill.labels.prune import prune_store  # noqa: E402
 from labeldistill.labels.relabel import relabel  # noqa: E402
-from labeldistill.labels.store import LabelStore  # noqa: E402
 from labeldistill.models import create_model  # noqa: E402
 from labeldistill.recover import recover  # noqa: E402
 from labeldistill.runtime import autocast  # noqa: E402

@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, machine, today, write_section  # noqa: E402
+from common import REPO, command_line, git_commit, machine, today, write_section  # noqa: E402
 
 from labeldistill.config import load_config  # noqa: E402
 from labeldistill.labels.accounting import store_report  # noqa: E402
@@ -62,14 +61,6 @@ MODE = "random_real"
 CODECS = ["fp16", "int8", "int4", "top3", "top3-int8", "top3-int4"]
 T = 4.0
 DEMO = REPO / "configs" / "fmnist_demo.yaml"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def overrides(run_dir: Path) -> list[str]:

@@ -365,10 +365,16 @@ def imagenet_store_bytes(ipc: int, epochs: int = 300, cutmix: bool = False, batc
     return est["total"]
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (no machine-specific prefix in BENCHMARKS.md)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def sweep(args) -> None:
     import torch
 
-    from common import command_line, machine, today, write_section
+    from common import command_line, git_commit, machine, today, write_section
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -398,14 +404,6 @@ def sweep(args) -> None:
             f"Commit: {git_commit()}  \nMachine: {machine()}  \n" + body)
     write_section(Path(args.out), "scale", body)
     print(body)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def mib(b: float) -> str:
@@ -583,7 +581,7 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
                      f"{hours('prune_x1', entries)} | {hours('validate_x1', n * 300)} | "
                      f"{hours('recover', n * 4000)} | {n * 3 * 224 * 224 / 1e9:.1f} GB |")
     lines += ["", f"Measured bytes per stored entry at C = {cmax}: {be:,.1f} B. Per-row details (every stage's "
-              f"VmHWM, RssAnon, wchar, bytes written): `{Path(args.work) / 'sweep.json'}` after a run."]
+              f"VmHWM, RssAnon, wchar, bytes written): `{_shown(Path(args.work) / 'sweep.json')}` after a run."]
     return "\n".join(lines)
 
 

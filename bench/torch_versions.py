@@ -84,7 +84,7 @@ def main() -> None:
                             text=True).stdout.strip()
     body = (
         "## PyTorch builds: a training step under the new and the old torch\n\n"
-        f"Command: `{command_line()}`  \nDate: {today()}, commit {commit}  \nMachine: {machine()}\n\n"
+        f"Command: `{command_line().replace(args.old, '<venv with torch 2.13.0>/bin/python')}`  \nDate: {today()}, commit {commit}  \nMachine: {machine()}\n\n"
         f"ConvNet-64 (depth 3, BatchNorm), batch 128 of 28 × 28 × 1, SGD, 1 torch thread, {args.steps} timed steps "
         f"after {args.warmup} warm-up steps, {args.repeats} alternating repeats, one fresh process each.\n\n"
         "| torch | seconds per step (median) | `import torch` seconds | peak RSS (MiB) |\n|---|---|---|---|\n"

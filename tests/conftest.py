@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from labeldistill.config import load_config
 from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT
@@ -41,3 +42,12 @@ def tiny_run(tiny_cfg):
     from labeldistill.pipeline import run
 
     return tiny_cfg, run(tiny_cfg)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads on a shared 2-core machine, and busy OpenMP workers spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

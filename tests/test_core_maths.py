@@ -1,7 +1,7 @@
 """Tests that fail when a method is implemented wrongly (issue #13, item 3).
 
 Each test checks a stage against a direct computation of what the spec says it must compute
-(``/work/shared/spec/lpld.md`` §3–§6), not just that it runs. The teacher is a tiny random convnet (BatchNorm,
+(the project's LPLD spec (``shared/spec/lpld.md``) §3–§6), not just that it runs. The teacher is a tiny random convnet (BatchNorm,
 width 8, depth 2) on scikit-learn digits (8×8, 1,437 training images) whose BN running statistics and affine
 parameters are randomised, so global, class and running statistics, BN inputs and BN outputs all differ.
 """
@@ -36,18 +36,11 @@ from labeldistill.recover import (BNInputHook, Segment, bn_targets, load_synthet
                                   recover_segments, resolve_variant)
 from labeldistill.validate import kd_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "fmnist_demo.yaml"
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _norm(x: torch.Tensor, mean, std) -> torch.Tensor:

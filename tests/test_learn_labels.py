@@ -18,14 +18,7 @@ from labeldistill.learn_labels.metatest import step_checkpoints
 from labeldistill.learn_labels.rr import RRLearner, RRMetaLearner, ridge_solve, with_bias
 from labeldistill.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes OpenMP workers spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def _tiny_mlp(seed: int = 0) -> torch.nn.Module:

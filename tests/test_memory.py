@@ -34,16 +34,10 @@ from labeldistill.squeeze import squeeze
 from labeldistill.validate import train_student
 from labeldistill.variants import label_variants
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "fmnist_demo.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
