@@ -33,7 +33,8 @@ LAYERS = [
 ]
 # Stage modules: none of them imports another (learn_labels is one stage; its modules import each other).
 STAGES = {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
-          "labeldistill.labels.relabel", "labeldistill.labels.prune", "labeldistill.learn_labels"}
+          "labeldistill.labels.relabel", "labeldistill.labels.prune", "labeldistill.labels.generator",
+          "labeldistill.learn_labels"}
 TORCH_FREE = {"labeldistill", "labeldistill.errors", "labeldistill.config_checks", "labeldistill.layout",
               "labeldistill.variants", "labeldistill.config"}
 

@@ -12,7 +12,7 @@ import sys
 from .errors import ConfigError, LabelDistillError
 from .variants import resolve_variant
 
-STAGES = ("squeeze", "class-stats", "recover", "relabel", "prune", "validate", "run", "report")
+STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", "validate", "run", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                            ("run every stage of the main job" if name == "run" else "rewrite report.md"))
         s.add_argument("config", help="YAML experiment config")
         s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. recover.ipc=5")
-        if name in ("recover", "relabel", "prune", "validate"):
+        if name in ("recover", "relabel", "generator", "prune", "validate"):
             s.add_argument("--mode", action="append", help="recover mode(s); default: recover.modes")
         if name in ("prune", "validate"):
             s.add_argument("--factor", action="append", type=float, help="prune factor(s); default: prune.factors")
@@ -156,7 +156,7 @@ def _report_command(cfg) -> None:
 
 
 def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
-    """One stage of the main job: squeeze, class-stats, recover, relabel or report."""
+    """One stage of the main job: squeeze, class-stats, recover, relabel or generator."""
     if args.command == "squeeze":
         from .squeeze import squeeze
 
@@ -176,6 +176,13 @@ def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
 
         for m in modes:
             print(relabel(cfg, m, force=force).path)
+    elif args.command == "generator":
+        from .labels.generator import train_generator
+
+        for m in modes:
+            g = train_generator(cfg, m, force=force)
+            print(f"{m} generator {g['model']}: {g['weights_bytes']} bytes, loss {g['losses'][0]:.4f} → "
+                  f"{g['losses'][-1]:.4f}")
 
 
 def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
@@ -200,7 +207,8 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
         else:
             for v in variants:
                 r = validate(cfg, m, v, force=force)
-                print(f"{m} {r['label_store']}: top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
+                print(f"{m} {r['label_store']} ({r['label_source']} labels): top-1 {100 * r['top1']:.2f} %, "
+                      f"labels {r['label_bytes']} bytes")
 
 
 def _main(argv: list[str] | None) -> int:

@@ -261,6 +261,20 @@ class ValidateConfig:
             against a mix of soft label and smoothed hard label; :func:`labeldistill.validate.gift_loss`).
         gift_alpha: weight of the soft label in the GIFT-style target (``loss: gift`` only).
         gift_smoothing: label smoothing of the hard label in the GIFT-style target (``loss: gift`` only).
+        label_source: where the student's soft labels come from: ``stored`` (the label store, the default),
+            ``generator`` (the run's small label model, trained by the ``generator`` stage, run on each replayed
+            batch) or ``online`` (the full teacher run on each replayed batch: the upper reference). The row's
+            ``label_bytes`` are the store's bytes on disk, or the label model's weights file.
+        calibration: ``none`` (the default) or ``lpqld``: LPQLD's temperature calibration (a step-decayed teacher
+            temperature on the labels and a searched student temperature;
+            :mod:`labeldistill.labels.calibration`). Needs ``loss: kl``.
+        lpqld_step: ``lpqld``: the teacher temperature is multiplied by ``lpqld_gamma`` every this many epochs.
+        lpqld_gamma: ``lpqld``: the decay factor of the teacher temperature.
+        lpqld_min_temperature: ``lpqld``: the teacher temperature never falls below this.
+        lpqld_student_temperature: ``lpqld``: the student temperature of the first epoch (and of every epoch when
+            ``lpqld_student_search`` is false).
+        lpqld_student_search: ``lpqld``: after each epoch, set the student temperature to the value in
+            ``0.01, 0.02, ..., 1.0`` that minimises the KL loss on the epoch's last batch.
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32}))
@@ -276,9 +290,45 @@ class ValidateConfig:
     loss: str = "kl"
     gift_alpha: float = 0.5
     gift_smoothing: float = 0.1
+    label_source: str = "stored"
+    calibration: str = "none"
+    lpqld_step: int = 30
+    lpqld_gamma: float = 0.7
+    lpqld_min_temperature: float = 2.0
+    lpqld_student_temperature: float = 1.0
+    lpqld_student_search: bool = True
+
+
+@dataclass
+class GeneratorConfig:
+    """The label generator (``validate.label_source: generator``): a small model trained to reproduce the
+    teacher's stored logits on the stored augmentations of ``labels/<mode>/full`` (KD loss), then run in place of
+    the store by validate. Its bytes are its weights file.
+
+    Attributes:
+        model: the label model (any registry model; small, since its weights are the labels' cost).
+        epochs: passes over every stored step.
+        optimizer: ``adamw`` or ``sgd``.
+        lr: peak learning rate (cosine-annealed to 0).
+        weight_decay: optimizer weight decay.
+        temperature: KD temperature ``T`` of its loss ``T² · KL(softmax(t / T) ‖ softmax(g / T))``.
+        checkpoint_seconds: save a resume checkpoint at the end of an epoch at most this often.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 8, "depth": 3,
+                                                                            "norm": "batch"}))
+    epochs: int = 20
+    optimizer: str = "adamw"
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    temperature: float = 4.0
+    checkpoint_seconds: float = 30.0
 
 
 VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
+LABEL_SOURCES = ("stored", "generator", "online")
+CALIBRATIONS = ("none", "lpqld")
 AUTOCAST_MODES = ("bf16", "off")
 
 
@@ -327,6 +377,7 @@ class Config(RunConfig):
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
 def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -552,6 +603,27 @@ def validate_config(cfg: Config) -> None:
     chk.one_of(cfg.validate.loss, VALIDATE_LOSSES, "validate.loss")
     chk.in_interval(cfg.validate.gift_alpha, 0, 1, "validate.gift_alpha")
     chk.in_interval(cfg.validate.gift_smoothing, 0, 1, "validate.gift_smoothing")
+    _check_label_source(cfg)
+
+
+def _check_label_source(cfg: Config) -> None:
+    vc, gc = cfg.validate, cfg.generator
+    chk.one_of(vc.label_source, LABEL_SOURCES, "validate.label_source")
+    chk.one_of(vc.calibration, CALIBRATIONS, "validate.calibration")
+    if vc.calibration == "lpqld" and vc.loss != "kl":
+        raise ConfigError(f"validate.calibration: lpqld needs validate.loss: kl, got '{vc.loss}'")
+    chk.at_least(vc.lpqld_step, 1, "validate.lpqld_step")
+    chk.in_interval(vc.lpqld_gamma, 0, 1, "validate.lpqld_gamma", closed="right")
+    chk.positive(vc.lpqld_min_temperature, "validate.lpqld_min_temperature")
+    chk.positive(vc.lpqld_student_temperature, "validate.lpqld_student_temperature")
+    if vc.label_source == "generator" and cfg.relabel.only_kept is not None:
+        raise ConfigError("validate.label_source: generator learns from every stored step: unset relabel.only_kept")
+    chk.at_least(gc.epochs, 1, "generator.epochs")
+    chk.positive(gc.temperature, "generator.temperature")
+    if gc.optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"unknown generator.optimizer '{gc.optimizer}'; known: adamw, sgd")
+    if not math.isfinite(gc.lr) or gc.lr <= 0:
+        raise ConfigError(f"generator.lr must be a finite number > 0, got {gc.lr}")
 
 
 def dump_config(cfg: Config, path: Path) -> None:

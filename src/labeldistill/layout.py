@@ -115,12 +115,20 @@ class RunLayout:
     def full_store(self, mode: str) -> Path:
         return self.root / "labels" / mode / "full"
 
+    def generator_dir(self, mode: str) -> Path:
+        """``labels/<mode>/generator``: the label generator's weights (``model.safetensors``) and ``generator.json``."""
+        return self.root / "labels" / mode / "generator"
+
     def pruned_store(self, mode: str, variant: LabelVariant | float, *rest: str, **parts: str) -> Path:
         return self.root / "labels" / mode / LabelVariant.of(variant, *rest, **parts).tag
 
-    def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str, **parts: str) -> Path:
-        """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student."""
-        return self.root / "validate" / student / f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}.json"
+    def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str,
+                      label_source: str = "stored", **parts: str) -> Path:
+        """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student;
+        ``..._<result tag>-labels_<source>.json`` when the labels come from a label model instead of the store."""
+        suffix = "" if label_source == "stored" else f"-labels_{label_source}"
+        return self.root / "validate" / student / \
+            f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}{suffix}.json"
 
     @property
     def metrics(self) -> Path:

@@ -6,8 +6,11 @@ same label settings and student among the inputs, DD-Ranking's IOR = top-1(sourc
 on the Pareto front of top-1 against total bytes are marked ``*``.
 
 Main-job rows (``results.json`` rows with ``recover``) are grouped like :func:`labeldistill.report.summarize`
-(plus ``validate.loss``): images = the recover mode, labels = ``x<factor> <strategy>``, codec = ``logits``,
-bytes = ``label_bytes`` + ``image_bytes`` as recorded. Learn-labels rows (rows with ``method``): images =
+(plus ``validate.loss``, ``validate.calibration`` and ``validate.label_source``): images = the recover mode, labels =
+``x<factor> <strategy>``, codec = ``logits``, bytes = ``label_bytes`` + ``image_bytes`` as recorded. A row whose
+labels come from a label model (``label_source`` ``online`` / ``generator``) is labelled ``<source> model (x<factor>
+...)`` (the factor names the store whose augmentations were replayed) with codec ``float32 weights``, and its label
+bytes are the model's weights file, as validate recorded them. Learn-labels rows (rows with ``method``): images =
 ``base examples``, labels = the method, codec = ``float32``; bytes = the row's (or results') ``label_bytes`` /
 ``image_bytes`` if recorded, else labels = ``N × C × 4`` (the label set as float32, ``C`` from ``labels.json``'s
 target classes) and images = the uint8 ``base_images`` tensor of ``labels.safetensors`` (``N·C·H·W``), read from
@@ -25,7 +28,8 @@ from pathlib import Path
 from .errors import LabelDistillError
 from .io import human_bytes, read_json
 
-_MAIN_KEY = ("prune_factor", "prune_strategy", "logits", "granularity", "loss", "student")
+_MAIN_KEY = ("prune_factor", "prune_strategy", "logits", "granularity", "loss", "label_source", "calibration",
+             "student")
 
 
 def _student(r: dict, name: str = "student", args: str = "student_args") -> str:
@@ -51,8 +55,13 @@ def _main_rows(rows: list[dict], run: str) -> list[dict]:
             labels += f" ({r['granularity']})"
         if r.get("loss", "kl") != "kl":
             labels += f", loss {r['loss']}"
+        if r.get("calibration", "none") != "none":
+            labels += f", {r['calibration']} calibration"
+        source = r.get("label_source", "stored")
+        if source != "stored":  # the labels come from a label model; the store only gave the augmentations
+            labels = f"{source} model ({labels})"
         out.append({"kind": "main", "run": run, "images": r["recover"], "labels": labels,
-                    "codec": r.get("logits", "fp16"), "student": _student(r),
+                    "codec": r.get("logits", "fp16") if source == "stored" else "float32 weights", "student": _student(r),
                     "image_bytes": r.get("image_bytes"), "label_bytes": r.get("label_bytes"), "top1": [r["top1"]],
                     "seeds": [r.get("seed")], "match": tuple(str(r.get(k)) for k in _MAIN_KEY) + (_student(r),)})
     return out

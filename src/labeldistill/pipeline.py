@@ -1,4 +1,4 @@
-"""The main job: squeeze → class-stats → recover → relabel → prune → validate → report, per seed.
+"""The main job: squeeze → class-stats → recover → relabel → prune (→ generator) → validate → report, per seed.
 
 Each stage skips work whose output is complete and was made with the current settings, so re-running
 resumes after an interruption; an output made with other settings is refused before any work starts
@@ -16,6 +16,7 @@ from .config import Config, dump_config
 from .distributed import barrier
 from .errors import StaleStageError
 from .io import atomic_write_json
+from .labels.generator import train_generator
 from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
 from .layout import RunLayout
@@ -42,8 +43,15 @@ def stage_refs(cfg: Config) -> list[StageRef]:
         refs += [StageRef("recover", mode), relabel_ref(cfg, mode)]
         if cfg.relabel.only_kept is None:
             refs += [StageRef("prune", mode, v) for v in label_variants(cfg)]
-        refs += [StageRef("validate", mode, v, student) for v in label_variants(cfg)]
+        if cfg.validate.label_source == "generator":
+            refs.append(StageRef("generator", mode))
+        refs += [StageRef("validate", mode, v, student, _labels(cfg)) for v in label_variants(cfg)]
     return refs
+
+
+def _labels(cfg: Config) -> str | None:
+    """The validate refs' label source (``None`` = stored)."""
+    return None if cfg.validate.label_source == "stored" else cfg.validate.label_source
 
 
 def stale_refs(cfg: Config, force: bool) -> set[str]:
@@ -111,10 +119,12 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
         relabel(cfg, mode, force=relabel_ref(cfg, mode).key in stale)
         if cfg.relabel.only_kept is None and is_rank0():
             prune_all(cfg, mode, force=stale)
+        if cfg.validate.label_source == "generator" and is_rank0():
+            train_generator(cfg, mode, force=StageRef("generator", mode).key in stale)
         barrier()
         student = model_tag(cfg.validate.model)
         for v in label_variants(cfg):
-            rows.append(validate(cfg, mode, v, force=StageRef("validate", mode, v, student).key in stale))
+            rows.append(validate(cfg, mode, v, force=StageRef("validate", mode, v, student, _labels(cfg)).key in stale))
     results = {
         "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),

@@ -34,7 +34,7 @@ from .variants import OWN_SOURCES, label_variants, resolve_variant
 LEDGER = "stages.json"
 _DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
 AUTOCAST_DEFAULT = "bf16"
-_NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants"}
+_NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants", "generator.checkpoint_seconds"}
 
 
 def model_tag(spec: ModelConfig) -> str:
@@ -46,18 +46,22 @@ def model_tag(spec: ModelConfig) -> str:
 
 @dataclass(frozen=True)
 class StageRef:
-    """One unit of work of the main job: a stage, for a recover mode, a label variant and a student."""
+    """One unit of work of the main job: a stage, for a recover mode, a label variant, a student and (validate) a
+    label source other than the store (``generator`` / ``online``; ``None`` = stored)."""
 
     stage: str
     mode: str | None = None
     variant: LabelVariant | None = None
     student: str | None = None
+    labels: str | None = None
 
     @property
     def key(self) -> str:
-        """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``."""
+        """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``,
+        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``."""
         tag = None if self.variant is None else self.variant.result_tag if self.stage == "validate" else self.variant.tag
-        inner = " ".join(p for p in (self.mode, tag, self.student) if p)
+        src = f"labels={self.labels}" if self.labels and self.labels != "stored" else None
+        inner = " ".join(p for p in (self.mode, tag, self.student, src) if p)
         return f"{self.stage}[{inner}]" if inner else self.stage
 
 
@@ -118,21 +122,32 @@ def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     out.update(_flat("relabel", cfg.relabel))
     if ref.stage == "relabel":
         return out
+    if ref.stage == "generator":
+        return {**out, **_flat("generator", cfg.generator)}
     out["prune.variant"] = ref.variant.tag
     if ref.stage == "prune":
         return out
     return {**out, **validate_settings(cfg), "validate.replay": ref.variant.replay_mode}
 
 
+_LPQLD_KEYS = ("lpqld_step", "lpqld_gamma", "lpqld_min_temperature", "lpqld_student_temperature",
+               "lpqld_student_search")
+
+
 def validate_settings(cfg: Config) -> dict[str, Any]:
-    """The ``validate`` section's settings; ``loss`` only when not ``kl`` and the ``gift_*`` keys only with
-    ``loss: gift``, so that results made before these keys existed (all ``kl``) keep their fingerprints."""
-    out = _flat("validate", cfg.validate)
-    if cfg.validate.loss == "kl":
-        out.pop("validate.loss")
-    if cfg.validate.loss != "gift":
-        out.pop("validate.gift_alpha")
-        out.pop("validate.gift_smoothing")
+    """The ``validate`` section's settings; ``loss`` only when not ``kl``, the ``gift_*`` keys only with
+    ``loss: gift``, ``label_source`` only when not ``stored`` (with ``generator``: the ``generator`` section too),
+    ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, so that results made before these
+    keys existed keep their fingerprints."""
+    vc = cfg.validate
+    out = _flat("validate", vc)
+    drop = (["loss"] if vc.loss == "kl" else []) + (["gift_alpha", "gift_smoothing"] if vc.loss != "gift" else [])
+    drop += ["label_source"] if vc.label_source == "stored" else []
+    drop += ["calibration", *_LPQLD_KEYS] if vc.calibration == "none" else []
+    for k in drop:
+        out.pop(f"validate.{k}")
+    if vc.label_source == "generator":
+        out.update(_flat("generator", cfg.generator))
     return out
 
 
@@ -219,7 +234,9 @@ def done_marker(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> 
         return store / "manifest.json"
     if ref.stage == "prune":
         return layout.pruned_store(ref.mode, ref.variant) / "manifest.json"
-    return layout.validate_file(ref.mode, ref.variant, student=ref.student)
+    if ref.stage == "generator":
+        return layout.generator_dir(ref.mode) / "generator.json"
+    return layout.validate_file(ref.mode, ref.variant, student=ref.student, label_source=ref.labels or "stored")
 
 
 def stage_status(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> str:

@@ -122,10 +122,11 @@ def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
     for f in sorted((root / "validate").glob("*/*.json")):
         r = read_json(f)
         spec = ModelConfig(r["student"], r.get("student_args", {}))
-        c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec))
+        source = r.get("label_source", "stored")  # a row of another label source is another result, not stale
+        c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec, label_source=source))
         v = LabelVariant(r["prune_factor"], r["prune_strategy"], r["logits"], r["granularity"],
                          r.get("pool", "subset"), r.get("replay"))
-        ref = StageRef("validate", r["recover"], v, model_tag(spec))
+        ref = StageRef("validate", r["recover"], v, model_tag(spec), source)
         (rows if r.get("fingerprint") == fingerprint(stage_settings(c, ref)) else stale).append(r)
     if not (root / "teacher" / "teacher.json").is_file() or not (rows or stale):
         raise LabelDistillError(f"no validate results in {root}: run 'labeldistill validate CONFIG' first")

@@ -9,13 +9,18 @@ improved label pool, spec §6.3), or replays one whole kept stored epoch drawn w
 ``epoch``); with replay ``ordered`` (the default at factor 1, the reference's ``order``) training epoch e replays
 kept stored epoch e (mod their number) in stored order instead. Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
 that yields step ids; labels are read lazily from the memory-mapped shards.
+
+``validate.label_source: online | generator`` replaces the stored logits by those of a frozen label model (the
+teacher, or the small generator of :mod:`labeldistill.labels.generator`) run on each replayed batch; the store
+then only supplies the augmentations (:class:`LabelFeed`). ``validate.calibration: lpqld`` applies LPQLD's
+temperature calibration (:mod:`labeldistill.labels.calibration`).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +34,10 @@ from .data.synthetic import image_bytes, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
+from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
 from .labels.pool import recipe_mismatch
 from .labels.replay import build_batch
+from .labels.sources import label_model_bytes, load_label_model
 from .labels.store import LabelStore
 from .layout import LabelVariant, RunLayout
 from .models import build_model
@@ -49,12 +56,13 @@ class StoredStepDataset(Dataset):
         store: the (pruned) label store.
         images: the images the store was made from: uint8 ``(N, C, H, W)`` (converted per step by
             :func:`~labeldistill.labels.replay.build_batch`) or float in [0, 1].
-        temperature: KD temperature ``T``.
+        temperature: KD temperature ``T``, or a function of the training epoch giving it (then index the dataset
+            with ``(step_id, epoch)``; ``validate.calibration: lpqld``).
         hard_labels: int64 ``(N,)`` classes of the images; when given, ``ds[step_id]`` also returns each
             entry's hard label (the class of its own image, before CutMix): a 3-tuple.
     """
 
-    def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float = 1.0,
+    def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float | Callable[[int], float] = 1.0,
                  hard_labels: torch.Tensor | None = None):
         self.store = store
         self.hard_labels = hard_labels
@@ -69,10 +77,11 @@ class StoredStepDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, step_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        step_id, epoch = key if isinstance(key, tuple) else (key, None)
         rec = self.store.get(step_id)
         x = build_batch(self.images, rec, self.out_hw, self.mean, self.std)
-        t = rec.soft_targets(self.num_classes, self.temperature)
+        t = rec.soft_targets(self.num_classes, self.temperature(epoch) if callable(self.temperature) else self.temperature)
         if self.hard_labels is None:
             return x, t
         return x, t, self.hard_labels[rec.sample_idx]  # each entry's own image's class (before CutMix)
@@ -85,15 +94,17 @@ class PoolSampler(Sampler[int]):
     from the pool. Granularity ``epoch``: each epoch draws one stored epoch (``id // steps_per_epoch``) uniformly
     with replacement among those in the pool and yields its kept steps in stored order. Seeded per epoch.
     Replay ``ordered`` (either granularity): training epoch ``e`` yields the kept steps of the ``e mod K``-th of
-    the ``K`` kept stored epochs, in stored order (at factor 1: stored epoch ``e``).
+    the ``K`` kept stored epochs, in stored order (at factor 1: stored epoch ``e``). With ``tag_epochs`` it yields
+    ``(step id, training epoch)`` pairs instead (the same steps).
     """
 
     def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int, granularity: str = "batch",
-                 start_epoch: int = 0, replay: str = "pool"):
+                 start_epoch: int = 0, replay: str = "pool", tag_epochs: bool = False):
         self.pool, self.spe, self.epochs, self.seed = sorted(pool), steps_per_epoch, epochs, seed
         self.start_epoch = start_epoch
         self.granularity = granularity
         self.replay = replay
+        self.tag_epochs = tag_epochs
         self.by_epoch: dict[int, list[int]] = {}
         for g in self.pool:
             self.by_epoch.setdefault(g // steps_per_epoch, []).append(g)
@@ -120,9 +131,12 @@ class PoolSampler(Sampler[int]):
             for i in torch.randint(len(self.pool), (self.spe,), generator=g).tolist():
                 yield self.pool[i]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         for e in range(self.start_epoch, self.epochs):
-            yield from self._epoch_steps(e)
+            if self.tag_epochs:
+                yield from ((g, e) for g in self._epoch_steps(e))
+            else:
+                yield from self._epoch_steps(e)
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -196,19 +210,94 @@ def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None
                          f"not by {teacher_fp}")
 
 
+class LabelFeed:
+    """The soft targets and the loss of one student run: the store's targets or a label model's, and
+    ``validate.calibration`` (``none``: :func:`student_loss` at ``validate.temperature``; ``lpqld``:
+    :mod:`labeldistill.labels.calibration`'s teacher temperature schedule, searched student temperature and loss).
+
+    Args:
+        vc: the ``validate`` settings.
+        label_model: frozen eval-mode model run on each replayed batch (``online`` / ``generator``), or ``None``
+            (the stored labels).
+    """
+
+    def __init__(self, vc, label_model: torch.nn.Module | None = None):
+        self.vc, self.model = vc, label_model
+        self.student_temperature = vc.lpqld_student_temperature
+
+    def temperature(self, epoch: int | None) -> float:
+        """The teacher temperature of 0-based training epoch ``epoch`` (``validate.temperature`` without
+        calibration)."""
+        vc = self.vc
+        if vc.calibration == "none" or epoch is None:
+            return vc.temperature
+        return teacher_temperature(epoch + 1, vc.temperature, vc.lpqld_step, vc.lpqld_gamma, vc.lpqld_min_temperature)
+
+    def targets(self, x: torch.Tensor, stored: torch.Tensor, epoch: int) -> torch.Tensor:
+        """``(B, K)`` probabilities: ``stored`` (decoded by the dataset), or the label model's on ``x``."""
+        if self.model is None:
+            return stored
+        with torch.no_grad():
+            return torch.softmax(self.model(x).float() / self.temperature(epoch), 1)
+
+    def loss(self, out: torch.Tensor, t: torch.Tensor, hard: torch.Tensor | None, epoch: int) -> torch.Tensor:
+        """The student's loss on one batch."""
+        if self.vc.calibration == "lpqld":
+            return calibrated_kl(out, t, self.student_temperature, self.temperature(epoch), self.vc.t2_scale)
+        return student_loss(self.vc, out, t, hard)
+
+    def end_epoch(self, out: torch.Tensor, t: torch.Tensor) -> None:
+        """After a training epoch (``out``, ``t``: its last batch): LPQLD's student temperature search."""
+        if self.vc.calibration == "lpqld" and self.vc.lpqld_student_search:
+            self.student_temperature = search_student_temperature(out, t)
+
+
+def _resume_settings(vc) -> dict:
+    """The validate settings a resume checkpoint is keyed by (keys at their no-effect defaults left out, so
+    checkpoints written before they existed stay usable)."""
+    d = config_to_dict(vc)
+    if vc.label_source == "stored":
+        d.pop("label_source")
+    if vc.calibration == "none":
+        for k in [k for k in d if k == "calibration" or k.startswith("lpqld_")]:
+            d.pop(k)
+    return d
+
+
+def _restore(state: dict | None, student: torch.nn.Module, opt: torch.optim.Optimizer,
+             feed: LabelFeed) -> tuple[int, int]:
+    """Load a resume checkpoint into the student, optimiser and feed; returns (first epoch, global step)."""
+    if state is None:
+        return 0, 0
+    student.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    feed.student_temperature = state.get("student_temperature", feed.student_temperature)
+    return state["epoch"] + 1, state["step"]
+
+
+def _dataset(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed) -> StoredStepDataset:
+    """The stored steps of a student run; images kept as uint8 (a quarter of a float copy)."""
+    vc = cfg.validate
+    return StoredStepDataset(store, data.uint8_images(), feed.temperature if vc.calibration != "none" else
+                             vc.temperature, data.labels if vc.loss == "gift" else None)
+
+
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
-                  log: MetricsLog | None = None, resume_path: Path | None = None, replay: str | None = None) -> dict:
+                  log: MetricsLog | None = None, resume_path: Path | None = None, replay: str | None = None,
+                  label_model: torch.nn.Module | None = None) -> dict:
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
 
     ``replay``: ``ordered`` or ``pool`` (:class:`PoolSampler`); ``None`` = ``ordered`` for an unpruned store
-    (factor 1), ``pool`` otherwise.
+    (factor 1), ``pool`` otherwise. ``label_model``: take the targets from this frozen model run on each replayed
+    batch instead of the stored logits (``validate.label_source`` ``online`` / ``generator``; :class:`LabelFeed`).
 
     With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
     every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights. Under torchrun
     each stored step is split across ranks and gradients are averaged (DistributedDataParallel).
 
     Returns:
-        ``{"top1": fraction, "epochs": int, "steps": int, "seconds": float}``.
+        ``{"top1": fraction, "epochs": int, "steps": int, "seconds": float}`` (and ``student_temperature``, the
+        last one, with ``calibration: lpqld``).
 
     Raises:
         LabelDistillError: the loss became NaN or infinite.
@@ -224,21 +313,16 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
     net = wrap_ddp(student, device)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    full = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, replay=replay)
-    total = len(full)
+    total = len(PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, replay=replay))
     rank, world = rank_world()
-    key = settings_key("validate", config_to_dict(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay,
+    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay,
                        *autocast_settings(cfg).values())
-    start, step = 0, 0
-    state = load_checkpoint(resume_path, key) if resume_path else None
-    if state is not None:
-        student.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, step = state["epoch"] + 1, state["step"]
-    hard = data.labels if vc.loss == "gift" else None
-    ds = StoredStepDataset(store, data.uint8_images(), vc.temperature, hard)  # uint8: a quarter of a float copy
-    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay)
-    loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=cfg.data.workers)
+    feed = LabelFeed(vc, label_model)
+    start, step = _restore(load_checkpoint(resume_path, key) if resume_path else None, student, opt, feed)
+    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay,
+                          tag_epochs=vc.calibration != "none")
+    loader = DataLoader(_dataset(cfg, store, data, feed), batch_size=None, sampler=sampler,
+                        num_workers=cfg.data.workers)
     t0 = time.time()
     student.train()
     save_now = Throttle(vc.checkpoint_seconds)
@@ -250,8 +334,8 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         x = x[rank::world].to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.autocast):  # bf16 on CUDA unless autocast: off; a no-op on CPU
             out = net(x)
-        hard = y[0][rank::world].to(device) if y else None
-        loss = student_loss(vc, out.float(), t[rank::world].to(device), hard)
+            t = feed.targets(x, t[rank::world].to(device), epoch)
+        loss = feed.loss(out.float(), t, y[0][rank::world].to(device) if y else None, epoch)
         if not torch.isfinite(loss):
             raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
         opt.zero_grad(set_to_none=True)
@@ -261,18 +345,34 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         bar.update(1)
         left -= 1
         if left == 0:  # end of a training epoch
+            feed.end_epoch(out.float(), t)
             if log is not None and (epoch + 1) % 50 == 0:
                 log.log(stage="validate", run=desc, epoch=epoch + 1, loss=loss.item())
             if resume_path is not None and is_rank0() and epoch + 1 < epochs and save_now():
                 save_checkpoint(resume_path, key, {"model": student.state_dict(), "opt": opt.state_dict(),
-                                                   "epoch": epoch, "step": step})
+                                                   "epoch": epoch, "step": step,
+                                                   "student_temperature": feed.student_temperature})
                 fault_point("validate-epoch")
             epoch += 1
             left = sampler.epoch_len(epoch) if epoch < epochs else 0
     bar.close()
     mean, std = m["normalization"]["mean"], m["normalization"]["std"]
     top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
-    return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
+    return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2),
+            **({"student_temperature": feed.student_temperature} if vc.calibration == "lpqld" else {})}
+
+
+def _source_fields(cfg: Config, weights: Path | None, layout: RunLayout) -> dict:
+    """Row fields of a label model (its weights file) and of the calibration (its settings)."""
+    vc = cfg.validate
+    out = {} if weights is None else {"label_model": str(weights.relative_to(layout.root))
+                                      if weights.is_relative_to(layout.root) else str(weights)}
+    if vc.calibration != "none":
+        out.update({"calibration": vc.calibration, "lpqld_step": vc.lpqld_step, "lpqld_gamma": vc.lpqld_gamma,
+                    "lpqld_min_temperature": vc.lpqld_min_temperature,
+                    "lpqld_student_temperature": vc.lpqld_student_temperature,
+                    "lpqld_student_search": vc.lpqld_student_search})
+    return out
 
 
 def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, store_path: Path | None = None,
@@ -289,7 +389,8 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
 
     Returns:
         The result row: recover, source (of the images: synthesis, random_real, rded, folder, tensor), ipc, prune_factor, prune_strategy, logits, granularity, label_store,
-        label_bytes (bytes on disk of the store), image_bytes (bytes of the image files), kept_steps, student,
+        label_source (``validate.label_source``), label_bytes (bytes on disk of the store, or with a label model
+        its weights file, named in label_model), image_bytes (bytes of the image files), kept_steps, student,
         student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
         pool, replay.
 
@@ -300,8 +401,9 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    ref = StageRef("validate", mode, v, model_tag(cfg.validate.model))
-    out = layout.validate_file(mode, v, student=ref.student)
+    source = cfg.validate.label_source
+    ref = StageRef("validate", mode, v, model_tag(cfg.validate.model), None if source == "stored" else source)
+    out = layout.validate_file(mode, v, student=ref.student, label_source=source)
     if out.is_file() and not force:
         check_fresh(cfg, ref, layout)
         row = read_json(out)
@@ -319,18 +421,21 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     check_store_matches(store, img_meta["fingerprint"])
     test = load_split(cfg, "test")
     resume = out.with_name(f".{out.stem}.resume.pt")
+    label_model, weights = (None, None) if source == "stored" else \
+        load_label_model(source, layout, mode, pick_device(cfg.device))
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
-                        resume_path=resume, replay=v.replay_mode)
+                        resume_path=resume, replay=v.replay_mode, label_model=label_model)
     row = {
         "recover": mode, "source": img_meta.get("source", "synthesis"), "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
         "logits": v.logits, "granularity": v.granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
-        "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
+        "label_bytes": store.bytes_on_disk() if weights is None else label_model_bytes(weights), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
         "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res, "pool": v.pool,
         "replay": v.replay_mode, "loss": cfg.validate.loss,
         **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
            if cfg.validate.loss == "gift" else {}),
+        "label_source": source, **_source_fields(cfg, weights, layout),
     }
     if is_rank0():
         atomic_write_json(out, row)
