@@ -142,6 +142,8 @@ def test_online_and_stored_rows_sit_beside_the_generator_row_with_their_sources(
     assert cli.main(["report", DEMO, *MICRO, *GEN, f"run_dir={gen_run}"]) == 0  # all three rows are current
     results = json.loads((gen_run / "results.json").read_text())
     assert sorted(r["label_source"] for r in results["rows"]) == ["generator", "online", "stored"]
+    report = (gen_run / "report.md").read_text()
+    assert "| online model |" in report and "| generator model |" in report and "| fp16 |" in report
     table = leaderboard([gen_run])
     by = {r["labels"]: r for r in table}
     assert by["online model (x1 random)"]["label_bytes"] == rows["online"]["label_bytes"]

@@ -29,8 +29,13 @@ def _student(r: dict) -> str:
     return f"{r['student']}({', '.join(f'{k}={v}' for k, v in args.items())})" if args else r["student"]
 
 
+def _labels_from(r: dict) -> tuple[str, str]:
+    """(label source, calibration) of a row; rows made before these existed are ``stored`` / ``none``."""
+    return r.get("label_source", "stored"), r.get("calibration", "none")
+
+
 def _group_key(r: dict) -> tuple:
-    return tuple(r.get(k) for k in _GROUP) + (_student(r),)
+    return tuple(r.get(k) for k in _GROUP) + (_student(r),) + _labels_from(r)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -48,7 +53,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         t = torch.tensor([r["top1"] for r in rs], dtype=torch.float64)
         first = rs[0]
         out.append({**{k: first.get(k) for k in _GROUP}, "student_args": first.get("student_args", {}),
-                    "source": first.get("source"), "ipc": first["ipc"], "kept_steps": first.get("kept_steps"), "label_bytes": first["label_bytes"],
+                    "source": first.get("source"), "label_source": _labels_from(first)[0],
+                    "calibration": _labels_from(first)[1], "ipc": first["ipc"], "kept_steps": first.get("kept_steps"), "label_bytes": first["label_bytes"],
                     "image_bytes": first["image_bytes"], "top1_mean": float(t.mean()),
                     "top1_std": float(t.std(unbiased=False)) if len(rs) > 1 else 0.0, "n": len(rs),
                     "seeds": [r.get("seed") for r in rs]})
@@ -57,7 +63,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def results_table(results: dict) -> str:
     """A Markdown table of the result rows (with seeds: mean ± std per setting, then one row per seed)."""
-    head = ("| recover | IPC | prune | strategy | logits | kept steps | label bytes | image bytes | labels ÷ images "
+    head = ("| recover | IPC | prune | strategy | labels | kept steps | label bytes | image bytes | labels ÷ images "
             "| student | top-1 | {last} |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     if results.get("summary"):
         lines = [_line(r, f"{100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} %", f"{r['n']}")
@@ -73,7 +79,10 @@ def _line(r: dict, top1: str, last: str) -> str:
     strategy = r.get("prune_strategy", "random")
     if r.get("granularity", "batch") != "batch":
         strategy += f" ({r['granularity']})"
-    return (f"| {r['recover']} | {r['ipc']} | {r['prune_factor']:g}× | {strategy} | {r.get('logits', 'fp16')} "
+    source, calibration = _labels_from(r)
+    labels = r.get("logits", "fp16") if source == "stored" else f"{source} model"  # label bytes: its weights
+    labels += "" if calibration == "none" else f" + {calibration}"
+    return (f"| {r['recover']} | {r['ipc']} | {r['prune_factor']:g}× | {strategy} | {labels} "
             f"| {r.get('kept_steps', '')} | {human_bytes(r['label_bytes'])} | {human_bytes(r['image_bytes'])} "
             f"| {r['label_bytes'] / max(r['image_bytes'], 1):.2f} | {_student(r)} | {top1} | {last} |")
 
@@ -86,7 +95,8 @@ def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
     students = {_student(r) for r in rows}
     for key in sorted({(r["recover"], _student(r)) for r in rows}):
         sel = sorted((r for r in rows if (r["recover"], _student(r)) == key
-                      and r.get("prune_strategy", "random") == "random" and r.get("logits", "fp16") == "fp16"),
+                      and r.get("prune_strategy", "random") == "random" and r.get("logits", "fp16") == "fp16"
+                      and _labels_from(r) == ("stored", "none")),
                      key=lambda r: r["label_bytes"] + r["image_bytes"])
         xs = [(r["label_bytes"] + r["image_bytes"]) / 1024 for r in sel]
         ys = [100 * r["top1_mean"] for r in sel]
