@@ -136,16 +136,21 @@ def test_online_and_stored_rows_sit_beside_the_generator_row_with_their_sources(
                      "random_real_x1.json"]
     rows = {json.loads(p.read_text())["label_source"]: json.loads(p.read_text())
             for p in (gen_run / "validate").glob("*/*.json")}
+    assert cli.main([*base, "validate.label_source=online", "validate.calibration=lpqld"]) == 0  # a 4th result
+    assert json.loads((gen_run / "validate" / "convnet-depth3-normbatch-width4" /
+                       "random_real_x1-labels_online+lpqld.json").read_text())["calibration"] == "lpqld"
     assert rows["online"]["label_bytes"] == (gen_run / "teacher" / "model.safetensors").stat().st_size
     assert rows["stored"]["label_bytes"] == sum(
         p.stat().st_size for p in (gen_run / "labels" / "random_real" / "x1").iterdir() if p.is_file())
     assert cli.main(["report", DEMO, *MICRO, *GEN, f"run_dir={gen_run}"]) == 0  # all three rows are current
     results = json.loads((gen_run / "results.json").read_text())
-    assert sorted(r["label_source"] for r in results["rows"]) == ["generator", "online", "stored"]
+    assert sorted(r["label_source"] for r in results["rows"]) == ["generator", "online", "online", "stored"]
     report = (gen_run / "report.md").read_text()
     assert "| online model |" in report and "| generator model |" in report and "| fp16 |" in report
+    assert "| online model + lpqld |" in report and not results["stale"]
     table = leaderboard([gen_run])
     by = {r["labels"]: r for r in table}
+    assert "online model (x1 random, lpqld calibration)" in by
     assert by["online model (x1 random)"]["label_bytes"] == rows["online"]["label_bytes"]
     assert by["generator model (x1 random)"]["label_bytes"] == rows["generator"]["label_bytes"]
     assert by["x1 random"]["codec"] == "fp16" and by["online model (x1 random)"]["codec"] == "float32 weights"

@@ -85,6 +85,12 @@ class LabelVariant(NamedTuple):
         return self.tag
 
 
+def labels_tag(source: str = "stored", calibration: str = "none") -> str:
+    """How validate feeds the labels: ``validate.label_source`` (``stored``, ``online``, ``generator``), plus
+    ``+<calibration>`` when ``validate.calibration`` is not ``none`` (``stored+lpqld``, ``online``)."""
+    return source if calibration == "none" else f"{source}+{calibration}"
+
+
 def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch",
               pool: str = "prefix") -> str:
     """The store name of a variant given by its parts (see :attr:`LabelVariant.tag`)."""
@@ -123,10 +129,11 @@ class RunLayout:
         return self.root / "labels" / mode / LabelVariant.of(variant, *rest, **parts).tag
 
     def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str,
-                      label_source: str = "stored", **parts: str) -> Path:
+                      labels: str = "stored", **parts: str) -> Path:
         """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student;
-        ``..._<result tag>-labels_<source>.json`` when the labels come from a label model instead of the store."""
-        suffix = "" if label_source == "stored" else f"-labels_{label_source}"
+        ``..._<result tag>-labels_<labels>.json`` when ``labels`` (a :func:`labels_tag`) is not ``stored``: the
+        labels come from a label model, or are calibrated."""
+        suffix = "" if labels == "stored" else f"-labels_{labels}"
         return self.root / "validate" / student / \
             f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}{suffix}.json"
 

@@ -19,7 +19,7 @@ from .io import atomic_write_json
 from .labels.generator import train_generator
 from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
-from .layout import RunLayout
+from .layout import RunLayout, labels_tag
 from .models import check_model_spec
 from .provenance import (StageRef, check_fresh, done_marker, machine, model_tag, relabel_ref, stage_seconds,
                          stale_keys)
@@ -50,8 +50,9 @@ def stage_refs(cfg: Config) -> list[StageRef]:
 
 
 def _labels(cfg: Config) -> str | None:
-    """The validate refs' label source (``None`` = stored)."""
-    return None if cfg.validate.label_source == "stored" else cfg.validate.label_source
+    """How the validate refs feed the labels (:func:`~labeldistill.layout.labels_tag`; ``None`` = stored)."""
+    tag = labels_tag(cfg.validate.label_source, cfg.validate.calibration)
+    return None if tag == "stored" else tag
 
 
 def stale_refs(cfg: Config, force: bool) -> set[str]:

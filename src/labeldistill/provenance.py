@@ -46,8 +46,9 @@ def model_tag(spec: ModelConfig) -> str:
 
 @dataclass(frozen=True)
 class StageRef:
-    """One unit of work of the main job: a stage, for a recover mode, a label variant, a student and (validate) a
-    label source other than the store (``generator`` / ``online``; ``None`` = stored)."""
+    """One unit of work of the main job: a stage, for a recover mode, a label variant, a student and (validate) how
+    the labels are fed when not straight from the store (a :func:`~labeldistill.layout.labels_tag` such as
+    ``online``, ``generator`` or ``stored+lpqld``; ``None`` = stored)."""
 
     stage: str
     mode: str | None = None
@@ -58,7 +59,7 @@ class StageRef:
     @property
     def key(self) -> str:
         """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``,
-        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``."""
+        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``, ``... labels=stored+lpqld]``."""
         tag = None if self.variant is None else self.variant.result_tag if self.stage == "validate" else self.variant.tag
         src = f"labels={self.labels}" if self.labels and self.labels != "stored" else None
         inner = " ".join(p for p in (self.mode, tag, self.student, src) if p)
@@ -236,7 +237,7 @@ def done_marker(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> 
         return layout.pruned_store(ref.mode, ref.variant) / "manifest.json"
     if ref.stage == "generator":
         return layout.generator_dir(ref.mode) / "generator.json"
-    return layout.validate_file(ref.mode, ref.variant, student=ref.student, label_source=ref.labels or "stored")
+    return layout.validate_file(ref.mode, ref.variant, student=ref.student, labels=ref.labels or "stored")
 
 
 def stage_status(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> str:

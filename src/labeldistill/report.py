@@ -16,7 +16,7 @@ from .config import Config, ModelConfig  # noqa: E402
 from .data.imagefolder import load_imagefolder  # noqa: E402
 from .errors import LabelDistillError  # noqa: E402
 from .io import human_bytes, read_json  # noqa: E402,F401  (human_bytes: old import path)
-from .layout import LabelVariant, RunLayout  # noqa: E402
+from .layout import LabelVariant, RunLayout, labels_tag  # noqa: E402
 from .provenance import StageRef, fingerprint, machine, model_tag, stage_seconds, stage_settings  # noqa: E402
 from .runtime import pick_device  # noqa: E402
 
@@ -122,7 +122,9 @@ def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
 
 def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
     """Results of a run built stage by stage: every ``validate/<student>/*.json`` row of the run directory that
-    was made with the settings of ``cfg`` (rows of other settings are listed under ``stale``).
+    was made with the settings of ``cfg`` (rows of other settings are listed under ``stale``). A row's label source
+    (``validate.label_source``) and calibration (``validate.calibration``, ``lpqld_*``) are taken from the row: rows
+    of every label source and calibration are kept side by side.
 
     Raises:
         LabelDistillError: no teacher or no validate rows yet.
@@ -132,11 +134,15 @@ def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
     for f in sorted((root / "validate").glob("*/*.json")):
         r = read_json(f)
         spec = ModelConfig(r["student"], r.get("student_args", {}))
-        source = r.get("label_source", "stored")  # a row of another label source is another result, not stale
-        c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec, label_source=source))
+        # a row of another label source or calibration is another result, not a stale one: its own settings
+        source = r.get("label_source", "stored")
+        calib = {k: r[k] for k in r if k == "calibration" or k.startswith("lpqld_")} or {"calibration": "none"}
+        c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec, label_source=source,
+                                                                  **calib))
         v = LabelVariant(r["prune_factor"], r["prune_strategy"], r["logits"], r["granularity"],
                          r.get("pool", "subset"), r.get("replay"))
-        ref = StageRef("validate", r["recover"], v, model_tag(spec), source)
+        tag = labels_tag(source, calib["calibration"])
+        ref = StageRef("validate", r["recover"], v, model_tag(spec), None if tag == "stored" else tag)
         (rows if r.get("fingerprint") == fingerprint(stage_settings(c, ref)) else stale).append(r)
     if not (root / "teacher" / "teacher.json").is_file() or not (rows or stale):
         raise LabelDistillError(f"no validate results in {root}: run 'labeldistill validate CONFIG' first")

@@ -39,7 +39,7 @@ from .labels.pool import recipe_mismatch
 from .labels.replay import build_batch
 from .labels.sources import label_model_bytes, load_label_model
 from .labels.store import LabelStore
-from .layout import LabelVariant, RunLayout
+from .layout import LabelVariant, RunLayout, labels_tag
 from .models import build_model
 from .provenance import StageRef, autocast_settings, check_fresh, fingerprint, model_tag, record_stage, stage_settings
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
@@ -401,9 +401,9 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    source = cfg.validate.label_source
-    ref = StageRef("validate", mode, v, model_tag(cfg.validate.model), None if source == "stored" else source)
-    out = layout.validate_file(mode, v, student=ref.student, label_source=source)
+    source, tag = cfg.validate.label_source, labels_tag(cfg.validate.label_source, cfg.validate.calibration)
+    ref = StageRef("validate", mode, v, model_tag(cfg.validate.model), None if tag == "stored" else tag)
+    out = layout.validate_file(mode, v, student=ref.student, labels=tag)
     if out.is_file() and not force:
         check_fresh(cfg, ref, layout)
         row = read_json(out)

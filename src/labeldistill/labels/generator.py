@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.synthetic import load_synthetic
@@ -36,7 +37,7 @@ from ..provenance import (
     stage_settings,
 )
 from ..resume import Throttle, fault_point, load_checkpoint, save_checkpoint
-from ..runtime import pick_device
+from ..runtime import is_rank0, pick_device
 from ..training import cosine_lr, make_optimizer
 from .replay import build_batch
 from .sources import GENERATOR_INFO, save_generator
@@ -115,7 +116,8 @@ def train_generator(cfg: Config, mode: str, force: bool = False) -> dict:
         start, step, losses = state["epoch"] + 1, state["step"], state["losses"]
     total, images, save_now, t0 = gc.epochs * len(store), data.uint8_images(), Throttle(gc.checkpoint_seconds), time.time()
     model.train()
-    for epoch in range(start, gc.epochs):
+    for epoch in tqdm(range(start, gc.epochs), desc=f"generator[{mode}]", unit="epoch", disable=not is_rank0(),
+                      leave=False):
         loss, step = _epoch(model, opt, store, images, cfg, step, total, device)
         losses.append(loss)
         if epoch + 1 < gc.epochs and save_now():
