@@ -25,6 +25,10 @@ schedule with step 30 and factor 0.7, dynamic student temperature starting at 1.
    ``lpqld_student_search: false`` it stays fixed (the code's ``temp_stu``).
 4. **Loss**: ``KL(p ‖ softmax(s / T_s))`` averaged over the batch, times ``T_t(e)²`` when ``validate.t2_scale``
    (the code scales by the current teacher temperature squared on Tiny-ImageNet and not on ImageNet).
+
+Not reproduced: on Tiny-ImageNet the code hands ``log_softmax`` of the stored logits to ``KLDivLoss`` as its target
+(which expects probabilities); here the target is always the probabilities. Under torchrun each rank searches the
+student temperature on its own share of the last batch.
 """
 
 from __future__ import annotations
