@@ -46,7 +46,8 @@ def fault_point(name: str) -> None:
     """Kill this process with SIGKILL at the n-th call of ``name`` when ``LABELDISTILL_KILL_AT=name:n`` is set.
 
     A fault-injection hook for the test suite: it makes "killed right after the n-th unit of work of a
-    stage" reproducible (units: ``squeeze-epoch``, ``recover-group``, ``relabel-shard``, ``validate-epoch``).
+    stage" reproducible (units: ``squeeze-epoch``, ``recover-group``, ``relabel-shard``, ``generator-epoch``,
+    ``validate-epoch``).
     Without the variable it does nothing.
     """
     spec = os.environ.get("LABELDISTILL_KILL_AT")
