@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """The main job on scikit-learn's 8 × 8 digits: the Fashion-MNIST demo's settings vs ``configs/digits_lpld.yaml``.
 
-Three arms run the whole job (squeeze → recover sre2l / lpld → relabel → prune 1×/10×/40× → validate) on the
+Four arms run the whole job (squeeze → recover sre2l / lpld → relabel → prune 1×/10×/40× → validate) on the
 same seeds: ``demo`` (the demo config with ``data.dataset=digits``), ``teacher_aug`` (the same with only the
-teacher's augmentation fitted to 8 px: no flip, 1 px crop padding) and ``digits`` (``configs/digits_lpld.yaml``).
-The table gives the teacher's and the students' top-1 on the 360 test digits (mean ± std over the finished
-seeds) and the paired differences to ``demo`` (same seed) with 95 % t-intervals. "What changed" lists the
+teacher's augmentation fitted to 8 px: no flip, 1 px crop padding), ``digits`` (``configs/digits_lpld.yaml``)
+and ``recover_aug`` (the digits config with the demo's recover flip and 2 px jitter). The table gives the
+teacher's and the students' top-1 on the 360 test digits (mean ± std over the finished seeds) and paired
+differences (same seed) with 95 % t-intervals. "What changed" lists the
 config keys whose values differ between ``demo`` and ``digits``, read from the resolved configs.
 
 Every (arm, seed) is its own run directory under ``--runs``; finished stages are skipped, so an interrupted
@@ -40,7 +41,11 @@ ARMS = {  # name → (config file, overrides)
     # the demo with only the teacher's augmentation fitted to 8 px: isolates the main cause
     "teacher_aug": ("configs/fmnist_demo.yaml", ["data.dataset=digits", "squeeze.flip=false", "squeeze.crop_padding=1"]),
     "digits": ("configs/digits_lpld.yaml", []),
+    # the digits config with the demo's recover augmentation (flip, 2 px jitter): what that part costs
+    "recover_aug": ("configs/digits_lpld.yaml", ["recover.flip=true", "recover.jitter=2"]),
 }
+LABELS = {"demo": "demo", "teacher_aug": "teacher aug", "digits": "digits", "recover_aug": "digits + demo recover aug"}
+COMPARE = [("teacher_aug", "demo"), ("digits", "demo"), ("digits", "recover_aug")]  # (arm, baseline) → Δ columns
 MODES = ("sre2l", "lpld")
 FACTORS = (1, 10, 40)
 
@@ -111,19 +116,22 @@ def section(seeds: list[int], runs: Path, minutes: float | None) -> str:
              "stratified split). Arms: **demo** = `configs/fmnist_demo.yaml data.dataset=digits` (the Fashion-MNIST "
              "demo's settings unchanged); **teacher aug** = the same plus `squeeze.flip=false "
              "squeeze.crop_padding=1` (only the teacher's augmentation fitted to 8 px); **digits** = "
-             "`configs/digits_lpld.yaml`. Same seeds in every arm (the seed changes the teacher, the images, the "
-             "labels and the student). Cells: top-1 % on the 360 test digits, mean ± std over seeds "
-             f"{done or 'none yet'} (of {seeds} asked); Δ = arm − demo in points, paired by seed, with a 95 % "
+             "`configs/digits_lpld.yaml`; **digits + demo recover aug** = the digits config plus `recover.flip=true "
+             "recover.jitter=2`. Same seeds in every arm (the seed changes the teacher, the images, the labels and "
+             "the student). Cells: top-1 % on the 360 test digits, mean ± std over seeds "
+             f"{done or 'none yet'} (of {seeds} asked); Δ = difference in points, paired by seed, with a 95 % "
              "t-interval; 'held' when it excludes 0."
              + (f" Wall time of this invocation: {minutes:.1f} min." if minutes is not None else ""), ""]
     if not done:
         return "\n".join(lines + ["No seed has finished every arm yet."])
     res = {arm: [read_arm(arm, s, runs) for s in done] for arm in ARMS}
-    lines += ["| | demo | teacher aug | digits | Δ teacher aug | Δ digits |", "|---|---|---|---|---|---|"]
+    heads = [LABELS[a] for a in ARMS] + [f"Δ {LABELS[a]} − {LABELS[b]}" for a, b in COMPARE]
+    lines += ["| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     keys = [("teacher", "teacher")] + [((m, f), f"student, {m}, {f}×") for m in MODES for f in FACTORS]
     for key, label in keys:
-        a, b, c = ([r[key] for r in res[arm]] for arm in ARMS)
-        lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {paired(a, b)} | {paired(a, c)} |")
+        col = {arm: [r[key] for r in res[arm]] for arm in ARMS}
+        cells = [fmt(col[a]) for a in ARMS] + [paired(col[b], col[a]) for a, b in COMPARE]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "What changed from demo to digits (resolved config):", ""] + [f"- {c}" for c in changed_keys()]
     return "\n".join(lines)
 
