@@ -1,5 +1,6 @@
-"""Small inputs (8 × 8 digits): a convnet that pools them below 2 px, or a teacher crop padding over 1/8 of the
-side, is named in one warning line by ``run --dry-run`` and at the start of ``run``; the digits config has none."""
+"""Small inputs (8 × 8 digits): a convnet that pools them below 2 px, or a teacher crop padding or recover jitter
+over 1/8 of the side, is named in one warning line each by ``run --dry-run`` and at the start of ``run``; the
+digits config has none."""
 
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ def test_no_pooling_warning_where_the_map_keeps_two_pixels():
 def test_demo_config_on_digits_warns_for_teacher_student_and_padding():
     cfg = load_config(CONFIGS / "fmnist_demo.yaml", ["data.dataset=digits"])
     lines = small_input_warnings(cfg, (1, 8, 8))
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert lines[0].startswith("squeeze.model: convnet depth 3 pools 8 px inputs to 1 px")
     assert lines[1].startswith("validate.model: convnet depth 3 pools 8 px inputs to 1 px")
     assert lines[2].startswith("squeeze.crop_padding: 2 px shifts 8 px images by up to 25 %")
+    assert lines[3].startswith("recover.jitter: 2 px shifts 8 px images by up to 25 % of their side; set recover.jitter: 1")
     assert small_input_warnings(cfg, (1, 28, 28)) == []  # the demo's own Fashion-MNIST size
+    real = load_config(CONFIGS / "fmnist_demo.yaml", ["data.dataset=digits", "recover.modes=[random_real]"])
+    assert not any(w.startswith("recover.jitter") for w in small_input_warnings(real, (1, 8, 8)))  # no optimising
 
 
 def test_dry_run_prints_the_warning(tmp_path, capsys):
