@@ -63,7 +63,9 @@ def stale_refs(cfg: Config, force: bool) -> set[str]:
 
 def run(cfg: Config, force: bool = False) -> dict:
     """Run every stage for every configured recover mode and prune factor (per seed when ``seeds`` is set);
-    write ``results.json``, ``report.md`` and the plots.
+    write ``results.json``, ``report.md`` and the plots. First prints one ``warning:`` line on stderr per setting
+    too coarse for the input size (:func:`labeldistill.models.geometry.small_input_warnings`), then runs as
+    configured.
 
     Args:
         cfg: the job.
