@@ -44,6 +44,13 @@ def command_line() -> str:
                                  else sys.argv[0]] + sys.argv[1:])
 
 
+def header(title: str, machine_note: str = "") -> str:
+    """A section's opening lines: ``## title``, then the exact command, the commit, the UTC date and the machine
+    (``machine_note`` is appended to the machine line, e.g. the load average), each a Markdown line break."""
+    return (f"## {title}\n\nCommand: `{command_line()}`  \nCommit: {git_commit()}  \nDate: {today()}  \n"
+            f"Machine: {machine()}{machine_note}  \n")
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

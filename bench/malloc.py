@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, machine, today, write_section  # noqa: E402
+from common import REPO, header, write_section  # noqa: E402
 
 WORKLOADS = ("eval", "train", "ld")
 
@@ -116,9 +116,8 @@ def main() -> None:
         lines.append(f"| {w} | {d['wall']:.2f} ({d['user']:.2f} / {d['sys']:.2f}) | {d['minflt']:,} "
                      f"| {t['wall']:.2f} ({t['user']:.2f} / {t['sys']:.2f}) | {t['minflt']:,} "
                      f"| {d['wall'] / t['wall']:.2f}× |")
-    body = (f"## Allocator setting (`tune_malloc`)\n\nCommand: `{command_line()}`  \nDate: {today()}  \n"
-            f"Machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end  \n"
-            "Each setting in a fresh process, 1 torch thread, best of "
+    body = (header("Allocator setting (`tune_malloc`)", f", load average {os.getloadavg()[0]:.1f} at the end")
+            + "Each setting in a fresh process, 1 torch thread, best of "
             f"{args.rounds} alternating rounds. 'default' = glibc's malloc as shipped; 'tuned' = "
             "`labeldistill.runtime.tune_malloc()` (called by the `labeldistill` command; "
             "`LABELDISTILL_MALLOC=system` turns it off). Workloads: see `bench/malloc.py`.\n\n" + "\n".join(lines))

@@ -50,7 +50,7 @@ FACTORS = (1, 10, 40)
 VALIDATE_FACTORS = (1, 40)
 RELABEL_BATCH = 50
 STEPS_PER_SHARD = 200
-# LPLD (Xiao & He, NeurIPS 2024), ImageNet-1K label storage at 1× (GB), their reference layout.
+# LPLD (Xiao & He, NeurIPS 2024), ImageNet-1K label storage at 1× (GB), their reference layout (docs/anchors.md §3).
 LPLD_TABLE_GB = {10: 5.67, 50: 28.33, 200: 113.33}
 SWEEP_32 = [(c, i) for c in (10, 100, 1000) for i in (1, 10, 50) if (c, i) != (1000, 50)]
 SWEEP_224 = [(1000, 1)]

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, machine, today, write_section  # noqa: E402
+from common import REPO, header, write_section  # noqa: E402
 
 from labeldistill.data import load_split, normalize  # noqa: E402
 from labeldistill.layout import RunLayout  # noqa: E402
@@ -458,8 +458,7 @@ def main() -> None:
         f"{r6['median']['amplified 1×']['rss_file_kib_end'] / 1024:.1f} vs "
         f"{r6['median']['amplified 40×']['rss_file_kib_end'] / 1024:.1f} MiB |",
     ]
-    body = (f"## Speed and memory ratios\n\nCommand: `{command_line()}`  \nDate: {today()}  \nMachine: {machine()}  \n"
-            f"Setting: Fashion-MNIST, ConvNet-64 teacher (1 epoch on 5,000 images), 1,000 real images "
+    body = (header("Speed and memory ratios") + f"Setting: Fashion-MNIST, ConvNet-64 teacher (1 epoch on 5,000 images), 1,000 real images "
             f"(`random_real`, IPC 100), relabel batch 100, ConvNet-32 student, CPU, {args.threads} torch thread(s) "
             f"for in-process measurements. Each pair was run interleaved (A, B, A, B …, after one warm-up round), "
             f"{args.repeats} repeats (torchrun: {max(3, args.repeats // 2 + 1)}, memory: {MEMORY_REPEATS}, one process per run); "

@@ -8,11 +8,13 @@ resumes after an interruption; an output made with other settings is refused bef
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
 from .bnstats import class_stats
 from .config import Config, dump_config
+from .data import load_split
 from .distributed import barrier
 from .errors import StaleStageError
 from .io import atomic_write_json
@@ -21,6 +23,7 @@ from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
 from .layout import RunLayout, labels_tag
 from .models import check_model_spec
+from .models.geometry import small_input_warnings
 from .provenance import (StageRef, check_fresh, done_marker, machine, model_tag, relabel_ref, stage_seconds,
                          stale_keys)
 from .recover import recover
@@ -69,7 +72,9 @@ def stale_refs(cfg: Config, force: bool) -> set[str]:
 
 def run(cfg: Config, force: bool = False) -> dict:
     """Run every stage for every configured recover mode and prune factor (per seed when ``seeds`` is set);
-    write ``results.json``, ``report.md`` and the plots.
+    write ``results.json``, ``report.md`` and the plots. First prints one ``warning:`` line on stderr per setting
+    too coarse for the input size (:func:`labeldistill.models.geometry.small_input_warnings`), then runs as
+    configured.
 
     Args:
         cfg: the job.
@@ -84,6 +89,9 @@ def run(cfg: Config, force: bool = False) -> dict:
     """
     check_model_spec(cfg.squeeze.model, "squeeze.model")
     check_model_spec(cfg.validate.model, "validate.model")
+    if is_rank0():
+        for line in small_input_warnings(cfg, input_shape(cfg)):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     if not cfg.seeds:
         return _run_one(cfg, force)
     root = RunLayout(cfg.run_path).root
@@ -99,6 +107,14 @@ def run(cfg: Config, force: bool = False) -> dict:
     merged["summary"] = summarize(merged["rows"])
     _finish(cfg, root, merged)
     return merged
+
+
+def input_shape(cfg: Config) -> tuple[int, ...]:
+    """The input shape ``(C, H, W)`` of the configured data, cheaply: ``(None, S, S)`` when ``data.image_size``
+    fixes it, else the shape of the (smaller) test split as loaded."""
+    if cfg.data.image_size is not None:
+        return (None, cfg.data.image_size, cfg.data.image_size)
+    return tuple(load_split(cfg, "test").shape)
 
 
 def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:

@@ -27,6 +27,7 @@ from ..data import check_dataset_options, data_options
 from ..io import human_bytes
 from ..labels.relabel import StepPlan
 from ..layout import RunLayout
+from ..models.geometry import small_input_warnings
 from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
 from .probe import probe_data
@@ -58,6 +59,7 @@ def plan_run(cfg: Config) -> dict:
     check_run_dir(layout.root, create=False)
     data = probe_data(cfg)
     shape = tuple(int(v) for v in data["shape"])
+    data["warnings"] += small_input_warnings(cfg, shape)
     names = data["class_names"]
     C = len(names)
     n_train, n_test = data["splits"]["train"]["used"], data["splits"]["test"]["used"]
