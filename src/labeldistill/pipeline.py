@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .bnstats import class_stats
-from .config import Config, dump_config
+from .config import Config, dump_config, student_specs, with_student
 from .distributed import barrier
 from .errors import StaleStageError
 from .io import atomic_write_json
@@ -20,7 +20,7 @@ from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
 from .layout import RunLayout
 from .models import check_model_spec
-from .provenance import (StageRef, check_fresh, done_marker, machine, model_tag, relabel_ref, stage_seconds,
+from .provenance import (StageRef, check_fresh, check_students, done_marker, machine, model_tag, relabel_ref, stage_seconds,
                          stale_keys)
 from .recover import recover
 from .report import results_table, summarize, write_report
@@ -37,12 +37,12 @@ def stage_refs(cfg: Config) -> list[StageRef]:
     refs = [StageRef("squeeze")]
     if needs_class_stats(cfg.recover.modes, cfg.recover.variants):
         refs.append(StageRef("class-stats"))
-    student = model_tag(cfg.validate.model)
+    students = [model_tag(s) for s in student_specs(cfg.validate)]
     for mode in cfg.recover.modes:
         refs += [StageRef("recover", mode), relabel_ref(cfg, mode)]
         if cfg.relabel.only_kept is None:
             refs += [StageRef("prune", mode, v) for v in label_variants(cfg)]
-        refs += [StageRef("validate", mode, v, student) for v in label_variants(cfg)]
+        refs += [StageRef("validate", mode, v, student) for student in students for v in label_variants(cfg)]
     return refs
 
 
@@ -72,9 +72,10 @@ def run(cfg: Config, force: bool = False) -> dict:
     Raises:
         StaleStageError: a finished stage made with other settings (before any work starts).
         RegistryError: an unknown teacher or student model (before any work starts).
+        ConfigError: two students sharing a result folder.
     """
     check_model_spec(cfg.squeeze.model, "squeeze.model")
-    check_model_spec(cfg.validate.model, "validate.model")
+    check_students(cfg)
     if not cfg.seeds:
         return _run_one(cfg, force)
     root = RunLayout(cfg.run_path).root
@@ -112,9 +113,10 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
         if cfg.relabel.only_kept is None and is_rank0():
             prune_all(cfg, mode, force=stale)
         barrier()
-        student = model_tag(cfg.validate.model)
-        for v in label_variants(cfg):
-            rows.append(validate(cfg, mode, v, force=StageRef("validate", mode, v, student).key in stale))
+        for spec in student_specs(cfg.validate):  # same images and stores for every student
+            one, student = with_student(cfg, spec), model_tag(spec)
+            for v in label_variants(cfg):
+                rows.append(validate(one, mode, v, force=StageRef("validate", mode, v, student).key in stale))
     results = {
         "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),
