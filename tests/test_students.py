@@ -105,3 +105,13 @@ def test_repeated_or_malformed_student_is_a_config_error():
     assert [s.name for s in student_specs(load_config(DEMO, MICRO).validate)] == ["convnet"]
     assert [s.name for s in student_specs(load_config(DEMO, MICRO + ["validate.students=[lenet]"]).validate)] \
         == ["lenet"]
+
+
+def test_validate_verb_trains_every_student(one_then_two, capsys):
+    run_dir, _ = one_then_two
+    c = "{name: convnet, args: {width: 3}}"
+    code, out, err = _cli(capsys, "validate", DEMO, *MICRO, f"run_dir={run_dir}", f"validate.students=[{A}, {B}, {c}]",
+                          "--factor", "2")
+    assert code == 0, err
+    assert out.count("top-1") == 3 and "mlp {'hidden': 16}" in out and "{'width': 3}" in out, out
+    assert (run_dir / "validate" / "convnet-width3" / "random_real_x2.json").is_file()
