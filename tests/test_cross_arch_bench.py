@@ -47,3 +47,21 @@ def test_section_from_partial_rows(tmp_path):
     assert "ConvNet-32: 2/48 runs" not in text and "ConvNet-32: 6/48 runs (seeds 0, 1, 2)" in text
     assert "ResNet-18 (small stem): 2/48 runs (seeds 0, 1)" in text
     assert "<!-- cross_arch:start -->" in text and "Command: `python bench/cross_arch.py`" in text
+
+
+def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):
+    from labeldistill.provenance import StageRef, fingerprint, stage_settings
+
+    args = _args(tmp_path)
+    demo = tmp_path / "demo"
+    (demo / "teacher").mkdir(parents=True)
+    (demo / "teacher" / "teacher.json").write_text(json.dumps({"model": "convnet", "epochs": 3, "top1": 0.9}))
+    (demo / "run.json").write_text("{}")
+    fp = fingerprint(stage_settings(cross_arch._cfg(Path(args.runs) / "teacher0", []), StageRef("squeeze")))
+    args.demo_run = str(demo)
+    (demo / "stages.json").write_text(json.dumps({"squeeze": {"fingerprint": "0" * 16}}))
+    assert not cross_arch.reuse_demo_teacher(args) and not (Path(args.runs) / "teacher0").exists()
+    (demo / "stages.json").write_text(json.dumps({"squeeze": {"fingerprint": fp}}))
+    assert cross_arch.reuse_demo_teacher(args)
+    assert (Path(args.runs) / "teacher0" / "teacher" / "teacher.json").is_file()
+    assert "reused from" in cross_arch._teacher_line(args, "teacher0")
