@@ -60,9 +60,11 @@ HEAVY = ("ResNet-18 (small stem)",)  # run after every other part (see the secti
 MODES = ["cs", "sre2l", "random_real"]
 CROSS_MODES = ["cs", "random_real"]  # random_real: the control (real images belong to no teacher)
 FACTORS = [1, 10]
-HEAVY_ORDER = {10: [("teacher0", "cs"), ("teacher0", "random_real"), ("xteacher", "cs"), ("teacher0", "sre2l"),
-                    ("xteacher", "random_real")],
-               50: [("teacher0", "cs"), ("teacher0", "random_real"), ("teacher0", "sre2l")]}
+HEAVY_ORDER = {  # groups of (teacher, mode): every seed of a group before the next group, so that the key
+    # comparisons (cs vs random_real, own vs cross teacher) get paired seeds first
+    10: [[("teacher0", "cs"), ("teacher0", "random_real"), ("xteacher", "cs")],
+         [("teacher0", "sre2l"), ("xteacher", "random_real")]],
+    50: [[("teacher0", "cs"), ("teacher0", "random_real")], [("teacher0", "sre2l")]]}
 
 
 def _spec_yaml(spec: dict) -> str:
@@ -119,11 +121,12 @@ def plan(args) -> list[tuple[str, Path, list[str], str]]:
                           label_overrides(args, ipc, teacher, s, light), f"IPC {ipc} {teacher} seed {s}"))
     for heavy in HEAVY:  # one part per store, most informative first: 1× before 10×, IPC 10 before 50
         for ipc, f in ((10, 1), (10, 10), (50, 1), (50, 10)):
-            for s in args.seeds:
-                for teacher, mode in HEAVY_ORDER[ipc]:
-                    o = label_overrides(args, ipc, teacher, s, [heavy], modes=[mode], factors=[f])
-                    parts.append(("run", runs / _cell_dir(ipc, teacher) / f"seed{s}", o,
-                                  f"{heavy}: IPC {ipc} {teacher} {mode} {f}x seed {s}"))
+            for group in HEAVY_ORDER[ipc]:
+                for s in args.seeds:
+                    for teacher, mode in group:
+                        o = label_overrides(args, ipc, teacher, s, [heavy], modes=[mode], factors=[f])
+                        parts.append(("run", runs / _cell_dir(ipc, teacher) / f"seed{s}", o,
+                                      f"{heavy}: IPC {ipc} {teacher} {mode} {f}x seed {s}"))
     return parts
 
 
