@@ -236,6 +236,21 @@ def run_all(args) -> None:
         write(args)
 
 
+def refresh_reports(args) -> None:
+    """Rewrite ``results.json`` and ``report.md`` of every label run from all its validate rows (each ``run``
+    part writes only the rows of its own students), as ``labeldistill report`` does."""
+    from labeldistill.report import collect_results, write_report
+
+    all_students = list(STUDENTS)
+    for ipc, teacher in ((10, "teacher0"), (10, "xteacher"), (50, "teacher0")):
+        for s in args.seeds:
+            path = Path(args.runs) / _cell_dir(ipc, teacher) / f"seed{s}"
+            if (path / "validate").is_dir():
+                atomic_write_json(path / "results.json",
+                                  collect_results(_cfg(path, label_overrides(args, ipc, teacher, s, all_students))))
+                write_report(path)
+
+
 def collect(args) -> list[dict]:
     """Every finished validate row of the label runs, tagged with its IPC, teacher and student label."""
     labels = {(s["name"], json.dumps(s["args"], sort_keys=True)): k for k, s in STUDENTS.items()}
@@ -405,6 +420,7 @@ def main() -> None:
     set_threads(1)
     if not args.write_only:
         run_all(args)
+    refresh_reports(args)
     write(args)
 
 
