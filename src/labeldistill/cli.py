@@ -187,7 +187,9 @@ def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
 
 def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
     """``prune`` / ``validate`` for the configured label variants whose factor is among ``--factor``."""
+    from .config import student_specs, with_student
     from .pipeline import prune_all
+    from .provenance import check_students
     from .validate import validate
     from .variants import label_variants
 
@@ -200,15 +202,18 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
                               "--factor must be the same")
         cfg.prune.factors = [float(f) for f in args.factor]
     variants = label_variants(cfg)
+    if args.command == "validate":
+        check_students(cfg)
     for m in modes:
         if args.command == "prune":
             for path in prune_all(cfg, m, force=force):
                 print(path)
         else:
-            for v in variants:
-                r = validate(cfg, m, v, force=force)
-                print(f"{m} {r['label_store']} ({r['label_source']} labels): top-1 {100 * r['top1']:.2f} %, "
-                      f"labels {r['label_bytes']} bytes")
+            for spec in student_specs(cfg.validate):  # each student as if it were the only one
+                for v in variants:
+                    r = validate(with_student(cfg, spec), m, v, force=force)
+                    print(f"{m} {r['label_store']} ({r['label_source']} labels) {r['student']} {r['student_args']}: "
+                          f"top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
 
 
 def _main(argv: list[str] | None) -> int:

@@ -247,6 +247,10 @@ class ValidateConfig:
 
     Attributes:
         model: the student architecture.
+        students: several student architectures (LPLD's cross-architecture evaluation, Table 4): each is
+            trained on the same images and label stores and gets its own rows under
+            ``validate/<student-tag>/``. Empty (the default) = ``[model]``; when set, it replaces ``model``.
+            Items are model specs (``{name, args}`` or a bare name).
         epochs: training epochs; ``None`` = the store's stored epochs.
         optimizer: ``adamw`` or ``sgd``.
         lr: peak learning rate (cosine-annealed to 0).
@@ -278,6 +282,7 @@ class ValidateConfig:
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32}))
+    students: list = field(default_factory=list)
     epochs: int | None = None
     optimizer: str = "adamw"
     lr: float = 0.002
@@ -329,6 +334,50 @@ class GeneratorConfig:
 VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
 LABEL_SOURCES = ("stored", "generator", "online")
 CALIBRATIONS = ("none", "lpqld")
+
+
+def student_specs(vc: ValidateConfig) -> list[ModelConfig]:
+    """The students a config validates with: ``validate.students``, or ``[validate.model]`` when it is empty."""
+    return list(vc.students) or [vc.model]
+
+
+def with_student(cfg: Any, spec: ModelConfig) -> Any:
+    """A copy of ``cfg`` that validates with ``spec`` alone (``validate.model = spec``, no ``students``): the
+    config one student's results are made and fingerprinted with, so that adding a student to the list leaves
+    the others' results fresh."""
+    return dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec, students=[]))
+
+
+def _model_spec(item: Any, where: str) -> ModelConfig:
+    """A ``{name, args}`` mapping (or a bare name) as a :class:`ModelConfig`.
+
+    Raises:
+        ConfigError: not a name or a mapping with a string ``name`` and a mapping ``args``.
+    """
+    if isinstance(item, ModelConfig):
+        return item
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "args"} \
+            or not isinstance(item.get("args", {}), dict):
+        raise ConfigError(f"{where} must be a model name or {{name: NAME, args: {{...}}}}, got {item!r}")
+    return ModelConfig(item["name"], dict(item.get("args") or {}))
+
+
+def _check_students(vc: ValidateConfig) -> None:
+    """Turn ``validate.students`` items into :class:`ModelConfig` and refuse duplicates (their rows would collide).
+
+    Raises:
+        ConfigError: a malformed item or the same student twice.
+    """
+    vc.students = [_model_spec(s, f"validate.students[{i}]") for i, s in enumerate(vc.students)]
+    seen: dict[tuple, int] = {}
+    for i, s in enumerate(vc.students):
+        key = (s.name, tuple(sorted((k, repr(v)) for k, v in s.args.items())))
+        if key in seen:
+            raise ConfigError(f"validate.students[{i}] repeats validate.students[{seen[key]}] ({s.name} {s.args}); "
+                              "their results would collide")
+        seen[key] = i
 AUTOCAST_MODES = ("bf16", "off")
 
 
@@ -604,6 +653,7 @@ def validate_config(cfg: Config) -> None:
     chk.in_interval(cfg.validate.gift_alpha, 0, 1, "validate.gift_alpha")
     chk.in_interval(cfg.validate.gift_smoothing, 0, 1, "validate.gift_smoothing")
     _check_label_source(cfg)
+    _check_students(cfg.validate)
 
 
 def _check_label_source(cfg: Config) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .bnstats import class_stats
-from .config import Config, dump_config
+from .config import Config, dump_config, student_specs, with_student
 from .data import load_split
 from .distributed import barrier
 from .errors import StaleStageError
@@ -24,7 +24,7 @@ from .labels.relabel import relabel
 from .layout import RunLayout, labels_tag
 from .models import check_model_spec
 from .models.geometry import small_input_warnings
-from .provenance import (StageRef, check_fresh, done_marker, machine, model_tag, relabel_ref, stage_seconds,
+from .provenance import (StageRef, check_fresh, check_students, done_marker, machine, model_tag, relabel_ref, stage_seconds,
                          stale_keys)
 from .recover import recover
 from .report import results_table, summarize, write_report
@@ -41,14 +41,15 @@ def stage_refs(cfg: Config) -> list[StageRef]:
     refs = [StageRef("squeeze")]
     if needs_class_stats(cfg.recover.modes, cfg.recover.variants):
         refs.append(StageRef("class-stats"))
-    student = model_tag(cfg.validate.model)
+    students = [model_tag(s) for s in student_specs(cfg.validate)]
     for mode in cfg.recover.modes:
         refs += [StageRef("recover", mode), relabel_ref(cfg, mode)]
         if cfg.relabel.only_kept is None:
             refs += [StageRef("prune", mode, v) for v in label_variants(cfg)]
         if cfg.validate.label_source == "generator":
             refs.append(StageRef("generator", mode))
-        refs += [StageRef("validate", mode, v, student, _labels(cfg)) for v in label_variants(cfg)]
+        refs += [StageRef("validate", mode, v, student, _labels(cfg)) for student in students
+                 for v in label_variants(cfg)]
     return refs
 
 
@@ -86,9 +87,10 @@ def run(cfg: Config, force: bool = False) -> dict:
     Raises:
         StaleStageError: a finished stage made with other settings (before any work starts).
         RegistryError: an unknown teacher or student model (before any work starts).
+        ConfigError: two students sharing a result folder.
     """
     check_model_spec(cfg.squeeze.model, "squeeze.model")
-    check_model_spec(cfg.validate.model, "validate.model")
+    check_students(cfg)
     if is_rank0():
         for line in small_input_warnings(cfg, input_shape(cfg)):
             print(f"warning: {line}", file=sys.stderr, flush=True)
@@ -139,9 +141,11 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
         if cfg.validate.label_source == "generator" and is_rank0():
             train_generator(cfg, mode, force=StageRef("generator", mode).key in stale)
         barrier()
-        student = model_tag(cfg.validate.model)
-        for v in label_variants(cfg):
-            rows.append(validate(cfg, mode, v, force=StageRef("validate", mode, v, student, _labels(cfg)).key in stale))
+        for spec in student_specs(cfg.validate):  # same images and stores for every student
+            one, student = with_student(cfg, spec), model_tag(spec)
+            for v in label_variants(cfg):
+                ref = StageRef("validate", mode, v, student, _labels(cfg))
+                rows.append(validate(one, mode, v, force=ref.key in stale))
     results = {
         "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),

@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, student_specs, with_student
 from .data.owned import source_fingerprint
-from .errors import StaleStageError
+from .errors import ConfigError, StaleStageError
 from .io import atomic_write_json, read_json, settings_key
 from .layout import LabelVariant, RunLayout
+from .models import check_model_spec
 from .variants import OWN_SOURCES, label_variants, resolve_variant
 
 LEDGER = "stages.json"
 _DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
 AUTOCAST_DEFAULT = "bf16"
-_NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants", "generator.checkpoint_seconds"}
+_NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants", "generator.checkpoint_seconds",
+              "validate.students"}  # each student's row is fingerprinted with that student as validate.model
 
 
 def model_tag(spec: ModelConfig) -> str:
@@ -42,6 +44,26 @@ def model_tag(spec: ModelConfig) -> str:
     parts = [spec.name] + [f"{k}{v}" for k, v in sorted(spec.args.items())]
     tag = "".join(c if c.isalnum() or c in "._=-" else "-" for c in "-".join(parts))
     return tag if len(tag) <= 64 else f"{tag[:48]}-{settings_key(spec.name, spec.args)[:8]}"
+
+
+def check_students(cfg: Config) -> None:
+    """Check every student's model name before any work, and that no two students share a result folder.
+
+    Raises:
+        RegistryError: an unknown model name (with close matches) or option.
+        ConfigError: two students with the same tag (:func:`~labeldistill.provenance.model_tag`).
+    """
+    if not cfg.validate.students:
+        check_model_spec(cfg.validate.model, "validate.model")
+        return
+    tags: dict[str, int] = {}
+    for i, spec in enumerate(cfg.validate.students):
+        check_model_spec(spec, f"validate.students[{i}]")
+        tag = model_tag(spec)
+        if tag in tags:
+            raise ConfigError(f"validate.students[{i}] and [{tags[tag]}] share the result folder "
+                              f"validate/{tag}/: give them different args")
+        tags[tag] = i
 
 
 @dataclass(frozen=True)
@@ -128,7 +150,16 @@ def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     out["prune.variant"] = ref.variant.tag
     if ref.stage == "prune":
         return out
-    return {**out, **validate_settings(cfg), "validate.replay": ref.variant.replay_mode}
+    return {**out, **validate_settings(student_config(cfg, ref.student)), "validate.replay": ref.variant.replay_mode}
+
+
+def student_config(cfg: Config, student: str | None) -> Config:
+    """``cfg`` with the student whose :func:`model_tag` is ``student`` as its only one
+    (:func:`~labeldistill.config.with_student`); ``cfg`` itself when no listed student has that tag."""
+    for spec in student_specs(cfg.validate):
+        if model_tag(spec) == student:
+            return with_student(cfg, spec)
+    return cfg
 
 
 _LPQLD_KEYS = ("lpqld_step", "lpqld_gamma", "lpqld_min_temperature", "lpqld_student_temperature",

@@ -50,7 +50,7 @@ def pooling_warning(spec: ModelConfig, side: int, key: str) -> str | None:
 
 def small_input_warnings(cfg, shape: tuple[int, ...]) -> list[str]:
     """Warnings for settings too coarse for images of ``shape`` ``(C, H, W)``: convnet pooling of the teacher
-    (``squeeze.model``) and the student (``validate.model``), the teacher's crop padding, and recover's jitter
+    (``squeeze.model``) and every student (``validate.students``, else ``validate.model``), the teacher's crop padding, and recover's jitter
     (when some mode optimises images).
 
     Args:
@@ -61,8 +61,10 @@ def small_input_warnings(cfg, shape: tuple[int, ...]) -> list[str]:
         One line per problem, each naming the setting to change; empty when nothing is wrong.
     """
     side = min(int(shape[-2]), int(shape[-1]))
-    out = [w for w in (pooling_warning(cfg.squeeze.model, side, "squeeze.model"),
-                       pooling_warning(cfg.validate.model, side, "validate.model")) if w]
+    students = ([(s, f"validate.students[{i}]") for i, s in enumerate(cfg.validate.students)]
+                or [(cfg.validate.model, "validate.model")])
+    out = [w for w in (pooling_warning(m, side, key) for m, key in [(cfg.squeeze.model, "squeeze.model"), *students])
+           if w]
     sc = cfg.squeeze
     fit = int(side * MAX_PADDING_FRACTION)
     if sc.checkpoint is None and sc.crop_scale is None and sc.crop_padding > side * MAX_PADDING_FRACTION:

@@ -64,7 +64,8 @@ def plan_run(cfg: Config) -> dict:
     C = len(names)
     n_train, n_test = data["splits"]["train"]["used"], data["splits"]["test"]["used"]
     teacher = teacher_plan(cfg, C, shape)
-    teacher["student"] = student_plan(cfg, C, shape)
+    teacher["students"] = student_plan(cfg, C, shape)
+    teacher["student"] = teacher["students"][0]
     recover = recover_rows(cfg, layout, C)
     n_images = max(r["images"] for r in recover)  # modes of sets made elsewhere hold their own number of images
     plan = StepPlan(n_images, cfg.relabel.batch_size, cfg.relabel.epochs, cfg.seed)
@@ -121,6 +122,8 @@ def format_plan(p: dict) -> str:
     lines.append(f"teacher: {t['model']} {t['args']}, {t['parameters']:,} parameters ({human_bytes(t['bytes'])}), "
                  f"{t['bn_layers']} BN layers / {t['bn_channels']:,} channels"
                  + (f"; checkpoint {t['checkpoint']} fits" if t["checkpoint"] else "; trained from scratch"))
+    lines.append("students: " + "; ".join(f"{s['model']} {s['args']} ({s['parameters']:,} parameters) → "
+                                          f"validate/{s['tag']}/" for s in t["students"]))
     lines.append("")
     lines.append("planned work:")
     for s in p["stages"]:

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, student_specs
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
 from ..layout import RunLayout
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
-from ..provenance import StageRef, model_tag, relabel_ref, stage_status
+from ..provenance import StageRef, check_students, model_tag, relabel_ref, stage_status
 from ..data.owned import list_source
 from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
@@ -53,16 +53,23 @@ def teacher_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> 
             "checkpoint": sc.checkpoint}
 
 
-def student_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> dict:
-    """Build the student once on the CPU (a typo in its name fails here, not after hours of work).
+def student_plan(cfg: Config, num_classes: int, shape: tuple[int, int, int]) -> list[dict]:
+    """Build each student once on the CPU (a typo in a name fails here, not after hours of work).
+
+    Returns:
+        One ``{"model", "args", "tag", "parameters"}`` per student (``validate.students``, or ``validate.model``).
 
     Raises:
         RegistryError: unknown model or option (with close matches).
+        ConfigError: two students sharing a result folder.
     """
-    vc = cfg.validate
-    check_model_spec(vc.model, "validate.model")
-    model = build_model(vc.model, num_classes, shape)
-    return {"model": vc.model.name, "args": dict(vc.model.args), "parameters": sum(p.numel() for p in model.parameters())}
+    check_students(cfg)
+    out = []
+    for spec in student_specs(cfg.validate):
+        model = build_model(spec, num_classes, shape)
+        out.append({"model": spec.name, "args": dict(spec.args), "tag": model_tag(spec),
+                    "parameters": sum(p.numel() for p in model.parameters())})
+    return out
 
 
 def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> list[dict]:
@@ -188,14 +195,16 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     vc = cfg.validate
     epochs = vc.epochs or cfg.relabel.epochs
     variants = label_variants(cfg)
-    student = model_tag(vc.model)
+    specs = student_specs(vc)
     validate = []
     for mode in cfg.recover.modes:
-        for v in variants:
-            validate.append({"mode": mode, "store": v.tag, "result": v.result_tag, "student": vc.model.name,
-                             "student_tag": student,
-                             "epochs": epochs, "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n,
-                             "eval_images": n_test, **_status(cfg, layout, StageRef("validate", mode, v, student))})
+        for spec in specs:
+            student = model_tag(spec)
+            for v in variants:
+                validate.append({"mode": mode, "store": v.tag, "result": v.result_tag, "student": spec.name,
+                                 "student_args": dict(spec.args), "student_tag": student, "epochs": epochs,
+                                 "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n, "eval_images":
+                                 n_test, **_status(cfg, layout, StageRef("validate", mode, v, student))})
     prunes = [_status(cfg, layout, StageRef("prune", m, v)) for m in cfg.recover.modes for v in variants] \
         if cfg.relabel.only_kept is None else [{"done": True, "status": "done"}]
     prune = {"stage": "prune", "done": all(p["done"] for p in prunes),
@@ -205,7 +214,7 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     val = {"stage": "validate", "done": all(r["done"] for r in validate),
            "status": _worst([r["status"] for r in validate]),
            "work": f"{len(validate)} student run(s) of {epochs} epochs × {plan.steps_per_epoch} steps "
-                   f"({vc.model.name}), each evaluated on {n_test:,} test images",
+                   f"({', '.join(model_tag(s) for s in specs)}), each evaluated on {n_test:,} test images",
            "steps": sum(r["steps"] for r in validate), "images": sum(r["images"] for r in validate)}
     return validate, [prune, val]
 

@@ -1,0 +1,67 @@
+"""bench/cross_arch.py writes its section from whatever rows exist: every student gets its column, missing cells
+say so, and paired differences use the common seeds only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import cross_arch  # noqa: E402
+
+
+def _row(root: Path, cell: str, seed: int, label: str, mode: str, factor: int, top1: float) -> None:
+    spec = cross_arch.STUDENTS[label]
+    f = root / cell / f"seed{seed}" / "validate" / spec["name"].replace(":", "-") / f"{mode}_x{factor}.json"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"student": spec["name"], "student_args": spec["args"], "recover": mode,
+                             "prune_factor": factor, "seed": seed, "top1": top1}))
+
+
+def _args(tmp_path: Path) -> argparse.Namespace:
+    return argparse.Namespace(runs=str(tmp_path / "runs"), seeds=[0, 1, 2], epochs={10: 60, 50: 20}, test_subset=2000,
+                              xteacher_label="LeNet-5", budget_min=62.0, command="python bench/cross_arch.py",
+                              out=str(tmp_path / "B.md"))
+
+
+def test_section_from_partial_rows(tmp_path):
+    args = _args(tmp_path)
+    root = Path(args.runs)
+    conv, resnet = "ConvNet-32", "ResNet-18 (small stem)"
+    for s, (cs, rr) in enumerate([(0.80, 0.78), (0.82, 0.79), (0.81, 0.77)]):
+        _row(root, "ipc10_own", s, conv, "cs", 1, cs)
+        _row(root, "ipc10_own", s, conv, "random_real", 1, rr)
+    _row(root, "ipc10_own", 0, resnet, "cs", 1, 0.70)  # one seed only
+    _row(root, "ipc10_own", 1, resnet, "random_real", 1, 0.60)  # no common seed with the cs row
+    cross_arch.write(args)
+    text = Path(args.out).read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("| 10 | cs | own") and "| 1× |" in ln)
+    cells = [c.strip() for c in line.split("|")[5:9]]
+    assert cells == ["81.0 ± 0.8 (3)", "–", "–", "70.0 (1)"], cells
+    comp = next(ln for ln in text.splitlines() if ln.startswith("| IPC 10: cs − random_real (own teacher) | 1×"))
+    # differences 2, 3, 4 points: mean 3, t(0.975, 2) · 1 / √3 = 2.48
+    assert "+3.0 [+0.5, +5.5] (n=3; held)" in comp and "0 paired seed(s): no interval" in comp, comp
+    assert "ConvNet-32: 2/48 runs" not in text and "ConvNet-32: 6/48 runs (seeds 0, 1, 2)" in text
+    assert "ResNet-18 (small stem): 2/48 runs (seeds 0, 1)" in text
+    assert "<!-- cross_arch:start -->" in text and "Command: `python bench/cross_arch.py`" in text
+
+
+def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):
+    from labeldistill.provenance import StageRef, fingerprint, stage_settings
+
+    args = _args(tmp_path)
+    demo = tmp_path / "demo"
+    (demo / "teacher").mkdir(parents=True)
+    (demo / "teacher" / "teacher.json").write_text(json.dumps({"model": "convnet", "epochs": 3, "top1": 0.9}))
+    (demo / "run.json").write_text("{}")
+    fp = fingerprint(stage_settings(cross_arch._cfg(Path(args.runs) / "teacher0", []), StageRef("squeeze")))
+    args.demo_run = str(demo)
+    (demo / "stages.json").write_text(json.dumps({"squeeze": {"fingerprint": "0" * 16}}))
+    assert not cross_arch.reuse_demo_teacher(args) and not (Path(args.runs) / "teacher0").exists()
+    (demo / "stages.json").write_text(json.dumps({"squeeze": {"fingerprint": fp}}))
+    assert cross_arch.reuse_demo_teacher(args)
+    assert (Path(args.runs) / "teacher0" / "teacher" / "teacher.json").is_file()
+    assert "reused from" in cross_arch._teacher_line(args, "teacher0")
