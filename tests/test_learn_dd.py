@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from labeldistill.errors import ConfigError
+from labeldistill.leaderboard import load_rows
 from labeldistill.learn_labels import learn_labels, load_ld_config
 from labeldistill.learn_labels.dd import DDMetaLearner, LearnedImages, initial_images
 from labeldistill.learn_labels.labels import LearnedLabels, onehot_labels
@@ -109,6 +110,9 @@ def test_dd_run_learns_images_with_onehot_labels_and_labels_from_reuses_them(tmp
     manifest = json.loads((tmp_path / "a" / "labels.json").read_text())
     assert manifest["methods"]["dd"]["learns"] == "images"
     rows = {r["method"]: r for r in res["rows"]}
+    board = {r["labels"]: r for r in load_rows(tmp_path / "a")}  # leaderboard: float32 pixels, not uint8 images
+    assert board["dd"]["images"] == "learned images (dd)" and board["dd"]["image_bytes"] == t["dd_images"].numel() * 4
+    assert board["onehot"]["image_bytes"] == t["base_images"].numel()
     # dd's meta-test trains on the learned images (same one-hot labels as onehot, other validation curve), and
     # a metatest-only run (labels_from) reads them back from disk: the same curve and accuracies again
     assert rows["dd"]["val_curve"] != rows["onehot"]["val_curve"]
