@@ -337,8 +337,11 @@ class Render:
     def text(self) -> str:
         done = sorted(p.parent.name for p in self.runs.glob("*/results.json"))
         seconds = sum(json.loads((self.runs / k / "results.json").read_text())["seconds"] for k in done)
+        recorded = [json.loads((self.runs / k / "bench.json").read_text())["bench_command"] for k in done
+                    if (self.runs / k / "bench.json").is_file()]
+        commands = list(dict.fromkeys(recorded)) or [self.s.command]  # what produced the runs, not --render
         out = ["## LD on its own dataset, and LD's claims against image distillation (issue #13)", "",
-               f"Command: `{self.s.command}`  ",
+               "Command: " + "; ".join(f"`{c}`" for c in commands) + "  ",
                f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  ",
                f"Finished runs: {len(done)} under `{self._rel(self.runs)}`; their wall time {seconds / 60:.1f} min "
                "(2 shared cores, other studies running: wall time is several times the CPU time).  ",
