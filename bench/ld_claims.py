@@ -343,7 +343,8 @@ class Render:
         out = ["## LD on its own dataset, and LD's claims against image distillation (issue #13)", "",
                "Command: " + "; ".join(f"`{c}`" for c in commands) + "  ",
                f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  ",
-               f"Finished runs: {len(done)} under `{self._rel(self.runs)}`; their wall time {seconds / 60:.1f} min "
+               f"Finished runs: {len(done)} under `{self._rel(self.runs)}` ({self._progress(done)}); their wall time "
+               f"{seconds / 60:.1f} min "
                "(2 shared cores, other studies running: wall time is several times the CPU time).  ",
                f"Rewrite from finished runs: `.venv/bin/python bench/ld_claims.py --render --runs "
                f"{self._rel(self.runs)}`.", "",
@@ -508,6 +509,15 @@ class Render:
     @staticmethod
     def _seeds(xs: list[float]) -> str:
         return "[" + ", ".join(f"{x:.1f}" for x in xs) + "]" if xs else ""
+
+    def _progress(self, done: list[str]) -> str:
+        """'mnist 3/3, claims 5/12, cross 0/2': finished vs planned runs per part."""
+        a = self.a
+        ns = [int(n) for n in a.ns.split(",")]
+        plan = {"mnist": [f"mnist5k_paper_s{s}" for s in range(a.seeds)],
+                "claims": [f"claims_{ds}_n{n}_s{s}" for s in range(a.seeds) for ds in DATASETS for n in ns],
+                "cross": [f"cross_fmnist_to_mnist5k_s{s}" for s in range(a.cross_seeds)]}
+        return ", ".join(f"{part} {sum(k in done for k in keys)}/{len(keys)}" for part, keys in plan.items())
 
     @staticmethod
     def _rel(p: Path) -> str:
