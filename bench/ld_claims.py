@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=str(REPO / "runs" / "bench_ld2"), help="folder of the run directories")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="Markdown file of the 'ld_claims' section")
     p.add_argument("--seeds", type=int, default=3, help="paired seeds of every part (seed s: base.seed 1234 + s)")
-    p.add_argument("--cross-seeds", type=int, default=3, help="seeds of the cross part")
+    p.add_argument("--cross-seeds", type=int, default=2, help="seeds of the cross part")
     p.add_argument("--mnist-epochs", type=int, default=400, help="meta-training epochs of the mnist/cross parts")
     p.add_argument("--mnist-repeats", type=int, default=5, help="fresh models per row of the mnist/cross parts")
     p.add_argument("--claims-steps", type=int, default=300, help="outer steps of every claims meta-training")
