@@ -12,7 +12,7 @@ Parts (``--parts``, comma-separated; all by default):
 
 Every setting is one ``learn-labels`` run under ``--runs`` (skipped when its ``results.json`` exists, so an
 interrupted study resumes); the ``ld_fmnist`` section of BENCHMARKS.md is rewritten after every finished run,
-each table with the exact command, the date and the machine. Published anchors come from ``ANCHORS.md`` §1 and are marked as such.
+each table with the exact command, the date and the machine. Published anchors come from ``docs/anchors.md`` §1 and are marked as such.
 
 Example (the full study, in the background)::
 
@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from labeldistill.learn_labels import learn_labels, load_ld_config
+from labeldistill.learn_labels.run import validation_split_key
 from labeldistill.runtime import tune_malloc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw"]
 METHOD_LABEL = {"ld": "LD", "rr": "RR", "onehot": "one-hot", "smooth": "smoothing 0.1", "teacher": "teacher"}
 
-# ANCHORS.md §1, Fashion-MNIST, IPC 1 / 10 / 50 (= N 10 / 100 / 500). Published numbers, not measured here.
+# docs/anchors.md §1, Fashion-MNIST, IPC 1 / 10 / 50 (= N 10 / 100 / 500). Published numbers, not measured here.
 ANCHORS = [
     ("Random real subset (DC ConvNet)", "51.4 ± 3.8", "73.8 ± 0.7", "82.5 ± 0.7",
      "unverified - check the paper before quoting", "DC paper Table 1"),
@@ -136,9 +137,15 @@ class Study:
             ov.append(f"threads={self.args.threads}")
         return ov + list(self.args.override)
 
-    def teacher_override(self, target: str) -> list[str]:
-        """Reuse the first teacher trained for ``target`` in this study."""
-        marker = self.runs / f"teacher_{target}.txt"
+    def teacher_marker(self, overrides: list[str]) -> Path:
+        """Marker file naming the first teacher trained with this run's validation split (issue #13: a teacher
+        is reused only by runs that hold out the same validation images, which the teacher check enforces)."""
+        key = validation_split_key(load_ld_config(self.args.config, self.common() + overrides))
+        return self.runs / f"teacher_{key}.txt"
+
+    def teacher_override(self, overrides: list[str]) -> list[str]:
+        """Reuse the teacher of an earlier run with the same validation split, if any."""
+        marker = self.teacher_marker(overrides)
         if marker.is_file():
             return [f"teacher.checkpoint={marker.read_text().strip()}"]
         return []
@@ -149,12 +156,12 @@ class Study:
         done = run_dir / "results.json"
         if done.is_file():
             return json.loads(done.read_text())
-        ov = self.common() + overrides + self.teacher_override(target) + [f"run_dir={run_dir}", f"name={key}"]
+        ov = self.common() + overrides + self.teacher_override(overrides) + [f"run_dir={run_dir}", f"name={key}"]
         cfg = load_ld_config(self.args.config, ov)
         print(f"[{dt.datetime.now():%H:%M:%S}] {key}: labeldistill learn-labels "
               f"{os.path.relpath(self.args.config, ROOT)} {' '.join(shlex.quote(o) for o in ov)}", flush=True)
         res = learn_labels(cfg)
-        marker = self.runs / f"teacher_{target}.txt"
+        marker = self.teacher_marker(overrides)
         if not marker.is_file() and (run_dir / "teacher" / "teacher.json").is_file():
             marker.write_text(str(run_dir / "teacher"))
         (run_dir / "bench.json").write_text(json.dumps({
@@ -310,7 +317,7 @@ class Study:
             "'rr+X' is the paper's RR learner (X's features + EMA ridge-regression head). See "
             "`docs/label_distillation.md` for the protocol.", "",
             "## Published anchors (not measured here)", "",
-            "From `ANCHORS.md` §1 (Fashion-MNIST, DC ConvNet-128 evaluation unless noted); IPC k = N/10 base "
+            "From `docs/anchors.md` §1 (Fashion-MNIST, DC ConvNet-128 evaluation unless noted); IPC k = N/10 base "
             "examples. No LD number on Fashion-MNIST has been published.", "",
             "| method (published) | IPC 1 (N = 10) | IPC 10 (N = 100) | IPC 50 (N = 500) | status | source |",
             "|---|---|---|---|---|---|",

@@ -73,3 +73,42 @@ def test_scale_tiny_json(tmp_path):
     assert det["details"]["relabel"]["entries"] == 10 and det["details"]["relabel"]["steps"] == 1
     assert det["details"]["prune_x1"]["store_bytes"] > 0
     assert not (tmp_path / "c10_ipc1_s16_e1").exists()  # run directory removed without --keep
+
+
+def _fake_claims_run(folder: Path, accs: dict, orders: dict, lrs: dict) -> None:
+    """results.json + sensitivity.json of a claims run, shaped as bench/ld_claims.py writes them."""
+    folder.mkdir(parents=True)
+    rows = []
+    for m, per_opt in accs.items():
+        rows += [{"method": m, "learner": "lenet", "optimizer": o, "top1_mean": a, "steps": 10}
+                 for o, a in per_opt.items()]
+        rows.append({"method": m, "learner": "mlp", "optimizer": "adam", "top1_mean": per_opt["adam"] - 0.01})
+    (folder / "results.json").write_text(json.dumps({"rows": rows, "seconds": 1.0, "meta": {}}))
+    sens = {m: {"lr": {"0.0003": {"top1_mean": accs[m]["adam"] - lrs[m]}, "0.003": {"top1_mean": accs[m]["adam"]}},
+                "order": orders[m], "order_steps": 10} for m in accs}
+    (folder / "sensitivity.json").write_text(json.dumps(sens))
+
+
+def test_ld_claims_render_gives_paired_verdicts(tmp_path):
+    """--render on fabricated runs: a claim whose paired differences are all positive 'held', all negative
+    'did not hold', mixed 'not resolved' (issue #13 item 7)."""
+    runs = tmp_path / "runs"
+    for s, (eps, lr_ld) in enumerate([(0.00, 0.05), (0.01, -0.05), (0.02, 0.04)]):
+        opt = lambda a, spread: {"sgd": a - spread, "sgd_momentum": a, "adam": a, "adamw": a}  # noqa: E731
+        accs = {"ld": opt(0.80 + eps, 0.01), "rr": opt(0.78 + eps, 0.02), "dd": opt(0.70 + eps, 0.20)}
+        orders = {"ld": [[0.8, 0.9, 0.8]] * 2, "rr": [[0.8, 0.8, 0.8]] * 2, "dd": [[0.70, 0.71 + eps, 0.70]] * 2}
+        lrs = {"ld": 0.02 + lr_ld, "rr": 0.0, "dd": 0.02}
+        _fake_claims_run(runs / f"claims_fmnist_n100_s{s}", accs, orders, lrs)
+    out = tmp_path / "B.md"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "ld_claims.py"), "--render", "--runs", str(runs),
+                        "--out", str(out), "--ns", "100", "--seeds", "3"], env=_env(), capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "<!-- ld_claims:start -->" in text and "Commit:" in text and "Command:" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith(("| less", "| labels beat"))}
+    assert "| held |" in rows["labels beat images"]  # LD − DD = +10 points in every pair
+    assert "| held |" in rows["less sensitive to the optimizer"]  # DD spread 20 vs LD 1
+    assert "| did not hold |" in rows["less sensitive to the order of examples"]  # LD 10-point order spread
+    assert "| not resolved |" in rows["less sensitive to the learning rate"]  # sign changes across seeds

@@ -14,7 +14,8 @@ bytes are the model's weights file, as validate recorded them. Learn-labels rows
 ``base examples``, labels = the method, codec = ``float32``; bytes = the row's (or results') ``label_bytes`` /
 ``image_bytes`` if recorded, else labels = ``N × C × 4`` (the label set as float32, ``C`` from ``labels.json``'s
 target classes) and images = the uint8 ``base_images`` tensor of ``labels.safetensors`` (``N·C·H·W``), read from
-its header; unknown bytes are shown as ``?`` and such a row is left out of the front and the budget choice.
+its header (``dd`` rows: the float32 ``dd_images`` tensor, ``N·C·H·W·4``, labelled "learned images");
+unknown bytes are shown as ``?`` and such a row is left out of the front and the budget choice.
 Their top-1 spread is over the meta-test repeats (``top1_all``) of every run given. Not done here: HLR, plots.
 """
 
@@ -78,9 +79,13 @@ def _learned_rows(results: dict, run_dir: Path) -> list[dict]:
         if lb is None and n and classes:
             lb = n * classes * 4
         ib = r.get("image_bytes", results.get("image_bytes"))
-        if ib is None and images_shape:
+        learned = _safetensors_shape(run_dir / "labels.safetensors", f"{r['method']}_images")
+        if ib is None and learned:  # dd: float32 learned pixels instead of the uint8 base examples
+            ib = math.prod(learned) * 4
+        elif ib is None and images_shape:
             ib = math.prod(images_shape)
-        out.append({"kind": "learn-labels", "run": str(run_dir), "images": f"base examples ({r.get('source')})",
+        images = f"learned images ({r['method']})" if learned else f"base examples ({r.get('source')})"
+        out.append({"kind": "learn-labels", "run": str(run_dir), "images": images,
                     "labels": r["method"], "codec": "float32", "student": _student(r, "arch", "arch_args"),
                     "image_bytes": ib, "label_bytes": lb, "top1": list(r.get("top1_all") or [r["top1_mean"]]),
                     "seeds": [results.get("seed")], "match": None})

@@ -69,10 +69,10 @@ class ImageSet:
         images = self.images[:] if self.is_lazy else self.images
         return images.float().div_(255.0)
 
-    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
-        """A seeded, class-balanced subset of ``n`` images (all images if ``n`` is None or too large)."""
+    def subset_indices(self, n: int | None, seed: int = 0) -> torch.Tensor:
+        """Ascending int64 indices of the images :meth:`subset` keeps (all of them if ``n`` is None or too large)."""
         if n is None or n >= len(self):
-            return self
+            return torch.arange(len(self))
         g = torch.Generator().manual_seed(seed)
         per_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
         k = n // self.num_classes
@@ -81,7 +81,13 @@ class ImageSet:
         for c, idx in enumerate(per_class):
             take = min(len(idx), k + (1 if c < rest else 0))
             chosen.append(idx[torch.randperm(len(idx), generator=g)[:take]])
-        sel = torch.cat(chosen).sort().values
+        return torch.cat(chosen).sort().values
+
+    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """A seeded, class-balanced subset of ``n`` images (all images if ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return self
+        sel = self.subset_indices(n, seed)
         images = self.images.take(sel) if self.is_lazy else self.images[sel]  # lazy: select, do not decode
         return ImageSet(images, self.labels[sel], self.classes, self.mean, self.std, self.name, dict(self.meta))
 

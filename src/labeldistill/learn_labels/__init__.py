@@ -5,6 +5,7 @@ arXiv 2006.08572). Two meta-learners:
 
 - **LD** (:mod:`.ld`): second order, through an unrolled inner SGD step (``torch.func.functional_call``);
 - **RR** (:mod:`.rr`): first order, through a closed-form ridge-regression head on penultimate features;
+- **DD** (:mod:`.dd`, ``methods: [dd]``): the image-learning baseline (Wang et al. 2018) on LD's machinery;
 
 within a dataset or across datasets (base examples from a source dataset, labels over the target classes),
 compared with one-hot, label-smoothing and teacher pseudo-label baselines on the same base examples
@@ -16,6 +17,7 @@ compared with one-hot, label-smoothing and teacher pseudo-label baselines on the
 
 from .base_examples import select_base_examples
 from .config import LearnLabelsConfig, load_ld_config
+from .dd import DDMetaLearner, LearnedImages
 from .labels import LearnedLabels, soft_cross_entropy
 from .ld import LDMetaLearner, unrolled_outer_loss
 from .meta import MetaResult, meta_train
@@ -23,7 +25,7 @@ from .rr import RRLearner, RRMetaLearner, ridge_solve
 from .run import learn_labels, learn_labels_main
 
 __all__ = [
-    "LDMetaLearner", "LearnLabelsConfig", "LearnedLabels", "MetaResult", "RRLearner", "RRMetaLearner",
-    "learn_labels", "learn_labels_main", "load_ld_config", "meta_train", "ridge_solve", "select_base_examples",
+    "DDMetaLearner", "LDMetaLearner", "LearnLabelsConfig", "LearnedImages", "LearnedLabels", "MetaResult",
+    "RRLearner", "RRMetaLearner", "learn_labels", "learn_labels_main", "load_ld_config", "meta_train", "ridge_solve", "select_base_examples",
     "soft_cross_entropy", "unrolled_outer_loss",
 ]

@@ -15,8 +15,10 @@ from .. import config_checks as chk
 from ..config import ModelConfig, RunConfig, load_typed_config
 from ..errors import ConfigError
 
-METHODS = ("ld", "rr", "onehot", "smooth", "teacher")
-LEARNED_METHODS = ("ld", "rr")
+METHODS = ("ld", "rr", "dd", "onehot", "smooth", "teacher")
+DEFAULT_METHODS = ("ld", "rr", "onehot", "smooth", "teacher")  # dd (image learning) only when asked for
+LEARNED_METHODS = ("ld", "rr", "dd")
+DD_INITS = ("real", "noise")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw")
 LABEL_PARAMS = ("prob", "logits")
 LABEL_INITS = ("uniform", "onehot", "teacher")
@@ -143,6 +145,24 @@ class RRConfig:
 
 
 @dataclass
+class DDConfig:
+    """Image-learning baseline (Wang et al. 2018 dataset distillation on LD's machinery; see :mod:`.dd`).
+
+    DD shares LD's inner loop (``ld.inner_lr``, ``ld.inner_steps``), online model, outer batches and number of
+    outer steps (``meta.*``); only the learned quantity (pixels of the N images, with fixed one-hot labels) and
+    its optimiser differ.
+
+    Attributes:
+        init: ``real`` (start from the real base examples) or ``noise`` (standard normal pixels in normalised
+            units, Wang et al.'s random init).
+        lr: Adam learning rate of the pixels (normalised units; Wang et al. use Adam with lr 0.01).
+    """
+
+    init: str = "real"
+    lr: float = 0.01
+
+
+@dataclass
 class TeacherConfig:
     """Teacher for the ``teacher`` baseline and ``labels.init: teacher`` (project addition, spec §8).
 
@@ -204,7 +224,8 @@ class LearnLabelsConfig(RunConfig):
     Attributes:
         name, run_dir, seed, device, threads: as :class:`~labeldistill.config.RunConfig`; the seed drives model
             initialisations, target batches and inner batches.
-        methods: label sets to produce and meta-test (``ld``, ``rr``, ``onehot``, ``smooth``, ``teacher``).
+        methods: label sets to produce and meta-test (``ld``, ``rr``, ``dd``, ``onehot``, ``smooth``, ``teacher``);
+            ``dd`` learns the images instead (one-hot labels), see :class:`DDConfig`; default: all but ``dd``.
         learner: the meta-training network (LD: the whole network; RR: its ``embed`` is the feature
             extractor). Prefer ``norm: instance`` or ``none``: LD's functional forward uses batch statistics.
         smoothing: label-smoothing amount of the ``smooth`` baseline.
@@ -215,7 +236,7 @@ class LearnLabelsConfig(RunConfig):
     """
 
     name: str = "learn_labels"
-    methods: list = field(default_factory=lambda: list(METHODS))
+    methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
     data: LDDataConfig = field(default_factory=LDDataConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     learner: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32, "norm": "instance"}))
@@ -223,6 +244,7 @@ class LearnLabelsConfig(RunConfig):
     meta: MetaConfig = field(default_factory=MetaConfig)
     ld: LDConfig = field(default_factory=LDConfig)
     rr: RRConfig = field(default_factory=RRConfig)
+    dd: DDConfig = field(default_factory=DDConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     metatest: MetaTestConfig = field(default_factory=MetaTestConfig)
     smoothing: float = 0.1
@@ -292,6 +314,8 @@ def _check_meta(cfg: LearnLabelsConfig) -> None:
     chk.positive(cfg.rr.lam, "rr.lam")
     chk.in_interval(cfg.rr.ema, 0, 1, "rr.ema", closed="right")
     chk.positive(cfg.rr.scale_lr, "rr.scale_lr")
+    chk.one_of(cfg.dd.init, DD_INITS, "dd.init")
+    chk.positive(cfg.dd.lr, "dd.lr")
     if cfg.teacher.epochs < 1 or cfg.teacher.batch_size < 1:
         raise ConfigError("teacher.epochs and teacher.batch_size must be >= 1")
     chk.positive(cfg.teacher.lr, "teacher.lr")

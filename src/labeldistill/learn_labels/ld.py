@@ -109,6 +109,10 @@ class LDMetaLearner:
         self.optimizer.step()
         return float((logits.detach().argmax(1) != y_target).float().mean())
 
+    def base_images(self, x_base: torch.Tensor) -> torch.Tensor:
+        """The images the labels belong to: the fixed base examples themselves."""
+        return x_base
+
     def new_learner(self, optimizer: OptimizerSpec | None = None) -> PlainLearner:
         """A fresh plain learner of the same architecture (Adam at the model lr unless given)."""
         return PlainLearner(self.make_model(), optimizer or OptimizerSpec("adam", self.model_lr))

@@ -1,4 +1,4 @@
-"""The meta-training loop shared by LD and RR (Bohdal et al. 2020; spec §5, §7, §11).
+"""The meta-training loop shared by LD, RR and DD (Bohdal et al. 2020; spec §5, §7, §11).
 
 Per outer step: one target batch, ``k`` random inner batches of base examples, the variant's outer step
 (label update + online model update), and the plateau tracker; on a plateau the model is re-initialised
@@ -6,6 +6,8 @@ and the training length at the moving-average minimum is recorded. Every ``val_e
 the last), a fresh model is trained on (base examples, current labels) for the mean of the last three
 recorded lengths (or the current length if no reset happened yet), its error on the held-out validation
 split is measured, and the labels with the lowest validation error are kept together with that step count.
+DD (:mod:`.dd`) runs the same loop with fixed one-hot labels and learned images: the variant's
+``base_images`` gives the images the validation model trains on, and the best images are kept with the labels.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from .learners import (
 
 
 class MetaVariant(Protocol):
-    """LD or RR: what the loop needs from a variant."""
+    """LD, RR or DD: what the loop needs from a variant."""
 
     head: str
 
     def reset(self) -> None: ...
+
+    def base_images(self, x_base: torch.Tensor) -> torch.Tensor: ...
 
     def outer_step(self, labels: LearnedLabels, x_base: torch.Tensor, inner_idx: list[torch.Tensor],
                    x_target: torch.Tensor, y_target: torch.Tensor) -> float: ...
@@ -55,6 +59,8 @@ class MetaResult:
         history: one dict per model-selection check (epoch, outer step, steps, val_error, target_error).
         seconds: wall time of the loop (validation included).
         seconds_per_step: mean wall time of one outer step (validation excluded).
+        images: DD only: the best learned images ``(N, C, H, W)`` (normalised units), else ``None``.
+        final_images: DD only: the images after the last outer step.
     """
 
     labels: torch.Tensor
@@ -66,6 +72,8 @@ class MetaResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     seconds_per_step: float = 0.0
+    images: torch.Tensor | None = None
+    final_images: torch.Tensor | None = None
 
 
 def validation_steps(reset_lengths: list[int], current: int, max_steps: int) -> int:
@@ -85,14 +93,12 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     """Learn labels for the base examples (spec §11, ``meta_train``).
 
     Args:
-        variant: an :class:`~labeldistill.learn_labels.ld.LDMetaLearner` or
-            :class:`~labeldistill.learn_labels.rr.RRMetaLearner`.
+        variant: an :class:`~labeldistill.learn_labels.ld.LDMetaLearner`,
+            :class:`~labeldistill.learn_labels.rr.RRMetaLearner` or :class:`~labeldistill.learn_labels.dd.DDMetaLearner`.
         labels: the learned labels (updated in place).
         x_base: normalised base images ``(N, C, H, W)``.
-        x_target: normalised outer-loss target images ``(M, C, H, W)``.
-        y_target: their int64 classes ``(M,)``.
-        x_val: normalised validation images ``(V, C, H, W)`` (held out of the target train split).
-        y_val: their classes ``(V,)``.
+        x_target, y_target: normalised outer-loss target images ``(M, C, H, W)`` and their int64 classes.
+        x_val, y_val: normalised validation images ``(V, C, H, W)`` (held out of the target train split), classes.
         epochs: passes over the target images.
         outer_batch: target images per outer step.
         inner_batch: base examples per inner batch.
@@ -114,22 +120,22 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     tracker = PlateauTracker(window)
     lengths: list[int] = []
     history: list[dict] = []
-    best, device = (float("inf"), labels.snapshot(), 1), x_base.device
+    best, device = (float("inf"), labels.snapshot(), 1, variant.base_images(x_base)), x_base.device
     t0 = time.perf_counter()
     step_time, step, recent = 0.0, 0, []
 
     def select(epoch: int) -> None:
         nonlocal best
         n = validation_steps(lengths, tracker.step, max_steps)
-        current = labels.snapshot()
-        err = _validation_error(variant, x_base, current, n, inner_batch, x_val, y_val, seed, eval_batch)
+        current, images = labels.snapshot(), variant.base_images(x_base)
+        err = _validation_error(variant, images, current, n, inner_batch, x_val, y_val, seed, eval_batch)
         entry = {"epoch": epoch, "outer_step": step, "steps": n, "val_error": err,
                  "target_error": sum(recent) / max(len(recent), 1)}
         history.append(entry)
         if log is not None:
             log(event="select", method=desc, **entry)
         if err < best[0]:
-            best = (err, current, n)
+            best = (err, current, n, images)
 
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step")
     for epoch in range(1, epochs + 1):
@@ -153,10 +159,12 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
         if epoch % val_every == 0 or epoch == epochs:
             select(epoch)
     bar.close()
-    val_error, best_labels, best_steps = best
+    val_error, best_labels, best_steps, best_images = best
+    learned = best_images is not x_base  # DD: its images, LD/RR: the fixed base examples
     return MetaResult(labels=best_labels, steps=best_steps, val_error=val_error, final_labels=labels.snapshot(),
-                      outer_steps=step, reset_lengths=lengths, history=history,
-                      seconds=time.perf_counter() - t0, seconds_per_step=step_time / max(step, 1))
+                      outer_steps=step, reset_lengths=lengths, history=history, seconds=time.perf_counter() - t0,
+                      seconds_per_step=step_time / max(step, 1), images=best_images if learned else None,
+                      final_images=variant.base_images(x_base) if learned else None)
 
 
 def _timed_outer_step(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,

@@ -166,6 +166,10 @@ class RRMetaLearner:
         labels.step(g_labels)
         return float((logits.detach().argmax(1) != y_target).float().mean())
 
+    def base_images(self, x_base: torch.Tensor) -> torch.Tensor:
+        """The images the labels belong to: the fixed base examples themselves."""
+        return x_base
+
     def new_learner(self, optimizer: OptimizerSpec | None = None) -> RRLearner:
         """A fresh RR learner of the same architecture (Adam at the model lr unless given)."""
         return RRLearner(self.make_model(), self.num_classes, optimizer or OptimizerSpec("adam", self.model_lr),

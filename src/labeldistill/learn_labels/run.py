@@ -4,6 +4,7 @@ Outputs in the run directory (written only when the whole job succeeded):
 
 - ``labels.safetensors``: one ``(N, C)`` float32 tensor of label distributions per method (key = method name),
   ``base_indices`` (int64 ``(N,)``, into the source train split) and ``base_images`` (uint8 ``(N, C, H, W)``);
+  ``dd`` adds ``dd_images`` (float32 ``(N, C, H, W)``, the learned images in the target's normalised units);
 - ``labels.json``: the manifest (source and target datasets, base-example indices and selection, classes,
   methods with their settings and step counts, seeds);
 - ``results.json``: one row per (method, learner, optimiser) with top-1 mean ± std on the real test split;
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,13 +41,14 @@ from ..runtime import pick_device, set_threads
 from .base_examples import candidate_pool, select_base_examples
 from .config import LEARNED_METHODS, LearnLabelsConfig, parse_arch
 from .labels import LearnedLabels, onehot_labels, smooth_labels, uniform_labels
+from .dd import DDMetaLearner, LearnedImages, initial_images
 from .ld import LDMetaLearner
 from .learners import OptimizerSpec, build_network
 from .meta import MetaResult, meta_train
 from .metatest import EvalData, LearnerSpec, evaluate_label_set
 from .report import plot_labels, write_report
 from .rr import RRMetaLearner
-from .teacher import get_teacher, soft_labels
+from .teacher import TeacherSplit, get_teacher, soft_labels
 
 
 @dataclass
@@ -62,6 +64,9 @@ class Task:
         x_test, y_test: the real test split.
         classes: target class names (the label space).
         val_indices: int64 indices of the validation images in the target train split.
+        target_indices: int64 indices of the outer-loss (meta-train) images in the target train split: what a
+            teacher trained by this run sees.
+        train_size: number of images in the target train split.
         cross_dataset: True when the source is not the target.
     """
 
@@ -78,6 +83,8 @@ class Task:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     val_indices: torch.Tensor
+    target_indices: torch.Tensor
+    train_size: int
     cross_dataset: bool
 
     @property
@@ -139,13 +146,30 @@ def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: tor
     keep[val_idx] = False
     rest_idx = torch.nonzero(keep).flatten()
     rest = ImageSet(train.images[rest_idx], train.labels[rest_idx], train.classes, train.mean, train.std,
-                    train.name).subset(d.target_subset, seed=d.split_seed)
+                    train.name)
+    target_idx = rest_idx[rest.subset_indices(d.target_subset, seed=d.split_seed)]
+    rest = rest.subset(d.target_subset, seed=d.split_seed)
     m, s = train.mean, train.std
     return Task(source=source, base_indices=base_idx, x_base=_float(source.images[base_idx], m, s, device),
                 x_target=_float(rest.images, m, s, device), y_target=rest.labels.to(device),
                 x_val=_float(train.images[val_idx], m, s, device), y_val=train.labels[val_idx].to(device),
                 x_test=_float(test.images, m, s, device), y_test=test.labels.to(device), classes=list(train.classes),
-                mean=m, std=s, val_indices=val_idx, cross_dataset=cross)
+                mean=m, std=s, val_indices=val_idx, target_indices=target_idx, train_size=len(train),
+                cross_dataset=cross)
+
+
+def validation_split_key(cfg: LearnLabelsConfig) -> str:
+    """Fingerprint (16 hex digits) of the settings that decide a run's validation split and outer-loss images.
+
+    Runs with equal keys hold out the same validation images, so a teacher trained by one of them passes the
+    teacher split check (:func:`~labeldistill.learn_labels.teacher.check_teacher_split`) in the others. Within a
+    dataset the split depends on the base examples (they are never validation images); across datasets it
+    does not.
+    """
+    d = cfg.data
+    cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
+    base = None if cross else [cfg.base.n, cfg.base.mode, cfg.base.seed]
+    return settings_key("ld-split", d.target, d.target_root, d.val_size, d.split_seed, d.target_subset, base)
 
 
 @dataclass
@@ -154,6 +178,7 @@ class PreviousLabels:
 
     base_indices: torch.Tensor
     label_sets: dict[str, torch.Tensor]
+    images: dict[str, torch.Tensor]
     steps: dict[str, int]
     teacher: dict | None
     path: Path
@@ -181,7 +206,8 @@ def load_previous_labels(cfg: LearnLabelsConfig) -> PreviousLabels:
         raise ConfigError(f"labels_from={folder} has no '{missing[0]}' labels; it has "
                           f"{', '.join(manifest['methods'])}: set methods to a subset of those")
     steps = {m: int(e["best_steps"]) for m, e in manifest["methods"].items() if "best_steps" in e}
-    return PreviousLabels(tensors["base_indices"], {m: tensors[m] for m in cfg.methods}, steps,
+    images = {m: tensors[f"{m}_images"] for m in cfg.methods if f"{m}_images" in tensors}
+    return PreviousLabels(tensors["base_indices"], {m: tensors[m] for m in cfg.methods}, images, steps,
                           manifest["methods"].get("teacher", {}).get("teacher"), folder)
 
 
@@ -234,7 +260,7 @@ def evaluation_plan(cfg: LearnLabelsConfig) -> list[tuple[str, LearnerSpec]]:
             for arch in archs:
                 for opt in cfg.metatest.optimizers:
                     plan.append((method, _learner_spec(cfg, arch, "plain", opt)))
-        if "rr" in cfg.methods and cfg.metatest.rr_learner and method != "ld":
+        if "rr" in cfg.methods and cfg.metatest.rr_learner and method not in ("ld", "dd"):
             for opt in cfg.metatest.optimizers:
                 plan.append((method, _learner_spec(cfg, cfg.learner, "rr", opt)))
     return plan
@@ -242,9 +268,41 @@ def evaluation_plan(cfg: LearnLabelsConfig) -> list[tuple[str, LearnerSpec]]:
 
 def _own_learner(method: str, spec: LearnerSpec, cfg: LearnLabelsConfig) -> bool:
     """True for the row on which the paper reports a learned label set: its own learner with Adam."""
-    own_head = {"ld": "plain", "rr": "rr"}.get(method)
+    own_head = {"ld": "plain", "rr": "rr", "dd": "plain"}.get(method)
     return (own_head == spec.head and spec.arch.name == cfg.learner.name and spec.arch.args == cfg.learner.args
             and spec.optimizer.name == "adam")
+
+
+def _metatest_rows(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torch.Tensor],
+                   images: dict[str, torch.Tensor], steps: dict[str, int], progress: "Progress", metrics: MetricsLog,
+                   device: torch.device) -> list[dict]:
+    """Every row of :func:`evaluation_plan` (rows finished before a kill are taken from ``progress``).
+
+    ``images`` holds the learned images of image-learning methods (``dd``); every other label set trains on the
+    base examples.
+    """
+    data = EvalData(task.x_base, task.x_val, task.y_val, task.x_test, task.y_test, task.num_classes, task.shape,
+                    device, cfg.meta.inner_batch, cfg.max_steps(), cfg.metatest.eval_batch)
+    rows: list[dict] = []
+    n = len(task.base_indices)
+    for i, (method, spec) in enumerate(evaluation_plan(cfg)):
+        if i < len(progress.rows):  # finished before a kill
+            rows.append(progress.rows[i])
+            continue
+        fixed = None
+        if cfg.metatest.step_rule == "paper" and method in steps and _own_learner(method, spec, cfg):
+            fixed = steps[method]
+        # Every row uses the same seeds: repeat r of every label set starts from the same initialisation.
+        own = replace(data, x_base=images[method]) if method in images else data
+        row = evaluate_label_set(spec, own, label_sets[method], cfg.metatest.repeats, cfg.seed * 100_000 + 1000,
+                                 fixed, desc=f"{method} on {spec.name}/{spec.optimizer.name}")
+        row = {"method": method, "n_base": n, "source": cfg.data.source or cfg.data.target,
+               "target": cfg.data.target, **row}
+        metrics.log(event="metatest", **{k: v for k, v in row.items() if k not in ("top1_all", "val_curve")})
+        rows.append(row)
+        progress.save_rows(rows)
+        fault_point("metatest-row")
+    return rows
 
 
 def learn_labels(cfg: LearnLabelsConfig) -> dict:
@@ -279,27 +337,11 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
         label_sets = {m: y.to(device) for m, y in previous.label_sets.items()}
         meta_results, teacher_info, steps = {}, previous.teacher, previous.steps
 
-    data = EvalData(task.x_base, task.x_val, task.y_val, task.x_test, task.y_test, task.num_classes, task.shape,
-                    device, cfg.meta.inner_batch, cfg.max_steps(), cfg.metatest.eval_batch)
-    rows = []
+    images = {m: r.images for m, r in meta_results.items() if r.images is not None}
+    if previous is not None:
+        images = {m: x.to(device) for m, x in previous.images.items()}
+    rows = _metatest_rows(cfg, task, label_sets, images, steps, progress, metrics, device)
     n = len(task.base_indices)
-    for i, (method, spec) in enumerate(evaluation_plan(cfg)):
-        if i < len(progress.rows):  # finished before a kill
-            rows.append(progress.rows[i])
-            continue
-        fixed = None
-        if cfg.metatest.step_rule == "paper" and method in steps and _own_learner(method, spec, cfg):
-            fixed = steps[method]
-        # Every row uses the same seeds: repeat r of every label set starts from the same initialisation.
-        row = evaluate_label_set(spec, data, label_sets[method], cfg.metatest.repeats, cfg.seed * 100_000 + 1000,
-                                 fixed, desc=f"{method} on {spec.name}/{spec.optimizer.name}")
-        row = {"method": method, "n_base": n, "source": cfg.data.source or cfg.data.target,
-               "target": cfg.data.target, **row}
-        metrics.log(event="metatest", **{k: v for k, v in row.items() if k not in ("top1_all", "val_curve")})
-        rows.append(row)
-        progress.save_rows(rows)
-        fault_point("metatest-row")
-
     results = {
         "name": cfg.name,
         "source": cfg.data.source or cfg.data.target, "target": cfg.data.target, "cross_dataset": task.cross_dataset,
@@ -318,7 +360,7 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
-                  results)
+                  results, images)
     progress.clear()
     return results
 
@@ -355,7 +397,9 @@ class Progress:
         if method not in self.meta:
             return None
         r = dict(self.meta[method])
-        r["labels"], r["final_labels"] = r["labels"].to(device), r["final_labels"].to(device)
+        for k in ("labels", "final_labels", "images", "final_images"):
+            if r.get(k) is not None:
+                r[k] = r[k].to(device)
         return MetaResult(**r)
 
     def save_rows(self, rows: list[dict]) -> None:
@@ -366,22 +410,50 @@ class Progress:
         self.path.unlink(missing_ok=True)
 
 
+def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_labels: torch.Tensor | None,
+                    device: torch.device, log: Callable[..., None]) -> MetaResult:
+    """Meta-train one learned set: LD or RR labels (from ``labels.init``), or DD images (one-hot labels)."""
+    make_model = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
+    variant: LDMetaLearner | RRMetaLearner | DDMetaLearner
+    if method == "dd":
+        labels = LearnedLabels(_hard_labels(task, "methods: dd").to(device), "prob", cfg.labels.lr)
+        images = LearnedImages(initial_images(task.x_base, cfg.dd.init, cfg.seed + 7), cfg.dd.lr)
+    else:
+        init = initial_labels(cfg, task, teacher_labels).to(device)
+        labels = LearnedLabels(init, cfg.labels.param, cfg.labels.lr, cfg.labels.temperature)
+    torch.manual_seed(cfg.seed)
+    if method == "ld":
+        variant = LDMetaLearner(make_model, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
+    elif method == "dd":
+        variant = DDMetaLearner(make_model, images, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
+    else:
+        variant = RRMetaLearner(make_model, task.num_classes, cfg.meta.model_lr, cfg.rr.lam, cfg.rr.ema,
+                                cfg.rr.scale_lr)
+    return meta_train(variant, labels, task.x_base, task.x_target, task.y_target, task.x_val, task.y_val,
+                      epochs=cfg.meta.epochs, outer_batch=cfg.meta.outer_batch, inner_batch=cfg.meta.inner_batch,
+                      inner_steps=1 if method == "rr" else cfg.ld.inner_steps, window=cfg.reset_window(),
+                      val_every=cfg.meta.val_every, max_steps=cfg.max_steps(), seed=cfg.seed,
+                      eval_batch=cfg.metatest.eval_batch, desc=method, log=log)
+
+
 def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None],
                     progress: Progress | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, MetaResult], dict | None]:
-    """Teacher (if needed), meta-training of LD/RR and the baseline label sets.
+    """Teacher (if needed), meta-training of LD/RR/DD and the baseline label sets.
 
     Learned label sets already in ``progress`` (a run resumed after a kill) are taken from it; each newly
     learned set is saved there.
 
     Returns:
-        ``(label sets by method (each (N, C)), meta-training results of ld/rr, teacher info or None)``.
+        ``(label sets by method (each (N, C); DD's are its fixed one-hot labels, its images are in the
+        result's ``images``), meta-training results of ld/rr/dd, teacher info or None)``.
     """
     teacher_info = None
     teacher_labels = None
     if "teacher" in cfg.methods or cfg.labels.init == "teacher":
+        split = TeacherSplit(cfg.data.target, task.train_size, task.target_indices, task.val_indices)
         teacher, teacher_info = get_teacher(cfg.teacher, cfg.run_path / "teacher", task.x_target, task.y_target,
-                                            task.x_test, task.y_test, task.classes, cfg.data.target, task.mean,
+                                            task.x_test, task.y_test, task.classes, split, task.mean,
                                             task.std, device, cfg.seed)
         teacher_labels = soft_labels(teacher, task.x_base, cfg.teacher.temperature).to(device)
         teacher_info = {**teacher_info, "temperature": cfg.teacher.temperature}
@@ -389,7 +461,6 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
 
     label_sets: dict[str, torch.Tensor] = {}
     meta_results: dict[str, MetaResult] = {}
-    make_model = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
     for method in cfg.methods:
         if method in LEARNED_METHODS:
             done = progress.meta_result(method, device) if progress is not None else None
@@ -397,20 +468,7 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
                 meta_results[method] = done
                 label_sets[method] = done.labels
                 continue
-            init = initial_labels(cfg, task, teacher_labels).to(device)
-            labels = LearnedLabels(init, cfg.labels.param, cfg.labels.lr, cfg.labels.temperature)
-            torch.manual_seed(cfg.seed)
-            variant: LDMetaLearner | RRMetaLearner
-            if method == "ld":
-                variant = LDMetaLearner(make_model, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
-            else:
-                variant = RRMetaLearner(make_model, task.num_classes, cfg.meta.model_lr, cfg.rr.lam, cfg.rr.ema,
-                                        cfg.rr.scale_lr)
-            res = meta_train(variant, labels, task.x_base, task.x_target, task.y_target, task.x_val, task.y_val,
-                             epochs=cfg.meta.epochs, outer_batch=cfg.meta.outer_batch,
-                             inner_batch=cfg.meta.inner_batch, inner_steps=cfg.ld.inner_steps if method == "ld" else 1,
-                             window=cfg.reset_window(), val_every=cfg.meta.val_every, max_steps=cfg.max_steps(),
-                             seed=cfg.seed, eval_batch=cfg.metatest.eval_batch, desc=method, log=log)
+            res = _meta_train_one(cfg, task, method, teacher_labels, device, log)
             meta_results[method] = res
             label_sets[method] = res.labels
             if progress is not None:
@@ -438,11 +496,16 @@ def _method_entries(cfg: LearnLabelsConfig, label_sets: dict[str, torch.Tensor],
                 entry["labels_from"] = cfg.labels_from
         if m in meta_results:
             r = meta_results[m]
-            entry.update({"param": cfg.labels.param, "init": cfg.labels.init,
-                          "init_smoothing": cfg.labels.init_smoothing, "label_lr": cfg.labels.lr,
-                          "best_val_error": r.val_error, "outer_steps": r.outer_steps,
-                          **({"inner_lr": cfg.ld.inner_lr, "inner_steps": cfg.ld.inner_steps} if m == "ld" else
-                             {"lam": cfg.rr.lam, "ema": cfg.rr.ema, "scale_lr": cfg.rr.scale_lr})})
+            inner = {"inner_lr": cfg.ld.inner_lr, "inner_steps": cfg.ld.inner_steps}
+            if m == "dd":
+                entry.update({"learns": "images", "labels": "onehot", "image_init": cfg.dd.init,
+                              "image_lr": cfg.dd.lr, **inner})
+            else:
+                entry.update({"param": cfg.labels.param, "init": cfg.labels.init,
+                              "init_smoothing": cfg.labels.init_smoothing, "label_lr": cfg.labels.lr,
+                              **(inner if m == "ld" else {"lam": cfg.rr.lam, "ema": cfg.rr.ema,
+                                                           "scale_lr": cfg.rr.scale_lr})})
+            entry.update({"best_val_error": r.val_error, "outer_steps": r.outer_steps})
         elif m == "smooth":
             entry["smoothing"] = cfg.smoothing
         elif m == "teacher" and teacher_info is not None:
@@ -453,11 +516,16 @@ def _method_entries(cfg: LearnLabelsConfig, label_sets: dict[str, torch.Tensor],
 
 
 def write_outputs(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torch.Tensor], methods: dict[str, dict],
-                  results: dict) -> None:
-    """Write labels, manifest, results, report and plot into the run directory (each file atomically)."""
+                  results: dict, images: dict[str, torch.Tensor] | None = None) -> None:
+    """Write labels, manifest, results, report and plot into the run directory (each file atomically).
+
+    ``images``: learned images by method (``dd``), saved as ``<method>_images`` float32 ``(N, C, H, W)`` in the
+    target's normalised units.
+    """
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {m: y.detach().float().cpu().contiguous() for m, y in label_sets.items()}
+    tensors.update({f"{m}_images": x.detach().float().cpu().contiguous() for m, x in (images or {}).items()})
     tensors["base_indices"] = task.base_indices.clone().contiguous()
     tensors["base_images"] = task.source.images[task.base_indices].contiguous()
     tmp = run_dir / ".labels.safetensors.tmp"
@@ -485,7 +553,7 @@ def write_outputs(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torc
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
     if cfg.plot_examples:
         plot_labels(tensors["base_images"], task.base_source_labels, task.source.classes,
-                    {m: tensors[m] for m in label_sets}, task.classes, run_dir / "labels.png", cfg.plot_examples)
+                    {m: tensors[m] for m in label_sets if m not in (images or {})}, task.classes, run_dir / "labels.png", cfg.plot_examples)
     write_report(run_dir, results, plot=bool(cfg.plot_examples))
 
 

@@ -4,19 +4,30 @@ A network trained with hard-label cross-entropy on the target meta-train images 
 held out, so model selection stays clean); its tempered softmax outputs on the base examples are the
 ``teacher`` label set. Saved with :func:`labeldistill.models.checkpoint.save_teacher`, so a later run can reuse it
 through ``teacher.checkpoint``.
+
+Split hygiene (issue #13): a teacher's labels and its initialisation feed model selection on the validation
+split, so a teacher must never have been trained on validation images. Every teacher records the exact
+target-train indices it was trained on (``split.safetensors``, int64 ``train_indices``) with SHA-256
+fingerprints of them and of the validation split of the run that trained it (``teacher.json`` → ``split``).
+A run that loads a teacher (``teacher.checkpoint``, or a teacher left in its own folder) checks that record
+against its own validation split and refuses the teacher with a :class:`ConfigError` when the two overlap,
+when the record is missing or altered, or when it was made for another dataset.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..io import tensor_fingerprint
 from ..models.checkpoint import load_teacher, save_teacher
 from ..training import make_optimizer
 from .config import TeacherConfig
@@ -60,27 +71,90 @@ def soft_labels(model: nn.Module, x: torch.Tensor, temperature: float, batch: in
     return torch.cat(out).float()
 
 
+SPLIT_FILE = "split.safetensors"
+
+
+@dataclass
+class TeacherSplit:
+    """Which target-train images a teacher is trained on and which ones the run holds out.
+
+    Attributes:
+        dataset: target dataset name.
+        train_size: number of images in the target train split (a different count = a different dataset copy).
+        train_indices: int64 ``(M,)`` indices into the target train split of the teacher's training images.
+        val_indices: int64 ``(V,)`` indices of the run's validation split (same indexing).
+    """
+
+    dataset: str
+    train_size: int
+    train_indices: torch.Tensor
+    val_indices: torch.Tensor
+
+    def record(self) -> dict:
+        """What ``teacher.json`` keeps under ``split``: dataset, sizes and the two fingerprints."""
+        return {"dataset": self.dataset, "train_size": self.train_size, "n_train": len(self.train_indices),
+                "train_fingerprint": indices_fingerprint(self.train_indices),
+                "val_fingerprint": indices_fingerprint(self.val_indices), "n_val": len(self.val_indices)}
+
+
+def indices_fingerprint(indices: torch.Tensor) -> str:
+    """Fingerprint (16 hex digits) of a set of int64 indices, independent of their order."""
+    return tensor_fingerprint(indices.detach().cpu().long().sort().values, extra="indices")
+
+
+def check_teacher_split(info: dict, folder: Path, split: TeacherSplit) -> None:
+    """Refuse a loaded teacher that may have seen the run's validation split.
+
+    Accepted only when ``info['split']`` names the same dataset (same train-split size) and the indices stored
+    in ``folder/split.safetensors`` match its train fingerprint and share no image with ``split.val_indices``.
+
+    Raises:
+        ConfigError: one line saying why (no record, another dataset, altered record, overlap).
+    """
+    fix = "set teacher.checkpoint to a teacher trained with this validation split held out, or to null to train one"
+    rec = info.get("split")
+    f = folder / SPLIT_FILE
+    if not isinstance(rec, dict) or not f.is_file():
+        raise ConfigError(f"the teacher in {folder} records no training split, so it cannot be shown to have never "
+                          f"seen this run's validation split; {fix}")
+    if rec.get("dataset") != split.dataset or rec.get("train_size") != split.train_size:
+        raise ConfigError(f"the teacher in {folder} was trained on {rec.get('dataset')} ({rec.get('train_size')} "
+                          f"train images), this run's target is {split.dataset} ({split.train_size}); {fix}")
+    seen = load_file(str(f))["train_indices"]
+    if indices_fingerprint(seen) != rec.get("train_fingerprint"):
+        raise ConfigError(f"the teacher in {folder}: {SPLIT_FILE} does not match the train fingerprint in "
+                          f"teacher.json (altered or copied from another teacher); {fix}")
+    overlap = int(torch.isin(split.val_indices.cpu(), seen).sum())
+    if overlap:
+        raise ConfigError(f"the teacher in {folder} was trained on {overlap} of this run's {len(split.val_indices)} "
+                          f"validation images ({split.dataset} train split); {fix}")
+
+
 def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
-                y_test: torch.Tensor, classes: list[str], dataset: str, mean: tuple[float, ...],
+                y_test: torch.Tensor, classes: list[str], split: TeacherSplit, mean: tuple[float, ...],
                 std: tuple[float, ...], device: torch.device, seed: int) -> tuple[nn.Module, dict]:
     """Load the teacher from ``cfg.checkpoint`` or ``folder``, or train one and save it in ``folder``.
 
     Args:
         cfg: teacher settings.
         folder: the run's teacher folder.
-        x, y: normalised target meta-train images ``(M, C, H, W)`` and classes.
+        x, y: normalised target meta-train images ``(M, C, H, W)`` and classes (``split.train_indices`` of the
+            target train split).
         x_test, y_test: the real test split (only to record the teacher's accuracy).
         classes: target class names (checked against a loaded teacher).
-        dataset: target dataset name.
+        split: the dataset, the indices of ``x`` and the run's validation indices (recorded with a trained
+            teacher, checked against a loaded one by :func:`check_teacher_split`).
         mean, std: normalisation of the inputs.
         device: where the teacher runs.
         seed: training seed.
 
     Returns:
-        ``(teacher in eval mode, info)``; info holds the model, its test top-1 and where it came from.
+        ``(teacher in eval mode, info)``; info holds the model, its test top-1, its split record and where it
+        came from.
 
     Raises:
-        ConfigError: ``teacher.checkpoint`` does not exist or was trained for other classes/normalisation.
+        ConfigError: ``teacher.checkpoint`` does not exist, was trained for other classes/normalisation, or may
+            have seen the run's validation split.
     """
     source = Path(cfg.checkpoint) if cfg.checkpoint else folder
     if (source / "teacher.json").is_file() and (source / "model.safetensors").is_file():
@@ -90,6 +164,7 @@ def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tens
             raise ConfigError(f"the teacher in {source} was trained for classes {info.get('classes')} with "
                               f"normalisation {info.get('mean')}/{info.get('std')}; this run needs {classes} with "
                               f"{list(mean)}/{list(std)}; set teacher.checkpoint to a matching teacher or null")
+        check_teacher_split(info, source, split)
         return model, {**info, "loaded_from": str(source)}
     if cfg.checkpoint:
         raise ConfigError(f"teacher.checkpoint {source} has no teacher.json + model.safetensors; "
@@ -98,8 +173,12 @@ def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tens
     model = train_teacher(cfg, x, y, len(classes), tuple(x.shape[1:]), device, seed)
     top1 = 1.0 - error_rate(model, x_test, y_test)
     info = {"model": cfg.model.name, "model_args": dict(cfg.model.args), "num_classes": len(classes),
-            "shape": list(x.shape[1:]), "classes": list(classes), "dataset": dataset, "mean": list(mean),
-            "std": list(std), "epochs": cfg.epochs, "lr": cfg.lr, "top1": top1,
+            "shape": list(x.shape[1:]), "classes": list(classes), "dataset": split.dataset, "mean": list(mean),
+            "std": list(std), "epochs": cfg.epochs, "lr": cfg.lr, "top1": top1, "split": split.record(),
             "seconds": round(time.perf_counter() - t0, 2)}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{SPLIT_FILE}.tmp"
+    save_file({"train_indices": split.train_indices.detach().cpu().long().contiguous()}, str(tmp))
+    tmp.replace(folder / SPLIT_FILE)
     save_teacher(model, folder, info)
     return model.eval(), {**info, "loaded_from": None}
