@@ -91,11 +91,20 @@ def autocast_settings(cfg: Config) -> dict[str, Any]:
     return {} if cfg.autocast == AUTOCAST_DEFAULT else {"autocast": cfg.autocast}
 
 
+def holdout_settings(cfg: Config) -> dict[str, Any]:
+    """``{"data.holdout": n}`` when ``data.holdout`` holds images out of the train split, else ``{}``.
+
+    Every stage depends on it (squeeze, class-stats and real-image sources read the train split less the
+    held-out images); left out at 0 so that run directories made before the key existed keep their fingerprints.
+    """
+    return {"data.holdout": cfg.data.holdout} if cfg.data.holdout else {}
+
+
 def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included
     (``autocast`` only when not the default: :func:`autocast_settings`)."""
     out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                           **autocast_settings(cfg), **_flat("squeeze", cfg.squeeze)}
+                           **holdout_settings(cfg), **autocast_settings(cfg), **_flat("squeeze", cfg.squeeze)}
     if ref.stage == "squeeze":
         return out
     stats = _flat("class_stats", cfg.class_stats)
@@ -126,8 +135,11 @@ def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
 
 def validate_settings(cfg: Config) -> dict[str, Any]:
     """The ``validate`` section's settings; ``loss`` only when not ``kl`` and the ``gift_*`` keys only with
-    ``loss: gift``, so that results made before these keys existed (all ``kl``) keep their fingerprints."""
+    ``loss: gift``, and ``eval_split`` only when not ``test``, so that results made before these keys existed
+    (all ``kl`` on the test split) keep their fingerprints."""
     out = _flat("validate", cfg.validate)
+    if cfg.validate.eval_split == "test":
+        out.pop("validate.eval_split")
     if cfg.validate.loss == "kl":
         out.pop("validate.loss")
     if cfg.validate.loss != "gift":

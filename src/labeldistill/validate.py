@@ -291,7 +291,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         The result row: recover, source (of the images: synthesis, random_real, rded, folder, tensor), ipc, prune_factor, prune_strategy, logits, granularity, label_store,
         label_bytes (bytes on disk of the store), image_bytes (bytes of the image files), kept_steps, student,
         student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
-        pool, replay.
+        pool, replay, loss, eval_split (the real split top1 is measured on: test or holdout).
 
     Raises:
         StoreError: missing store, a store that does not belong to the images, or a store or earlier result made
@@ -317,7 +317,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     data, img_meta = load_synthetic(layout.images_dir(mode), store.manifest["normalization"]["mean"],
                                     store.manifest["normalization"]["std"])
     check_store_matches(store, img_meta["fingerprint"])
-    test = load_split(cfg, "test")
+    test = load_split(cfg, cfg.validate.eval_split)
     resume = out.with_name(f".{out.stem}.resume.pt")
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
                         resume_path=resume, replay=v.replay_mode)
@@ -328,7 +328,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         "label_bytes": store.bytes_on_disk(), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
         "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res, "pool": v.pool,
-        "replay": v.replay_mode, "loss": cfg.validate.loss,
+        "replay": v.replay_mode, "loss": cfg.validate.loss, "eval_split": cfg.validate.eval_split,
         **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
            if cfg.validate.loss == "gift" else {}),
     }

@@ -81,9 +81,12 @@ class ImageSet:
         for c, idx in enumerate(per_class):
             take = min(len(idx), k + (1 if c < rest else 0))
             chosen.append(idx[torch.randperm(len(idx), generator=g)[:take]])
-        sel = torch.cat(chosen).sort().values
-        images = self.images.take(sel) if self.is_lazy else self.images[sel]  # lazy: select, do not decode
-        return ImageSet(images, self.labels[sel], self.classes, self.mean, self.std, self.name, dict(self.meta))
+        return self.select(torch.cat(chosen).sort().values)
+
+    def select(self, index: torch.Tensor) -> ImageSet:
+        """The images at ``index`` (int64 ``(n,)``), in that order (a lazy set selects files, decodes nothing)."""
+        images = self.images.take(index) if self.is_lazy else self.images[index]
+        return ImageSet(images, self.labels[index], self.classes, self.mean, self.std, self.name, dict(self.meta))
 
 
 def register_dataset(name: str) -> Callable:
