@@ -268,6 +268,9 @@ def write(args, t0: float, status: str) -> None:
     done = {ipc: sorted(r["cs"]) for ipc, r in res.items()}
     hp = (f"E = {chosen[0]} relabel (= student) epochs, T = {chosen[1]:g}" if chosen else
           "not yet chosen (selection in progress)")
+    if chosen and chosen[0] == max(args.epochs_grid):
+        hp += (f" (E is the longest in the grid {args.epochs_grid}: longer training may be better still; "
+               "not searched, for compute)")
     header = (
         f"Command: `{command_line()}`  \nCommit: {args.commit}  \nDate: {today()}  \nMachine: {machine()}  \n"
         f"Status: {status}; report seeds finished: {done or 'none'}.  \n"
