@@ -246,6 +246,14 @@ def claims_table(args, res: dict[int, dict], sel: dict, chosen) -> str:
     return "\n".join(lines)
 
 
+def run_commits(args) -> list[str]:
+    """The code commits recorded by the finished runs (results.json provenance)."""
+    out = set()
+    for f in Path(args.runs).glob("*/results.json"):
+        out.add(json.loads(f.read_text()).get("provenance", {}).get("commit", "unknown"))
+    return sorted(out)
+
+
 def compute_seconds(args) -> float:
     """Sum of the stage seconds recorded by every run directory of the study (their stages.json)."""
     total = 0.0
@@ -272,7 +280,7 @@ def write(args, t0: float, status: str) -> None:
         hp += (f" (E is the longest in the grid {args.epochs_grid}: longer training may be better still; "
                "not searched, for compute)")
     header = (
-        f"Command: `{command_line()}`  \nCommit: {args.commit}  \nDate: {today()}  \nMachine: {machine()}  \n"
+        f"Command: `{command_line()}`  \nCommit: {args.commit} (runs made by {', '.join(run_commits(args)) or '–'})  \nDate: {today()}  \nMachine: {machine()}  \n"
         f"Status: {status}; report seeds finished: {done or 'none'}.  \n"
         f"Teacher: ConvNet-64, {teacher['epochs']} epochs on the train split less {args.holdout:,} held-out images "
         f"(`data.holdout={args.holdout}`), top-1 {100 * teacher['top1']:.2f} % on the test split. Student: "
