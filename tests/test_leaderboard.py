@@ -73,3 +73,12 @@ def test_leaderboard_missing_run_dir_exits_2_with_one_line(runs, tmp_path, capsy
     assert cli.main(["leaderboard", str(runs[0]), str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "no such directory" in err[0]
+
+
+def test_leaderboard_leaves_out_holdout_rows(tmp_path):
+    run = tmp_path / "sel"
+    run.mkdir()
+    rows = [_main_row("lpld", 0.70, 0, 4000), {**_main_row("lpld", 0.95, 1, 4000), "eval_split": "holdout"}]
+    (run / "results.json").write_text(json.dumps({"rows": rows}))
+    (lp,) = leaderboard([run])
+    assert lp["n"] == 1 and lp["top1_mean"] == pytest.approx(0.70)

@@ -46,6 +46,12 @@ class DataConfig:
         root: folder with the files; ``None`` uses the dataset's default location.
         train_subset: use only this many training images (a seeded, class-balanced subset); ``None`` = all.
         test_subset: use only this many test images; ``None`` = all.
+        holdout: hold this many images out of the train split as a validation split (split ``holdout``):
+            class-balanced (a multiple of the number of classes), drawn from the whole train split with a fixed
+            seed (:data:`labeldistill.data.loading.HOLDOUT_SEED`, not the run's ``seed``), before
+            ``train_subset``. Held-out images are used by no stage that trains or synthesises (squeeze,
+            class-stats, real-image sources, ``recover.init: real``); ``validate.eval_split: holdout`` scores the
+            student on them. ``0`` (the default) holds nothing out.
         workers: DataLoader worker processes: decode a lazy dataset's batches in squeeze, class-stats and
             evaluation on the real splits, and build replayed batches in validate.
         image_size: ``imagefolder`` only: resize every image (shorter side to ``resize`` pixels) and
@@ -64,6 +70,7 @@ class DataConfig:
     root: str | None = None
     train_subset: int | None = None
     test_subset: int | None = None
+    holdout: int = 0
     workers: int = 0
     image_size: int | None = None
     resize: int | None = None
@@ -78,6 +85,7 @@ class DataConfig:
             ConfigError: naming the bad key and the fix.
         """
         chk.at_least(self.workers, 0, "data.workers")
+        chk.at_least(self.holdout, 0, "data.holdout")
         for key in ("train_subset", "test_subset", "image_size", "resize"):
             chk.at_least(getattr(self, key), 1, f"data.{key}", nullable=True)
         if self.resize is not None:
@@ -258,7 +266,10 @@ class ValidateConfig:
         temperature: KD temperature ``T``.
         t2_scale: multiply the KL loss by ``T²`` (Hinton et al.; the LPLD Tiny recipe does, its ImageNet
             recipe does not).
-        eval_batch_size: batch size on the real test split.
+        eval_batch_size: batch size on the real split the student is scored on.
+        eval_split: the real split the student is scored on: ``test`` (the default) or ``holdout`` (the
+            images ``data.holdout`` holds out of the train split; for choosing hyperparameters without looking
+            at the test split).
         checkpoint_seconds: save a resume checkpoint at the end of an epoch at most this often.
         loss: the student's loss against the stored soft labels: ``kl`` (``T² · KL``, the default),
             ``soft_ce`` (soft cross-entropy, ``T²``-scaled like ``kl``) or ``gift`` (GIFT-style cosine loss
@@ -302,6 +313,7 @@ class ValidateConfig:
     lpqld_min_temperature: float = 2.0
     lpqld_student_temperature: float = 1.0
     lpqld_student_search: bool = True
+    eval_split: str = "test"
 
 
 @dataclass
@@ -334,6 +346,7 @@ class GeneratorConfig:
 VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
 LABEL_SOURCES = ("stored", "generator", "online")
 CALIBRATIONS = ("none", "lpqld")
+EVAL_SPLITS = ("test", "holdout")
 
 
 def student_specs(vc: ValidateConfig) -> list[ModelConfig]:
@@ -650,6 +663,10 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"unknown validate.optimizer '{cfg.validate.optimizer}'; known: adamw, sgd")
     chk.positive(cfg.validate.temperature, "validate.temperature")
     chk.one_of(cfg.validate.loss, VALIDATE_LOSSES, "validate.loss")
+    chk.one_of(cfg.validate.eval_split, EVAL_SPLITS, "validate.eval_split")
+    if cfg.validate.eval_split == "holdout" and not cfg.data.holdout:
+        raise ConfigError("validate.eval_split: holdout needs data.holdout > 0 (the number of train images to hold "
+                          "out, a multiple of the number of classes), e.g. data.holdout=5000")
     chk.in_interval(cfg.validate.gift_alpha, 0, 1, "validate.gift_alpha")
     chk.in_interval(cfg.validate.gift_smoothing, 0, 1, "validate.gift_smoothing")
     _check_label_source(cfg)

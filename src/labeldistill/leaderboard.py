@@ -16,6 +16,8 @@ bytes are the model's weights file, as validate recorded them. Learn-labels rows
 target classes) and images = the uint8 ``base_images`` tensor of ``labels.safetensors`` (``N·C·H·W``), read from
 its header (``dd`` rows: the float32 ``dd_images`` tensor, ``N·C·H·W·4``, labelled "learned images");
 unknown bytes are shown as ``?`` and such a row is left out of the front and the budget choice.
+Main-job rows scored on the ``holdout`` split (``validate.eval_split: holdout``) are left out: the table compares
+test-split accuracy.
 Their top-1 spread is over the meta-test repeats (``top1_all``) of every run given. Not done here: HLR, plots.
 """
 
@@ -51,6 +53,8 @@ def _safetensors_shape(path: Path, key: str) -> list[int] | None:
 def _main_rows(rows: list[dict], run: str) -> list[dict]:
     out = []
     for r in rows:
+        if r.get("eval_split", "test") != "test":  # scored on the held-out train images: not comparable
+            continue
         labels = f"x{r.get('prune_factor', 1):g} {r.get('prune_strategy', 'random')}"
         if r.get("granularity", "batch") != "batch":
             labels += f" ({r['granularity']})"

@@ -118,11 +118,20 @@ def autocast_settings(cfg: Config) -> dict[str, Any]:
     return {} if cfg.autocast == AUTOCAST_DEFAULT else {"autocast": cfg.autocast}
 
 
+def holdout_settings(cfg: Config) -> dict[str, Any]:
+    """``{"data.holdout": n}`` when ``data.holdout`` holds images out of the train split, else ``{}``.
+
+    Every stage depends on it (squeeze, class-stats and real-image sources read the train split less the
+    held-out images); left out at 0 so that run directories made before the key existed keep their fingerprints.
+    """
+    return {"data.holdout": cfg.data.holdout} if cfg.data.holdout else {}
+
+
 def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included
     (``autocast`` only when not the default: :func:`autocast_settings`)."""
     out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                           **autocast_settings(cfg), **_flat("squeeze", cfg.squeeze)}
+                           **holdout_settings(cfg), **autocast_settings(cfg), **_flat("squeeze", cfg.squeeze)}
     if ref.stage == "squeeze":
         return out
     stats = _flat("class_stats", cfg.class_stats)
@@ -169,13 +178,14 @@ _LPQLD_KEYS = ("lpqld_step", "lpqld_gamma", "lpqld_min_temperature", "lpqld_stud
 def validate_settings(cfg: Config) -> dict[str, Any]:
     """The ``validate`` section's settings; ``loss`` only when not ``kl``, the ``gift_*`` keys only with
     ``loss: gift``, ``label_source`` only when not ``stored`` (with ``generator``: the ``generator`` section too),
-    ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, so that results made before these
-    keys existed keep their fingerprints."""
+    ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, ``eval_split`` only when not
+    ``test``, so that results made before these keys existed keep their fingerprints."""
     vc = cfg.validate
     out = _flat("validate", vc)
     drop = (["loss"] if vc.loss == "kl" else []) + (["gift_alpha", "gift_smoothing"] if vc.loss != "gift" else [])
     drop += ["label_source"] if vc.label_source == "stored" else []
     drop += ["calibration", *_LPQLD_KEYS] if vc.calibration == "none" else []
+    drop += ["eval_split"] if vc.eval_split == "test" else []
     for k in drop:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":

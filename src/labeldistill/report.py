@@ -179,6 +179,12 @@ def plot_image_grid(folders: dict[str, Path], path: Path, per_class: int = 10) -
     plt.close(fig)
 
 
+def _eval_split(results: dict) -> str:
+    """The split the rows' top-1 is measured on (``test`` for rows made before ``eval_split`` existed)."""
+    splits = sorted({r.get("eval_split", "test") for r in results.get("rows", [])}) or ["test"]
+    return " and ".join(splits) + (" (held out of the train split)" if "holdout" in splits else "")
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``plots/`` from ``results.json`` in ``run_dir``."""
     run_dir = Path(run_dir)
@@ -202,7 +208,7 @@ def write_report(run_dir: Path) -> Path:
            if prov else "")
         + results_table(results)
         + "\nlabel bytes = bytes on disk of the (pruned) label store; image bytes = the image files. "
-        "top-1 is measured on the real test split.\n\n"
+        f"top-1 is measured on the real {_eval_split(results)} split.\n\n"
         "![accuracy vs bytes](plots/accuracy_vs_bytes.png)\n\n![synthetic images](plots/images.png)\n"
     )
     out = run_dir / "report.md"

@@ -392,7 +392,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         label_source (``validate.label_source``), label_bytes (bytes on disk of the store, or with a label model
         its weights file, named in label_model), image_bytes (bytes of the image files), kept_steps, student,
         student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
-        pool, replay.
+        pool, replay, loss, eval_split (the real split top1 is measured on: test or holdout).
 
     Raises:
         StoreError: missing store, a store that does not belong to the images, or a store or earlier result made
@@ -419,7 +419,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     data, img_meta = load_synthetic(layout.images_dir(mode), store.manifest["normalization"]["mean"],
                                     store.manifest["normalization"]["std"])
     check_store_matches(store, img_meta["fingerprint"])
-    test = load_split(cfg, "test")
+    test = load_split(cfg, cfg.validate.eval_split)
     resume = out.with_name(f".{out.stem}.resume.pt")
     label_model, weights = (None, None) if source == "stored" else \
         load_label_model(source, layout, mode, pick_device(cfg.device))
@@ -432,7 +432,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         "label_bytes": store.bytes_on_disk() if weights is None else label_model_bytes(weights), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
         "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res, "pool": v.pool,
-        "replay": v.replay_mode, "loss": cfg.validate.loss,
+        "replay": v.replay_mode, "loss": cfg.validate.loss, "eval_split": cfg.validate.eval_split,
         **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
            if cfg.validate.loss == "gift" else {}),
         "label_source": source, **_source_fields(cfg, weights, layout),

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .registry import ImageSet, load_dataset
 
 
@@ -33,20 +33,75 @@ def data_options(cfg: Any) -> dict[str, Any]:
     return {"image_size": d.image_size, "resize": d.resize, "lazy": d.lazy, "mean": d.mean, "std": d.std}
 
 
+HOLDOUT_SEED = 20_231_129
+"""Seed of the ``data.holdout`` draw: fixed, so every run seed holds out the same images."""
+
+SPLITS = ("train", "test", "holdout")
+
+
+def holdout_indices(labels: torch.Tensor, num_classes: int, n: int) -> torch.Tensor:
+    """Indices (sorted, int64 ``(n,)``) of the ``n`` train images that ``data.holdout`` holds out.
+
+    ``n / num_classes`` images of every class, drawn with :data:`HOLDOUT_SEED` (independent of the run seed).
+
+    Args:
+        labels: int64 ``(N,)`` class indices of the whole train split.
+        num_classes: number of classes.
+        n: ``data.holdout``.
+
+    Raises:
+        ConfigError: ``n`` not smaller than the train split, not a multiple of ``num_classes``, or leaving a
+            class without a training image.
+    """
+    if n >= len(labels):
+        raise ConfigError(f"data.holdout ({n}) must be smaller than the train split ({len(labels)} images)")
+    if n % num_classes:
+        raise ConfigError(f"data.holdout ({n}) must be a multiple of the number of classes ({num_classes}), at least "
+                          f"{num_classes} (one image per class), so that the held-out split is class-balanced")
+    k = n // num_classes
+    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    chosen = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if k >= len(idx):
+            raise ConfigError(f"data.holdout ({n}) holds out {k} images per class but class {c} has only {len(idx)} "
+                              "train images; hold out fewer so that every class keeps one to train on")
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.cat(chosen).sort().values
+
+
 def load_split(cfg: Any, split: str) -> ImageSet:
     """The configured dataset split, subset as configured (seeded, class-balanced).
 
-    A lazy split keeps only its file list; ``meta["workers"]`` records ``data.workers`` for the passes that
-    stream it.
+    With ``data.holdout`` = n > 0, ``train`` is the train split less the n held-out images
+    (:func:`holdout_indices`; ``data.train_subset`` then draws from the rest) and ``holdout`` is those n images
+    (never subset). A lazy split keeps only its file list; ``meta["workers"]`` records ``data.workers`` for the
+    passes that stream it.
 
     Args:
         cfg: a :class:`labeldistill.config.Config`.
-        split: ``train`` or ``test``.
+        split: ``train``, ``test`` or ``holdout``.
 
     Raises:
-        RegistryError / ConfigError / DataError: see :func:`labeldistill.data.load_dataset`.
+        ConfigError: unknown split, ``holdout`` asked with ``data.holdout: 0``, or a bad ``data.holdout``
+            (:func:`holdout_indices`).
+        RegistryError / DataError: see :func:`labeldistill.data.load_dataset`.
     """
-    ds = load_dataset(cfg.data.dataset, split, cfg.data.root, **data_options(cfg))
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    n_out = getattr(cfg.data, "holdout", 0)
+    if split == "holdout" and not n_out:
+        raise ConfigError("the holdout split needs data.holdout > 0 (images held out of the train split)")
+    ds = load_dataset(cfg.data.dataset, "test" if split == "test" else "train", cfg.data.root, **data_options(cfg))
+    if split != "test" and n_out:
+        out = holdout_indices(ds.labels, ds.num_classes, n_out)
+        if split == "holdout":
+            held = ds.select(out)
+            held.meta["workers"] = cfg.data.workers
+            return held
+        keep = torch.ones(len(ds), dtype=torch.bool)
+        keep[out] = False
+        ds = ds.select(torch.nonzero(keep).flatten())
     n = cfg.data.train_subset if split == "train" else cfg.data.test_subset
     ds = ds.subset(n, seed=cfg.seed)
     ds.meta["workers"] = cfg.data.workers

@@ -87,9 +87,12 @@ class ImageSet:
         """A seeded, class-balanced subset of ``n`` images (all images if ``n`` is None or too large)."""
         if n is None or n >= len(self):
             return self
-        sel = self.subset_indices(n, seed)
-        images = self.images.take(sel) if self.is_lazy else self.images[sel]  # lazy: select, do not decode
-        return ImageSet(images, self.labels[sel], self.classes, self.mean, self.std, self.name, dict(self.meta))
+        return self.select(self.subset_indices(n, seed))
+
+    def select(self, index: torch.Tensor) -> ImageSet:
+        """The images at ``index`` (int64 ``(n,)``), in that order (a lazy set selects files, decodes nothing)."""
+        images = self.images.take(index) if self.is_lazy else self.images[index]
+        return ImageSet(images, self.labels[index], self.classes, self.mean, self.std, self.name, dict(self.meta))
 
 
 def register_dataset(name: str) -> Callable:

@@ -46,8 +46,9 @@ def _probe_imagefolder(cfg: Config) -> dict:
         a = decode_image(first, target_mode(mode) if d.lazy else None, d.image_size, d.resize)
         shapes[split], mappings[split] = tuple(a.shape), c2i
         limit = d.train_subset if split == "train" else d.test_subset
+        avail = len(names) - (d.holdout if split == "train" else 0)  # data.holdout: not trained on
         out["splits"][split] = {
-            "folder": str(folder), "images": len(names), "used": len(names) if limit is None else min(limit, len(names)),
+            "folder": str(folder), "images": len(names), "used": avail if limit is None else min(limit, avail),
             "classes": len(c2i), "class_to_idx": "class_to_idx.json" if (folder / "class_to_idx.json").is_file()
             else "sorted folder names", "probe": str(first), "probe_mode": mode,
         }

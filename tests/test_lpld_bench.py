@@ -1,0 +1,57 @@
+"""bench/lpld_fmnist.py --collect: selection on holdout rows, paired report and claims, from made-up finished runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import lpld_fmnist as bench
+
+GRID = ["--epochs-grid", "100", "300", "--temperatures", "1", "20", "--select-seeds", "0", "1", "--seeds", "0", "1",
+        "2", "--ipc50-seeds"]
+
+
+def _write(root: Path, name: str, rows: list[dict]) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps({"rows": rows, "provenance": {"commit": "abc1234"}}))
+
+
+def _row(recover: str, factor: float, top1: float, split: str) -> dict:
+    return {"recover": recover, "prune_factor": factor, "top1": top1, "eval_split": split}
+
+
+def test_collect_chooses_on_holdout_and_pairs_seeds(tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs", tmp_path / "B.md"
+    (runs / "base" / "teacher").mkdir(parents=True)
+    (runs / "base" / "teacher" / "teacher.json").write_text(json.dumps({"epochs": 3, "top1": 0.9}))
+    for seed in (0, 1):  # E 300, T 1 is best on holdout; the others are worse
+        for e, t, acc in ((100, 1, 0.70), (100, 20, 0.71), (300, 1, 0.80), (300, 20, 0.75)):
+            _write(runs, bench.sel_name(seed, e, t), [_row("cs", f, acc + 0.01 * seed, "holdout") for f in (1.0, 40.0)])
+    for seed in (0, 1, 2):  # cs beats sre2l by 2-4 points at every factor; random real by 1 +- 3 (unresolved)
+        main = [_row("sre2l", f, 0.70, "test") for f in (1.0, 10.0, 40.0, 100.0)]
+        main += [_row("cs", f, 0.72 + 0.01 * seed - (0.03 if f == 100 else 0), "test") for f in (1.0, 10.0, 40.0, 100.0)]
+        main += [_row("random_real", f, 0.72 + [0.02, -0.02, 0.01][seed], "test") for f in (1.0, 10.0, 40.0, 100.0)]
+        _write(runs, bench.rep_name(10, seed, 300, 1), main)
+        _write(runs, bench.rep_name(10, seed, 300, 1, True), [_row("cs", f, 0.8, "test") for f in (1.0, 10.0, 40.0, 100.0)])
+    _write(runs, bench.rep_name(10, 0, 100, 20), [_row("cs", 1.0, 0.99, "test")])  # not the chosen cell: ignored
+    argv = ["--collect", "--runs", str(runs), "--out", str(out), *GRID]
+    monkeypatch.setattr(sys, "argv", [str(bench.REPO / "bench" / "lpld_fmnist.py"), *argv])
+    bench.main(argv)
+    text = out.read_text()
+    assert "E = 300 relabel (= student) epochs, T = 1 (E is the longest" in text
+    assert "| 300 | 1 **(chosen)** |" in text and "runs made by abc1234" in text
+    assert "| 10 | cs | 73.0 ± 0.8 | 73.0 ± 0.8 | 73.0 ± 0.8 | 70.0 ± 0.8 | [0, 1, 2] |" in text
+    lines = text.splitlines()
+    cs_sre = [line for line in lines if line.startswith("| class-wise supervision") and "IPC 10, 1×" in line]
+    assert cs_sre == [("| class-wise supervision beats SRe2L's (cs − sre2l > 0) | IPC 10, 1× | +3.00 [+0.52, +5.48] "
+                       "| 3 | held |")]
+    drop40 = next(line for line in lines if "from 1× to 40×" in line)
+    assert "+0.00 [+0.00, +0.00] | 3 | held |" in drop40  # no drop at all: wholly below the 1-point margin
+    drop100 = next(line for line in lines if "from 1× to 100×" in line)
+    assert "+3.00" in drop100 and drop100.endswith("| did not hold |")  # a 3-point drop every seed
+    real = next(line for line in lines if line.startswith("| synthesised") and "IPC 10, 1×" in line)
+    assert real.endswith("| not resolved |")
+    temp = [line for line in lines if "T 20 − T 1" in line]
+    assert len(temp) == 2 and all("**holdout**" in line and line.endswith("| did not hold |") for line in temp)
