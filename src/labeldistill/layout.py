@@ -85,6 +85,10 @@ class LabelVariant(NamedTuple):
         return self.tag
 
 
+REAL_TRAIN = "real-train"
+"""The ``images`` name of the hard-label baseline trained on the whole real train split."""
+
+
 def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch",
               pool: str = "prefix") -> str:
     """The store name of a variant given by its parts (see :attr:`LabelVariant.tag`)."""
@@ -121,6 +125,11 @@ class RunLayout:
     def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str, **parts: str) -> Path:
         """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student."""
         return self.root / "validate" / student / f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}.json"
+
+    def hard_label_file(self, images: str, student: str) -> Path:
+        """``hard_label/<student>/<images>.json``: a hard-label baseline (``images``: a recover mode, or
+        :data:`REAL_TRAIN` for the real train split)."""
+        return self.root / "hard_label" / student / f"{images}.json"
 
     @property
     def metrics(self) -> Path:
