@@ -167,7 +167,8 @@ def _ior(table: list[dict]) -> None:
         r["ior"] = r["top1_mean"] - base if base is not None else None
         r["ior_missing"] = None if base is not None else (
             "the baseline" if r["images"] == "random_real" else
-            "no random_real row with these labels" if r["match"] else f"n/a ({r['kind']})")
+            "no random_real row with these labels" if r["match"] else
+            "n/a (full train set)" if r["images"].startswith(REAL_TRAIN) else f"n/a ({r['kind']})")
 
 
 def hlr_by_images(hard: list[dict]) -> dict[tuple, dict]:
@@ -334,14 +335,17 @@ def plot_leaderboard(table: list[dict], path: str | Path, title: str | None = No
         ax.annotate(f"{r['labels']} {r['codec']}".replace(" -", ""), (r["total_bytes"], 100 * r["top1_mean"]),
                     textcoords="offset points", xytext=(4, -9), fontsize=6)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=im) for im, c in colours.items()]
-    handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=k) for k, m in
+    handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=k if k != "-" else "hard labels")
+                for k, m in
                 {**{c: _MARKERS.get(c, "D" if c.startswith("top") else "v") for c in
                     dict.fromkeys(r["codec"] for r in rows if "loss" not in r["labels"])},
                  **({"other loss": "P"} if any("loss" in r["labels"] for r in rows) else {})}.items()]
     handles.append(plt.Line2D([], [], color="k", ls="--", label="Pareto front"))
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=4))  # 1 KiB, 4 KiB, ..., 1 MiB, 4 MiB, ...
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_bytes(v)))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("total bytes: images + labels (log scale)")
     ax.set_ylabel("student top-1 on the real test split (%)")
     ax.set_title(title or "accuracy vs bytes", fontsize=9)
