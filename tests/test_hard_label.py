@@ -8,8 +8,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import needs_fmnist
+
 from labeldistill import cli
 from labeldistill.config import dump_config
 from labeldistill.errors import StaleStageError

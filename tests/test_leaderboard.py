@@ -9,8 +9,14 @@ import struct
 import pytest
 
 from labeldistill import cli
-from labeldistill.leaderboard import (_dominated, best_within, format_leaderboard, front_sweep, leaderboard,
-                                      plot_leaderboard)
+from labeldistill.leaderboard import (
+    _dominated,
+    best_within,
+    format_leaderboard,
+    front_sweep,
+    leaderboard,
+    plot_leaderboard,
+)
 
 
 def _main_row(recover: str, top1: float, seed: int, label_bytes: int, logits: str = "fp16",
@@ -110,7 +116,7 @@ def test_hlr_pairs_seeds_and_says_what_is_missing(runs):
 
 
 def test_hlr_missing_baselines(runs):
-    main, ll = runs
+    main, _ = runs
     assert leaderboard([main])[0]["hlr_missing"] == "no hard-label row of lpld"
     _hard(main, "lpld", 0.6, 0)
     by = {(r["images"], r["codec"]): r for r in leaderboard([main])}

@@ -65,20 +65,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _leaderboard_command(args: argparse.Namespace) -> int:
     """``leaderboard RUN_DIR [RUN_DIR ...] [--json] [--budget BYTES] [--plot FILE]``."""
-    from .leaderboard import best_within, format_choice, format_leaderboard, leaderboard, plot_leaderboard
+    from . import leaderboard as lb
 
-    table = leaderboard(args.run_dirs)
+    table = lb.leaderboard(args.run_dirs)
     if args.plot:
-        plot_leaderboard(table, args.plot)
+        lb.plot_leaderboard(table, args.plot)
     if args.json:
         out = {"rows": table}
         if args.budget is not None:
-            out["budget"] = {"bytes": args.budget, "best": best_within(table, args.budget)}
+            out["budget"] = {"bytes": args.budget, "best": lb.best_within(table, args.budget)}
         print(json.dumps(out, indent=2))
         return 0
-    print(format_leaderboard(table), end="")
+    print(lb.format_leaderboard(table), end="")
     if args.budget is not None:
-        print(format_choice(table, args.budget))
+        print(lb.format_choice(table, args.budget))
     if args.plot:
         print(f"plot: {args.plot}")
     return 0

@@ -34,15 +34,9 @@ import math
 import struct
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-
-from .errors import LabelDistillError  # noqa: E402
-from .io import human_bytes, read_json  # noqa: E402
-from .layout import REAL_TRAIN  # noqa: E402
+from .errors import LabelDistillError
+from .io import human_bytes, read_json
+from .layout import REAL_TRAIN
 
 _MAIN_KEY = ("prune_factor", "prune_strategy", "logits", "granularity", "loss", "student")
 
@@ -315,6 +309,12 @@ def plot_leaderboard(table: list[dict], path: str | Path, title: str | None = No
     Raises:
         LabelDistillError: no row has known bytes, or ``path`` has no image-format suffix matplotlib writes.
     """
+    import matplotlib  # here, not at the top: the table needs no plotting library
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     rows = [r for r in table if r["total_bytes"] is not None]
     if not rows:
         raise LabelDistillError("no row with known bytes to plot")

@@ -20,8 +20,8 @@ from typing import Iterator
 
 import kornia.augmentation as K
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -37,8 +37,16 @@ from .labels.replay import build_batch
 from .labels.store import LabelStore
 from .layout import REAL_TRAIN, LabelVariant, RunLayout
 from .models import build_model
-from .provenance import (StageRef, autocast_settings, check_fresh, fingerprint, hard_label_settings, model_tag,
-                         record_stage, stage_settings)
+from .provenance import (
+    StageRef,
+    autocast_settings,
+    check_fresh,
+    fingerprint,
+    hard_label_settings,
+    model_tag,
+    record_stage,
+    stage_settings,
+)
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer
