@@ -85,7 +85,7 @@ def _fake_label_study(runs: Path, seeds: list[int]) -> None:
     for s in seeds:
         d = runs / f"s{s}"
         rows = [row(m, f, c, "kl", s) for m in ("cs", "random_real") for f in (1, 10, 40)
-                for c in ("fp16", "int8", "int4", "top5-int8")]
+                for c in ("fp16", "int8", "int4", "top2-int8")]
         hard = [{"images": m, "n_images": n, "image_bytes": b, "label_bytes": 0, "student": "convnet",
                  "student_args": {"width": 32}, "seed": s, "top1": t + 0.01 * s}
                 for m, n, b, t in (("cs", 100, 70_000, 0.70), ("random_real", 100, 70_000, 0.68),
