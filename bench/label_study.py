@@ -161,7 +161,8 @@ def comparisons(tops: dict) -> str:
                                   tops.get((mode, f, "fp16", "kl"), {})))
     for mode in MODES:
         for loss in LOSSES:
-            lines.append(_row(f"{mode} {LOSS_FACTOR}× fp16: loss {loss} − kl", tops.get((mode, LOSS_FACTOR, "fp16", loss), {}),
+            lines.append(_row(f"{mode} {LOSS_FACTOR}× fp16: loss {loss} − kl",
+                              tops.get((mode, LOSS_FACTOR, "fp16", loss), {}),
                               tops.get((mode, LOSS_FACTOR, "fp16", "kl"), {})))
     for f in FACTORS:
         for c in CODECS:
@@ -215,7 +216,8 @@ def headline(table: list[dict], tops: dict) -> str:
     if cheap:
         b = max(cheap, key=lambda r: r["top1_mean"])
         lines.append(f"- **Best top-1 at label bytes ≤ image bytes**: {_name(b)}, labels "
-                     f"{human_bytes(b['label_bytes'])} ≤ images {human_bytes(b['image_bytes'])}: {_vs_anchor(b, tops)}.")
+                     f"{human_bytes(b['label_bytes'])} ≤ images {human_bytes(b['image_bytes'])}: "
+                     f"{_vs_anchor(b, tops)}.")
     best = max(known, key=lambda r: r["top1_mean"])
     lines.append(f"- **Best top-1 of any setting**: {_name(best)}, {human_bytes(best['total_bytes'])} in all: "
                  f"{_vs_anchor(best, tops)}.")

@@ -205,8 +205,9 @@ def _hlr(table: list[dict], hard: list[dict]) -> None:
 
 def _dominated(r: dict, table: list[dict]) -> bool:
     b = r["total_bytes"]
-    return any(o is not r and o["total_bytes"] is not None and o["total_bytes"] <= b and o["top1_mean"] >= r["top1_mean"]
-               and (o["total_bytes"] < b or o["top1_mean"] > r["top1_mean"]) for o in table)
+    t = r["top1_mean"]
+    return any(o is not r and o["total_bytes"] is not None and o["total_bytes"] <= b and o["top1_mean"] >= t
+               and (o["total_bytes"] < b or o["top1_mean"] > t) for o in table)
 
 
 def _mark(table: list[dict], hard: list[dict]) -> None:
@@ -331,15 +332,16 @@ def plot_leaderboard(table: list[dict], path: str | Path, title: str | None = No
     front.sort(key=lambda r: r["total_bytes"])
     ax.plot([r["total_bytes"] for r in front], [100 * r["top1_mean"] for r in front], "k--", lw=1,
             drawstyle="steps-post", label="Pareto front", zorder=0)
-    for r in front:
-        ax.annotate(f"{r['labels']} {r['codec']}".replace(" -", ""), (r["total_bytes"], 100 * r["top1_mean"]),
-                    textcoords="offset points", xytext=(4, -9), fontsize=6)
+    mid = math.sqrt(min(r["total_bytes"] for r in rows) * max(r["total_bytes"] for r in rows))
+    for r in front:  # names on the left of points in the right half, so that they stay inside the axes
+        name = f"{r['images']}: {r['labels']} {r['codec']}".replace(" -", "")
+        right = r["total_bytes"] > mid
+        ax.annotate(name, (r["total_bytes"], 100 * r["top1_mean"]), textcoords="offset points",
+                    xytext=(-4 if right else 4, -9), ha="right" if right else "left", fontsize=6)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=im) for im, c in colours.items()]
-    handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=k if k != "-" else "hard labels")
-                for k, m in
-                {**{c: _MARKERS.get(c, "D" if c.startswith("top") else "v") for c in
-                    dict.fromkeys(r["codec"] for r in rows if "loss" not in r["labels"])},
-                 **({"other loss": "P"} if any("loss" in r["labels"] for r in rows) else {})}.items()]
+    shapes = {("other loss" if "loss" in r["labels"] else "hard labels" if r["codec"] == "-" else r["codec"]):
+              _marker(r) for r in rows}
+    handles += [plt.Line2D([], [], color="grey", marker=m, ls="", label=k) for k, m in shapes.items()]
     handles.append(plt.Line2D([], [], color="k", ls="--", label="Pareto front"))
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
     ax.set_xscale("log")
