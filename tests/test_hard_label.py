@@ -16,6 +16,7 @@ from labeldistill.errors import StaleStageError
 from labeldistill.layout import REAL_TRAIN, RunLayout
 from labeldistill.leaderboard import leaderboard
 from labeldistill.pipeline import run
+from labeldistill.plan import plan_run
 from labeldistill.validate import hard_label
 
 
@@ -64,6 +65,9 @@ def test_main_job_switch_cli_verb_and_leaderboard_hlr(own_run, capsys):
     mode = cfg.recover.modes[0]
     soft = next(r for r in table if r["images"] == mode and r["kind"] == "main")
     assert soft["hlr"] == pytest.approx(tops[REAL_TRAIN] - tops[mode]) and soft["hlr_n"] == 1
+    hard_stage = next(s for s in plan_run(cfg)["stages"] if s["stage"] == "hard-label")
+    assert hard_stage["done"] and "real-train 1 epochs" in hard_stage["work"]
+    assert hard_stage["steps"] == 2 * cfg.validate.epochs * 3 + 250  # two modes of 20 images, 2,000 real images
     dump_config(cfg, cfg.run_path / "c.yaml")
     capsys.readouterr()
     assert cli.main(["hard-label", str(cfg.run_path / "c.yaml"), "--mode", mode, "--no-real"]) == 0
