@@ -108,6 +108,22 @@ def finished_seeds(runs: Path, seeds: list[int]) -> list[int]:
             and all((loss_dir(runs, s, loss) / "results.json").is_file() for loss in LOSSES)]
 
 
+def stage_minutes(runs: Path, seeds: list[int]) -> float:
+    """Wall minutes recorded by the finished seeds' runs (``stages.json`` and the hard-label rows)."""
+    def ledger(d: Path) -> dict:
+        return read_json(d / "stages.json") if (d / "stages.json").is_file() else {}
+
+    total = 0.0
+    for s in seeds:
+        total += sum(v.get("seconds") or 0 for v in ledger(runs / f"s{s}").values())
+        for loss in LOSSES:  # a loss run's ledger is a copy of the seed's plus its own validate rows
+            own = ledger(loss_dir(runs, s, loss))
+            total += sum(v.get("seconds") or 0 for m in MODES for k, v in own.items()
+                         if k.startswith(f"validate[{m} x{LOSS_FACTOR} "))
+        total += sum(r.get("seconds", 0) for r in read_json(runs / f"s{s}" / "results.json").get("hard_label", []))
+    return total / 60
+
+
 def t_interval(diffs: list[float]) -> tuple[float, float, float]:
     """Mean and 95 % t-interval (in points) of paired differences given in fractions."""
     d = [100 * x for x in diffs]
@@ -242,13 +258,15 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
     teacher = read_json(runs / "base" / "teacher" / "teacher.json") if (runs / "base" / "teacher").is_dir() else {}
     head = (f"## Label study: every way of paying for labels on one axis of bytes (Fashion-MNIST, IPC 10)\n\n"
             f"Command: `{command_line()}`  \nCommit: {git_commit()}  \nDate: {today()}  \nMachine: {machine()}  \n"
-            f"Seeds: {state}. Wall time of this invocation: {(time.time() - t0) / 60:.1f} min.\n\n"
+            f"Seeds: {state}. Wall time of this invocation: {(time.time() - t0) / 60:.1f} min; recorded wall time "
+            f"of the finished runs' stages and hard-label baselines: {stage_minutes(runs, done):.1f} min (1 torch "
+            "thread, nice 10, other studies sharing the 2 cores).\n\n"
             f"Setting: teacher ConvNet-64 ({teacher.get('epochs', '?')} epochs, top-1 "
             f"{100 * teacher.get('top1', float('nan')):.2f} %, one for all seeds); images `cs` (LPLD class-wise BN "
             "supervision, 500 iterations) and `random_real`, IPC 10 (100 images); relabel 300 epochs × 2 steps of "
             "50 with CutMix (p 0.5); student ConvNet-32 (batch norm), AdamW, T = 4; prune factors "
             f"{FACTORS} × codecs {CODECS} (loss KL; `top2-int8`, not `top5-int8`: at 10 classes five values + five "
-            "indices cost as much as `int8`'s ten values); losses soft_ce and gift at fp16 {LOSS_FACTOR}×; hard-label "
+            f"indices cost as much as `int8`'s ten values); losses soft_ce and gift at fp16 {LOSS_FACTOR}×; hard-label "
             f"baselines with the same student (cross-entropy, 300 epochs on the 100 images, {REAL_EPOCHS} epochs on "
             "the 60,000 real training images; `hard_label` in the README). Top-1 on the real test split (10,000), "
             "mean ± std over seeds. IOR and HLR are DD-Ranking's (arXiv 2505.13300) under this project's "
