@@ -112,3 +112,45 @@ def test_ld_claims_render_gives_paired_verdicts(tmp_path):
     assert "| held |" in rows["less sensitive to the optimizer"]  # DD spread 20 vs LD 1
     assert "| did not hold |" in rows["less sensitive to the order of examples"]  # LD 10-point order spread
     assert "| not resolved |" in rows["less sensitive to the learning rate"]  # sign changes across seeds
+
+
+def _fake_label_study(runs: Path, seeds: list[int]) -> None:
+    """Finished-looking runs of bench/label_study.py: top-1 = a fixed value per setting + 0.01 · seed."""
+    def row(mode, f, c, loss, s):
+        return {"recover": mode, "prune_factor": float(f), "prune_strategy": "random", "logits": c,
+                "granularity": "batch", "label_bytes": 400_000 // f, "image_bytes": 70_000, "student": "convnet",
+                "student_args": {"width": 32}, "seed": s, "loss": loss, "ipc": 10,
+                "top1": (0.80 if mode == "cs" else 0.75) - 0.002 * f + 0.01 * s}
+    for s in seeds:
+        d = runs / f"s{s}"
+        rows = [row(m, f, c, "kl", s) for m in ("cs", "random_real") for f in (1, 10, 40)
+                for c in ("fp16", "int8", "int4", "top2-int8")]
+        hard = [{"images": m, "n_images": n, "image_bytes": b, "label_bytes": 0, "student": "convnet",
+                 "student_args": {"width": 32}, "seed": s, "top1": t + 0.01 * s}
+                for m, n, b, t in (("cs", 100, 70_000, 0.70), ("random_real", 100, 70_000, 0.68),
+                                   ("real-train", 60_000, 47_040_000, 0.86))]
+        (d / "hard_label" / "convnet-width32").mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"rows": rows, "hard_label": hard}))
+        for h in hard:
+            (d / "hard_label" / "convnet-width32" / f"{h['images']}.json").write_text(json.dumps(h))
+        for loss in ("soft_ce", "gift"):
+            (runs / f"s{s}_loss-{loss}").mkdir()
+            (runs / f"s{s}_loss-{loss}" / "results.json").write_text(json.dumps(
+                {"rows": [row(m, 40, "fp16", loss, s) for m in ("cs", "random_real")]}))
+
+
+def test_label_study_writes_section_and_plot_from_finished_runs(tmp_path):
+    _fake_label_study(tmp_path / "runs", [0, 1])  # seed 2 not finished
+    out, plot = tmp_path / "B.md", tmp_path / "p.png"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "label_study.py"), "--write-only", "--runs",
+                        str(tmp_path / "runs"), "--out", str(out), "--plot", str(plot)],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "<!-- label_study:start -->" in text and "seeds [0, 1] of [0, 1, 2] finished" in text
+    assert "Commit: " in text and "Command: `python bench/label_study.py --write-only" in text
+    # best at label bytes <= image bytes: cs 10x (40,000 B <= 70,000 B) at 0.78 + 0.005 mean
+    assert "**Best top-1 at label bytes ≤ image bytes**: cs + x10 random (fp16)" in text
+    assert "| HLR cs: real-train − cs (hard labels) | 2 | +16.0 |" in text  # 0.86 - 0.70, the same each seed
+    assert "| IOR 1× fp16: cs − random_real | 2 | +5.0 |" in text
+    assert plot.stat().st_size > 10_000 and f"]({plot})" in text

@@ -1,4 +1,5 @@
-"""labeldistill leaderboard: main-job and learn-labels runs in one table, IOR, Pareto front, budget (issue #15 item 5)."""
+"""labeldistill leaderboard: main-job, hard-label and learn-labels runs in one table, IOR, HLR, Pareto front and
+its plot, budget (issue #15 item 5)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import struct
 import pytest
 
 from labeldistill import cli
-from labeldistill.leaderboard import best_within, leaderboard
+from labeldistill.leaderboard import (
+    _dominated,
+    best_within,
+    format_leaderboard,
+    front_sweep,
+    leaderboard,
+    plot_leaderboard,
+)
 
 
 def _main_row(recover: str, top1: float, seed: int, label_bytes: int, logits: str = "fp16",
@@ -82,3 +90,68 @@ def test_leaderboard_leaves_out_holdout_rows(tmp_path):
     (run / "results.json").write_text(json.dumps({"rows": rows}))
     (lp,) = leaderboard([run])
     assert lp["n"] == 1 and lp["top1_mean"] == pytest.approx(0.70)
+
+
+def _hard(run, images: str, top1: float, seed: int, n: int = 100, sub: str = "") -> None:
+    d = run / sub / "hard_label" / "convnet-width4"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{images}.json").write_text(json.dumps({
+        "images": images, "source": "x", "n_images": n, "image_bytes": 1000 if images != "real-train" else 10**6,
+        "label_bytes": 0, "student": "convnet", "student_args": {"width": 4}, "seed": seed, "top1": top1}))
+
+
+def test_hlr_pairs_seeds_and_says_what_is_missing(runs):
+    main, ll = runs
+    for seed, (real, lp, rr) in enumerate([(0.90, 0.60, 0.50), (0.92, 0.66, 0.52)]):
+        _hard(main, "real-train", real, seed, n=60000, sub=f"seed{seed}")
+        _hard(main, "lpld", lp, seed, sub=f"seed{seed}")
+        _hard(main, "random_real", rr, seed, sub=f"seed{seed}")
+    _hard(main, "random_real", 0.99, 7, sub="seed7")  # no real-train row of seed 7: not paired
+    table = leaderboard([main, ll])
+    by = {(r["images"], r["labels"], r["codec"]): r for r in table}
+    # HLR = mean over paired seeds of real-train - images: lpld (0.30 + 0.26) / 2, random_real (0.40 + 0.40) / 2
+    assert by[("lpld", "x1 random", "fp16")]["hlr"] == pytest.approx(0.28)
+    assert by[("lpld", "x1 random", "fp16")]["hlr_n"] == 2
+    assert by[("lpld", "x1 random", "top1")]["hlr"] == pytest.approx(0.28)  # a property of the images
+    assert by[("random_real", "x1 random", "fp16")]["hlr"] == pytest.approx(0.40)
+    hard_lp = by[("lpld", "hard (CE)", "-")]
+    assert hard_lp["label_bytes"] == 0 and hard_lp["top1_mean"] == pytest.approx(0.63) and hard_lp["n"] == 2
+    # IOR of a hard-label row: against random_real's hard-label rows (0.50, 0.52, 0.99)
+    assert hard_lp["ior"] == pytest.approx(0.63 - (0.50 + 0.52 + 0.99) / 3)
+    assert by[("real-train (60000 images)", "hard (CE)", "-")]["hlr_missing"] == "the reference"
+    assert by[("base examples (fmnist)", "ld", "float32")]["hlr_missing"] == "n/a (learn-labels)"
+    out = format_leaderboard(leaderboard([main, ll]))
+    assert "+28.0 pt" in out and "HLR (real-train − images, hard labels)" in out
+
+
+def test_hlr_missing_baselines(runs):
+    main, _ = runs
+    assert leaderboard([main])[0]["hlr_missing"] == "no hard-label row of lpld"
+    _hard(main, "lpld", 0.6, 0)
+    by = {(r["images"], r["codec"]): r for r in leaderboard([main])}
+    assert by[("lpld", "fp16")]["hlr"] is None
+    assert by[("lpld", "fp16")]["hlr_missing"] == "no real-train hard-label row for this student"
+    assert by[("random_real", "fp16")]["hlr_missing"] == "no hard-label row of random_real"
+    _hard(main, "real-train", 0.9, 1)
+    assert {(r["images"], r["codec"]): r for r in leaderboard([main])}[("lpld", "fp16")]["hlr_missing"] == \
+        "no seed with both hard-label rows"
+
+
+def test_plot_front_is_the_tables_pareto_front(runs, tmp_path, capsys):
+    main, ll = runs
+    _hard(main, "lpld", 0.6, 0)
+    _hard(main, "random_real", 0.7, 0)  # 1,000 B at 0.7: dominates lpld top1 (2,000 B, 0.65)
+    table = leaderboard([main, ll])
+    front = plot_leaderboard(table, tmp_path / "lb.png")
+    assert (tmp_path / "lb.png").stat().st_size > 10_000
+    marked = [r for r in table if r["pareto"]]
+    assert [id(r) for r in front] == [id(r) for r in sorted(marked, key=lambda r: r["total_bytes"])]
+    assert {(r["images"], r["codec"]) for r in front} == {("random_real", "-"), ("lpld", "fp16")}
+    # the sweep and the pairwise marks agree on ties and duplicates too
+    pts = [(1, 0.5), (1, 0.5), (2, 0.5), (2, 0.7), (3, 0.6), (0.5, 0.1)]
+    rows = [{"total_bytes": b, "top1_mean": t} for b, t in pts]
+    assert front_sweep(pts) == [i for i, r in enumerate(rows) if not _dominated(r, rows)] == [0, 1, 3, 5]
+    assert cli.main(["leaderboard", str(main), "--plot", str(tmp_path / "cli.png")]) == 0
+    assert (tmp_path / "cli.png").is_file() and "plot:" in capsys.readouterr().out
+    assert cli.main(["leaderboard", str(main), "--plot", str(tmp_path / "x.nope")]) == 2
+    assert "--plot" in capsys.readouterr().err

@@ -12,7 +12,8 @@ import sys
 from .errors import ConfigError, LabelDistillError
 from .variants import resolve_variant
 
-STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", "validate", "run", "report")
+STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", "validate", "hard-label", "run",
+          "report")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
                            ("run every stage of the main job" if name == "run" else "rewrite report.md"))
         s.add_argument("config", help="YAML experiment config")
         s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. recover.ipc=5")
-        if name in ("recover", "relabel", "generator", "prune", "validate"):
+        if name in ("recover", "relabel", "generator", "prune", "validate", "hard-label"):
             s.add_argument("--mode", action="append", help="recover mode(s); default: recover.modes")
+        if name == "hard-label":
+            s.add_argument("--no-real", action="store_true",
+                           help="only the modes' images, not the real train split (default: hard_label.real)")
         if name in ("prune", "validate"):
             s.add_argument("--factor", action="append", type=float, help="prune factor(s); default: prune.factors")
         if name != "report":
@@ -56,23 +60,28 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     lb.add_argument("--json", action="store_true", help="machine-readable output")
     lb.add_argument("--budget", type=float, metavar="BYTES", help="print the best row within BYTES total bytes")
+    lb.add_argument("--plot", metavar="FILE", help="also draw top-1 vs total bytes with the Pareto front (PNG, ...)")
     return p
 
 
 def _leaderboard_command(args: argparse.Namespace) -> int:
-    """``leaderboard RUN_DIR [RUN_DIR ...] [--json] [--budget BYTES]``."""
-    from .leaderboard import best_within, format_choice, format_leaderboard, leaderboard
+    """``leaderboard RUN_DIR [RUN_DIR ...] [--json] [--budget BYTES] [--plot FILE]``."""
+    from . import leaderboard as lb
 
-    table = leaderboard(args.run_dirs)
+    table = lb.leaderboard(args.run_dirs)
+    if args.plot:
+        lb.plot_leaderboard(table, args.plot)
     if args.json:
         out = {"rows": table}
         if args.budget is not None:
-            out["budget"] = {"bytes": args.budget, "best": best_within(table, args.budget)}
+            out["budget"] = {"bytes": args.budget, "best": lb.best_within(table, args.budget)}
         print(json.dumps(out, indent=2))
         return 0
-    print(format_leaderboard(table), end="")
+    print(lb.format_leaderboard(table), end="")
     if args.budget is not None:
-        print(format_choice(table, args.budget))
+        print(lb.format_choice(table, args.budget))
+    if args.plot:
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -156,7 +165,7 @@ def _report_command(cfg) -> None:
 
 
 def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
-    """One stage of the main job: squeeze, class-stats, recover, relabel or generator."""
+    """One stage of the main job: squeeze, class-stats, recover, relabel, generator or hard-label."""
     if args.command == "squeeze":
         from .squeeze import squeeze
 
@@ -183,6 +192,13 @@ def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
             g = train_generator(cfg, m, force=force)
             print(f"{m} generator {g['model']}: {g['weights_bytes']} bytes, loss {g['losses'][0]:.4f} → "
                   f"{g['losses'][-1]:.4f}")
+    elif args.command == "hard-label":
+        from .layout import REAL_TRAIN
+        from .validate import hard_label
+
+        for m in list(modes) + ([REAL_TRAIN] if cfg.hard_label.real and not args.no_real else []):
+            r = hard_label(cfg, m, force=force)
+            print(f"{m}: hard-label top-1 {100 * r['top1']:.2f} % ({r['n_images']} images, {r['epochs']} epochs)")
 
 
 def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:

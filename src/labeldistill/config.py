@@ -343,6 +343,28 @@ class GeneratorConfig:
     checkpoint_seconds: float = 30.0
 
 
+@dataclass
+class HardLabelConfig:
+    """Hard-label baselines for DD-Ranking's hard label recovery (HLR; Li et al. 2025, arXiv 2505.13300, §3):
+    the student trained with cross-entropy on class labels, once on each mode's images and once on the real
+    train split; written to ``hard_label/<student>/<images>.json`` (see :func:`labeldistill.validate.hard_label`).
+
+    Protocol (this project's, not DD-Ranking's code): the ``validate`` student, optimiser, learning rate and
+    weight decay, a cosine schedule, batches of ``relabel.batch_size``, RandomResizedCrop(``relabel.crop_scale``)
+    + flip (``relabel.flip``), no CutMix; the last epoch's model is evaluated (no selection on the test split).
+
+    Attributes:
+        enabled: the main job (``labeldistill run``) also writes the baselines, per seed.
+        real: also train on the real train split (the ``real-hard`` accuracy of HLR).
+        real_epochs: epochs over the real train split. The distilled images get ``validate.epochs`` (default:
+            ``relabel.epochs``), the epochs their soft labels get.
+    """
+
+    enabled: bool = False
+    real: bool = True
+    real_epochs: int = 2
+
+
 VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
 LABEL_SOURCES = ("stored", "generator", "online")
 CALIBRATIONS = ("none", "lpqld")
@@ -440,6 +462,7 @@ class Config(RunConfig):
     prune: PruneConfig = field(default_factory=PruneConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    hard_label: HardLabelConfig = field(default_factory=HardLabelConfig)
 
 
 def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -671,6 +694,7 @@ def validate_config(cfg: Config) -> None:
     chk.in_interval(cfg.validate.gift_smoothing, 0, 1, "validate.gift_smoothing")
     _check_label_source(cfg)
     _check_students(cfg.validate)
+    chk.positive(cfg.hard_label.real_epochs, "hard_label.real_epochs")
 
 
 def _check_label_source(cfg: Config) -> None:

@@ -91,6 +91,10 @@ def labels_tag(source: str = "stored", calibration: str = "none") -> str:
     return source if calibration == "none" else f"{source}+{calibration}"
 
 
+REAL_TRAIN = "real-train"
+"""The ``images`` name of the hard-label baseline trained on the whole real train split."""
+
+
 def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch",
               pool: str = "prefix") -> str:
     """The store name of a variant given by its parts (see :attr:`LabelVariant.tag`)."""
@@ -136,6 +140,11 @@ class RunLayout:
         suffix = "" if labels == "stored" else f"-labels_{labels}"
         return self.root / "validate" / student / \
             f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}{suffix}.json"
+
+    def hard_label_file(self, images: str, student: str) -> Path:
+        """``hard_label/<student>/<images>.json``: a hard-label baseline (``images``: a recover mode, or
+        :data:`REAL_TRAIN` for the real train split)."""
+        return self.root / "hard_label" / student / f"{images}.json"
 
     @property
     def metrics(self) -> Path:

@@ -21,7 +21,7 @@ from .io import atomic_write_json
 from .labels.generator import train_generator
 from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
-from .layout import RunLayout, labels_tag
+from .layout import REAL_TRAIN, RunLayout, labels_tag
 from .models import check_model_spec
 from .models.geometry import small_input_warnings
 from .provenance import (StageRef, check_fresh, check_students, done_marker, machine, model_tag, relabel_ref, stage_seconds,
@@ -31,7 +31,7 @@ from .report import results_table, summarize, write_report
 from .resume import check_run_dir
 from .runtime import is_rank0, pick_device
 from .squeeze import squeeze
-from .validate import validate
+from .validate import check_hard_label_fresh, hard_label, hard_label_stale, validate
 from .variants import label_variants, needs_class_stats
 
 
@@ -68,6 +68,9 @@ def stale_refs(cfg: Config, force: bool) -> set[str]:
             if not force:
                 check_fresh(cfg, ref, layout)
             stale.add(ref.key)
+    for m in hard_label_names(cfg):
+        if not force:
+            check_hard_label_fresh(cfg, m)
     return stale
 
 
@@ -106,6 +109,8 @@ def run(cfg: Config, force: bool = False) -> dict:
               "rows": [row for r in results for row in r["rows"]],
               "provenance": {**results[-1]["provenance"], "seconds": round(sum(r["seconds"] for r in results), 2)},
               "seconds": round(sum(r["seconds"] for r in results), 2)}
+    if any("hard_label" in r for r in results):
+        merged["hard_label"] = [h for r in results for h in r.get("hard_label", [])]
     merged["summary"] = summarize(merged["rows"])
     _finish(cfg, root, merged)
     return merged
@@ -146,17 +151,33 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
             for v in label_variants(cfg):
                 ref = StageRef("validate", mode, v, student, _labels(cfg))
                 rows.append(validate(one, mode, v, force=ref.key in stale))
+    hard = hard_label_rows(cfg, force)
     results = {
         "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),
                     "top1": teacher["top1"], "epochs": teacher["epochs"]},
         "rows": rows, "seconds": round(time.time() - t0, 2),
         "provenance": {**prov, "stage_seconds": stage_seconds(layout)},
+        **({"hard_label": hard} if hard else {}),
     }
     if report:
         _finish(cfg, layout.root, results)
     barrier()
     return results
+
+
+def hard_label_rows(cfg: Config, force: bool = False) -> list[dict]:
+    """With ``hard_label.enabled``: the hard-label baselines (HLR) of every recover mode and, with
+    ``hard_label.real``, of the real train split (:func:`labeldistill.validate.hard_label`); else ``[]``.
+    ``force`` recomputes only rows made with other settings."""
+    return [hard_label(cfg, m, force=force and hard_label_stale(cfg, m)) for m in hard_label_names(cfg)]
+
+
+def hard_label_names(cfg: Config) -> list[str]:
+    """The ``images`` of the hard-label baselines the config asks for (none unless ``hard_label.enabled``)."""
+    if not cfg.hard_label.enabled:
+        return []
+    return list(cfg.recover.modes) + ([REAL_TRAIN] if cfg.hard_label.real else [])
 
 
 def _finish(cfg: Config, root: Path, results: dict) -> None:

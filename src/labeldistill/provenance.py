@@ -28,7 +28,7 @@ from .config import Config, ModelConfig, student_specs, with_student
 from .data.owned import source_fingerprint
 from .errors import ConfigError, StaleStageError
 from .io import atomic_write_json, read_json, settings_key
-from .layout import LabelVariant, RunLayout
+from .layout import REAL_TRAIN, LabelVariant, RunLayout
 from .models import check_model_spec
 from .variants import OWN_SOURCES, label_variants, resolve_variant
 
@@ -190,6 +190,27 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":
         out.update(_flat("generator", cfg.generator))
+    return out
+
+
+_HARD_PROTOCOL = ("relabel.batch_size", "relabel.crop_scale", "relabel.flip")
+
+
+def hard_label_settings(cfg: Config, images: str) -> dict[str, Any]:
+    """Every setting a hard-label baseline depends on (:func:`labeldistill.validate.hard_label`): for a mode,
+    its images' settings (the recover stage's) and the training protocol; for ``real-train`` (:data:`REAL_TRAIN`)
+    the seed, data and protocol."""
+    if images == REAL_TRAIN:
+        out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
+                               **autocast_settings(cfg), "hard_label.real_epochs": cfg.hard_label.real_epochs}
+    else:
+        out = {**stage_settings(cfg, StageRef("recover", images)), "validate.epochs": cfg.validate.epochs,
+               "relabel.epochs": cfg.relabel.epochs}
+    relabel = _flat("relabel", cfg.relabel)
+    out.update({k: relabel[k] for k in _HARD_PROTOCOL})
+    vc = _flat("validate", cfg.validate)
+    out.update({k: vc[k] for k in ("validate.model.name", "validate.model.args", "validate.optimizer",
+                                   "validate.lr", "validate.weight_decay", "validate.momentum")})
     return out
 
 

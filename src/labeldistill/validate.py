@@ -18,30 +18,42 @@ temperature calibration (:mod:`labeldistill.labels.calibration`).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .augment import Stream, step_generator
 from .config import Config, config_to_dict
-from .data import ImageSet, load_split
+from .data import ImageSet, iter_batches, load_split, normalize
 from .data.synthetic import image_bytes, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
-from .errors import LabelDistillError, StoreError
+from .errors import LabelDistillError, StaleStageError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
 from .labels.pool import recipe_mismatch
 from .labels.replay import build_batch
 from .labels.sources import label_model_bytes, load_label_model
 from .labels.store import LabelStore
-from .layout import LabelVariant, RunLayout, labels_tag
+from .layout import REAL_TRAIN, LabelVariant, RunLayout, labels_tag
 from .models import build_model
-from .provenance import StageRef, autocast_settings, check_fresh, fingerprint, model_tag, record_stage, stage_settings
+from .provenance import (
+    StageRef,
+    autocast_settings,
+    check_fresh,
+    fingerprint,
+    hard_label_settings,
+    model_tag,
+    record_stage,
+    stage_settings,
+)
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer
@@ -441,5 +453,115 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         atomic_write_json(out, row)
         resume.unlink(missing_ok=True)
         record_stage(cfg, ref, res["seconds"], layout)
+    barrier()
+    return row
+
+
+def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int, desc: str = "hard-label") -> dict:
+    """Train a fresh ``validate.model`` student with cross-entropy on ``data``'s class labels; top-1 on ``test``.
+
+    The protocol of :class:`~labeldistill.config.HardLabelConfig`: ``validate`` optimiser, learning rate and
+    weight decay with a cosine schedule over all steps; each epoch a seeded permutation in batches of
+    ``relabel.batch_size``; RandomResizedCrop(``relabel.crop_scale``) + horizontal flip (``relabel.flip``)
+    through kornia; no CutMix; normalised with ``test``'s mean and std; the last model is evaluated.
+
+    Args:
+        data: uint8 images ``(N, C, H, W)`` with int64 labels ``(N,)`` (in memory or lazy).
+        test: the real test split.
+        epochs: passes over ``data``.
+
+    Returns:
+        ``{"top1": fraction, "epochs", "steps", "seconds"}``.
+
+    Raises:
+        LabelDistillError: the loss became NaN or infinite.
+    """
+    vc, rc = cfg.validate, cfg.relabel
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # student initialisation and kornia's sampling
+    student = build_model(vc.model, test.num_classes, test.shape).to(device).to(memory_format=torch.channels_last)
+    opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
+    aug = nn.Sequential(K.RandomResizedCrop(tuple(test.shape[1:]), scale=tuple(rc.crop_scale)),
+                        K.RandomHorizontalFlip() if rc.flip else nn.Identity())
+    g = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = (len(data) + rc.batch_size - 1) // rc.batch_size
+    total, step, t0 = epochs * per_epoch, 0, time.time()
+    student.train()
+    for _ in tqdm(range(epochs), desc=desc, disable=not is_rank0(), leave=False, unit="epoch"):
+        order = torch.randperm(len(data), generator=g)
+        batches = [order[i * rc.batch_size:(i + 1) * rc.batch_size] for i in range(per_epoch)]
+        for images, labels in iter_batches(data, batches, cfg.data.workers):
+            x = normalize(aug(images.float().div_(255)), test.mean, test.std)
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(vc.lr, step, total)
+            with autocast(device, cfg.autocast):
+                out = student(x.to(device).contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(out.float(), labels.to(device))
+            if not torch.isfinite(loss):
+                raise LabelDistillError(f"hard-label loss became {loss.item()} at step {step} ({desc}); "
+                                        "lower validate.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    top1 = evaluate(student, test, test.mean, test.std, device, vc.eval_batch_size)
+    return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
+
+
+def hard_label_stale(cfg: Config, images: str) -> bool:
+    """Whether a finished hard-label row of ``images`` exists that was made with other settings."""
+    out = RunLayout(cfg.run_path).hard_label_file(images, model_tag(cfg.validate.model))
+    return out.is_file() and read_json(out).get("fingerprint") != fingerprint(hard_label_settings(cfg, images))
+
+
+def check_hard_label_fresh(cfg: Config, images: str) -> None:
+    """Refuse a finished hard-label row made with other settings.
+
+    Raises:
+        StaleStageError: naming the file and the two ways out.
+    """
+    if hard_label_stale(cfg, images):
+        out = RunLayout(cfg.run_path).hard_label_file(images, model_tag(cfg.validate.model))
+        raise StaleStageError(f"{out} was made with other settings; rerun with --force to recompute it, or set a "
+                              "new name=/run_dir= to keep both")
+
+
+def hard_label(cfg: Config, images: str, force: bool = False) -> dict:
+    """A hard-label baseline of DD-Ranking's HLR (Li et al. 2025, "DD-Ranking", arXiv 2505.13300: HLR =
+    Acc(real-hard) − Acc(syn-hard)); writes ``hard_label/<student>/<images>.json``.
+
+    ``images`` = a recover mode: the student learns that mode's images with their classes for ``validate.epochs``
+    (default ``relabel.epochs``) epochs — the syn-hard accuracy; ``images`` = ``real-train``
+    (:data:`~labeldistill.layout.REAL_TRAIN`): the whole real train split (``data.train_subset`` if set) for
+    ``hard_label.real_epochs`` epochs — the real-hard accuracy. Protocol: :func:`train_hard_student`.
+
+    Returns:
+        The row: images, source, ipc (modes only), n_images, image_bytes (the image files; uint8 ``N·C·H·W``
+        for ``real-train``), label_bytes (0: the class of an image is its folder), student, student_args, seed,
+        fingerprint, top1, epochs, steps, seconds.
+
+    Raises:
+        StaleStageError: a finished row made with other settings (without ``force``).
+        LabelDistillError: the mode's images do not exist yet (run recover first).
+    """
+    layout = RunLayout(cfg.run_path)
+    out = layout.hard_label_file(images, model_tag(cfg.validate.model))
+    fp = fingerprint(hard_label_settings(cfg, images))
+    if out.is_file() and not force:
+        check_hard_label_fresh(cfg, images)
+        return read_json(out)
+    test = load_split(cfg, "test")
+    if images == REAL_TRAIN:
+        data, meta = load_split(cfg, "train"), {"source": "real", "ipc": None}
+        nbytes, epochs = len(data) * math.prod(data.shape), cfg.hard_label.real_epochs
+    else:
+        data, meta = load_synthetic(layout.images_dir(images), test.mean, test.std)
+        nbytes, epochs = image_bytes(layout.images_dir(images)), cfg.validate.epochs or cfg.relabel.epochs
+    res = train_hard_student(cfg, data, test, epochs, desc=f"hard-label[{images}]")
+    row = {"images": images, "source": meta.get("source", "synthesis"), "ipc": meta.get("ipc"),
+           "n_images": len(data), "image_bytes": nbytes, "label_bytes": 0, "student": cfg.validate.model.name,
+           "student_args": dict(cfg.validate.model.args), "seed": cfg.seed, "fingerprint": fp, **res}
+    if is_rank0():
+        atomic_write_json(out, row)
     barrier()
     return row

@@ -32,7 +32,8 @@ from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
 from .probe import probe_data
 from ..variants import needs_class_stats
-from .stages import early_stages, label_rows, late_stages, recover_rows, relabel_plan, student_plan, teacher_plan
+from .stages import (early_stages, hard_label_stage, label_rows, late_stages, recover_rows, relabel_plan, student_plan,
+                     teacher_plan)
 
 
 def plan_run(cfg: Config) -> dict:
@@ -76,7 +77,7 @@ def plan_run(cfg: Config) -> dict:
     stages = (early_stages(cfg, layout, n_train, n_test)
               + [{"stage": f"recover[{r['mode']}]", "done": r["done"], "status": r["status"], "work": r["work"],
                   "steps": r["teacher_passes"], "images": r["images"]} for r in recover]
-              + relabel_stages + last_stages)
+              + relabel_stages + last_stages + hard_label_stage(cfg, layout, plan, n_train, n_test))
     return {"name": cfg.name, "run_dir": str(layout.root), "run_dir_exists": layout.root.exists(),
             "dataset": cfg.data.dataset, "lazy": cfg.data.lazy, "workers": cfg.data.workers, "data": data,
             "image_shape": list(shape), "num_classes": C, "teacher": teacher, "stages": stages,

@@ -12,10 +12,12 @@ import torch.nn as nn
 from ..config import Config, student_specs
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
-from ..layout import RunLayout
+from ..io import read_json
+from ..layout import REAL_TRAIN, RunLayout
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
-from ..provenance import StageRef, check_students, model_tag, relabel_ref, stage_status
+from ..provenance import (StageRef, check_students, fingerprint, hard_label_settings, model_tag, relabel_ref,
+                          stage_status)
 from ..data.owned import list_source
 from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
@@ -217,6 +219,27 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
                    f"({', '.join(model_tag(s) for s in specs)}), each evaluated on {n_test:,} test images",
            "steps": sum(r["steps"] for r in validate), "images": sum(r["images"] for r in validate)}
     return validate, [prune, val]
+
+
+def hard_label_stage(cfg: Config, layout: RunLayout, plan: StepPlan, n_train: int, n_test: int) -> list[dict]:
+    """The hard-label baselines' stage row (``hard_label.enabled`` only; :func:`labeldistill.validate.hard_label`)."""
+    if not cfg.hard_label.enabled:
+        return []
+    bs, epochs = cfg.relabel.batch_size, cfg.validate.epochs or cfg.relabel.epochs
+    student = model_tag(cfg.validate.model)
+    units = [(m, plan.n, epochs) for m in cfg.recover.modes]
+    units += [(REAL_TRAIN, n_train, cfg.hard_label.real_epochs)] if cfg.hard_label.real else []
+    statuses = []
+    for name, n, _ in units:
+        f = layout.hard_label_file(name, student)
+        fresh = f.is_file() and read_json(f).get("fingerprint") == fingerprint(hard_label_settings(cfg, name))
+        statuses.append("to do" if not f.is_file() else "done" if fresh else "stale (made with other settings)")
+    steps = sum(e * math.ceil(n / bs) for _, n, e in units)
+    return [{"stage": "hard-label", "done": all(s == "done" for s in statuses), "status": _worst(statuses),
+             "work": f"{len(units)} student run(s) with cross-entropy (HLR baselines): "
+                     + ", ".join(f"{name} {e} epochs" for name, _, e in units) + f"; {steps:,} steps of ≤{bs}, "
+                     f"each evaluated on {n_test:,} test images",
+             "steps": steps, "images": sum(e * n for _, n, e in units)}]
 
 
 def _worst(statuses: list[str]) -> str:

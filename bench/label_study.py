@@ -1,0 +1,317 @@
+"""Every way of paying for labels on one axis of bytes (issue #15 item 6), written into BENCHMARKS.md (section
+``label_study``).
+
+Fashion-MNIST, IPC 10, images ``cs`` (LPLD's class-wise BN supervision) and ``random_real``; per seed one main
+job (``configs/fmnist_demo.yaml`` + the overrides in :func:`job_overrides`) with
+
+* soft labels in the codecs ``fp16``, ``int8``, ``int4``, ``top2-int8`` × prune factors {1, 10, 40} (KL, the
+  default loss); ``top2-int8`` rather than ``top5-int8``: at 10 classes five kept values + five indices cost as
+  much as ``int8``'s ten values, two are the cheapest store (4 B an entry + the scale);
+* the two other student losses (``soft_ce``, ``gift``) at one setting (fp16, 40×), in ``s<seed>_loss-<loss>``
+  (a copy of the seed's run directory without its results: images and stores are reused, only validate runs);
+* hard-label baselines (``hard_label.enabled``): the student trained with cross-entropy on each image set and on
+  the whole real train split, so the leaderboard gives DD-Ranking's HLR beside its IOR;
+* optionally LD / RR learned labels (``--ld-run``: a finished ``learn-labels`` run directory, e.g. N = 100) and
+  any further run directories (``--extra-runs``; the hook for ``labels.source: generator | online`` runs, whose
+  rows the leaderboard reads like any main-job run).
+
+One ConvNet-64 teacher (``<runs>/base``, squeezed once) serves every seed; seeds change recover, relabel,
+pruning, the student and the hard-label baselines. The section (leaderboard table, paired comparisons with 95 %
+t-intervals over seeds, the best setting at label bytes ≤ image bytes, the image-distillation anchors) and the
+plot are rewritten after every finished seed, from whatever runs have finished; finished stages are reused, so
+an interrupted study resumes.
+
+Usage::
+
+    python bench/label_study.py                          # 3 seeds, about 40 CPU-minutes at one thread
+    python bench/label_study.py --write-only             # the section and plot from the finished runs only
+    python bench/label_study.py --ld-run runs/ld_n100    # + learned labels on the same axis
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, command_line, git_commit, machine, today, write_section  # noqa: E402
+
+from labeldistill.config import load_config  # noqa: E402
+from labeldistill.io import human_bytes, read_json  # noqa: E402
+from labeldistill.leaderboard import format_leaderboard, leaderboard, plot_leaderboard  # noqa: E402
+from labeldistill.pipeline import run  # noqa: E402
+from labeldistill.runtime import tune_malloc  # noqa: E402
+
+MODES = ["cs", "random_real"]
+CODECS = ["fp16", "int8", "int4", "top2-int8"]
+FACTORS = [1, 10, 40]
+LOSSES = ["soft_ce", "gift"]
+LOSS_FACTOR = 40
+REAL_EPOCHS = 2
+DEMO = REPO / "configs" / "fmnist_demo.yaml"
+ANCHORS = {"DC": 0.823, "DSA": 0.846}  # docs/anchors.md (ANCHORS.md §1): F-MNIST IPC 10, hard labels
+
+
+def job_overrides(runs: Path, seed: int, threads: int) -> list[str]:
+    """The main job of one seed (every codec × factor, hard-label baselines)."""
+    return [f"run_dir={runs / f's{seed}'}", "name=label_study", f"seed={seed}", f"threads={threads}", "device=cpu",
+            f"recover.modes=[{', '.join(MODES)}]", "recover.ipc=10", "recover.iterations=500",
+            "recover.vectorize=10", "relabel.epochs=300", "relabel.cutmix=0.5",
+            f"prune.factors=[{', '.join(map(str, FACTORS))}]", f"prune.logits=[{', '.join(CODECS)}]",
+            "hard_label.enabled=true", f"hard_label.real_epochs={REAL_EPOCHS}"]
+
+
+def loss_dir(runs: Path, seed: int, loss: str) -> Path:
+    return runs / f"s{seed}_loss-{loss}"
+
+
+def seed_base(runs: Path, threads: int) -> dict:
+    """Squeeze (and class statistics) once in ``<runs>/base``; returns the teacher info."""
+    from labeldistill.bnstats import class_stats
+    from labeldistill.squeeze import squeeze
+
+    cfg = load_config(DEMO, [f"run_dir={runs / 'base'}", f"threads={threads}", "device=cpu", "recover.modes=[cs]"])
+    teacher = squeeze(cfg)
+    class_stats(cfg)
+    return teacher
+
+
+def run_seed(runs: Path, seed: int, threads: int) -> None:
+    """The seed's main job, then each other loss at fp16 / ``LOSS_FACTOR``× on a copy of its run directory."""
+    root = runs / f"s{seed}"
+    for d in ("teacher", "class_stats"):
+        if not (root / d).exists():
+            shutil.copytree(runs / "base" / d, root / d)
+    run(load_config(DEMO, job_overrides(runs, seed, threads)))
+    for loss in LOSSES:
+        dest = loss_dir(runs, seed, loss)
+        if not dest.exists():
+            shutil.copytree(root, dest, ignore=shutil.ignore_patterns("validate", "hard_label", "results.json",
+                                                                     "report.md", "plots"))
+        over = job_overrides(runs, seed, threads)[1:] + [
+            f"run_dir={dest}", f"validate.loss={loss}", f"prune.factors=[{LOSS_FACTOR}]", "prune.logits=[fp16]",
+            "hard_label.enabled=false"]
+        run(load_config(DEMO, over))
+
+
+def finished_seeds(runs: Path, seeds: list[int]) -> list[int]:
+    """Seeds whose main job and loss runs have all written ``results.json``."""
+    return [s for s in seeds if (runs / f"s{s}" / "results.json").is_file()
+            and all((loss_dir(runs, s, loss) / "results.json").is_file() for loss in LOSSES)]
+
+
+def stage_minutes(runs: Path, seeds: list[int]) -> float:
+    """Wall minutes recorded by the finished seeds' runs (``stages.json`` and the hard-label rows)."""
+    def ledger(d: Path) -> dict:
+        return read_json(d / "stages.json") if (d / "stages.json").is_file() else {}
+
+    total = 0.0
+    for s in seeds:
+        total += sum(v.get("seconds") or 0 for v in ledger(runs / f"s{s}").values())
+        for loss in LOSSES:  # a loss run's ledger is a copy of the seed's plus its own validate rows
+            own = ledger(loss_dir(runs, s, loss))
+            total += sum(v.get("seconds") or 0 for m in MODES for k, v in own.items()
+                         if k.startswith(f"validate[{m} x{LOSS_FACTOR} "))
+        total += sum(r.get("seconds", 0) for r in read_json(runs / f"s{s}" / "results.json").get("hard_label", []))
+    return total / 60
+
+
+def t_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval (in points) of paired differences given in fractions."""
+    d = [100 * x for x in diffs]
+    m = statistics.fmean(d)
+    if len(d) < 2:
+        return m, float("nan"), float("nan")
+    h = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    return m, m - h, m + h
+
+
+def verdict(lo: float, hi: float, claim_positive: bool | None = None) -> str:
+    """``held`` / ``did not hold`` only when the interval excludes 0; otherwise ``not resolved``."""
+    if math.isnan(lo) or (lo <= 0 <= hi):
+        return "not resolved"
+    if claim_positive is None:
+        return "> 0" if lo > 0 else "< 0"
+    return "held" if (lo > 0) == claim_positive else "did not hold"
+
+
+def per_seed(runs: Path, seeds: list[int]) -> dict:
+    """``{(mode, factor, codec, loss): {seed: top1}}`` and ``{("hard", images): {seed: top1}}``."""
+    out: dict = {}
+    for s in seeds:
+        dirs = [runs / f"s{s}"] + [loss_dir(runs, s, loss) for loss in LOSSES]
+        for d in dirs:
+            for r in read_json(d / "results.json")["rows"]:
+                key = (r["recover"], int(r["prune_factor"]), r["logits"], r.get("loss", "kl"))
+                out.setdefault(key, {})[s] = r["top1"]
+        for r in read_json(runs / f"s{s}" / "results.json").get("hard_label", []):
+            out.setdefault(("hard", r["images"]), {})[s] = r["top1"]
+    return out
+
+
+def _row(name: str, a: dict, b: dict, claim: bool | None = None) -> str:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return f"| {name} | – | – | – | – |"
+    m, lo, hi = t_interval([a[s] - b[s] for s in seeds])
+    ci = f"[{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else "–"
+    return f"| {name} | {len(seeds)} | {m:+.1f} | {ci} | {verdict(lo, hi, claim)} |"
+
+
+def comparisons(tops: dict) -> str:
+    """Paired differences over seeds: codecs vs fp16, losses vs KL, cs vs random_real (IOR), HLR."""
+    head = "| comparison (paired by seed) | seeds | mean (pt) | 95 % t-interval (pt) | reading |\n|---|---|---|---|---|"
+    lines = [head]
+    for mode in MODES:
+        for f in FACTORS:
+            for c in CODECS[1:]:
+                lines.append(_row(f"{mode} {f}×: {c} − fp16", tops.get((mode, f, c, "kl"), {}),
+                                  tops.get((mode, f, "fp16", "kl"), {})))
+    for mode in MODES:
+        for loss in LOSSES:
+            lines.append(_row(f"{mode} {LOSS_FACTOR}× fp16: loss {loss} − kl",
+                              tops.get((mode, LOSS_FACTOR, "fp16", loss), {}),
+                              tops.get((mode, LOSS_FACTOR, "fp16", "kl"), {})))
+    for f in FACTORS:
+        for c in CODECS:
+            lines.append(_row(f"IOR {f}× {c}: cs − random_real", tops.get(("cs", f, c, "kl"), {}),
+                              tops.get(("random_real", f, c, "kl"), {}), claim=True))
+    lines.append(_row("IOR hard labels: cs − random_real", tops.get(("hard", "cs"), {}),
+                      tops.get(("hard", "random_real"), {}), claim=True))
+    for mode in MODES:
+        lines.append(_row(f"HLR {mode}: real-train − {mode} (hard labels)", tops.get(("hard", "real-train"), {}),
+                          tops.get(("hard", mode), {})))
+    return "\n".join(lines)
+
+
+def _key(r: dict) -> tuple | None:
+    """The :func:`per_seed` key of a leaderboard row (``None`` for rows without per-seed values here)."""
+    if r["kind"] == "hard-label" and not r["images"].startswith("real-train"):
+        return ("hard", r["images"])
+    if r["kind"] != "main":
+        return None
+    factor = int(float(r["labels"].split()[0][1:]))
+    loss = r["labels"].split("loss ")[1] if "loss " in r["labels"] else "kl"
+    return (r["images"], factor, r["codec"], loss)
+
+
+def _name(r: dict) -> str:
+    return f"{r['images']} + {r['labels']}" + (f" ({r['codec']})" if r["codec"] != "-" else "")
+
+
+def _vs_anchor(r: dict, tops: dict) -> str:
+    """The row's top-1 against DC and DSA: a one-sample 95 % t-interval over its seeds."""
+    vals = list(tops.get(_key(r), {}).values()) if _key(r) else []
+    if len(vals) < 2:
+        return f"top-1 {100 * r['top1_mean']:.1f} % ({r['n']} value(s): no interval)"
+    out = []
+    for name, a in ANCHORS.items():
+        m, lo, hi = t_interval([v - a for v in vals])
+        out.append(f"{name} {100 * a:.1f} %: {m:+.1f} pt [{lo:+.1f}, {hi:+.1f}] → "
+                   + {"held": "beats it", "did not hold": "below it", "not resolved": "not resolved"}[
+                       verdict(lo, hi, True)])
+    return f"top-1 {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} %; vs " + "; ".join(out)
+
+
+def headline(table: list[dict], tops: dict) -> str:
+    """The best setting at label bytes ≤ image bytes, the best overall, the best hard-label set, and each
+    against the image-distillation anchors."""
+    known = [r for r in table if r["total_bytes"] is not None and not r["images"].startswith("real-train")]
+    if not known:
+        return "No finished runs yet."
+    cheap = [r for r in known if r["label_bytes"] <= r["image_bytes"]]
+    lines = []
+    if cheap:
+        b = max(cheap, key=lambda r: r["top1_mean"])
+        lines.append(f"- **Best top-1 at label bytes ≤ image bytes**: {_name(b)}, labels "
+                     f"{human_bytes(b['label_bytes'])} ≤ images {human_bytes(b['image_bytes'])}: "
+                     f"{_vs_anchor(b, tops)}.")
+    best = max(known, key=lambda r: r["top1_mean"])
+    lines.append(f"- **Best top-1 of any setting**: {_name(best)}, {human_bytes(best['total_bytes'])} in all: "
+                 f"{_vs_anchor(best, tops)}.")
+    hard = [r for r in known if r["kind"] == "hard-label"]
+    if hard:
+        h = max(hard, key=lambda r: r["top1_mean"])
+        lines.append(f"- **Best with hard labels only** (the anchors' setting: no stored labels): {_name(h)}: "
+                     f"{_vs_anchor(h, tops)}.")
+    beats = [r for r in known if r["top1_mean"] > ANCHORS["DSA"]]
+    lines.append(f"- Settings whose mean top-1 exceeds DSA's 84.6 %: {len(beats)} of {len(known)}"
+                 + (f" ({', '.join(_name(r) for r in beats[:6])}{', ...' if len(beats) > 6 else ''})" if beats else "")
+                 + f"; exceeding DC's 82.3 %: {sum(r['top1_mean'] > ANCHORS['DC'] for r in known)}.")
+    return "\n".join(lines)
+
+
+def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
+    """Write the section and the plot from the finished seeds (and the optional learn-labels / extra runs)."""
+    done = finished_seeds(runs, args.seeds)
+    dirs = [d for s in done for d in [runs / f"s{s}"] + [loss_dir(runs, s, loss) for loss in LOSSES]]
+    dirs += [Path(d) for d in ([args.ld_run] if args.ld_run else []) + list(args.extra_runs)]
+    state = "complete" if done == args.seeds else f"in progress: seeds {done} of {args.seeds} finished"
+    teacher = read_json(runs / "base" / "teacher" / "teacher.json") if (runs / "base" / "teacher").is_dir() else {}
+    head = (f"## Label study: every way of paying for labels on one axis of bytes (Fashion-MNIST, IPC 10)\n\n"
+            f"Command: `{command_line()}`  \nCommit: {git_commit()}  \nDate: {today()}  \nMachine: {machine()}  \n"
+            f"Seeds: {state}. Wall time of this invocation: {(time.time() - t0) / 60:.1f} min; recorded wall time "
+            f"of the finished runs' stages and hard-label baselines: {stage_minutes(runs, done):.1f} min (1 torch "
+            "thread, nice 10, other studies sharing the 2 cores).\n\n"
+            f"Setting: teacher ConvNet-64 ({teacher.get('epochs', '?')} epochs, top-1 "
+            f"{100 * teacher.get('top1', float('nan')):.2f} %, one for all seeds); images `cs` (LPLD class-wise BN "
+            "supervision, 500 iterations) and `random_real`, IPC 10 (100 images); relabel 300 epochs × 2 steps of "
+            "50 with CutMix (p 0.5); student ConvNet-32 (batch norm), AdamW, T = 4; prune factors "
+            f"{FACTORS} × codecs {CODECS} (loss KL; `top2-int8`, not `top5-int8`: at 10 classes five values + five "
+            f"indices cost as much as `int8`'s ten values); losses soft_ce and gift at fp16 {LOSS_FACTOR}×; hard-label "
+            f"baselines with the same student (cross-entropy, 300 epochs on the 100 images, {REAL_EPOCHS} epochs on "
+            "the 60,000 real training images; `hard_label` in the README). Top-1 on the real test split (10,000), "
+            "mean ± std over seeds. IOR and HLR are DD-Ranking's (arXiv 2505.13300) under this project's "
+            "protocol; HLR is lower-better. Anchors: DC 82.3 %, DSA 84.6 % at IPC 10 (hard labels, no stored "
+            "labels, ConvNet-128 with instance norm; [docs/anchors.md](docs/anchors.md), ANCHORS.md §1) — a "
+            "different student and protocol, so a comparison, not a reproduction.\n\n")
+    if not dirs:
+        write_section(Path(args.out), "label_study", head + "No seed has finished yet.")
+        return
+    table = leaderboard(dirs)
+    tops = per_seed(runs, done)
+    plot = Path(args.plot)
+    plot_leaderboard(table, plot, title=f"Fashion-MNIST IPC 10: top-1 vs bytes ({len(done)} seed(s))")
+    link = plot.relative_to(REPO) if plot.is_relative_to(REPO) else plot
+    hook = ("Rows of `labels.source: generator | online` runs are not in this study yet; pass their run "
+            "directories with `--extra-runs` and they join the table and the plot.")
+    body = (head + headline(table, tops) + f"\n\n![top-1 vs total bytes]({link})\n\n### Leaderboard\n\n"
+            + format_leaderboard(table) + "\n### Paired comparisons over seeds\n\n"
+            "Differences in points; an interval that excludes 0 gives the sign (IOR rows: `held` = cs beats "
+            "random_real), otherwise `not resolved`.\n\n" + comparisons(tops) + f"\n\n{hook}\n")
+    write_section(Path(args.out), "label_study", body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_label_study"))
+    ap.add_argument("--ld-run", help="a finished learn-labels run directory (e.g. LD/RR at N = 100)")
+    ap.add_argument("--extra-runs", nargs="*", default=[], help="more run directories for the table and plot")
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--plot", default=str(REPO / "docs" / "label_study.png"))
+    ap.add_argument("--write-only", action="store_true", help="only rewrite the section from finished runs")
+    args = ap.parse_args()
+    tune_malloc()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    runs = Path(args.runs)
+    if not args.write_only:
+        seed_base(runs, args.threads)
+        for seed in args.seeds:
+            run_seed(runs, seed, args.threads)
+            render(args, runs, t0)
+    render(args, runs, t0)
+
+
+if __name__ == "__main__":
+    main()
