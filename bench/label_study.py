@@ -57,7 +57,7 @@ LOSSES = ["soft_ce", "gift"]
 LOSS_FACTOR = 40
 REAL_EPOCHS = 2
 DEMO = REPO / "configs" / "fmnist_demo.yaml"
-ANCHORS = {"DC": 0.823, "DSA": 0.846}  # docs/anchors.md (ANCHORS.md §1): F-MNIST IPC 10, hard labels
+ANCHORS = {"DC": 0.823, "DSA": 0.846}  # docs/anchors.md §1: F-MNIST IPC 10, hard labels
 
 
 def job_overrides(runs: Path, seed: int, threads: int) -> list[str]:
@@ -271,7 +271,7 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
             "the 60,000 real training images; `hard_label` in the README). Top-1 on the real test split (10,000), "
             "mean ± std over seeds. IOR and HLR are DD-Ranking's (arXiv 2505.13300) under this project's "
             "protocol; HLR is lower-better. Anchors: DC 82.3 %, DSA 84.6 % at IPC 10 (hard labels, no stored "
-            "labels, ConvNet-128 with instance norm; [docs/anchors.md](docs/anchors.md), ANCHORS.md §1) — a "
+            "labels, ConvNet-128 with instance norm; [docs/anchors.md](docs/anchors.md) §1) — a "
             "different student and protocol, so a comparison, not a reproduction.\n\n")
     if not dirs:
         write_section(Path(args.out), "label_study", head + "No seed has finished yet.")
