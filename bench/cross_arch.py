@@ -324,7 +324,7 @@ def _teacher_line(args, name: str) -> str:
     led = Path(args.runs) / name / "stages.json"
     reused = read_json(led).get("squeeze", {}).get("reused_from") if led.is_file() else None
     return (f"{name}: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, top-1 {100 * t['top1']:.2f} % "
-            "(10,000 test images)" + (f"; the squeeze stage of `make demo`, reused from `{reused}` (same settings "
+            "(10,000 test images)" + (f"; the squeeze stage of `make demo`, reused from `{_shown(reused)}` (same settings "
                                       "fingerprint)" if reused else ""))
 
 
@@ -378,7 +378,7 @@ def write(args) -> None:
     e10, e50 = args.epochs[10], args.epochs[50]
     body = (f"## Cross-architecture evaluation (Fashion-MNIST)\n\nCommand: `{args.command}`  \nCommit: "
             f"{git_commit()}  \nDate: {today()}  \nMachine: {machine()}, run at nice 10 beside other jobs  \n"
-            f"Runs: `{args.runs}` (rows: `<cell>/seed<s>/validate/<student>/<mode>_x<f>.json`)\n\n"
+            f"Runs: `{_shown(args.runs)}` (rows: `<cell>/seed<s>/validate/<student>/<mode>_x<f>.json`)\n\n"
             f"{_teacher_line(args, 'teacher0')}  \n{_teacher_line(args, 'xteacher')}  \n{_images_line(args)}\n\n"
             f"Recipe: images by the demo's recover (500 iterations, seed 0; 10 batches per forward, same images) from teacher0; relabel as the demo "
             f"(crops 0.08-1, flip, CutMix 0, batch 50, T = 4, AdamW lr 0.002) but **{e10} epochs at IPC 10 and {e50} "
@@ -396,9 +396,15 @@ def write(args) -> None:
     write_section(Path(args.out), "cross_arch", body)
 
 
+def _shown(path) -> str:
+    """``path`` as written in BENCHMARKS.md: relative to the repository when inside it (no machine paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else p.name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="/work/main/runs/bench_cross_arch")
+    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_cross_arch"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs10", type=int, default=60, help="relabel = student epochs at IPC 10")
     ap.add_argument("--epochs50", type=int, default=20, help="relabel = student epochs at IPC 50")
