@@ -73,3 +73,25 @@ def test_main_job_switch_cli_verb_and_leaderboard_hlr(own_run, capsys):
     assert cli.main(["hard-label", str(cfg.run_path / "c.yaml"), "--mode", mode, "--no-real"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{mode}: hard-label top-1 {100 * tops[mode]:.2f} %") and REAL_TRAIN not in out
+
+
+@needs_fmnist
+def test_every_student_gets_its_own_baselines(own_run):
+    """validate.students [A, B] with hard_label.enabled: one row per (student, images), each trained with that
+    student (so HLR compares like with like), and the plan counts both students' runs."""
+    from labeldistill.config import ModelConfig
+    from labeldistill.pipeline import hard_label_rows
+
+    mlp = ModelConfig(name="mlp", args={"hidden": 16})
+    cfg = dataclasses.replace(own_run, hard_label=dataclasses.replace(own_run.hard_label, enabled=True, real=False),
+                              validate=dataclasses.replace(own_run.validate, students=[own_run.validate.model, mlp]))
+    rows = hard_label_rows(cfg)
+    assert [(r["student"], r["images"]) for r in rows] == \
+        [(s, m) for s in ("convnet", "mlp") for m in cfg.recover.modes]
+    assert rows[0]["student_args"] == dict(own_run.validate.model.args) and rows[-1]["student_args"] == {"hidden": 16}
+    layout = RunLayout(cfg.run_path)
+    assert all(layout.hard_label_file(m, t).is_file() for m in cfg.recover.modes
+               for t in ("convnet-depth3-normbatch-width8", "mlp-hidden16"))
+    stage = next(s for s in plan_run(cfg)["stages"] if s["stage"] == "hard-label")
+    assert stage["done"] and "for each of 2 students" in stage["work"]
+    assert stage["steps"] == 2 * len(cfg.recover.modes) * cfg.validate.epochs * 3  # 20 images in batches of 8

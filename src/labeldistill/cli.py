@@ -193,12 +193,17 @@ def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
             print(f"{m} generator {g['model']}: {g['weights_bytes']} bytes, loss {g['losses'][0]:.4f} → "
                   f"{g['losses'][-1]:.4f}")
     elif args.command == "hard-label":
+        from .config import student_specs, with_student
         from .layout import REAL_TRAIN
         from .validate import hard_label
 
-        for m in list(modes) + ([REAL_TRAIN] if cfg.hard_label.real and not args.no_real else []):
-            r = hard_label(cfg, m, force=force)
-            print(f"{m}: hard-label top-1 {100 * r['top1']:.2f} % ({r['n_images']} images, {r['epochs']} epochs)")
+        specs = student_specs(cfg.validate)
+        for spec in specs:  # each student of validate.students gets its own baselines
+            for m in list(modes) + ([REAL_TRAIN] if cfg.hard_label.real and not args.no_real else []):
+                r = hard_label(with_student(cfg, spec), m, force=force)
+                who = f" ({r['student']})" if len(specs) > 1 else ""
+                print(f"{m}: hard-label top-1 {100 * r['top1']:.2f} % ({r['n_images']} images, {r['epochs']} "
+                      f"epochs){who}")
 
 
 def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:

@@ -68,9 +68,9 @@ def stale_refs(cfg: Config, force: bool) -> set[str]:
             if not force:
                 check_fresh(cfg, ref, layout)
             stale.add(ref.key)
-    for m in hard_label_names(cfg):
-        if not force:
-            check_hard_label_fresh(cfg, m)
+    if not force:
+        for one, m in hard_label_units(cfg):
+            check_hard_label_fresh(one, m)
     return stale
 
 
@@ -168,9 +168,16 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
 
 def hard_label_rows(cfg: Config, force: bool = False) -> list[dict]:
     """With ``hard_label.enabled``: the hard-label baselines (HLR) of every recover mode and, with
-    ``hard_label.real``, of the real train split (:func:`labeldistill.validate.hard_label`); else ``[]``.
-    ``force`` recomputes only rows made with other settings."""
-    return [hard_label(cfg, m, force=force and hard_label_stale(cfg, m)) for m in hard_label_names(cfg)]
+    ``hard_label.real``, of the real train split, for every student of ``validate.students``
+    (:func:`labeldistill.validate.hard_label`); else ``[]``. ``force`` recomputes only rows made with other
+    settings."""
+    return [hard_label(one, m, force=force and hard_label_stale(one, m)) for one, m in hard_label_units(cfg)]
+
+
+def hard_label_units(cfg: Config) -> list[tuple[Config, str]]:
+    """(config with one student, images) of every hard-label baseline the config asks for, student-major: each
+    student of ``validate.students`` gets its own rows, as each gets its own validate rows."""
+    return [(with_student(cfg, spec), m) for spec in student_specs(cfg.validate) for m in hard_label_names(cfg)]
 
 
 def hard_label_names(cfg: Config) -> list[str]:

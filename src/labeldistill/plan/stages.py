@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config, student_specs
+from ..config import Config, student_specs, with_student
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
 from ..io import read_json
@@ -226,20 +226,23 @@ def hard_label_stage(cfg: Config, layout: RunLayout, plan: StepPlan, n_train: in
     if not cfg.hard_label.enabled:
         return []
     bs, epochs = cfg.relabel.batch_size, cfg.validate.epochs or cfg.relabel.epochs
-    student = model_tag(cfg.validate.model)
+    specs = student_specs(cfg.validate)
     units = [(m, plan.n, epochs) for m in cfg.recover.modes]
     units += [(REAL_TRAIN, n_train, cfg.hard_label.real_epochs)] if cfg.hard_label.real else []
     statuses = []
-    for name, n, _ in units:
-        f = layout.hard_label_file(name, student)
-        fresh = f.is_file() and read_json(f).get("fingerprint") == fingerprint(hard_label_settings(cfg, name))
-        statuses.append("to do" if not f.is_file() else "done" if fresh else "stale (made with other settings)")
-    steps = sum(e * math.ceil(n / bs) for _, n, e in units)
+    for spec in specs:  # every student of validate.students has its own baselines
+        one = with_student(cfg, spec)
+        for name, n, _ in units:
+            f = layout.hard_label_file(name, model_tag(spec))
+            fresh = f.is_file() and read_json(f).get("fingerprint") == fingerprint(hard_label_settings(one, name))
+            statuses.append("to do" if not f.is_file() else "done" if fresh else "stale (made with other settings)")
+    steps = len(specs) * sum(e * math.ceil(n / bs) for _, n, e in units)
     return [{"stage": "hard-label", "done": all(s == "done" for s in statuses), "status": _worst(statuses),
-             "work": f"{len(units)} student run(s) with cross-entropy (HLR baselines): "
-                     + ", ".join(f"{name} {e} epochs" for name, _, e in units) + f"; {steps:,} steps of ≤{bs}, "
-                     f"each evaluated on {n_test:,} test images",
-             "steps": steps, "images": sum(e * n for _, n, e in units)}]
+             "work": f"{len(units) * len(specs)} student run(s) with cross-entropy (HLR baselines): "
+                     + ", ".join(f"{name} {e} epochs" for name, _, e in units)
+                     + (f" for each of {len(specs)} students" if len(specs) > 1 else "")
+                     + f"; {steps:,} steps of ≤{bs}, each evaluated on {n_test:,} test images",
+             "steps": steps, "images": len(specs) * sum(e * n for _, n, e in units)}]
 
 
 def _worst(statuses: list[str]) -> str:
