@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import Config, SqueezeConfig, check_squeeze_options, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize
 from .distributed import barrier, rank_world, wrap_ddp
-from .errors import DataError, LabelDistillError
+from .errors import DataError
 from .io import MetricsLog, read_json, settings_key
 from .layout import RunLayout
 from .models import build_model
@@ -26,7 +26,7 @@ from .provenance import StageRef, check_fresh, record_stage
 from .models.checkpoint import load_checkpoint_into, load_state_dict_file, save_teacher  # noqa: F401
 from .resume import fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
-from .training import cosine_lr, evaluate, make_optimizer
+from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
 
 
 def teacher_lr(sc: SqueezeConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -146,12 +146,7 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
                 group["lr"] = teacher_lr(sc, step, total, steps_per_epoch)
             with autocast(device, cfg.autocast):
                 loss = F.cross_entropy(net(x), y)
-            if not torch.isfinite(loss):
-                raise LabelDistillError(f"teacher loss became {loss.item()} at epoch {epoch}, step {i}; "
-                                        "lower squeeze.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, "teacher", f"epoch {epoch}, step {i}", "squeeze.lr")
             step += 1
             bar.update(1)
             if step % 50 == 0:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .data import ImageSet, iter_batches, normalize
-from .errors import ConfigError
+from .errors import ConfigError, LabelDistillError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -18,6 +18,24 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 def cosine_lr(base: float, step: int, total: int) -> float:
     """Cosine annealing from ``base`` (step 0) to 0 (step ``total``), no warm-up."""
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, who: str, where: str, lr_key: str) -> None:
+    """One gradient step on ``loss`` (zero grads, backward, step), refused when the loss is not finite.
+
+    Args:
+        who / where / lr_key: the error message's words, e.g. ``"student"``, ``"step 12 (validate[cs x1])"``,
+            ``"validate.lr"``.
+
+    Raises:
+        LabelDistillError: the loss is nan or inf (names who, where and the learning-rate key to lower); no step
+            is taken, so finished work and checkpoints stay as they were.
+    """
+    if not torch.isfinite(loss):
+        raise LabelDistillError(f"{who} loss became {loss.item()} at {where}; lower {lr_key}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0,

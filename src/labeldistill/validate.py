@@ -56,7 +56,7 @@ from .provenance import (
 )
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
-from .training import cosine_lr, evaluate, make_optimizer
+from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
 
 
 class StoredStepDataset(Dataset):
@@ -348,11 +348,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
             out = net(x)
             t = feed.targets(x, t[rank::world].to(device), epoch)
         loss = feed.loss(out.float(), t, y[0][rank::world].to(device) if y else None, epoch)
-        if not torch.isfinite(loss):
-            raise LabelDistillError(f"student loss became {loss.item()} at step {step} ({desc}); lower validate.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss, "student", f"step {step} ({desc})", "validate.lr")
         step += 1
         bar.update(1)
         left -= 1
@@ -497,12 +493,7 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
             with autocast(device, cfg.autocast):
                 out = student(x.to(device).contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(out.float(), labels.to(device))
-            if not torch.isfinite(loss):
-                raise LabelDistillError(f"hard-label loss became {loss.item()} at step {step} ({desc}); "
-                                        "lower validate.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, "hard-label", f"step {step} ({desc})", "validate.lr")
             step += 1
     top1 = evaluate(student, test, test.mean, test.std, device, vc.eval_batch_size)
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}

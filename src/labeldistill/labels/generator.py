@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.synthetic import load_synthetic
-from ..errors import LabelDistillError, StoreError
+from ..errors import StoreError
 from ..io import MetricsLog, read_json, settings_key
 from ..layout import RunLayout
 from ..models import build_model
@@ -38,7 +38,7 @@ from ..provenance import (
 )
 from ..resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from ..runtime import is_rank0, pick_device
-from ..training import cosine_lr, make_optimizer
+from ..training import cosine_lr, make_optimizer, optimizer_step
 from .replay import build_batch
 from .sources import GENERATOR_INFO, save_generator
 from .store import LabelStore
@@ -64,11 +64,7 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, store: LabelStore, imag
         for group in opt.param_groups:
             group["lr"] = cosine_lr(gc.lr, step, total)
         loss = generator_loss(model(x).float(), t, gc.temperature)
-        if not torch.isfinite(loss):
-            raise LabelDistillError(f"generator loss became {loss.item()} at step {step}; lower generator.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss, "generator", f"step {step}", "generator.lr")
         losses.append(loss.item())
         step += 1
     return sum(losses) / len(losses), step
