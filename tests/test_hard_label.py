@@ -8,7 +8,7 @@ import json
 import shutil
 
 import pytest
-from conftest import needs_fmnist
+from conftest import REPO, needs_fmnist
 
 from labeldistill import cli
 from labeldistill.config import dump_config
@@ -95,3 +95,14 @@ def test_every_student_gets_its_own_baselines(own_run):
     stage = next(s for s in plan_run(cfg)["stages"] if s["stage"] == "hard-label")
     assert stage["done"] and "for each of 2 students" in stage["work"]
     assert stage["steps"] == 2 * len(cfg.recover.modes) * cfg.validate.epochs * 3  # 20 images in batches of 8
+
+
+def test_real_train_fingerprint_depends_on_the_holdout():
+    """The real-train baseline trains on the train split less data.holdout: changing it must make the row stale."""
+    from labeldistill.config import load_config
+    from labeldistill.provenance import fingerprint, hard_label_settings
+
+    demo = REPO / "configs" / "fmnist_demo.yaml"
+    a, b = load_config(demo), load_config(demo, ["data.holdout=1000"])
+    assert fingerprint(hard_label_settings(a, REAL_TRAIN)) != fingerprint(hard_label_settings(b, REAL_TRAIN))
+    assert fingerprint(hard_label_settings(a, "lpld")) != fingerprint(hard_label_settings(b, "lpld"))

@@ -158,6 +158,21 @@ def test_online_and_stored_rows_sit_beside_the_generator_row_with_their_sources(
 
 
 @needs_fmnist
+def test_validate_refuses_a_generator_made_with_other_settings(gen_run, capsys):
+    """The validate verb (which does not retrain the generator) must not score a generator made with other
+    settings under the current ones: one line naming the generator stage and the changed key, exit 2."""
+    out = gen_run / "validate" / "convnet-depth3-normbatch-width4" / "random_real_x1-labels_generator.json"
+    before = out.read_bytes()
+    capsys.readouterr()
+    code = cli.main(["validate", DEMO, *MICRO, *GEN, "generator.epochs=7", f"run_dir={gen_run}",
+                     "validate.label_source=generator", "--force"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "generator[random_real]" in err and "generator.epochs" in err, err
+    assert out.read_bytes() == before  # the finished row is untouched
+
+
+@needs_fmnist
 def test_generator_resumes_after_a_kill_with_the_same_weights(gen_run, tmp_path):
     run_dir = tmp_path / "r"
     shutil.copytree(gen_run, run_dir)

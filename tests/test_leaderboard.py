@@ -96,7 +96,8 @@ def _hard(run, images: str, top1: float, seed: int, n: int = 100, sub: str = "")
     d = run / sub / "hard_label" / "convnet-width4"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{images}.json").write_text(json.dumps({
-        "images": images, "source": "x", "n_images": n, "image_bytes": 1000 if images != "real-train" else 10**6,
+        "images": images, "source": "x", "ipc": None if images == "real-train" else 1, "n_images": n,
+        "image_bytes": 1000 if images != "real-train" else 10**6,
         "label_bytes": 0, "student": "convnet", "student_args": {"width": 4}, "seed": seed, "top1": top1}))
 
 
@@ -155,3 +156,45 @@ def test_plot_front_is_the_tables_pareto_front(runs, tmp_path, capsys):
     assert (tmp_path / "cli.png").is_file() and "plot:" in capsys.readouterr().out
     assert cli.main(["leaderboard", str(main), "--plot", str(tmp_path / "x.nope")]) == 2
     assert "--plot" in capsys.readouterr().err
+
+
+def _ipc_run(root, name: str, ipc: int, top1: float, hard_top1: float, real_top1: float) -> object:
+    run = root / name
+    run.mkdir()
+    row = {**_main_row("cs", top1, 0, 4000), "ipc": ipc, "image_bytes": 100 * ipc}
+    (run / "results.json").write_text(json.dumps({"dataset": "fashion-mnist", "rows": [row]}))
+    d = run / "hard_label" / "convnet-width4"
+    d.mkdir(parents=True)
+    for images, t, i in (("cs", hard_top1, ipc), ("real-train", real_top1, None)):
+        (d / f"{images}.json").write_text(json.dumps({
+            "images": images, "source": "x", "ipc": i, "n_images": 10 * (i or 100), "image_bytes": 100 * (i or 100),
+            "label_bytes": 0, "student": "convnet", "student_args": {"width": 4}, "seed": 0, "top1": t}))
+    return run
+
+
+def test_rows_of_different_ipc_are_neither_pooled_nor_paired(tmp_path):
+    """Two runs with the same mode name at IPC 10 and IPC 50: two rows with their own bytes, accuracy and HLR
+    (the real-train rows of one dataset and seed are one reference: their mean)."""
+    a = _ipc_run(tmp_path, "a", 10, 0.5, 0.30, 0.90)
+    b = _ipc_run(tmp_path, "b", 50, 0.8, 0.60, 0.92)
+    by = {(r["setting"], r["kind"]): r for r in leaderboard([a, b])}
+    ten, fifty = by[("fashion-mnist IPC 10", "main")], by[("fashion-mnist IPC 50", "main")]
+    assert (ten["n"], ten["top1_mean"], ten["image_bytes"]) == (1, 0.5, 1000)
+    assert (fifty["n"], fifty["top1_mean"], fifty["image_bytes"]) == (1, 0.8, 5000)
+    assert ten["hlr"] == pytest.approx(0.91 - 0.30) and fifty["hlr"] == pytest.approx(0.91 - 0.60)
+    assert by[("fashion-mnist full train", "hard-label")]["n"] == 2
+    assert "| fashion-mnist IPC 50 | cs |" in format_leaderboard(leaderboard([a, b]))
+
+
+def test_learned_rows_of_different_metatest_settings_are_not_pooled(tmp_path):
+    ll = tmp_path / "ll"
+    ll.mkdir()
+    base = {"method": "onehot", "arch": "lenet", "arch_args": {}, "n_base": 10, "source": "fmnist",
+            "target": "fmnist", "top1_std": 0.0, "label_bytes": 400, "image_bytes": 7840}
+    rows = [{**base, "head": "plain", "optimizer": "adam", "lr": 0.001, "top1_mean": 0.6, "top1_all": [0.6]},
+            {**base, "head": "rr", "optimizer": "sgd", "lr": 0.01, "top1_mean": 0.2, "top1_all": [0.2]}]
+    (ll / "results.json").write_text(json.dumps({"seed": 0, "n_base": 10, "rows": rows}))
+    table = leaderboard([ll])
+    assert sorted((r["student"], r["top1_mean"], r["n"]) for r in table) == [
+        ("lenet + rr head, sgd lr 0.01", 0.2, 1), ("lenet, adam lr 0.001", 0.6, 1)]
+    assert {r["setting"] for r in table} == {"fmnist N=10"}

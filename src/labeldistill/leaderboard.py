@@ -63,7 +63,13 @@ def _safetensors_shape(path: Path, key: str) -> list[int] | None:
     return header.get(key, {}).get("shape")
 
 
-def _main_rows(rows: list[dict], run: str) -> list[dict]:
+def _setting(dataset: str | None, ipc: int | None) -> str:
+    """The data a row was made on: ``"<dataset> IPC <k>"`` (``"<dataset> full train"`` without IPC). Rows of
+    different settings are never grouped, and IOR / HLR compare rows of one setting only."""
+    return f"{dataset or '?'} " + (f"IPC {ipc}" if ipc is not None else "full train")
+
+
+def _main_rows(rows: list[dict], run: str, dataset: str | None) -> list[dict]:
     out = []
     for r in rows:
         if r.get("eval_split", "test") != "test":  # scored on the held-out train images: not comparable
@@ -78,11 +84,13 @@ def _main_rows(rows: list[dict], run: str) -> list[dict]:
         source = r.get("label_source", "stored")
         if source != "stored":  # the labels come from a label model; the store only gave the augmentations
             labels = f"{source} model ({labels})"
-        out.append({"kind": "main", "run": run, "images": r["recover"], "labels": labels,
+        setting = _setting(dataset, r.get("ipc"))
+        out.append({"kind": "main", "run": run, "setting": setting, "images": r["recover"], "labels": labels,
                     "codec": r.get("logits", "fp16") if source == "stored" else "float32 weights", "student": _student(r),
                     "image_bytes": r.get("image_bytes"), "label_bytes": r.get("label_bytes"), "top1": [r["top1"]],
-                    "seeds": [r.get("seed")], "match": tuple(str(r.get(k)) for k in _MAIN_KEY) + (_student(r),),
-                    "hard_key": (r["recover"], _student(r))})
+                    "seeds": [r.get("seed")],
+                    "match": (setting, *(str(r.get(k)) for k in _MAIN_KEY), _student(r)),
+                    "hard_key": (setting, r["recover"], _student(r))})
     return out
 
 
@@ -91,19 +99,23 @@ def _hard_files(d: Path) -> list[Path]:
 
 
 def load_hard_rows(run_dir: str | Path) -> list[dict]:
-    """The hard-label rows (``hard_label/<student>/<images>.json``) of a run directory and its ``seed*/``."""
-    return [read_json(f) for f in _hard_files(Path(run_dir))]
+    """The hard-label rows (``hard_label/<student>/<images>.json``) of a run directory and its ``seed*/``, each
+    with ``setting`` (:func:`_setting`: the run's dataset and the row's IPC)."""
+    d = Path(run_dir)
+    dataset = read_json(d / "results.json").get("dataset") if (d / "results.json").is_file() else None
+    return [{**r, "setting": _setting(dataset, r.get("ipc"))} for r in map(read_json, _hard_files(d))]
 
 
 def _hard_table_rows(hard: list[dict], run: str) -> list[dict]:
     out = []
     for r in hard:
-        images = r["images"] if r["images"] != REAL_TRAIN else f"{REAL_TRAIN} ({r['n_images']} images)"
-        out.append({"kind": "hard-label", "run": run, "images": images, "labels": "hard (CE)", "codec": "-",
-                    "student": _student(r), "image_bytes": r.get("image_bytes"), "label_bytes": 0,
-                    "top1": [r["top1"]], "seeds": [r.get("seed")],
-                    "match": None if r["images"] == REAL_TRAIN else ("hard", _student(r)),
-                    "hard_key": None if r["images"] == REAL_TRAIN else (r["images"], _student(r))})
+        real = r["images"] == REAL_TRAIN
+        images = r["images"] if not real else f"{REAL_TRAIN} ({r['n_images']} images)"
+        out.append({"kind": "hard-label", "run": run, "setting": r["setting"], "images": images,
+                    "labels": "hard (CE)", "codec": "-", "student": _student(r), "image_bytes": r.get("image_bytes"),
+                    "label_bytes": 0, "top1": [r["top1"]], "seeds": [r.get("seed")],
+                    "match": None if real else (r["setting"], "hard", _student(r)),
+                    "hard_key": None if real else (r["setting"], r["images"], _student(r))})
     return out
 
 
@@ -124,10 +136,21 @@ def _learned_rows(results: dict, run_dir: Path) -> list[dict]:
         elif ib is None and images_shape:
             ib = math.prod(images_shape)
         images = f"learned images ({r['method']})" if learned else f"base examples ({r.get('source')})"
-        out.append({"kind": "learn-labels", "run": str(run_dir), "images": images,
-                    "labels": r["method"], "codec": "float32", "student": _student(r, "arch", "arch_args"),
+        out.append({"kind": "learn-labels", "run": str(run_dir), "setting": f"{r.get('target', '?')} N={n}",
+                    "images": images, "labels": r["method"], "codec": "float32", "student": _metatest_student(r),
                     "image_bytes": ib, "label_bytes": lb, "top1": list(r.get("top1_all") or [r["top1_mean"]]),
                     "seeds": [results.get("seed")], "match": None, "hard_key": None})
+    return out
+
+
+def _metatest_student(r: dict) -> str:
+    """A meta-test row's model and how it was trained (head, optimiser, lr), so rows of different meta-test
+    settings are not pooled."""
+    out = _student(r, "arch", "arch_args")
+    if r.get("head") not in (None, "plain"):
+        out += f" + {r['head']} head"
+    if r.get("optimizer"):
+        out += f", {r['optimizer']}" + (f" lr {r['lr']:g}" if r.get("lr") is not None else "")
     return out
 
 
@@ -145,7 +168,7 @@ def load_rows(run_dir: str | Path) -> list[dict]:
     results = read_json(d / "results.json")
     rows = results.get("rows") or []
     if rows and all("recover" in r for r in rows):
-        return _main_rows(rows, str(d)) + _hard_table_rows(load_hard_rows(d), str(d))
+        return _main_rows(rows, str(d), results.get("dataset")) + _hard_table_rows(load_hard_rows(d), str(d))
     if rows and all("method" in r for r in rows):
         return _learned_rows(results, d)
     raise LabelDistillError(f"{d}/results.json has no main-job or learn-labels rows")
@@ -154,7 +177,7 @@ def load_rows(run_dir: str | Path) -> list[dict]:
 def _group(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["kind"], r["images"], r["labels"], r["codec"], r["student"]), []).append(r)
+        groups.setdefault((r["kind"], r["setting"], r["images"], r["labels"], r["codec"], r["student"]), []).append(r)
     out = []
     for rs in groups.values():
         tops = [t for r in rs for t in r["top1"]]
@@ -162,7 +185,7 @@ def _group(rows: list[dict]) -> list[dict]:
         first = rs[0]
         total = (first["image_bytes"] + first["label_bytes"]
                  if first["image_bytes"] is not None and first["label_bytes"] is not None else None)
-        out.append({k: first[k] for k in ("kind", "images", "labels", "codec", "student", "image_bytes",
+        out.append({k: first[k] for k in ("kind", "setting", "images", "labels", "codec", "student", "image_bytes",
                                           "label_bytes", "match", "hard_key")}
                    | {"total_bytes": total, "top1_mean": mean,
                       "top1_std": math.sqrt(sum((t - mean) ** 2 for t in tops) / len(tops)), "n": len(tops),
@@ -184,26 +207,30 @@ def _ior(table: list[dict]) -> None:
 
 
 def hlr_by_images(hard: list[dict]) -> dict[tuple, dict]:
-    """DD-Ranking's HLR per (images, student) from hard-label rows: mean over the seeds with both rows of
-    top-1(real-train) − top-1(images), in fractions.
+    """DD-Ranking's HLR per (setting, images, student) from hard-label rows (with ``setting``, as
+    :func:`load_hard_rows` gives them): mean over the seeds with both rows of top-1(real-train of the same
+    dataset) − top-1(images), in fractions; several rows of one seed (several runs) count with their mean.
 
     Returns:
-        ``{(images, student): {"hlr": float | None, "n": seeds paired, "missing": None | why}}`` for every
-        distilled image set with a hard-label row.
+        ``{(setting, images, student): {"hlr": float | None, "n": seeds paired, "missing": None | why}}`` for
+        every distilled image set with a hard-label row.
     """
     tops: dict[tuple, dict] = {}
     for r in hard:
-        tops.setdefault((r["images"], _student(r)), {})[r.get("seed")] = r["top1"]
+        dataset = r["setting"].rsplit(" IPC ", 1)[0].removesuffix(" full train")
+        key = (dataset, None, REAL_TRAIN) if r["images"] == REAL_TRAIN else (dataset, r["setting"], r["images"])
+        tops.setdefault((*key, _student(r)), {}).setdefault(r.get("seed"), []).append(r["top1"])
+    mean = {k: {s: sum(v) / len(v) for s, v in by_seed.items()} for k, by_seed in tops.items()}
     out = {}
-    for (images, student), syn in tops.items():
+    for (dataset, setting, images, student), syn in mean.items():
         if images == REAL_TRAIN:
             continue
-        real = tops.get((REAL_TRAIN, student), {})
+        real = mean.get((dataset, None, REAL_TRAIN, student), {})
         seeds = sorted(set(syn) & set(real), key=str)
         why = None if seeds else (f"no {REAL_TRAIN} hard-label row for this student" if not real
                                   else "no seed with both hard-label rows")
-        out[(images, student)] = {"hlr": sum(real[k] - syn[k] for k in seeds) / len(seeds) if seeds else None,
-                                  "n": len(seeds), "missing": why}
+        out[(setting, images, student)] = {"hlr": sum(real[k] - syn[k] for k in seeds) / len(seeds) if seeds
+                                           else None, "n": len(seeds), "missing": why}
     return out
 
 
@@ -216,7 +243,7 @@ def _hlr(table: list[dict], hard: list[dict]) -> None:
         if h:
             r["hlr_missing"] = h["missing"]
         elif r["hard_key"]:
-            r["hlr_missing"] = f"no hard-label row of {r['hard_key'][0]}"
+            r["hlr_missing"] = f"no hard-label row of {r['hard_key'][1]}"
         else:
             r["hlr_missing"] = "the reference" if r["kind"] == "hard-label" else f"n/a ({r['kind']})"
 
@@ -241,7 +268,8 @@ def leaderboard(run_dirs: list[str | Path]) -> list[dict]:
     """The merged table over ``run_dirs``, sorted by total bytes (unknown last), then top-1 (best first).
 
     Returns:
-        One dict per setting: kind (``main``, ``hard-label``, ``learn-labels``), images, labels, codec, student,
+        One dict per setting: kind (``main``, ``hard-label``, ``learn-labels``), setting (dataset and IPC, or
+        target and N: rows of different settings are neither pooled nor compared), images, labels, codec, student,
         image_bytes, label_bytes, total_bytes, top1_mean, top1_std, n, runs, ior (``None`` without a matching
         random_real row; ``ior_missing`` says why), hlr (``None`` without both hard-label baselines;
         ``hlr_missing`` says why), hlr_n (seeds paired), pareto.
@@ -273,10 +301,11 @@ def _pt(v: float | None, missing: str | None) -> str:
 
 def format_leaderboard(table: list[dict]) -> str:
     """A Markdown table of :func:`leaderboard`'s rows."""
-    head = ("| * | images | labels | codec | student | image bytes | label bytes | total bytes | top-1 | n "
+    head = ("| * | data | images | labels | codec | student | image bytes | label bytes | total bytes | top-1 | n "
             "| IOR (vs random_real) | HLR (real-train − images, hard labels) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {'*' if r['pareto'] else ''} | {r['images']} | {r['labels']} | {r['codec']} | {r['student']} "
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [f"| {'*' if r['pareto'] else ''} | {r['setting']} | {r['images']} | {r['labels']} | {r['codec']} "
+             f"| {r['student']} "
              f"| {_bytes(r['image_bytes'])} | {_bytes(r['label_bytes'])} | {_bytes(r['total_bytes'])} "
              f"| {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} % | {r['n']} "
              f"| {_pt(r['ior'], r['ior_missing'])} | {_pt(r['hlr'], r['hlr_missing'])} |" for r in table]

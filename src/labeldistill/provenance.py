@@ -202,7 +202,8 @@ def hard_label_settings(cfg: Config, images: str) -> dict[str, Any]:
     the seed, data and protocol."""
     if images == REAL_TRAIN:
         out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                               **autocast_settings(cfg), "hard_label.real_epochs": cfg.hard_label.real_epochs}
+                               **holdout_settings(cfg), **autocast_settings(cfg),
+                               "hard_label.real_epochs": cfg.hard_label.real_epochs}
     else:
         out = {**stage_settings(cfg, StageRef("recover", images)), "validate.epochs": cfg.validate.epochs,
                "relabel.epochs": cfg.relabel.epochs}

@@ -405,7 +405,8 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     Raises:
         StoreError: missing store, a store that does not belong to the images, or a store or earlier result made
         with another pool or replay (never reused silently).
-        StaleStageError: a finished result of this student made with other settings (without ``force``).
+        StaleStageError: a finished result of this student made with other settings (without ``force``), or
+        (``label_source: generator``) a label generator made with other settings (rerun the generator stage).
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
@@ -418,6 +419,8 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         if diff := recipe_mismatch(row, v, with_replay=True):
             raise StoreError(f"{out} was computed with {diff}: rerun with --force to recompute it")
         return row
+    if source == "generator":  # the label model must be the one these settings make (refuse a stale one)
+        check_fresh(cfg, StageRef("generator", mode), layout)
     path = Path(store_path) if store_path else layout.pruned_store(mode, v)
     if not (path / "manifest.json").is_file():
         raise StoreError(f"no label store at {path}: run 'labeldistill prune CONFIG' first")
