@@ -1,8 +1,9 @@
 """``labeldistill leaderboard``: one table over several run directories (main-job and learn-labels runs).
 
-Each row is one setting: source of the images, label method and codec, student, images + labels bytes, top-1
-mean ± std (population) over the runs' seeds, and, for a main-job image source with a ``random_real`` row of the
-same label settings and student among the inputs, DD-Ranking's IOR = top-1(source) − top-1(random_real). Rows
+Each row is one setting: the data (dataset and IPC, or target and N), source of the images, label method and
+codec, student, images + labels bytes, top-1 mean ± std (population) over the runs' seeds, and, for a main-job
+image source with a ``random_real`` row of the same data, label settings and student among the inputs,
+DD-Ranking's IOR = top-1(source) − top-1(random_real), averaged over the seeds both have. Rows
 on the Pareto front of top-1 against total bytes are marked ``*``.
 
 Main-job rows (``results.json`` rows with ``recover``) are grouped like :func:`labeldistill.report.summarize`
@@ -185,23 +186,31 @@ def _group(rows: list[dict]) -> list[dict]:
         first = rs[0]
         total = (first["image_bytes"] + first["label_bytes"]
                  if first["image_bytes"] is not None and first["label_bytes"] is not None else None)
+        by_seed: dict = {}
+        for r in rs:
+            for seed, t in zip(r["seeds"], r["top1"]):
+                by_seed.setdefault(seed, []).append(t)
         out.append({k: first[k] for k in ("kind", "setting", "images", "labels", "codec", "student", "image_bytes",
                                           "label_bytes", "match", "hard_key")}
-                   | {"total_bytes": total, "top1_mean": mean,
+                   | {"total_bytes": total, "top1_mean": mean, "by_seed": {k: sum(v) / len(v) for k, v in by_seed.items()},
                       "top1_std": math.sqrt(sum((t - mean) ** 2 for t in tops) / len(tops)), "n": len(tops),
                       "runs": sorted({r["run"] for r in rs})})
     return out
 
 
 def _ior(table: list[dict]) -> None:
-    """Set ``ior`` and ``ior_missing`` on every row, in place: top-1 minus that of the random_real row with the
-    same labels and student (DD-Ranking's IOR; hard-label rows against random_real's hard-label row)."""
-    real = {r["match"]: r["top1_mean"] for r in table if r["images"] == "random_real" and r["match"]}
+    """Set ``ior``, ``ior_n`` and ``ior_missing`` on every row, in place: DD-Ranking's IOR, the mean over the
+    seeds both rows have of top-1 minus that of the random_real row with the same setting, labels and student
+    (hard-label rows against random_real's hard-label row); paired by seed, as HLR is."""
+    real = {r["match"]: r["by_seed"] for r in table if r["images"] == "random_real" and r["match"]}
     for r in table:
         base = real.get(r["match"]) if r["match"] and r["images"] != "random_real" else None
-        r["ior"] = r["top1_mean"] - base if base is not None else None
-        r["ior_missing"] = None if base is not None else (
+        seeds = sorted(set(base) & set(r["by_seed"]), key=str) if base else []
+        r["ior"] = sum(r["by_seed"][k] - base[k] for k in seeds) / len(seeds) if seeds else None
+        r["ior_n"] = len(seeds)
+        r["ior_missing"] = None if seeds else (
             "the baseline" if r["images"] == "random_real" else
+            "no seed in common with the random_real row" if base else
             "no random_real row with these labels" if r["match"] else
             "n/a (full train set)" if r["images"].startswith(REAL_TRAIN) else f"n/a ({r['kind']})")
 
@@ -271,8 +280,8 @@ def leaderboard(run_dirs: list[str | Path]) -> list[dict]:
         One dict per setting: kind (``main``, ``hard-label``, ``learn-labels``), setting (dataset and IPC, or
         target and N: rows of different settings are neither pooled nor compared), images, labels, codec, student,
         image_bytes, label_bytes, total_bytes, top1_mean, top1_std, n, runs, ior (``None`` without a matching
-        random_real row; ``ior_missing`` says why), hlr (``None`` without both hard-label baselines;
-        ``hlr_missing`` says why), hlr_n (seeds paired), pareto.
+        random_real row or a seed in common; ``ior_missing`` says why), ior_n (seeds paired), hlr (``None``
+        without both hard-label baselines; ``hlr_missing`` says why), hlr_n (seeds paired), pareto.
 
     Raises:
         LabelDistillError: from :func:`load_rows`.
@@ -281,7 +290,7 @@ def leaderboard(run_dirs: list[str | Path]) -> list[dict]:
     _mark(table, [h for d in run_dirs for h in load_hard_rows(d)])
     table.sort(key=lambda r: (r["total_bytes"] is None, r["total_bytes"] or 0, -r["top1_mean"]))
     for r in table:
-        del r["match"], r["hard_key"]
+        del r["match"], r["hard_key"], r["by_seed"]
     return table
 
 
