@@ -38,10 +38,10 @@ import time
 from pathlib import Path
 
 import torch
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, git_commit, machine, mean_std, today, write_section  # noqa: E402
+from paired import paired_interval  # noqa: E402
 
 from labeldistill.config import load_config  # noqa: E402
 from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT  # noqa: E402
@@ -119,6 +119,10 @@ def plan(args) -> list[tuple[str, Path, list[str], str]]:
         for s in args.seeds:
             parts.append(("run", runs / _cell_dir(ipc, teacher) / f"seed{s}",
                           label_overrides(args, ipc, teacher, s, light), f"IPC {ipc} {teacher} seed {s}"))
+    for ipc in (10, 50):  # hard-label rows: the images' classes alone, no teacher (light students)
+        for s in args.seeds:
+            parts.append(("hard", runs / _cell_dir(ipc, "teacher0") / f"seed{s}",
+                          label_overrides(args, ipc, "teacher0", s, light), f"hard labels IPC {ipc} seed {s}"))
     for heavy in HEAVY:  # one part per store, most informative first: the first group of every cell (1× before
         for rank in (0, 1):  # 10×, IPC 10 before 50), then the second groups
             for ipc, f in ((10, 1), (10, 10), (50, 1), (50, 10)):
@@ -166,6 +170,14 @@ def run_part(kind: str, path: Path, overrides: list[str]) -> None:
         from labeldistill.pipeline import run
 
         run(cfg)
+        return
+    if kind == "hard":  # the main job's hard-label baselines (cross-entropy on the images' classes), every student
+        import dataclasses
+
+        from labeldistill.pipeline import hard_label_rows
+
+        hard_label_rows(dataclasses.replace(cfg, hard_label=dataclasses.replace(cfg.hard_label, enabled=True,
+                                                                                real=False)))
         return
     from labeldistill.bnstats import class_stats
     from labeldistill.recover import recover
@@ -262,6 +274,12 @@ def collect(args) -> list[dict]:
             key = (r["student"], json.dumps(r["student_args"], sort_keys=True))
             if key in labels and r["prune_factor"] in FACTORS and r["seed"] in args.seeds:
                 rows.append({**r, "cell_ipc": ipc, "teacher": teacher, "label": labels[key]})
+        for f in sorted((Path(args.runs) / _cell_dir(ipc, teacher)).glob("seed*/hard_label/*/*.json")):
+            r = read_json(f)  # hard labels: no teacher, no store (factor "-")
+            key = (r["student"], json.dumps(r["student_args"], sort_keys=True))
+            if key in labels and r["seed"] in args.seeds and r["images"] in MODES:
+                rows.append({**r, "recover": r["images"], "prune_factor": "-", "cell_ipc": ipc, "teacher": "none",
+                             "label": labels[key]})
     return rows
 
 
@@ -284,6 +302,12 @@ def main_table(args, rows: list[dict]) -> str:
                     cells.append(f"{mean_std(list(acc.values()))} ({len(acc)})" if acc else "–")
                 by = "own (ConvNet-64, seed 0)" if teacher == "teacher0" else f"cross ({args.xteacher_label}, seed 1)"
                 lines.append(f"| {ipc} | {mode} | {by} | {f}× | " + " | ".join(cells) + " |")
+            if teacher == "teacher0":
+                cells = []
+                for s in STUDENTS:
+                    acc = _acc(rows, cell_ipc=ipc, teacher="none", recover=mode, label=s)
+                    cells.append(f"{mean_std(list(acc.values()))} ({len(acc)})" if acc else "–")
+                lines.append(f"| {ipc} | {mode} | none: hard labels (CE) | – | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -292,11 +316,9 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return f"{len(seeds)} paired seed(s): no interval"
-    d = torch.tensor([100 * (a[s] - b[s]) for s in seeds], dtype=torch.float64)
-    half = float(stats.t.ppf(0.975, len(seeds) - 1) * d.std(unbiased=True) / len(seeds) ** 0.5)
-    m = float(d.mean())
-    verdict = "held" if abs(m) > half else "not resolved"
-    return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}] (n={len(seeds)}; {verdict})"
+    m, low, high = paired_interval([100 * (a[s] - b[s]) for s in seeds])
+    verdict = "held" if low > 0 or high < 0 else "not resolved"
+    return f"{m:+.1f} [{low:+.1f}, {high:+.1f}] (n={len(seeds)}; {verdict})"
 
 
 def comparisons(rows: list[dict]) -> str:
@@ -309,8 +331,15 @@ def comparisons(rows: list[dict]) -> str:
                {"cell_ipc": 10, "teacher": "xteacher", "recover": m}) for m in CROSS_MODES]
     tests.append(("IPC 10: cs − random_real (cross teacher)", {"cell_ipc": 10, "teacher": "xteacher", "recover": "cs"},
                   {"cell_ipc": 10, "teacher": "xteacher", "recover": "random_real"}))
+    tests += [(f"IPC {ipc}: {m}, own teacher's labels − hard labels", {"cell_ipc": ipc, "teacher": "teacher0",
+               "recover": m}, {"cell_ipc": ipc, "teacher": "none", "recover": m, "prune_factor": "-"})
+              for ipc in (10, 50) for m in ("cs", "random_real")]
     for name, a, b in tests:
         for f in FACTORS:
+            if b.get("prune_factor") == "-":  # hard labels have no store: the same row against each factor
+                cells = [paired(_acc(rows, **a, prune_factor=f, label=s), _acc(rows, **b, label=s)) for s in STUDENTS]
+                lines.append(f"| {name} | {f}× | " + " | ".join(cells) + " |")
+                continue
             cells = [paired(_acc(rows, **a, prune_factor=f, label=s), _acc(rows, **b, prune_factor=f, label=s))
                      for s in STUDENTS]
             lines.append(f"| {name} | {f}× | " + " | ".join(cells) + " |")
@@ -351,12 +380,14 @@ def status(args, rows: list[dict]) -> str:
     ledger_path = Path(args.runs) / "cpu_seconds.json"
     ledger = read_json(ledger_path) if ledger_path.is_file() else {}
     done = []
+    hard = [r for r in rows if r["teacher"] == "none"]
+    rows = [r for r in rows if r["teacher"] != "none"]
     for s in STUDENTS:
         n = len([r for r in rows if r["label"] == s])
         want = len(args.seeds) * len(FACTORS) * (2 * len(MODES) + len(CROSS_MODES))
         seeds = sorted({r["seed"] for r in rows if r["label"] == s})
         done.append(f"{s}: {n}/{want} runs (seeds {', '.join(map(str, seeds)) or 'none'})")
-    return (f"Finished: {'; '.join(done)}. CPU time so far: {sum(ledger.values()) / 60:.1f} min "
+    return (f"Finished: {'; '.join(done)}; hard-label rows: {len(hard)}. CPU time so far: {sum(ledger.values()) / 60:.1f} min "
             f"(budget {args.budget_min:g} min).")
 
 
@@ -392,8 +423,11 @@ def write(args) -> None:
             "Students (throughput: one thread, batch 50, AdamW, measured by this script at the start of the study, "
             "beside other jobs):\n\n" + students_table(args) + f"\n\n{status(args, rows)}\n\n" + main_table(args, rows) + "\n\nPaired differences (same seeds), mean with "
             "its 95 % t-interval over seeds; 'held' when the interval excludes 0:\n\n" + comparisons(rows)
-            + "\n\nNo hard-label row: it would need one more validation per cell and student, which the budget did "
-            "not hold.\n")
+            + "\n\nHard-label rows (`none: hard labels (CE)`): the same images and students, trained with "
+            "cross-entropy on each image's class (the main job's hard-label baseline, `hard_label/<student>/<mode>.json`), "
+            f"for as many epochs as the soft-label students ({e10} / {e50}); no teacher is involved, so the "
+            "own-teacher − hard-label differences measure what the teacher's soft labels add to the same images. "
+            "Not run for ResNet-18 (its CPU cost).\n")
     write_section(Path(args.out), "cross_arch", body)
 
 

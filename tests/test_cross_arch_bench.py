@@ -65,3 +65,26 @@ def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):
     assert cross_arch.reuse_demo_teacher(args)
     assert (Path(args.runs) / "teacher0" / "teacher" / "teacher.json").is_file()
     assert "reused from" in cross_arch._teacher_line(args, "teacher0")
+
+
+def test_hard_label_rows_and_what_the_teacher_adds(tmp_path):
+    """Hard-label rows (``hard_label/<student>/<mode>.json`` of the own cells) get their own table row, are not
+    counted as label runs, and are paired with each factor's own-teacher row."""
+    args = _args(tmp_path)
+    root = Path(args.runs)
+    conv = cross_arch.STUDENTS["ConvNet-32"]
+    for s, (soft, hard) in enumerate([(0.80, 0.60), (0.82, 0.61), (0.81, 0.63)]):
+        _row(root, "ipc10_own", s, "ConvNet-32", "cs", 1, soft)
+        f = root / "ipc10_own" / f"seed{s}" / "hard_label" / "convnet-width32" / "cs.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"images": "cs", "student": conv["name"], "student_args": conv["args"], "seed": s,
+                                 "top1": hard}))
+    cross_arch.write(args)
+    text = Path(args.out).read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("| 10 | cs | none: hard labels (CE) |"))
+    assert "61.3 ± 1.2 (3)" in line, line
+    comp = next(ln for ln in text.splitlines()
+                if ln.startswith("| IPC 10: cs, own teacher's labels − hard labels | 1×"))
+    # differences 20, 21, 18 points: mean 19.67, sd 1.53, t(0.975, 2) · 1.53 / √3 = 3.79
+    assert "+19.7 [+15.9, +23.5] (n=3; held)" in comp, comp
+    assert "ConvNet-32: 3/48 runs (seeds 0, 1, 2); " in text and "hard-label rows: 3." in text
