@@ -152,10 +152,11 @@ def test_store_corruption_and_mismatch(tiny_run, tmp_path, capsys):
     shard.write_bytes(bytes(data[:-9]))
     _one_line_error(capsys, ["store", "info", str(store)], "truncated or altered")
     # a store of the sre2l images offered as the lpld images' labels is refused, naming both fingerprints
+    from labeldistill.errors import StoreError
     from labeldistill.validate import validate
 
     before = sorted(p.name for p in (lay.root / "validate").iterdir())
-    with pytest.raises(Exception, match="belongs to image set") as e:
+    with pytest.raises(StoreError, match="belongs to image set"):
         validate(cfg, "lpld", 3, store_path=lay.pruned_store("sre2l", 3), force=True)
     assert sorted(p.name for p in (lay.root / "validate").iterdir()) == before
 

@@ -23,7 +23,7 @@ from labeldistill.data import ImageSet
 from labeldistill.labels.relabel import StepPlan, sample_step, store_meta
 from labeldistill.labels.store import LabelStore, LabelStoreWriter
 from labeldistill.models import create_model
-from labeldistill.plan import estimate_store_bytes, plan_run, png_upper_bound
+from labeldistill.plan import estimate_store_bytes, png_upper_bound
 
 from conftest import REPO
 
