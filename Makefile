@@ -32,6 +32,7 @@ demo: setup data
 	$(BIN)/labeldistill run configs/fmnist_demo.yaml data.root=$(FMNIST_DIR)
 
 test: setup data
+	$(BIN)/ruff check --quiet src bench tests
 	$(BIN)/python -m pytest -q
 
 clean-runs:
