@@ -16,6 +16,8 @@ Design (sized for ~70 core-minutes at one thread on the 2-core CPU machine):
   CutMix 0), pruned 1x and 10x (random), validated by every student. The seed changes relabel's crops, the
   pruning, the student's initialisation and its label-pool draws; teachers and images are shared by all
   seeds, so the spread is that of labels and students, not of the images.
+* hard-label rows (``ipc<N>_own/seed<s>/hard_label/``): the light students trained with cross-entropy on each
+  image's class, as many epochs as with soft labels: what the images are worth without any teacher.
 
 Resumable: every stage is skipped when its output exists with the same settings, so a rerun continues where
 the last one stopped; ``--write-only`` writes the section from whatever rows exist and names what is missing.
