@@ -37,7 +37,7 @@ def save_generator(model: nn.Module, folder: Path, info: dict) -> None:
     atomic_write_json(folder / GENERATOR_INFO, {**info, "weights_bytes": label_model_bytes(folder / WEIGHTS)})
 
 
-def _load_generator(folder: Path, device: torch.device) -> nn.Module:
+def _load_generator(folder: Path) -> nn.Module:
     if not (folder / GENERATOR_INFO).is_file():
         raise LabelDistillError(f"no label generator in {folder}: run 'labeldistill generator CONFIG' first")
     info = read_json(folder / GENERATOR_INFO)
@@ -58,7 +58,7 @@ def load_label_model(source: str, layout: RunLayout, mode: str, device: torch.de
         return model, layout.teacher_dir / WEIGHTS
     if source != "generator":
         raise LabelDistillError(f"label source '{source}' has no label model (known: online, generator)")
-    model = _load_generator(layout.generator_dir(mode), device).to(device).eval()
+    model = _load_generator(layout.generator_dir(mode)).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, layout.generator_dir(mode) / WEIGHTS
