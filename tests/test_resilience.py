@@ -139,6 +139,8 @@ def test_vectorised_recover_matches_the_per_class_loop(tiny_run):
         for h in handles:
             h.remove()
     for i, (imgs, terms) in enumerate(alone):
-        torch.testing.assert_close(together[i], imgs[0], atol=1e-5, rtol=0)
+        # float32 noise of batched vs per-class convolutions over 8 Adam steps reaches ~2e-5 with some thread
+        # counts; a segment leaking into another would move pixels by orders of magnitude more
+        torch.testing.assert_close(together[i], imgs[0], atol=1e-4, rtol=0)
         assert abs(t_terms[i]["ce"] - terms[0]["ce"]) <= 1e-5 * max(1.0, abs(terms[0]["ce"]))
         assert abs(t_terms[i]["bn"] - terms[0]["bn"]) <= 1e-5 * max(1.0, abs(terms[0]["bn"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import LabelDistillError
+from .errors import LabelDistillError, StoreError
 from .io import atomic_write_json, settings_key  # noqa: F401  (settings_key: old import path)
 
 RUN_LAYOUT_VERSION = 2  # 2: validate results keyed by student (validate/<student>/), stages.json
@@ -32,14 +33,26 @@ def save_checkpoint(path: Path, key: str, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, key: str) -> dict | None:
-    """The checkpoint at ``path`` if it exists, is readable and was written with the same ``key``; else None."""
+    """The checkpoint at ``path`` if it exists, is readable and was written with the same ``key``; else None.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers only, so a
+    resume file in a run directory received from someone else can never run code. A damaged file (not a zip
+    archive, cut off) is not used: its stage starts again from the beginning.
+
+    Raises:
+        StoreError: the file holds anything else (a pickled object that would call a function when loaded).
+    """
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a checkpoint cut off mid-write by a crash is simply not used
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise StoreError(f"resume file {path} holds objects other than tensors, numbers and strings and was not "
+                         "loaded (it could run code): delete it if you trust nothing in it, and the stage "
+                         "restarts from the beginning") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError):
         return None
-    return state if state.get("key") == key else None
+    return state if isinstance(state, dict) and state.get("key") == key else None
 
 
 def fault_point(name: str) -> None:
