@@ -13,7 +13,7 @@ from labeldistill.learn_labels.config import load_ld_config
 from labeldistill.learn_labels.labels import LearnedLabels, project_rows, soft_cross_entropy, uniform_labels
 from labeldistill.learn_labels.ld import LDMetaLearner, profile_outer_step, unrolled_outer_loss
 from labeldistill.learn_labels.learners import MinibatchSampler, OptimizerSpec, PlateauTracker
-from labeldistill.learn_labels.meta import validation_steps
+from labeldistill.learn_labels.meta import meta_train, validation_steps
 from labeldistill.learn_labels.metatest import step_checkpoints
 from labeldistill.learn_labels.rr import RRLearner, RRMetaLearner, ridge_solve, with_bias
 from labeldistill.models import create_model
@@ -218,6 +218,33 @@ def test_minibatch_sampler_covers_each_epoch_once():
     assert len(s.next()) == 5
 
 
+def test_minibatch_sampler_keeps_the_short_last_batch():
+    s = MinibatchSampler(10, 4, torch.Generator().manual_seed(0), drop_last=False)
+    one_pass = [s.next() for _ in range(s.batches_per_pass())]
+    assert [len(b) for b in one_pass] == [4, 4, 2] and sorted(torch.cat(one_pass).tolist()) == list(range(10))
+    assert len(s.next()) == 4  # the next pass starts a new permutation
+    assert MinibatchSampler(10, 4, torch.Generator(), drop_last=True).batches_per_pass() == 2
+
+
+@pytest.mark.parametrize("last_batch,updates,sizes", [("keep", 8, {1024, 428}), ("drop", 6, {1024})])
+def test_label_updates_per_epoch_follow_the_reference_loader(last_batch, updates, sizes):
+    """3,500 targets at batch 1,024 for 2 epochs: the reference's loader keeps the short batch (⌈3500/1024⌉ = 4
+    updates per epoch, 8 in all); ``drop`` gives 3 per epoch."""
+    torch.manual_seed(0)
+    make = lambda: create_model("mlp", 3, 1, 2, hidden=4, depth=1)  # noqa: E731
+    variant = RRMetaLearner(make, 3, model_lr=1e-2, lam=1.0, ema=0.5, scale_lr=0.1)
+    seen = []
+    step = variant.outer_step
+    variant.outer_step = lambda labels, xb, idx, xt, yt: seen.append(len(xt)) or step(labels, xb, idx, xt, yt)
+    g = torch.Generator().manual_seed(0)
+    x_base, x_t = torch.randn(6, 1, 2, 2, generator=g), torch.randn(3500, 1, 2, 2, generator=g)
+    y_t = torch.randint(0, 3, (3500,), generator=g)
+    out = meta_train(variant, LearnedLabels(uniform_labels(6, 3), "logits", lr=0.1), x_base, x_t, y_t,
+                     x_t[:30], y_t[:30], epochs=2, outer_batch=1024, inner_batch=6, inner_steps=1, window=50,
+                     val_every=5, max_steps=5, seed=0, last_batch=last_batch)
+    assert out.outer_steps == updates == len(seen) and set(seen) == sizes
+
+
 def test_step_rules():
     assert step_checkpoints(1000, 100)[:5] == (10, 25, 50, 75, 100) and step_checkpoints(1000, 100)[-1] == 1000
     assert step_checkpoints(1701, 500) == (10, 25, 75, 101, 201, 301, 401, 501, 601, 701, 801, 901, 1001, 1101,
@@ -234,7 +261,7 @@ def test_config_rejects_bad_values(tmp_path):
     assert load_ld_config(None, ["base.n=500"]).reset_window() == 200
     for bad, msg in [("methods=[ld, magic]", "unknown method"), ("labels.param=bits", "labels.param"),
                      ("metatest.optimizers=[rmsprop]", "optimizer"), ("meta.inner_batch=500", "inner_batch"),
-                     ("nonsense=1", "unknown config key")]:
+                     ("meta.last_batch=sometimes", "meta.last_batch"), ("nonsense=1", "unknown config key")]:
         with pytest.raises(ConfigError, match=msg):
             load_ld_config(None, [bad])
     with pytest.raises(ConfigError, match="init_smoothing"):

@@ -105,6 +105,9 @@ class MetaConfig:
         val_every: run model selection every this many epochs (and after the last epoch).
         max_steps: cap on the training length of a fresh model (validation and meta-test);
             ``None`` = 1000 for N ≤ 100, else 1701 (the paper's baseline search ranges).
+        last_batch: ``keep`` (default; the reference's target loader keeps the short last batch of each epoch:
+            ``⌈M / outer_batch⌉`` label updates per epoch, 400 × ⌈50,000 / 1,024⌉ = 19,600 on MNIST) or
+            ``drop`` (``⌊M / outer_batch⌋``; this project's behaviour before 2026-12-06).
     """
 
     epochs: int = 400
@@ -114,6 +117,7 @@ class MetaConfig:
     reset_window: int | None = None
     val_every: int = 5
     max_steps: int | None = None
+    last_batch: str = "keep"
 
 
 @dataclass
@@ -306,6 +310,7 @@ def _check_meta(cfg: LearnLabelsConfig) -> None:
         chk.at_least(getattr(cfg.meta, key), 1, f"meta.{key}")
     if cfg.meta.inner_batch > cfg.base.n:
         raise ConfigError(f"meta.inner_batch ({cfg.meta.inner_batch}) must not exceed base.n ({cfg.base.n})")
+    chk.one_of(cfg.meta.last_batch, ("keep", "drop"), "meta.last_batch")
     chk.positive(cfg.meta.model_lr, "meta.model_lr")
     chk.at_least(cfg.meta.reset_window, 1, "meta.reset_window", nullable=True)
     chk.at_least(cfg.meta.max_steps, 1, "meta.max_steps", nullable=True)

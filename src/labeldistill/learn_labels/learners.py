@@ -57,22 +57,29 @@ def build_network(spec: ModelConfig, num_classes: int, shape: tuple[int, int, in
 class MinibatchSampler:
     """Cycles through seeded random permutations of ``range(n)``, yielding index batches of size ``batch``.
 
-    A permutation's tail shorter than ``batch`` is dropped, so every batch has exactly ``min(batch, n)`` items.
+    ``drop_last=True`` drops a permutation's tail shorter than ``batch``, so every batch has exactly
+    ``min(batch, n)`` items; ``drop_last=False`` yields the tail as a last, shorter batch of the pass, as a
+    ``DataLoader`` with its default ``drop_last=False`` does (the label-distillation reference's target loader).
     """
 
-    def __init__(self, n: int, batch: int, generator: torch.Generator):
-        self.n, self.batch, self.generator = n, min(batch, n), generator
+    def __init__(self, n: int, batch: int, generator: torch.Generator, drop_last: bool = True):
+        self.n, self.batch, self.generator, self.drop_last = n, min(batch, n), generator, drop_last
         self._order = torch.empty(0, dtype=torch.long)
         self._pos = 0
 
     def next(self) -> torch.Tensor:
-        """The next int64 index batch ``(batch,)``."""
-        if self._pos + self.batch > len(self._order):
+        """The next int64 index batch ``(batch,)`` (the last of a pass shorter when ``drop_last`` is False)."""
+        left = len(self._order) - self._pos
+        if left <= 0 or (self.drop_last and left < self.batch):
             self._order = torch.randperm(self.n, generator=self.generator)
             self._pos = 0
         idx = self._order[self._pos:self._pos + self.batch]
-        self._pos += self.batch
+        self._pos += len(idx)
         return idx
+
+    def batches_per_pass(self) -> int:
+        """Batches in one pass over the ``n`` items: ``⌊n / batch⌋`` with ``drop_last``, else ``⌈n / batch⌉``."""
+        return self.n // self.batch if self.drop_last else -(-self.n // self.batch)
 
 
 class PlateauTracker:

@@ -88,7 +88,7 @@ def validation_steps(reset_lengths: list[int], current: int, max_steps: int) -> 
 def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
                y_target: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *, epochs: int,
                outer_batch: int, inner_batch: int, inner_steps: int, window: int, val_every: int, max_steps: int,
-               seed: int, eval_batch: int = 1000, desc: str = "meta",
+               seed: int, eval_batch: int = 1000, desc: str = "meta", last_batch: str = "keep",
                log: Callable[..., None] | None = None) -> MetaResult:
     """Learn labels for the base examples (spec §11, ``meta_train``).
 
@@ -109,14 +109,17 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
         seed: seed of the target and inner batch order and of the validation models' initialisation.
         eval_batch: batch size of the validation pass.
         desc: progress-bar label.
+        last_batch: ``keep`` (the reference's: each epoch ends with the target images left over, ``⌈M / outer_batch⌉``
+            label updates per epoch) or ``drop`` (``⌊M / outer_batch⌋``, every outer batch full).
         log: optional callback receiving keyword metrics (e.g. :meth:`MetricsLog.log`).
 
     Returns:
         The best labels, their step count and the run's history.
     """
-    target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1))
+    target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1),
+                                      drop_last=last_batch == "drop")
     inner_gen = torch.Generator().manual_seed(seed + 2)
-    steps_per_epoch = max(len(x_target) // target_sampler.batch, 1)
+    steps_per_epoch = target_sampler.batches_per_pass()
     tracker = PlateauTracker(window)
     lengths: list[int] = []
     history: list[dict] = []

@@ -433,7 +433,7 @@ def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_lab
                       epochs=cfg.meta.epochs, outer_batch=cfg.meta.outer_batch, inner_batch=cfg.meta.inner_batch,
                       inner_steps=1 if method == "rr" else cfg.ld.inner_steps, window=cfg.reset_window(),
                       val_every=cfg.meta.val_every, max_steps=cfg.max_steps(), seed=cfg.seed,
-                      eval_batch=cfg.metatest.eval_batch, desc=method, log=log)
+                      eval_batch=cfg.metatest.eval_batch, desc=method, last_batch=cfg.meta.last_batch, log=log)
 
 
 def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None],
