@@ -156,6 +156,13 @@ class SoftLabelBatches:
     worker processes each build whole steps (read, replay the augmentation, decode the labels) and the batches
     arrive in the sampler's order, so workers change the speed, never the batches.
 
+    Attributes:
+        dataset: the map-style :class:`StoredStepDataset` (item: one stored step, keyed by its step id).
+        sampler: the :class:`PoolSampler` giving the step ids in replay order.
+        epochs, seed, replay, rank, world, temperature, num_workers: as given (defaults resolved).
+        num_classes: ``K``. input_shape: ``(C, H, W)`` of the batches' images (the store's input size).
+        mean, std: the normalisation applied (per channel, [0, 1] units); the store's.
+
     Args:
         store: the label store (a full or pruned one).
         images: the image set the store was made from, uint8 (or float in [0, 1]) ``(N, C, H, W)``, in the
@@ -195,6 +202,7 @@ class SoftLabelBatches:
         self.num_workers = num_workers
         self.num_classes = m["num_classes"]
         self.mean, self.std = tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"])
+        self.input_shape = (m["channels"], *m["input_size"])
         self.dataset = StoredStepDataset(store, images, temperature, hard_labels, self.rank, self.world)
         self.sampler = PoolSampler(store.step_ids, m["steps_per_epoch"], self.epochs, seed,
                                    prune.get("granularity", "batch"), start_epoch=start_epoch, replay=self.replay,
