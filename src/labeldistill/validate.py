@@ -7,8 +7,10 @@ and a GIFT-style cosine loss are the alternatives, see :func:`student_loss`). Ea
 ``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (granularity ``batch``: LPLD's
 improved label pool, spec §6.3), or replays one whole kept stored epoch drawn with replacement (granularity
 ``epoch``); with replay ``ordered`` (the default at factor 1, the reference's ``order``) training epoch e replays
-kept stored epoch e (mod their number) in stored order instead. Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
-that yields step ids; labels are read lazily from the memory-mapped shards.
+kept stored epoch e (mod their number) in stored order instead. Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. The student trains on
+:class:`~labeldistill.labels.loader.SoftLabelBatches` (stock ``torch.utils.data``: a map-style dataset indexed by
+step id and a sampler that yields step ids; labels read lazily from the memory-mapped shards), the object users
+get for their own training loop.
 
 ``validate.label_source: online | generator`` replaces the stored logits by those of a frozen label model (the
 teacher, or the small generator of :mod:`labeldistill.labels.generator`) run on each replayed batch; the store
