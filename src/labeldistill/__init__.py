@@ -1,3 +1,34 @@
-"""labeldistill: the label side of dataset distillation (SRe2L/LPLD soft-label pruning, learned labels)."""
+"""labeldistill: the label side of dataset distillation (SRe2L/LPLD soft-label pruning, learned labels).
+
+The names in ``__all__`` are the public API for using a run's soft labels in your own training loop
+(:mod:`labeldistill.labels.loader`). They are loaded on first use (PEP 562 module ``__getattr__``), so
+``import labeldistill`` and loading a config import no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_PUBLIC = {
+    "SoftLabelBatches": "labeldistill.labels.loader",
+    "StoredStepDataset": "labeldistill.labels.loader",
+    "PoolSampler": "labeldistill.labels.loader",
+    "load_soft_label_batches": "labeldistill.labels.loader",
+    "load_eval_split": "labeldistill.labels.loader",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'labeldistill' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

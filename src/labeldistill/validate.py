@@ -7,8 +7,10 @@ and a GIFT-style cosine loss are the alternatives, see :func:`student_loss`). Ea
 ``steps_per_epoch`` step ids uniformly **with replacement** from the kept pool (granularity ``batch``: LPLD's
 improved label pool, spec §6.3), or replays one whole kept stored epoch drawn with replacement (granularity
 ``epoch``); with replay ``ordered`` (the default at factor 1, the reference's ``order``) training epoch e replays
-kept stored epoch e (mod their number) in stored order instead. Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. Loading uses stock ``torch.utils.data``: a map-style dataset indexed by step id and a sampler
-that yields step ids; labels are read lazily from the memory-mapped shards.
+kept stored epoch e (mod their number) in stored order instead. Top-k stores are turned back into distributions: softmax over the kept logits, 0 elsewhere. The student trains on
+:class:`~labeldistill.labels.loader.SoftLabelBatches` (stock ``torch.utils.data``: a map-style dataset indexed by
+step id and a sampler that yields step ids; labels read lazily from the memory-mapped shards), the object users
+get for their own training loop.
 
 ``validate.label_source: online | generator`` replaces the stored logits by those of a frozen label model (the
 teacher, or the small generator of :mod:`labeldistill.labels.generator`) run on each replayed batch; the store
@@ -21,16 +23,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .augment import Stream, step_generator
 from .config import Config, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize
 from .data.synthetic import image_bytes, load_synthetic
@@ -38,8 +37,14 @@ from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StaleStageError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
+from .labels.loader import (  # noqa: F401  (StoredStepDataset, check_store_matches: their old import path)
+    PoolSampler,
+    SoftLabelBatches,
+    StoredStepDataset,
+    check_store_matches,
+    open_store,
+)
 from .labels.pool import recipe_mismatch
-from .labels.replay import build_batch
 from .labels.sources import label_model_bytes, load_label_model
 from .labels.store import LabelStore
 from .layout import REAL_TRAIN, LabelVariant, RunLayout, labels_tag
@@ -57,98 +62,6 @@ from .provenance import (
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
-
-
-class StoredStepDataset(Dataset):
-    """Map-style dataset: ``ds[step_id]`` → (normalised augmented batch ``(B, C, H, W)``, targets ``(B, K)``).
-
-    Targets are the teacher's probabilities at temperature ``T`` (float32, rows sum to 1).
-
-    Args:
-        store: the (pruned) label store.
-        images: the images the store was made from: uint8 ``(N, C, H, W)`` (converted per step by
-            :func:`~labeldistill.labels.replay.build_batch`) or float in [0, 1].
-        temperature: KD temperature ``T``, or a function of the training epoch giving it (then index the dataset
-            with ``(step_id, epoch)``; ``validate.calibration: lpqld``).
-        hard_labels: int64 ``(N,)`` classes of the images; when given, ``ds[step_id]`` also returns each
-            entry's hard label (the class of its own image, before CutMix): a 3-tuple.
-    """
-
-    def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float | Callable[[int], float] = 1.0,
-                 hard_labels: torch.Tensor | None = None):
-        self.store = store
-        self.hard_labels = hard_labels
-        self.images = images
-        self.temperature = temperature
-        self.num_classes = store.manifest["num_classes"]
-        m = store.manifest
-        self.out_hw = tuple(m["input_size"])
-        self.mean = tuple(m["normalization"]["mean"])
-        self.std = tuple(m["normalization"]["std"])
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        step_id, epoch = key if isinstance(key, tuple) else (key, None)
-        rec = self.store.get(step_id)
-        x = build_batch(self.images, rec, self.out_hw, self.mean, self.std)
-        t = rec.soft_targets(self.num_classes, self.temperature(epoch) if callable(self.temperature) else self.temperature)
-        if self.hard_labels is None:
-            return x, t
-        return x, t, self.hard_labels[rec.sample_idx]  # each entry's own image's class (before CutMix)
-
-
-class PoolSampler(Sampler[int]):
-    """Yields the step ids of ``epochs`` training epochs drawn from the kept ``pool``.
-
-    Replay ``pool``, granularity ``batch``: each epoch draws ``steps_per_epoch`` ids uniformly with replacement
-    from the pool. Granularity ``epoch``: each epoch draws one stored epoch (``id // steps_per_epoch``) uniformly
-    with replacement among those in the pool and yields its kept steps in stored order. Seeded per epoch.
-    Replay ``ordered`` (either granularity): training epoch ``e`` yields the kept steps of the ``e mod K``-th of
-    the ``K`` kept stored epochs, in stored order (at factor 1: stored epoch ``e``). With ``tag_epochs`` it yields
-    ``(step id, training epoch)`` pairs instead (the same steps).
-    """
-
-    def __init__(self, pool: list[int], steps_per_epoch: int, epochs: int, seed: int, granularity: str = "batch",
-                 start_epoch: int = 0, replay: str = "pool", tag_epochs: bool = False):
-        self.pool, self.spe, self.epochs, self.seed = sorted(pool), steps_per_epoch, epochs, seed
-        self.start_epoch = start_epoch
-        self.granularity = granularity
-        self.replay = replay
-        self.tag_epochs = tag_epochs
-        self.by_epoch: dict[int, list[int]] = {}
-        for g in self.pool:
-            self.by_epoch.setdefault(g // steps_per_epoch, []).append(g)
-        self.epoch_ids = sorted(self.by_epoch)
-
-    def __len__(self) -> int:
-        return sum(self.epoch_len(e) for e in range(self.start_epoch, self.epochs))
-
-    def epoch_len(self, e: int) -> int:
-        """Steps in training epoch ``e``."""
-        if self.granularity == "epoch" or self.replay == "ordered":
-            return len(list(self._epoch_steps(e)))
-        return self.spe
-
-    def _epoch_steps(self, e: int) -> Iterator[int]:
-        if self.replay == "ordered":
-            yield from self.by_epoch[self.epoch_ids[e % len(self.epoch_ids)]]
-            return
-        g = step_generator(self.seed, Stream.VALIDATE_POOL, e)
-        if self.granularity == "epoch":
-            pick = self.epoch_ids[int(torch.randint(len(self.epoch_ids), (1,), generator=g))]
-            yield from self.by_epoch[pick]
-        else:
-            for i in torch.randint(len(self.pool), (self.spe,), generator=g).tolist():
-                yield self.pool[i]
-
-    def __iter__(self) -> Iterator[int | tuple[int, int]]:
-        for e in range(self.start_epoch, self.epochs):
-            if self.tag_epochs:
-                yield from ((g, e) for g in self._epoch_steps(e))
-            else:
-                yield from self._epoch_steps(e)
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -205,21 +118,6 @@ def student_loss(vc, student_logits: torch.Tensor, targets: torch.Tensor,
     if vc.loss == "gift":
         return gift_loss(student_logits, targets, hard, vc.temperature, vc.gift_alpha, vc.gift_smoothing)
     raise LabelDistillError(f"unknown validate.loss '{vc.loss}'")
-
-
-def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None = None) -> None:
-    """Refuse a store made for another image set (or teacher).
-
-    Raises:
-        StoreError: naming both fingerprints.
-    """
-    m = store.manifest
-    if m["image_fingerprint"] != image_fp:
-        raise StoreError(f"label store {store.path} belongs to image set {m['image_fingerprint']}, "
-                         f"not to the given images {image_fp}: relabel these images")
-    if teacher_fp is not None and m["teacher_fingerprint"] != teacher_fp:
-        raise StoreError(f"label store {store.path} was made by teacher {m['teacher_fingerprint']}, "
-                         f"not by {teacher_fp}")
 
 
 class LabelFeed:
@@ -287,11 +185,15 @@ def _restore(state: dict | None, student: torch.nn.Module, opt: torch.optim.Opti
     return state["epoch"] + 1, state["step"]
 
 
-def _dataset(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed) -> StoredStepDataset:
-    """The stored steps of a student run; images kept as uint8 (a quarter of a float copy)."""
+def _batches(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed, epochs: int, replay: str,
+             start: int) -> SoftLabelBatches:
+    """The training batches of a student run (this rank's rows of every replayed step); images kept as uint8
+    (a quarter of a float copy)."""
     vc = cfg.validate
-    return StoredStepDataset(store, data.uint8_images(), feed.temperature if vc.calibration != "none" else
-                             vc.temperature, data.labels if vc.loss == "gift" else None)
+    return SoftLabelBatches(store, data.uint8_images(), feed.temperature if vc.calibration != "none" else
+                            vc.temperature, epochs=epochs, seed=cfg.seed, replay=replay,
+                            num_workers=cfg.data.workers, hard_labels=data.labels if vc.loss == "gift" else None,
+                            start_epoch=start)
 
 
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
@@ -331,23 +233,20 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
                        *autocast_settings(cfg).values())
     feed = LabelFeed(vc, label_model)
     start, step = _restore(load_checkpoint(resume_path, key) if resume_path else None, student, opt, feed)
-    sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay,
-                          tag_epochs=vc.calibration != "none")
-    loader = DataLoader(_dataset(cfg, store, data, feed), batch_size=None, sampler=sampler,
-                        num_workers=cfg.data.workers)
+    batches = _batches(cfg, store, data, feed, epochs, replay, start)
     t0 = time.time()
     student.train()
     save_now = Throttle(vc.checkpoint_seconds)
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not is_rank0(), leave=False)
-    epoch, left = start, sampler.epoch_len(start) if start < epochs else 0
-    for x, t, *y in loader:
+    epoch, left = start, batches.epoch_len(start) if start < epochs else 0
+    for x, t, *y in batches:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(vc.lr, step, total)
-        x = x[rank::world].to(device).contiguous(memory_format=torch.channels_last)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)  # this rank's rows (SoftLabelBatches)
         with autocast(device, cfg.autocast):  # bf16 on CUDA unless autocast: off; a no-op on CPU
             out = net(x)
-            t = feed.targets(x, t[rank::world].to(device), epoch)
-        loss = feed.loss(out.float(), t, y[0][rank::world].to(device) if y else None, epoch)
+            t = feed.targets(x, t.to(device), epoch)
+        loss = feed.loss(out.float(), t, y[0].to(device) if y else None, epoch)
         optimizer_step(opt, loss, "student", f"step {step} ({desc})", "validate.lr")
         step += 1
         bar.update(1)
@@ -362,7 +261,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
                                                    "student_temperature": feed.student_temperature})
                 fault_point("validate-epoch")
             epoch += 1
-            left = sampler.epoch_len(epoch) if epoch < epochs else 0
+            left = batches.epoch_len(epoch) if epoch < epochs else 0
     bar.close()
     mean, std = m["normalization"]["mean"], m["normalization"]["std"]
     top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
@@ -421,15 +320,8 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         return row
     if source == "generator":  # the label model must be the one these settings make (refuse a stale one)
         check_fresh(cfg, StageRef("generator", mode), layout)
-    path = Path(store_path) if store_path else layout.pruned_store(mode, v)
-    if not (path / "manifest.json").is_file():
-        raise StoreError(f"no label store at {path}: run 'labeldistill prune CONFIG' first")
-    store = LabelStore(path)
-    if diff := recipe_mismatch(store.manifest["prune"], v):
-        raise StoreError(f"label store {path} was made with {diff}: rebuild it with 'labeldistill prune --force'")
-    data, img_meta = load_synthetic(layout.images_dir(mode), store.manifest["normalization"]["mean"],
-                                    store.manifest["normalization"]["std"])
-    check_store_matches(store, img_meta["fingerprint"])
+    store, data, img_meta = open_store(layout, mode, v, Path(store_path) if store_path else None)
+    path = store.path
     test = load_split(cfg, cfg.validate.eval_split)
     resume = out.with_name(f".{out.stem}.resume.pt")
     label_model, weights = (None, None) if source == "stored" else \
