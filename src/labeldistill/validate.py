@@ -12,7 +12,11 @@ that yields step ids; labels are read lazily from the memory-mapped shards.
 
 ``validate.label_source: online | generator`` replaces the stored logits by those of a frozen label model (the
 teacher, or the small generator of :mod:`labeldistill.labels.generator`) run on each replayed batch; the store
-then only supplies the augmentations (:class:`LabelFeed`). ``validate.calibration: lpqld`` applies LPQLD's
+then only supplies the augmentations (:class:`LabelFeed`). ``validate.label_source: static`` replaces them by the
+per-image logits a set brought with it (``images/<mode>/image_logits.safetensors``, a DD-Ranking set's
+``labels.pt``): each entry's target is ``softmax(z_i / T)`` of its own image ``i``, the replayed crops, flips and
+CutMix changing the pixels only, as DD-Ranking 0.2.0's mode ``S`` does (``utils/train_and_eval.py``:
+``aug_func(images)`` leaves the targets alone; ``loss/kl.py``: ``softmax(tea_outputs / T)``). ``validate.calibration: lpqld`` applies LPQLD's
 temperature calibration (:mod:`labeldistill.labels.calibration`).
 """
 
@@ -33,14 +37,14 @@ from tqdm.auto import tqdm
 from .augment import Stream, step_generator
 from .config import Config, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize
-from .data.synthetic import image_bytes, load_synthetic
+from .data.synthetic import image_bytes, load_image_logits, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StaleStageError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
 from .labels.pool import recipe_mismatch
 from .labels.replay import build_batch
-from .labels.sources import label_model_bytes, load_label_model
+from .labels.sources import label_model_bytes, load_label_model, static_labels_file
 from .labels.store import LabelStore
 from .layout import REAL_TRAIN, LabelVariant, RunLayout, labels_tag
 from .models import build_model
@@ -62,7 +66,8 @@ from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
 class StoredStepDataset(Dataset):
     """Map-style dataset: ``ds[step_id]`` → (normalised augmented batch ``(B, C, H, W)``, targets ``(B, K)``).
 
-    Targets are the teacher's probabilities at temperature ``T`` (float32, rows sum to 1).
+    Targets are the teacher's probabilities at temperature ``T`` (float32, rows sum to 1): the stored logits', or
+    with ``image_logits`` ``softmax(image_logits[i] / T)`` of each entry's own image ``i`` (CutMix mixes pixels only).
 
     Args:
         store: the (pruned) label store.
@@ -72,11 +77,13 @@ class StoredStepDataset(Dataset):
             with ``(step_id, epoch)``; ``validate.calibration: lpqld``).
         hard_labels: int64 ``(N,)`` classes of the images; when given, ``ds[step_id]`` also returns each
             entry's hard label (the class of its own image, before CutMix): a 3-tuple.
+        image_logits: float ``(N, K)`` per-image logits used instead of the stored ones (``label_source: static``).
     """
 
     def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float | Callable[[int], float] = 1.0,
-                 hard_labels: torch.Tensor | None = None):
+                 hard_labels: torch.Tensor | None = None, image_logits: torch.Tensor | None = None):
         self.store = store
+        self.image_logits = image_logits
         self.hard_labels = hard_labels
         self.images = images
         self.temperature = temperature
@@ -93,7 +100,11 @@ class StoredStepDataset(Dataset):
         step_id, epoch = key if isinstance(key, tuple) else (key, None)
         rec = self.store.get(step_id)
         x = build_batch(self.images, rec, self.out_hw, self.mean, self.std)
-        t = rec.soft_targets(self.num_classes, self.temperature(epoch) if callable(self.temperature) else self.temperature)
+        temp = self.temperature(epoch) if callable(self.temperature) else self.temperature
+        if self.image_logits is None:
+            t = rec.soft_targets(self.num_classes, temp)
+        else:  # each entry's own image's logits; CutMix mixed its pixels only (DD-Ranking 0.2.0's mode S)
+            t = torch.softmax(self.image_logits[rec.sample_idx].float() / temp, 1)
         if self.hard_labels is None:
             return x, t
         return x, t, self.hard_labels[rec.sample_idx]  # each entry's own image's class (before CutMix)
@@ -223,18 +234,21 @@ def check_store_matches(store: LabelStore, image_fp: str, teacher_fp: str | None
 
 
 class LabelFeed:
-    """The soft targets and the loss of one student run: the store's targets or a label model's, and
-    ``validate.calibration`` (``none``: :func:`student_loss` at ``validate.temperature``; ``lpqld``:
-    :mod:`labeldistill.labels.calibration`'s teacher temperature schedule, searched student temperature and loss).
+    """The soft targets and the loss of one student run: the store's targets, a label model's or the images' own
+    (``static``), and ``validate.calibration`` (``none``: :func:`student_loss` at ``validate.temperature``;
+    ``lpqld``: :mod:`labeldistill.labels.calibration`'s teacher temperature schedule, searched student temperature
+    and loss).
 
     Args:
         vc: the ``validate`` settings.
         label_model: frozen eval-mode model run on each replayed batch (``online`` / ``generator``), or ``None``
             (the stored labels).
+        image_logits: float ``(N, K)`` per-image logits (``static``), turned into targets by the dataset
+            (:class:`StoredStepDataset`), or ``None``.
     """
 
-    def __init__(self, vc, label_model: torch.nn.Module | None = None):
-        self.vc, self.model = vc, label_model
+    def __init__(self, vc, label_model: torch.nn.Module | None = None, image_logits: torch.Tensor | None = None):
+        self.vc, self.model, self.image_logits = vc, label_model, image_logits
         self.student_temperature = vc.lpqld_student_temperature
 
     def temperature(self, epoch: int | None) -> float:
@@ -291,17 +305,18 @@ def _dataset(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed) ->
     """The stored steps of a student run; images kept as uint8 (a quarter of a float copy)."""
     vc = cfg.validate
     return StoredStepDataset(store, data.uint8_images(), feed.temperature if vc.calibration != "none" else
-                             vc.temperature, data.labels if vc.loss == "gift" else None)
+                             vc.temperature, data.labels if vc.loss == "gift" else None, feed.image_logits)
 
 
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
                   log: MetricsLog | None = None, resume_path: Path | None = None, replay: str | None = None,
-                  label_model: torch.nn.Module | None = None) -> dict:
+                  label_model: torch.nn.Module | None = None, image_logits: torch.Tensor | None = None) -> dict:
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
 
     ``replay``: ``ordered`` or ``pool`` (:class:`PoolSampler`); ``None`` = ``ordered`` for an unpruned store
     (factor 1), ``pool`` otherwise. ``label_model``: take the targets from this frozen model run on each replayed
     batch instead of the stored logits (``validate.label_source`` ``online`` / ``generator``; :class:`LabelFeed`).
+    ``image_logits``: float ``(N, K)`` per-image logits in ``data``'s order used instead (``static``).
 
     With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
     every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights. Under torchrun
@@ -329,7 +344,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     rank, world = rank_world()
     key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay,
                        *autocast_settings(cfg).values())
-    feed = LabelFeed(vc, label_model)
+    feed = LabelFeed(vc, label_model, image_logits)
     start, step = _restore(load_checkpoint(resume_path, key) if resume_path else None, student, opt, feed)
     sampler = PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, start_epoch=start, replay=replay,
                           tag_epochs=vc.calibration != "none")
@@ -371,9 +386,11 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
 
 
 def _source_fields(cfg: Config, weights: Path | None, layout: RunLayout) -> dict:
-    """Row fields of a label model (its weights file) and of the calibration (its settings)."""
+    """Row fields of a label model (``label_model``: its weights file) or of static labels (``label_file``: the
+    per-image logits file), and of the calibration (its settings)."""
     vc = cfg.validate
-    out = {} if weights is None else {"label_model": str(weights.relative_to(layout.root))
+    key = "label_file" if vc.label_source == "static" else "label_model"
+    out = {} if weights is None else {key: str(weights.relative_to(layout.root))
                                       if weights.is_relative_to(layout.root) else str(weights)}
     if vc.calibration != "none":
         out.update({"calibration": vc.calibration, "lpqld_step": vc.lpqld_step, "lpqld_gamma": vc.lpqld_gamma,
@@ -398,7 +415,8 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     Returns:
         The result row: recover, source (of the images: synthesis, random_real, rded, folder, tensor), ipc, prune_factor, prune_strategy, logits, granularity, label_store,
         label_source (``validate.label_source``), label_bytes (bytes on disk of the store, or with a label model
-        its weights file, named in label_model), image_bytes (bytes of the image files), kept_steps, student,
+        its weights file, named in label_model, or with ``static`` the per-image logits file, named in label_file),
+        image_bytes (bytes of the image files), kept_steps, student,
         student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
         pool, replay, loss, eval_split (the real split top1 is measured on: test or holdout).
 
@@ -407,6 +425,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         with another pool or replay (never reused silently).
         StaleStageError: a finished result of this student made with other settings (without ``force``), or
         (``label_source: generator``) a label generator made with other settings (rerun the generator stage).
+        LabelDistillError: (``label_source: static``) images imported without per-image soft labels.
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
@@ -432,10 +451,14 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     check_store_matches(store, img_meta["fingerprint"])
     test = load_split(cfg, cfg.validate.eval_split)
     resume = out.with_name(f".{out.stem}.resume.pt")
-    label_model, weights = (None, None) if source == "stored" else \
-        load_label_model(source, layout, mode, pick_device(cfg.device))
+    label_model, weights, image_logits = None, None, None
+    if source == "static":
+        image_logits = load_image_logits(layout.images_dir(mode), img_meta["fingerprint"])
+        weights = static_labels_file(layout, mode)
+    elif source != "stored":
+        label_model, weights = load_label_model(source, layout, mode, pick_device(cfg.device))
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
-                        resume_path=resume, replay=v.replay_mode, label_model=label_model)
+                        resume_path=resume, replay=v.replay_mode, label_model=label_model, image_logits=image_logits)
     row = {
         "recover": mode, "source": img_meta.get("source", "synthesis"), "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
         "logits": v.logits, "granularity": v.granularity,
