@@ -6,8 +6,21 @@ Layouts read:
   Without ``class_to_idx.json`` the set is refused: the class order is never taken from folder sort order.
 * ``folder``, SRe2L's output: ``new{c:03d}/class{c:03d}_id{i:03d}.{jpg,png}``; the class index is the folder's
   number, the teacher's class of that index (a file whose name says another class is refused).
-* ``tensor``, DD-Ranking's: ``images.pt`` (float ``(N, C, H, W)`` in [0, 1], or uint8) and ``labels.pt``
-  (integer ``(N,)`` class indices of the teacher).
+* ``tensor``, DD-Ranking's (ddranking 0.2.0's contract, as ``labeldistill export --format ddranking`` writes it):
+  ``images.pt``, uint8 or float ``(N, C, H, W)``, and ``labels.pt``, integer ``(N,)`` class indices of the teacher
+  or float ``(N, K)`` soft labels: teacher outputs (logits), which DD-Ranking softens with ``softmax(· / T)``
+  (``loss/kl.py``); rows that are probabilities (>= 0, summing to 1) are refused. An optional ``meta.json``
+  beside them may give ``normalization`` (``mean``, ``std``), ``classes`` (names by index; the teacher's names
+  must keep the teacher's indices) and ``hard_labels`` (per image).
+  Float images normalised as DD-Ranking's real data (``utils/data.py``: ``Normalize(mean, std)``) are
+  de-normalised, ``x · std + mean``, with the ``mean``/``std`` of the recover variant, else of ``meta.json``;
+  without either, float images are taken as pixels in [0, 1] and values outside are refused (the message asks for
+  the mean and std). The class of an image with soft labels is ``meta.json``'s ``hard_labels``, else the
+  class-major order DD-Ranking assumes (image ``i`` is class ``i // IPC``, ``metrics/soft_label.py``).
+  Float pixels are rounded to uint8 (the kept set is a PNG folder); ``quantised.max_error_grey_levels`` records
+  the largest rounding error, and pixels off the 1/255 grid by more than :data:`GRID_TOLERANCE` are kept in
+  :attr:`OwnSet.float_images` so recover can measure the teacher's top-1 before rounding. The soft labels come
+  back as :attr:`OwnSet.logits` (recover writes them beside the PNGs for ``validate.label_source: static``).
 
 Every set is checked against the teacher: exactly its classes (indices ``0..C-1``, each with images), the same
 number of images in every class (the IPC; unequal counts are refused), its number of channels. Images of
