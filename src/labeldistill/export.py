@@ -12,7 +12,7 @@ Distillation"; read from ddranking 0.2.0):
   DD-Ranking's ``_generate_soft_labels`` makes (``metrics/soft_label.py``: ``teacher_model(images)``).
   ``labels: store``: the mean of a label store's stored logits over each image's views that CutMix did not mix
   (over all its views when every one was mixed); full-logit stores only.
-* ``meta.json``: the mean/std, the class order (``classes`` by index, ``class_to_idx``, ``hard_labels`` per
+* ``meta.json``: the mean/std (``normalised: true``, ``normalization``), the class order (``classes`` by index, ``class_to_idx``, ``hard_labels`` per
   image), IPC, recover mode, how the labels were made, and the teacher (path, fingerprint, model, top-1).
 
 ``recover`` source ``tensor`` reads the folder back (:mod:`labeldistill.data.owned`).
@@ -123,7 +123,7 @@ def export_ddranking(run_dir: str | Path, mode: str, store_tag: str = "full", ou
             "format": "ddranking", "contract": "ddranking 0.2.0: images.pt is fed to the student as it is; "
             "labels.pt holds teacher outputs, softened with softmax(labels / T) in its losses",
             "images": "float32 (N, C, H, W), class-major, normalised: (x - mean) / std with x the pixels in [0, 1]",
-            **how, "normalization": {"mean": list(mean), "std": list(std)},
+            **how, "normalised": True, "normalization": {"mean": list(mean), "std": list(std)},
             "classes": list(data.classes), "class_to_idx": {c: i for i, c in enumerate(data.classes)},
             "hard_labels": data.labels[order].tolist(), "ipc": meta["ipc"], "mode": mode,
             "num_images": len(x), "num_classes": len(data.classes), "image_fingerprint": meta["fingerprint"],

@@ -10,8 +10,10 @@ Layouts read:
   ``images.pt``, uint8 or float ``(N, C, H, W)``, and ``labels.pt``, integer ``(N,)`` class indices of the teacher
   or float ``(N, K)`` soft labels: teacher outputs (logits), which DD-Ranking softens with ``softmax(· / T)``
   (``loss/kl.py``); rows that are probabilities (>= 0, summing to 1) are refused. An optional ``meta.json``
-  beside them may give ``normalization`` (``mean``, ``std``), ``classes`` (names by index; the teacher's names
-  must keep the teacher's indices) and ``hard_labels`` (per image).
+  beside them may give ``normalised: true`` with ``normalization`` (``mean``, ``std``; without ``normalised: true``
+  it is not applied: earlier exports wrote [0, 1] pixels beside a ``normalization`` entry),
+  ``classes`` (names by index; the teacher's names must keep the teacher's indices) and ``hard_labels`` (per
+  image).
   Float images normalised as DD-Ranking's real data (``utils/data.py``: ``Normalize(mean, std)``) are
   de-normalised, ``x · std + mean``, with the ``mean``/``std`` of the recover variant, else of ``meta.json``;
   without either, float images are taken as pixels in [0, 1] and values outside are refused (the message asks for
@@ -306,10 +308,11 @@ def _load_tensors(root: Path, shape: tuple[int, int, int], num_classes: int, mea
 
 def _normalization(root: Path, c: int, mean: list[float] | None, std: list[float] | None, meta: dict,
                    notes: dict) -> tuple[list[float], list[float]] | None:
-    """The mean/std float images are normalised with: the config's, else ``meta.json``'s, else None."""
+    """The mean/std float images are normalised with: the config's, else ``meta.json``'s (with ``normalised:
+    true``), else None."""
     if mean is not None and std is not None:
         where = "config"
-    elif isinstance(meta.get("normalization"), dict):
+    elif meta.get("normalised") is True and isinstance(meta.get("normalization"), dict):
         mean, std, where = meta["normalization"].get("mean"), meta["normalization"].get("std"), TENSOR_META
     else:
         return None
@@ -337,8 +340,8 @@ def _to_unit_range(root: Path, x: torch.Tensor, norm: tuple[list[float], list[fl
         if norm is None:
             raise DataError(f"{root / 'images.pt'} holds values in [{lo:.3g}, {hi:.3g}], not pixels in [0, 1]: "
                             "normalised images need their mean and std, in recover.variants.<mode> (mean: [...], "
-                            f"std: [...]) or in a {TENSOR_META} beside the tensors "
-                            "({\"normalization\": {\"mean\": [...], \"std\": [...]}})")
+                            f"std: [...]) or in a {TENSOR_META} beside the tensors ({{\"normalised\": true, "
+                            "\"normalization\": {\"mean\": [...], \"std\": [...]}})")
         raise DataError(f"{root / 'images.pt'} de-normalised with mean={norm[0]}, std={norm[1]} holds values in "
                         f"[{lo:.3g}, {hi:.3g}], not pixels in [0, 1]: check the mean and std")
     return x.clamp(0, 1)
