@@ -246,6 +246,11 @@ def test_import_export_and_train_on_its_labels(exported, tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert all(s["done"] for s in plan["stages"]), [(s["stage"], s["status"]) for s in plan["stages"]]
     assert plan["validate"][0]["labels"] == "static"
+    from labeldistill.leaderboard import load_rows
+
+    lb = [r for r in load_rows(tmp_path) if r["kind"] == "main"][0]
+    assert lb["labels"] == "static per-image logits (x1 random)" and lb["codec"] == "float32 logits"
+    assert lb["label_bytes"] == row["label_bytes"]
 
 
 @needs_fmnist
