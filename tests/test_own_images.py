@@ -180,7 +180,8 @@ def test_imagefolder_needs_class_to_idx(tmp_path):
     with pytest.raises(DataError, match="no class_to_idx.json.*never taken from folder sort order"):
         list_source("folder", tmp_path)
     (tmp_path / "class_to_idx.json").write_text(json.dumps({"dog": 0, "cat": 1}))
-    x, y, notes = load_own_set("folder", tmp_path, (1, 28, 28), ["dog", "cat"])
+    own = load_own_set("folder", tmp_path, (1, 28, 28), ["dog", "cat"])
+    y, notes = own.labels, own.notes
     assert y.tolist() == [0, 1] and notes["layout"] == "imagefolder" and notes["ipc"] == 1
     with pytest.raises(DataError, match="index 0 but the teacher's index of 'dog' is 1"):
         load_own_set("folder", tmp_path, (1, 28, 28), ["cat", "dog"])
@@ -192,7 +193,8 @@ def test_unequal_counts_and_sizes(tmp_path):
     with pytest.raises(DataError, match="unequal images per class"):
         load_own_set("tensor", tmp_path, (1, 28, 28), ["a", "b"])
     torch.save(torch.tensor([1, 0, 2]), tmp_path / "labels.pt")
-    x, y, notes = load_own_set("tensor", tmp_path, (1, 28, 28), ["a", "b", "c"])
+    own = load_own_set("tensor", tmp_path, (1, 28, 28), ["a", "b", "c"])
+    x, y, notes = own.images, own.labels, own.notes
     assert x.shape == (3, 1, 28, 28) and x.dtype == torch.uint8 and y.tolist() == [0, 1, 2]
     assert notes["resized"]["from"] == [[32, 32]] and notes["resized"]["to"] == [28, 28]
     torch.save(torch.rand(3, 1, 28, 28) * 2 - 1, tmp_path / "images.pt")

@@ -50,11 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--class-stats", help="stats.safetensors (default: inferred from the run dir)")
     ver = sst.add_parser("verify", help="check every shard's checksum")
     ver.add_argument("path")
-    ex = sub.add_parser("export", help="export a run's images + soft labels for another tool")
+    ex = sub.add_parser("export", help="export a run's images + soft labels for another tool",
+                        description="ddranking: images.pt (float32 (N, C, H, W), class-major, normalised with the "
+                        "dataset's mean/std), labels.pt (float32 (N, K) teacher logits) and meta.json (mean/std, "
+                        "class order, IPC, mode, teacher) in <run_dir>/export/ddranking/<mode>/ or --out")
     ex.add_argument("run_dir")
     ex.add_argument("--format", required=True, choices=["ddranking"])
     ex.add_argument("--mode", action="append", help="recover mode(s); default: every images/<mode>")
-    ex.add_argument("--store", default="full", help="label store tag under labels/<mode>/ (default: full)")
+    ex.add_argument("--labels", default="teacher", choices=["teacher", "store"],
+                    help="teacher: the run's teacher's logits on each un-augmented image (default; what DD-Ranking "
+                    "makes itself); store: the mean stored logits of --store over each image's un-mixed views")
+    ex.add_argument("--store", default="full", help="with --labels store: label store tag under labels/<mode>/ "
+                    "(default: full)")
+    ex.add_argument("--device", default="auto", help="where the teacher runs (default: auto)")
     ex.add_argument("--out", help="output folder (one mode only)")
     lb = sub.add_parser("leaderboard", help="one table over main-job and learn-labels run directories")
     lb.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -112,7 +120,7 @@ def _store_command(args: argparse.Namespace) -> int:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    """``export RUN_DIR --format ddranking``."""
+    """``export RUN_DIR --format ddranking [--mode M] [--labels teacher|store] [--store TAG] [--out DIR]``."""
     from pathlib import Path
 
     from .export import export_ddranking
@@ -124,7 +132,7 @@ def _export_command(args: argparse.Namespace) -> int:
     if args.out and len(modes) > 1:
         raise LabelDistillError("--out needs exactly one --mode")
     for m in modes:
-        print(export_ddranking(run_dir, m, args.store, args.out))
+        print(export_ddranking(run_dir, m, args.store, args.out, labels=args.labels, device=args.device))
     return 0
 
 

@@ -278,8 +278,11 @@ class ValidateConfig:
         gift_smoothing: label smoothing of the hard label in the GIFT-style target (``loss: gift`` only).
         label_source: where the student's soft labels come from: ``stored`` (the label store, the default),
             ``generator`` (the run's small label model, trained by the ``generator`` stage, run on each replayed
-            batch) or ``online`` (the full teacher run on each replayed batch: the upper reference). The row's
-            ``label_bytes`` are the store's bytes on disk, or the label model's weights file.
+            batch), ``online`` (the full teacher run on each replayed batch: the upper reference) or ``static``
+            (the per-image logits a ``tensor`` set was imported with, softened with ``softmax(z / T)`` as
+            DD-Ranking does; the replayed augmentation changes the pixels only; every recover mode must be a
+            ``tensor`` source). The row's ``label_bytes`` are the store's bytes on disk, the label model's weights
+            file, or (``static``) the per-image logits file.
         calibration: ``none`` (the default) or ``lpqld``: LPQLD's temperature calibration (a step-decayed teacher
             temperature on the labels and a searched student temperature;
             :mod:`labeldistill.labels.calibration`). Needs ``loss: kl``.
@@ -366,7 +369,7 @@ class HardLabelConfig:
 
 
 VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
-LABEL_SOURCES = ("stored", "generator", "online")
+LABEL_SOURCES = ("stored", "generator", "online", "static")
 CALIBRATIONS = ("none", "lpqld")
 EVAL_SPLITS = ("test", "holdout")
 
@@ -707,6 +710,11 @@ def _check_label_source(cfg: Config) -> None:
     chk.in_interval(vc.lpqld_gamma, 0, 1, "validate.lpqld_gamma", closed="right")
     chk.positive(vc.lpqld_min_temperature, "validate.lpqld_min_temperature")
     chk.positive(vc.lpqld_student_temperature, "validate.lpqld_student_temperature")
+    if vc.label_source == "static":
+        other = [m for m in cfg.recover.modes if resolve_variant(m, cfg.recover.variants)["source"] != "tensor"]
+        if other:
+            raise ConfigError(f"validate.label_source: static trains on the soft labels a set was imported with: "
+                              f"recover mode '{other[0]}' is not a source: tensor set (drop it from recover.modes)")
     if vc.label_source == "generator" and cfg.relabel.only_kept is not None:
         raise ConfigError("validate.label_source: generator learns from every stored step: unset relabel.only_kept")
     chk.at_least(gc.epochs, 1, "generator.epochs")

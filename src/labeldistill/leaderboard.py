@@ -11,7 +11,8 @@ Main-job rows (``results.json`` rows with ``recover``) are grouped like :func:`l
 ``x<factor> <strategy>``, codec = ``logits``, bytes = ``label_bytes`` + ``image_bytes`` as recorded. A row whose
 labels come from a label model (``label_source`` ``online`` / ``generator``) is labelled ``<source> model (x<factor>
 ...)`` (the factor names the store whose augmentations were replayed) with codec ``float32 weights``, and its label
-bytes are the model's weights file, as validate recorded them. Learn-labels rows (rows with ``method``): images =
+bytes are the model's weights file, as validate recorded them; ``label_source: static`` is labelled ``static
+per-image logits (x<factor> ...)`` with codec ``float32 logits`` and the bytes of the per-image logits file. Learn-labels rows (rows with ``method``): images =
 ``base examples``, labels = the method, codec = ``float32``; bytes = the row's (or results') ``label_bytes`` /
 ``image_bytes`` if recorded, else labels = ``N × C × 4`` (the label set as float32, ``C`` from ``labels.json``'s
 target classes) and images = the uint8 ``base_images`` tensor of ``labels.safetensors`` (``N·C·H·W``), read from
@@ -45,6 +46,7 @@ from .errors import LabelDistillError
 from .io import human_bytes, read_json
 from .layout import REAL_TRAIN
 
+_CODEC = {"online": "float32 weights", "generator": "float32 weights", "static": "float32 logits"}
 _MAIN_KEY = ("prune_factor", "prune_strategy", "logits", "granularity", "loss", "label_source", "calibration",
              "student")
 
@@ -83,11 +85,13 @@ def _main_rows(rows: list[dict], run: str, dataset: str | None) -> list[dict]:
         if r.get("calibration", "none") != "none":
             labels += f", {r['calibration']} calibration"
         source = r.get("label_source", "stored")
-        if source != "stored":  # the labels come from a label model; the store only gave the augmentations
+        if source == "static":  # the images' own per-image logits; the store only gave the augmentations
+            labels = f"static per-image logits ({labels})"
+        elif source != "stored":  # the labels come from a label model; the store only gave the augmentations
             labels = f"{source} model ({labels})"
         setting = _setting(dataset, r.get("ipc"))
         out.append({"kind": "main", "run": run, "setting": setting, "images": r["recover"], "labels": labels,
-                    "codec": r.get("logits", "fp16") if source == "stored" else "float32 weights", "student": _student(r),
+                    "codec": _CODEC.get(source, r.get("logits", "fp16")), "student": _student(r),
                     "image_bytes": r.get("image_bytes"), "label_bytes": r.get("label_bytes"), "top1": [r["top1"]],
                     "seeds": [r.get("seed")],
                     "match": (setting, *(str(r.get(k)) for k in _MAIN_KEY), _student(r)),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,11 @@ from .config import Config, config_to_dict
 from .data import ImageSet, denormalize, load_split, normalize
 from .data.owned import load_own_set, source_fingerprint
 from .data.synthetic import (  # noqa: F401
+    IMAGE_LOGITS,
     image_bytes,
     image_fingerprint,
     load_synthetic,
+    save_image_logits,
     save_imagefolder,
 )
 from .distributed import barrier, shard
@@ -344,9 +347,9 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     needs_real = variant["source"] in ("random_real", "rded") or (variant["source"] == "synthesis" and rc.init == "real")
     train = load_split(cfg, "train") if needs_real else None
     extra: dict = {}
-    ipc = rc.ipc
+    ipc, logits = rc.ipc, None
     if variant["source"] in OWN_SOURCES:
-        images, extra = own_images(mode, variant, teacher, info, device, cfg.autocast)
+        images, extra, logits = own_images(mode, variant, teacher, info, device, cfg.autocast)
         ipc = extra["ipc"]
     elif variant["source"] == "random_real":
         sel = pick_real(train, rc.ipc, gen)
@@ -359,7 +362,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         images = synthesise(cfg, mode, variant, teacher, info, layout, init, device)
         extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
     if is_rank0():
-        _write_image_set(out, mode, variant, images, teacher, info, ipc, extra, device, cfg.autocast)
+        _write_image_set(out, mode, variant, images, teacher, info, ipc, extra, device, cfg.autocast, logits=logits)
         MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
         record_stage(cfg, ref, time.time() - t0, layout)
     barrier()
@@ -367,19 +370,26 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
 
 
 def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device: torch.device, amp: str
-               ) -> tuple[torch.Tensor, dict]:
+               ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """A ``folder`` / ``tensor`` set made elsewhere, checked against the teacher (:mod:`labeldistill.data.owned`).
 
+    Float pixels off the 1/255 grid are rounded to uint8 (the image set is a PNG folder); the teacher's top-1 on
+    the float pixels is then recorded beside the rounded ones' (``quantised.teacher_top1_before``) and one
+    ``warning:`` line on stderr gives the largest rounding error.
+
     Returns:
-        float images ``(C · IPC, C_in, H, W)`` in [0, 1] (exact uint8 values), class-major, and the entries of
-        ``images.json`` that describe the source (``path``, ``source_fingerprint``, ``ipc``, ``layout``, ...).
+        float images ``(C · IPC, C_in, H, W)`` in [0, 1] (exact uint8 values), class-major; the entries of
+        ``images.json`` that describe the source (``path``, ``source_fingerprint``, ``ipc``, ``layout``, ...);
+        the set's per-image soft labels float32 ``(C · IPC, K)`` (logits) or None.
 
     Raises:
         DataError: the set does not fit the teacher, or the teacher's top-1 on it is at most
         :data:`CHANCE_FACTOR` × chance: the class mapping is most likely wrong.
     """
     path = variant["path"]
-    u8, labels, notes = load_own_set(variant["source"], path, tuple(info["shape"]), info["classes"])
+    own = load_own_set(variant["source"], path, tuple(info["shape"]), info["classes"], variant.get("mean"),
+                       variant.get("std"))
+    u8, labels, notes = own.images, own.labels, own.notes
     top1 = teacher_top1(teacher, u8, labels, info, device, amp)
     c = info["num_classes"]
     if top1 <= CHANCE_FACTOR / c:
@@ -390,19 +400,27 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
         raise DataError(f"recover[{mode}]: the teacher's top-1 on {path} is {100 * top1:.1f} % (chance "
                         f"{100 / c:.1f} %, refused at <= {100 * CHANCE_FACTOR / c:.1f} %): the set's class mapping "
                         f"is most likely not the teacher's (shifted class order or folder numbering); {how}")
+    if own.float_images is not None:
+        before = teacher_top1(teacher, own.float_images, labels, info, device, amp)
+        notes["quantised"]["teacher_top1_before"] = before
+        if is_rank0():
+            print(f"warning: recover[{mode}]: {path} holds float pixels off the 1/255 grid; rounded to uint8 for the "
+                  f"PNG set (largest error {notes['quantised']['max_error_grey_levels']:g} grey levels; teacher top-1 "
+                  f"{100 * before:.1f} % before, {100 * top1:.1f} % after)", file=sys.stderr)
     extra = {"path": str(Path(path).expanduser().resolve()), "source_fingerprint": source_fingerprint(variant["source"], path),
              **notes}
-    return u8.float() / 255, extra
+    return u8.float() / 255, extra, own.logits
 
 
 def teacher_top1(teacher: nn.Module, u8: torch.Tensor, labels: torch.Tensor, info: dict, device: torch.device,
                  amp: str = "bf16", chunk: int = 256) -> float:
-    """The teacher's top-1 (fraction) on uint8 images ``(N, C, H, W)``, ``chunk`` images per forward (so the
-    activations of one forward, not of the whole set, are in memory)."""
+    """The teacher's top-1 (fraction) on uint8 images ``(N, C, H, W)`` (or float ones in [0, 1]), ``chunk``
+    images per forward (so the activations of one forward, not of the whole set, are in memory)."""
     preds = []
+    scale = 255 if u8.dtype == torch.uint8 else 1
     with torch.no_grad(), autocast(device, amp):
         for i in range(0, len(u8), chunk):
-            x = normalize(u8[i:i + chunk].float() / 255, info["mean"], info["std"]).to(device)
+            x = normalize(u8[i:i + chunk].float() / scale, info["mean"], info["std"]).to(device)
             preds.append(teacher(x.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
     return float((torch.cat(preds) == labels).float().mean())
 
@@ -470,14 +488,19 @@ def _segment(cfg: Config, mode: str, variant: dict, batch: list[tuple[int, int]]
 
 
 def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, teacher: nn.Module, info: dict,
-                     ipc: int, extra: dict, device: torch.device, amp: str = "bf16", chunk: int = 256) -> None:
+                     ipc: int, extra: dict, device: torch.device, amp: str = "bf16", chunk: int = 256,
+                     logits: torch.Tensor | None = None) -> None:
     """Quantise to uint8, measure the teacher's top-1 on the set (:func:`teacher_top1`), write PNGs +
-    ``images.json`` atomically."""
+    ``images.json`` (and the per-image ``logits`` ``(N, K)``, class-major, when given) atomically."""
     labels = torch.arange(info["num_classes"]).repeat_interleave(ipc)
     u8 = (images * 255).round().to(torch.uint8)
     top1 = teacher_top1(teacher, u8, labels, info, device, amp, chunk)
+    if logits is not None:
+        extra = {**extra, "soft_labels": {**extra.get("soft_labels", {}), "file": IMAGE_LOGITS}}
     with atomic_dir(out) as tmp:
         save_imagefolder(u8, labels, info["classes"], tmp)
+        if logits is not None:
+            save_image_logits(logits, tmp, image_fingerprint(u8, labels))
         atomic_write_json(tmp / "images.json", {
             "mode": mode, "source": variant["source"], "ipc": ipc, "num_images": len(labels),
             "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),

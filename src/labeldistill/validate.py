@@ -14,7 +14,11 @@ get for their own training loop.
 
 ``validate.label_source: online | generator`` replaces the stored logits by those of a frozen label model (the
 teacher, or the small generator of :mod:`labeldistill.labels.generator`) run on each replayed batch; the store
-then only supplies the augmentations (:class:`LabelFeed`). ``validate.calibration: lpqld`` applies LPQLD's
+then only supplies the augmentations (:class:`LabelFeed`). ``validate.label_source: static`` replaces them by the
+per-image logits a set brought with it (``images/<mode>/image_logits.safetensors``, a DD-Ranking set's
+``labels.pt``): each entry's target is ``softmax(z_i / T)`` of its own image ``i``, the replayed crops, flips and
+CutMix changing the pixels only, as DD-Ranking 0.2.0's mode ``S`` does (``utils/train_and_eval.py``:
+``aug_func(images)`` leaves the targets alone; ``loss/kl.py``: ``softmax(tea_outputs / T)``). ``validate.calibration: lpqld`` applies LPQLD's
 temperature calibration (:mod:`labeldistill.labels.calibration`).
 """
 
@@ -32,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize
-from .data.synthetic import image_bytes, load_synthetic
+from .data.synthetic import image_bytes, load_image_logits, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StaleStageError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
@@ -45,7 +49,7 @@ from .labels.loader import (  # noqa: F401  (StoredStepDataset, check_store_matc
     open_store,
 )
 from .labels.pool import recipe_mismatch
-from .labels.sources import label_model_bytes, load_label_model
+from .labels.sources import label_model_bytes, load_label_model, static_labels_file
 from .labels.store import LabelStore
 from .layout import REAL_TRAIN, LabelVariant, RunLayout, labels_tag
 from .models import build_model
@@ -121,18 +125,21 @@ def student_loss(vc, student_logits: torch.Tensor, targets: torch.Tensor,
 
 
 class LabelFeed:
-    """The soft targets and the loss of one student run: the store's targets or a label model's, and
-    ``validate.calibration`` (``none``: :func:`student_loss` at ``validate.temperature``; ``lpqld``:
-    :mod:`labeldistill.labels.calibration`'s teacher temperature schedule, searched student temperature and loss).
+    """The soft targets and the loss of one student run: the store's targets, a label model's or the images' own
+    (``static``), and ``validate.calibration`` (``none``: :func:`student_loss` at ``validate.temperature``;
+    ``lpqld``: :mod:`labeldistill.labels.calibration`'s teacher temperature schedule, searched student temperature
+    and loss).
 
     Args:
         vc: the ``validate`` settings.
         label_model: frozen eval-mode model run on each replayed batch (``online`` / ``generator``), or ``None``
             (the stored labels).
+        image_logits: float ``(N, K)`` per-image logits (``static``), turned into targets by the dataset
+            (:class:`StoredStepDataset`), or ``None``.
     """
 
-    def __init__(self, vc, label_model: torch.nn.Module | None = None):
-        self.vc, self.model = vc, label_model
+    def __init__(self, vc, label_model: torch.nn.Module | None = None, image_logits: torch.Tensor | None = None):
+        self.vc, self.model, self.image_logits = vc, label_model, image_logits
         self.student_temperature = vc.lpqld_student_temperature
 
     def temperature(self, epoch: int | None) -> float:
@@ -193,17 +200,18 @@ def _batches(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed, ep
     return SoftLabelBatches(store, data.uint8_images(), feed.temperature if vc.calibration != "none" else
                             vc.temperature, epochs=epochs, seed=cfg.seed, replay=replay,
                             num_workers=cfg.data.workers, hard_labels=data.labels if vc.loss == "gift" else None,
-                            start_epoch=start)
+                            start_epoch=start, image_logits=feed.image_logits)
 
 
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
                   log: MetricsLog | None = None, resume_path: Path | None = None, replay: str | None = None,
-                  label_model: torch.nn.Module | None = None) -> dict:
+                  label_model: torch.nn.Module | None = None, image_logits: torch.Tensor | None = None) -> dict:
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
 
     ``replay``: ``ordered`` or ``pool`` (:class:`PoolSampler`); ``None`` = ``ordered`` for an unpruned store
     (factor 1), ``pool`` otherwise. ``label_model``: take the targets from this frozen model run on each replayed
     batch instead of the stored logits (``validate.label_source`` ``online`` / ``generator``; :class:`LabelFeed`).
+    ``image_logits``: float ``(N, K)`` per-image logits in ``data``'s order used instead (``static``).
 
     With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
     every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights. Under torchrun
@@ -231,7 +239,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     rank, world = rank_world()
     key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay,
                        *autocast_settings(cfg).values())
-    feed = LabelFeed(vc, label_model)
+    feed = LabelFeed(vc, label_model, image_logits)
     start, step = _restore(load_checkpoint(resume_path, key) if resume_path else None, student, opt, feed)
     batches = _batches(cfg, store, data, feed, epochs, replay, start)
     t0 = time.time()
@@ -270,9 +278,11 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
 
 
 def _source_fields(cfg: Config, weights: Path | None, layout: RunLayout) -> dict:
-    """Row fields of a label model (its weights file) and of the calibration (its settings)."""
+    """Row fields of a label model (``label_model``: its weights file) or of static labels (``label_file``: the
+    per-image logits file), and of the calibration (its settings)."""
     vc = cfg.validate
-    out = {} if weights is None else {"label_model": str(weights.relative_to(layout.root))
+    key = "label_file" if vc.label_source == "static" else "label_model"
+    out = {} if weights is None else {key: str(weights.relative_to(layout.root))
                                       if weights.is_relative_to(layout.root) else str(weights)}
     if vc.calibration != "none":
         out.update({"calibration": vc.calibration, "lpqld_step": vc.lpqld_step, "lpqld_gamma": vc.lpqld_gamma,
@@ -297,7 +307,8 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     Returns:
         The result row: recover, source (of the images: synthesis, random_real, rded, folder, tensor), ipc, prune_factor, prune_strategy, logits, granularity, label_store,
         label_source (``validate.label_source``), label_bytes (bytes on disk of the store, or with a label model
-        its weights file, named in label_model), image_bytes (bytes of the image files), kept_steps, student,
+        its weights file, named in label_model, or with ``static`` the per-image logits file, named in label_file),
+        image_bytes (bytes of the image files), kept_steps, student,
         student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
         pool, replay, loss, eval_split (the real split top1 is measured on: test or holdout).
 
@@ -306,6 +317,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         with another pool or replay (never reused silently).
         StaleStageError: a finished result of this student made with other settings (without ``force``), or
         (``label_source: generator``) a label generator made with other settings (rerun the generator stage).
+        LabelDistillError: (``label_source: static``) images imported without per-image soft labels.
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
@@ -324,10 +336,14 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     path = store.path
     test = load_split(cfg, cfg.validate.eval_split)
     resume = out.with_name(f".{out.stem}.resume.pt")
-    label_model, weights = (None, None) if source == "stored" else \
-        load_label_model(source, layout, mode, pick_device(cfg.device))
+    label_model, weights, image_logits = None, None, None
+    if source == "static":
+        image_logits = load_image_logits(layout.images_dir(mode), img_meta["fingerprint"])
+        weights = static_labels_file(layout, mode)
+    elif source != "stored":
+        label_model, weights = load_label_model(source, layout, mode, pick_device(cfg.device))
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
-                        resume_path=resume, replay=v.replay_mode, label_model=label_model)
+                        resume_path=resume, replay=v.replay_mode, label_model=label_model, image_logits=image_logits)
     row = {
         "recover": mode, "source": img_meta.get("source", "synthesis"), "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
         "logits": v.logits, "granularity": v.granularity,

@@ -10,8 +10,8 @@ Recover modes (LPLD §3, spec §4.2):
 * crop schedule ``fixed`` or ``cda`` — CDA's easy-to-hard RandomResizedCrop curriculum (Yin & Shen, TMLR 2024).
 * source ``synthesis`` (the above), ``random_real`` (real images, DD-Ranking's fairness baseline), ``rded``
   (RDED, Sun et al. CVPR 2024), or a set made elsewhere: ``folder`` (an ImageFolder with ``class_to_idx.json``,
-  or SRe2L's ``new{c:03d}/`` layout) or ``tensor`` (DD-Ranking's ``images.pt`` + ``labels.pt``), both with
-  ``path`` (:mod:`labeldistill.data.owned`).
+  or SRe2L's ``new{c:03d}/`` layout) or ``tensor`` (DD-Ranking's ``images.pt`` + ``labels.pt``, optionally
+  ``mean``/``std``), both with ``path`` (:mod:`labeldistill.data.owned`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ VARIANT_SWITCHES = {"batching": ("cross_class", "class_wise"), "bn_targets": ("g
                     "crop_schedule": ("fixed", "cda")}
 SOURCES = ("synthesis", "random_real", "rded", "folder", "tensor")
 OWN_SOURCES = ("folder", "tensor")  # sets made elsewhere, read from ``path``
+NORM_KEYS = ("mean", "std")  # a ``tensor`` source's normalisation of images.pt
 PRUNE_METRICS = ("confidence", "diff", "diff_signed", "correct", "cut_ratio")
 GRANULARITIES = ("batch", "epoch")
 POOLS = ("prefix", "subset")  # which stored steps a pruned store keeps (labels/pool.py); the first is the default
@@ -44,15 +45,18 @@ def resolve_variant(mode: str, custom: dict | None = None) -> dict:
     """The switches of a recover mode: a built-in variant or one defined under ``recover.variants``.
 
     A custom variant is either synthesis switches (``batching``, ``bn_targets``, ``crop_schedule``) or a source:
-    ``{source: random_real | rded}``, or ``{source: folder | tensor, path: DIR}`` for a set made elsewhere.
+    ``{source: random_real | rded}``, or ``{source: folder | tensor, path: DIR}`` for a set made elsewhere (a
+    ``tensor`` one may add ``mean`` and ``std``, one value per channel: the normalisation of its ``images.pt``).
 
     Returns:
         ``{"source": "synthesis", "batching", "bn_targets", "crop_schedule"}``, ``{"source": "random_real" |
-        "rded"}`` or ``{"source": "folder" | "tensor", "path": str}``.
+        "rded"}`` or ``{"source": "folder" | "tensor", "path": str}`` (``tensor``: plus ``mean``, ``std`` when
+        given).
 
     Raises:
         ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches, a
-        ``folder`` / ``tensor`` source without ``path`` (or a ``path`` or synthesis switch with another source).
+        ``folder`` / ``tensor`` source without ``path`` (or a ``path`` or synthesis switch with another source),
+        ``mean`` / ``std`` that are not one number per channel each (std > 0), or given for another source.
     """
     custom = custom or {}
     if mode in custom:
@@ -77,13 +81,15 @@ def _custom_variant(mode: str, spec: Any) -> dict:
     """The switches of a variant defined under ``recover.variants.<mode>`` (synthesis ones not yet checked)."""
     if not isinstance(spec, dict):
         raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
-    known = (*VARIANT_SWITCHES, "source", "path")
+    known = (*VARIANT_SWITCHES, "source", "path", *NORM_KEYS)
     bad = [k for k in spec if k not in known]
     if bad:
         raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: " + ", ".join(known))
     source = spec.get("source", "synthesis")
     if source not in SOURCES:
         raise ConfigError(f"recover.variants.{mode}.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source != "tensor" and any(k in spec for k in NORM_KEYS):
+        raise ConfigError(f"recover.variants.{mode}: mean/std apply to source: tensor only, not {source}")
     if source == "synthesis":
         if "path" in spec:
             raise ConfigError(f"recover.variants.{mode}: 'path' needs source: folder or tensor")
@@ -97,10 +103,26 @@ def _custom_variant(mode: str, spec: Any) -> dict:
         if not isinstance(path, str) or not path:
             raise ConfigError(f"recover.variants.{mode}: source: {source} needs path: DIR (the folder holding "
                               + ("the images" if source == "folder" else "images.pt and labels.pt") + ")")
-        return {"source": source, "path": path}
+        return {"source": source, "path": path, **_norm_keys(mode, spec)}
     if "path" in spec:
         raise ConfigError(f"recover.variants.{mode}: 'path' needs source: folder or tensor")
     return {"source": source}
+
+
+def _norm_keys(mode: str, spec: dict) -> dict:
+    """``mean`` and ``std`` of a ``tensor`` source (both or neither; lists of numbers of equal length, std > 0)."""
+    given = [k for k in NORM_KEYS if k in spec]
+    if not given:
+        return {}
+    if len(given) == 1:
+        raise ConfigError(f"recover.variants.{mode}: give both mean and std (the normalisation of images.pt)")
+    vals = [spec[k] for k in NORM_KEYS]
+    ok = all(isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)
+             for v in vals)
+    if not ok or len(vals[0]) != len(vals[1]) or min(vals[1]) <= 0:
+        raise ConfigError(f"recover.variants.{mode}: mean and std must be lists of numbers of the same length, one "
+                          f"per channel, std > 0; got mean={spec['mean']!r}, std={spec['std']!r}")
+    return {"mean": [float(a) for a in vals[0]], "std": [float(a) for a in vals[1]]}
 
 
 def needs_class_stats(modes: list[str], custom: dict | None = None) -> bool:

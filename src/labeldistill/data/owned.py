@@ -6,8 +6,23 @@ Layouts read:
   Without ``class_to_idx.json`` the set is refused: the class order is never taken from folder sort order.
 * ``folder``, SRe2L's output: ``new{c:03d}/class{c:03d}_id{i:03d}.{jpg,png}``; the class index is the folder's
   number, the teacher's class of that index (a file whose name says another class is refused).
-* ``tensor``, DD-Ranking's: ``images.pt`` (float ``(N, C, H, W)`` in [0, 1], or uint8) and ``labels.pt``
-  (integer ``(N,)`` class indices of the teacher).
+* ``tensor``, DD-Ranking's (ddranking 0.2.0's contract, as ``labeldistill export --format ddranking`` writes it):
+  ``images.pt``, uint8 or float ``(N, C, H, W)``, and ``labels.pt``, integer ``(N,)`` class indices of the teacher
+  or float ``(N, K)`` soft labels: teacher outputs (logits), which DD-Ranking softens with ``softmax(· / T)``
+  (``loss/kl.py``); rows that are probabilities (>= 0, summing to 1) are refused. An optional ``meta.json``
+  beside them may give ``normalised: true`` with ``normalization`` (``mean``, ``std``; without ``normalised: true``
+  it is not applied: earlier exports wrote [0, 1] pixels beside a ``normalization`` entry),
+  ``classes`` (names by index; the teacher's names must keep the teacher's indices) and ``hard_labels`` (per
+  image).
+  Float images normalised as DD-Ranking's real data (``utils/data.py``: ``Normalize(mean, std)``) are
+  de-normalised, ``x · std + mean``, with the ``mean``/``std`` of the recover variant, else of ``meta.json``;
+  without either, float images are taken as pixels in [0, 1] and values outside are refused (the message asks for
+  the mean and std). The class of an image with soft labels is ``meta.json``'s ``hard_labels``, else the
+  class-major order DD-Ranking assumes (image ``i`` is class ``i // IPC``, ``metrics/soft_label.py``).
+  Float pixels are rounded to uint8 (the kept set is a PNG folder); ``quantised.max_error_grey_levels`` records
+  the largest rounding error, and pixels off the 1/255 grid by more than :data:`GRID_TOLERANCE` are kept in
+  :attr:`OwnSet.float_images` so recover can measure the teacher's top-1 before rounding. The soft labels come
+  back as :attr:`OwnSet.logits` (recover writes them beside the PNGs for ``validate.label_source: static``).
 
 Every set is checked against the teacher: exactly its classes (indices ``0..C-1``, each with images), the same
 number of images in every class (the IPC; unequal counts are refused), its number of channels. Images of
@@ -19,6 +34,7 @@ with another size is refused. The teacher's top-1 on the set is checked by recov
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,6 +51,8 @@ from .imagefolder import IMAGE_EXTENSIONS, load_images, scan_imagefolder
 SRE2L_DIR = re.compile(r"^new(\d{3,})$")
 SRE2L_FILE = re.compile(r"^class(\d+)_id\d+\.", re.IGNORECASE)
 TENSOR_FILES = ("images.pt", "labels.pt")
+TENSOR_META = "meta.json"  # optional, beside the tensors: normalization, classes, hard_labels (our export writes it)
+GRID_TOLERANCE = 0.01  # grey levels: float pixels closer than this to k/255 count as exact uint8 values
 _FINGERPRINTS: dict[tuple, str] = {}  # (source, path, names, sizes, mtimes) → fingerprint, per process
 
 
@@ -63,8 +81,10 @@ def list_source(source: str, path: str | Path) -> OwnListing:
         missing = [f for f in TENSOR_FILES if not (root / f).is_file()]
         if missing:
             raise DataError(f"tensor image source {root} has no {missing[0]}: give the folder holding images.pt "
-                            "(float (N, C, H, W) in [0, 1] or uint8) and labels.pt (int64 (N,))")
-        return OwnListing(source, root, "tensor", list(TENSOR_FILES))
+                            "(float (N, C, H, W), or uint8) and labels.pt (int64 (N,) or float (N, K) logits)")
+        meta = _tensor_meta(root)
+        return OwnListing(source, root, "tensor", list(TENSOR_FILES) + ([TENSOR_META] if meta else []),
+                          class_names=list(meta.get("classes", [])))
     if not root.is_dir():
         raise DataError(f"image source folder not found: {root}")
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -119,43 +139,72 @@ def source_fingerprint(source: str, path: str | Path) -> str:
     return _FINGERPRINTS[key]
 
 
-def load_own_set(source: str, path: str | Path, shape: tuple[int, int, int], classes: list[str]
-                 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+@dataclass
+class OwnSet:
+    """A set made elsewhere, read for a teacher: class-major (stable) in every tensor.
+
+    Attributes:
+        images: uint8 ``(N, C, H, W)``, the pixels labeldistill keeps (PNG).
+        labels: int64 ``(N,)`` class indices of the teacher.
+        notes: entries for ``images.json``: ``layout``, ``ipc``, ``num_source_files``, and where they apply
+            ``resized``, ``quantised``, ``normalization``, ``soft_labels``, ``hard_labels_from``,
+            ``class_names_in_source``.
+        logits: float32 ``(N, K)`` per-image soft labels (teacher outputs, DD-Ranking's contract) when the set
+            brought them (float ``labels.pt``), else None.
+        float_images: the float pixels ``(N, C, H, W)`` in [0, 1] before rounding to uint8, only when they were
+            off the 1/255 grid by more than :data:`GRID_TOLERANCE` grey levels (recover measures the teacher's
+            top-1 on both), else None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    notes: dict
+    logits: torch.Tensor | None = None
+    float_images: torch.Tensor | None = None
+
+
+def load_own_set(source: str, path: str | Path, shape: tuple[int, int, int], classes: list[str],
+                 mean: list[float] | None = None, std: list[float] | None = None) -> OwnSet:
     """Read a set made elsewhere for a teacher with input ``shape`` ``(C, H, W)`` and class names ``classes``.
 
-    Returns:
-        uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``, class-major (stable), and notes for
-        ``images.json``: ``layout``, ``ipc``, ``num_source_files``, and where they apply ``resized``,
-        ``quantised``, ``class_names_in_source``.
+    Args:
+        mean, std: a ``tensor`` set's normalisation (``recover.variants.<mode>.mean/std``); its ``meta.json``'s
+            ``normalization`` when not given. Float images are de-normalised with them (``x · std + mean``).
 
     Raises:
-        DataError: see :func:`list_source`; another set of classes than the teacher's, an ImageFolder whose
-        class names are the teacher's under other indices, unequal image counts per class, another number of
-        channels, float pixels outside [0, 1], or another size with a non-square teacher input.
+        DataError: see :func:`list_source`; another set of classes than the teacher's, class names that are the
+        teacher's under other indices, unequal image counts per class, another number of channels, float pixels
+        outside [0, 1] (after de-normalising; without a mean/std: normalised images), soft labels that are not
+        ``(N, K)`` logits of the teacher's ``K`` classes, or another size with a non-square teacher input.
     """
     listing = list_source(source, path)
+    logits = float_images = None
+    _check_names(listing, classes)
     if source == "tensor":
-        images, labels, notes = _load_tensors(listing.root, shape)
+        images, labels, logits, float_images, notes = _load_tensors(listing.root, shape, len(classes), mean, std)
     else:
-        _check_names(listing, classes)
         images, labels, notes = _load_files(listing, shape, classes)
     _check_classes(listing.root, labels, len(classes))
     order = torch.argsort(labels, stable=True)
     notes.update(layout=listing.layout, ipc=int(len(labels) // len(classes)), num_source_files=len(listing.files))
     if listing.class_names and listing.class_names != list(classes):
         notes["class_names_in_source"] = listing.class_names
-    return images[order].contiguous(), labels[order], notes
+    return OwnSet(images[order].contiguous(), labels[order], notes,
+                  None if logits is None else logits[order].contiguous(),
+                  None if float_images is None else float_images[order].contiguous())
 
 
 def _check_names(listing: OwnListing, classes: list[str]) -> None:
-    """An ImageFolder naming the teacher's classes must give them the teacher's indices."""
-    if listing.layout != "imagefolder" or sorted(listing.class_names) != sorted(classes):
+    """An ImageFolder (``class_to_idx.json``) or a tensor set (``meta.json``'s ``classes``) naming the teacher's
+    classes must give them the teacher's indices."""
+    if listing.layout not in ("imagefolder", "tensor") or sorted(listing.class_names) != sorted(classes):
         return
     moved = [(c, i, classes.index(c)) for i, c in enumerate(listing.class_names) if classes[i] != c]
     if moved:
         c, i, j = moved[0]
-        raise DataError(f"{listing.root / 'class_to_idx.json'} gives class '{c}' index {i} but the teacher's index "
-                        f"of '{c}' is {j} ({len(moved)} classes differ): fix class_to_idx.json to the teacher's order")
+        f = "class_to_idx.json" if listing.layout == "imagefolder" else TENSOR_META
+        raise DataError(f"{listing.root / f} gives class '{c}' index {i} but the teacher's index "
+                        f"of '{c}' is {j} ({len(moved)} classes differ): fix {f} to the teacher's order")
 
 
 def _check_classes(root: Path, labels: torch.Tensor, num_classes: int) -> None:
@@ -206,34 +255,131 @@ def _load_files(listing: OwnListing, shape: tuple[int, int, int], classes: list[
     return data.images, labels, notes
 
 
-def _load_tensors(root: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    c, h, w = shape
+def _tensor_meta(root: Path) -> dict:
+    """A tensor set's ``meta.json`` (``{}`` without one).
+
+    Raises:
+        DataError: a ``meta.json`` that is not a JSON object.
+    """
+    f = root / TENSOR_META
+    if not f.is_file():
+        return {}
     try:
-        x = torch.load(root / "images.pt", map_location="cpu", weights_only=True)
-        y = torch.load(root / "labels.pt", map_location="cpu", weights_only=True)
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {f}: {e}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{f} must hold a JSON object (normalization, classes, hard_labels)")
+    return meta
+
+
+def _read_tensor(f: Path) -> object:
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise DataError(f"cannot read the tensors in {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                        ) from None
+        raise DataError(f"cannot read {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _load_tensors(root: Path, shape: tuple[int, int, int], num_classes: int, mean: list[float] | None,
+                  std: list[float] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                    torch.Tensor | None, dict]:
+    """uint8 images, int64 labels, float logits or None, off-grid float pixels or None, and notes (set order)."""
+    c, h, w = shape
+    x, y = _read_tensor(root / "images.pt"), _read_tensor(root / "labels.pt")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(f"{root / 'images.pt'} must hold a tensor (N, {c}, H, W) for this teacher, got {got}")
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x) or y.is_floating_point():
-        got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise DataError(f"{root / 'labels.pt'} must hold integer class indices ({len(x)},) (hard labels; the teacher "
-                        f"relabels the images), got {got}")
+    meta = _tensor_meta(root)
     notes: dict = {}
+    labels, logits = _tensor_labels(root, y, len(x), num_classes, meta, notes)
     if x.dtype != torch.uint8:
-        x = x.float()
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            raise DataError(f"{root / 'images.pt'} holds values in [{lo:.3g}, {hi:.3g}]; labeldistill needs pixels in "
-                            "[0, 1] (undo the normalisation: x * std + mean) or uint8")
-        notes["quantised"] = "float [0, 1] → uint8: round(x · 255)"
+        x = _to_unit_range(root, x.float(), _normalization(root, c, mean, std, meta, notes))
     if tuple(x.shape[2:]) != (h, w):
         notes["resized"] = _resize_note({tuple(x.shape[2:])}, shape, "bilinear, antialiased (torch interpolate)")
         x = F.interpolate(x.float() / (255 if x.dtype == torch.uint8 else 1), size=(h, w), mode="bilinear",
-                          antialias=True, align_corners=False)
-        notes.setdefault("quantised", "resized → uint8: round(x · 255)")
-    if x.dtype != torch.uint8:
-        x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return x.contiguous(), y.to(torch.int64), notes
+                          antialias=True, align_corners=False).clamp(0, 1)
+    if x.dtype == torch.uint8:
+        return x.contiguous(), labels, logits, None, notes
+    u8 = (x * 255).round().to(torch.uint8)
+    err = float((x * 255 - u8.float()).abs().max()) if x.numel() else 0.0
+    notes["quantised"] = {"rule": "float [0, 1] → uint8: round(x · 255)", "max_error_grey_levels": round(err, 4)}
+    return u8.contiguous(), labels, logits, (x if err > GRID_TOLERANCE else None), notes
+
+
+def _normalization(root: Path, c: int, mean: list[float] | None, std: list[float] | None, meta: dict,
+                   notes: dict) -> tuple[list[float], list[float]] | None:
+    """The mean/std float images are normalised with: the config's, else ``meta.json``'s (with ``normalised:
+    true``), else None."""
+    if mean is not None and std is not None:
+        where = "config"
+    elif meta.get("normalised") is True and isinstance(meta.get("normalization"), dict):
+        mean, std, where = meta["normalization"].get("mean"), meta["normalization"].get("std"), TENSOR_META
+    else:
+        return None
+    ok = all(isinstance(v, list) and len(v) == c and all(isinstance(a, (int, float)) for a in v) for v in (mean, std))
+    if not ok or min(std) <= 0:
+        raise DataError(f"the normalisation of {root} ({where}) must give {c} mean and {c} std values (std > 0), "
+                        f"got mean={mean}, std={std}")
+    notes["normalization"] = {"mean": mean, "std": std, "from": where}
+    return mean, std
+
+
+def _to_unit_range(root: Path, x: torch.Tensor, norm: tuple[list[float], list[float]] | None) -> torch.Tensor:
+    """Float images as pixels in [0, 1]: de-normalised with ``norm`` (``x · std + mean``), else taken as they are.
+
+    Raises:
+        DataError: values outside [0, 1] (± 1e-3) after that.
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"{root / 'images.pt'} holds non-finite values (NaN or inf)")
+    if norm is not None:
+        m, s = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in norm)
+        x = x * s + m
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 1.0)
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        if norm is None:
+            raise DataError(f"{root / 'images.pt'} holds values in [{lo:.3g}, {hi:.3g}], not pixels in [0, 1]: "
+                            "normalised images need their mean and std, in recover.variants.<mode> (mean: [...], "
+                            f"std: [...]) or in a {TENSOR_META} beside the tensors ({{\"normalised\": true, "
+                            "\"normalization\": {\"mean\": [...], \"std\": [...]}})")
+        raise DataError(f"{root / 'images.pt'} de-normalised with mean={norm[0]}, std={norm[1]} holds values in "
+                        f"[{lo:.3g}, {hi:.3g}], not pixels in [0, 1]: check the mean and std")
+    return x.clamp(0, 1)
+
+
+def _tensor_labels(root: Path, y: object, n: int, num_classes: int, meta: dict, notes: dict
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """int64 class indices ``(N,)`` and float32 logits ``(N, K)`` or None, from ``labels.pt`` (and ``meta.json``).
+
+    Float ``(N, K)`` labels are teacher outputs (DD-Ranking 0.2.0 softens them with ``softmax(· / T)``,
+    ``loss/kl.py``); the class of each image is ``meta.json``'s ``hard_labels``, else the class-major order
+    ``i // IPC`` that DD-Ranking 0.2.0 assumes (``metrics/soft_label.py``, ``compute_metrics``).
+    """
+    f = root / "labels.pt"
+    if isinstance(y, torch.Tensor) and y.dim() == 1 and len(y) == n and not y.is_floating_point():
+        return y.to(torch.int64), None
+    if not (isinstance(y, torch.Tensor) and y.dim() == 2 and len(y) == n and y.is_floating_point()):
+        got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise DataError(f"{f} must hold integer class indices ({n},) or float soft labels ({n}, K), got {got}")
+    logits = y.float()
+    if y.shape[1] != num_classes:
+        raise DataError(f"{f} holds soft labels over {y.shape[1]} classes but the teacher has {num_classes}")
+    if not bool(torch.isfinite(logits).all()):
+        raise DataError(f"{f} holds non-finite soft labels")
+    if bool((logits >= 0).all()) and bool(torch.allclose(logits.sum(1), torch.ones(n), atol=1e-3)):
+        raise DataError(f"{f} holds probabilities (rows >= 0 summing to 1), but soft labels are teacher outputs "
+                        "(logits, softened with softmax(· / T) as DD-Ranking does): save their log instead")
+    hard = meta.get("hard_labels")
+    if hard is not None:
+        if not (isinstance(hard, list) and len(hard) == n and all(isinstance(v, int) for v in hard)):
+            raise DataError(f"{root / TENSOR_META}: hard_labels must be {n} integer class indices")
+        notes["hard_labels_from"] = TENSOR_META
+        labels = torch.tensor(hard, dtype=torch.int64)
+    else:
+        if n % num_classes:
+            raise DataError(f"{f} holds {n} soft labels, not a multiple of the teacher's {num_classes} classes: "
+                            f"without hard_labels in a {TENSOR_META} the set must be class-major, IPC per class")
+        notes["hard_labels_from"] = "class-major order (image i is class i // IPC, as DD-Ranking 0.2.0)"
+        labels = torch.arange(num_classes).repeat_interleave(n // num_classes)
+    notes["soft_labels"] = {"kind": "logits", "shape": [n, num_classes]}
+    return labels, logits

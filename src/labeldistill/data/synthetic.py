@@ -2,7 +2,9 @@
 ``images.json`` that describes how the set was made (mode, source, IPC, fingerprint, teacher).
 
 PNG is lossless, so relabel and validate see exactly the pixels recover optimised; the class index never
-depends on folder sort order.
+depends on folder sort order. A set imported with per-image soft labels (``recover`` source ``tensor`` with
+float ``labels.pt``) also holds ``image_logits.safetensors``: float32 ``(N, K)`` logits, one row per image in
+the folder's class-major order, read by ``validate.label_source: static``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..errors import LabelDistillError
 from ..io import atomic_write_json, read_json, tensor_fingerprint
@@ -45,6 +50,34 @@ def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]
     c2i = read_json(Path(folder) / "class_to_idx.json")
     data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std))
     return data, read_json(meta_f)
+
+
+IMAGE_LOGITS = "image_logits.safetensors"
+
+
+def save_image_logits(logits: torch.Tensor, folder: Path, image_fp: str) -> None:
+    """Write per-image logits ``(N, K)`` (float32) as ``folder/image_logits.safetensors``, tagged with the image
+    set's fingerprint (:func:`image_fingerprint`) so they are never read for other images."""
+    save_file({"logits": logits.float().contiguous()}, str(Path(folder) / IMAGE_LOGITS),
+              metadata={"image_fingerprint": image_fp})
+
+
+def load_image_logits(folder: Path, image_fp: str) -> torch.Tensor:
+    """The per-image logits float32 ``(N, K)`` of an image folder, in its class-major order.
+
+    Raises:
+        LabelDistillError: no ``image_logits.safetensors`` (the set was not imported with soft labels), or one
+        written for another image set.
+    """
+    f = Path(folder) / IMAGE_LOGITS
+    if not f.is_file():
+        raise LabelDistillError(f"no per-image soft labels in {folder}: validate.label_source: static needs a set "
+                                "imported with them (recover source: tensor with float labels.pt (N, K) logits)")
+    with safe_open(str(f), "pt") as fh:
+        fp = (fh.metadata() or {}).get("image_fingerprint")
+    if fp != image_fp:
+        raise LabelDistillError(f"{f} belongs to image set {fp}, not to {image_fp}: rerun recover --force")
+    return load_file(str(f))["logits"]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")

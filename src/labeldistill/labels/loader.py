@@ -38,7 +38,9 @@ from .store import LabelStore
 class StoredStepDataset(Dataset):
     """Map-style dataset: ``ds[step_id]`` → (normalised augmented batch ``(B, C, H, W)``, targets ``(B, K)``).
 
-    Targets are the teacher's probabilities at temperature ``T`` (float32, rows sum to 1). With ``world`` > 1
+    Targets are the teacher's probabilities at temperature ``T`` (float32, rows sum to 1): the stored logits', or
+    with ``image_logits`` ``softmax(image_logits[i] / T)`` of each entry's own image ``i`` (CutMix mixes pixels
+    only, as DD-Ranking 0.2.0's mode ``S``; ``validate.label_source: static``). With ``world`` > 1
     the item holds rows ``rank::world`` of the step's batch (validate's split of a step across ranks).
 
     Args:
@@ -50,11 +52,14 @@ class StoredStepDataset(Dataset):
         hard_labels: int64 ``(N,)`` classes of the images; when given, ``ds[step_id]`` also returns each
             entry's hard label (the class of its own image, before CutMix): a 3-tuple.
         rank, world: this process's rank and the number of ranks (defaults: no split).
+        image_logits: float ``(N, K)`` per-image logits used instead of the stored ones (``label_source: static``).
     """
 
     def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float | Callable[[int], float] = 1.0,
-                 hard_labels: torch.Tensor | None = None, rank: int = 0, world: int = 1):
+                 hard_labels: torch.Tensor | None = None, rank: int = 0, world: int = 1,
+                 image_logits: torch.Tensor | None = None):
         self.store = store
+        self.image_logits = image_logits
         self.hard_labels = hard_labels
         self.images = images
         self.temperature = temperature
@@ -72,7 +77,11 @@ class StoredStepDataset(Dataset):
         step_id, epoch = key if isinstance(key, tuple) else (key, None)
         rec = self.store.get(step_id)
         x = build_batch(self.images, rec, self.out_hw, self.mean, self.std)
-        t = rec.soft_targets(self.num_classes, self.temperature(epoch) if callable(self.temperature) else self.temperature)
+        temp = self.temperature(epoch) if callable(self.temperature) else self.temperature
+        if self.image_logits is None:
+            t = rec.soft_targets(self.num_classes, temp)
+        else:  # each entry's own image's logits; CutMix mixed its pixels only
+            t = torch.softmax(self.image_logits[rec.sample_idx].float() / temp, 1)
         out = (x, t) if self.hard_labels is None else (x, t, self.hard_labels[rec.sample_idx])  # own image's class
         return out if self.world == 1 else tuple(v[self.rank::self.world] for v in out)
 
@@ -178,6 +187,8 @@ class SoftLabelBatches:
         num_workers: DataLoader worker processes (0: build the steps in this process).
         hard_labels: int64 ``(N,)`` image classes; items then carry each row's class too (a 3-tuple).
         start_epoch: skip the training epochs before this one (resuming).
+        image_logits: float ``(N, K)`` per-image logits replacing the stored ones (``validate.label_source:
+            static``: the logits an imported ``tensor`` set brought with it).
 
     Raises:
         ConfigError: an unknown replay, or a rank outside ``[0, world)``.
@@ -186,7 +197,7 @@ class SoftLabelBatches:
     def __init__(self, store: LabelStore, images: torch.Tensor, temperature: float | Callable[[int], float] = 1.0,
                  *, epochs: int | None = None, seed: int = 0, replay: str | None = None, rank: int | None = None,
                  world: int | None = None, num_workers: int = 0, hard_labels: torch.Tensor | None = None,
-                 start_epoch: int = 0):
+                 start_epoch: int = 0, image_logits: torch.Tensor | None = None):
         m = store.manifest
         prune = m.get("prune", {})
         self.replay = replay or LabelVariant.default_replay(prune.get("factor", 1.0))
@@ -203,7 +214,7 @@ class SoftLabelBatches:
         self.num_classes = m["num_classes"]
         self.mean, self.std = tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"])
         self.input_shape = (m["channels"], *m["input_size"])
-        self.dataset = StoredStepDataset(store, images, temperature, hard_labels, self.rank, self.world)
+        self.dataset = StoredStepDataset(store, images, temperature, hard_labels, self.rank, self.world, image_logits)
         self.sampler = PoolSampler(store.step_ids, m["steps_per_epoch"], self.epochs, seed,
                                    prune.get("granularity", "batch"), start_epoch=start_epoch, replay=self.replay,
                                    tag_epochs=callable(temperature))

@@ -1,11 +1,13 @@
 """Label models: where the student's soft labels come from when they are not read from a store.
 
 ``validate.label_source`` names the source: ``stored`` (the label store; no model), ``online`` (the run's full
-teacher, ``teacher/model.safetensors``) or ``generator`` (the small label model the ``generator`` stage trains,
-``labels/<mode>/generator/model.safetensors``). A label model is run, frozen and in eval mode, on each replayed
-(normalised, augmented) batch; its logits replace the stored ones. What it costs is the bytes on disk of its
-safetensors weights file (:func:`label_model_bytes`): the augmentations need no bytes, since every stored step's
-crops, flips and CutMix are a pure function of ``(seed, step id)`` (:mod:`labeldistill.labels.relabel`).
+teacher, ``teacher/model.safetensors``), ``generator`` (the small label model the ``generator`` stage trains,
+``labels/<mode>/generator/model.safetensors``) or ``static`` (no model: the per-image logits a set was imported
+with, ``images/<mode>/image_logits.safetensors``, :func:`static_labels_file`). A label model is run, frozen and
+in eval mode, on each replayed (normalised, augmented) batch; its logits replace the stored ones. What it costs is
+the bytes on disk of its safetensors weights file (:func:`label_model_bytes`; for ``static``, of the logits file):
+the augmentations need no bytes, since every stored step's crops, flips and CutMix are a pure function of
+``(seed, step id)`` (:mod:`labeldistill.labels.relabel`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.synthetic import IMAGE_LOGITS
 from ..errors import LabelDistillError
 from ..io import atomic_write_json, read_json
 from ..layout import RunLayout
@@ -64,6 +67,13 @@ def load_label_model(source: str, layout: RunLayout, mode: str, device: torch.de
     return model, layout.generator_dir(mode) / WEIGHTS
 
 
+def static_labels_file(layout: RunLayout, mode: str) -> Path:
+    """``static``: the per-image logits file of a mode's images (written by recover for a set imported with soft
+    labels; read by :func:`labeldistill.data.synthetic.load_image_logits`)."""
+    return layout.images_dir(mode) / IMAGE_LOGITS
+
+
 def label_model_bytes(weights: Path) -> int:
-    """What a label model's labels cost: the size in bytes of its weights file on disk."""
+    """What a label model's labels cost: the size in bytes of its weights file on disk (``static``: of the
+    per-image logits file)."""
     return Path(weights).stat().st_size

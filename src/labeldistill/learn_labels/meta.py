@@ -107,17 +107,14 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
         val_every: epochs between model-selection checks.
         max_steps: cap of the validation training length.
         seed: seed of the target and inner batch order and of the validation models' initialisation.
-        eval_batch: batch size of the validation pass.
-        desc: progress-bar label.
-        last_batch: ``keep`` (the reference's: each epoch ends with the target images left over, ``⌈M / outer_batch⌉``
-            label updates per epoch) or ``drop`` (``⌊M / outer_batch⌋``, every outer batch full).
+        eval_batch: batch size of the validation pass. desc: progress-bar label.
+        last_batch: ``keep`` (the reference's: ``⌈M / outer_batch⌉`` label updates per epoch) or ``drop`` (``⌊…⌋``).
         log: optional callback receiving keyword metrics (e.g. :meth:`MetricsLog.log`).
 
     Returns:
         The best labels, their step count and the run's history.
     """
-    target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1),
-                                      drop_last=last_batch == "drop")
+    target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1), last_batch == "drop")
     inner_gen = torch.Generator().manual_seed(seed + 2)
     steps_per_epoch = target_sampler.batches_per_pass()
     tracker = PlateauTracker(window)

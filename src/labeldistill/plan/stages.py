@@ -13,7 +13,8 @@ from ..config import Config, student_specs, with_student
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
 from ..io import read_json
-from ..layout import REAL_TRAIN, RunLayout
+from ..errors import DataError
+from ..layout import REAL_TRAIN, RunLayout, labels_tag
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
 from ..provenance import (StageRef, check_students, fingerprint, hard_label_settings, model_tag, relabel_ref,
@@ -119,24 +120,34 @@ def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]
             row.update(teacher_passes=math.ceil(scored / 512), image_iterations=scored,
                        work=f"score {scored:,} real crops, stitch {rc.rded_factor}×{rc.rded_factor} patches")
         elif v["source"] in OWN_SOURCES:
-            row.update(_own_row(v, num_classes))
+            row.update(_own_row(v, num_classes, cfg.validate.label_source == "static"))
         else:
             row.update(teacher_passes=0, image_iterations=0, work=f"pick {rc.ipc} real training images per class")
         rows.append(row)
     return rows
 
 
-def _own_row(v: dict, num_classes: int) -> dict:
+def _own_row(v: dict, num_classes: int, static: bool = False) -> dict:
     """The plan of a ``folder`` / ``tensor`` source: its image count (a folder's from its files; a tensor set's
-    from ``labels.pt``, read here) and the work of copying it."""
+    from ``labels.pt``, read here), whether it brings soft labels and the work of copying it.
+
+    Raises:
+        DataError: ``static`` (``validate.label_source: static``) and a tensor set without float soft labels.
+    """
     listing = list_source(v["source"], v["path"])
+    soft = False
     if v["source"] == "tensor":
-        n = len(torch.load(listing.root / "labels.pt", map_location="cpu", weights_only=True))
+        y = torch.load(listing.root / "labels.pt", map_location="cpu", weights_only=True)
+        n, soft = len(y), isinstance(y, torch.Tensor) and y.dim() == 2 and y.is_floating_point()
+        if static and not soft:
+            raise DataError(f"validate.label_source: static needs soft labels: {listing.root / 'labels.pt'} holds "
+                            "hard labels; give float (N, K) logits or set another validate.label_source")
     else:
         n = len(listing.names)
-    return {"images": n, "teacher_passes": math.ceil(n / 256), "image_iterations": 0,
+    return {"images": n, "teacher_passes": math.ceil(n / 256), "image_iterations": 0, "soft_labels": soft,
             "work": f"copy {n:,} images ({listing.layout} layout, ~{n / num_classes:g} per class) from {listing.root} "
-                    "as PNG; check the class mapping (teacher top-1 on the set)"}
+                    "as PNG" + (" with their soft labels (logits)" if soft else "")
+                    + "; check the class mapping (teacher top-1 on the set)"}
 
 
 def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, int]) -> tuple[dict, list[dict]]:
@@ -198,6 +209,7 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     epochs = vc.epochs or cfg.relabel.epochs
     variants = label_variants(cfg)
     specs = student_specs(vc)
+    labels = labels_tag(vc.label_source, vc.calibration)
     validate = []
     for mode in cfg.recover.modes:
         for spec in specs:
@@ -206,7 +218,8 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
                 validate.append({"mode": mode, "store": v.tag, "result": v.result_tag, "student": spec.name,
                                  "student_args": dict(spec.args), "student_tag": student, "epochs": epochs,
                                  "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n, "eval_images":
-                                 n_test, **_status(cfg, layout, StageRef("validate", mode, v, student))})
+                                 n_test, "labels": labels, **_status(cfg, layout, StageRef(
+                                     "validate", mode, v, student, None if labels == "stored" else labels))})
     prunes = [_status(cfg, layout, StageRef("prune", m, v)) for m in cfg.recover.modes for v in variants] \
         if cfg.relabel.only_kept is None else [{"done": True, "status": "done"}]
     prune = {"stage": "prune", "done": all(p["done"] for p in prunes),
@@ -216,7 +229,8 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     val = {"stage": "validate", "done": all(r["done"] for r in validate),
            "status": _worst([r["status"] for r in validate]),
            "work": f"{len(validate)} student run(s) of {epochs} epochs × {plan.steps_per_epoch} steps "
-                   f"({', '.join(model_tag(s) for s in specs)}), each evaluated on {n_test:,} test images",
+                   f"({', '.join(model_tag(s) for s in specs)}), each evaluated on {n_test:,} test images"
+                   + ("" if labels == "stored" else f"; labels: {labels}"),
            "steps": sum(r["steps"] for r in validate), "images": sum(r["images"] for r in validate)}
     return validate, [prune, val]
 
