@@ -167,10 +167,12 @@ def _check_names(listing: OwnListing, classes: list[str]) -> None:
     moved = [(c, i, classes.index(c)) for i, c in enumerate(listing.class_names) if classes[i] != c]
     if moved:
         c, i, j = moved[0]
-        how = ("fix class_to_idx.json to the teacher's order" if listing.class_order == "class_to_idx.json" else
+        explicit = listing.class_order == "class_to_idx.json"
+        where = listing.root / "class_to_idx.json" if explicit else f"{listing.root} ({SORTED_ORDER})"
+        how = ("fix class_to_idx.json to the teacher's order" if explicit else
                "add a class_to_idx.json (folder name → the teacher's index; teacher/teacher.json lists its classes)")
-        raise DataError(f"{listing.root} gives class '{c}' index {i} ({listing.class_order}) but the teacher's index "
-                        f"of '{c}' is {j} ({len(moved)} classes differ): {how}")
+        raise DataError(f"{where} gives class '{c}' index {i} but the teacher's index of '{c}' is {j} "
+                        f"({len(moved)} classes differ): {how}")
 
 
 def _check_classes(root: Path, labels: torch.Tensor, num_classes: int) -> None:
