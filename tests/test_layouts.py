@@ -159,8 +159,23 @@ def test_class_order_is_in_the_fingerprint():
     tiny = load_config(None, ["data.dataset=tiny-imagenet", "data.root=/nowhere"])
     assert stage_settings(tiny, StageRef("squeeze"))["data.class_order"] == "sorted"  # old Tiny runs: stale
     wn = load_config(None, ["data.dataset=tiny-imagenet", "data.root=/nowhere", "data.class_order=wnids"])
-    assert stage_settings(wn, StageRef("squeeze"))["data.class_order"] == "wnids"
+    assert "data.class_order" not in stage_settings(wn, StageRef("squeeze"))  # wnids.txt order: old runs stay valid
     fm = load_config(None, [])
     assert "data.class_order" not in stage_settings(fm, StageRef("squeeze"))  # other datasets keep theirs
     with pytest.raises(ConfigError, match="data.class_order is not supported by dataset 'fashion-mnist'"):
         check_dataset_options("fashion-mnist", data_options(load_config(None, ["data.class_order=wnids"])))
+
+
+def test_dry_run_reads_the_headers_of_a_lazy_dataset(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    _fake_tiny(root, np.random.default_rng(6))
+    cfg = load_config(None, ["data.dataset=tiny-imagenet", f"data.root={root}", "data.lazy=true",
+                             f"run_dir={tmp_path / 'run'}"])
+    assert probe_data(cfg)["shape"] == (3, 12, 12)
+    last = root / "train" / "n03" / "images" / "n03_1.JPEG"
+    _save(last, _rgb(1, size=10), quality=90)
+    with pytest.raises(DataError, match="n03_1.JPEG is 10x10.*set data.image_size"):
+        probe_data(cfg)
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(DataError, match="cannot read image .*n03_1.JPEG"):
+        probe_data(cfg)

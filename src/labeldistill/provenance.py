@@ -129,14 +129,14 @@ def holdout_settings(cfg: Config) -> dict[str, Any]:
 
 
 def class_order_settings(cfg: Config) -> dict[str, Any]:
-    """``{"data.class_order": order}`` for Tiny-ImageNet (its effective order: ``sorted`` unless set), or when
-    the key is set; else ``{}``.
+    """``{"data.class_order": "sorted"}`` for Tiny-ImageNet in sorted-wnid order (the default), else ``{}``.
 
-    The class index of every output depends on it; Tiny-ImageNet runs made while its order was ``wnids.txt``'s
-    (before the key existed) lack it, so they are refused as stale rather than reused under the sorted order.
+    The class index of every output depends on it. Tiny-ImageNet runs made while ``wnids.txt``'s order was the
+    only one (before the key existed) lack the key: under the sorted default they are refused as stale rather
+    than reused, and with ``data.class_order: wnids`` (no key, as then) they keep their fingerprints.
     """
-    if cfg.data.dataset == "tiny-imagenet" or cfg.data.class_order is not None:
-        return {"data.class_order": cfg.data.class_order or "sorted"}
+    if cfg.data.dataset == "tiny-imagenet" and (cfg.data.class_order or "sorted") == "sorted":
+        return {"data.class_order": "sorted"}
     return {}
 
 

@@ -81,7 +81,12 @@ def _probe_in_memory(cfg: Config) -> dict:
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     for ds in (train, test):
         if ds.is_lazy:
-            read_headers(ds.images.folder, [ds.images.name(i) for i in range(len(ds))])
+            names = [ds.images.name(i) for i in range(len(ds))]
+            _, sizes = read_headers(ds.images.folder, names)
+            if ds.images.image_size is None and len(set(sizes)) > 1:
+                odd = next(i for i, s in enumerate(sizes) if s != sizes[0])
+                raise DataError(f"{ds.images.path(odd)} is {sizes[odd][0]}x{sizes[odd][1]}, {ds.images.path(0)} is "
+                                f"{sizes[0][0]}x{sizes[0][1]}: set data.image_size to resize them to one size")
     if train.classes != test.classes:
         raise DataError("the train and test splits have different classes")
     return {"splits": {s: {"folder": cfg.data.root or "(default location)", "images": len(ds), "used": len(ds),
