@@ -80,7 +80,6 @@ def _imagefolder(root: Path) -> Path:
 @pytest.mark.parametrize("damage, expect", [
     (lambda r: (r / "train" / "a" / "notes.txt").write_text("hi"), "is not an image file"),
     (lambda r: [p.unlink() for p in (r / "train" / "b").iterdir()], "has no images"),
-    (lambda r: Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(r / "train" / "a" / "9.png"), "has mode RGB"),
     (lambda r: Image.fromarray(np.zeros((9, 8), np.uint8)).save(r / "train" / "a" / "9.png"), "resize them"),
     (lambda r: (r / "train" / "a" / "9.png").write_bytes(b"\x89PNG broken"), "cannot read image"),
 ])

@@ -15,7 +15,7 @@ from labeldistill.cli import main
 from labeldistill.config import ModelConfig, load_config
 from labeldistill.data import load_dataset, normalize
 from labeldistill.data.owned import list_source, load_own_set
-from labeldistill.data.synthetic import load_synthetic
+from labeldistill.data.synthetic import image_bytes, image_fingerprint, load_synthetic
 from labeldistill.errors import DataError
 from labeldistill.models import build_model
 
@@ -173,18 +173,42 @@ def test_shifted_class_numbering_is_refused(own_set, tmp_path, capsys):
     assert not (tmp_path / "run" / "images" / "mine").exists()
 
 
-def test_imagefolder_needs_class_to_idx(tmp_path):
+def test_imagefolder_class_to_idx_or_sorted_order(tmp_path):
     for c in ("cat", "dog"):
         (tmp_path / c).mkdir()
         Image.new("L", (28, 28)).save(tmp_path / c / "0.png")
-    with pytest.raises(DataError, match="no class_to_idx.json.*never taken from folder sort order"):
-        list_source("folder", tmp_path)
+    assert list_source("folder", tmp_path).class_names == ["cat", "dog"]  # torchvision's sorted order
     (tmp_path / "class_to_idx.json").write_text(json.dumps({"dog": 0, "cat": 1}))
     own = load_own_set("folder", tmp_path, (1, 28, 28), ["dog", "cat"])
     y, notes = own.labels, own.notes
     assert y.tolist() == [0, 1] and notes["layout"] == "imagefolder" and notes["ipc"] == 1
     with pytest.raises(DataError, match="index 0 but the teacher's index of 'dog' is 1"):
         load_own_set("folder", tmp_path, (1, 28, 28), ["cat", "dog"])
+
+
+def test_jpeg_set_is_kept_as_the_user_has_it(own_set, tmp_path, capsys):
+    """An RDED-layout JPEG set (one file saved as RGB for the 1-channel teacher) is copied as it is: the run's
+    image bytes are the user's, and relabel / validate decode the pixels recover checked and fingerprinted."""
+    ckpt, images, labels, _ = own_set
+    src = tmp_path / "rded"
+    for i, (im, y) in enumerate(zip(images, labels)):
+        c = int(y)
+        (src / f"{c:05d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im[0].numpy()).convert("RGB" if i == 0 else "L").save(
+            src / f"{c:05d}" / f"class{c:05d}_id{i:05d}.jpg", quality=95)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "run", ckpt, {"jpg": {"source": "folder", "path": str(src)}})
+    assert main(["squeeze", str(cfg)]) == 0 and main(["recover", str(cfg)]) == 0
+    assert f"note: recover[jpg]: 1 of {10 * IPC} images in {src} converted to L (RGB 1)" in capsys.readouterr().err
+    out = tmp_path / "run" / "images" / "jpg"
+    theirs = sorted(f.read_bytes() for f in src.rglob("*.jpg"))
+    assert sorted(f.read_bytes() for f in out.rglob("*.jpg")) == theirs and not list(out.rglob("*.png"))
+    assert image_bytes(out) == sum(len(b) for b in theirs)
+    data, meta = load_synthetic(out, (0.5,), (0.5,))
+    assert meta["layout"] == "rded" and meta["encoding"] == "copied" and meta["converted"] == 1
+    assert meta["source_file_bytes"] == image_bytes(out)
+    x, y, _ = load_own_set("folder", src, (1, 28, 28), [str(c) for c in range(10)])
+    assert torch.equal(data.images, x) and torch.equal(data.labels, y)
+    assert image_fingerprint(data.images, data.labels) == meta["fingerprint"]
 
 
 def test_unequal_counts_and_sizes(tmp_path):

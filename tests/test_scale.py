@@ -212,7 +212,9 @@ def test_dry_run_reports_bad_paths_in_one_line(tmp_path, capsys):
     cases = [
         ([f"data.root={tmp_path / 'missing'}"], "data folder not found"),
         ([f"data.root={root}", f"squeeze.checkpoint={tmp_path / 'r18.pth'}"], "teacher checkpoint not found"),
-        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null"], None),
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=16"], None),
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null"],
+         "set data.image_size"),  # mixed sizes: the run would refuse them, so the dry run does (every header read)
     ]
     for extra, msg in cases:
         code = main(["run", cfg, "--dry-run", f"run_dir={tmp_path / 'run'}", *extra])

@@ -64,6 +64,9 @@ class DataConfig:
         mean: per-channel normalisation mean in [0, 1] units (one value per channel); ``None`` = the
             dataset's own (``imagefolder``: computed from the images; lazy: estimated from 256 of them).
         std: per-channel normalisation std, as ``mean``.
+        class_order: ``tiny-imagenet`` only: ``sorted`` (``None``, the default: sorted wnids, the order of
+            torchvision's ImageFolder and of the LPLD / SRe2L reference teachers) or ``wnids`` (the order of
+            ``wnids.txt``).
     """
 
     dataset: str = "fashion-mnist"
@@ -77,6 +80,7 @@ class DataConfig:
     lazy: bool = False
     mean: list | None = None
     std: list | None = None
+    class_order: str | None = None
 
     def __post_init__(self) -> None:
         """Range checks of the data keys.
@@ -86,6 +90,8 @@ class DataConfig:
         """
         chk.at_least(self.workers, 0, "data.workers")
         chk.at_least(self.holdout, 0, "data.holdout")
+        if self.class_order is not None:
+            chk.one_of(self.class_order, ("sorted", "wnids"), "data.class_order")
         for key in ("train_subset", "test_subset", "image_size", "resize"):
             chk.at_least(getattr(self, key), 1, f"data.{key}", nullable=True)
         if self.resize is not None:

@@ -8,7 +8,8 @@ that names the changed keys and the two ways out (``--force`` recomputes it, a n
 keeps both). Nothing is ever silently reused for other settings.
 
 Settings that cannot change a number are left out: ``data.workers``, ``data.lazy`` (decoding on the fly
-gives the same images), ``threads``, ``device`` and ``checkpoint_seconds``.
+gives the same images), ``threads``, ``device`` and ``checkpoint_seconds``. Tiny-ImageNet's class order is
+always in (:func:`class_order_settings`).
 """
 
 from __future__ import annotations
@@ -127,11 +128,24 @@ def holdout_settings(cfg: Config) -> dict[str, Any]:
     return {"data.holdout": cfg.data.holdout} if cfg.data.holdout else {}
 
 
+def class_order_settings(cfg: Config) -> dict[str, Any]:
+    """``{"data.class_order": "sorted"}`` for Tiny-ImageNet in sorted-wnid order (the default), else ``{}``.
+
+    The class index of every output depends on it. Tiny-ImageNet runs made while ``wnids.txt``'s order was the
+    only one (before the key existed) lack the key: under the sorted default they are refused as stale rather
+    than reused, and with ``data.class_order: wnids`` (no key, as then) they keep their fingerprints.
+    """
+    if cfg.data.dataset == "tiny-imagenet" and (cfg.data.class_order or "sorted") == "sorted":
+        return {"data.class_order": "sorted"}
+    return {}
+
+
 def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included
     (``autocast`` only when not the default: :func:`autocast_settings`)."""
     out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                           **holdout_settings(cfg), **autocast_settings(cfg), **_flat("squeeze", cfg.squeeze)}
+                           **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg),
+                           **_flat("squeeze", cfg.squeeze)}
     if ref.stage == "squeeze":
         return out
     stats = _flat("class_stats", cfg.class_stats)
@@ -202,7 +216,7 @@ def hard_label_settings(cfg: Config, images: str) -> dict[str, Any]:
     the seed, data and protocol."""
     if images == REAL_TRAIN:
         out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                               **holdout_settings(cfg), **autocast_settings(cfg),
+                               **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg),
                                "hard_label.real_epochs": cfg.hard_label.real_epochs}
     else:
         out = {**stage_settings(cfg, StageRef("recover", images)), "validate.epochs": cfg.validate.epochs,

@@ -51,7 +51,8 @@ from .augment import (
 )
 from .config import Config, config_to_dict
 from .data import ImageSet, denormalize, load_split, normalize
-from .data.owned import load_own_set, source_fingerprint
+from .data.imagefolder import load_imagefolder, notice
+from .data.owned import SORTED_ORDER, copy_own_files, list_source, load_own_set, source_fingerprint, write_source_mapping
 from .data.synthetic import (  # noqa: F401
     IMAGE_LOGITS,
     image_bytes,
@@ -375,12 +376,14 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
 
     Float pixels off the 1/255 grid are rounded to uint8 (the image set is a PNG folder); the teacher's top-1 on
     the float pixels is then recorded beside the rounded ones' (``quantised.teacher_top1_before``) and one
-    ``warning:`` line on stderr gives the largest rounding error.
+    ``warning:`` line on stderr gives the largest rounding error. A folder set's class order (sorted folder names
+    when it has no ``class_to_idx.json``), its converted files (another Pillow mode than the teacher's channels)
+    and a resize each get one line on stderr.
 
     Returns:
         float images ``(C · IPC, C_in, H, W)`` in [0, 1] (exact uint8 values), class-major; the entries of
-        ``images.json`` that describe the source (``path``, ``source_fingerprint``, ``ipc``, ``layout``, ...);
-        the set's per-image soft labels float32 ``(C · IPC, K)`` (logits) or None.
+        ``images.json`` that describe the source (``path``, ``source_fingerprint``, ``ipc``, ``layout``,
+        ``encoding``, ...); the set's per-image soft labels float32 ``(C · IPC, K)`` (logits) or None.
 
     Raises:
         DataError: the set does not fit the teacher, or the teacher's top-1 on it is at most
@@ -395,8 +398,11 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
     if top1 <= CHANCE_FACTOR / c:
         how = ("the class index is the folder number new{c:03d}: check that new000 holds the teacher's class 0 "
                f"('{info['classes'][0]}')" if notes["layout"] == "sre2l" else
-               "check class_to_idx.json against the teacher's class order in teacher/teacher.json" if
-               notes["layout"] == "imagefolder" else "check that labels.pt uses the teacher's class indices")
+               "the class index is the folder number {c:05d}: check that 00000 holds the teacher's class 0" if
+               notes["layout"] == "rded" else
+               f"the class order came from {notes.get('class_order')}: check it against the teacher's class order in "
+               "teacher/teacher.json (a class_to_idx.json in the set fixes it)" if notes["layout"] == "imagefolder"
+               else "check that labels.pt uses the teacher's class indices")
         raise DataError(f"recover[{mode}]: the teacher's top-1 on {path} is {100 * top1:.1f} % (chance "
                         f"{100 / c:.1f} %, refused at <= {100 * CHANCE_FACTOR / c:.1f} %): the set's class mapping "
                         f"is most likely not the teacher's (shifted class order or folder numbering); {how}")
@@ -409,7 +415,26 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
                   f"{100 * before:.1f} % before, {100 * top1:.1f} % after)", file=sys.stderr)
     extra = {"path": str(Path(path).expanduser().resolve()), "source_fingerprint": source_fingerprint(variant["source"], path),
              **notes}
+    if is_rank0():
+        for line in _own_notices(mode, path, notes):
+            notice(line)
     return u8.float() / 255, extra, own.logits
+
+
+def _own_notices(mode: str, path: str, notes: dict) -> list[str]:
+    """The lines recover prints about a set made elsewhere: sorted class order, converted files, a resize."""
+    lines = []
+    if notes.get("class_order") == SORTED_ORDER:
+        lines.append(f"recover[{mode}]: {path} has no class_to_idx.json: class index = {SORTED_ORDER}; the mapping "
+                     f"used is written to images/{mode}/source_class_to_idx.json")
+    if notes.get("conversion"):
+        lines.append(f"recover[{mode}]: {notes['conversion']}")
+    if notes.get("resized") and "source_file_bytes" in notes:
+        r = notes["resized"]
+        lines.append(f"recover[{mode}]: images resized from {', '.join(f'{a}x{b}' for a, b in r['from'])} to "
+                     f"{r['to'][0]}x{r['to'][1]} and written as PNG: the run's image bytes are those PNG files, not "
+                     f"the {notes['source_file_bytes']:,} B of the source files")
+    return lines
 
 
 def teacher_top1(teacher: nn.Module, u8: torch.Tensor, labels: torch.Tensor, info: dict, device: torch.device,
@@ -490,15 +515,19 @@ def _segment(cfg: Config, mode: str, variant: dict, batch: list[tuple[int, int]]
 def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, teacher: nn.Module, info: dict,
                      ipc: int, extra: dict, device: torch.device, amp: str = "bf16", chunk: int = 256,
                      logits: torch.Tensor | None = None) -> None:
-    """Quantise to uint8, measure the teacher's top-1 on the set (:func:`teacher_top1`), write PNGs +
-    ``images.json`` (and the per-image ``logits`` ``(N, K)``, class-major, when given) atomically."""
+    """Quantise to uint8, measure the teacher's top-1 on the set (:func:`teacher_top1`), write PNGs (a folder
+    set that needs no resize: its own files, :func:`_write_own_files`) + ``images.json`` (and the per-image
+    ``logits`` ``(N, K)``, class-major, when given) atomically."""
     labels = torch.arange(info["num_classes"]).repeat_interleave(ipc)
     u8 = (images * 255).round().to(torch.uint8)
     top1 = teacher_top1(teacher, u8, labels, info, device, amp, chunk)
     if logits is not None:
         extra = {**extra, "soft_labels": {**extra.get("soft_labels", {}), "file": IMAGE_LOGITS}}
     with atomic_dir(out) as tmp:
-        save_imagefolder(u8, labels, info["classes"], tmp)
+        if variant["source"] == "folder":
+            _write_own_files(tmp, variant["path"], u8, labels, info["classes"], extra)
+        else:
+            save_imagefolder(u8, labels, info["classes"], tmp)
         if logits is not None:
             save_image_logits(logits, tmp, image_fingerprint(u8, labels))
         atomic_write_json(tmp / "images.json", {
@@ -507,6 +536,26 @@ def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, 
             "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": top1, **extra,
         })
     shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
+
+
+def _write_own_files(folder: Path, path: str, u8: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                     extra: dict) -> None:
+    """A ``folder`` set into ``folder``: its files copied as they are (``encoding: copied``; read back and
+    compared with the checked pixels ``u8``), or the resized images as PNG; plus the class mapping files.
+
+    Raises:
+        LabelDistillError: the copied files decode to other pixels than the ones checked (the set changed).
+    """
+    listing = list_source("folder", path)
+    if extra.get("encoding") != "copied":
+        save_imagefolder(u8, labels, classes, folder)
+        write_source_mapping(listing, folder)
+        return
+    copy_own_files(listing, classes, folder)
+    back = load_imagefolder(folder, mean=(0.0,) * u8.shape[1], std=(1.0,) * u8.shape[1], mode=extra["decode_mode"])
+    if not (torch.equal(back.images, u8) and torch.equal(back.labels, labels)):
+        raise LabelDistillError(f"the files copied from {path} decode to other pixels than the ones checked: the set "
+                                "changed while recover read it; run recover again")
 
 
 def _load_partial(partial: Path, key: str) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:

@@ -13,7 +13,7 @@ import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
 from .config import Config, ModelConfig  # noqa: E402
-from .data.imagefolder import load_imagefolder  # noqa: E402
+from .data.synthetic import load_synthetic  # noqa: E402
 from .errors import LabelDistillError  # noqa: E402
 from .io import human_bytes, read_json  # noqa: E402,F401  (human_bytes: old import path)
 from .layout import LabelVariant, RunLayout, labels_tag  # noqa: E402
@@ -160,8 +160,7 @@ def plot_image_grid(folders: dict[str, Path], path: Path, per_class: int = 10) -
     """One panel per recover mode: rows = classes, columns = up to ``per_class`` images."""
     fig, axes = plt.subplots(1, len(folders), figsize=(4.2 * len(folders), 4.4), squeeze=False)
     for ax, (mode, folder) in zip(axes[0], folders.items()):
-        c2i = read_json(folder / "class_to_idx.json")
-        data = load_imagefolder(folder, class_to_idx=c2i, mean=(0.0,), std=(1.0,))
+        data = load_synthetic(folder, (0.0,), (1.0,))[0]
         rows = []
         for c in range(data.num_classes):
             imgs = data.images[data.labels == c][:per_class]
@@ -192,7 +191,7 @@ def write_report(run_dir: Path) -> Path:
     plot_accuracy_vs_bytes(results, run_dir / "plots" / "accuracy_vs_bytes.png")
     images_root = run_dir / "images" if not results.get("seeds") else run_dir / f"seed{results['seeds'][0]}" / "images"
     folders = {m: images_root / m for m in sorted({r["recover"] for r in results["rows"]})
-               if (images_root / m / "class_to_idx.json").is_file()}
+               if (images_root / m / "images.json").is_file()}
     if folders:
         plot_image_grid(folders, run_dir / "plots" / "images.png")
     t = results["teacher"]

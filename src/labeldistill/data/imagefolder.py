@@ -2,8 +2,13 @@
 
 Layout: ``root/<split>/<class>/<image>`` (``split`` = ``train``, and ``test`` or ``val``), or
 ``root/<class>/<image>`` for a single split. If ``class_to_idx.json`` is next to the class folders it
-fixes the class order; otherwise classes are sorted by name and that mapping is what the caller gets
-(and writes out with any artifact): the index is never implied by folder order alone downstream.
+fixes the class order; otherwise classes are sorted by name (torchvision's ``find_classes``, the rule of
+``torchvision.datasets.ImageFolder``) and that mapping is what the caller gets (and writes out with any
+artifact): the index is never implied by folder order alone downstream.
+
+A folder may mix Pillow modes (grey-level JPEGs in a colour set, as in Tiny-ImageNet and ImageNet; RGBA or
+palette PNGs): unless the caller fixes the mode, every image is converted to the set's mode — ``RGB`` if any
+file is in colour, else ``L`` (:func:`set_mode`) — and one line on stderr says how many were converted.
 
 Two ways to hold the pixels:
 
@@ -23,8 +28,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -50,14 +56,15 @@ def split_folder(root: str | Path, split: str) -> Path:
 
 
 def read_class_to_idx(folder: Path) -> dict[str, int]:
-    """``class_to_idx.json`` in ``folder`` if present, else sorted sub-folder names.
+    """``class_to_idx.json`` in ``folder`` if present, else sorted sub-folder names (torchvision 0.29's
+    ``datasets.folder.find_classes``, as ``torchvision.datasets.ImageFolder``).
 
     Raises:
         DataError: no class folders, or a JSON that does not match the folders.
     """
-    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
     f = folder / "class_to_idx.json"
     if f.is_file():
+        subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
         try:
             mapping = {str(k): int(v) for k, v in json.loads(f.read_text()).items()}
         except (ValueError, AttributeError) as e:
@@ -68,9 +75,12 @@ def read_class_to_idx(folder: Path) -> dict[str, int]:
         if sorted(mapping.values()) != list(range(len(mapping))):
             raise DataError(f"{f}: indices must be 0..{len(mapping) - 1}")
         return mapping
-    if not subdirs:
-        raise DataError(f"no class folders in {folder}")
-    return {c: i for i, c in enumerate(subdirs)}
+    from torchvision.datasets.folder import find_classes  # torchvision's ImageFolder rule: sorted folder names
+
+    try:
+        return find_classes(folder)[1]
+    except FileNotFoundError:
+        raise DataError(f"no class folders in {folder}") from None
 
 
 def scan_imagefolder(folder: str | Path, class_to_idx: dict[str, int] | None = None
@@ -109,8 +119,57 @@ def scan_imagefolder(folder: str | Path, class_to_idx: dict[str, int] | None = N
 
 
 def target_mode(mode: str) -> str:
-    """Pillow mode every image of a lazy set is converted to: ``L`` for grey-level modes, else ``RGB``."""
+    """The family of a Pillow mode: ``L`` for grey-level modes, else ``RGB``."""
     return "L" if mode in _GRAY_MODES else "RGB"
+
+
+def set_mode(modes: Iterable[str]) -> str:
+    """The Pillow mode a set of files is decoded to: ``RGB`` if any file is in colour (RGB, RGBA, palette,
+    CMYK, ...), else ``L``."""
+    return "RGB" if any(m not in _GRAY_MODES for m in modes) else "L"
+
+
+def read_headers(folder: str | Path, names: list[str]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Pillow mode and ``(width, height)`` in pixels of every file ``folder/names[i]``, from its header only
+    (``Image.open`` reads no pixel data): what the dry run checks before a run decodes the files.
+
+    Raises:
+        DataError: a file that is missing, not an image, or whose header is cut off or corrupt.
+    """
+    modes, sizes = [], []
+    for n in names:
+        p = Path(folder) / n
+        try:
+            with Image.open(p) as im:
+                modes.append(im.mode)
+                sizes.append(im.size)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read image {p}: {e}") from None
+    return modes, sizes
+
+
+def conversion_note(modes: list[str], mode: str, where: str | Path) -> str | None:
+    """One line saying how many files of ``modes`` are converted to ``mode`` (None if none is)."""
+    other = [m for m in modes if m != mode]
+    if not other:
+        return None
+    kinds = ", ".join(f"{k} {other.count(k)}" for k in sorted(set(other)))
+    return f"{len(other)} of {len(modes)} images in {where} converted to {mode} ({kinds})"
+
+
+def notice(line: str | None) -> None:
+    """Print ``note: <line>`` on stderr (nothing for None)."""
+    if line:
+        print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+def _lazy_mode(folder: str | Path, names: list[str]) -> str:
+    """:func:`set_mode` of a lazy set, reading headers only until the first colour file (one for a colour set)."""
+    for n in names:
+        mode = read_headers(folder, [n])[0][0]
+        if mode not in _GRAY_MODES:
+            return "RGB"
+    return "L"
 
 
 def resize_center_crop(im: Image.Image, shorter: int, crop: int) -> Image.Image:
@@ -162,7 +221,7 @@ def decode_image(path: str | Path, mode: str | None = None, image_size: int | No
     try:
         with Image.open(path) as im:
             return _pixels(im, mode, image_size, resize)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
@@ -172,7 +231,8 @@ class LazyImages:
     Indexing follows tensor semantics for the first dimension: an int gives ``(C, H, W)``; a slice, a list, a
     LongTensor/ndarray of indices or a bool mask gives ``(n, C, H, W)`` in that order (repeats allowed).
     :meth:`take` selects without decoding. Every image is converted to one Pillow mode (``L`` or ``RGB``,
-    from the first image), so a few grey-level or CMYK JPEGs in a colour set (as in ImageNet) are fine.
+    :func:`set_mode` of the files: headers are read up to the first colour file), so a few grey-level or CMYK
+    JPEGs in a colour set (as in ImageNet) are fine.
     Without ``image_size`` every image must have the first image's size; a different one raises on decode.
 
     Args:
@@ -180,7 +240,7 @@ class LazyImages:
         names: ``"<class>/<file>"`` per image.
         image_size: side of the square output in pixels, or None (native size).
         resize: shorter side before the centre crop (default ``image_size``).
-        mode: Pillow mode to convert to; None: from the first image.
+        mode: Pillow mode to convert to; None: :func:`set_mode` of the files.
 
     Raises:
         DataError: no images, or the first image is unreadable.
@@ -202,10 +262,10 @@ class LazyImages:
         first = self.path(0)
         try:
             with Image.open(first) as im:
-                native_mode, native_size = im.mode, im.size
+                native_size = im.size
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"cannot read image {first}: {e}") from None
-        self.mode = mode or target_mode(native_mode)
+        self.mode = mode or _lazy_mode(folder, names)
         channels = 1 if self.mode == "L" else 3
         h, w = (image_size, image_size) if image_size is not None else (native_size[1], native_size[0])
         self._shape = (channels, h, w)
@@ -302,7 +362,8 @@ def estimate_stats(images: LazyImages, sample: int = STATS_SAMPLE, seed: int = 0
 
 def load_imagefolder(folder: str | Path, class_to_idx: dict[str, int] | None = None,
                      mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                     image_size: int | None = None, resize: int | None = None, lazy: bool = False) -> ImageSet:
+                     image_size: int | None = None, resize: int | None = None, lazy: bool = False,
+                     mode: str | None = None) -> ImageSet:
     """Load an ImageFolder: into memory as uint8 ``(N, C, H, W)``, or lazily (:class:`LazyImages`).
 
     Args:
@@ -314,15 +375,16 @@ def load_imagefolder(folder: str | Path, class_to_idx: dict[str, int] | None = N
             size in pixels; None keeps the native size, which must then be the same for every image.
         resize: see ``image_size``.
         lazy: keep only the file list and decode on indexing.
+        mode: convert every image to this Pillow mode; None: :func:`set_mode` of the files.
 
     Raises:
-        DataError: missing folder, empty class, stray or unreadable file, mixed sizes (without
-            ``image_size``) or, in memory, mixed Pillow modes.
+        DataError: missing folder, empty class, stray or unreadable file, or mixed sizes (without
+            ``image_size``).
     """
     folder = Path(folder)
     mapping, names, labels = scan_imagefolder(folder, class_to_idx)
     classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
-    return load_images(folder, names, labels, classes, mean, std, image_size, resize, lazy)
+    return load_images(folder, names, labels, classes, mean, std, image_size, resize, lazy, mode)
 
 
 def load_images(folder: str | Path, names: list[str], labels: torch.Tensor, classes: list[str],
@@ -335,11 +397,11 @@ def load_images(folder: str | Path, names: list[str], labels: torch.Tensor, clas
         folder, names: the image files (``names`` relative to ``folder``).
         labels: int64 ``(N,)`` class indices into ``classes``.
         mean, std, image_size, resize, lazy: as :func:`load_imagefolder`.
-        mode: convert every image to this Pillow mode (``RGB``, ``L``); None: the files must share one mode
-            (lazy: the first file's mode family).
+        mode: convert every image to this Pillow mode (``RGB``, ``L``); None: :func:`set_mode` of the files
+            (in memory: one line on stderr says how many files were converted).
 
     Raises:
-        DataError: unreadable file, mixed sizes (without ``image_size``) or, without ``mode``, mixed modes.
+        DataError: unreadable file, or mixed sizes (without ``image_size``).
     """
     folder = Path(folder)
     if lazy:
@@ -347,24 +409,17 @@ def load_images(folder: str | Path, names: list[str], labels: torch.Tensor, clas
         if mean is None or std is None:
             mean, std = estimate_stats(images)
         return ImageSet(images, labels, list(classes), tuple(mean), tuple(std))
-    arrays, size, first_mode = [], None, None
-    for name in names:
-        p = folder / name
-        try:
-            with Image.open(p) as im:
-                if first_mode is None:
-                    first_mode, size = im.mode, im.size
-                if mode is None and im.mode != first_mode:
-                    raise DataError(f"{p} has mode {im.mode}, other images have {first_mode}")
-                if image_size is None and im.size != size:
-                    raise DataError(f"{p} is {im.size[0]}x{im.size[1]}, other images are "
-                                    f"{size[0]}x{size[1]}; resize them to one size first (or set data.image_size)")
-                arrays.append(_pixels(im, mode, image_size, resize))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {p}: {e}") from None
-    if not arrays:
+    if not names:
         raise DataError(f"no images in {folder}")
-    x = torch.from_numpy(np.stack(arrays)).contiguous()
+    modes, sizes = read_headers(folder, names)
+    if image_size is None and len(set(sizes)) > 1:
+        odd = next(i for i, s in enumerate(sizes) if s != sizes[0])
+        raise DataError(f"{folder / names[odd]} is {sizes[odd][0]}x{sizes[odd][1]}, other images are "
+                        f"{sizes[0][0]}x{sizes[0][1]}; resize them to one size first (or set data.image_size)")
+    if mode is None:
+        mode = set_mode(modes)
+        notice(conversion_note(modes, mode, folder))
+    x = torch.from_numpy(np.stack([decode_image(folder / n, mode, image_size, resize) for n in names])).contiguous()
     if mean is None or std is None:
         xf = x.float() / 255
         mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())

@@ -3,12 +3,16 @@
 **tiny-imagenet** (``tiny-imagenet-200.zip``, extracted; ``data.root`` is ``tiny-imagenet-200/`` or its
 parent)::
 
-    <root>/wnids.txt                          200 wnids, one a line: the class order (index = line number)
+    <root>/wnids.txt                          200 wnids, one a line (unsorted)
     <root>/train/<wnid>/images/*.JPEG         500 training images per class (<wnid>_boxes.txt is ignored)
     <root>/val/images/*.JPEG                  10,000 validation images (the ``test`` split)
     <root>/val/val_annotations.txt            "<file>\\t<wnid>\\t<x0>\\t<y0>\\t<x1>\\t<y1>" per validation image
 
 ``test/`` (unlabelled) is not used. Images are 64×64; the few grey-level JPEGs are converted to RGB.
+The class order is the sorted wnids (``data.class_order: sorted``, the default): the order of
+``torchvision.datasets.ImageFolder`` on ``train/``, which the LPLD and SRe2L reference teachers, RDED and
+DD-Ranking use, so their Tiny-ImageNet checkpoints and image sets map onto the right classes.
+``data.class_order: wnids`` takes the order of ``wnids.txt`` (index = line number) instead.
 
 **imagenet** (ILSVRC-2012; ``data.root`` holds ``train/`` and ``val/``)::
 
@@ -33,13 +37,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .imagefolder import IMAGE_EXTENSIONS, load_images, read_class_to_idx, scan_imagefolder
 from .registry import ImageSet, register_dataset
 
 TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_CLASS_ORDERS = ("sorted", "wnids")
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -119,16 +124,25 @@ def _tiny_split(r: Path, split: str, wnids: list[str]) -> tuple[Path, list[str],
 @register_dataset("tiny-imagenet")
 def tiny_imagenet(root: str | None, split: str, image_size: int | None = None, resize: int | None = None,
                   lazy: bool = False, mean: tuple[float, ...] | None = None,
-                  std: tuple[float, ...] | None = None) -> ImageSet:
+                  std: tuple[float, ...] | None = None, class_order: str = "sorted") -> ImageSet:
     """Tiny-ImageNet (200 classes, 100k train / 10k val as ``test``, 3×64×64) in its archive layout.
 
+    Args:
+        class_order: ``sorted`` (sorted wnids, torchvision ImageFolder's order: the reference teachers') or
+            ``wnids`` (the order of ``wnids.txt``).
+
     Raises:
+        ConfigError: an unknown ``class_order``.
         DataError: missing root, ``wnids.txt``, class folder or annotation file, or an unreadable image.
     """
+    if class_order not in TINY_CLASS_ORDERS:
+        raise ConfigError(f"data.class_order must be one of {', '.join(TINY_CLASS_ORDERS)}, got {class_order!r}")
     r = _tiny_root(root)
     wnids = [w.strip() for w in (r / "wnids.txt").read_text().split() if w.strip()]
     if len(set(wnids)) != len(wnids) or not wnids:
         raise DataError(f"{r / 'wnids.txt'}: expected distinct wnids, one a line")
+    if class_order == "sorted":
+        wnids = sorted(wnids)
     folder, names, labels = _tiny_split(r, split, wnids)
     return load_images(folder, names, labels, wnids, mean or TINY_MEAN, std or TINY_STD, image_size, resize,
                        lazy, mode="RGB")

@@ -30,7 +30,8 @@ def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 def data_options(cfg: Any) -> dict[str, Any]:
     """Dataset loader options from a main-job config's ``data`` section (see :func:`load_dataset`)."""
     d = cfg.data
-    return {"image_size": d.image_size, "resize": d.resize, "lazy": d.lazy, "mean": d.mean, "std": d.std}
+    return {"image_size": d.image_size, "resize": d.resize, "lazy": d.lazy, "mean": d.mean, "std": d.std,
+            "class_order": getattr(d, "class_order", None)}
 
 
 HOLDOUT_SEED = 20_231_129

@@ -2,10 +2,13 @@
 
 Layouts read:
 
-* ``folder``, ImageFolder: class sub-folders + ``class_to_idx.json`` (folder name → the teacher's class index).
-  Without ``class_to_idx.json`` the set is refused: the class order is never taken from folder sort order.
-* ``folder``, SRe2L's output: ``new{c:03d}/class{c:03d}_id{i:03d}.{jpg,png}``; the class index is the folder's
-  number, the teacher's class of that index (a file whose name says another class is refused).
+* ``folder``, ImageFolder with ``class_to_idx.json`` (folder name → the teacher's class index): that mapping.
+* ``folder``, SRe2L's output: ``new{c:03d}/class{c:03d}_id{i:03d}.{jpg,png}``, and RDED's (Sun et al., CVPR 2024;
+  ``synthesize/main.py`` of the RDED repository): ``{c:05d}/class{c:05d}_id{i:05d}.jpg``; the class index is the
+  folder's number, the teacher's class of that index (a file whose name says another class is refused).
+* ``folder``, a plain ImageFolder (class sub-folders, no ``class_to_idx.json``): sorted folder names → 0..K-1,
+  the rule of ``torchvision.datasets.ImageFolder`` (its ``find_classes``); recover says so in one line and
+  writes the mapping to ``images/<mode>/source_class_to_idx.json``.
 * ``tensor``, DD-Ranking's (ddranking 0.2.0's contract, as ``labeldistill export --format ddranking`` writes it):
   ``images.pt``, uint8 or float ``(N, C, H, W)``, and ``labels.pt``, integer ``(N,)`` class indices of the teacher
   or float ``(N, K)`` soft labels: teacher outputs (logits), which DD-Ranking softens with ``softmax(· / T)``
@@ -25,10 +28,14 @@ Layouts read:
   back as :attr:`OwnSet.logits` (recover writes them beside the PNGs for ``validate.label_source: static``).
 
 Every set is checked against the teacher: exactly its classes (indices ``0..C-1``, each with images), the same
-number of images in every class (the IPC; unequal counts are refused), its number of channels. Images of
-another size than the teacher's input are resized to it (ImageFolder files: shorter side + centre crop, as
-``data.image_size``; tensors: bilinear, antialiased), and ``images.json`` says so; a non-square teacher input
+number of images in every class (the IPC; unequal counts are refused), its number of channels (tensors; files
+of another mode — grey, RGB, RGBA, palette — are converted to the teacher's channels and counted, never
+refused). Images of another size than the teacher's input are resized to it (files: shorter side + centre crop,
+as ``data.image_size``; tensors: bilinear, antialiased), and ``images.json`` says so; a non-square teacher input
 with another size is refused. The teacher's top-1 on the set is checked by recover (the mapping check).
+
+A ``folder`` set that needs no resize is kept in its own encoding: recover copies the files as they are (a JPEG
+stays that JPEG), so the image bytes of the run are the bytes of the user's files (:func:`copy_own_files`).
 """
 
 from __future__ import annotations
@@ -37,19 +44,22 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..errors import DataError
-from ..io import sha256_file
-from .imagefolder import IMAGE_EXTENSIONS, load_images, scan_imagefolder
+from ..io import atomic_write_json, sha256_file
+from .imagefolder import IMAGE_EXTENSIONS, conversion_note, load_images, read_headers, scan_imagefolder
 
 SRE2L_DIR = re.compile(r"^new(\d{3,})$")
-SRE2L_FILE = re.compile(r"^class(\d+)_id\d+\.", re.IGNORECASE)
+RDED_DIR = re.compile(r"^(\d{5,})$")
+NUMBERED = {"sre2l": (SRE2L_DIR, "new{:03d}"), "rded": (RDED_DIR, "{:05d}")}  # layout → folder pattern, name
+SRE2L_FILE = re.compile(r"^class(\d+)_id\d+\.", re.IGNORECASE)  # SRe2L's and RDED's file names
+SORTED_ORDER = "sorted folder names (torchvision ImageFolder)"
 TENSOR_FILES = ("images.pt", "labels.pt")
 TENSOR_META = "meta.json"  # optional, beside the tensors: normalization, classes, hard_labels (our export writes it)
 GRID_TOLERANCE = 0.01  # grey levels: float pixels closer than this to k/255 count as exact uint8 values
@@ -62,19 +72,20 @@ class OwnListing:
 
     source: str
     root: Path
-    layout: str  # "imagefolder", "sre2l" or "tensor"
+    layout: str  # "imagefolder", "sre2l", "rded" or "tensor"
     files: list[str] = field(default_factory=list)  # every file the set is made of, relative to root
     names: list[str] = field(default_factory=list)  # image files (folder sources), class-major
     labels: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)  # the set's own names of the classes, by index
+    class_order: str = ""  # where the class index comes from: class_to_idx.json, SORTED_ORDER, folder number
 
 
 def list_source(source: str, path: str | Path) -> OwnListing:
     """List a ``folder`` or ``tensor`` source without decoding anything.
 
     Raises:
-        DataError: missing folder or files; an ImageFolder without ``class_to_idx.json``; a stray file; an
-        SRe2L file named for another class than its folder.
+        DataError: missing folder or files; a stray file; an SRe2L / RDED file named for another class than its
+        folder.
     """
     root = Path(path).expanduser()
     if source == "tensor":
@@ -88,34 +99,36 @@ def list_source(source: str, path: str | Path) -> OwnListing:
     if not root.is_dir():
         raise DataError(f"image source folder not found: {root}")
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if (root / "class_to_idx.json").is_file():
-        mapping, names, labels = scan_imagefolder(root)
-        classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
-        return OwnListing(source, root, "imagefolder", names + ["class_to_idx.json"], names, labels.tolist(), classes)
-    if subdirs and all(SRE2L_DIR.match(d) for d in subdirs):
-        return _list_sre2l(root, subdirs)
-    raise DataError(f"image folder {root} has no class_to_idx.json: add one mapping each class folder to the "
-                    "teacher's class index, e.g. {\"" + (subdirs[0] if subdirs else "cat") + "\": 0, ...} "
-                    "(the class order is never taken from folder sort order; SRe2L's new000/ folders need none)")
+    explicit = (root / "class_to_idx.json").is_file()
+    for layout, (pattern, _) in NUMBERED.items():
+        if not explicit and subdirs and all(pattern.match(d) for d in subdirs):
+            return _list_numbered(root, subdirs, layout)
+    mapping, names, labels = scan_imagefolder(root)  # class_to_idx.json, else torchvision's sorted order
+    classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+    return OwnListing(source, root, "imagefolder", names + (["class_to_idx.json"] if explicit else []), names,
+                      labels.tolist(), classes, "class_to_idx.json" if explicit else SORTED_ORDER)
 
 
-def _list_sre2l(root: Path, subdirs: list[str]) -> OwnListing:
+def _list_numbered(root: Path, subdirs: list[str], layout: str) -> OwnListing:
+    """SRe2L's ``new{c:03d}/`` or RDED's ``{c:05d}/`` folders: the class index is the folder's number."""
+    pattern, fmt = NUMBERED[layout]
     pairs = []
     for d in subdirs:
-        c = int(SRE2L_DIR.match(d).group(1))
+        c = int(pattern.match(d).group(1))
         with os.scandir(root / d) as it:
             entries = sorted(e.name for e in it if not e.name.startswith("."))
         for n in entries:
             if Path(n).suffix.lower() not in IMAGE_EXTENSIONS:
-                raise DataError(f"{root / d / n} is not an image file; remove it from the SRe2L folder")
+                raise DataError(f"{root / d / n} is not an image file; remove it from the {layout} folder")
             m = SRE2L_FILE.match(n)
             if m and int(m.group(1)) != c:
                 raise DataError(f"{root / d / n} is named for class {int(m.group(1))} but lies in {d}/ (class {c}): "
                                 "the class comes from the folder number; move the file")
             pairs.append((c, f"{d}/{n}"))
+    pairs.sort(key=lambda cn: cn[0])  # stable: numeric class order (new1000 sorts before new101 as text)
     names = [n for _, n in pairs]
-    return OwnListing("folder", root, "sre2l", names, names, [c for c, _ in pairs], [f"new{c:03d}" for c in
-                                                                                     sorted({c for c, _ in pairs})])
+    return OwnListing("folder", root, layout, names, names, [c for c, _ in pairs],
+                      [fmt.format(c) for c in sorted({c for c, _ in pairs})], "folder number")
 
 
 def source_fingerprint(source: str, path: str | Path) -> str:
@@ -162,6 +175,10 @@ class OwnSet:
     logits: torch.Tensor | None = None
     float_images: torch.Tensor | None = None
 
+    def __iter__(self):
+        """Unpacks as ``images, labels, notes`` (what :func:`load_own_set` returned before it had soft labels)."""
+        return iter((self.images, self.labels, self.notes))
+
 
 def load_own_set(source: str, path: str | Path, shape: tuple[int, int, int], classes: list[str],
                  mean: list[float] | None = None, std: list[float] | None = None) -> OwnSet:
@@ -171,11 +188,15 @@ def load_own_set(source: str, path: str | Path, shape: tuple[int, int, int], cla
         mean, std: a ``tensor`` set's normalisation (``recover.variants.<mode>.mean/std``); its ``meta.json``'s
             ``normalization`` when not given. Float images are de-normalised with them (``x · std + mean``).
 
+    Returns:
+        An :class:`OwnSet`; its notes for ``images.json`` also hold a folder's notes (:func:`check_own_folder`).
+
     Raises:
         DataError: see :func:`list_source`; another set of classes than the teacher's, class names that are the
-        teacher's under other indices, unequal image counts per class, another number of channels, float pixels
-        outside [0, 1] (after de-normalising; without a mean/std: normalised images), soft labels that are not
-        ``(N, K)`` logits of the teacher's ``K`` classes, or another size with a non-square teacher input.
+        teacher's under other indices, unequal image counts per class, another number of channels (tensors),
+        float pixels outside [0, 1] (after de-normalising; without a mean/std: normalised images), soft labels
+        that are not ``(N, K)`` logits of the teacher's ``K`` classes, an unreadable file, or another size with a
+        non-square teacher input.
     """
     listing = list_source(source, path)
     logits = float_images = None
@@ -202,9 +223,15 @@ def _check_names(listing: OwnListing, classes: list[str]) -> None:
     moved = [(c, i, classes.index(c)) for i, c in enumerate(listing.class_names) if classes[i] != c]
     if moved:
         c, i, j = moved[0]
-        f = "class_to_idx.json" if listing.layout == "imagefolder" else TENSOR_META
-        raise DataError(f"{listing.root / f} gives class '{c}' index {i} but the teacher's index "
-                        f"of '{c}' is {j} ({len(moved)} classes differ): fix {f} to the teacher's order")
+        if listing.layout == "tensor":
+            where, how = listing.root / TENSOR_META, f"fix {TENSOR_META} to the teacher's order"
+        elif listing.class_order == "class_to_idx.json":
+            where, how = listing.root / "class_to_idx.json", "fix class_to_idx.json to the teacher's order"
+        else:
+            where = f"{listing.root} ({SORTED_ORDER})"
+            how = "add a class_to_idx.json (folder name → the teacher's index; teacher/teacher.json lists its classes)"
+        raise DataError(f"{where} gives class '{c}' index {i} but the teacher's index of '{c}' is {j} "
+                        f"({len(moved)} classes differ): {how}")
 
 
 def _check_classes(root: Path, labels: torch.Tensor, num_classes: int) -> None:
@@ -234,25 +261,74 @@ def _resize_note(sizes: set, shape: tuple[int, int, int], how: str) -> dict:
     return {"from": [list(s) for s in sorted(sizes)], "to": [h, w], "how": how}
 
 
+def check_own_folder(listing: OwnListing, shape: tuple[int, int, int], classes: list[str]) -> dict:
+    """Every check of a ``folder`` set that needs no pixel: each file's header (Pillow mode and size), the class
+    names and counts against the teacher's, and whether the files need a resize. The dry run and recover both
+    call it, so whatever recover would refuse for these reasons, the dry run refuses.
+
+    Args:
+        listing: the set (:func:`list_source`).
+        shape: the teacher's input ``(C, H, W)``.
+        classes: the teacher's class names, by index.
+
+    Returns:
+        Notes for ``images.json``: ``class_order``, ``decode_mode`` (``L`` for a 1-channel teacher, else
+        ``RGB``), ``source_file_bytes`` (bytes of the image files), ``encoding`` (``copied``: the files are kept as they
+        are; ``png``: resized and written by recover), and where they apply ``converted`` (the number of files of
+        another mode) with its one-line ``conversion``, and ``resized``.
+
+    Raises:
+        DataError: an unreadable file or header; see :func:`load_own_set` for the class checks; another size
+        with a non-square teacher input.
+    """
+    c, h, w = shape
+    _check_names(listing, classes)
+    _check_classes(listing.root, torch.tensor(listing.labels, dtype=torch.int64), len(classes))
+    modes, sizes = read_headers(listing.root, listing.names)
+    mode = "L" if c == 1 else "RGB"
+    notes: dict = {"class_order": listing.class_order, "decode_mode": mode, "encoding": "copied",
+                   "source_file_bytes": sum((listing.root / n).stat().st_size for n in listing.names)}
+    line = conversion_note(modes, mode, listing.root)
+    if line:
+        notes.update(converted=sum(m != mode for m in modes), conversion=line)
+    hw = {(b, a) for a, b in sizes}
+    if hw != {(h, w)}:
+        notes["resized"] = _resize_note(hw, shape, f"shorter side to {h} px + centre crop (bilinear, Pillow)")
+        notes["encoding"] = "png"
+    return notes
+
+
 def _load_files(listing: OwnListing, shape: tuple[int, int, int], classes: list[str]
                 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    c, h, w = shape
-    sizes = set()
-    for n in listing.names:
-        try:
-            with Image.open(listing.root / n) as im:
-                sizes.add((im.size[1], im.size[0]))
-        except OSError as e:
-            raise DataError(f"cannot read image {listing.root / n}: {e}") from None
-    notes: dict = {}
-    size = None
-    if sizes != {(h, w)}:
-        notes["resized"] = _resize_note(sizes, shape, f"shorter side to {h} px + centre crop (bilinear, Pillow)")
-        size = h
+    notes = check_own_folder(listing, shape, classes)
+    c = shape[0]
     labels = torch.tensor(listing.labels, dtype=torch.int64)
     data = load_images(listing.root, listing.names, labels, classes, mean=(0.0,) * c, std=(1.0,) * c,
-                       image_size=size, mode="L" if c == 1 else "RGB")
+                       image_size=shape[1] if "resized" in notes else None, mode=notes["decode_mode"])
     return data.images, labels, notes
+
+
+def copy_own_files(listing: OwnListing, classes: list[str], folder: Path) -> None:
+    """Copy a ``folder`` set's image files as they are (same bytes, same encoding) into ``folder/<class>/<file>``
+    with the teacher's class names, and write ``class_to_idx.json``; with sorted order (no
+    ``class_to_idx.json`` in the set) also ``source_class_to_idx.json``, the mapping that was used.
+
+    Within a class the files keep their names, so reading ``folder`` back (sorted by class index, then file
+    name) gives the images in :func:`load_own_set`'s order.
+    """
+    for n, y in zip(listing.names, listing.labels):
+        d = folder / classes[y]
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(listing.root / n, d / Path(n).name)
+    atomic_write_json(folder / "class_to_idx.json", {c: i for i, c in enumerate(classes)})
+    write_source_mapping(listing, folder)
+
+
+def write_source_mapping(listing: OwnListing, folder: Path) -> None:
+    """``folder/source_class_to_idx.json`` (the set's folder name → class index) when the order was not given by
+    the set (sorted folder names); nothing otherwise."""
+    if listing.class_order == SORTED_ORDER:
+        atomic_write_json(folder / "source_class_to_idx.json", {c: i for i, c in enumerate(listing.class_names)})
 
 
 def _tensor_meta(root: Path) -> dict:

@@ -1,10 +1,14 @@
-"""Distilled image sets on disk: a PNG ImageFolder with an explicit ``class_to_idx.json`` and the
+"""Distilled image sets on disk: an ImageFolder with an explicit ``class_to_idx.json`` and the
 ``images.json`` that describes how the set was made (mode, source, IPC, fingerprint, teacher).
 
-PNG is lossless, so relabel and validate see exactly the pixels recover optimised; the class index never
-depends on folder sort order. A set imported with per-image soft labels (``recover`` source ``tensor`` with
-float ``labels.pt``) also holds ``image_logits.safetensors``: float32 ``(N, K)`` logits, one row per image in
-the folder's class-major order, read by ``validate.label_source: static``.
+Images the project writes itself (recover's synthesis, real-image sources, a resized set made elsewhere) are
+PNG: lossless, so relabel and validate see exactly the pixels recover optimised. A ``folder`` set made
+elsewhere that needs no resize keeps the user's own files, copied as they are (a JPEG stays a JPEG;
+``images.json``: ``encoding: copied``, ``decode_mode``): they decode (Pillow, deterministic) to the pixels
+recover checked and fingerprinted, and :func:`image_bytes` counts the bytes the user has. The class index
+never depends on folder sort order. A set imported with per-image soft labels (``recover`` source ``tensor``
+with float ``labels.pt``) also holds ``image_logits.safetensors``: float32 ``(N, K)`` logits, one row per image
+in the folder's class-major order, read by ``validate.label_source: static``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ def image_fingerprint(images_u8: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[ImageSet, dict]:
-    """Load an ``images/<mode>/`` folder (PNG + class_to_idx.json) and its ``images.json``.
+    """Load an ``images/<mode>/`` folder (image files + class_to_idx.json) and its ``images.json``; every file
+    is converted to ``images.json``'s ``decode_mode`` when it has one (a copied set of mixed Pillow modes).
 
     Raises:
         LabelDistillError: the folder was not written by ``recover`` (run it first).
@@ -48,8 +53,9 @@ def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]
     if not meta_f.is_file():
         raise LabelDistillError(f"no synthetic images in {folder}: run 'labeldistill recover CONFIG' first")
     c2i = read_json(Path(folder) / "class_to_idx.json")
-    data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std))
-    return data, read_json(meta_f)
+    meta = read_json(meta_f)
+    data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std), mode=meta.get("decode_mode"))
+    return data, meta
 
 
 IMAGE_LOGITS = "image_logits.safetensors"

@@ -88,7 +88,7 @@ def format_report(r: dict) -> str:
     lines.append(f"  {'total on disk':<22}{r['total_on_disk']:>14,d} B  {human_bytes(r['total_on_disk']):>10}"
                  f"   ({r['overhead_ratio']:.4f} × the floor of {r['floor']:,d} B)")
     if r["images_bytes"] is not None:
-        lines.append(f"  {'images (PNG)':<22}{r['images_bytes']:>14,d} B  {human_bytes(r['images_bytes']):>10}"
+        lines.append(f"  {'images (files)':<22}{r['images_bytes']:>14,d} B  {human_bytes(r['images_bytes']):>10}"
                      f"   labels ÷ images = {r['total_on_disk'] / max(r['images_bytes'], 1):.2f}")
     if r["class_stats_bytes"] is not None:
         lines.append(f"  {'class statistics':<22}{r['class_stats_bytes']:>14,d} B")

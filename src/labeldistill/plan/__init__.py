@@ -1,8 +1,9 @@
 """``labeldistill run CONFIG --dry-run``: check a config and its paths, and plan the work and the storage.
 
-Nothing is trained and nothing is written. The checks are cheap: the data folders are listed (an ImageFolder
-is scanned for its file names and one image per split is decoded; in-memory datasets such as Fashion-MNIST
-are loaded, which takes about a second), the teacher model is built once on the CPU, and a teacher checkpoint
+Nothing is trained and nothing is written. The checks are cheap: the data folders are listed (an ImageFolder,
+a lazy dataset and a recover ``folder`` source have every file's header read — Pillow mode and size, no
+pixels — and one image per ImageFolder split is decoded; in-memory datasets such as Fashion-MNIST are loaded,
+which takes about a second), the teacher model is built once on the CPU, and a teacher checkpoint
 is read and matched against the model. The plan counts, per stage, the images and steps the run would
 process, and estimates the bytes of every artifact:
 
@@ -67,7 +68,7 @@ def plan_run(cfg: Config) -> dict:
     teacher = teacher_plan(cfg, C, shape)
     teacher["students"] = student_plan(cfg, C, shape)
     teacher["student"] = teacher["students"][0]
-    recover = recover_rows(cfg, layout, C)
+    recover = recover_rows(cfg, layout, names, shape)
     n_images = max(r["images"] for r in recover)  # modes of sets made elsewhere hold their own number of images
     plan = StepPlan(n_images, cfg.relabel.batch_size, cfg.relabel.epochs, cfg.seed)
     hw = (shape[1], shape[2])

@@ -1,4 +1,5 @@
-"""The dry run's cheap checks of the data: list the splits, decode one image of each, compare their classes."""
+"""The dry run's cheap checks of the data: list the splits, read every image file's header (Pillow mode and
+size, no pixels), decode one image of each split, compare their classes."""
 
 from __future__ import annotations
 
@@ -6,20 +7,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ..config import Config
 from ..data import load_split
-from ..data.imagefolder import decode_image, scan_imagefolder, split_folder, target_mode
+from ..data.imagefolder import conversion_note, decode_image, read_headers, scan_imagefolder, set_mode, split_folder
 from ..errors import DataError
 
 
 def probe_data(cfg: Config) -> dict:
     """Splits, image shape, class names and warnings of the configured dataset (nothing is trained or written).
 
+    Every file of an ``imagefolder`` split, and of a lazy split of any dataset, has its header read, so a file
+    the run could not read, or (without ``data.image_size``) of another size, is refused here.
+
     Raises:
-        DataError: missing data root, split folder, class folder or image; unreadable image; train and test
-            classes or image sizes differ.
+        DataError: missing data root, split folder, class folder or image; unreadable image or image header;
+            images of several sizes without ``data.image_size``; train and test classes or image sizes differ.
     """
     return _probe_imagefolder(cfg) if cfg.data.dataset == "imagefolder" else _probe_in_memory(cfg)
 
@@ -37,20 +39,23 @@ def _probe_imagefolder(cfg: Config) -> dict:
     for split in ("train", "test"):
         folder = split_folder(root, split)
         c2i, names, labels = scan_imagefolder(folder)
-        first = folder / names[0]
-        try:
-            with Image.open(first) as im:
-                mode = im.mode
-        except OSError as e:
-            raise DataError(f"cannot read image {first}: {e}") from None
-        a = decode_image(first, target_mode(mode) if d.lazy else None, d.image_size, d.resize)
+        modes, sizes = read_headers(folder, names)
+        if d.image_size is None and len(set(sizes)) > 1:
+            odd = next(i for i, s in enumerate(sizes) if s != sizes[0])
+            raise DataError(f"{folder / names[odd]} is {sizes[odd][0]}x{sizes[odd][1]}, {folder / names[0]} is "
+                            f"{sizes[0][0]}x{sizes[0][1]}: set data.image_size to resize them to one size")
+        mode = set_mode(modes)
+        line = conversion_note(modes, mode, folder)
+        if line:
+            out["warnings"].append(line)
+        a = decode_image(folder / names[0], mode, d.image_size, d.resize)
         shapes[split], mappings[split] = tuple(a.shape), c2i
         limit = d.train_subset if split == "train" else d.test_subset
         avail = len(names) - (d.holdout if split == "train" else 0)  # data.holdout: not trained on
         out["splits"][split] = {
             "folder": str(folder), "images": len(names), "used": avail if limit is None else min(limit, avail),
             "classes": len(c2i), "class_to_idx": "class_to_idx.json" if (folder / "class_to_idx.json").is_file()
-            else "sorted folder names", "probe": str(first), "probe_mode": mode,
+            else "sorted folder names", "probe": str(folder / names[0]), "probe_mode": mode,
         }
     if mappings["train"] != mappings["test"]:
         raise DataError(f"the train split ({out['splits']['train']['folder']}) and the test split "
@@ -62,10 +67,6 @@ def _probe_imagefolder(cfg: Config) -> dict:
     if out["splits"]["train"]["folder"] == out["splits"]["test"]["folder"]:
         out["warnings"].append(f"no train/ and test/ (or val/) folders in {root}: the same images serve as the "
                                "training and the test split")
-    if d.image_size is None:
-        out["warnings"].append("data.image_size is not set: every image must have the size of the probed one "
-                               f"({shapes['train'][2]}x{shapes['train'][1]})"
-                               + ("; a different one stops the run when it is decoded" if d.lazy else ""))
     if not d.lazy:
         gb = out["splits"]["train"]["used"] * math.prod(shapes["train"]) / 1e9
         if gb > 8:
@@ -76,7 +77,16 @@ def _probe_imagefolder(cfg: Config) -> dict:
 
 
 def _probe_in_memory(cfg: Config) -> dict:
+    """Load both splits (a lazy split: its file list, then every file's header is read)."""
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    for ds in (train, test):
+        if ds.is_lazy:
+            names = [ds.images.name(i) for i in range(len(ds))]
+            _, sizes = read_headers(ds.images.folder, names)
+            if ds.images.image_size is None and len(set(sizes)) > 1:
+                odd = next(i for i, s in enumerate(sizes) if s != sizes[0])
+                raise DataError(f"{ds.images.path(odd)} is {sizes[odd][0]}x{sizes[odd][1]}, {ds.images.path(0)} is "
+                                f"{sizes[0][0]}x{sizes[0][1]}: set data.image_size to resize them to one size")
     if train.classes != test.classes:
         raise DataError("the train and test splits have different classes")
     return {"splits": {s: {"folder": cfg.data.root or "(default location)", "images": len(ds), "used": len(ds),

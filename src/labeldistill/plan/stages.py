@@ -19,7 +19,7 @@ from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
 from ..provenance import (StageRef, check_students, fingerprint, hard_label_settings, model_tag, relabel_ref,
                           stage_status)
-from ..data.owned import list_source
+from ..data.owned import check_own_folder, list_source
 from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
 
@@ -94,10 +94,11 @@ def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> l
     return [squeeze, stats] if needs_class_stats(cfg.recover.modes, cfg.recover.variants) else [squeeze]
 
 
-def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]:
+def recover_rows(cfg: Config, layout: RunLayout, classes: list[str], shape: tuple[int, int, int]) -> list[dict]:
     """One row per recover mode: its switches, batches and teacher passes (a set made elsewhere: its files,
-    listed and checked for their layout; the images of each class counted)."""
+    listed and checked as recover checks them, short of decoding: :func:`_own_row`)."""
     rc = cfg.recover
+    num_classes = len(classes)
     n_syn = num_classes * rc.ipc
     rows = []
     for mode in rc.modes:
@@ -120,19 +121,22 @@ def recover_rows(cfg: Config, layout: RunLayout, num_classes: int) -> list[dict]
             row.update(teacher_passes=math.ceil(scored / 512), image_iterations=scored,
                        work=f"score {scored:,} real crops, stitch {rc.rded_factor}×{rc.rded_factor} patches")
         elif v["source"] in OWN_SOURCES:
-            row.update(_own_row(v, num_classes, cfg.validate.label_source == "static"))
+            row.update(_own_row(v, classes, shape, cfg.validate.label_source == "static"))
         else:
             row.update(teacher_passes=0, image_iterations=0, work=f"pick {rc.ipc} real training images per class")
         rows.append(row)
     return rows
 
 
-def _own_row(v: dict, num_classes: int, static: bool = False) -> dict:
-    """The plan of a ``folder`` / ``tensor`` source: its image count (a folder's from its files; a tensor set's
-    from ``labels.pt``, read here), whether it brings soft labels and the work of copying it.
+def _own_row(v: dict, classes: list[str], shape: tuple[int, int, int], static: bool = False) -> dict:
+    """The plan of a ``folder`` / ``tensor`` source: its image count (a tensor set's from ``labels.pt``, read
+    here), whether it brings soft labels, and the work of copying it. A folder set gets recover's checks that need
+    no pixel (:func:`~labeldistill.data.owned.check_own_folder`: every file's header, the classes and their
+    counts, the size), so what recover would refuse for these reasons is refused here.
 
     Raises:
-        DataError: ``static`` (``validate.label_source: static``) and a tensor set without float soft labels.
+        DataError: ``static`` (``validate.label_source: static``) and a tensor set without float soft labels;
+        see :func:`~labeldistill.data.owned.check_own_folder`.
     """
     listing = list_source(v["source"], v["path"])
     soft = False
@@ -142,12 +146,19 @@ def _own_row(v: dict, num_classes: int, static: bool = False) -> dict:
         if static and not soft:
             raise DataError(f"validate.label_source: static needs soft labels: {listing.root / 'labels.pt'} holds "
                             "hard labels; give float (N, K) logits or set another validate.label_source")
+        how = "as PNG" + (" with their soft labels (logits)" if soft else "")
+        bytes_ = {}
     else:
         n = len(listing.names)
-    return {"images": n, "teacher_passes": math.ceil(n / 256), "image_iterations": 0, "soft_labels": soft,
-            "work": f"copy {n:,} images ({listing.layout} layout, ~{n / num_classes:g} per class) from {listing.root} "
-                    "as PNG" + (" with their soft labels (logits)" if soft else "")
-                    + "; check the class mapping (teacher top-1 on the set)"}
+        notes = check_own_folder(listing, shape, classes)
+        src = f"{notes['source_file_bytes']:,} B"
+        how = (f"resized to {shape[1]}x{shape[2]}, as PNG (source files {src})" if "resized" in notes else
+               f"as they are ({src}: the run's image bytes)") + (f"; {notes['conversion']}" if "conversion" in notes
+                                                                 else "") + f"; class order: {listing.class_order}"
+        bytes_ = {"source_file_bytes": notes["source_file_bytes"], "encoding": notes["encoding"]}
+    return {"images": n, "teacher_passes": math.ceil(n / 256), "image_iterations": 0, "soft_labels": soft, **bytes_,
+            "work": f"copy {n:,} images ({listing.layout} layout, ~{n / len(classes):g} per class) from {listing.root} "
+                    f"{how}; check the class mapping (teacher top-1 on the set)"}
 
 
 def relabel_plan(cfg: Config, layout: RunLayout, plan: StepPlan, hw: tuple[int, int]) -> tuple[dict, list[dict]]:
