@@ -17,7 +17,11 @@ STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", 
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="labeldistill", description="Label side of dataset distillation.")
+    p.add_argument("--version", action="version", version=f"labeldistill {__version__}",
+                   help="print the installed version (importlib.metadata) and exit")
     sub = p.add_subparsers(dest="command", required=True)
     for name in STAGES:
         s = sub.add_parser(name, help=f"run the {name} stage" if name not in ("run", "report") else
