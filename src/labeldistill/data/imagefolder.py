@@ -60,8 +60,8 @@ def read_class_to_idx(folder: Path) -> dict[str, int]:
     if f.is_file():
         try:
             mapping = {str(k): int(v) for k, v in json.loads(f.read_text()).items()}
-        except (ValueError, AttributeError) as e:
-            raise DataError(f"{f}: not a JSON object of class name -> index ({e})") from None
+        except (ValueError, AttributeError, TypeError) as e:
+            raise DataError(f"{f}: not a JSON object of class name -> index ({str(e).splitlines()[0]})") from None
         missing = [c for c in mapping if c not in subdirs]
         if missing:
             raise DataError(f"{f} names class folder '{missing[0]}' which does not exist in {folder}")

@@ -7,14 +7,15 @@ depends on folder sort order.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from ..errors import LabelDistillError
-from ..io import atomic_write_json, read_json, tensor_fingerprint
-from .imagefolder import load_imagefolder
+from ..errors import DataError, LabelDistillError
+from ..io import atomic_write_json, tensor_fingerprint
+from .imagefolder import load_imagefolder, read_class_to_idx
 from .registry import ImageSet
 
 
@@ -38,13 +39,27 @@ def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]
 
     Raises:
         LabelDistillError: the folder was not written by ``recover`` (run it first).
+        DataError: ``class_to_idx.json`` missing or corrupt (see
+            :func:`~labeldistill.data.imagefolder.read_class_to_idx`), ``images.json`` not a JSON object with a
+            string ``fingerprint`` and an integer ``ipc``, or an unreadable image.
     """
-    meta_f = Path(folder) / "images.json"
+    folder = Path(folder)
+    meta_f = folder / "images.json"
     if not meta_f.is_file():
         raise LabelDistillError(f"no synthetic images in {folder}: run 'labeldistill recover CONFIG' first")
-    c2i = read_json(Path(folder) / "class_to_idx.json")
-    data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std))
-    return data, read_json(meta_f)
+    try:
+        meta = json.loads(meta_f.read_text())
+    except ValueError as e:
+        raise DataError(f"{meta_f} is not valid JSON ({e}); re-run recover with --force") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), str) or \
+            not isinstance(meta.get("ipc"), int) or isinstance(meta.get("ipc"), bool):
+        raise DataError(f"{meta_f} is corrupt (needs a string 'fingerprint' and an integer 'ipc'); re-run recover "
+                        "with --force")
+    if not (folder / "class_to_idx.json").is_file():
+        raise DataError(f"{folder} has no class_to_idx.json (the class order is never taken from folder names); "
+                        "re-run recover with --force")
+    data = load_imagefolder(folder, class_to_idx=read_class_to_idx(folder), mean=tuple(mean), std=tuple(std))
+    return data, meta
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
