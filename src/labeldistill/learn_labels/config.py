@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config_checks as chk
-from ..config import ModelConfig, RunConfig, load_typed_config
+from ..config import ModelConfig, RunConfig, check_data_keys, load_typed_config
 from ..errors import ConfigError
 
 METHODS = ("ld", "rr", "dd", "onehot", "smooth", "teacher")
@@ -42,6 +42,18 @@ class LDDataConfig:
             (seeded, class-balanced); ``None`` = all of them.
         test_subset: evaluate on this many test images (seeded, class-balanced); ``None`` = the whole split.
         split_seed: seed of the train/validation split.
+        image_size: load the target AND the source at ``image_size × image_size`` pixels (shorter side to
+            ``resize``, then a centre crop): an ``imagefolder`` resizes each file with Pillow, any other dataset's
+            uint8 tensor is resized with torchvision (bilinear, antialiased); ``None`` = native sizes, which must
+            then be equal. Cross-dataset runs of different sizes (28 px base examples, 32 px target) need it.
+        resize: shorter side in pixels before the centre crop; ``None`` = ``image_size``.
+        lazy: ``imagefolder`` only: list the files and decode only the images the run uses (base examples,
+            outer-loss, validation and test images; the meta-training tensors still live in memory).
+        mean, std: per-channel normalisation of the TARGET in [0, 1] units (every image of the run is normalised
+            with the target's); ``None`` = the target dataset's own.
+        test_holdout: make the target's test split this many images held out of its train split (class-balanced,
+            fixed seed, before the validation split and the base examples) instead of its own test split: for an
+            ImageFolder without a ``test/`` or ``val/`` folder, which is refused otherwise. ``0``: its test split.
     """
 
     target: str = "fashion-mnist"
@@ -52,6 +64,16 @@ class LDDataConfig:
     target_subset: int | None = None
     test_subset: int | None = None
     split_seed: int = 0
+    image_size: int | None = None
+    resize: int | None = None
+    lazy: bool = False
+    mean: list | None = None
+    std: list | None = None
+    test_holdout: int = 0
+
+    def __post_init__(self) -> None:
+        """Range checks shared with the main job's ``data`` keys (:func:`~labeldistill.config.check_data_keys`)."""
+        check_data_keys(self)
 
 
 @dataclass

@@ -32,7 +32,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig, config_to_dict
-from ..data import ImageSet, load_dataset, normalize
+from ..data import ImageSet, normalize
+from ..data.loading import TEST_HOLDOUT_SEED, data_options, hold_out, load_at_size
 from ..errors import ConfigError, DataError
 from ..io import MetricsLog, atomic_write_bytes, atomic_write_json, settings_key
 from ..resume import fault_point, load_checkpoint, save_checkpoint
@@ -106,13 +107,51 @@ def _float(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     return normalize(images.float().div_(255.0), mean, std).to(device)
 
 
-def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: torch.Tensor | None = None) -> Task:
-    """Load the datasets, split validation off the target train split and choose the base examples.
+@dataclass
+class TaskPlan:
+    """The loaded splits of a run and the images it uses, as indices (nothing decoded or normalised yet).
 
-    Args:
-        cfg: the run's config.
-        device: where the image tensors go.
-        base_indices: use these base examples (indices into the source train split) instead of selecting.
+    Attributes:
+        train: the target train split (less ``data.test_holdout`` images when set).
+        test: the test split, subset as configured.
+        source: the split the base examples come from (``train`` within a dataset).
+        base_indices, val_indices, target_indices: int64 indices of the base examples (into ``source``), the
+            validation images and the outer-loss images (into ``train``).
+        cross_dataset: True when the source is not the target.
+    """
+
+    train: ImageSet
+    test: ImageSet
+    source: ImageSet
+    base_indices: torch.Tensor
+    val_indices: torch.Tensor
+    target_indices: torch.Tensor
+    cross_dataset: bool
+
+
+def _is_cross(cfg: LearnLabelsConfig) -> bool:
+    d = cfg.data
+    return d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
+
+
+def load_target(cfg: LearnLabelsConfig) -> tuple[ImageSet, ImageSet]:
+    """The target's train and test splits at the configured size and normalisation (the main job's loaders).
+
+    Raises:
+        ConfigError / DataError / RegistryError: see :func:`~labeldistill.data.loading.load_at_size`; an
+            ImageFolder without a test or val folder unless ``data.test_holdout`` is set.
+    """
+    d = cfg.data
+    train = load_at_size(d.target, "train", d.target_root, **data_options(cfg))
+    if d.test_holdout:
+        train, test = hold_out(train, d.test_holdout, TEST_HOLDOUT_SEED, "data.test_holdout")
+    else:
+        test = load_at_size(d.target, "test", d.target_root, **data_options(cfg))
+    return train, test.subset(d.test_subset, seed=d.split_seed)
+
+
+def plan_task(cfg: LearnLabelsConfig, base_indices: torch.Tensor | None = None) -> TaskPlan:
+    """Load the datasets, split validation off the target train split and choose the base examples.
 
     Raises:
         ConfigError: a validation split as large as the train split, N incompatible with the selection mode,
@@ -120,13 +159,14 @@ def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: tor
         DataError / RegistryError: missing dataset files, unknown dataset, source and target image shapes differ.
     """
     d = cfg.data
-    train = load_dataset(d.target, "train", d.target_root)
-    test = load_dataset(d.target, "test", d.target_root).subset(d.test_subset, seed=d.split_seed)
-    cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
-    source = load_dataset(d.source, "train", d.source_root) if cross else train
+    train, test = load_target(cfg)
+    cross = _is_cross(cfg)
+    source = load_at_size(d.source, "train", d.source_root, **{**data_options(cfg), "mean": None, "std": None}) \
+        if cross else train
     if source.shape != train.shape:
-        raise DataError(f"source images {source.shape} and target images {train.shape} differ in shape; pick a "
-                        f"source of the same size (e.g. digits28 for 28×28 targets)")
+        fix = ("set data.image_size to load both at one size" if source.shape[0] == train.shape[0] else
+               "pick a source with as many channels")
+        raise DataError(f"source images {source.shape} and target images {train.shape} (C, H, W) differ; {fix}")
     # Base examples first (they depend only on the source, N, the mode and base.seed), then the validation
     # split from the target train images that are not base examples.
     if base_indices is None:
@@ -145,17 +185,31 @@ def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: tor
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val_idx] = False
     rest_idx = torch.nonzero(keep).flatten()
-    rest = ImageSet(train.images[rest_idx], train.labels[rest_idx], train.classes, train.mean, train.std,
-                    train.name)
-    target_idx = rest_idx[rest.subset_indices(d.target_subset, seed=d.split_seed)]
-    rest = rest.subset(d.target_subset, seed=d.split_seed)
-    m, s = train.mean, train.std
-    return Task(source=source, base_indices=base_idx, x_base=_float(source.images[base_idx], m, s, device),
-                x_target=_float(rest.images, m, s, device), y_target=rest.labels.to(device),
-                x_val=_float(train.images[val_idx], m, s, device), y_val=train.labels[val_idx].to(device),
-                x_test=_float(test.images, m, s, device), y_test=test.labels.to(device), classes=list(train.classes),
-                mean=m, std=s, val_indices=val_idx, target_indices=target_idx, train_size=len(train),
-                cross_dataset=cross)
+    target_idx = rest_idx[train.select(rest_idx).subset_indices(d.target_subset, seed=d.split_seed)]
+    return TaskPlan(train, test, source, base_idx, val_idx, target_idx, cross)
+
+
+def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: torch.Tensor | None = None) -> Task:
+    """:func:`plan_task`, then the images it uses as normalised float tensors on ``device``.
+
+    Args:
+        cfg: the run's config.
+        device: where the image tensors go.
+        base_indices: use these base examples (indices into the source train split) instead of selecting.
+
+    Raises:
+        ConfigError / DataError / RegistryError: see :func:`plan_task`.
+    """
+    p = plan_task(cfg, base_indices)
+    train, m, s = p.train, p.train.mean, p.train.std
+    return Task(source=p.source, base_indices=p.base_indices,
+                x_base=_float(p.source.images[p.base_indices], m, s, device),
+                x_target=_float(train.images[p.target_indices], m, s, device),
+                y_target=train.labels[p.target_indices].to(device),
+                x_val=_float(train.images[p.val_indices], m, s, device), y_val=train.labels[p.val_indices].to(device),
+                x_test=_float(p.test.uint8_images(), m, s, device), y_test=p.test.labels.to(device),
+                classes=list(train.classes), mean=m, std=s, val_indices=p.val_indices,
+                target_indices=p.target_indices, train_size=len(train), cross_dataset=p.cross_dataset)
 
 
 def validation_split_key(cfg: LearnLabelsConfig) -> str:
@@ -167,9 +221,9 @@ def validation_split_key(cfg: LearnLabelsConfig) -> str:
     does not.
     """
     d = cfg.data
-    cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
-    base = None if cross else [cfg.base.n, cfg.base.mode, cfg.base.seed]
-    return settings_key("ld-split", d.target, d.target_root, d.val_size, d.split_seed, d.target_subset, base)
+    base = None if _is_cross(cfg) else [cfg.base.n, cfg.base.mode, cfg.base.seed]
+    held = [d.test_holdout] if d.test_holdout else []  # only when set: earlier keys stay valid
+    return settings_key("ld-split", d.target, d.target_root, d.val_size, d.split_seed, d.target_subset, base, *held)
 
 
 @dataclass
