@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     ll = sub.add_parser("learn-labels", help="learn soft labels for real base examples (LD / RR, Bohdal et al. 2020)")
     ll.add_argument("config", help="YAML learn-labels config")
     ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    ll.add_argument("--dry-run", action="store_true", help="load the data, check the teacher checkpoint and print "
+                    "the planned work (base examples, target data, steps, outputs); train and write nothing")
+    ll.add_argument("--force", action="store_true", help="redo a finished run (and its own teacher) from the start")
     st = sub.add_parser("store", help="inspect a label store")
     sst = st.add_subparsers(dest="store_command", required=True)
     info = sst.add_parser("info", help="bytes per component of a label store, images and class statistics")
@@ -252,7 +255,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "learn-labels":
         from .learn_labels import learn_labels_main
 
-        return learn_labels_main(args.config, args.overrides)
+        return learn_labels_main(args.config, args.overrides, dry_run=args.dry_run, force=args.force)
     from .config import load_config
     from .runtime import set_threads
 

@@ -194,8 +194,14 @@ class TeacherConfig:
         batch_size: teacher minibatch size.
         lr: teacher Adam learning rate.
         temperature: the soft labels are ``softmax(logits / temperature)``.
-        checkpoint: load this teacher (``teacher.safetensors`` + ``teacher.json`` written by an earlier run)
-            instead of training one; ``None`` = train one (saved in the run directory).
+        checkpoint: use this teacher instead of training one: the ``teacher/`` folder of an earlier run
+            (``model.safetensors`` + ``teacher.json`` + ``split.safetensors``), or a ``state_dict`` file trained
+            elsewhere (``.safetensors`` / ``.pth`` / ``.pt``, in the forms
+            :func:`~labeldistill.models.checkpoint.load_state_dict_file` accepts) for ``teacher.model`` with the
+            target's classes, input size and normalisation; ``None`` = train one (saved in the run directory).
+        unknown_split: accept a ``state_dict`` file trained elsewhere although nothing records which images it
+            was trained on (it may have seen this run's validation split); without it such a checkpoint is
+            refused. ``results.json`` records ``split_checked: false`` for it.
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64, "norm": "instance"}))
@@ -204,6 +210,7 @@ class TeacherConfig:
     lr: float = 0.001
     temperature: float = 1.0
     checkpoint: str | None = None
+    unknown_split: bool = False
 
 
 @dataclass

@@ -49,7 +49,7 @@ from .meta import MetaResult, meta_train
 from .metatest import EvalData, LearnerSpec, evaluate_label_set
 from .report import plot_labels, write_report
 from .rr import RRMetaLearner
-from .teacher import TeacherSplit, get_teacher, soft_labels
+from .teacher import TeacherSplit, check_checkpoint_form, get_teacher, soft_labels
 
 
 @dataclass
@@ -359,22 +359,90 @@ def _metatest_rows(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, tor
     return rows
 
 
-def learn_labels(cfg: LearnLabelsConfig) -> dict:
+def settings_fingerprint(cfg: LearnLabelsConfig) -> str:
+    """Fingerprint of every setting that can change a result (the config without ``name``, ``run_dir``,
+    ``threads``, ``device`` and ``plot_examples``): the resume file's key, recorded in ``results.json``."""
+    return settings_key("learn-labels", _settings(cfg))
+
+
+def _settings(cfg: LearnLabelsConfig) -> dict:
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads", "device",
+                                                                        "plot_examples")}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def finished_state(cfg: LearnLabelsConfig) -> tuple[str, list[str]]:
+    """Whether the run directory already holds this run: ``("done", [])`` (same settings), ``("stale", changed
+    keys)`` (finished with other settings, or by a version that recorded none), or ``("todo", [])``."""
+    res_f = cfg.run_path / "results.json"
+    if not (res_f.is_file() and (cfg.run_path / "labels.json").is_file()):
+        return "todo", []
+    try:
+        recorded = json.loads(res_f.read_text()).get("settings_key")
+    except (ValueError, AttributeError):
+        recorded = None
+    if recorded == settings_fingerprint(cfg):
+        return "done", []
+    try:
+        old = _flatten({k: v for k, v in (yaml.safe_load((cfg.run_path / "config.yaml").read_text()) or {}).items()
+                        if k not in ("name", "run_dir", "threads", "device", "plot_examples")})
+    except (OSError, yaml.YAMLError, AttributeError):
+        old = {}
+    new = _flatten(_settings(cfg))
+    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "stale", changed or ["(no settings fingerprint recorded)"]
+
+
+def _check_finished(cfg: LearnLabelsConfig, force: bool) -> dict | None:
+    """The finished results when the run directory already holds this run (and not ``force``), else None.
+
+    Raises:
+        ConfigError: the run directory holds a run finished with other settings and ``force`` is false.
+    """
+    if force:
+        (cfg.run_path / ".learn_labels.resume.pt").unlink(missing_ok=True)
+        return None
+    state, changed = finished_state(cfg)
+    if state == "stale":
+        raise ConfigError(f"{cfg.run_path} holds a learn-labels run finished with other settings "
+                          f"({'; '.join(changed[:3])}{' …' if len(changed) > 3 else ''}): rerun with --force to redo it, "
+                          "or give another name= / run_dir=")
+    return json.loads((cfg.run_path / "results.json").read_text()) if state == "done" else None
+
+
+def learn_labels(cfg: LearnLabelsConfig, force: bool = False) -> dict:
     """Run the whole job and write the run directory (see the module docstring).
+
+    A run directory that already holds this run (``results.json`` with the same settings fingerprint) is not
+    recomputed: its results are returned.
 
     Args:
         cfg: a validated config (:func:`~labeldistill.learn_labels.config.load_ld_config`).
+        force: redo the run: ignore finished outputs, the resume file and the run's own trained teacher
+            (a ``teacher.checkpoint`` is still used).
 
     Returns:
-        The ``results.json`` content.
+        The ``results.json`` content (``done: true`` added when it was already there).
 
     Raises:
+        ConfigError: the run directory holds a run finished with other settings (without ``force``).
         ConfigError / DataError / RegistryError: bad settings or data (nothing is written but the teacher).
     """
     t_start = time.perf_counter()
     for where, spec in [("learner", cfg.learner), ("teacher.model", cfg.teacher.model)] + \
             [(f"metatest.archs[{i}]", parse_arch(a, "metatest.archs")) for i, a in enumerate(cfg.metatest.archs)]:
         check_model_spec(spec, where)  # before the data is read: a typo fails at once
+    if "teacher" in cfg.methods or cfg.labels.init == "teacher":
+        check_checkpoint_form(cfg.teacher)
+    finished = _check_finished(cfg, force)
+    if finished is not None:
+        return {**finished, "done": True}
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     previous = load_previous_labels(cfg) if cfg.labels_from else None
@@ -385,7 +453,8 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
     progress = Progress(cfg)
     torch.manual_seed(cfg.seed)
     if previous is None:
-        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log, progress)
+        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log, progress,
+                                                                 retrain_teacher=force)
         steps = {m: r.steps for m, r in meta_results.items()}
     else:
         label_sets = {m: y.to(device) for m, y in previous.label_sets.items()}
@@ -412,6 +481,7 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
         "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": str(device),
                     "torch": torch.__version__},
         "seconds": round(time.perf_counter() - t_start, 2),
+        "settings_key": progress.key,
     }
     write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
                   results, images)
@@ -429,9 +499,7 @@ class Progress:
     """
 
     def __init__(self, cfg: LearnLabelsConfig):
-        settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads",
-                                                                              "device", "plot_examples")}
-        self.key = settings_key("learn-labels", settings)
+        self.key = settings_fingerprint(cfg)
         self.path = cfg.run_path / ".learn_labels.resume.pt"
         state = load_checkpoint(self.path, self.key) or {}
         self.meta: dict[str, dict] = state.get("meta", {})
@@ -491,12 +559,13 @@ def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_lab
 
 
 def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None],
-                    progress: Progress | None = None
+                    progress: Progress | None = None, retrain_teacher: bool = False
                     ) -> tuple[dict[str, torch.Tensor], dict[str, MetaResult], dict | None]:
     """Teacher (if needed), meta-training of LD/RR/DD and the baseline label sets.
 
     Learned label sets already in ``progress`` (a run resumed after a kill) are taken from it; each newly
-    learned set is saved there.
+    learned set is saved there. ``retrain_teacher``: train the teacher even if the run's own ``teacher/`` holds
+    one (``--force``).
 
     Returns:
         ``(label sets by method (each (N, C); DD's are its fixed one-hot labels, its images are in the
@@ -508,7 +577,7 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
         split = TeacherSplit(cfg.data.target, task.train_size, task.target_indices, task.val_indices)
         teacher, teacher_info = get_teacher(cfg.teacher, cfg.run_path / "teacher", task.x_target, task.y_target,
                                             task.x_test, task.y_test, task.classes, split, task.mean,
-                                            task.std, device, cfg.seed)
+                                            task.std, device, cfg.seed, reuse=not retrain_teacher)
         teacher_labels = soft_labels(teacher, task.x_base, cfg.teacher.temperature).to(device)
         teacher_info = {**teacher_info, "temperature": cfg.teacher.temperature}
         log(event="teacher", top1=teacher_info.get("top1"))
@@ -563,7 +632,7 @@ def _method_entries(cfg: LearnLabelsConfig, label_sets: dict[str, torch.Tensor],
         elif m == "smooth":
             entry["smoothing"] = cfg.smoothing
         elif m == "teacher" and teacher_info is not None:
-            entry["teacher"] = {k: teacher_info[k] for k in ("model", "model_args", "top1", "temperature",
+            entry["teacher"] = {k: teacher_info[k] for k in ("model", "model_args", "top1", "temperature", "split_checked",
                                                               "loaded_from") if k in teacher_info}
         methods[m] = entry
     return methods
@@ -611,8 +680,9 @@ def write_outputs(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torc
     write_report(run_dir, results, plot=bool(cfg.plot_examples))
 
 
-def learn_labels_main(config_path: str, overrides: list[str]) -> int:
-    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...]``; prints the results table.
+def learn_labels_main(config_path: str, overrides: list[str], dry_run: bool = False, force: bool = False) -> int:
+    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...] [--dry-run] [--force]``; prints the results
+    table (``--dry-run``: the planned work, writing nothing).
 
     Returns:
         0 on success (errors are raised as project exceptions and turned into exit code 2 by the CLI).
@@ -621,8 +691,16 @@ def learn_labels_main(config_path: str, overrides: list[str]) -> int:
     from .report import results_table
 
     cfg = load_ld_config(config_path, overrides)
-    results = learn_labels(cfg)
+    if dry_run:
+        from .plan import format_ld_plan, plan_learn_labels
+
+        print(format_ld_plan(plan_learn_labels(cfg, force)))
+        return 0
+    results = learn_labels(cfg, force=force)
     print(results_table(results["rows"]))
-    print(f"wrote {cfg.run_path}/ (labels.safetensors, labels.json, results.json, report.md) "
-          f"in {results['seconds']:.0f} s")
+    if results.get("done"):
+        print(f"{cfg.run_path}/ already holds this run (same settings): nothing recomputed; --force redoes it")
+    else:
+        print(f"wrote {cfg.run_path}/ (labels.safetensors, labels.json, results.json, report.md) "
+              f"in {results['seconds']:.0f} s")
     return 0
