@@ -212,12 +212,16 @@ def test_dry_run_reports_bad_paths_in_one_line(tmp_path, capsys):
     cases = [
         ([f"data.root={tmp_path / 'missing'}"], "data folder not found"),
         ([f"data.root={root}", f"squeeze.checkpoint={tmp_path / 'r18.pth'}"], "teacher checkpoint not found"),
-        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null"], None),
+        # a single-split folder: its test split would be its training images, so only with data.test_holdout
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null"],
+         "has no test/ or val/ folder"),
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null",
+          "data.test_holdout=3"], None),
     ]
     for extra, msg in cases:
         code = main(["run", cfg, "--dry-run", f"run_dir={tmp_path / 'run'}", *extra])
         err = capsys.readouterr().err
-        if msg is None:  # a single-split folder works, with a warning
+        if msg is None:
             assert code == 0
             continue
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

@@ -253,9 +253,15 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "leaderboard":
         return _leaderboard_command(args)
     if args.command == "learn-labels":
+        if args.dry_run:
+            from .learn_labels.config import load_ld_config
+            from .learn_labels.plan import format_ld_plan, plan_learn_labels
+
+            print(format_ld_plan(plan_learn_labels(load_ld_config(args.config, args.overrides), args.force)))
+            return 0
         from .learn_labels import learn_labels_main
 
-        return learn_labels_main(args.config, args.overrides, dry_run=args.dry_run, force=args.force)
+        return learn_labels_main(args.config, args.overrides, force=args.force)
     from .config import load_config
     from .runtime import set_threads
 

@@ -680,9 +680,9 @@ def write_outputs(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torc
     write_report(run_dir, results, plot=bool(cfg.plot_examples))
 
 
-def learn_labels_main(config_path: str, overrides: list[str], dry_run: bool = False, force: bool = False) -> int:
-    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...] [--dry-run] [--force]``; prints the results
-    table (``--dry-run``: the planned work, writing nothing).
+def learn_labels_main(config_path: str, overrides: list[str], force: bool = False) -> int:
+    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...] [--force]``; prints the results table
+    (``--dry-run``: :func:`~labeldistill.learn_labels.plan.plan_learn_labels`).
 
     Returns:
         0 on success (errors are raised as project exceptions and turned into exit code 2 by the CLI).
@@ -691,11 +691,6 @@ def learn_labels_main(config_path: str, overrides: list[str], dry_run: bool = Fa
     from .report import results_table
 
     cfg = load_ld_config(config_path, overrides)
-    if dry_run:
-        from .plan import format_ld_plan, plan_learn_labels
-
-        print(format_ld_plan(plan_learn_labels(cfg, force)))
-        return 0
     results = learn_labels(cfg, force=force)
     print(results_table(results["rows"]))
     if results.get("done"):
