@@ -29,7 +29,7 @@ LAYERS = [
                 "labeldistill.labels", "labeldistill.learn_labels"}),
     ("jobs and outputs", {"labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
                               "labeldistill.leaderboard"}),
-    ("command line", {"labeldistill.cli"}),
+    ("command line", {"labeldistill.cli", "labeldistill.__main__"}),
 ]
 # Stage modules: none of them imports another (learn_labels is one stage; its modules import each other).
 STAGES = {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",

@@ -191,7 +191,8 @@ GOOD = bytes([0, 0, 8, 3]) + struct.pack(">III", 2, 3, 3) + bytes(18)
     (b"\x01" + GOOD[1:], "bad magic"),
     (GOOD[:2] + b"\x07" + GOOD[3:], "unknown data type code 0x07"),
     (GOOD[:3] + b"\x40" + GOOD[4:], "truncated"),                           # 64 dimensions
-    (GOOD[:3] + b"\x00" + GOOD[4:], None),                                  # 0 dimensions: a scalar
+    (GOOD[:3] + b"\x00" + GOOD[4:], "corrupt header"),                      # 0 dimensions: 1 byte, not 30
+    (GOOD[:4] + struct.pack(">III", 2, 3, 2) + bytes(18), "corrupt header"),  # sizes shrunk: 12 of 18 bytes
     (GOOD[:4] + struct.pack(">III", 2**31, 2**31, 4) + bytes(18), "corrupt header"),  # sizes overflow int64
     (GOOD[:4] + struct.pack(">III", 2**32 - 1, 2**32 - 1, 2**32 - 1) + bytes(18), "corrupt header"),
     (GOOD[:4] + struct.pack(">III", 0, 3, 3), None),                         # empty, valid

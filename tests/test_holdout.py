@@ -143,3 +143,37 @@ def test_squeeze_random_real_and_eval_never_mix_holdout(tmp_path, monkeypatch, o
     assert len(pngs) == 20 and not codes(real) & held
     assert scored == [held]  # scored on exactly the held-out images
     assert [r["eval_split"] for r in res["rows"]] == ["holdout"]
+
+
+def _root_only_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_imagefolder_without_test_folder_is_refused_unless_test_holdout(tmp_path, capsys):
+    """Never test on the training images: a folder without test/ or val/ is refused, in the run and its dry run,
+    unless data.test_holdout holds a test split out of the train split."""
+    from labeldistill import cli
+
+    root = _root_only_folder(tmp_path / "own")
+    base = [f"data.root={root}", "data.dataset=imagefolder", f"run_dir={tmp_path / 'run'}"]
+    for argv in (["run", str(REPO / "configs" / "fmnist_demo.yaml"), "--dry-run", *base],
+                 ["squeeze", str(REPO / "configs" / "fmnist_demo.yaml"), *base]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "has no test/ or val/ folder" in err and "data.test_holdout" in err
+    assert not (tmp_path / "run").exists()
+    cfg = load_config(REPO / "configs" / "fmnist_demo.yaml", [*base, "data.test_holdout=4", "data.holdout=2"])
+    test, train, held = load_split(cfg, "test"), load_split(cfg, "train"), load_split(cfg, "holdout")
+    assert len(test) == 4 and len(held) == 2 and len(train) == 6
+    assert torch.bincount(test.labels).tolist() == [2, 2]
+    pixels = {tuple(x.flatten().tolist()) for x in torch.cat([test.images, train.images, held.images])}
+    assert len(pixels) == 12  # the three splits share no image
+    assert cli.main(["run", str(REPO / "configs" / "fmnist_demo.yaml"), "--dry-run", *base,
+                     "data.test_holdout=4"]) == 0
+    out = capsys.readouterr().out
+    assert "same images" not in out

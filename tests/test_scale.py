@@ -212,14 +212,18 @@ def test_dry_run_reports_bad_paths_in_one_line(tmp_path, capsys):
     cases = [
         ([f"data.root={tmp_path / 'missing'}"], "data folder not found"),
         ([f"data.root={root}", f"squeeze.checkpoint={tmp_path / 'r18.pth'}"], "teacher checkpoint not found"),
-        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=16"], None),
-        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null"],
-         "set data.image_size"),  # mixed sizes: the run would refuse them, so the dry run does (every header read)
+        # a single-split folder: its test split would be its training images, so only with data.test_holdout
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=16"],
+         "has no test/ or val/ folder"),
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=16",
+          "data.test_holdout=3"], None),
+        ([f"data.root={root / 'val'}", "data.lazy=false", "data.resize=null", "data.image_size=null",
+          "data.test_holdout=3"], "set data.image_size"),  # mixed sizes: the run would refuse them (every header read)
     ]
     for extra, msg in cases:
         code = main(["run", cfg, "--dry-run", f"run_dir={tmp_path / 'run'}", *extra])
         err = capsys.readouterr().err
-        if msg is None:  # a single-split folder works, with a warning
+        if msg is None:
             assert code == 0
             continue
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

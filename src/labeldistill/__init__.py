@@ -10,7 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("labeldistill")  # the installed distribution's version (pyproject.toml)
+except PackageNotFoundError:  # a source tree on PYTHONPATH without an install
+    __version__ = "0+unknown"
 
 # public name -> module that defines it (imported on first access)
 _PUBLIC = {

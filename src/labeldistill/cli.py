@@ -17,7 +17,11 @@ STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", 
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="labeldistill", description="Label side of dataset distillation.")
+    p.add_argument("--version", action="version", version=f"labeldistill {__version__}",
+                   help="print the installed version (importlib.metadata) and exit")
     sub = p.add_subparsers(dest="command", required=True)
     for name in STAGES:
         s = sub.add_parser(name, help=f"run the {name} stage" if name not in ("run", "report") else
@@ -41,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     ll = sub.add_parser("learn-labels", help="learn soft labels for real base examples (LD / RR, Bohdal et al. 2020)")
     ll.add_argument("config", help="YAML learn-labels config")
     ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    ll.add_argument("--dry-run", action="store_true", help="load the data, check the teacher checkpoint and print "
+                    "the planned work (base examples, target data, steps, outputs); train and write nothing")
+    ll.add_argument("--force", action="store_true", help="redo a finished run (and its own teacher) from the start")
     st = sub.add_parser("store", help="inspect a label store")
     sst = st.add_subparsers(dest="store_command", required=True)
     info = sst.add_parser("info", help="bytes per component of a label store, images and class statistics")
@@ -254,9 +261,15 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "leaderboard":
         return _leaderboard_command(args)
     if args.command == "learn-labels":
+        if args.dry_run:
+            from .learn_labels.config import load_ld_config
+            from .learn_labels.plan import format_ld_plan, plan_learn_labels
+
+            print(format_ld_plan(plan_learn_labels(load_ld_config(args.config, args.overrides), args.force)))
+            return 0
         from .learn_labels import learn_labels_main
 
-        return learn_labels_main(args.config, args.overrides)
+        return learn_labels_main(args.config, args.overrides, force=args.force)
     from .config import load_config
     from .runtime import set_threads
 

@@ -52,6 +52,10 @@ class DataConfig:
             ``train_subset``. Held-out images are used by no stage that trains or synthesises (squeeze,
             class-stats, real-image sources, ``recover.init: real``); ``validate.eval_split: holdout`` scores the
             student on them. ``0`` (the default) holds nothing out.
+        test_holdout: make the test split this many images held out of the train split (class-balanced, a
+            fixed seed :data:`labeldistill.data.loading.TEST_HOLDOUT_SEED`, drawn before ``holdout``) instead of the
+            dataset's own test split; for an ImageFolder without a ``test/`` or ``val/`` folder, which is refused
+            otherwise (its test split would be its training images). ``0`` (the default): the dataset's test split.
         workers: DataLoader worker processes: decode a lazy dataset's batches in squeeze, class-stats and
             evaluation on the real splits, and build replayed batches in validate.
         image_size: ``imagefolder`` only: resize every image (shorter side to ``resize`` pixels) and
@@ -74,6 +78,7 @@ class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     holdout: int = 0
+    test_holdout: int = 0
     workers: int = 0
     image_size: int | None = None
     resize: int | None = None
@@ -83,33 +88,40 @@ class DataConfig:
     class_order: str | None = None
 
     def __post_init__(self) -> None:
-        """Range checks of the data keys.
+        """Range checks of the data keys (:func:`check_data_keys`)."""
+        check_data_keys(self)
 
-        Raises:
-            ConfigError: naming the bad key and the fix.
-        """
-        chk.at_least(self.workers, 0, "data.workers")
-        chk.at_least(self.holdout, 0, "data.holdout")
-        if self.class_order is not None:
-            chk.one_of(self.class_order, ("sorted", "wnids"), "data.class_order")
-        for key in ("train_subset", "test_subset", "image_size", "resize"):
-            chk.at_least(getattr(self, key), 1, f"data.{key}", nullable=True)
-        if self.resize is not None:
-            if self.image_size is None:
-                raise ConfigError("data.resize needs data.image_size (the centre-crop size), e.g. image_size: 224")
-            if self.resize < self.image_size:
-                raise ConfigError(f"data.resize ({self.resize}) must be >= data.image_size ({self.image_size}): "
-                                  "the centre crop must fit in the resized image")
-        if (self.mean is None) != (self.std is None):
-            raise ConfigError("set both data.mean and data.std, or neither")
-        if self.mean is not None:
-            if len(self.mean) != len(self.std) or not self.mean:
-                raise ConfigError(f"data.mean and data.std need one value per channel, got {self.mean} and {self.std}")
-            for key in ("mean", "std"):
-                if not all(chk.is_number(v) and math.isfinite(v) for v in getattr(self, key)):
-                    raise ConfigError(f"data.{key} must be a list of numbers, got {getattr(self, key)}")
-            if min(self.std) <= 0:
-                raise ConfigError(f"data.std values must be > 0, got {self.std}")
+
+def check_data_keys(d: Any) -> None:
+    """Range checks of the data keys a ``data`` section has (main job and ``learn-labels`` share them).
+
+    Raises:
+        ConfigError: naming the bad key and the fix.
+    """
+    for key in ("workers", "holdout", "test_holdout"):
+        if hasattr(d, key):
+            chk.at_least(getattr(d, key), 0, f"data.{key}")
+    if getattr(d, "class_order", None) is not None:
+        chk.one_of(d.class_order, ("sorted", "wnids"), "data.class_order")
+    for key in ("train_subset", "test_subset", "image_size", "resize"):
+        if hasattr(d, key):
+            chk.at_least(getattr(d, key), 1, f"data.{key}", nullable=True)
+    if d.resize is not None:
+        if d.image_size is None:
+            raise ConfigError("data.resize needs data.image_size (the centre-crop size), e.g. image_size: 224")
+        if d.resize < d.image_size:
+            raise ConfigError(f"data.resize ({d.resize}) must be >= data.image_size ({d.image_size}): "
+                              "the centre crop must fit in the resized image")
+    if (d.mean is None) != (d.std is None):
+        raise ConfigError("set both data.mean and data.std, or neither")
+    if d.mean is not None:
+        if len(d.mean) != len(d.std) or not d.mean:
+            raise ConfigError(f"data.mean and data.std need one value per channel, got {d.mean} and {d.std}")
+        for key in ("mean", "std"):
+            if not all(chk.is_number(v) and math.isfinite(v) for v in getattr(d, key)):
+                raise ConfigError(f"data.{key} must be a list of numbers, got {getattr(d, key)}")
+        if min(d.std) <= 0:
+            raise ConfigError(f"data.std values must be > 0, got {d.std}")
 
 
 @dataclass

@@ -120,12 +120,12 @@ def autocast_settings(cfg: Config) -> dict[str, Any]:
 
 
 def holdout_settings(cfg: Config) -> dict[str, Any]:
-    """``{"data.holdout": n}`` when ``data.holdout`` holds images out of the train split, else ``{}``.
+    """``{"data.holdout": n, "data.test_holdout": t}``, each only when it holds images out of the train split.
 
-    Every stage depends on it (squeeze, class-stats and real-image sources read the train split less the
-    held-out images); left out at 0 so that run directories made before the key existed keep their fingerprints.
+    Every stage depends on them (squeeze, class-stats and real-image sources read the train split less the
+    held-out images); left out at 0 so that run directories made before the keys existed keep their fingerprints.
     """
-    return {"data.holdout": cfg.data.holdout} if cfg.data.holdout else {}
+    return {f"data.{k}": getattr(cfg.data, k) for k in ("holdout", "test_holdout") if getattr(cfg.data, k)}
 
 
 def class_order_settings(cfg: Config) -> dict[str, Any]:

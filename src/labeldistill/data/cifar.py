@@ -13,7 +13,6 @@ re-pickled or partial copy in the same format works. Labels: ``labels`` (CIFAR-1
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,9 @@ def load_cifar(root: str | None, split: str, which: str) -> ImageSet:
     """Load split ``train``/``test`` of ``cifar10`` or ``cifar100`` as uint8 ``(N, 3, 32, 32)``.
 
     Raises:
-        DataError: no root, a missing batch file (named, with where to put it) or an unreadable one.
+        DataError: no root, a missing batch file (named, with where to put it), an unreadable or corrupt one
+            (any failure of the unpickling, e.g. a flipped byte in a pickle opcode), or images, labels and
+            class names that do not fit together.
     """
     reader = _torchvision_class(which)
     folder = reader.base_folder
@@ -71,9 +72,10 @@ def load_cifar(root: str | None, split: str, which: str) -> ImageSet:
         x = np.ascontiguousarray(np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2))
         y = np.asarray(ds.targets, dtype=np.int64)
         classes = [str(c) for c in ds.classes]
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle fails in any way (ImportError, IndexError, ...)
+        first = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"{which}: cannot read the {split} batches in {base / folder} "
-                        f"({type(e).__name__}: {e}); re-extract {reader.filename}") from None
+                        f"({type(e).__name__}: {first}); re-extract {reader.filename}") from None
     if len(y) != len(x) or len(x) == 0 or y.min() < 0 or y.max() >= len(classes):
         raise DataError(f"{which}: {base / folder} has {len(x)} images, {len(y)} labels and {len(classes)} "
                         "class names that do not fit together; re-extract it")

@@ -33,7 +33,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Raises:
         DataError: the file is missing or unreadable, has the wrong magic number or dtype code, or sizes that
-            do not fit its length (truncated, or a corrupt dimension byte).
+            do not give exactly its length (truncated, extra bytes, or a corrupt dimension byte).
     """
     path = Path(path)
     if not path.is_file():
@@ -56,7 +56,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_DTYPES[raw[2]])
     count = math.prod(dims)  # Python ints: corrupt sizes must not wrap around (np.prod is int64)
     need = count * dtype.itemsize
-    if len(raw) - header < need:
+    if len(raw) - header != need:  # an IDX file is exactly header + data: anything else is a corrupt size
         raise DataError(f"{path} is truncated or has a corrupt header: sizes {dims} need {need} data bytes, "
                         f"found {len(raw) - header}")
     return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
@@ -83,6 +83,9 @@ def load_idx_split(root: str | Path, prefix: str) -> tuple[torch.Tensor, torch.T
         raise DataError(f"{root}: images {images.shape} and labels {labels.shape} do not match")
     if len(images) == 0:
         raise DataError(f"{root}: the {prefix} split is empty")
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(f"{root}: {prefix} images and labels must be unsigned bytes (IDX type 0x08), found "
+                        f"{images.dtype} and {labels.dtype}; the header is corrupt")
     x = torch.from_numpy(images.astype(np.uint8)).unsqueeze(1).contiguous()
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
@@ -93,4 +96,7 @@ def fashion_mnist(root: str | None, split: str) -> ImageSet:
     """Fashion-MNIST (Xiao et al. 2017): 60k train / 10k test, 1×28×28, 10 classes."""
     prefix = "train" if split == "train" else "t10k"
     x, y = load_idx_split(root or FASHION_MNIST_DEFAULT_ROOT, prefix)
+    if int(y.max()) >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"{root or FASHION_MNIST_DEFAULT_ROOT}: {prefix} labels hold class {int(y.max())}, Fashion-MNIST "
+                        f"has {len(FASHION_MNIST_CLASSES)} (0..9); the labels file is corrupt")
     return ImageSet(x, y, list(FASHION_MNIST_CLASSES), FASHION_MNIST_MEAN, FASHION_MNIST_STD)

@@ -1,7 +1,8 @@
 """ImageFolder datasets read with Pillow, with an explicit ``class_to_idx``; in memory or lazy.
 
 Layout: ``root/<split>/<class>/<image>`` (``split`` = ``train``, and ``test`` or ``val``), or
-``root/<class>/<image>`` for a single split. If ``class_to_idx.json`` is next to the class folders it
+``root/<class>/<image>`` for the train split alone (its test split is then refused: hold one out of the train
+split with ``data.test_holdout``). If ``class_to_idx.json`` is next to the class folders it
 fixes the class order; otherwise classes are sorted by name (torchvision's ``find_classes``, the rule of
 ``torchvision.datasets.ImageFolder``) and that mapping is what the caller gets (and writes out with any
 artifact): the index is never implied by folder order alone downstream.
@@ -46,12 +47,21 @@ _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def split_folder(root: str | Path, split: str) -> Path:
-    """The folder of ``split``: ``root/train``; ``root/test`` or ``root/val``; else ``root`` itself."""
+    """The folder of ``split``: ``root/train`` (else ``root`` itself); ``root/test`` or ``root/val``.
+
+    Raises:
+        DataError: ``split`` is ``test`` and there is neither ``root/test`` nor ``root/val``: the test split would
+            be the training images (hold some out with ``data.test_holdout: N`` instead).
+    """
     root = Path(root)
     candidates = [root / split] + ([root / "val"] if split == "test" else [])
     for c in candidates:
         if c.is_dir():
             return c
+    if split == "test":
+        raise DataError(f"{root} has no test/ or val/ folder, so its test split would be its own training images; "
+                        "add a test/ (or val/) folder of other images, or set data.test_holdout=N to hold N "
+                        "training images out as the test split")
     return root
 
 
@@ -67,8 +77,8 @@ def read_class_to_idx(folder: Path) -> dict[str, int]:
         subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
         try:
             mapping = {str(k): int(v) for k, v in json.loads(f.read_text()).items()}
-        except (ValueError, AttributeError) as e:
-            raise DataError(f"{f}: not a JSON object of class name -> index ({e})") from None
+        except (ValueError, AttributeError, TypeError) as e:
+            raise DataError(f"{f}: not a JSON object of class name -> index ({str(e).splitlines()[0]})") from None
         missing = [c for c in mapping if c not in subdirs]
         if missing:
             raise DataError(f"{f} names class folder '{missing[0]}' which does not exist in {folder}")

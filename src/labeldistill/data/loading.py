@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
-from .registry import ImageSet, load_dataset
+from .registry import ImageSet, dataset_options, load_dataset
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -36,45 +36,94 @@ def data_options(cfg: Any) -> dict[str, Any]:
 
 HOLDOUT_SEED = 20_231_129
 """Seed of the ``data.holdout`` draw: fixed, so every run seed holds out the same images."""
+TEST_HOLDOUT_SEED = 20_260_101
+"""Seed of the ``data.test_holdout`` draw (the test split held out of the train split), fixed like :data:`HOLDOUT_SEED`."""
 
 SPLITS = ("train", "test", "holdout")
 
 
-def holdout_indices(labels: torch.Tensor, num_classes: int, n: int) -> torch.Tensor:
-    """Indices (sorted, int64 ``(n,)``) of the ``n`` train images that ``data.holdout`` holds out.
+def holdout_indices(labels: torch.Tensor, num_classes: int, n: int, seed: int = HOLDOUT_SEED,
+                    key: str = "data.holdout") -> torch.Tensor:
+    """Indices (sorted, int64 ``(n,)``) of the ``n`` train images that ``key`` holds out.
 
-    ``n / num_classes`` images of every class, drawn with :data:`HOLDOUT_SEED` (independent of the run seed).
+    ``n / num_classes`` images of every class, drawn with ``seed`` (independent of the run seed).
 
     Args:
         labels: int64 ``(N,)`` class indices of the whole train split.
         num_classes: number of classes.
-        n: ``data.holdout``.
+        n: the number to hold out (``data.holdout`` or ``data.test_holdout``).
+        seed: seed of the draw (:data:`HOLDOUT_SEED` or :data:`TEST_HOLDOUT_SEED`).
+        key: the config key, for messages.
 
     Raises:
         ConfigError: ``n`` not smaller than the train split, not a multiple of ``num_classes``, or leaving a
             class without a training image.
     """
     if n >= len(labels):
-        raise ConfigError(f"data.holdout ({n}) must be smaller than the train split ({len(labels)} images)")
+        raise ConfigError(f"{key} ({n}) must be smaller than the train split ({len(labels)} images)")
     if n % num_classes:
-        raise ConfigError(f"data.holdout ({n}) must be a multiple of the number of classes ({num_classes}), at least "
+        raise ConfigError(f"{key} ({n}) must be a multiple of the number of classes ({num_classes}), at least "
                           f"{num_classes} (one image per class), so that the held-out split is class-balanced")
     k = n // num_classes
-    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    g = torch.Generator().manual_seed(seed)
     chosen = []
     for c in range(num_classes):
         idx = torch.nonzero(labels == c).flatten()
         if k >= len(idx):
-            raise ConfigError(f"data.holdout ({n}) holds out {k} images per class but class {c} has only {len(idx)} "
+            raise ConfigError(f"{key} ({n}) holds out {k} images per class but class {c} has only {len(idx)} "
                               "train images; hold out fewer so that every class keeps one to train on")
         chosen.append(idx[torch.randperm(len(idx), generator=g)[:k]])
     return torch.cat(chosen).sort().values
 
 
+def hold_out(ds: ImageSet, n: int, seed: int, key: str) -> tuple[ImageSet, ImageSet]:
+    """``(the rest, the n held-out images)`` of ``ds`` (:func:`holdout_indices`; a lazy set decodes nothing).
+
+    Raises:
+        ConfigError: see :func:`holdout_indices`.
+    """
+    out = holdout_indices(ds.labels, ds.num_classes, n, seed, key)
+    keep = torch.ones(len(ds), dtype=torch.bool)
+    keep[out] = False
+    return ds.select(torch.nonzero(keep).flatten()), ds.select(out)
+
+
+def resize_images(images: torch.Tensor, image_size: int, resize: int | None = None) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` → ``(N, C, image_size, image_size)``: shorter side to ``resize`` (default
+    ``image_size``) pixels, bilinear and antialiased, then a centre crop (torchvision's ``Resize`` +
+    ``CenterCrop``, the geometry :func:`~labeldistill.data.imagefolder.resize_center_crop` gives an ImageFolder)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if tuple(images.shape[2:]) == (image_size, image_size):
+        return images
+    out = TF.resize(images, [resize or image_size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(out, [image_size, image_size]).contiguous()
+
+
+def load_at_size(name: str, split: str, root: str | None, image_size: int | None = None,
+                 resize: int | None = None, **options: Any) -> ImageSet:
+    """A dataset split at ``image_size`` pixels whatever its native size (for cross-dataset runs).
+
+    A dataset whose loader resizes (``imagefolder``: Pillow, per file) gets ``image_size`` / ``resize``; any other
+    is loaded at its native size and its uint8 tensor resized with :func:`resize_images`.
+
+    Raises:
+        RegistryError / ConfigError / DataError: see :func:`labeldistill.data.load_dataset`.
+    """
+    if "image_size" in dataset_options(name):
+        return load_dataset(name, split, root, image_size=image_size, resize=resize, **options)
+    ds = load_dataset(name, split, root, **options)
+    if image_size is not None:
+        ds.images = resize_images(ds.uint8_images(), image_size, resize)
+    return ds
+
+
 def load_split(cfg: Any, split: str) -> ImageSet:
     """The configured dataset split, subset as configured (seeded, class-balanced).
 
-    With ``data.holdout`` = n > 0, ``train`` is the train split less the n held-out images
+    With ``data.test_holdout`` = t > 0, ``test`` is t images held out of the train split (:func:`hold_out`,
+    :data:`TEST_HOLDOUT_SEED`) and every other split starts from the train split less them. With
+    ``data.holdout`` = n > 0, ``train`` is the train split less the n held-out images
     (:func:`holdout_indices`; ``data.train_subset`` then draws from the rest) and ``holdout`` is those n images
     (never subset). A lazy split keeps only its file list; ``meta["workers"]`` records ``data.workers`` for the
     passes that stream it.
@@ -84,25 +133,26 @@ def load_split(cfg: Any, split: str) -> ImageSet:
         split: ``train``, ``test`` or ``holdout``.
 
     Raises:
-        ConfigError: unknown split, ``holdout`` asked with ``data.holdout: 0``, or a bad ``data.holdout``
-            (:func:`holdout_indices`).
-        RegistryError / DataError: see :func:`labeldistill.data.load_dataset`.
+        ConfigError: unknown split, ``holdout`` asked with ``data.holdout: 0``, or a bad ``data.holdout`` /
+            ``data.test_holdout`` (:func:`holdout_indices`).
+        RegistryError / DataError: see :func:`labeldistill.data.load_dataset` (an ImageFolder without a test or
+            val folder and no ``data.test_holdout``: :func:`~labeldistill.data.imagefolder.split_folder`).
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
-    n_out = getattr(cfg.data, "holdout", 0)
+    n_out, n_test = getattr(cfg.data, "holdout", 0), getattr(cfg.data, "test_holdout", 0)
     if split == "holdout" and not n_out:
         raise ConfigError("the holdout split needs data.holdout > 0 (images held out of the train split)")
-    ds = load_dataset(cfg.data.dataset, "test" if split == "test" else "train", cfg.data.root, **data_options(cfg))
+    own_test = split == "test" and not n_test
+    ds = load_dataset(cfg.data.dataset, "test" if own_test else "train", cfg.data.root, **data_options(cfg))
+    if n_test:
+        rest, test = hold_out(ds, n_test, TEST_HOLDOUT_SEED, "data.test_holdout")
+        ds = test if split == "test" else rest
     if split != "test" and n_out:
-        out = holdout_indices(ds.labels, ds.num_classes, n_out)
+        ds, held = hold_out(ds, n_out, HOLDOUT_SEED, "data.holdout")
         if split == "holdout":
-            held = ds.select(out)
             held.meta["workers"] = cfg.data.workers
             return held
-        keep = torch.ones(len(ds), dtype=torch.bool)
-        keep[out] = False
-        ds = ds.select(torch.nonzero(keep).flatten())
     n = cfg.data.train_subset if split == "train" else cfg.data.test_subset
     ds = ds.subset(n, seed=cfg.seed)
     ds.meta["workers"] = cfg.data.workers

@@ -349,11 +349,19 @@ def _tensor_meta(root: Path) -> dict:
     return meta
 
 
-def _read_tensor(f: Path) -> object:
+def read_tensor_file(f: Path) -> torch.Tensor:
+    """The tensor in a ``torch.save`` file, read with ``weights_only=True`` (never unpickles arbitrary code).
+
+    Raises:
+        DataError: an unreadable or corrupt file (any failure of ``torch.load``), or no non-empty tensor inside.
+    """
     try:
-        return torch.load(f, map_location="cpu", weights_only=True)
+        t = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise DataError(f"cannot read {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(t, torch.Tensor) or t.numel() == 0:
+        raise DataError(f"{f} must hold a non-empty tensor, got {tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
+    return t
 
 
 def _load_tensors(root: Path, shape: tuple[int, int, int], num_classes: int, mean: list[float] | None,
@@ -361,7 +369,7 @@ def _load_tensors(root: Path, shape: tuple[int, int, int], num_classes: int, mea
                                                     torch.Tensor | None, dict]:
     """uint8 images, int64 labels, float logits or None, off-grid float pixels or None, and notes (set order)."""
     c, h, w = shape
-    x, y = _read_tensor(root / "images.pt"), _read_tensor(root / "labels.pt")
+    x, y = read_tensor_file(root / "images.pt"), read_tensor_file(root / "labels.pt")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(f"{root / 'images.pt'} must hold a tensor (N, {c}, H, W) for this teacher, got {got}")

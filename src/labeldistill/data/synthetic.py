@@ -13,6 +13,7 @@ in the folder's class-major order, read by ``validate.label_source: static``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -21,9 +22,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import LabelDistillError
-from ..io import atomic_write_json, read_json, tensor_fingerprint
-from .imagefolder import load_imagefolder
+from ..errors import DataError, LabelDistillError
+from ..io import atomic_write_json, tensor_fingerprint
+from .imagefolder import load_imagefolder, read_class_to_idx
 from .registry import ImageSet
 
 
@@ -48,13 +49,27 @@ def load_synthetic(folder: Path, mean: tuple[float, ...], std: tuple[float, ...]
 
     Raises:
         LabelDistillError: the folder was not written by ``recover`` (run it first).
+        DataError: ``class_to_idx.json`` missing or corrupt (see
+            :func:`~labeldistill.data.imagefolder.read_class_to_idx`), ``images.json`` not a JSON object with a
+            string ``fingerprint`` and an integer ``ipc``, or an unreadable image.
     """
-    meta_f = Path(folder) / "images.json"
+    folder = Path(folder)
+    meta_f = folder / "images.json"
     if not meta_f.is_file():
         raise LabelDistillError(f"no synthetic images in {folder}: run 'labeldistill recover CONFIG' first")
-    c2i = read_json(Path(folder) / "class_to_idx.json")
-    meta = read_json(meta_f)
-    data = load_imagefolder(folder, class_to_idx=c2i, mean=tuple(mean), std=tuple(std), mode=meta.get("decode_mode"))
+    try:
+        meta = json.loads(meta_f.read_text())
+    except ValueError as e:
+        raise DataError(f"{meta_f} is not valid JSON ({e}); re-run recover with --force") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), str) or \
+            not isinstance(meta.get("ipc"), int) or isinstance(meta.get("ipc"), bool):
+        raise DataError(f"{meta_f} is corrupt (needs a string 'fingerprint' and an integer 'ipc'); re-run recover "
+                        "with --force")
+    if not (folder / "class_to_idx.json").is_file():
+        raise DataError(f"{folder} has no class_to_idx.json (the class order is never taken from folder names); "
+                        "re-run recover with --force")
+    data = load_imagefolder(folder, class_to_idx=read_class_to_idx(folder), mean=tuple(mean), std=tuple(std),
+                            mode=meta.get("decode_mode"))
     return data, meta
 
 

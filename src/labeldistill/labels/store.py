@@ -309,6 +309,45 @@ class LabelStoreWriter:
         return LabelStore(self.path)
 
 
+# Manifest keys every reader relies on, and their JSON types (optional keys are checked when present).
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "num_images": (int,), "num_classes": (int,), "cutmix": (bool,), "image_hw": (list,), "input_size": (list,),
+    "shards": (list,)}
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "logits_format": (str,), "image_fingerprint": (str,), "teacher_fingerprint": (str,), "normalization": (dict,),
+    "prune": (dict,), "epochs": (int,), "steps_per_epoch": (int,), "batch_size": (int,)}
+_SHARD_TYPES: dict[str, tuple[type, ...]] = {"file": (str,), "bytes": (int,), "sha256": (str,)}
+
+
+def check_manifest(manifest: dict, where: Path) -> None:
+    """Refuse a manifest whose keys a reader relies on are missing or of the wrong JSON type.
+
+    Raises:
+        StoreError: naming the first bad key (a corrupt or hand-edited ``manifest.json``).
+    """
+    def bad(key: str, value: Any, want: tuple[type, ...]) -> bool:
+        return not isinstance(value, want) or (want == (int,) and isinstance(value, bool))
+
+    fix = "the store is corrupt, re-run relabel"
+    for key, want in _MANIFEST_TYPES.items():
+        if bad(key, manifest.get(key), want):
+            raise StoreError(f"{where}: '{key}' is missing or not a {want[0].__name__}; {fix}")
+    for key, want in _OPTIONAL_TYPES.items():
+        if key in manifest and bad(key, manifest[key], want):
+            raise StoreError(f"{where}: '{key}' is not a {want[0].__name__}; {fix}")
+    if manifest["num_classes"] < 1 or not manifest["shards"]:
+        raise StoreError(f"{where}: no classes or no shards; {fix}")
+    for i, sh in enumerate(manifest["shards"]):
+        for key, want in _SHARD_TYPES.items():
+            if not isinstance(sh, dict) or bad(key, sh.get(key), want):
+                raise StoreError(f"{where}: shard {i} has no valid '{key}'; {fix}")
+        if Path(sh["file"]).name != sh["file"]:
+            raise StoreError(f"{where}: shard file '{sh['file']}' is not a file name in the store; {fix}")
+    norm = manifest.get("normalization", {"mean": [], "std": []})
+    if not all(isinstance(norm.get(k), list) for k in ("mean", "std")):
+        raise StoreError(f"{where}: 'normalization' needs 'mean' and 'std' lists; {fix}")
+
+
 class LabelStore:
     """Read-only, lazy view of a label store: shards are memory-mapped and read one step at a time.
 
@@ -325,11 +364,12 @@ class LabelStore:
             self.manifest = json.loads(mf.read_text())
         except ValueError as e:
             raise StoreError(f"{mf} is not valid JSON ({e}); the store is corrupt, re-run relabel") from None
-        if self.manifest.get("format") != FORMAT_NAME:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT_NAME:
             raise StoreError(f"{self.path} is not a {FORMAT_NAME} directory")
         if self.manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {self.manifest.get('schema_version')}; this "
                              f"labeldistill reads version {SCHEMA_VERSION}: re-run relabel")
+        check_manifest(self.manifest, mf)
         self._index: dict[int, tuple[int, int]] = {}
         self._offsets: list[torch.Tensor] = []
         self._qparams: list[tuple[torch.Tensor, torch.Tensor] | None] = []
@@ -349,12 +389,31 @@ class LabelStore:
                                  "the store is truncated or altered")
             if verify and sha256_file(f) != sh["sha256"]:
                 raise StoreError(f"shard {f} fails its SHA-256 check: the store is corrupt")
-            h = self._open(si)
-            ids = h.get_tensor("step_ids").tolist()
-            self._offsets.append(h.get_tensor("step_offsets").long())
-            self._qparams.append(self.codec.load_params(h))
+            ids = self._read_index(si)
             for pos, g in enumerate(ids):
                 self._index[int(g)] = (si, pos)
+
+    def _read_index(self, si: int) -> list[int]:
+        """Shard ``si``'s step ids; keeps its entry offsets and quantisation parameters.
+
+        Raises:
+            StoreError: a missing tensor, or offsets that do not fit the step ids and the entries.
+        """
+        h = self._open(si)
+        f = self.path / self.manifest["shards"][si]["file"]
+        try:
+            ids = h.get_tensor("step_ids").tolist()
+            off = h.get_tensor("step_offsets").long()
+            entries = h.get_slice("sample_idx").get_shape()[0]
+            self._qparams.append(self.codec.load_params(h))
+        except (SafetensorError, RuntimeError, ValueError, TypeError) as e:
+            raise StoreError(f"cannot read shard {f}: {str(e).splitlines()[0]}; the store is corrupt") from None
+        if off.dim() != 1 or len(off) != len(ids) + 1 or int(off[0]) != 0 or int(off[-1]) != entries or \
+                bool((off[1:] < off[:-1]).any()):
+            raise StoreError(f"shard {f}: step offsets do not fit its {len(ids)} steps and {entries} entries; "
+                             "the store is corrupt, re-run relabel")
+        self._offsets.append(off)
+        return ids
 
     def _open(self, si: int) -> Any:
         if self._handle_pid != os.getpid():  # after a fork (DataLoader workers): reopen
@@ -388,8 +447,17 @@ class LabelStore:
 
         Raises:
             KeyError: the step id is not in this store (e.g. pruned away).
+            StoreError: the shard's tensors cannot be read or do not fit together (a corrupt store).
         """
         si, pos = self._index[int(step_id)]
+        try:
+            return self._read_step(int(step_id), si, pos)
+        except (SafetensorError, RuntimeError, IndexError, ValueError) as e:
+            f = self.path / self.manifest["shards"][si]["file"]
+            raise StoreError(f"cannot read step {step_id} from shard {f}: {str(e).splitlines()[0]}; the store is "
+                             "corrupt (store verify names the shard), re-run relabel") from None
+
+    def _read_step(self, step_id: int, si: int, pos: int) -> StepRecord:
         h = self._open(si)
         off = self._offsets[si]
         a, b = int(off[pos]), int(off[pos + 1])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config_checks as chk
-from ..config import ModelConfig, RunConfig, load_typed_config
+from ..config import ModelConfig, RunConfig, check_data_keys, load_typed_config
 from ..errors import ConfigError
 
 METHODS = ("ld", "rr", "dd", "onehot", "smooth", "teacher")
@@ -42,6 +42,18 @@ class LDDataConfig:
             (seeded, class-balanced); ``None`` = all of them.
         test_subset: evaluate on this many test images (seeded, class-balanced); ``None`` = the whole split.
         split_seed: seed of the train/validation split.
+        image_size: load the target AND the source at ``image_size × image_size`` pixels (shorter side to
+            ``resize``, then a centre crop): an ``imagefolder`` resizes each file with Pillow, any other dataset's
+            uint8 tensor is resized with torchvision (bilinear, antialiased); ``None`` = native sizes, which must
+            then be equal. Cross-dataset runs of different sizes (28 px base examples, 32 px target) need it.
+        resize: shorter side in pixels before the centre crop; ``None`` = ``image_size``.
+        lazy: ``imagefolder`` only: list the files and decode only the images the run uses (base examples,
+            outer-loss, validation and test images; the meta-training tensors still live in memory).
+        mean, std: per-channel normalisation of the TARGET in [0, 1] units (every image of the run is normalised
+            with the target's); ``None`` = the target dataset's own.
+        test_holdout: make the target's test split this many images held out of its train split (class-balanced,
+            fixed seed, before the validation split and the base examples) instead of its own test split: for an
+            ImageFolder without a ``test/`` or ``val/`` folder, which is refused otherwise. ``0``: its test split.
     """
 
     target: str = "fashion-mnist"
@@ -52,6 +64,16 @@ class LDDataConfig:
     target_subset: int | None = None
     test_subset: int | None = None
     split_seed: int = 0
+    image_size: int | None = None
+    resize: int | None = None
+    lazy: bool = False
+    mean: list | None = None
+    std: list | None = None
+    test_holdout: int = 0
+
+    def __post_init__(self) -> None:
+        """Range checks shared with the main job's ``data`` keys (:func:`~labeldistill.config.check_data_keys`)."""
+        check_data_keys(self)
 
 
 @dataclass
@@ -176,8 +198,14 @@ class TeacherConfig:
         batch_size: teacher minibatch size.
         lr: teacher Adam learning rate.
         temperature: the soft labels are ``softmax(logits / temperature)``.
-        checkpoint: load this teacher (``teacher.safetensors`` + ``teacher.json`` written by an earlier run)
-            instead of training one; ``None`` = train one (saved in the run directory).
+        checkpoint: use this teacher instead of training one: the ``teacher/`` folder of an earlier run
+            (``model.safetensors`` + ``teacher.json`` + ``split.safetensors``), or a ``state_dict`` file trained
+            elsewhere (``.safetensors`` / ``.pth`` / ``.pt``, in the forms
+            :func:`~labeldistill.models.checkpoint.load_state_dict_file` accepts) for ``teacher.model`` with the
+            target's classes, input size and normalisation; ``None`` = train one (saved in the run directory).
+        unknown_split: accept a ``state_dict`` file trained elsewhere although nothing records which images it
+            was trained on (it may have seen this run's validation split); without it such a checkpoint is
+            refused. ``results.json`` records ``split_checked: false`` for it.
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64, "norm": "instance"}))
@@ -186,6 +214,7 @@ class TeacherConfig:
     lr: float = 0.001
     temperature: float = 1.0
     checkpoint: str | None = None
+    unknown_split: bool = False
 
 
 @dataclass

@@ -32,7 +32,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig, config_to_dict
-from ..data import ImageSet, load_dataset, normalize
+from ..data import ImageSet, normalize
+from ..data.loading import TEST_HOLDOUT_SEED, data_options, hold_out, load_at_size
 from ..errors import ConfigError, DataError
 from ..io import MetricsLog, atomic_write_bytes, atomic_write_json, settings_key
 from ..resume import fault_point, load_checkpoint, save_checkpoint
@@ -48,7 +49,7 @@ from .meta import MetaResult, meta_train
 from .metatest import EvalData, LearnerSpec, evaluate_label_set
 from .report import plot_labels, write_report
 from .rr import RRMetaLearner
-from .teacher import TeacherSplit, get_teacher, soft_labels
+from .teacher import TeacherSplit, check_checkpoint_form, get_teacher, soft_labels
 
 
 @dataclass
@@ -106,13 +107,51 @@ def _float(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     return normalize(images.float().div_(255.0), mean, std).to(device)
 
 
-def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: torch.Tensor | None = None) -> Task:
-    """Load the datasets, split validation off the target train split and choose the base examples.
+@dataclass
+class TaskPlan:
+    """The loaded splits of a run and the images it uses, as indices (nothing decoded or normalised yet).
 
-    Args:
-        cfg: the run's config.
-        device: where the image tensors go.
-        base_indices: use these base examples (indices into the source train split) instead of selecting.
+    Attributes:
+        train: the target train split (less ``data.test_holdout`` images when set).
+        test: the test split, subset as configured.
+        source: the split the base examples come from (``train`` within a dataset).
+        base_indices, val_indices, target_indices: int64 indices of the base examples (into ``source``), the
+            validation images and the outer-loss images (into ``train``).
+        cross_dataset: True when the source is not the target.
+    """
+
+    train: ImageSet
+    test: ImageSet
+    source: ImageSet
+    base_indices: torch.Tensor
+    val_indices: torch.Tensor
+    target_indices: torch.Tensor
+    cross_dataset: bool
+
+
+def _is_cross(cfg: LearnLabelsConfig) -> bool:
+    d = cfg.data
+    return d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
+
+
+def load_target(cfg: LearnLabelsConfig) -> tuple[ImageSet, ImageSet]:
+    """The target's train and test splits at the configured size and normalisation (the main job's loaders).
+
+    Raises:
+        ConfigError / DataError / RegistryError: see :func:`~labeldistill.data.loading.load_at_size`; an
+            ImageFolder without a test or val folder unless ``data.test_holdout`` is set.
+    """
+    d = cfg.data
+    train = load_at_size(d.target, "train", d.target_root, **data_options(cfg))
+    if d.test_holdout:
+        train, test = hold_out(train, d.test_holdout, TEST_HOLDOUT_SEED, "data.test_holdout")
+    else:
+        test = load_at_size(d.target, "test", d.target_root, **data_options(cfg))
+    return train, test.subset(d.test_subset, seed=d.split_seed)
+
+
+def plan_task(cfg: LearnLabelsConfig, base_indices: torch.Tensor | None = None) -> TaskPlan:
+    """Load the datasets, split validation off the target train split and choose the base examples.
 
     Raises:
         ConfigError: a validation split as large as the train split, N incompatible with the selection mode,
@@ -120,13 +159,14 @@ def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: tor
         DataError / RegistryError: missing dataset files, unknown dataset, source and target image shapes differ.
     """
     d = cfg.data
-    train = load_dataset(d.target, "train", d.target_root)
-    test = load_dataset(d.target, "test", d.target_root).subset(d.test_subset, seed=d.split_seed)
-    cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
-    source = load_dataset(d.source, "train", d.source_root) if cross else train
+    train, test = load_target(cfg)
+    cross = _is_cross(cfg)
+    source = load_at_size(d.source, "train", d.source_root, **{**data_options(cfg), "mean": None, "std": None}) \
+        if cross else train
     if source.shape != train.shape:
-        raise DataError(f"source images {source.shape} and target images {train.shape} differ in shape; pick a "
-                        f"source of the same size (e.g. digits28 for 28×28 targets)")
+        fix = ("set data.image_size to load both at one size" if source.shape[0] == train.shape[0] else
+               "pick a source with as many channels")
+        raise DataError(f"source images {source.shape} and target images {train.shape} (C, H, W) differ; {fix}")
     # Base examples first (they depend only on the source, N, the mode and base.seed), then the validation
     # split from the target train images that are not base examples.
     if base_indices is None:
@@ -145,17 +185,31 @@ def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: tor
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val_idx] = False
     rest_idx = torch.nonzero(keep).flatten()
-    rest = ImageSet(train.images[rest_idx], train.labels[rest_idx], train.classes, train.mean, train.std,
-                    train.name)
-    target_idx = rest_idx[rest.subset_indices(d.target_subset, seed=d.split_seed)]
-    rest = rest.subset(d.target_subset, seed=d.split_seed)
-    m, s = train.mean, train.std
-    return Task(source=source, base_indices=base_idx, x_base=_float(source.images[base_idx], m, s, device),
-                x_target=_float(rest.images, m, s, device), y_target=rest.labels.to(device),
-                x_val=_float(train.images[val_idx], m, s, device), y_val=train.labels[val_idx].to(device),
-                x_test=_float(test.images, m, s, device), y_test=test.labels.to(device), classes=list(train.classes),
-                mean=m, std=s, val_indices=val_idx, target_indices=target_idx, train_size=len(train),
-                cross_dataset=cross)
+    target_idx = rest_idx[train.select(rest_idx).subset_indices(d.target_subset, seed=d.split_seed)]
+    return TaskPlan(train, test, source, base_idx, val_idx, target_idx, cross)
+
+
+def prepare_task(cfg: LearnLabelsConfig, device: torch.device, base_indices: torch.Tensor | None = None) -> Task:
+    """:func:`plan_task`, then the images it uses as normalised float tensors on ``device``.
+
+    Args:
+        cfg: the run's config.
+        device: where the image tensors go.
+        base_indices: use these base examples (indices into the source train split) instead of selecting.
+
+    Raises:
+        ConfigError / DataError / RegistryError: see :func:`plan_task`.
+    """
+    p = plan_task(cfg, base_indices)
+    train, m, s = p.train, p.train.mean, p.train.std
+    return Task(source=p.source, base_indices=p.base_indices,
+                x_base=_float(p.source.images[p.base_indices], m, s, device),
+                x_target=_float(train.images[p.target_indices], m, s, device),
+                y_target=train.labels[p.target_indices].to(device),
+                x_val=_float(train.images[p.val_indices], m, s, device), y_val=train.labels[p.val_indices].to(device),
+                x_test=_float(p.test.uint8_images(), m, s, device), y_test=p.test.labels.to(device),
+                classes=list(train.classes), mean=m, std=s, val_indices=p.val_indices,
+                target_indices=p.target_indices, train_size=len(train), cross_dataset=p.cross_dataset)
 
 
 def validation_split_key(cfg: LearnLabelsConfig) -> str:
@@ -167,9 +221,9 @@ def validation_split_key(cfg: LearnLabelsConfig) -> str:
     does not.
     """
     d = cfg.data
-    cross = d.source is not None and (d.source != d.target or (d.source_root or None) != (d.target_root or None))
-    base = None if cross else [cfg.base.n, cfg.base.mode, cfg.base.seed]
-    return settings_key("ld-split", d.target, d.target_root, d.val_size, d.split_seed, d.target_subset, base)
+    base = None if _is_cross(cfg) else [cfg.base.n, cfg.base.mode, cfg.base.seed]
+    held = [d.test_holdout] if d.test_holdout else []  # only when set: earlier keys stay valid
+    return settings_key("ld-split", d.target, d.target_root, d.val_size, d.split_seed, d.target_subset, base, *held)
 
 
 @dataclass
@@ -305,22 +359,90 @@ def _metatest_rows(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, tor
     return rows
 
 
-def learn_labels(cfg: LearnLabelsConfig) -> dict:
+def settings_fingerprint(cfg: LearnLabelsConfig) -> str:
+    """Fingerprint of every setting that can change a result (the config without ``name``, ``run_dir``,
+    ``threads``, ``device`` and ``plot_examples``): the resume file's key, recorded in ``results.json``."""
+    return settings_key("learn-labels", _settings(cfg))
+
+
+def _settings(cfg: LearnLabelsConfig) -> dict:
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads", "device",
+                                                                        "plot_examples")}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def finished_state(cfg: LearnLabelsConfig) -> tuple[str, list[str]]:
+    """Whether the run directory already holds this run: ``("done", [])`` (same settings), ``("stale", changed
+    keys)`` (finished with other settings, or by a version that recorded none), or ``("todo", [])``."""
+    res_f = cfg.run_path / "results.json"
+    if not (res_f.is_file() and (cfg.run_path / "labels.json").is_file()):
+        return "todo", []
+    try:
+        recorded = json.loads(res_f.read_text()).get("settings_key")
+    except (ValueError, AttributeError):
+        recorded = None
+    if recorded == settings_fingerprint(cfg):
+        return "done", []
+    try:
+        old = _flatten({k: v for k, v in (yaml.safe_load((cfg.run_path / "config.yaml").read_text()) or {}).items()
+                        if k not in ("name", "run_dir", "threads", "device", "plot_examples")})
+    except (OSError, yaml.YAMLError, AttributeError):
+        old = {}
+    new = _flatten(_settings(cfg))
+    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "stale", changed or ["(no settings fingerprint recorded)"]
+
+
+def _check_finished(cfg: LearnLabelsConfig, force: bool) -> dict | None:
+    """The finished results when the run directory already holds this run (and not ``force``), else None.
+
+    Raises:
+        ConfigError: the run directory holds a run finished with other settings and ``force`` is false.
+    """
+    if force:
+        (cfg.run_path / ".learn_labels.resume.pt").unlink(missing_ok=True)
+        return None
+    state, changed = finished_state(cfg)
+    if state == "stale":
+        raise ConfigError(f"{cfg.run_path} holds a learn-labels run finished with other settings "
+                          f"({'; '.join(changed[:3])}{' …' if len(changed) > 3 else ''}): rerun with --force to redo it, "
+                          "or give another name= / run_dir=")
+    return json.loads((cfg.run_path / "results.json").read_text()) if state == "done" else None
+
+
+def learn_labels(cfg: LearnLabelsConfig, force: bool = False) -> dict:
     """Run the whole job and write the run directory (see the module docstring).
+
+    A run directory that already holds this run (``results.json`` with the same settings fingerprint) is not
+    recomputed: its results are returned.
 
     Args:
         cfg: a validated config (:func:`~labeldistill.learn_labels.config.load_ld_config`).
+        force: redo the run: ignore finished outputs, the resume file and the run's own trained teacher
+            (a ``teacher.checkpoint`` is still used).
 
     Returns:
-        The ``results.json`` content.
+        The ``results.json`` content (``done: true`` added when it was already there).
 
     Raises:
+        ConfigError: the run directory holds a run finished with other settings (without ``force``).
         ConfigError / DataError / RegistryError: bad settings or data (nothing is written but the teacher).
     """
     t_start = time.perf_counter()
     for where, spec in [("learner", cfg.learner), ("teacher.model", cfg.teacher.model)] + \
             [(f"metatest.archs[{i}]", parse_arch(a, "metatest.archs")) for i, a in enumerate(cfg.metatest.archs)]:
         check_model_spec(spec, where)  # before the data is read: a typo fails at once
+    if "teacher" in cfg.methods or cfg.labels.init == "teacher":
+        check_checkpoint_form(cfg.teacher)
+    finished = _check_finished(cfg, force)
+    if finished is not None:
+        return {**finished, "done": True}
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
     previous = load_previous_labels(cfg) if cfg.labels_from else None
@@ -331,7 +453,8 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
     progress = Progress(cfg)
     torch.manual_seed(cfg.seed)
     if previous is None:
-        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log, progress)
+        label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log, progress,
+                                                                 retrain_teacher=force)
         steps = {m: r.steps for m, r in meta_results.items()}
     else:
         label_sets = {m: y.to(device) for m, y in previous.label_sets.items()}
@@ -358,6 +481,7 @@ def learn_labels(cfg: LearnLabelsConfig) -> dict:
         "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": str(device),
                     "torch": torch.__version__},
         "seconds": round(time.perf_counter() - t_start, 2),
+        "settings_key": progress.key,
     }
     write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
                   results, images)
@@ -375,9 +499,7 @@ class Progress:
     """
 
     def __init__(self, cfg: LearnLabelsConfig):
-        settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads",
-                                                                              "device", "plot_examples")}
-        self.key = settings_key("learn-labels", settings)
+        self.key = settings_fingerprint(cfg)
         self.path = cfg.run_path / ".learn_labels.resume.pt"
         state = load_checkpoint(self.path, self.key) or {}
         self.meta: dict[str, dict] = state.get("meta", {})
@@ -437,12 +559,13 @@ def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_lab
 
 
 def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None],
-                    progress: Progress | None = None
+                    progress: Progress | None = None, retrain_teacher: bool = False
                     ) -> tuple[dict[str, torch.Tensor], dict[str, MetaResult], dict | None]:
     """Teacher (if needed), meta-training of LD/RR/DD and the baseline label sets.
 
     Learned label sets already in ``progress`` (a run resumed after a kill) are taken from it; each newly
-    learned set is saved there.
+    learned set is saved there. ``retrain_teacher``: train the teacher even if the run's own ``teacher/`` holds
+    one (``--force``).
 
     Returns:
         ``(label sets by method (each (N, C); DD's are its fixed one-hot labels, its images are in the
@@ -454,7 +577,7 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
         split = TeacherSplit(cfg.data.target, task.train_size, task.target_indices, task.val_indices)
         teacher, teacher_info = get_teacher(cfg.teacher, cfg.run_path / "teacher", task.x_target, task.y_target,
                                             task.x_test, task.y_test, task.classes, split, task.mean,
-                                            task.std, device, cfg.seed)
+                                            task.std, device, cfg.seed, reuse=not retrain_teacher)
         teacher_labels = soft_labels(teacher, task.x_base, cfg.teacher.temperature).to(device)
         teacher_info = {**teacher_info, "temperature": cfg.teacher.temperature}
         log(event="teacher", top1=teacher_info.get("top1"))
@@ -509,7 +632,7 @@ def _method_entries(cfg: LearnLabelsConfig, label_sets: dict[str, torch.Tensor],
         elif m == "smooth":
             entry["smoothing"] = cfg.smoothing
         elif m == "teacher" and teacher_info is not None:
-            entry["teacher"] = {k: teacher_info[k] for k in ("model", "model_args", "top1", "temperature",
+            entry["teacher"] = {k: teacher_info[k] for k in ("model", "model_args", "top1", "temperature", "split_checked",
                                                               "loaded_from") if k in teacher_info}
         methods[m] = entry
     return methods
@@ -557,8 +680,9 @@ def write_outputs(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, torc
     write_report(run_dir, results, plot=bool(cfg.plot_examples))
 
 
-def learn_labels_main(config_path: str, overrides: list[str]) -> int:
-    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...]``; prints the results table.
+def learn_labels_main(config_path: str, overrides: list[str], force: bool = False) -> int:
+    """CLI entry of ``labeldistill learn-labels CONFIG [key=value ...] [--force]``; prints the results table
+    (``--dry-run``: :func:`~labeldistill.learn_labels.plan.plan_learn_labels`).
 
     Returns:
         0 on success (errors are raised as project exceptions and turned into exit code 2 by the CLI).
@@ -567,8 +691,11 @@ def learn_labels_main(config_path: str, overrides: list[str]) -> int:
     from .report import results_table
 
     cfg = load_ld_config(config_path, overrides)
-    results = learn_labels(cfg)
+    results = learn_labels(cfg, force=force)
     print(results_table(results["rows"]))
-    print(f"wrote {cfg.run_path}/ (labels.safetensors, labels.json, results.json, report.md) "
-          f"in {results['seconds']:.0f} s")
+    if results.get("done"):
+        print(f"{cfg.run_path}/ already holds this run (same settings): nothing recomputed; --force redoes it")
+    else:
+        print(f"wrote {cfg.run_path}/ (labels.safetensors, labels.json, results.json, report.md) "
+              f"in {results['seconds']:.0f} s")
     return 0

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..io import tensor_fingerprint
-from ..models.checkpoint import load_teacher, save_teacher
+from ..models.checkpoint import load_checkpoint_into, load_teacher, save_teacher
 from ..training import make_optimizer
 from .config import TeacherConfig
 from .learners import MinibatchSampler, build_network, error_rate, seeded
@@ -130,10 +130,53 @@ def check_teacher_split(info: dict, folder: Path, split: TeacherSplit) -> None:
                           f"validation images ({split.dataset} train split); {fix}")
 
 
+def check_checkpoint_form(cfg: TeacherConfig) -> None:
+    """Refuse a ``teacher.checkpoint`` the run cannot use, before anything is read or written.
+
+    Raises:
+        ConfigError: neither a file nor a folder with ``teacher.json`` + ``model.safetensors``, or a
+            ``state_dict`` file without ``teacher.unknown_split`` (nothing shows it never saw the validation split).
+    """
+    if not cfg.checkpoint:
+        return
+    path = Path(cfg.checkpoint)
+    if path.is_file() and not cfg.unknown_split:
+        raise ConfigError(f"teacher.checkpoint {path} is a state_dict trained elsewhere: nothing records its training "
+                          "images, so it may have seen this run's validation split; set teacher.unknown_split=true to "
+                          "use it anyway (results.json then says split_checked: false)")
+    if not path.is_file() and not ((path / "teacher.json").is_file() and (path / "model.safetensors").is_file()):
+        raise ConfigError(f"teacher.checkpoint {path} is neither a state_dict file nor a folder with teacher.json + "
+                          "model.safetensors; point it at one or set it to null")
+
+
+def external_teacher(cfg: TeacherConfig, path: Path, num_classes: int, shape: tuple[int, int, int],
+                     device: torch.device) -> nn.Module:
+    """A teacher trained elsewhere: ``teacher.model`` built for the run, loaded from a ``state_dict`` file.
+
+    Args:
+        cfg: teacher settings (``model``, ``unknown_split``).
+        path: the ``state_dict`` file (forms: :func:`~labeldistill.models.checkpoint.load_state_dict_file`).
+        num_classes: the target's class count.
+        shape: ``(C, H, W)`` of the run's images.
+        device: where the teacher runs.
+
+    Returns:
+        The teacher in eval mode.
+
+    Raises:
+        ConfigError: ``teacher.unknown_split`` is false (nothing shows the file never saw the validation split).
+        DataError: unreadable file, no state_dict inside, or weights that do not fit ``teacher.model``.
+    """
+    check_checkpoint_form(cfg)
+    model = build_network(cfg.model, num_classes, shape, torch.device("cpu"))
+    load_checkpoint_into(model, path, cfg.model, num_classes)
+    return model.to(device).eval()
+
+
 def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
                 y_test: torch.Tensor, classes: list[str], split: TeacherSplit, mean: tuple[float, ...],
-                std: tuple[float, ...], device: torch.device, seed: int) -> tuple[nn.Module, dict]:
-    """Load the teacher from ``cfg.checkpoint`` or ``folder``, or train one and save it in ``folder``.
+                std: tuple[float, ...], device: torch.device, seed: int, reuse: bool = True) -> tuple[nn.Module, dict]:
+    """Load the teacher from ``cfg.checkpoint`` or ``folder`` (``reuse``), or train one and save it in ``folder``.
 
     Args:
         cfg: teacher settings.
@@ -147,28 +190,37 @@ def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tens
         mean, std: normalisation of the inputs.
         device: where the teacher runs.
         seed: training seed.
+        reuse: load a teacher already in ``folder`` (False: train and overwrite it; ``--force``).
 
     Returns:
         ``(teacher in eval mode, info)``; info holds the model, its test top-1, its split record and where it
         came from.
 
     Raises:
-        ConfigError: ``teacher.checkpoint`` does not exist, was trained for other classes/normalisation, or may
-            have seen the run's validation split.
+        ConfigError: ``teacher.checkpoint`` does not exist, was trained for other classes/normalisation/input
+            size, or may have seen the run's validation split (a state_dict file: unless ``teacher.unknown_split``).
+        DataError: a state_dict file that cannot be read or does not fit ``teacher.model``.
     """
     source = Path(cfg.checkpoint) if cfg.checkpoint else folder
-    if (source / "teacher.json").is_file() and (source / "model.safetensors").is_file():
+    shape = list(x.shape[1:])
+    if source.is_file():  # a state_dict trained elsewhere
+        model = external_teacher(cfg, source, len(classes), tuple(shape), device)
+        return model, {"model": cfg.model.name, "model_args": dict(cfg.model.args), "num_classes": len(classes),
+                       "shape": shape, "classes": list(classes), "mean": list(mean), "std": list(std),
+                       "top1": 1.0 - error_rate(model, x_test, y_test), "split_checked": False,
+                       "loaded_from": str(source)}
+    if (source / "teacher.json").is_file() and (source / "model.safetensors").is_file() and \
+            (reuse or cfg.checkpoint):
         model, info = load_teacher(source, device)
         if info.get("classes") != list(classes) or info.get("mean") != list(mean) or \
-                info.get("std") != list(std):
+                info.get("std") != list(std) or info.get("shape", shape) != shape:
             raise ConfigError(f"the teacher in {source} was trained for classes {info.get('classes')} with "
-                              f"normalisation {info.get('mean')}/{info.get('std')}; this run needs {classes} with "
-                              f"{list(mean)}/{list(std)}; set teacher.checkpoint to a matching teacher or null")
+                              f"normalisation {info.get('mean')}/{info.get('std')} at {info.get('shape')}; this run "
+                              f"needs {classes} with {list(mean)}/{list(std)} at {shape} (C, H, W); set "
+                              "teacher.checkpoint to a matching teacher or null")
         check_teacher_split(info, source, split)
         return model, {**info, "loaded_from": str(source)}
-    if cfg.checkpoint:
-        raise ConfigError(f"teacher.checkpoint {source} has no teacher.json + model.safetensors; "
-                          "point it at the teacher folder of an earlier run or set it to null")
+    check_checkpoint_form(cfg)
     t0 = time.perf_counter()
     model = train_teacher(cfg, x, y, len(classes), tuple(x.shape[1:]), device, seed)
     top1 = 1.0 - error_rate(model, x_test, y_test)

@@ -36,8 +36,8 @@ def _probe_imagefolder(cfg: Config) -> dict:
         raise DataError(f"data folder not found: {root}; set data.root to a folder with class sub-folders")
     out: dict[str, Any] = {"splits": {}, "warnings": []}
     shapes, mappings = {}, {}
-    for split in ("train", "test"):
-        folder = split_folder(root, split)
+    for split in ("train",) if d.test_holdout else ("train", "test"):
+        folder = split_folder(root, split)  # no test/ or val/ folder without data.test_holdout: refused
         c2i, names, labels = scan_imagefolder(folder)
         modes, sizes = read_headers(folder, names)
         if d.image_size is None and len(set(sizes)) > 1:
@@ -51,12 +51,17 @@ def _probe_imagefolder(cfg: Config) -> dict:
         a = decode_image(folder / names[0], mode, d.image_size, d.resize)
         shapes[split], mappings[split] = tuple(a.shape), c2i
         limit = d.train_subset if split == "train" else d.test_subset
-        avail = len(names) - (d.holdout if split == "train" else 0)  # data.holdout: not trained on
+        avail = len(names) - (d.holdout + d.test_holdout if split == "train" else 0)  # held out: not trained on
         out["splits"][split] = {
             "folder": str(folder), "images": len(names), "used": avail if limit is None else min(limit, avail),
             "classes": len(c2i), "class_to_idx": "class_to_idx.json" if (folder / "class_to_idx.json").is_file()
             else "sorted folder names", "probe": str(folder / names[0]), "probe_mode": mode,
         }
+    if d.test_holdout:  # the test split is part of the train folder
+        out["splits"]["test"] = {**out["splits"]["train"], "images": d.test_holdout,
+                                 "used": min(d.test_subset or d.test_holdout, d.test_holdout),
+                                 "held_out_of_train": True}
+        shapes["test"], mappings["test"] = shapes["train"], mappings["train"]
     if mappings["train"] != mappings["test"]:
         raise DataError(f"the train split ({out['splits']['train']['folder']}) and the test split "
                         f"({out['splits']['test']['folder']}) have different classes or class indices; give both "
@@ -64,9 +69,6 @@ def _probe_imagefolder(cfg: Config) -> dict:
     if shapes["train"] != shapes["test"]:
         raise DataError(f"train images decode to {shapes['train']} but test images to {shapes['test']}; set "
                         "data.image_size so both splits are resized to one size")
-    if out["splits"]["train"]["folder"] == out["splits"]["test"]["folder"]:
-        out["warnings"].append(f"no train/ and test/ (or val/) folders in {root}: the same images serve as the "
-                               "training and the test split")
     if not d.lazy:
         gb = out["splits"]["train"]["used"] * math.prod(shapes["train"]) / 1e9
         if gb > 8:
