@@ -32,6 +32,7 @@ from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
 from .probe import probe_data
 from ..variants import needs_class_stats
+from .timing import add_time_estimate, format_time, human_seconds  # noqa: F401  (add_time_estimate: the CLI's)
 from .stages import (early_stages, hard_label_stage, label_rows, late_stages, recover_rows, relabel_plan, student_plan,
                      teacher_plan)
 
@@ -128,12 +129,14 @@ def format_plan(p: dict) -> str:
     lines.append("")
     lines.append("planned work:")
     for s in p["stages"]:
-        lines.append(f"  {s['stage']} [{s['status']}]: {s['work']}")
+        lines.append(f"  {s['stage']} [{s['status']}]: {s['work']}" + (f" — {human_seconds(s['seconds'])}"
+                                                                        if "seconds" in s else ""))
     rl = p["relabel"]
     lines.append(f"  relabel plan: {rl['images']:,} images × {rl['epochs']} epochs, batch {rl['batch_size']} → "
                  f"{rl['steps_per_epoch']:,} steps/epoch, {rl['total_steps']:,} steps, "
                  f"{rl['generated_steps']:,} generated; input {rl['input_size'][0]}×{rl['input_size'][1]}, "
                  f"CutMix p={rl['cutmix']:g}, logits {rl['logits']}")
+    lines += format_time(p)
     lines.append("")
     st = p["storage"]
     lines.append("storage estimate (per recover mode unless noted):")
