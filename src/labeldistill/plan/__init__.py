@@ -16,6 +16,9 @@ process, and estimates the bytes of every artifact:
   per shard its safetensors header and manifest entry. Next to it the LPLD reference layout
   (:func:`labeldistill.labels.accounting.reference_layout_estimate`, spec §9).
 * **class statistics** and **teacher** weights (float32).
+
+``labeldistill run CONFIG --dry-run`` then adds a time estimate (:func:`~labeldistill.plan.timing.add_time_estimate`:
+a few real steps of each stage timed on the configured device, × the planned steps); ``--no-probe`` leaves it out.
 """
 
 from __future__ import annotations
