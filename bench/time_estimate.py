@@ -153,10 +153,10 @@ def main() -> int:
         cfg = demo_config(work) if name == "demo" else px224_config(work)
         results[name] = estimate_and_run(cfg)
         print(name, json.dumps(results[name], indent=1, default=str), flush=True)
-    body = section(results)
+        body = section(results)  # written after each configuration: a later failure keeps the earlier ones
+        if not args.no_write:
+            write_section(REPO / "BENCHMARKS.md", "time_estimate", body)
     print(body)
-    if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", "time_estimate", body)
     return 0
 
 
