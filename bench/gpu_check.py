@@ -16,6 +16,8 @@ Checks (synthetic in-memory data registered through ``labeldistill.data.register
      run under bf16 autocast on CUDA), "off" = ``autocast=off`` (float32 everywhere). Each pair shares the teacher
      and class statistics; d2/d3 also share the images (d3 the store), so only the stage under test differs;
   e. 224 px synthetic relabel + validate throughput (ResNet-18 teacher and student, ``random_real`` images).
+  f. the dry run's time estimate ÷ the stages' recorded seconds (``bench/time_estimate.py``'s comparison) of a
+     fresh small main job (mode ``lpld``, IPC ``parity_ipc``), per stage and in all.
 
 Writes its table into BENCHMARKS.md (section ``gpu_check``) with the GPU's name. ``--dry-run`` checks the plumbing
 on the CPU with tiny sizes in well under a minute (the test suite is only collected) and writes nothing.
@@ -43,6 +45,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 from common import command_line, machine, today, write_section  # noqa: E402
+from time_estimate import estimate_and_run  # noqa: E402
 
 from labeldistill.bnstats import class_stats  # noqa: E402
 from labeldistill.config import load_config  # noqa: E402
@@ -256,6 +259,22 @@ def check_224(work: Path, sz: dict, device: torch.device) -> dict:
             "validate_images_per_s": sz["big_classes"] * sz["big_ipc"] * row["epochs"] / max(row["seconds"], 1e-9)}
 
 
+def check_time_estimate(work: Path, sz: dict, device: torch.device) -> dict:
+    """The dry run's time estimate ÷ the recorded stage seconds of a fresh small main job on ``device``."""
+    from labeldistill.plan import timing
+
+    if sz is TINY:  # the plumbing only: no half second of timing per probe
+        timing.MIN_SECONDS = 0.0
+    register_templates(sz["classes"], sz["train_per_class"], sz["test_per_class"])
+    cfg = load_config(None, base_overrides(work / "time_estimate", sz, device.type) + [
+        f"recover.ipc={sz['parity_ipc']}", f"recover.iterations={sz['timing_iterations']}",
+        f"recover.vectorize={sz['classes']}", f"relabel.epochs={sz['relabel_epochs']}",
+        f"validate.epochs={sz['relabel_epochs']}"])
+    res = estimate_and_run(cfg)
+    res["ratio"] = res["estimate_total"] / res["actual_total"]
+    return res
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -311,6 +330,10 @@ def main() -> int:
     print("e. 224 px relabel + validate throughput", flush=True)
     res["px224"] = check_224(work, sz, device)
     print("   " + json.dumps(res["px224"]), flush=True)
+    print("f. time estimate ÷ actual", flush=True)
+    res["time_estimate"] = check_time_estimate(work, sz, device)
+    print(f"   {res['time_estimate']['ratio']:.2f} (" + ", ".join(
+        f"{r['stage']} {r['ratio']:.2f}" for r in res["time_estimate"]["rows"] if r["ratio"]) + ")", flush=True)
     res["minutes"] = (time.time() - t_start) / 60
     body = report(res, sz, dry)
     print(body)
@@ -362,6 +385,11 @@ def report(res: dict, sz: dict, dry: bool) -> str:
     rows.append(f"| e. {p['image_size']} px validate throughput (ResNet-18 student, {p['validate_steps']} steps of "
                 f"≤ 100 images) | {p['validate_images_per_s']:,.0f} images/s | (report) | | train {p['validate_train_seconds']:.2f} s, "
                 f"with evaluation {p['validate_seconds']:.2f} s |")
+    te = res["time_estimate"]
+    per = ", ".join(f"{r['stage']} {r['ratio']:.2f}" for r in te["rows"] if r["ratio"])
+    rows.append(f"| f. dry-run time estimate ÷ recorded stage seconds, small main job (all stages) | {te['ratio']:.2f} | "
+                f"0.7–1.3 | {verdict(0.7 <= te['ratio'] <= 1.3)} | {te['estimate_total']:.1f} s vs "
+                f"{te['actual_total']:.1f} s; per stage: {per} |")
     head = ("## GPU check\n\n"
             f"Command: `bash bench/gpu_check.sh{' --dry-run' if dry else ''}` (runs `{command_line()}`)  \n"
             f"Date: {today()}  \nGPU: {res['gpu'] or 'none (dry run on the CPU)'}  \nMachine: {machine()}  \n"

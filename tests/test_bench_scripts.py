@@ -31,7 +31,7 @@ def test_gpu_check_dry_run_writes_nothing(tmp_path):
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    for part in ("a. test suite", "b. recover", "c. relabel", "d. bf16 autocast", "e. 224 px",
+    for part in ("a. test suite", "b. recover", "c. relabel", "d. bf16 autocast", "e. 224 px", "f. time estimate",
                  "config switch autocast: bf16 (default) | off", "nothing written to BENCHMARKS.md"):
         assert part in out, part
     assert "| c. relabel stage" in out and "| d3. validate" in out
@@ -42,6 +42,7 @@ def test_gpu_check_dry_run_writes_nothing(tmp_path):
     assert [r["ipc"] for r in res["recover"]] == [2, 3] and all(r["ratio"] > 0 for r in res["recover"])
     assert 0 <= res["autocast"]["relabel_argmax_agreement"] <= 1
     assert res["px224"]["entries"] > 0
+    assert res["time_estimate"]["ratio"] > 0 and "| f. dry-run time estimate" in out
     assert (bench.read_bytes() if bench.is_file() else None) == before
 
 

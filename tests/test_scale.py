@@ -180,7 +180,7 @@ def test_dry_run_on_imagenet_configs_writes_nothing(tmp_path, capsys, config):
     root = make_folder(tmp_path / "if", fmt="JPEG" if config.startswith("imagenet") else "PNG")
     before = tree_state(tmp_path)
     run_dir = tmp_path / "run"
-    args = ["run", str(REPO / "configs" / config), "--dry-run", f"data.root={root}", f"run_dir={run_dir}"]
+    args = ["run", str(REPO / "configs" / config), "--dry-run", "--no-probe", f"data.root={root}", f"run_dir={run_dir}"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "nothing trained, nothing written" in out and "planned work:" in out
@@ -221,7 +221,7 @@ def test_dry_run_reports_bad_paths_in_one_line(tmp_path, capsys):
           "data.test_holdout=3"], "set data.image_size"),  # mixed sizes: the run would refuse them (every header read)
     ]
     for extra, msg in cases:
-        code = main(["run", cfg, "--dry-run", f"run_dir={tmp_path / 'run'}", *extra])
+        code = main(["run", cfg, "--dry-run", "--no-probe", f"run_dir={tmp_path / 'run'}", *extra])
         err = capsys.readouterr().err
         if msg is None:
             assert code == 0

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="check the config, data and teacher checkpoint, print the planned work and a storage "
                                 "estimate; train and write nothing")
             s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+            s.add_argument("--no-probe", action="store_true",
+                           help="with --dry-run: skip the time estimate (a few real steps of each stage, timed)")
     ll = sub.add_parser("learn-labels", help="learn soft labels for real base examples (LD / RR, Bohdal et al. 2020)")
     ll.add_argument("config", help="YAML learn-labels config")
     ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -146,9 +148,11 @@ def _export_command(args: argparse.Namespace) -> int:
 def _run_command(cfg, args: argparse.Namespace) -> None:
     """``run`` (every stage) or ``run --dry-run`` (the plan)."""
     if args.dry_run:
-        from .plan import format_plan, plan_run
+        from .plan import add_time_estimate, format_plan, plan_run
 
         plan = plan_run(cfg)
+        if not args.no_probe:
+            add_time_estimate(cfg, plan)
         print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     else:
         from .pipeline import run

@@ -95,16 +95,22 @@ def _class_summary(classes: list[str]) -> str:
     return f"{len(classes)} [{', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}]"
 
 
+def train_augmentation(sc: SqueezeConfig, hw: tuple[int, int]) -> nn.Module:
+    """The teacher's training augmentation on float ``(N, C, H, W)`` batches in [0, 1] (kornia, global RNG):
+    RandomResizedCrop(``crop_scale``) when set, else a random crop after ``crop_padding`` px of zero padding,
+    then a random horizontal flip when ``flip``."""
+    if sc.crop_scale is not None:
+        crop: nn.Module = K.RandomResizedCrop(hw, scale=tuple(sc.crop_scale))
+    else:
+        crop = K.RandomCrop(hw, padding=sc.crop_padding) if sc.crop_padding > 0 else nn.Identity()
+    return nn.Sequential(crop, K.RandomHorizontalFlip() if sc.flip else nn.Identity())
+
+
 def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLayout, device: torch.device) -> None:
     sc = cfg.squeeze
     net = wrap_ddp(model, device)
     opt = make_optimizer("sgd", model.parameters(), sc.lr, sc.momentum, sc.weight_decay, nesterov=True)
-    _, h, w = train.shape
-    if sc.crop_scale is not None:
-        crop: nn.Module = K.RandomResizedCrop((h, w), scale=tuple(sc.crop_scale))
-    else:
-        crop = K.RandomCrop((h, w), padding=sc.crop_padding) if sc.crop_padding > 0 else nn.Identity()
-    aug = nn.Sequential(crop, K.RandomHorizontalFlip() if sc.flip else nn.Identity())
+    aug = train_augmentation(sc, tuple(train.shape[1:]))
     g = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (len(train) + sc.batch_size - 1) // sc.batch_size
     total = sc.epochs * steps_per_epoch

@@ -17,6 +17,9 @@ process, and estimates the bytes of every artifact:
   per shard its safetensors header and manifest entry. Next to it the LPLD reference layout
   (:func:`labeldistill.labels.accounting.reference_layout_estimate`, spec §9).
 * **class statistics** and **teacher** weights (float32).
+
+``labeldistill run CONFIG --dry-run`` then adds a time estimate (:func:`~labeldistill.plan.timing.add_time_estimate`:
+a few real steps of each stage timed on the configured device, × the planned steps); ``--no-probe`` leaves it out.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
 from .probe import probe_data
 from ..variants import needs_class_stats
+from .timing import add_time_estimate, format_time, human_seconds  # noqa: F401  (add_time_estimate: the CLI's)
 from .stages import (early_stages, hard_label_stage, label_rows, late_stages, recover_rows, relabel_plan, student_plan,
                      teacher_plan)
 
@@ -129,12 +133,14 @@ def format_plan(p: dict) -> str:
     lines.append("")
     lines.append("planned work:")
     for s in p["stages"]:
-        lines.append(f"  {s['stage']} [{s['status']}]: {s['work']}")
+        lines.append(f"  {s['stage']} [{s['status']}]: {s['work']}" + (f" — {human_seconds(s['seconds'])}"
+                                                                        if "seconds" in s else ""))
     rl = p["relabel"]
     lines.append(f"  relabel plan: {rl['images']:,} images × {rl['epochs']} epochs, batch {rl['batch_size']} → "
                  f"{rl['steps_per_epoch']:,} steps/epoch, {rl['total_steps']:,} steps, "
                  f"{rl['generated_steps']:,} generated; input {rl['input_size'][0]}×{rl['input_size'][1]}, "
                  f"CutMix p={rl['cutmix']:g}, logits {rl['logits']}")
+    lines += format_time(p)
     lines.append("")
     st = p["storage"]
     lines.append("storage estimate (per recover mode unless noted):")
