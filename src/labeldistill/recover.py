@@ -49,7 +49,7 @@ from .augment import (
     step_generator,
 )
 from .config import Config, config_to_dict
-from .data import ImageSet, denormalize, load_split, normalize
+from .data import ImageSet, denormalize, load_split, normalize, resolve_augmentation
 from .data.owned import load_own_set, source_fingerprint
 from .data.synthetic import (  # noqa: F401
     image_bytes,
@@ -69,7 +69,7 @@ from .io import (
 )
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
-from .models.checkpoint import load_teacher
+from .models.checkpoint import CHANCE_FACTOR, load_teacher, near_chance  # noqa: F401  (CHANCE_FACTOR: old import path)
 from .provenance import StageRef, autocast_settings, check_fresh, record_stage
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
@@ -77,7 +77,6 @@ from .training import cosine_lr
 from .variants import BUILTIN_VARIANTS, OWN_SOURCES, plan_batches, resolve_variant  # noqa: F401  (old import paths)
 
 mode_key = mode_stream  # old name of the recover stream key of a mode
-CHANCE_FACTOR = 1.5  # a set made elsewhere on which the teacher's top-1 is <= this × chance (1/C) is refused
 
 
 def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:
@@ -329,6 +328,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         ``init: real``; DataError: a ``folder`` / ``tensor`` set that does not fit the teacher or on which the
         teacher is at chance (:func:`own_images`).
     """
+    resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
     ref = StageRef("recover", mode)
@@ -382,7 +382,7 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
     u8, labels, notes = load_own_set(variant["source"], path, tuple(info["shape"]), info["classes"])
     top1 = teacher_top1(teacher, u8, labels, info, device, amp)
     c = info["num_classes"]
-    if top1 <= CHANCE_FACTOR / c:
+    if near_chance(top1, c):
         how = ("the class index is the folder number new{c:03d}: check that new000 holds the teacher's class 0 "
                f"('{info['classes'][0]}')" if notes["layout"] == "sre2l" else
                "check class_to_idx.json against the teacher's class order in teacher/teacher.json" if

@@ -27,7 +27,7 @@ from ..augment import (
     step_generator,
 )
 from ..config import Config, RelabelConfig
-from ..data import ImageSet
+from ..data import ImageSet, resolve_augmentation
 from ..data.synthetic import load_synthetic
 from ..distributed import barrier, shard
 from ..errors import StoreError
@@ -176,7 +176,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         another pool.
     """
     layout = RunLayout(cfg.run_path)
-    rc = cfg.relabel
+    rc = resolve_augmentation(cfg).relabel
     only = rc.only_kept
     variant = label_variants(cfg)[0] if only is not None else None
     out = layout.full_store(mode) if variant is None else layout.pruned_store(mode, variant)
