@@ -78,7 +78,7 @@ def build_store(images: torch.Tensor, data, out: Path, batch: int, epochs: int) 
     torch.manual_seed(0)
     teacher = create_model("convnet", num_classes=data.num_classes, in_channels=3, image_size=images.shape[-1],
                            width=8, depth=3).eval()
-    rc = RelabelConfig(epochs=epochs, batch_size=batch)
+    rc = RelabelConfig(epochs=epochs, batch_size=batch, crop_scale=[0.08, 1.0], flip=True)
     plan = StepPlan(len(images), batch, epochs, seed=0)
     info = {"fingerprint": "loader-bench", "mean": MEAN, "std": STD}
     meta = {**store_meta(data, info, "loader-bench", rc, 0, plan), "logits_format": "fp16"}

@@ -155,3 +155,31 @@ def test_label_study_writes_section_and_plot_from_finished_runs(tmp_path):
     assert "| HLR cs: real-train − cs (hard labels) | 2 | +16.0 |" in text  # 0.86 - 0.70, the same each seed
     assert "| IOR 1× fp16: cs − random_real | 2 | +5.0 |" in text
     assert plot.stat().st_size > 10_000 and f"]({plot})" in text
+
+
+def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
+    """--write-only on fabricated finished runs: a teacher whose students gain in every seed reads 'held', one
+    with mixed signs 'not resolved'; a seed with one arm missing is left out (unpaired)."""
+    runs = tmp_path / "runs"
+    gains = {"project": [0.05, 0.06, 0.07], "elsewhere": [0.03, -0.02, 0.01]}
+    for teacher, per_seed in gains.items():
+        for seed, gain in enumerate(per_seed):
+            for arm, top1 in (("before", 0.80), ("after", 0.80 + gain)):
+                folder = runs / f"{teacher}_{arm}_s{seed}"
+                folder.mkdir(parents=True)
+                res = {"teacher": {"top1": 0.95 if arm == "after" else 0.93}, "rows": [{"top1": top1}],
+                       "provenance": {"commit": "abc1234"}}
+                (folder / "results.json").write_text(json.dumps(res))
+    (runs / "project_before_s3").mkdir()  # seed 3: only one arm, not finished
+    out = tmp_path / "B.md"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "mnist_defaults.py"), "--write-only", "--runs", str(runs),
+                        "--out", str(out), "--seeds", "0", "1", "2", "3"], env=_env(), capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "<!-- mnist_defaults:start -->" in text and "Commit:" in text and "Command:" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith(("| project",
+                                                                                              "| elsewhere"))}
+    assert "| 93.0 ± 0.0 / 95.0 ± 0.0 | 80.0 ± 0.0 | 86.0 ± 1.0 | +6.0 [+3.5, +8.5] | 3 | held |" in rows["project"]
+    assert "| 3 | not resolved |" in rows["elsewhere"]
+    assert "abc1234" in text and "project teacher [0, 1, 2]" in text

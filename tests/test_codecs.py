@@ -113,7 +113,7 @@ def _relabel_like_store(path, fmt, n=37, c=12, hw=(20, 20), cutmix=True, steps_p
     from labeldistill.data.registry import ImageSet
     from labeldistill.labels.relabel import store_meta
 
-    rc = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0)
+    rc = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0, crop_scale=[0.08, 1.0], flip=True)
     plan = StepPlan(n, rc.batch_size, rc.epochs, seed=0)
     names = [f"class_{i:04d}" for i in range(c)]
     images = ImageSet(torch.zeros(n, 3, *hw, dtype=torch.uint8), torch.arange(n) % c, names, (0.5,) * 3, (0.25,) * 3)

@@ -91,7 +91,7 @@ def run(tmp_path_factory):
     ckpt = root / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
     base = ["data.dataset=digits", "device=cpu", "squeeze.model.args={width: 8, depth: 2, norm: batch}",
-            f"squeeze.checkpoint={ckpt}", f"run_dir={root}", "name=t", "class_stats.augment=false",
+            f"squeeze.checkpoint={ckpt}", "squeeze.force_teacher=true", f"run_dir={root}", "name=t", "class_stats.augment=false",
             "class_stats.batch_size=500"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "labeldistill.cli", "squeeze", str(DEMO), *base], check=False,

@@ -49,7 +49,7 @@ def digits_run(tmp_path_factory):
     ckpt = root / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
     base = ["data.dataset=digits", "device=cpu", "squeeze.model.args={width: 8, depth: 2, norm: batch}",
-            f"squeeze.checkpoint={ckpt}", f"run_dir={root}", "name=m", "recover.modes=[random_real]",
+            f"squeeze.checkpoint={ckpt}", "squeeze.force_teacher=true", f"run_dir={root}", "name=m", "recover.modes=[random_real]",
             "recover.ipc=4", "relabel.epochs=2", "relabel.batch_size=8", "relabel.steps_per_shard=3",
             "relabel.cutmix=1.0", "prune.factors=[1]", "validate.epochs=1", "validate.eval_batch_size=500",
             "validate.model={name: convnet, args: {width: 8, depth: 2}}"]
@@ -64,7 +64,7 @@ def digits_run(tmp_path_factory):
 
 def _record(n: int, hw: tuple[int, int], cutmix: float = 1.0):
     plan = StepPlan(n, 6, 2, seed=3)
-    rc = RelabelConfig(cutmix=cutmix)
+    rc = RelabelConfig(cutmix=cutmix, crop_scale=[0.08, 1.0], flip=True)
     return [sample_step(plan, g, rc, hw, hw) for g in range(plan.total_steps)]
 
 
@@ -152,16 +152,16 @@ def test_relabel_chunks_hold_about_the_same_pixels_at_any_size():
     images = torch.randint(0, 256, (60, 3, 96, 96), dtype=torch.uint8)
     plan = StepPlan(60, 10, 3, seed=0)
     ids = list(range(plan.total_steps))
-    recs = list(generate_steps(teacher, images, plan, ids, RelabelConfig(), (0.5,) * 3, (0.25,) * 3,
+    recs = list(generate_steps(teacher, images, plan, ids, RelabelConfig(crop_scale=[0.08, 1.0], flip=True), (0.5,) * 3, (0.25,) * 3,
                                torch.device("cpu"), progress=False))
     assert teacher.sizes == [110, 70]  # 1024·32²/96² = 113 images → 11 steps of 10 per forward
     teacher.sizes.clear()
-    one = list(generate_steps(teacher, images, plan, ids, RelabelConfig(), (0.5,) * 3, (0.25,) * 3,
+    one = list(generate_steps(teacher, images, plan, ids, RelabelConfig(crop_scale=[0.08, 1.0], flip=True), (0.5,) * 3, (0.25,) * 3,
                               torch.device("cpu"), chunk_images=1000, progress=False))
     assert teacher.sizes == [180]
     assert all(torch.equal(a.logits, b.logits) for a, b in zip(recs, one))
     teacher.sizes.clear()
-    list(generate_steps(teacher, images, plan, [0, 1], RelabelConfig(), (0.5,) * 3, (0.25,) * 3,
+    list(generate_steps(teacher, images, plan, [0, 1], RelabelConfig(crop_scale=[0.08, 1.0], flip=True), (0.5,) * 3, (0.25,) * 3,
                         torch.device("cpu"), chunk_images=3, progress=False))
     assert teacher.sizes == [10, 10]  # at least one whole step per forward
 

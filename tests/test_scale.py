@@ -156,7 +156,7 @@ def test_resnet50_teacher_from_torchvision_state_dict(tmp_path):
     assert "layer4.2.bn3.running_var" in sd and "fc.weight" in sd  # torchvision key layout
     ckpt = tmp_path / "resnet50.pth"
     torch.save(sd, ckpt)
-    common = ["squeeze.model={name: resnet50, args: {stem: imagenet}}", f"squeeze.checkpoint={ckpt}",
+    common = ["squeeze.model={name: resnet50, args: {stem: imagenet}}", f"squeeze.checkpoint={ckpt}", "squeeze.force_teacher=true",
               "data.image_size=32", "data.resize=36", "class_stats.batch_size=5", "squeeze.crop_scale=[0.5, 1.0]"]
     runs = {}
     for name, extra in (("lazy", ["data.lazy=true", "data.workers=2"]), ("eager", [])):
@@ -240,7 +240,7 @@ def test_storage_estimate_matches_a_written_store(tmp_path, cutmix, logits):
     from labeldistill.config import RelabelConfig
 
     n, c, hw = 37, 12, (20, 20)
-    rc = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0)
+    rc = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0, crop_scale=[0.08, 1.0], flip=True)
     plan = StepPlan(n, rc.batch_size, rc.epochs, seed=0)
     names = [f"class_{i:04d}" for i in range(c)]
     images = ImageSet(torch.zeros(n, 3, *hw, dtype=torch.uint8), torch.arange(n) % c, names, (0.5,) * 3, (0.25,) * 3)

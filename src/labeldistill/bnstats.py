@@ -49,7 +49,7 @@ from .augment import (
     step_generator,
 )
 from .config import Config, check_squeeze_options
-from .data import ImageSet, iter_batches, load_split, normalize
+from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .distributed import all_reduce_sum, barrier, shard
 from .errors import LabelDistillError
 from .io import MetricsLog, atomic_write_json, load_class_stats, read_json  # noqa: F401  (load_class_stats: old path)
@@ -123,6 +123,7 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
         LabelDistillError: no teacher yet, the teacher has no BatchNorm2d layer, the pass saw no data, or existing
         statistics of another ``class_stats.mode``.
     """
+    resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     out = layout.class_stats_dir / "stats.safetensors"
     info_file = layout.class_stats_dir / "class_stats.json"

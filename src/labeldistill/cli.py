@@ -278,6 +278,9 @@ def _main(argv: list[str] | None) -> int:
     from .runtime import set_threads
 
     cfg = load_config(args.config, args.overrides)
+    from .data import resolve_augmentation
+
+    resolve_augmentation(cfg)  # every stage, the stored config.yaml and the dry run see concrete values
     set_threads(cfg.threads)
     modes = getattr(args, "mode", None) or cfg.recover.modes
     for m in modes:

@@ -71,6 +71,10 @@ class DataConfig:
         class_order: ``tiny-imagenet`` only: ``sorted`` (``None``, the default: sorted wnids, the order of
             torchvision's ImageFolder and of the LPLD / SRe2L reference teachers) or ``wnids`` (the order of
             ``wnids.txt``).
+        mirror_symmetric: whether a horizontally flipped image is still an image of its class; ``None`` = what the
+            dataset is registered with (digits, ``digits28``, ``mnist-5k``: false; every other dataset, and
+            ``imagefolder``: true). The flip defaults of squeeze, recover and relabel follow it
+            (:mod:`labeldistill.data.presets`); set it to false for a folder of digits, letters or text.
     """
 
     dataset: str = "fashion-mnist"
@@ -86,6 +90,7 @@ class DataConfig:
     mean: list | None = None
     std: list | None = None
     class_order: str | None = None
+    mirror_symmetric: bool | None = None
 
     def __post_init__(self) -> None:
         """Range checks of the data keys (:func:`check_data_keys`)."""
@@ -132,7 +137,11 @@ class SqueezeConfig:
     as the teacher instead of training one. ``warmup_epochs``: linear warm-up from 0.01 × ``lr`` over this
     many epochs before the cosine schedule (Tiny-ImageNet recipe: 5). ``crop_scale``: if set, a
     RandomResizedCrop with this area range ``[low, high]`` replaces the padded random crop, in training and in
-    the class-statistics pass (Tiny-ImageNet / ImageNet recipe: ``[0.08, 1.0]``).
+    the class-statistics pass (Tiny-ImageNet / ImageNet recipe: ``[0.08, 1.0]``). ``flip``: random horizontal
+    flip in training and in the class-statistics pass; ``None`` (the default) = the dataset's mirror symmetry
+    (:mod:`labeldistill.data.presets`). ``force_teacher``: use a ``checkpoint`` whose top-1 on the test split is
+    at most 1.5 × chance anyway (refused by default: such a teacher's class order most likely differs from the
+    dataset's).
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 64}))
@@ -142,10 +151,11 @@ class SqueezeConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     crop_padding: int = 2
-    flip: bool = True
+    flip: bool | None = None
     checkpoint: str | None = None
     warmup_epochs: int = 0
     crop_scale: list | None = None
+    force_teacher: bool = False
 
 
 @dataclass
@@ -185,7 +195,8 @@ class RecoverConfig:
         cda_milestone: fraction of the iterations over which the CDA curriculum reaches ``low``.
         crops: ``per_batch`` (one crop and flip for the whole batch, as the reference code) or ``per_image``.
         jitter: maximum roll offset in pixels each iteration.
-        flip: random horizontal flip each iteration.
+        flip: random horizontal flip each iteration; ``None`` (the default) = the dataset's mirror symmetry
+            (:mod:`labeldistill.data.presets`).
         init: ``noise`` (N(0, 1) in normalised space, as the papers) or ``real`` (real images of the class).
         rded_factor: RDED stitches ``factor²`` patches into one image.
         rded_candidates: RDED scores this many random crops per kept patch and keeps the most confident.
@@ -205,7 +216,7 @@ class RecoverConfig:
     cda_milestone: float = 1.0
     crops: str = "per_batch"
     jitter: int = 2
-    flip: bool = True
+    flip: bool | None = None
     init: str = "noise"
     rded_factor: int = 2
     rded_candidates: int = 5
@@ -219,8 +230,10 @@ class RelabelConfig:
     Attributes:
         epochs: number of stored epochs ``E``.
         batch_size: images per stored step ``B``.
-        crop_scale: RandomResizedCrop scale range.
-        flip: random horizontal flip (p = 0.5).
+        crop_scale: RandomResizedCrop scale range ``[low, high]`` (fractions of the area); ``None`` (the default)
+            = ``[m, 1.0]`` with ``m`` the dataset's smallest sensible crop (0.08, ImageNet's recipe; digits: 0.25).
+        flip: random horizontal flip (p = 0.5); ``None`` (the default) = the dataset's mirror symmetry.
+            Both defaults are resolved by :mod:`labeldistill.data.presets` before a stage runs.
         cutmix: probability of CutMix per step (0 disables it).
         cutmix_alpha: Beta(alpha, alpha) parameter for λ.
         logits: ``fp16`` (all C logits) or ``top<k>`` (k largest logits as fp16 + their class indices).
@@ -231,8 +244,8 @@ class RelabelConfig:
 
     epochs: int = 300
     batch_size: int = 50
-    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
-    flip: bool = True
+    crop_scale: list | None = None
+    flip: bool | None = None
     cutmix: float = 0.0
     cutmix_alpha: float = 1.0
     logits: str = "fp16"
@@ -680,7 +693,7 @@ def _check_labels(cfg: Config) -> None:
     if cfg.relabel.epochs < 1 or cfg.relabel.batch_size < 1:
         raise ConfigError("relabel.epochs and relabel.batch_size must be >= 1")
     chk.in_interval(cfg.relabel.cutmix, 0, 1, "relabel.cutmix", what="is a probability")
-    chk.scale_range(cfg.relabel.crop_scale, "relabel.crop_scale")
+    chk.scale_range(cfg.relabel.crop_scale, "relabel.crop_scale", nullable=True)
 
 
 def validate_config(cfg: Config) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .bnstats import class_stats
 from .config import Config, dump_config, student_specs, with_student
-from .data import load_split
+from .data import load_split, resolve_augmentation
 from .distributed import barrier
 from .errors import StaleStageError
 from .io import atomic_write_json
@@ -23,6 +23,7 @@ from .labels.prune import prune_all  # noqa: F401  (also the old import path)
 from .labels.relabel import relabel
 from .layout import REAL_TRAIN, RunLayout, labels_tag
 from .models import check_model_spec
+from .models.checkpoint import untrained_augmentation_warnings
 from .models.geometry import small_input_warnings
 from .provenance import (StageRef, check_fresh, check_students, done_marker, machine, model_tag, relabel_ref, stage_seconds,
                          stale_keys)
@@ -77,7 +78,9 @@ def stale_refs(cfg: Config, force: bool) -> set[str]:
 def run(cfg: Config, force: bool = False) -> dict:
     """Run every stage for every configured recover mode and prune factor (per seed when ``seeds`` is set);
     write ``results.json``, ``report.md`` and the plots. First prints one ``warning:`` line on stderr per setting
-    too coarse for the input size (:func:`labeldistill.models.geometry.small_input_warnings`), then runs as
+    too coarse for the input size (:func:`labeldistill.models.geometry.small_input_warnings`) and per relabel
+    augmentation a teacher checkpoint was not trained with
+    (:func:`labeldistill.models.checkpoint.untrained_augmentation_warnings`), then runs as
     configured.
 
     Args:
@@ -92,10 +95,11 @@ def run(cfg: Config, force: bool = False) -> dict:
         RegistryError: an unknown teacher or student model (before any work starts).
         ConfigError: two students sharing a result folder.
     """
+    resolve_augmentation(cfg)
     check_model_spec(cfg.squeeze.model, "squeeze.model")
     check_students(cfg)
     if is_rank0():
-        for line in small_input_warnings(cfg, input_shape(cfg)):
+        for line in small_input_warnings(cfg, input_shape(cfg)) + untrained_augmentation_warnings(cfg):
             print(f"warning: {line}", file=sys.stderr, flush=True)
     if not cfg.seeds:
         return _run_one(cfg, force)

@@ -27,6 +27,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ModelConfig, student_specs, with_student
 from .data.owned import source_fingerprint
+from .data.presets import resolve_augmentation
 from .errors import ConfigError, StaleStageError
 from .io import atomic_write_json, read_json, settings_key
 from .layout import REAL_TRAIN, LabelVariant, RunLayout
@@ -37,7 +38,8 @@ LEDGER = "stages.json"
 _DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
 AUTOCAST_DEFAULT = "bf16"
 _NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants", "generator.checkpoint_seconds",
-              "validate.students"}  # each student's row is fingerprinted with that student as validate.model
+              "validate.students",  # each student's row is fingerprinted with that student as validate.model
+              "squeeze.force_teacher"}  # lets a checkpoint through the chance check; changes no weight
 
 
 def model_tag(spec: ModelConfig) -> str:
@@ -142,7 +144,9 @@ def class_order_settings(cfg: Config) -> dict[str, Any]:
 
 def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included
-    (``autocast`` only when not the default: :func:`autocast_settings`)."""
+    (``autocast`` only when not the default: :func:`autocast_settings`; augmentation keys left unset resolved from
+    the dataset first: :func:`~labeldistill.data.presets.resolve_augmentation`)."""
+    resolve_augmentation(cfg)
     out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
                            **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg),
                            **_flat("squeeze", cfg.squeeze)}
@@ -214,6 +218,7 @@ def hard_label_settings(cfg: Config, images: str) -> dict[str, Any]:
     """Every setting a hard-label baseline depends on (:func:`labeldistill.validate.hard_label`): for a mode,
     its images' settings (the recover stage's) and the training protocol; for ``real-train`` (:data:`REAL_TRAIN`)
     the seed, data and protocol."""
+    resolve_augmentation(cfg)
     if images == REAL_TRAIN:
         out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
                                **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg),

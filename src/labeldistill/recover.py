@@ -50,7 +50,7 @@ from .augment import (
     step_generator,
 )
 from .config import Config, config_to_dict
-from .data import ImageSet, denormalize, load_split, normalize
+from .data import ImageSet, denormalize, load_split, normalize, resolve_augmentation
 from .data.imagefolder import load_imagefolder, notice
 from .data.owned import SORTED_ORDER, copy_own_files, list_source, load_own_set, source_fingerprint, write_source_mapping
 from .data.synthetic import (  # noqa: F401
@@ -73,7 +73,7 @@ from .io import (
 )
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
-from .models.checkpoint import load_teacher
+from .models.checkpoint import CHANCE_FACTOR, load_teacher, near_chance  # noqa: F401  (CHANCE_FACTOR: old import path)
 from .provenance import StageRef, autocast_settings, check_fresh, record_stage
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
@@ -81,7 +81,6 @@ from .training import cosine_lr
 from .variants import BUILTIN_VARIANTS, OWN_SOURCES, plan_batches, resolve_variant  # noqa: F401  (old import paths)
 
 mode_key = mode_stream  # old name of the recover stream key of a mode
-CHANCE_FACTOR = 1.5  # a set made elsewhere on which the teacher's top-1 is <= this × chance (1/C) is refused
 
 
 def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:
@@ -333,6 +332,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
         ``init: real``; DataError: a ``folder`` / ``tensor`` set that does not fit the teacher or on which the
         teacher is at chance (:func:`own_images`).
     """
+    resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
     ref = StageRef("recover", mode)
@@ -395,7 +395,7 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
     u8, labels, notes = own.images, own.labels, own.notes
     top1 = teacher_top1(teacher, u8, labels, info, device, amp)
     c = info["num_classes"]
-    if top1 <= CHANCE_FACTOR / c:
+    if near_chance(top1, c):
         how = ("the class index is the folder number new{c:03d}: check that new000 holds the teacher's class 0 "
                f"('{info['classes'][0]}')" if notes["layout"] == "sre2l" else
                "the class index is the folder number {c:05d}: check that 00000 holds the teacher's class 0" if

@@ -16,14 +16,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Config, SqueezeConfig, check_squeeze_options, config_to_dict
-from .data import ImageSet, iter_batches, load_split, normalize
+from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import DataError
 from .io import MetricsLog, read_json, settings_key
 from .layout import RunLayout
 from .models import build_model
 from .provenance import StageRef, check_fresh, record_stage
-from .models.checkpoint import load_checkpoint_into, load_state_dict_file, save_teacher  # noqa: F401
+from .models.checkpoint import (  # noqa: F401
+    check_teacher_accuracy,
+    load_checkpoint_into,
+    load_state_dict_file,
+    save_teacher,
+    squeeze_augmentation,
+    teacher_record,
+)
 from .resume import fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
@@ -45,13 +52,20 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     uninterrupted run. Under ``torchrun`` the batches of each step are split across ranks
     (DistributedDataParallel).
 
+    A checkpoint is scored on the real test split first; one at most 1.5 × chance is refused (its class order
+    most likely differs from the dataset's) unless ``squeeze.force_teacher``, and nothing is written.
+    ``teacher.json`` records the augmentation the teacher was trained with (a checkpoint's: from the
+    ``teacher.json`` next to it, if any), for the dry run's warning about relabel augmentations it never saw.
+
     Returns:
-        The teacher info: model name and args, ``top1`` (fraction) on the real test split, epochs.
+        The teacher info: model name and args, ``top1`` (fraction) on the real test split, epochs, augmentation.
 
     Raises:
-        DataError / RegistryError: bad dataset, model or checkpoint, or train and test splits with different
-        classes; ConfigError: bad squeeze options; LabelDistillError: the loss diverged.
+        DataError / RegistryError: bad dataset, model or checkpoint, train and test splits with different
+        classes, or a checkpoint near chance on the test split; ConfigError: bad squeeze options;
+        LabelDistillError: the loss diverged.
     """
+    resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     meta_f = layout.teacher_dir / "teacher.json"
     ref = StageRef("squeeze")
@@ -76,11 +90,16 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
         _train_teacher(model, train, cfg, layout, device)
         epochs_done = sc.epochs
     top1 = evaluate(model, test, train.mean, train.std, device, workers=cfg.data.workers)
+    if sc.checkpoint:
+        check_teacher_accuracy(sc.checkpoint, top1, train.classes, sc.force_teacher)
     info = {
         "model": sc.model.name, "model_args": dict(sc.model.args), "num_classes": train.num_classes,
         "shape": list(train.shape), "mean": list(train.mean), "std": list(train.std),
         "classes": train.classes, "dataset": cfg.data.dataset, "epochs": epochs_done, "top1": top1,
         "checkpoint": sc.checkpoint,
+        # what it was trained with: relabel warns about augmentations a checkpoint never saw (untrained_...)
+        "augmentation": teacher_record(sc.checkpoint).get("augmentation") if sc.checkpoint else
+        squeeze_augmentation(sc),
     }
     MetricsLog(layout.metrics).log(stage="squeeze", top1=top1)
     if is_rank0():

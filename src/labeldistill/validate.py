@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict
-from .data import ImageSet, iter_batches, load_split, normalize
+from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .data.synthetic import image_bytes, load_image_logits, load_synthetic
 from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StaleStageError, StoreError
@@ -446,6 +446,7 @@ def hard_label(cfg: Config, images: str, force: bool = False) -> dict:
         StaleStageError: a finished row made with other settings (without ``force``).
         LabelDistillError: the mode's images do not exist yet (run recover first).
     """
+    resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     out = layout.hard_label_file(images, model_tag(cfg.validate.model))
     fp = fingerprint(hard_label_settings(cfg, images))

@@ -10,6 +10,7 @@ point ``data.root`` at their own files.
 from __future__ import annotations
 
 from . import cifar, digits, idx, imagefolder, imagenet, mnist5k  # noqa: E402,F401  (registration side effects)
+from .presets import augmentation_summary, resolve_augmentation  # noqa: E402,F401
 from .loading import data_options, denormalize, iter_batches, load_split, normalize  # noqa: E402,F401
 from .registry import (  # noqa: F401
                        ImageSet,

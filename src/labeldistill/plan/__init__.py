@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 
 from ..config import Config, check_squeeze_options
-from ..data import check_dataset_options, data_options
+from ..data import augmentation_summary, check_dataset_options, data_options
 from ..io import human_bytes
 from ..labels.relabel import StepPlan
 from ..layout import RunLayout
+from ..models.checkpoint import untrained_augmentation_warnings
 from ..models.geometry import small_input_warnings
 from ..resume import check_run_dir
 from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_size  # noqa: F401
@@ -45,7 +46,8 @@ def plan_run(cfg: Config) -> dict:
     """Check ``cfg`` and its paths and plan what ``labeldistill run`` would do; nothing is trained or written.
 
     Returns:
-        A dict with ``data`` (splits, image shape, classes, warnings), ``teacher`` (model, parameters, bytes,
+        A dict with ``data`` (splits, image shape, classes, warnings, ``augmentation``: the resolved flip and
+        crop keys), ``teacher`` (model, parameters, bytes,
         checkpoint), ``stages`` (one entry per stage with its work counts and whether its output already
         exists in the run directory), ``recover``, ``relabel``, ``labels`` (one entry per label store:
         kept steps, entries, bytes in this project's layout by component, and the LPLD reference-layout
@@ -60,12 +62,14 @@ def plan_run(cfg: Config) -> dict:
             directory is incompatible.
     """
     check_dataset_options(cfg.data.dataset, data_options(cfg))
+    augmentation = augmentation_summary(cfg)  # resolves the keys that follow the data
     check_squeeze_options(cfg.squeeze)
     layout = RunLayout(cfg.run_path)
     check_run_dir(layout.root, create=False)
     data = probe_data(cfg)
     shape = tuple(int(v) for v in data["shape"])
-    data["warnings"] += small_input_warnings(cfg, shape)
+    data["warnings"] += small_input_warnings(cfg, shape) + untrained_augmentation_warnings(cfg)
+    data["augmentation"] = augmentation
     names = data["class_names"]
     C = len(names)
     n_train, n_test = data["splits"]["train"]["used"], data["splits"]["test"]["used"]
@@ -122,6 +126,7 @@ def format_plan(p: dict) -> str:
     for split, s in d["splits"].items():
         extra = f", class order from {s['class_to_idx']}, probed {s['probe']} ({s['probe_mode']})" if "probe" in s else ""
         lines.append(f"  {split}: {s['folder']}: {s['images']:,} images, {s['used']:,} used{extra}")
+    lines.append(f"  augmentation: {d['augmentation']}")
     for wmsg in d["warnings"]:
         lines.append(f"  warning: {wmsg}")
     t = p["teacher"]
