@@ -272,3 +272,13 @@ def test_recover_reports_rounding_off_the_grid(exported, tmp_path, capsys):
     assert torch.equal(logits, torch.load(out / "labels.pt")) and images.shape == x.shape
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: recover[off]") and "grey levels" in err[0]
+
+
+def test_dry_run_row_of_a_corrupt_tensor_set_is_one_data_error(tmp_path):
+    """The dry run reads a tensor set's labels.pt through the same safe reader as recover (DataError, not a traceback)."""
+    from labeldistill.plan.stages import _own_row
+
+    torch.save(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), tmp_path / "images.pt")
+    (tmp_path / "labels.pt").write_bytes(b"PK\x03\x04 not a torch file")
+    with pytest.raises(DataError, match="labels.pt"):
+        _own_row({"source": "tensor", "path": str(tmp_path)}, ["a", "b"], (1, 8, 8))

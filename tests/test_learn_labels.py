@@ -12,7 +12,7 @@ from labeldistill.learn_labels.base_examples import select_base_examples
 from labeldistill.learn_labels.config import load_ld_config
 from labeldistill.learn_labels.labels import LearnedLabels, project_rows, soft_cross_entropy, uniform_labels
 from labeldistill.learn_labels.ld import LDMetaLearner, profile_outer_step, unrolled_outer_loss
-from labeldistill.learn_labels.learners import MinibatchSampler, OptimizerSpec, PlateauTracker
+from labeldistill.learn_labels.learners import MinibatchSampler, OptimizerSpec, PlateauTracker, outer_steps_per_epoch
 from labeldistill.learn_labels.meta import meta_train, validation_steps
 from labeldistill.learn_labels.metatest import step_checkpoints
 from labeldistill.learn_labels.rr import RRLearner, RRMetaLearner, ridge_solve, with_bias
@@ -224,6 +224,8 @@ def test_minibatch_sampler_keeps_the_short_last_batch():
     assert [len(b) for b in one_pass] == [4, 4, 2] and sorted(torch.cat(one_pass).tolist()) == list(range(10))
     assert len(s.next()) == 4  # the next pass starts a new permutation
     assert MinibatchSampler(10, 4, torch.Generator(), drop_last=True).batches_per_pass() == 2
+    assert outer_steps_per_epoch(3500, 1024) == 4 and outer_steps_per_epoch(3500, 1024, "drop") == 3
+    assert outer_steps_per_epoch(50000, 1024) * 400 == 19600  # the paper's MNIST budget (spec §7)
 
 
 @pytest.mark.parametrize("last_batch,updates,sizes", [("keep", 8, {1024, 428}), ("drop", 6, {1024})])

@@ -82,6 +82,12 @@ class MinibatchSampler:
         return self.n // self.batch if self.drop_last else -(-self.n // self.batch)
 
 
+def outer_steps_per_epoch(n: int, batch: int, last_batch: str = "keep") -> int:
+    """Label updates in one pass over ``n`` target images at ``batch`` (``meta.last_batch``: ``keep`` → ``⌈n / b⌉``,
+    ``drop`` → ``⌊n / b⌋``, ``b = min(batch, n)``), as :class:`MinibatchSampler` yields them."""
+    return MinibatchSampler(n, batch, torch.Generator(), drop_last=last_batch == "drop").batches_per_pass()
+
+
 class PlateauTracker:
     """Moving average of the target error over a window W; reports a plateau (spec §5).
 

@@ -116,7 +116,7 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     """
     target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1), last_batch == "drop")
     inner_gen = torch.Generator().manual_seed(seed + 2)
-    steps_per_epoch = target_sampler.batches_per_pass()
+    steps_per_epoch = target_sampler.batches_per_pass()  # = outer_steps_per_epoch(M, outer_batch, last_batch)
     tracker = PlateauTracker(window)
     lengths: list[int] = []
     history: list[dict] = []

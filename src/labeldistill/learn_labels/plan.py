@@ -13,6 +13,7 @@ import torch
 
 from ..data.loading import TEST_HOLDOUT_SEED
 from .config import LEARNED_METHODS, LearnLabelsConfig
+from .learners import outer_steps_per_epoch
 from .run import evaluation_plan, finished_state, plan_task
 from .teacher import check_checkpoint_form, external_teacher
 
@@ -51,7 +52,7 @@ def plan_learn_labels(cfg: LearnLabelsConfig, force: bool = False) -> dict:
     state, changed = finished_state(cfg)
     p = plan_task(cfg)
     d, n = cfg.data, len(p.base_indices)
-    steps_per_epoch = max(len(p.target_indices) // min(cfg.meta.outer_batch, len(p.target_indices)), 1)
+    steps_per_epoch = outer_steps_per_epoch(len(p.target_indices), cfg.meta.outer_batch, cfg.meta.last_batch)
     learned = {m: {"epochs": cfg.meta.epochs, "outer_steps": cfg.meta.epochs * steps_per_epoch,
                    "inner_steps_per_outer": 1 if m == "rr" else cfg.ld.inner_steps}
                for m in cfg.methods if m in LEARNED_METHODS}

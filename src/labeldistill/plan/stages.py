@@ -19,7 +19,7 @@ from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
 from ..provenance import (StageRef, check_students, fingerprint, hard_label_settings, model_tag, relabel_ref,
                           stage_status)
-from ..data.owned import check_own_folder, list_source
+from ..data.owned import check_own_folder, list_source, read_tensor_file
 from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
 
@@ -141,7 +141,7 @@ def _own_row(v: dict, classes: list[str], shape: tuple[int, int, int], static: b
     listing = list_source(v["source"], v["path"])
     soft = False
     if v["source"] == "tensor":
-        y = torch.load(listing.root / "labels.pt", map_location="cpu", weights_only=True)
+        y = read_tensor_file(listing.root / "labels.pt")
         n, soft = len(y), isinstance(y, torch.Tensor) and y.dim() == 2 and y.is_floating_point()
         if static and not soft:
             raise DataError(f"validate.label_source: static needs soft labels: {listing.root / 'labels.pt'} holds "
