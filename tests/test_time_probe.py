@@ -43,10 +43,10 @@ def test_json_has_positive_seconds_per_stage_and_their_sum(quick_probe, capsys, 
     assert t["total_seconds"] == pytest.approx(sum(s["seconds"] for s in stages))
     assert t["device"] == "cpu" and t["threads"] == 1 and t["probe_seconds"] > 0
     assert all(v > 0 for v in t["rates"].values()) and "validate_step[convnet-depth3-normbatch-width8]" in t["rates"]
-    assert sum(r["seconds"] for r in plan["validate"]) == pytest.approx(stages[-1]["seconds"])
+    assert sum(r["seconds"] for r in plan["validate"]) == pytest.approx(stages[-1]["seconds"], abs=1e-3 * len(plan["validate"]))
     # a stage's estimate is its planned work × the probed rate
     steps = next(s for s in stages if s["stage"] == "relabel[lpld]")
-    assert steps["seconds"] == pytest.approx(steps["images"] * t["rates"]["relabel_image"], rel=1e-3)
+    assert steps["seconds"] == pytest.approx(steps["images"] * t["rates"]["relabel_image"], rel=1e-3, abs=6e-4)  # ms rounding
 
     out, wall = _dry_run(capsys, tmp_path, "--json", "--no-probe")
     plan = json.loads(out)
