@@ -26,7 +26,7 @@ LAYERS = [
               "labeldistill.provenance"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),
-    ("jobs and outputs", {"labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
+    ("jobs and outputs", {"labeldistill.api", "labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
                               "labeldistill.leaderboard"}),
     ("command line", {"labeldistill.cli", "labeldistill.__main__"}),
 ]
