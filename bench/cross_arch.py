@@ -26,29 +26,26 @@ over reruns in ``<runs>/cpu_seconds.json``) are spent.
 
 Usage::
 
-    nice -n 10 python bench/cross_arch.py                 # the study (resumable)
-    python bench/cross_arch.py --write-only               # rewrite the section from finished runs
+    nice -n 10 python -m bench.cross_arch                 # the study (resumable)
+    python -m bench.cross_arch --write-only               # rewrite the section from finished runs
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, git_commit, machine, mean_std, today, write_section  # noqa: E402
-from paired import paired_interval  # noqa: E402
-
-from labeldistill.config import load_config  # noqa: E402
-from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT  # noqa: E402
-from labeldistill.io import atomic_write_json, read_json  # noqa: E402
-from labeldistill.runtime import set_threads, tune_malloc  # noqa: E402
+from bench.study import (REPO, command_line, header, interval_text, ledger, mean_std, paired_diffs, paired_interval,
+                         seed_run_from, shown, verdict, write_section)
+from labeldistill import hard_label_rows, load_config, run, run_stage
+from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT
+from labeldistill.io import atomic_write_json, read_json
+from labeldistill.runtime import set_threads, tune_malloc
 
 DEMO = REPO / "configs" / "fmnist_demo.yaml"
 STUDENTS = {  # label → model spec
@@ -148,48 +145,25 @@ def reuse_demo_teacher(args) -> bool:
     Returns:
         Whether teacher0 is (now) the demo's teacher.
     """
-    from labeldistill.provenance import StageRef, fingerprint, stage_settings
-
-    dst, src = Path(args.runs) / "teacher0", Path(args.demo_run)
-    ledger = dst / "stages.json"
-    if ledger.is_file():
-        return read_json(ledger)["squeeze"].get("reused_from") is not None
-    if not (src / "stages.json").is_file() or "squeeze" not in read_json(src / "stages.json"):
-        return False
-    rec = read_json(src / "stages.json")["squeeze"]
-    if rec["fingerprint"] != fingerprint(stage_settings(_cfg(dst, []), StageRef("squeeze"))):
-        return False
-    shutil.copytree(src / "teacher", dst / "teacher")
-    shutil.copy(src / "run.json", dst / "run.json")
-    atomic_write_json(ledger, {"squeeze": {**rec, "reused_from": str(src)}})
-    return True
+    dst = Path(args.runs) / "teacher0"
+    if "squeeze" in ledger(dst):
+        return ledger(dst)["squeeze"].get("reused_from") is not None
+    return seed_run_from(Path(args.demo_run), dst, ["teacher", "run.json"], _cfg(dst, []), stages=("squeeze",))
 
 
 def run_part(kind: str, path: Path, overrides: list[str]) -> None:
     """One part through the library's own resumable stages."""
     cfg = _cfg(path, overrides)
     if kind == "run":
-        from labeldistill.pipeline import run
-
         run(cfg)
-        return
-    if kind == "hard":  # the main job's hard-label baselines (cross-entropy on the images' classes), every student
-        import dataclasses
-
-        from labeldistill.pipeline import hard_label_rows
-
+    elif kind == "hard":  # the main job's hard-label baselines (cross-entropy on the images' classes), every student
         hard_label_rows(dataclasses.replace(cfg, hard_label=dataclasses.replace(cfg.hard_label, enabled=True,
                                                                                 real=False)))
-        return
-    from labeldistill.bnstats import class_stats
-    from labeldistill.recover import recover
-    from labeldistill.squeeze import squeeze
-
-    squeeze(cfg)
-    if kind == "images":
-        class_stats(cfg)
-        for m in cfg.recover.modes:
-            recover(cfg, m)
+    else:
+        run_stage(cfg, "squeeze")
+        if kind == "images":
+            run_stage(cfg, "class-stats")
+            run_stage(cfg, "recover")
 
 
 def throughput(args) -> dict[str, dict]:
@@ -315,12 +289,11 @@ def main_table(args, rows: list[dict]) -> str:
 
 def paired(a: dict[int, float], b: dict[int, float]) -> str:
     """Mean paired difference a − b (points) with its 95 % t-interval over the common seeds, and the verdict."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return f"{len(seeds)} paired seed(s): no interval"
-    m, low, high = paired_interval([100 * (a[s] - b[s]) for s in seeds])
-    verdict = "held" if low > 0 or high < 0 else "not resolved"
-    return f"{m:+.1f} [{low:+.1f}, {high:+.1f}] (n={len(seeds)}; {verdict})"
+    d = paired_diffs(a, b)
+    if len(d) < 2:
+        return f"{len(d)} paired seed(s): no interval"
+    resolved = verdict(*paired_interval(d)[1:]) != "not resolved"  # either sign: these are measurements, not claims
+    return f"{interval_text(d)} (n={len(d)}; {'held' if resolved else 'not resolved'})"
 
 
 def comparisons(rows: list[dict]) -> str:
@@ -353,10 +326,9 @@ def _teacher_line(args, name: str) -> str:
     if not f.is_file():
         return f"{name}: not trained yet"
     t = read_json(f)
-    led = Path(args.runs) / name / "stages.json"
-    reused = read_json(led).get("squeeze", {}).get("reused_from") if led.is_file() else None
+    reused = ledger(Path(args.runs) / name).get("squeeze", {}).get("reused_from")
     return (f"{name}: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, top-1 {100 * t['top1']:.2f} % "
-            "(10,000 test images)" + (f"; the squeeze stage of `make demo`, reused from `{_shown(reused)}` (same settings "
+            "(10,000 test images)" + (f"; the squeeze stage of `make demo`, reused from `{shown(reused)}` (same settings "
                                       "fingerprint)" if reused else ""))
 
 
@@ -410,9 +382,8 @@ def write(args) -> None:
     """Write the ``cross_arch`` section of BENCHMARKS.md from whatever rows exist."""
     rows = collect(args)
     e10, e50 = args.epochs[10], args.epochs[50]
-    body = (f"## Cross-architecture evaluation (Fashion-MNIST)\n\nCommand: `{args.command}`  \nCommit: "
-            f"{git_commit()}  \nDate: {today()}  \nMachine: {machine()}, run at nice 10 beside other jobs  \n"
-            f"Runs: `{_shown(args.runs)}` (rows: `<cell>/seed<s>/validate/<student>/<mode>_x<f>.json`)\n\n"
+    body = (header("Cross-architecture evaluation (Fashion-MNIST)", ", run at nice 10 beside other jobs", args.command)
+            + f"Runs: `{shown(args.runs)}` (rows: `<cell>/seed<s>/validate/<student>/<mode>_x<f>.json`)\n\n"
             f"{_teacher_line(args, 'teacher0')}  \n{_teacher_line(args, 'xteacher')}  \n{_images_line(args)}\n\n"
             f"Recipe: images by the demo's recover (500 iterations, seed 0; 10 batches per forward, same images) from teacher0; relabel as the demo "
             f"(crops 0.08-1, flip, CutMix 0, batch 50, T = 4, AdamW lr 0.002) but **{e10} epochs at IPC 10 and {e50} "
@@ -431,12 +402,6 @@ def write(args) -> None:
             "own-teacher − hard-label differences measure what the teacher's soft labels add to the same images. "
             "Not run for ResNet-18 (its CPU cost).\n")
     write_section(Path(args.out), "cross_arch", body)
-
-
-def _shown(path) -> str:
-    """``path`` as written in BENCHMARKS.md: relative to the repository when inside it (no machine paths)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else p.name
 
 
 def main() -> None:

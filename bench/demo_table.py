@@ -2,7 +2,7 @@
 
 Usage (after the run)::
 
-    python bench/demo_table.py [--run runs/fmnist_demo] [--command "make demo"] [--wall SECONDS]
+    python -m bench.demo_table [--run runs/fmnist_demo] [--command "make demo"] [--wall SECONDS]
 
 The section records the command that produced the run, its wall time, the date and this machine.
 """
@@ -10,14 +10,11 @@ The section records the command that produced the run, its wall time, the date a
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, today, write_section  # noqa: E402
-
-from labeldistill.report import results_table  # noqa: E402
+from bench.study import REPO, machine, today, write_section
+from labeldistill import read_results
+from labeldistill.report import results_table
 
 
 def main() -> None:
@@ -28,7 +25,7 @@ def main() -> None:
     ap.add_argument("--section", default="demo")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = ap.parse_args()
-    res = json.loads((Path(args.run) / "results.json").read_text())
+    res = read_results(args.run)
     t = res["teacher"]
     wall = f"{args.wall / 60:.1f} min" if args.wall else f"{res['seconds'] / 60:.1f} min (stages, from results.json)"
     prov = res.get("provenance", {})

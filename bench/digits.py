@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The main job on scikit-learn's 8 × 8 digits: the Fashion-MNIST demo's settings vs ``configs/digits_lpld.yaml``.
 
 Four arms run the whole job (squeeze → recover sre2l / lpld → relabel → prune 1×/10×/40× → validate) on the
@@ -15,26 +14,22 @@ that are done). Section ``digits`` of BENCHMARKS.md.
 
 Usage::
 
-    nohup nice -n 10 python bench/digits.py --seeds 0 1 2 > runs/bench_digits.log 2>&1 &
-    python bench/digits.py --seeds 0 1 2 --write-only
+    nohup nice -n 10 python -m bench.digits --seeds 0 1 2 > runs/bench_digits.log 2>&1 &
+    python -m bench.digits --seeds 0 1 2 --write-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, header, write_section
-
-from labeldistill.config import config_to_dict, load_config
+from bench.study import REPO, cli_env, header, interval_text, mean_std, paired_interval, verdict, write_section
+from labeldistill import load_config
+from labeldistill.config import config_to_dict
 
 # The demo's augmentation as it was measured: the fixed defaults before they followed the data (digits now resolve
 # to no flip and relabel crops of at least 1/4 of the area; bench/mnist_defaults.py measures that change)
@@ -58,12 +53,10 @@ def run_arm(arm: str, seed: int, runs: Path) -> None:
     """``labeldistill run`` for one arm and seed in a child process (resumes a finished part)."""
     path, overrides = ARMS[arm]
     out = runs / arm / f"seed{seed}"
-    cmd = [sys.executable, "-c", "from labeldistill.cli import main; main()", "run", str(REPO / path), *overrides,
-           f"seed={seed}", f"run_dir={out}", "threads=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "labeldistill.cli", "run", str(REPO / path), *overrides, f"seed={seed}",
+           f"run_dir={out}", "threads=1"]
     t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    subprocess.run(cmd, cwd=REPO, env=cli_env(), check=True)
     print(f"{arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
 
 
@@ -98,19 +91,11 @@ def changed_keys() -> list[str]:
 
 def paired(xs: list[float], ys: list[float]) -> str:
     """Mean of ``ys − xs`` in points with a 95 % t-interval (``n`` ≥ 2), e.g. ``+31.2 [+25.0, +37.4]``."""
-    from scipy.stats import t
-
     d = [100 * (y - x) for x, y in zip(xs, ys)]
     if len(d) < 2:
-        return f"{d[0]:+.1f} (1 seed, no interval)"
-    m, h = statistics.mean(d), t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-    verdict = "held" if m - h > 0 or m + h < 0 else "not resolved"
-    return f"{m:+.1f} [{m - h:+.1f}, {m + h:+.1f}] ({verdict})"
-
-
-def fmt(xs: list[float]) -> str:
-    v = [100 * x for x in xs]
-    return f"{statistics.mean(v):.1f} ± {statistics.pstdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+        return interval_text(d, one="1 seed, no interval")
+    resolved = verdict(*paired_interval(d)[1:]) != "not resolved"  # either sign: a measurement, not a claim
+    return f"{interval_text(d)} ({'held' if resolved else 'not resolved'})"
 
 
 def section(seeds: list[int], runs: Path, minutes: float | None) -> str:
@@ -134,7 +119,7 @@ def section(seeds: list[int], runs: Path, minutes: float | None) -> str:
     keys = [("teacher", "teacher")] + [((m, f), f"student, {m}, {f}×") for m in MODES for f in FACTORS]
     for key, label in keys:
         col = {arm: [r[key] for r in res[arm]] for arm in ARMS}
-        cells = [fmt(col[a]) for a in ARMS] + [paired(col[b], col[a]) for a, b in COMPARE]
+        cells = [mean_std(col[a]) for a in ARMS] + [paired(col[b], col[a]) for a, b in COMPARE]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "What changed from demo to digits (resolved config):", ""] + [f"- {c}" for c in changed_keys()]
     return "\n".join(lines)

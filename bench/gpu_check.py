@@ -41,21 +41,18 @@ from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-from common import command_line, machine, today, write_section  # noqa: E402
-from time_estimate import estimate_and_run  # noqa: E402
+from bench.study import REPO, cli_env, command_line, machine, seed_run_from, today, write_section
+from bench.time_estimate import estimate_and_run
 
-from labeldistill.bnstats import class_stats  # noqa: E402
-from labeldistill.config import load_config  # noqa: E402
-from labeldistill.data import ImageSet, register_dataset  # noqa: E402
-from labeldistill.labels.relabel import relabel  # noqa: E402
-from labeldistill.models import create_model  # noqa: E402
-from labeldistill.recover import recover  # noqa: E402
-from labeldistill.runtime import autocast  # noqa: E402
-from labeldistill.squeeze import squeeze  # noqa: E402
-from labeldistill.validate import validate  # noqa: E402
+from labeldistill.bnstats import class_stats
+from labeldistill.config import load_config
+from labeldistill.data import ImageSet, register_dataset
+from labeldistill.labels.relabel import relabel
+from labeldistill.models import create_model
+from labeldistill.recover import recover
+from labeldistill.runtime import autocast
+from labeldistill.squeeze import squeeze
+from labeldistill.validate import validate
 
 DATASET = "gpu-check-templates"
 AUTOCAST_NOTE = ("bf16 autocast is the config switch autocast: bf16 (default) | off; 'on' = the stage run with "
@@ -113,18 +110,15 @@ def base_overrides(run_dir: Path, sz: dict, device: str, size: int | None = None
             "validate.eval_batch_size=500", "validate.checkpoint_seconds=100000"]
 
 
-def clone_run(src: Path, dst: Path) -> None:
-    """A new run directory sharing the teacher and class statistics of ``src``."""
+def clone_run(src: Path, dst: Path, parts: tuple[str, ...] = ()) -> None:
+    """A new run directory sharing the teacher, the class statistics and ``parts`` of ``src``."""
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    for d in ("teacher", "class_stats"):
-        if (src / d).is_dir():
-            shutil.copytree(src / d, dst / d)
+    seed_run_from(src, dst, ["teacher", "class_stats", *parts])
 
 
 def check_tests(sz: dict, dry: bool) -> dict:
-    env = {**os.environ, "TQDM_DISABLE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": cli_env()["PYTHONPATH"]}
     t0 = time.perf_counter()
     try:
         r = subprocess.run([sys.executable, "-m", "pytest", *sz["pytest"]], cwd=REPO, env=env, capture_output=True,
@@ -208,8 +202,7 @@ def check_autocast(base: Path, work: Path, sz: dict, device: torch.device) -> di
     # relabel and validate on the same (autocast-off) images, so only the stage under test differs
     run_off, cfg_off = runs[False]
     run_on = work / "parity_relabel_on"
-    clone_run(run_off, run_on)
-    shutil.copytree(run_off / "images", run_on / "images")
+    clone_run(run_off, run_on, ("images",))
     cfg_on = load_config(None, [o.replace(str(run_off), str(run_on)) for o in
                                 base_overrides(run_off, sz, device.type)] + [
         f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",

@@ -21,8 +21,8 @@ Measured, per codec:
 
 Usage::
 
-    python bench/label_codecs.py                  # about 4 minutes on 2 CPU cores (first run: +1 min of setup)
-    python bench/label_codecs.py --repeats 3 --no-write
+    python -m bench.label_codecs                  # about 4 minutes on 2 CPU cores (first run: +1 min of setup)
+    python -m bench.label_codecs --repeats 3 --no-write
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,22 +39,22 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, git_commit, machine, today, write_section  # noqa: E402
+from bench.study import REPO, header, write_section
 
-from labeldistill.config import load_config  # noqa: E402
-from labeldistill.labels.accounting import store_report  # noqa: E402
-from labeldistill.labels.codecs import dequantize, quantize  # noqa: E402
-from labeldistill.labels.prune import prune_store  # noqa: E402
-from labeldistill.labels.relabel import StepPlan, relabel  # noqa: E402
-from labeldistill.labels.store import LabelStore  # noqa: E402
-from labeldistill.layout import RunLayout  # noqa: E402
-from labeldistill.models import build_model  # noqa: E402
-from labeldistill.models.checkpoint import load_teacher  # noqa: E402
-from labeldistill.plan import estimate_store_bytes  # noqa: E402
-from labeldistill.recover import load_synthetic, recover  # noqa: E402
-from labeldistill.squeeze import squeeze  # noqa: E402
-from labeldistill.validate import StoredStepDataset, kd_loss  # noqa: E402
+from labeldistill.config import load_config
+from labeldistill.labels.accounting import store_report
+from labeldistill.labels.codecs import dequantize, quantize
+from labeldistill.labels.prune import prune_store
+from labeldistill.labels.relabel import StepPlan, relabel
+from labeldistill.labels.store import LabelStore
+from labeldistill.layout import RunLayout
+from labeldistill.models import build_model
+from labeldistill.models.checkpoint import load_teacher
+from labeldistill.plan import estimate_store_bytes
+from labeldistill.recover import load_synthetic, recover
+from labeldistill.squeeze import squeeze
+from labeldistill import StoredStepDataset
+from labeldistill.validate import kd_loss
 
 MODE = "random_real"
 CODECS = ["fp16", "int8", "int4", "top3", "top3-int8", "top3-int4"]
@@ -287,10 +286,8 @@ def main() -> None:
         "logits + scale ≤ 0.6 of fp16 (int8), ≤ 0.35 (int4). "
         f"Wall time {(time.time() - t_start) / 60:.1f} min; 1-minute load average {load_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the 2 cores).")
-    body = "\n".join(["## Label codecs: bytes, decode time and soft targets per logits format", "",
-                      f"Command: `{command_line()}`  ", f"Date: {today()}  ", f"Commit: {git_commit()}  ",
-                      f"Machine: {machine()}  ", setting, "", *_table(dec, byt, qual), "", _reading(dec, byt), "",
-                      *_placement_table(pl)])
+    body = header("Label codecs: bytes, decode time and soft targets per logits format") + "\n".join([
+        setting, "", *_table(dec, byt, qual), "", _reading(dec, byt), "", *_placement_table(pl)])
     if not args.no_write:
         write_section(Path(args.out), "codecs", body)
     (Path(args.runs) / "codecs.json").write_text(json.dumps(

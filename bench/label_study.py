@@ -23,32 +23,24 @@ an interrupted study resumes.
 
 Usage::
 
-    python bench/label_study.py                          # 3 seeds, about 40 CPU-minutes at one thread
-    python bench/label_study.py --write-only             # the section and plot from the finished runs only
-    python bench/label_study.py --ld-run runs/ld_n100    # + learned labels on the same axis
+    python -m bench.label_study                          # 3 seeds, about 40 CPU-minutes at one thread
+    python -m bench.label_study --write-only             # the section and plot from the finished runs only
+    python -m bench.label_study --ld-run runs/ld_n100    # + learned labels on the same axis
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import shutil
-import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, git_commit, machine, today, write_section  # noqa: E402
-
-from labeldistill.config import load_config  # noqa: E402
-from labeldistill.io import human_bytes, read_json  # noqa: E402
-from labeldistill.leaderboard import format_leaderboard, leaderboard, plot_leaderboard  # noqa: E402
-from labeldistill.pipeline import run  # noqa: E402
-from labeldistill.runtime import tune_malloc  # noqa: E402
+from bench.study import REPO, header, ledger, paired_interval, seed_run_from, verdict, write_section
+from labeldistill import load_config, read_results, run, run_stage
+from labeldistill.io import human_bytes, read_json
+from labeldistill.leaderboard import format_leaderboard, leaderboard, plot_leaderboard
+from labeldistill.runtime import tune_malloc
 
 MODES = ["cs", "random_real"]
 CODECS = ["fp16", "int8", "int4", "top2-int8"]
@@ -75,27 +67,22 @@ def loss_dir(runs: Path, seed: int, loss: str) -> Path:
 
 def seed_base(runs: Path, threads: int) -> dict:
     """Squeeze (and class statistics) once in ``<runs>/base``; returns the teacher info."""
-    from labeldistill.bnstats import class_stats
-    from labeldistill.squeeze import squeeze
-
     cfg = load_config(DEMO, [f"run_dir={runs / 'base'}", f"threads={threads}", "device=cpu", "recover.modes=[cs]"])
-    teacher = squeeze(cfg)
-    class_stats(cfg)
+    teacher = run_stage(cfg, "squeeze")
+    run_stage(cfg, "class-stats")
     return teacher
 
 
 def run_seed(runs: Path, seed: int, threads: int) -> None:
     """The seed's main job, then each other loss at fp16 / ``LOSS_FACTOR``× on a copy of its run directory."""
     root = runs / f"s{seed}"
-    for d in ("teacher", "class_stats"):
-        if not (root / d).exists():
-            shutil.copytree(runs / "base" / d, root / d)
+    seed_run_from(runs / "base", root, ["teacher", "class_stats"])
     run(load_config(DEMO, job_overrides(runs, seed, threads)))
     for loss in LOSSES:
         dest = loss_dir(runs, seed, loss)
-        if not dest.exists():
-            shutil.copytree(root, dest, ignore=shutil.ignore_patterns("validate", "hard_label", "results.json",
-                                                                     "report.md", "plots"))
+        if not dest.exists():  # everything but the results: images and stores are reused, only validate runs
+            results = {"validate", "hard_label", "results.json", "report.md", "plots"}
+            seed_run_from(root, dest, [p.name for p in root.iterdir() if p.name not in results])
         over = job_overrides(runs, seed, threads)[1:] + [
             f"run_dir={dest}", f"validate.loss={loss}", f"prune.factors=[{LOSS_FACTOR}]", "prune.logits=[fp16]",
             "hard_label.enabled=false"]
@@ -110,9 +97,6 @@ def finished_seeds(runs: Path, seeds: list[int]) -> list[int]:
 
 def stage_minutes(runs: Path, seeds: list[int]) -> float:
     """Wall minutes recorded by the finished seeds' runs (``stages.json`` and the hard-label rows)."""
-    def ledger(d: Path) -> dict:
-        return read_json(d / "stages.json") if (d / "stages.json").is_file() else {}
-
     total = 0.0
     for s in seeds:
         total += sum(v.get("seconds") or 0 for v in ledger(runs / f"s{s}").values())
@@ -120,27 +104,19 @@ def stage_minutes(runs: Path, seeds: list[int]) -> float:
             own = ledger(loss_dir(runs, s, loss))
             total += sum(v.get("seconds") or 0 for m in MODES for k, v in own.items()
                          if k.startswith(f"validate[{m} x{LOSS_FACTOR} "))
-        total += sum(r.get("seconds", 0) for r in read_json(runs / f"s{s}" / "results.json").get("hard_label", []))
+        total += sum(r.get("seconds", 0) for r in read_results(runs / f"s{s}").get("hard_label", []))
     return total / 60
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float, float]:
     """Mean and 95 % t-interval (in points) of paired differences given in fractions."""
-    d = [100 * x for x in diffs]
-    m = statistics.fmean(d)
-    if len(d) < 2:
-        return m, float("nan"), float("nan")
-    h = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
-    return m, m - h, m + h
+    return paired_interval([100 * x for x in diffs])
 
 
-def verdict(lo: float, hi: float, claim_positive: bool | None = None) -> str:
-    """``held`` / ``did not hold`` only when the interval excludes 0; otherwise ``not resolved``."""
-    if math.isnan(lo) or (lo <= 0 <= hi):
-        return "not resolved"
-    if claim_positive is None:
-        return "> 0" if lo > 0 else "< 0"
-    return "held" if (lo > 0) == claim_positive else "did not hold"
+def reading(lo: float, hi: float, claim: bool = False) -> str:
+    """A claim's verdict (``claim``: that the difference is > 0), else the sign when the interval excludes 0."""
+    v = verdict(lo, hi)
+    return v if claim else {"held": "> 0", "did not hold": "< 0"}.get(v, v)
 
 
 def per_seed(runs: Path, seeds: list[int]) -> dict:
@@ -149,21 +125,21 @@ def per_seed(runs: Path, seeds: list[int]) -> dict:
     for s in seeds:
         dirs = [runs / f"s{s}"] + [loss_dir(runs, s, loss) for loss in LOSSES]
         for d in dirs:
-            for r in read_json(d / "results.json")["rows"]:
+            for r in read_results(d)["rows"]:
                 key = (r["recover"], int(r["prune_factor"]), r["logits"], r.get("loss", "kl"))
                 out.setdefault(key, {})[s] = r["top1"]
-        for r in read_json(runs / f"s{s}" / "results.json").get("hard_label", []):
+        for r in read_results(runs / f"s{s}").get("hard_label", []):
             out.setdefault(("hard", r["images"]), {})[s] = r["top1"]
     return out
 
 
-def _row(name: str, a: dict, b: dict, claim: bool | None = None) -> str:
+def _row(name: str, a: dict, b: dict, claim: bool = False) -> str:
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return f"| {name} | – | – | – | – |"
     m, lo, hi = t_interval([a[s] - b[s] for s in seeds])
-    ci = f"[{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else "–"
-    return f"| {name} | {len(seeds)} | {m:+.1f} | {ci} | {verdict(lo, hi, claim)} |"
+    ci = f"[{lo:+.1f}, {hi:+.1f}]" if len(seeds) > 1 else "–"
+    return f"| {name} | {len(seeds)} | {m:+.1f} | {ci} | {reading(lo, hi, claim)} |"
 
 
 def comparisons(tops: dict) -> str:
@@ -217,7 +193,7 @@ def _vs_anchor(r: dict, tops: dict) -> str:
         m, lo, hi = t_interval([v - a for v in vals])
         out.append(f"{name} {100 * a:.1f} %: {m:+.1f} pt [{lo:+.1f}, {hi:+.1f}] → "
                    + {"held": "beats it", "did not hold": "below it", "not resolved": "not resolved"}[
-                       verdict(lo, hi, True)])
+                       reading(lo, hi, True)])
     return f"top-1 {100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} %; vs " + "; ".join(out)
 
 
@@ -256,9 +232,8 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
     dirs += [Path(d) for d in ([args.ld_run] if args.ld_run else []) + list(args.extra_runs)]
     state = "complete" if done == args.seeds else f"in progress: seeds {done} of {args.seeds} finished"
     teacher = read_json(runs / "base" / "teacher" / "teacher.json") if (runs / "base" / "teacher").is_dir() else {}
-    head = (f"## Label study: every way of paying for labels on one axis of bytes (Fashion-MNIST, IPC 10)\n\n"
-            f"Command: `{command_line()}`  \nCommit: {git_commit()}  \nDate: {today()}  \nMachine: {machine()}  \n"
-            f"Seeds: {state}. Wall time of this invocation: {(time.time() - t0) / 60:.1f} min; recorded wall time "
+    head = (header("Label study: every way of paying for labels on one axis of bytes (Fashion-MNIST, IPC 10)")
+            + f"Seeds: {state}. Wall time of this invocation: {(time.time() - t0) / 60:.1f} min; recorded wall time "
             f"of the finished runs' stages and hard-label baselines: {stage_minutes(runs, done):.1f} min (1 torch "
             "thread, nice 10, other studies sharing the 2 cores).\n\n"
             f"Setting: teacher ConvNet-64 ({teacher.get('epochs', '?')} epochs, top-1 "

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """LD's own dataset and LD's own claims (issue #13 items 4, 6, 7), written into the ``ld_claims`` section.
 
 Parts (``--parts``, comma-separated; run in this order):
@@ -20,7 +19,7 @@ every finished run from whatever has finished. ``--render`` rewrites it from fin
 
 Example (the whole study, one thread, in the background)::
 
-    OMP_NUM_THREADS=1 nohup nice -n 10 .venv/bin/python bench/ld_claims.py --threads 1 \\
+    OMP_NUM_THREADS=1 nohup nice -n 10 .venv/bin/python -m bench.ld_claims --threads 1 \\
         --runs runs/bench_ld2 > runs/bench_ld2.log 2>&1 &
 """
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import statistics
@@ -39,9 +37,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from scipy import stats
 
-from labeldistill.learn_labels import learn_labels, load_ld_config
+from bench.study import REPO, git_commit, interval_text, machine, mean_std, paired_interval, today, verdict
+from bench.study import write_section
+from labeldistill import load_ld_config
+from labeldistill.learn_labels import learn_labels
 from labeldistill.learn_labels.dd import DDMetaLearner, LearnedImages
 from labeldistill.learn_labels.labels import LearnedLabels, onehot_labels
 from labeldistill.learn_labels.ld import LDMetaLearner
@@ -56,9 +56,6 @@ from labeldistill.learn_labels.learners import (
 from labeldistill.learn_labels.metatest import EvalData, LearnerSpec, evaluate_label_set
 from labeldistill.learn_labels.run import prepare_task, validation_split_key
 from labeldistill.runtime import tune_malloc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, git_commit, machine, today, write_section  # noqa: E402
 
 CONFIG = REPO / "configs" / "fmnist_ld.yaml"
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw"]
@@ -92,7 +89,7 @@ class Study:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.runs = Path(args.runs).absolute()  # not resolved: a symlinked runs/ keeps repo-relative paths
-        self.command = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/ld_claims.py " + " ".join(
+        self.command = "OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m bench.ld_claims " + " ".join(
             shlex.quote(a) for a in sys.argv[1:])
         self.t0 = time.time()
 
@@ -252,25 +249,6 @@ def sensitivity(cfg, run_dir: Path) -> dict:
     return out
 
 
-def paired_interval(d: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval of paired differences (NaN interval for fewer than 2 pairs)."""
-    t = torch.tensor(d, dtype=torch.float64)
-    m = float(t.mean()) if len(d) else float("nan")
-    if len(d) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(d) - 1)) * float(t.std(unbiased=True)) / len(d) ** 0.5
-    return m, m - half, m + half
-
-
-def verdict(lo: float, hi: float) -> str:
-    """'held' (interval above 0), 'did not hold' (below 0), else 'not resolved'."""
-    if not math.isnan(lo) and lo > 0:
-        return "held"
-    if not math.isnan(hi) and hi < 0:
-        return "did not hold"
-    return "not resolved"
-
-
 # ---------------------------------------------------------------------- rendering
 CLAIMS = [
     ("labels beat images", "acc", "top-1 (LeNet, Adam 1e-3) of the label method − DD's", 1),
@@ -309,19 +287,12 @@ def claim_diffs(data: dict, method: str, key: str, sign: int, only: tuple | None
 
 
 def pm(xs: list[float]) -> str:
-    """``mean ± std`` (percent values; population std; the value alone for one)."""
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return f"{xs[0]:.1f}"
-    return f"{statistics.fmean(xs):.1f} ± {statistics.pstdev(xs):.1f}"
+    """``mean ± std`` of percent values (population std; the value alone for one)."""
+    return mean_std(xs, scale=1)
 
 
 def ci(d: list[float]) -> str:
-    m, lo, hi = paired_interval(d)
-    if not d:
-        return "–"
-    return f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}] (n={len(d)})" if len(d) > 1 else f"{m:+.1f} (n=1)"
+    return interval_text(d, one="n=1") + (f" (n={len(d)})" if len(d) > 1 else "")
 
 
 class Render:
@@ -346,7 +317,7 @@ class Render:
                f"Finished runs: {len(done)} under `{self._rel(self.runs)}` ({self._progress(done)}); their wall time "
                f"{seconds / 60:.1f} min "
                "(2 shared cores, other studies running: wall time is several times the CPU time).  ",
-               f"Rewrite from finished runs: `.venv/bin/python bench/ld_claims.py --render --runs "
+               f"Rewrite from finished runs: `.venv/bin/python -m bench.ld_claims --render --runs "
                f"{self._rel(self.runs)}`.", "",
                "Every number: top-1 (%) on the real test split of fresh models trained from scratch on the N images "
                "and their labels only; the training length and label snapshots are chosen on a validation split "

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Label-distillation study on Fashion-MNIST (Bohdal, Yang & Hospedales 2020), written into BENCHMARKS.md.
 
 Parts (``--parts``, comma-separated; all by default):
@@ -16,7 +15,7 @@ each table with the exact command, the date and the machine. Published anchors c
 
 Example (the full study, in the background)::
 
-    nohup nice -n 10 .venv/bin/python bench/ld_fmnist.py --repeats 20 > runs/bench_ld.log 2>&1 &
+    nohup nice -n 10 .venv/bin/python -m bench.ld_fmnist --repeats 20 > runs/bench_ld.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -39,8 +38,7 @@ from labeldistill.learn_labels import learn_labels, load_ld_config
 from labeldistill.learn_labels.run import validation_split_key
 from labeldistill.runtime import tune_malloc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_section  # noqa: E402
+from bench.study import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw"]
@@ -118,7 +116,7 @@ class Study:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.runs = Path(args.runs)
-        self.command = "nice -n 10 .venv/bin/python bench/ld_fmnist.py " + " ".join(
+        self.command = "nice -n 10 .venv/bin/python -m bench.ld_fmnist " + " ".join(
             shlex.quote(a) for a in sys.argv[1:])
         self.started = dt.datetime.now().astimezone()
         self.tables: dict[str, str] = {}
@@ -248,7 +246,7 @@ class Study:
             return
         rows = []
         for k in (1, 2, 5):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--unroll-probe", str(k), "--config",
+            cmd = [sys.executable, "-m", "bench.ld_fmnist", "--unroll-probe", str(k), "--config",
                    self.args.config, "--convnet-width", str(self.args.convnet_width)]
             if self.args.threads:
                 cmd += ["--threads", str(self.args.threads)]

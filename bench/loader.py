@@ -22,8 +22,8 @@ Writes section ``loader`` of BENCHMARKS.md (``--out``; ``--no-write`` prints onl
 
 Usage::
 
-    python bench/loader.py                # about 2 minutes on one core
-    python bench/loader.py --no-write --classes 2 --per-class 4 --epochs 1 --repeats 1
+    python -m bench.loader                # about 2 minutes on one core
+    python -m bench.loader --no-write --classes 2 --per-class 4 --epochs 1 --repeats 1
 """
 
 from __future__ import annotations
@@ -41,17 +41,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from common import REPO, command_line, machine, today, write_section  # noqa: E402
+from bench.study import REPO, header, write_section
 
-from labeldistill.config import RelabelConfig  # noqa: E402
-from labeldistill.data import load_dataset  # noqa: E402
-from labeldistill.labels.relabel import StepPlan, generate_steps, store_meta  # noqa: E402
-from labeldistill.labels.store import LabelStore, LabelStoreWriter  # noqa: E402
-from labeldistill.models import create_model  # noqa: E402
-from labeldistill.provenance import git_commit  # noqa: E402
-from labeldistill.validate import PoolSampler, StoredStepDataset  # noqa: E402
+from labeldistill.config import RelabelConfig
+from labeldistill.data import load_dataset
+from labeldistill.labels.relabel import StepPlan, generate_steps, store_meta
+from labeldistill.labels.store import LabelStore, LabelStoreWriter
+from labeldistill.models import create_model
+from labeldistill import PoolSampler, StoredStepDataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -176,13 +173,7 @@ def report(res: dict, args) -> str:
                     f"{r['ratio']:.2f} | {'met' if r['ratio'] >= 1 else '**missed**'} |")
     n = res["images"]
     per_img = mem["uint8_bytes"] / n
-    return "\n".join([
-        "## Loader: validate's replay path vs torchvision's ImageFolder at 224 px",
-        "",
-        f"Command: `{command_line()}`  ",
-        f"Date: {today()}  ",
-        f"Commit: {git_commit()}  ",
-        f"Machine: {machine()}  ",
+    return header("Loader: validate's replay path vs torchvision's ImageFolder at 224 px") + "\n".join([
         f"Setting: {res['images']} random-content JPEGs ({args.classes} classes × {args.per_class}, sides 256–320 px, "
         f"quality 90, {res['jpeg_bytes'] / mib:.1f} MiB), loaded at 224 px by labeldistill's `imagefolder` dataset "
         f"(resize + centre crop, {res['decode_seconds']:.1f} s once) and relabelled by a random ConvNet-8 teacher into "

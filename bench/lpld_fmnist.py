@@ -9,7 +9,7 @@ on the train split less ``--holdout`` images (``data.holdout``) in ``<runs>/base
 2. Report (test split): sre2l, cs, random_real and cs initialised from real images (``recover.init=real``) at
    ``--factors``, the same seeds for every source (paired), ``--seeds`` at IPC 10 and ``--ipc50-seeds`` at
    IPC 50 (``--iterations-ipc50`` recover iterations there).
-3. Claims: paired differences over seeds with 95 % t-intervals (bench/paired.py); "held" / "did not hold" only
+3. Claims: paired differences over seeds with 95 % t-intervals (bench/study.py); "held" / "did not hold" only
    when the interval excludes the claim's threshold, else "not resolved".
 
 The section is rewritten after every finished seed. Finished runs are reused (each run directory resumes);
@@ -17,34 +17,22 @@ The section is rewritten after every finished seed. Finished runs are reused (ea
 
 Usage::
 
-    python bench/lpld_fmnist.py                # selection, then IPC 10 seeds, then IPC 50 seeds (hours)
-    python bench/lpld_fmnist.py --collect      # the section from whatever runs have finished
+    python -m bench.lpld_fmnist                # selection, then IPC 10 seeds, then IPC 50 seeds (hours)
+    python -m bench.lpld_fmnist --collect      # the section from whatever runs have finished
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    REPO,
-    command_line,
-    git_commit,
-    machine,
-    mean_std,
-    today,
-    write_section,
-)
-from paired import paired_interval, verdict
-
-from labeldistill.config import load_config
+from bench.study import (REPO, finished_results, git_commit, header, interval_text, ledger, mean_std, paired_interval,
+                         seed_run_from, verdict, write_section)
+from labeldistill import load_config, run, run_stage
+from labeldistill.io import read_json
 from labeldistill.runtime import tune_malloc
 
 SOURCES = ["sre2l", "cs", "random_real", "cs_init_real"]
@@ -86,23 +74,13 @@ def config(args, name: str, seed: int, extra: list[str]):
                        + extra)
 
 
-def copy_missing(src: Path, dst: Path) -> None:
-    """Copy a finished stage output into a run that lacks it (a run directory without a ledger entry reuses it)."""
-    if src.exists() and not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst)
-
-
 def run_dir_job(args, name: str, seed: int, extra: list[str], donors: dict[str, Path]) -> dict:
     """The main job in ``<runs>/<name>`` (teacher and class statistics from ``base``, other outputs from
     ``donors``: relative path → donor run directory); returns its results.json content."""
-    from labeldistill.pipeline import run
-
     root = Path(args.runs) / name
-    for d in ("teacher", "class_stats"):
-        copy_missing(Path(args.runs) / "base" / d, root / d)
+    seed_run_from(Path(args.runs) / "base", root, ["teacher", "class_stats"])
     for rel, donor in donors.items():
-        copy_missing(donor / rel, root / rel)
+        seed_run_from(donor, root, [rel])
     return run(config(args, name, seed, extra))
 
 
@@ -115,8 +93,8 @@ def rep_name(ipc: int, seed: int, epochs: int, temp: float, init_real: bool = Fa
 
 
 def finished_rows(args, name: str) -> list[dict] | None:
-    f = Path(args.runs) / name / "results.json"
-    return json.loads(f.read_text())["rows"] if f.is_file() else None
+    res = finished_results(Path(args.runs) / name)
+    return res["rows"] if res else None
 
 
 def run_selection_seed(args, seed: int) -> None:
@@ -206,9 +184,8 @@ def report_table(args, res: dict[int, dict]) -> str:
 def claim_row(claim: str, where: str, diffs: list[float], threshold: float = 0.0, above: bool = True) -> str:
     """One claims-table row; ``diffs`` are fractions (shown in points)."""
     pts = [100 * d for d in diffs]
-    mean, lo, hi = paired_interval(pts)
-    ci = f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if len(pts) >= 2 else (f"{mean:+.2f} (one seed)" if pts else "–")
-    return f"| {claim} | {where} | {ci} | {len(pts)} | {verdict(lo, hi, threshold, above)} |"
+    _, lo, hi = paired_interval(pts)
+    return f"| {claim} | {where} | {interval_text(pts, 2)} | {len(pts)} | {verdict(lo, hi, threshold, above)} |"
 
 
 def paired(a: dict, b: dict, fa: float, fb: float | None = None) -> list[float]:
@@ -248,25 +225,21 @@ def claims_table(args, res: dict[int, dict], sel: dict, chosen) -> str:
 
 def run_commits(args) -> list[str]:
     """The code commits recorded by the finished runs (results.json provenance)."""
-    out = set()
-    for f in Path(args.runs).glob("*/results.json"):
-        out.add(json.loads(f.read_text()).get("provenance", {}).get("commit", "unknown"))
-    return sorted(out)
+    return sorted({finished_results(f.parent).get("provenance", {}).get("commit", "unknown")
+                   for f in Path(args.runs).glob("*/results.json")})
 
 
 def compute_seconds(args) -> float:
     """Sum of the stage seconds recorded by every run directory of the study (their stages.json)."""
-    total = 0.0
-    for f in Path(args.runs).glob("*/stages.json"):
-        total += sum(v.get("seconds") or 0.0 for v in json.loads(f.read_text()).values())
-    return total
+    return sum(v.get("seconds") or 0.0 for f in Path(args.runs).glob("*/stages.json")
+               for v in ledger(f.parent).values())
 
 
 def write(args, t0: float, status: str) -> None:
     """Rewrite the section from the runs that have finished."""
     sel = selection_results(args)
     chosen = choose(args, sel)
-    teacher = json.loads((Path(args.runs) / "base" / "teacher" / "teacher.json").read_text())
+    teacher = read_json(Path(args.runs) / "base" / "teacher" / "teacher.json")
     res = {}
     if chosen:
         for ipc, seeds in ((10, args.seeds), (50, args.ipc50_seeds)):
@@ -279,8 +252,8 @@ def write(args, t0: float, status: str) -> None:
     if chosen and chosen[0] == max(args.epochs_grid):
         hp += (f" (E is the longest in the grid {args.epochs_grid}: longer training may be better still; "
                "not searched, for compute)")
-    header = (
-        f"Command: `{command_line()}`  \nCommit: {args.commit} (runs made by {', '.join(run_commits(args)) or '–'})  \nDate: {today()}  \nMachine: {machine()}  \n"
+    head = header("LPLD study on Fashion-MNIST (validation-selected hyperparameters, paired seeds)",
+                  commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
         f"Status: {status}; report seeds finished: {done or 'none'}.  \n"
         f"Teacher: ConvNet-64, {teacher['epochs']} epochs on the train split less {args.holdout:,} held-out images "
         f"(`data.holdout={args.holdout}`), top-1 {100 * teacher['top1']:.2f} % on the test split. Student: "
@@ -290,7 +263,7 @@ def write(args, t0: float, status: str) -> None:
         f"Compute recorded by the runs: {compute_seconds(args) / 60:.0f} min (sum of stage seconds); this "
         f"invocation: {(time.time() - t0) / 60:.1f} min wall.")
     parts = [
-        "## LPLD study on Fashion-MNIST (validation-selected hyperparameters, paired seeds)", header,
+        head,
         f"### Selection (cs, IPC 10; top-1 % on the **holdout** split, {args.holdout // 10} per class, never the "
         "test split)\n\n"
         "Mean ± std over the seeds listed; the chosen cell has the best mean of 1× and 40× over the seeds that "
@@ -317,12 +290,9 @@ def main(argv=None) -> None:
     if args.collect:
         write(args, t0, "written from finished runs by --collect")
         return
-    from labeldistill.bnstats import class_stats
-    from labeldistill.squeeze import squeeze
-
     base = config(args, "base", 0, overrides(args, 10, args.epochs_grid[0]) + ["recover.modes=[]", "prune.factors=[1]"])
-    squeeze(base)
-    class_stats(base)
+    run_stage(base, "squeeze")
+    run_stage(base, "class-stats")
     for seed in args.select_seeds:
         run_selection_seed(args, seed)
         write(args, t0, f"selection: seed {seed} done")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """What ``labeldistill.runtime.tune_malloc`` buys on CPU: glibc's default allocator vs raised thresholds.
 
 Each setting runs in its own fresh process (malloc settings cannot be undone), twice, alternating, so both
@@ -13,7 +12,7 @@ default ÷ tuned of wall seconds. Writes the ``malloc`` section of BENCHMARKS.md
 
 Usage::
 
-    python bench/malloc.py
+    python -m bench.malloc
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, header, write_section  # noqa: E402
+from bench.study import REPO, header, write_section
 
 WORKLOADS = ("eval", "train", "ld")
 
@@ -99,7 +97,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"default": [], "tuned": []}
     for _ in range(args.rounds):
         for mode in ("default", "tuned"):
-            res = subprocess.run([sys.executable, __file__, "--probe", mode], capture_output=True, text=True,
+            res = subprocess.run([sys.executable, "-m", "bench.malloc", "--probe", mode], capture_output=True, text=True,
                                  env=env, check=True)
             runs[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(mode, runs[mode][-1], flush=True)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Augmentation defaults that follow the data, measured on mnist-5k: before (flips on, relabel crops down to 8 %
 of the area: the fixed defaults until the dataset declared its augmentation) vs after (the data-following
 defaults: digits are not mirror-symmetric, so no flip, and relabel crops of at least 25 % of the area).
@@ -14,31 +13,27 @@ label store (factor 1), the Fashion-MNIST demo config otherwise (``configs/fmnis
   saw no flips, so the ``before`` runs print the warning about it).
 
 For every seed both arms run with the same seed (same images picked, same student init): the paired difference
-after − before per teacher gets a 95 % t-interval (bench/paired.py) and a verdict ("held" when the interval lies
+after − before per teacher gets a 95 % t-interval (bench/study.py) and a verdict ("held" when the interval lies
 wholly above 0). Each run is a ``labeldistill run`` in a child process, in its own run directory under ``--runs``
 (finished stages are skipped); ``--write-only`` rewrites the section from finished runs. Section
 ``mnist_defaults`` of BENCHMARKS.md.
 
 Usage::
 
-    OMP_NUM_THREADS=1 nohup python bench/mnist_defaults.py > /tmp/mnist_defaults.log 2>&1 &
-    python bench/mnist_defaults.py --write-only
+    OMP_NUM_THREADS=1 nohup python -m bench.mnist_defaults > /tmp/mnist_defaults.log 2>&1 &
+    python -m bench.mnist_defaults --write-only
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, header, write_section  # noqa: E402
-from paired import paired_interval, verdict  # noqa: E402
+from bench.study import REPO, cli_env, finished_results, header, interval_text, mean_std, paired_interval, verdict
+from bench.study import write_section
 
 CONFIG = REPO / "configs" / "fmnist_demo.yaml"
 BASE = ["data.dataset=mnist-5k", "recover.modes=[random_real]", "recover.ipc=10", "prune.factors=[1]", "threads=1"]
@@ -72,10 +67,8 @@ def cli(args, verb: str, run_dir: Path, overrides: list[str]) -> None:
     """``labeldistill <verb> fmnist_demo.yaml`` in a child process, one thread, into ``run_dir``."""
     cmd = [sys.executable, "-m", "labeldistill.cli", verb, str(CONFIG), *BASE,
            f"relabel.epochs={args.relabel_epochs}", *overrides, *args.override, f"run_dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    subprocess.run(cmd, cwd=REPO, env=cli_env(), check=True)
     print(f"{verb} {run_dir.name}: {time.time() - t0:.0f} s", flush=True)
 
 
@@ -102,10 +95,9 @@ def run_all(args) -> None:
 
 def read_run(root: Path) -> dict | None:
     """Teacher and student top-1 (fractions) and the code commit of a finished run, else ``None``."""
-    f = root / "results.json"
-    if not f.is_file():
+    res = finished_results(root)
+    if res is None:
         return None
-    res = json.loads(f.read_text())
     return {"teacher": res["teacher"]["top1"], "student": res["rows"][0]["top1"],
             "commit": res.get("provenance", {}).get("commit", "unknown")}
 
@@ -123,11 +115,7 @@ def collect(args) -> dict:
 
 
 def pct(xs: list[float]) -> str:
-    """``"94.1 ± 0.4"`` in percent from fractions (sample std over seeds), ``–`` for none."""
-    if not xs:
-        return "–"
-    m = 100 * statistics.fmean(xs)
-    return f"{m:.1f}" if len(xs) < 2 else f"{m:.1f} ± {100 * statistics.stdev(xs):.1f}"
+    return mean_std(xs, sample=True)  # sample std over seeds
 
 
 def table(res: dict) -> str:
@@ -137,13 +125,11 @@ def table(res: dict) -> str:
         before, after = res[t]["before"], res[t]["after"]
         seeds = sorted(before)
         diffs = [100 * (after[s]["student"] - before[s]["student"]) for s in seeds]
-        mean, lo, hi = paired_interval(diffs)
-        ci = f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]" if len(diffs) >= 2 else \
-            (f"{mean:+.1f} (one seed)" if diffs else "–")
+        ci = interval_text(diffs)
         tb, ta = ([r[s]["teacher"] for s in seeds] for r in (before, after))
-        lines.append(f"| {t} | {pct(tb)} / {pct(ta)} | {pct([before[s]['student'] for s in seeds])} | "
-                     f"{pct([after[s]['student'] for s in seeds])} | {ci} | {len(diffs)} | "
-                     f"{verdict(lo, hi) if diffs else '–'} |")
+        sb, sa = ([r[s]["student"] for s in seeds] for r in (before, after))
+        lines.append(f"| {t} | {pct(tb)} / {pct(ta)} | {pct(sb)} | {pct(sa)} | {ci} | {len(diffs)} | "
+                     f"{verdict(*paired_interval(diffs)[1:]) if diffs else '–'} |")
     return "\n".join(lines)
 
 

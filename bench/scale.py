@@ -19,8 +19,8 @@ dry run's estimate (``labeldistill.plan.plan_run``, which calls ``estimate_store
 
 Usage::
 
-    python bench/scale.py --classes 1000 --ipc 1 --epochs 5 --json      # one configuration, JSON on stdout
-    python bench/scale.py --sweep                                        # the sweep → BENCHMARKS.md (scale)
+    python -m bench.scale --classes 1000 --ipc 1 --epochs 5 --json      # one configuration, JSON on stdout
+    python -m bench.scale --sweep                                        # the sweep → BENCHMARKS.md (scale)
 
 ``--json`` prints exactly ``{"rows": [{"classes", "ipc", "image_size", "epochs", "stage_seconds",
 "peak_rss_bytes", "store_bytes", "estimated_store_bytes"}]}`` (``peak_rss_bytes``: the largest VmHWM of the
@@ -40,9 +40,8 @@ import threading
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+from bench.study import REPO, cli_env, header, shown, write_section
+
 
 MODE = "lpld"
 DATASET = "bench-random"
@@ -260,9 +259,8 @@ def dir_bytes(path: Path) -> int:
 # ----------------------------------------------------------------------------------------------- parent side
 
 def child(stages: list[str], spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TQDM_DISABLE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, __file__, "--_stages", ",".join(stages), "--_spec", json.dumps(spec)],
+    env = {**cli_env(), "OMP_NUM_THREADS": str(spec["threads"])}
+    r = subprocess.run([sys.executable, "-m", "bench.scale", "--_stages", ",".join(stages), "--_spec", json.dumps(spec)],
                        capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode != 0:
         raise RuntimeError(f"stages {stages} of {spec} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
@@ -365,16 +363,8 @@ def imagenet_store_bytes(ipc: int, epochs: int = 300, cutmix: bool = False, batc
     return est["total"]
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it (no machine-specific prefix in BENCHMARKS.md)."""
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
-
-
 def sweep(args) -> None:
     import torch
-
-    from common import command_line, git_commit, machine, today, write_section
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -399,9 +389,7 @@ def sweep(args) -> None:
     args.recover_study = study
     minutes = (time.time() - t_start) / 60
     body = sweep_report(results, args, minutes, load0)
-    body = (f"## Scale: cost per stage vs classes, IPC, image size and stored steps\n\n"
-            f"Command: `{command_line()}`  \nDate: {today()}  \n"
-            f"Commit: {git_commit()}  \nMachine: {machine()}  \n" + body)
+    body = header("Scale: cost per stage vs classes, IPC, image size and stored steps") + body
     write_section(Path(args.out), "scale", body)
     print(body)
 
@@ -411,8 +399,6 @@ def mib(b: float) -> str:
 
 
 def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str:
-    from labeldistill.report import human_bytes  # noqa: F401  (kept for symmetry with other benches)
-
     stages = list(results[0]["row"]["stage_seconds"])
     lines = [
         f"Setting: random uint8 images (synthetic dataset registered in-process; {args.real_per_class} \"real\" "
@@ -581,7 +567,7 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
                      f"{hours('prune_x1', entries)} | {hours('validate_x1', n * 300)} | "
                      f"{hours('recover', n * 4000)} | {n * 3 * 224 * 224 / 1e9:.1f} GB |")
     lines += ["", f"Measured bytes per stored entry at C = {cmax}: {be:,.1f} B. Per-row details (every stage's "
-              f"VmHWM, RssAnon, wchar, bytes written): `{_shown(Path(args.work) / 'sweep.json')}` after a run."]
+              f"VmHWM, RssAnon, wchar, bytes written): `{shown(Path(args.work) / 'sweep.json')}` after a run."]
     return "\n".join(lines)
 
 

@@ -23,8 +23,8 @@ Ratios:
 
 Usage::
 
-    python bench/speed.py                      # about 10 minutes on 2 CPU cores
-    python bench/speed.py --repeats 3 --skip-torchrun
+    python -m bench.speed                      # about 10 minutes on 2 CPU cores
+    python -m bench.speed --repeats 3 --skip-torchrun
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,24 +45,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, header, write_section  # noqa: E402
+from bench.study import REPO, header, seed_run_from, write_section
 
-from labeldistill.data import load_split, normalize  # noqa: E402
-from labeldistill.layout import RunLayout  # noqa: E402
-from labeldistill.models import build_model  # noqa: E402
-from labeldistill.models.checkpoint import load_teacher  # noqa: E402
-from labeldistill.config import load_config  # noqa: E402
-from labeldistill.labels.accounting import store_report  # noqa: E402
-from labeldistill.labels.prune import prune_store  # noqa: E402
-from labeldistill.labels.relabel import StepPlan, build_batch, generate_steps, relabel, sample_step  # noqa: E402
-from labeldistill.labels.store import LabelStore, LabelStoreWriter  # noqa: E402
-from labeldistill.models import bn_layers  # noqa: E402
-from labeldistill.recover import BNInputHook, Segment, load_synthetic, recover, recover_segments  # noqa: E402
-from labeldistill.augment import step_generator  # noqa: E402
-from labeldistill.report import human_bytes  # noqa: E402
-from labeldistill.squeeze import squeeze  # noqa: E402
-from labeldistill.validate import PoolSampler, StoredStepDataset, kd_loss, train_student  # noqa: E402
+from labeldistill.data import load_split, normalize
+from labeldistill.layout import RunLayout
+from labeldistill.models import build_model
+from labeldistill.models.checkpoint import load_teacher
+from labeldistill.config import load_config
+from labeldistill.labels.accounting import store_report
+from labeldistill.labels.prune import prune_store
+from labeldistill.labels.relabel import StepPlan, build_batch, generate_steps, relabel, sample_step
+from labeldistill.labels.store import LabelStore, LabelStoreWriter
+from labeldistill.models import bn_layers
+from labeldistill.recover import BNInputHook, Segment, load_synthetic, recover, recover_segments
+from labeldistill.augment import step_generator
+from labeldistill.io import human_bytes
+from labeldistill.squeeze import squeeze
+from labeldistill import PoolSampler, StoredStepDataset
+from labeldistill.validate import kd_loss, train_student
 
 MODE = "random_real"
 MEMORY_REPEATS = 5
@@ -209,9 +208,7 @@ def bench_recover(cfg, teacher, info, repeats: int, iterations: int = 20) -> dic
 
 def bench_torchrun(base: Path, repeats: int) -> dict:
     run_dir = base.parent / "torchrun"
-    for d in ("teacher", f"images/{MODE}"):
-        if not (run_dir / d).exists():
-            shutil.copytree(base / d, run_dir / d)
+    seed_run_from(base, run_dir, ["teacher", f"images/{MODE}"])
 
     def cli(threads: int) -> list[str]:
         ov = overrides(run_dir, threads, relabel_epochs=30) + ["relabel.steps_per_shard=20"]
@@ -318,7 +315,7 @@ def bench_memory(run_dir: Path, stores: dict[str, Path], threads: int, repeats: 
     children_max = []
     for _ in range(repeats):
         for name, path in stores.items():
-            r = subprocess.run([sys.executable, __file__, "--child-validate", str(path), "--run-dir", str(run_dir),
+            r = subprocess.run([sys.executable, "-m", "bench.speed", "--child-validate", str(path), "--run-dir", str(run_dir),
                                 "--threads", str(threads)], capture_output=True, text=True, cwd=REPO,
                                env={**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"})
             if r.returncode != 0:

@@ -20,8 +20,8 @@ Threads: 1 (``threads=1``). The load average of the machine is recorded before a
 
 Usage::
 
-    python bench/time_estimate.py            # both configurations → BENCHMARKS.md (section time_estimate)
-    python bench/time_estimate.py --only demo --no-write
+    python -m bench.time_estimate            # both configurations → BENCHMARKS.md (section time_estimate)
+    python -m bench.time_estimate --only demo --no-write
 """
 
 from __future__ import annotations
@@ -34,12 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
 
-from common import header, write_section  # noqa: E402
-from scale import overrides as scale_overrides, register_random_dataset  # noqa: E402
+from bench.study import REPO, header, ledger, write_section
+from bench.scale import overrides as scale_overrides, register_random_dataset
 
 DEMO_OVERRIDES = ["threads=1", "device=cpu", "squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=50",
                   "validate.epochs=50"]
@@ -63,10 +60,8 @@ def estimate_and_run(cfg) -> dict:
         ``{"rows": [{"stage", "estimate", "actual", "ratio"}], "estimate_total", "actual_total", "wall",
         "probe_seconds", "load_before", "load_after", "rates"}`` (seconds).
     """
-    from labeldistill.layout import RunLayout
-    from labeldistill.pipeline import run
+    from labeldistill import run
     from labeldistill.plan import add_time_estimate, plan_run
-    from labeldistill.provenance import stage_seconds
 
     shutil.rmtree(cfg.run_path, ignore_errors=True)
     load_before = os.getloadavg()
@@ -75,14 +70,14 @@ def estimate_and_run(cfg) -> dict:
     t0 = time.perf_counter()
     run(cfg)
     wall = time.perf_counter() - t0
-    ledger = stage_seconds(RunLayout(cfg.run_path))
+    seconds = {k: v.get("seconds") for k, v in ledger(cfg.run_path).items()}
     rows = []
     for s in plan["stages"]:
-        act = actual_seconds(s["stage"], ledger)
+        act = actual_seconds(s["stage"], seconds)
         rows.append({"stage": s["stage"], "estimate": s["seconds"], "actual": act,
                      "ratio": s["seconds"] / act if act else None})
     est_total = sum(r["estimate"] for r in rows if r["actual"] is not None)
-    act_total = sum(v for v in ledger.values() if v is not None)
+    act_total = sum(v for v in seconds.values() if v is not None)
     return {"rows": rows, "estimate_total": est_total, "actual_total": act_total, "wall": wall,
             "probe_seconds": plan["time"]["probe_seconds"], "load_before": load_before,
             "load_after": os.getloadavg(), "rates": plan["time"]["rates"]}

@@ -4,7 +4,7 @@ torch 2.13.0 wheel.
 
 Usage::
 
-    python bench/torch_versions.py --old /path/to/venv-with-torch-2.13/bin/python [--repeats 5]
+    python -m bench.torch_versions --old /path/to/venv-with-torch-2.13/bin/python [--repeats 5]
 
 Each repeat runs one child process per interpreter, alternating which goes first; a child builds the demo's
 ConvNet-64 teacher (this package's ``convnet``, depth 3, BatchNorm) for 28 × 28 × 1 inputs and times
@@ -23,15 +23,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, machine, today, write_section  # noqa: E402
+from bench.study import REPO, cli_env, command_line, header, write_section
 
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 import torch
 t_import = time.perf_counter() - t0
-sys.path.insert(0, sys.argv[1])
 from labeldistill.models import create_model
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -43,12 +41,12 @@ def step():
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-for _ in range(int(sys.argv[3])):
-    step()
-t = time.perf_counter()
 for _ in range(int(sys.argv[2])):
     step()
-per_step = (time.perf_counter() - t) / int(sys.argv[2])
+t = time.perf_counter()
+for _ in range(int(sys.argv[1])):
+    step()
+per_step = (time.perf_counter() - t) / int(sys.argv[1])
 print(json.dumps({"torch": torch.__version__, "seconds_per_step": per_step, "import_seconds": t_import,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -56,8 +54,8 @@ print(json.dumps({"torch": torch.__version__, "seconds_per_step": per_step, "imp
 
 def run_child(python: str, steps: int, warmup: int) -> dict:
     """One measurement in a fresh interpreter."""
-    r = subprocess.run([python, "-c", CHILD, str(REPO / "src"), str(steps), str(warmup)], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([python, "-c", CHILD, str(steps), str(warmup)], capture_output=True, text=True, timeout=600,
+                       env=cli_env())  # this checkout's src on PYTHONPATH: the other venv need not install it
     if r.returncode != 0:
         raise SystemExit(f"child {python} failed: {r.stderr.strip().splitlines()[-1]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -80,11 +78,9 @@ def main() -> None:
     ratios = [n["seconds_per_step"] / o["seconds_per_step"] for n, o in zip(rows["new"], rows["old"])]
     med = {s: {k: statistics.median(r[k] for r in rows[s]) for k in ("seconds_per_step", "import_seconds",
                                                                      "peak_rss_mib")} for s in rows}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     body = (
-        "## PyTorch builds: a training step under the new and the old torch\n\n"
-        f"Command: `{command_line().replace(args.old, '<venv with torch 2.13.0>/bin/python')}`  \nDate: {today()}, commit {commit}  \nMachine: {machine()}\n\n"
+        header("PyTorch builds: a training step under the new and the old torch",
+               command=command_line().replace(args.old, "<venv with torch 2.13.0>/bin/python")) + "\n"
         f"ConvNet-64 (depth 3, BatchNorm), batch 128 of 28 × 28 × 1, SGD, 1 torch thread, {args.steps} timed steps "
         f"after {args.warmup} warm-up steps, {args.repeats} alternating repeats, one fresh process each.\n\n"
         "| torch | seconds per step (median) | `import torch` seconds | peak RSS (MiB) |\n|---|---|---|---|\n"

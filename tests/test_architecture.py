@@ -23,11 +23,10 @@ LAYERS = [
     ("config (no torch)", {"labeldistill.config", "labeldistill.learn_labels.config"}),
     ("leaf", {"labeldistill.io", "labeldistill.runtime", "labeldistill.augment", "labeldistill.distributed",
               "labeldistill.resume", "labeldistill.training", "labeldistill.data", "labeldistill.models",
-              "labeldistill.provenance",
-              "labeldistill.utils", "labeldistill.common"}),
+              "labeldistill.provenance"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),
-    ("jobs and outputs", {"labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
+    ("jobs and outputs", {"labeldistill.api", "labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
                               "labeldistill.leaderboard"}),
     ("command line", {"labeldistill.cli", "labeldistill.__main__"}),
 ]
@@ -197,22 +196,3 @@ def test_random_stream_keys_are_distinct():
     modes = {m: mode_stream(m) for m in BUILTIN_VARIANTS}
     assert len(set(modes.values())) == len(modes)
     assert not set(modes.values()) & set(values)
-
-
-def test_old_import_paths_still_work():
-    """Scripts written against the earlier module layout keep running (the README's Python API among them)."""
-    import labeldistill.common as common
-    import labeldistill.utils as utils
-    from labeldistill.data.synthetic import load_synthetic
-    from labeldistill.labels import prune, relabel, store
-    from labeldistill import pipeline, recover, report, resume, squeeze
-    from labeldistill.layout import RunLayout
-    from labeldistill.variants import parse_logits_format, parse_strategy
-
-    assert common.RunLayout is RunLayout and callable(common.load_split) and callable(common.evaluate)
-    assert callable(utils.tune_malloc) and callable(utils.atomic_write_json)
-    assert recover.load_synthetic is load_synthetic and callable(recover.plan_batches)
-    assert prune.parse_strategy is parse_strategy and store.parse_logits_format is parse_logits_format
-    assert callable(relabel.build_batch) and callable(pipeline.label_variants) and callable(report.human_bytes)
-    assert callable(resume.settings_key) and callable(squeeze.load_state_dict_file)
-    assert RunLayout(Path("r")).pruned_store("cs", 40, logits="top5") == Path("r/labels/cs/x40-top5")

@@ -1,6 +1,7 @@
-"""The benchmark scripts' plumbing: ``bench/gpu_check.sh --dry-run`` and a tiny ``bench/scale.py`` run.
+"""The benchmark scripts' plumbing: ``bench/gpu_check.sh --dry-run``, a tiny ``python -m bench.scale`` run, and
+the section writers of the studies on fabricated finished runs (``--write-only`` / ``--render``).
 
-Both run as subprocesses exactly as a user would start them; together they take well under a minute.
+All run as subprocesses exactly as a user would start them (``python -m bench.<name>`` in the repository root).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
             "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
             "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _bench(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"bench.{name}", *args], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=timeout, check=False)
 
 
 def test_gpu_check_dry_run_writes_nothing(tmp_path):
@@ -57,9 +63,8 @@ def test_gpu_check_refuses_without_gpu_or_dry_run(tmp_path):
 
 
 def test_scale_tiny_json(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--classes", "10", "--ipc", "1",
-                        "--image-size", "16", "--epochs", "1", "--json", "--work", str(tmp_path)],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    r = _bench("scale", "--classes", "10", "--ipc", "1", "--image-size", "16", "--epochs", "1", "--json", "--work",
+               str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(r.stdout)
     assert list(data) == ["rows"] and len(data["rows"]) == 1
@@ -101,9 +106,8 @@ def test_ld_claims_render_gives_paired_verdicts(tmp_path):
         lrs = {"ld": 0.02 + lr_ld, "rr": 0.0, "dd": 0.02}
         _fake_claims_run(runs / f"claims_fmnist_n100_s{s}", accs, orders, lrs)
     out = tmp_path / "B.md"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "ld_claims.py"), "--render", "--runs", str(runs),
-                        "--out", str(out), "--ns", "100", "--seeds", "3"], env=_env(), capture_output=True,
-                       text=True, timeout=300, check=False)
+    r = _bench("ld_claims", "--render", "--runs", str(runs), "--out", str(out), "--ns", "100", "--seeds", "3",
+               timeout=300)
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "<!-- ld_claims:start -->" in text and "Commit:" in text and "Command:" in text
@@ -143,13 +147,12 @@ def _fake_label_study(runs: Path, seeds: list[int]) -> None:
 def test_label_study_writes_section_and_plot_from_finished_runs(tmp_path):
     _fake_label_study(tmp_path / "runs", [0, 1])  # seed 2 not finished
     out, plot = tmp_path / "B.md", tmp_path / "p.png"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "label_study.py"), "--write-only", "--runs",
-                        str(tmp_path / "runs"), "--out", str(out), "--plot", str(plot)],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    r = _bench("label_study", "--write-only", "--runs", str(tmp_path / "runs"), "--out", str(out), "--plot",
+               str(plot))
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
     assert "<!-- label_study:start -->" in text and "seeds [0, 1] of [0, 1, 2] finished" in text
-    assert "Commit: " in text and "Command: `python bench/label_study.py --write-only" in text
+    assert "Commit: " in text and "Command: `python -m bench.label_study --write-only" in text
     # best at label bytes <= image bytes: cs 10x (40,000 B <= 70,000 B) at 0.78 + 0.005 mean
     assert "**Best top-1 at label bytes ≤ image bytes**: cs + x10 random (fp16)" in text
     assert "| HLR cs: real-train − cs (hard labels) | 2 | +16.0 |" in text  # 0.86 - 0.70, the same each seed
@@ -172,9 +175,8 @@ def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
                 (folder / "results.json").write_text(json.dumps(res))
     (runs / "project_before_s3").mkdir()  # seed 3: only one arm, not finished
     out = tmp_path / "B.md"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "mnist_defaults.py"), "--write-only", "--runs", str(runs),
-                        "--out", str(out), "--seeds", "0", "1", "2", "3"], env=_env(), capture_output=True, text=True,
-                       timeout=120, check=False)
+    r = _bench("mnist_defaults", "--write-only", "--runs", str(runs), "--out", str(out), "--seeds", "0", "1", "2",
+               "3")
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "<!-- mnist_defaults:start -->" in text and "Commit:" in text and "Command:" in text

@@ -29,7 +29,8 @@ from labeldistill.bnstats import class_stats
 from labeldistill.config import load_config
 from labeldistill.data import load_dataset
 from labeldistill.errors import LabelDistillError
-from labeldistill.labels.prune import num_kept, prune_store, select_steps
+from labeldistill.labels.pool import num_kept, select_steps
+from labeldistill.labels.prune import prune_store
 from labeldistill.labels.relabel import StepPlan, build_batch, relabel
 from labeldistill.models import bn_layers, create_model
 from labeldistill.recover import (BNInputHook, Segment, bn_targets, load_synthetic, min_crop_scale, recover,

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-import cross_arch  # noqa: E402
+from bench import cross_arch
 
 
 def _row(root: Path, cell: str, seed: int, label: str, mode: str, factor: int, top1: float) -> None:
@@ -23,7 +20,7 @@ def _row(root: Path, cell: str, seed: int, label: str, mode: str, factor: int, t
 
 def _args(tmp_path: Path) -> argparse.Namespace:
     return argparse.Namespace(runs=str(tmp_path / "runs"), seeds=[0, 1, 2], epochs={10: 60, 50: 20}, test_subset=2000,
-                              xteacher_label="LeNet-5", budget_min=62.0, command="python bench/cross_arch.py",
+                              xteacher_label="LeNet-5", budget_min=62.0, command="python -m bench.cross_arch",
                               out=str(tmp_path / "B.md"))
 
 
@@ -46,7 +43,7 @@ def test_section_from_partial_rows(tmp_path):
     assert "+3.0 [+0.5, +5.5] (n=3; held)" in comp and "0 paired seed(s): no interval" in comp, comp
     assert "ConvNet-32: 2/48 runs" not in text and "ConvNet-32: 6/48 runs (seeds 0, 1, 2)" in text
     assert "ResNet-18 (small stem): 2/48 runs (seeds 0, 1)" in text
-    assert "<!-- cross_arch:start -->" in text and "Command: `python bench/cross_arch.py`" in text
+    assert "<!-- cross_arch:start -->" in text and "Command: `python -m bench.cross_arch`" in text
 
 
 def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):

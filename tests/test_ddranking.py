@@ -29,7 +29,8 @@ from labeldistill.export import export_ddranking
 from labeldistill.labels.store import LabelStore
 from labeldistill.layout import RunLayout
 from labeldistill.models.checkpoint import load_teacher
-from labeldistill.validate import StoredStepDataset, kd_loss
+from labeldistill.labels.loader import StoredStepDataset
+from labeldistill.validate import kd_loss
 
 from conftest import REPO, TINY_OVERRIDES, needs_fmnist
 

@@ -10,7 +10,8 @@ from labeldistill.data import load_split
 from labeldistill.layout import RunLayout
 from labeldistill.errors import ConfigError, DataError
 from labeldistill.labels.accounting import store_report
-from labeldistill.labels.prune import parse_strategy, prune_store, select_steps, step_score
+from labeldistill.labels.pool import select_steps
+from labeldistill.labels.prune import parse_strategy, prune_store, step_score
 from labeldistill.labels.relabel import relabel
 from labeldistill.labels.store import LabelStore
 from labeldistill.recover import load_synthetic, min_crop_scale, pick_real, plan_batches, recover, resolve_variant

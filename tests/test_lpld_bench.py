@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import lpld_fmnist as bench
+from bench import lpld_fmnist as bench
 
 GRID = ["--epochs-grid", "100", "300", "--temperatures", "1", "20", "--select-seeds", "0", "1", "--seeds", "0", "1",
         "2", "--ipc50-seeds"]
@@ -37,9 +36,10 @@ def test_collect_chooses_on_holdout_and_pairs_seeds(tmp_path, monkeypatch):
         _write(runs, bench.rep_name(10, seed, 300, 1, True), [_row("cs", f, 0.8, "test") for f in (1.0, 10.0, 40.0, 100.0)])
     _write(runs, bench.rep_name(10, 0, 100, 20), [_row("cs", 1.0, 0.99, "test")])  # not the chosen cell: ignored
     argv = ["--collect", "--runs", str(runs), "--out", str(out), *GRID]
-    monkeypatch.setattr(sys, "argv", [str(bench.REPO / "bench" / "lpld_fmnist.py"), *argv])
+    monkeypatch.setattr(sys, "argv", [str(bench.REPO / "bench" / "lpld_fmnist.py"), *argv])  # as python -m sets it
     bench.main(argv)
     text = out.read_text()
+    assert "Command: `python -m bench.lpld_fmnist --collect" in text
     assert "E = 300 relabel (= student) epochs, T = 1 (E is the longest" in text
     assert "| 300 | 1 **(chosen)** |" in text and "runs made by abc1234" in text
     assert "| 10 | cs | 73.0 ± 0.8 | 73.0 ± 0.8 | 73.0 ± 0.8 | 70.0 ± 0.8 | [0, 1, 2] |" in text

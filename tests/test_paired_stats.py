@@ -1,15 +1,12 @@
-"""bench/paired.py: the t quantiles, the paired interval and the verdict rule of the benchmark claims tables."""
+"""bench/study.py: the t quantiles, the paired interval and the verdict rule of the benchmark claims tables."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from paired import T975, paired_interval, t975, t975_table, verdict
+from bench.study import T975, interval_text, paired_interval, t975, t975_table, verdict
 
 
 def test_table_matches_scipy_where_installed():
@@ -31,7 +28,10 @@ def test_paired_interval_by_hand():
     mean, lo, hi = paired_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(t975(2) / math.sqrt(3), rel=1e-9)
     assert lo == pytest.approx(2.0 - 2.484, abs=2e-3)
-    assert paired_interval([0.5])[1:] == (-math.inf, math.inf)
+    assert paired_interval([0.5]) == (0.5, -math.inf, math.inf) and verdict(*paired_interval([0.5])[1:]) == "not resolved"
+    assert math.isnan(paired_interval([])[0]) and paired_interval([])[1:] == (-math.inf, math.inf)
+    assert interval_text([1.0, 2.0, 3.0]) == "+2.0 [-0.5, +4.5]" and interval_text([0.5], 2) == "+0.50 (one seed)"
+    assert interval_text([]) == "–"
 
 
 def test_verdicts():

@@ -9,9 +9,9 @@ import torch
 from labeldistill.layout import RunLayout
 from labeldistill.models.checkpoint import load_teacher
 from labeldistill.labels.relabel import StepPlan, generate_steps
+from labeldistill.labels.loader import StoredStepDataset
 from labeldistill.labels.store import LabelStore
 from labeldistill.recover import load_synthetic
-from labeldistill.validate import StoredStepDataset
 
 from conftest import REPO, needs_fmnist
 

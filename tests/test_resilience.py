@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labeldistill.bnstats import load_class_stats
+from labeldistill.io import load_class_stats
 from labeldistill.layout import RunLayout
 from labeldistill.models.checkpoint import load_teacher
 from labeldistill.models import bn_layers

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from labeldistill.augment import MixParams
 from labeldistill.errors import ConfigError, StoreError
-from labeldistill.labels.prune import check_pruned_store, num_kept, prune_store, recipe_mismatch, select_steps
+from labeldistill.labels.pool import num_kept, recipe_mismatch, select_steps
+from labeldistill.labels.prune import check_pruned_store, prune_store
 from labeldistill.labels.store import LabelStore, LabelStoreWriter, StepRecord
 from labeldistill.layout import LabelVariant
 

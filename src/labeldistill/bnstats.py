@@ -52,7 +52,7 @@ from .config import Config, check_squeeze_options
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .distributed import all_reduce_sum, barrier, shard
 from .errors import LabelDistillError
-from .io import MetricsLog, atomic_write_json, load_class_stats, read_json  # noqa: F401  (load_class_stats: old path)
+from .io import MetricsLog, atomic_write_json, read_json
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import load_teacher

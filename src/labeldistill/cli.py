@@ -228,7 +228,7 @@ def _stage_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
 def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool) -> None:
     """``prune`` / ``validate`` for the configured label variants whose factor is among ``--factor``."""
     from .config import student_specs, with_student
-    from .pipeline import prune_all
+    from .labels.prune import prune_all
     from .provenance import check_students
     from .validate import validate
     from .variants import label_variants

@@ -16,10 +16,9 @@ from .bnstats import class_stats
 from .config import Config, dump_config, student_specs, with_student
 from .data import load_split, resolve_augmentation
 from .distributed import barrier
-from .errors import StaleStageError
 from .io import atomic_write_json
 from .labels.generator import train_generator
-from .labels.prune import prune_all  # noqa: F401  (also the old import path)
+from .labels.prune import prune_all
 from .labels.relabel import relabel
 from .layout import REAL_TRAIN, RunLayout, labels_tag
 from .models import check_model_spec
@@ -204,4 +203,4 @@ def _finish(cfg: Config, root: Path, results: dict) -> None:
           "(results.json, report.md, plots/)")
 
 
-__all__ = ["run", "prune_all", "label_variants", "stage_refs", "StaleStageError"]
+__all__ = ["run", "hard_label_rows", "stage_refs"]

@@ -73,14 +73,12 @@ from .io import (
 )
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
-from .models.checkpoint import CHANCE_FACTOR, load_teacher, near_chance  # noqa: F401  (CHANCE_FACTOR: old import path)
+from .models.checkpoint import CHANCE_FACTOR, load_teacher, near_chance
 from .provenance import StageRef, autocast_settings, check_fresh, record_stage
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr
-from .variants import BUILTIN_VARIANTS, OWN_SOURCES, plan_batches, resolve_variant  # noqa: F401  (old import paths)
-
-mode_key = mode_stream  # old name of the recover stream key of a mode
+from .variants import OWN_SOURCES, plan_batches, resolve_variant
 
 
 def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from .config import Config, ModelConfig  # noqa: E402
 from .data.synthetic import load_synthetic  # noqa: E402
 from .errors import LabelDistillError  # noqa: E402
-from .io import human_bytes, read_json  # noqa: E402,F401  (human_bytes: old import path)
+from .io import human_bytes, read_json  # noqa: E402
 from .layout import LabelVariant, RunLayout, labels_tag  # noqa: E402
 from .provenance import StageRef, fingerprint, machine, model_tag, stage_seconds, stage_settings  # noqa: E402
 from .runtime import pick_device  # noqa: E402

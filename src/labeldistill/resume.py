@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .errors import LabelDistillError, StoreError
-from .io import atomic_write_json, settings_key  # noqa: F401  (settings_key: old import path)
+from .io import atomic_write_json
 
 RUN_LAYOUT_VERSION = 2  # 2: validate results keyed by student (validate/<student>/), stages.json
 

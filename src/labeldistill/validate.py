@@ -41,11 +41,9 @@ from .distributed import barrier, rank_world, wrap_ddp
 from .errors import LabelDistillError, StaleStageError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
-from .labels.loader import (  # noqa: F401  (StoredStepDataset, check_store_matches: their old import path)
+from .labels.loader import (
     PoolSampler,
     SoftLabelBatches,
-    StoredStepDataset,
-    check_store_matches,
     open_store,
 )
 from .labels.pool import recipe_mismatch

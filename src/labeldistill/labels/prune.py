@@ -42,10 +42,9 @@ from ..layout import RunLayout
 from ..provenance import StageRef, check_fresh, record_stage
 from ..variants import label_variants
 from ..layout import LabelVariant
-from ..variants import PRUNE_METRICS as METRICS  # noqa: F401  (old import path)
 from ..variants import parse_strategy
 from .pool import LEGACY_POOL, recipe_mismatch
-from .pool import kept_steps, num_kept, select_epochs, select_steps  # noqa: F401  (old import paths)
+from .pool import kept_steps
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
 

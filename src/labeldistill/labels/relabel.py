@@ -39,7 +39,7 @@ from ..resume import fault_point
 from ..runtime import autocast, is_rank0, pick_device
 from ..variants import label_variants
 from .pool import kept_steps, recipe_mismatch
-from .replay import build_batch  # noqa: F401  (also the old import path of build_batch)
+from .replay import build_batch
 from .store import LabelStore, LabelStoreWriter, StepRecord
 
 

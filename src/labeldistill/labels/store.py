@@ -59,7 +59,6 @@ from safetensors.torch import save_file
 from ..augment import MixParams, pack_bits, unpack_bits
 from ..errors import ConfigError, StoreError
 from ..io import atomic_write_json, sha256_file
-from ..variants import parse_logits_format  # noqa: F401  (old import path)
 from .codecs import Codec
 from .codecs import small_int as _small_int
 

@@ -1,0 +1,215 @@
+"""What every benchmark script shares: the section of BENCHMARKS.md (header with command, commit, date and
+machine; writing it in place), paired differences over seeds with one 95 % t-interval and one verdict rule, and
+seeding a run directory from another one.
+
+Paired intervals: a claim reads ``held`` only when the interval lies wholly on the claimed side of its threshold,
+``did not hold`` only when wholly on the other side, and ``not resolved`` otherwise. One convention for too few
+pairs: no pair gives a NaN mean, one pair its difference; with fewer than 2 pairs the interval is
+``(-inf, inf)`` (never resolved) and :func:`interval_text` prints no interval.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- the section: header and writing
+
+
+def machine() -> str:
+    """One line: cores, memory, GPU or not, torch version and threads."""
+    import torch
+
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = float("nan")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores, {mem:.0f} GiB RAM, {gpu}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {torch.get_num_threads()} torch threads")
+
+
+def git_commit() -> str:
+    """Short hash of the checkout's HEAD, or ``unknown``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """``python -m bench.<name> args``: the command that runs this script (``argv`` default ``sys.argv``)."""
+    argv = sys.argv if argv is None else argv
+    return " ".join([f"python -m bench.{Path(argv[0]).stem}", *argv[1:]])
+
+
+def header(title: str, machine_note: str = "", command: str | None = None, commit: str | None = None) -> str:
+    """A section's opening lines: ``## title``, then the command (default :func:`command_line`), the commit, the
+    UTC date and the machine (``machine_note`` appended, e.g. the load average), each a Markdown line break."""
+    return (f"## {title}\n\nCommand: `{command or command_line()}`  \nCommit: {commit or git_commit()}  \n"
+            f"Date: {today()}  \nMachine: {machine()}{machine_note}  \n")
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
+    pat = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
+    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text)
+
+
+def shown(path) -> str:
+    """``path`` as written in BENCHMARKS.md: relative to the repository when inside it (no machine paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else p.name
+
+
+def mean_std(xs: list[float], scale: float = 100, sample: bool = False) -> str:
+    """``"79.1 ± 0.4"``: mean ± std of ``xs × scale`` (population std, or the sample std when ``sample``); the
+    value alone for one, ``–`` for none."""
+    v = [scale * x for x in xs]
+    if len(v) < 2:
+        return f"{v[0]:.1f}" if v else "–"
+    return f"{statistics.fmean(v):.1f} ± {(statistics.stdev if sample else statistics.pstdev)(v):.1f}"
+
+
+# ---------------------------------------------------------------- paired differences over seeds
+
+# Two-sided 95 % quantiles t_{0.975, df} of Student's t (standard tables, e.g. NIST/SEMATECH e-Handbook
+# §1.3.6.7.2), used when scipy is not installed.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975_table(df: int) -> float:
+    """``t_{0.975, df}`` from :data:`T975` (between tabulated dfs the next smaller df: a conservative value;
+    beyond 120 the normal 1.960).
+
+    Raises:
+        ValueError: ``df < 1``.
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return 1.960 if df > 120 else T975[max(k for k in T975 if k <= df)]
+
+
+def t975(df: int) -> float:
+    """``t_{0.975, df}``: ``scipy.stats.t.ppf`` when scipy is installed, else :func:`t975_table`."""
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return t975_table(df)
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return float(t.ppf(0.975, df))
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval ``(mean, low, high)`` of paired differences (one per seed): NaN mean for none,
+    ``(-inf, inf)`` for fewer than 2."""
+    n = len(diffs)
+    if n < 2:
+        return (diffs[0] if n else math.nan), -math.inf, math.inf
+    mean = sum(diffs) / n
+    half = t975(n - 1) * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, threshold: float = 0.0, above: bool = True) -> str:
+    """``held`` when the whole interval is on the claimed side of ``threshold`` (above it when ``above``, else
+    below it), ``did not hold`` when it is wholly on the other side, else ``not resolved``."""
+    if above:
+        return "held" if low > threshold else "did not hold" if high < threshold else "not resolved"
+    return "held" if high < threshold else "did not hold" if low > threshold else "not resolved"
+
+
+def interval_text(diffs: list[float], digits: int = 1, one: str = "one seed") -> str:
+    """``+3.0 [+0.5, +5.5]``; ``+3.0 (one seed)`` for one difference (``one``); ``–`` for none."""
+    if not diffs:
+        return "–"
+    m, lo, hi = paired_interval(diffs)
+    return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" if len(diffs) > 1 else f"{m:+.{digits}f} ({one})"
+
+
+def paired_diffs(a: dict, b: dict, scale: float = 100) -> list[float]:
+    """``scale · (a[seed] − b[seed])`` over the seeds both have, in seed order."""
+    return [scale * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def ledger(run_dir: Path) -> dict:
+    """The stage records of a run directory (``stages.json``; empty when none)."""
+    from labeldistill.io import read_json
+    from labeldistill.provenance import LEDGER
+
+    f = Path(run_dir) / LEDGER
+    return read_json(f) if f.is_file() else {}
+
+
+def finished_results(run_dir: Path) -> dict | None:
+    """The ``results.json`` of a finished run, else ``None``."""
+    from labeldistill import read_results
+    from labeldistill.errors import LabelDistillError
+
+    try:
+        return read_results(run_dir)
+    except LabelDistillError:
+        return None
+
+
+def seed_run_from(src: Path, dst: Path, parts: list[str], cfg=None, stages: tuple[str, ...] = ()) -> bool:
+    """Give run directory ``dst`` the finished outputs ``parts`` (paths relative to a run directory, e.g.
+    ``teacher``, ``images/cs``) of run directory ``src``, instead of computing them again; a part ``dst`` already
+    has is kept.
+
+    The one place where the studies reach into the library's run-directory internals. With ``stages`` (ledger
+    keys, e.g. ``squeeze``) and ``cfg`` (``dst``'s config), nothing is copied unless each stage's recorded
+    fingerprint in ``src`` equals the one ``cfg`` gives, and ``dst``'s ledger gets those records with
+    ``reused_from``. Without ``stages`` the copies are unrecorded: the library accepts an output its ledger does
+    not record (a hole issue #21 closes); when it stops doing so, this function must record them.
+
+    Returns:
+        Whether ``dst`` now has the parts from ``src`` (``False``: a stage's settings differ or are unrecorded).
+    """
+    from labeldistill.io import atomic_write_json
+    from labeldistill.provenance import LEDGER, StageRef, fingerprint, stage_settings
+
+    src, dst = Path(src), Path(dst)
+    recs = ledger(src)
+    if any(recs.get(s, {}).get("fingerprint") != fingerprint(stage_settings(cfg, StageRef(s))) for s in stages):
+        return False
+    for part in parts:
+        if (src / part).exists() and not (dst / part).exists():
+            (dst / part).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (src / part).is_dir() else shutil.copy)(src / part, dst / part)
+    if stages:
+        atomic_write_json(dst / LEDGER, {**ledger(dst), **{s: {**recs[s], "reused_from": str(src)} for s in stages}})
+    return True
+
+
+def cli_env() -> dict:
+    """The environment of a child ``labeldistill`` / ``python -m bench.<name>`` process: one thread, no
+    progress bars, this checkout's ``src`` first on ``PYTHONPATH``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
