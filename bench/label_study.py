@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench.study import REPO, header, ledger, paired_interval, seed_run_from, verdict, write_section
+from bench.study import REPO, header, ledger, paired_by_seed, paired_interval, result_row, seed_run_from, verdict, write_section
 from labeldistill import load_config, read_results, run, run_stage
 from labeldistill.io import human_bytes, read_json
 from labeldistill.leaderboard import format_leaderboard, leaderboard, plot_leaderboard
@@ -108,11 +108,6 @@ def stage_minutes(runs: Path, seeds: list[int]) -> float:
     return total / 60
 
 
-def t_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval (in points) of paired differences given in fractions."""
-    return paired_interval([100 * x for x in diffs])
-
-
 def reading(lo: float, hi: float, claim: bool = False) -> str:
     """A claim's verdict (``claim``: that the difference is > 0), else the sign when the interval excludes 0."""
     v = verdict(lo, hi)
@@ -133,38 +128,43 @@ def per_seed(runs: Path, seeds: list[int]) -> dict:
     return out
 
 
-def _row(name: str, a: dict, b: dict, claim: bool = False) -> str:
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return f"| {name} | – | – | – | – |"
-    m, lo, hi = t_interval([a[s] - b[s] for s in seeds])
-    ci = f"[{lo:+.1f}, {hi:+.1f}]" if len(seeds) > 1 else "–"
-    return f"| {name} | {len(seeds)} | {m:+.1f} | {ci} | {reading(lo, hi, claim)} |"
+def protocol(key: tuple) -> str:
+    """The evaluation protocol of a :func:`per_seed` key: this project's student recipe."""
+    if key[0] == "hard":
+        return "labeldistill hard-label (ConvNet-32 student, cross-entropy, 300 epochs; 2 on real-train)"
+    return f"labeldistill-validate (ConvNet-32 student, AdamW, 300 epochs, T 4, loss {key[3]})"
 
 
-def comparisons(tops: dict) -> str:
-    """Paired differences over seeds: codecs vs fp16, losses vs KL, cs vs random_real (IOR), HLR."""
-    head = "| comparison (paired by seed) | seeds | mean (pt) | 95 % t-interval (pt) | reading |\n|---|---|---|---|---|"
-    lines = [head]
-    for mode in MODES:
-        for f in FACTORS:
-            for c in CODECS[1:]:
-                lines.append(_row(f"{mode} {f}×: {c} − fp16", tops.get((mode, f, c, "kl"), {}),
-                                  tops.get((mode, f, "fp16", "kl"), {})))
-    for mode in MODES:
-        for loss in LOSSES:
-            lines.append(_row(f"{mode} {LOSS_FACTOR}× fp16: loss {loss} − kl",
-                              tops.get((mode, LOSS_FACTOR, "fp16", loss), {}),
-                              tops.get((mode, LOSS_FACTOR, "fp16", "kl"), {})))
-    for f in FACTORS:
-        for c in CODECS:
-            lines.append(_row(f"IOR {f}× {c}: cs − random_real", tops.get(("cs", f, c, "kl"), {}),
-                              tops.get(("random_real", f, c, "kl"), {}), claim=True))
-    lines.append(_row("IOR hard labels: cs − random_real", tops.get(("hard", "cs"), {}),
-                      tops.get(("hard", "random_real"), {}), claim=True))
-    for mode in MODES:
-        lines.append(_row(f"HLR {mode}: real-train − {mode} (hard labels)", tops.get(("hard", "real-train"), {}),
-                          tops.get(("hard", mode), {})))
+def seed_rows(tops: dict) -> list[dict]:
+    """JSON rows of every setting's per-seed top-1 (%)."""
+    names = ("images", "factor", "codec", "loss")
+    return [result_row(dict(zip(names, k)) if k[0] != "hard" else {"labels": "hard", "images": k[1]},
+                       {s: 100 * v for s, v in by_seed.items()}, protocol(k), unit="top-1 %")
+            for k, by_seed in tops.items()]
+
+
+def comparisons(tops: dict, out: list) -> str:
+    """Paired differences over seeds: codecs vs fp16, losses vs KL, cs vs random_real (IOR), HLR (and their
+    JSON rows in ``out``)."""
+    tests = [(f"{m} {f}×: {c} − fp16", (m, f, c, "kl"), (m, f, "fp16", "kl"), False)
+             for m in MODES for f in FACTORS for c in CODECS[1:]]
+    tests += [(f"{m} {LOSS_FACTOR}× fp16: loss {loss} − kl", (m, LOSS_FACTOR, "fp16", loss),
+               (m, LOSS_FACTOR, "fp16", "kl"), False) for m in MODES for loss in LOSSES]
+    tests += [(f"IOR {f}× {c}: cs − random_real", ("cs", f, c, "kl"), ("random_real", f, c, "kl"), True)
+              for f in FACTORS for c in CODECS]
+    tests.append(("IOR hard labels: cs − random_real", ("hard", "cs"), ("hard", "random_real"), True))
+    tests += [(f"HLR {m}: real-train − {m} (hard labels)", ("hard", "real-train"), ("hard", m), False) for m in MODES]
+    lines = ["| comparison (paired by seed) | seeds | mean (pt) | 95 % t-interval (pt) | reading |", "|---|---|---|---|---|"]
+    for name, ka, kb, claim in tests:
+        d = paired_by_seed(tops.get(ka, {}), tops.get(kb, {}))
+        if not d:
+            lines.append(f"| {name} | – | – | – | – |")
+            continue
+        m, lo, hi = paired_interval(list(d.values()))
+        out.append(result_row({"comparison": name}, d, protocol(ka), paired=True, verdict=reading(lo, hi, claim),
+                              unit="points"))
+        ci = f"[{lo:+.1f}, {hi:+.1f}]" if len(d) > 1 else "–"
+        lines.append(f"| {name} | {len(d)} | {m:+.1f} | {ci} | {reading(lo, hi, claim)} |")
     return "\n".join(lines)
 
 
@@ -190,7 +190,7 @@ def _vs_anchor(r: dict, tops: dict) -> str:
         return f"top-1 {100 * r['top1_mean']:.1f} % ({r['n']} value(s): no interval)"
     out = []
     for name, a in ANCHORS.items():
-        m, lo, hi = t_interval([v - a for v in vals])
+        m, lo, hi = paired_interval([100 * (v - a) for v in vals])
         out.append(f"{name} {100 * a:.1f} %: {m:+.1f} pt [{lo:+.1f}, {hi:+.1f}] → "
                    + {"held": "beats it", "did not hold": "below it", "not resolved": "not resolved"}[
                        reading(lo, hi, True)])
@@ -249,10 +249,11 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
             "labels, ConvNet-128 with instance norm; [docs/anchors.md](docs/anchors.md) §1) — a "
             "different student and protocol, so a comparison, not a reproduction.\n\n")
     if not dirs:
-        write_section(Path(args.out), "label_study", head + "No seed has finished yet.")
+        write_section(Path(args.out), "label_study", head + "No seed has finished yet.", [])
         return
     table = leaderboard(dirs)
     tops = per_seed(runs, done)
+    rows = seed_rows(tops)
     plot = Path(args.plot)
     plot_leaderboard(table, plot, title=f"Fashion-MNIST IPC 10: top-1 vs bytes ({len(done)} seed(s))")
     link = plot.relative_to(REPO) if plot.is_relative_to(REPO) else plot
@@ -261,8 +262,8 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
     body = (head + headline(table, tops) + f"\n\n![top-1 vs total bytes]({link})\n\n### Leaderboard\n\n"
             + format_leaderboard(table) + "\n### Paired comparisons over seeds\n\n"
             "Differences in points; an interval that excludes 0 gives the sign (IOR rows: `held` = cs beats "
-            "random_real), otherwise `not resolved`.\n\n" + comparisons(tops) + f"\n\n{hook}\n")
-    write_section(Path(args.out), "label_study", body)
+            "random_real), otherwise `not resolved`.\n\n" + comparisons(tops, rows) + f"\n\n{hook}\n")
+    write_section(Path(args.out), "label_study", body, rows)
 
 
 def main() -> None:

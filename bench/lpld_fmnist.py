@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.study import (REPO, finished_results, git_commit, header, interval_text, ledger, mean_std, paired_interval,
-                         seed_run_from, verdict, write_section)
+                         result_row, seed_run_from, verdict, write_section)
 from labeldistill import load_config, run, run_stage
 from labeldistill.io import read_json
 from labeldistill.runtime import tune_malloc
@@ -157,18 +157,27 @@ def report_results(args, ipc: int, seeds: list[int], epochs: int, temp: float) -
     return out
 
 
-def selection_table(args, sel: dict, chosen) -> str:
+def protocol(epochs: int, temp: float) -> str:
+    """The evaluation protocol of a row: this project's student recipe (``validate``)."""
+    return f"labeldistill-validate (ConvNet-32 student, AdamW, {epochs} epochs, T {temp:g})"
+
+
+def selection_table(args, sel: dict, chosen, out: list) -> str:
     lines = ["| E (epochs) | T | 1× (holdout) | 40× (holdout) | mean of both | seeds |", "|---|---|---|---|---|---|"]
     for (epochs, temp), by_seed in sorted(sel.items()):
-        accs = {f: [v[f] for v in by_seed.values()] for f in SELECT_FACTORS}
-        both = [(v[1.0] + v[40.0]) / 2 for v in by_seed.values()]
+        cols = {f"{f:g}x": {s: v[f] for s, v in by_seed.items()} for f in SELECT_FACTORS}
+        cols["mean of both"] = {s: (v[1.0] + v[40.0]) / 2 for s, v in by_seed.items()}
+        out += [result_row({"part": "selection", "images": "cs", "ipc": 10, "epochs": epochs, "temperature": temp,
+                            "factor": k, "split": "holdout", "chosen": chosen == (epochs, temp)},
+                           {s: 100 * x for s, x in col.items()}, protocol(epochs, temp), unit="top-1 %")
+                for k, col in cols.items()]
         mark = " **(chosen)**" if chosen == (epochs, temp) else ""
-        lines.append(f"| {epochs} | {temp:g}{mark} | {mean_std(accs[1.0])} | {mean_std(accs[40.0])} | "
-                     f"{mean_std(both)} | {sorted(by_seed)} |")
+        lines.append(f"| {epochs} | {temp:g}{mark} | " + " | ".join(mean_std(list(c.values())) for c in cols.values())
+                     + f" | {sorted(by_seed)} |")
     return "\n".join(lines)
 
 
-def report_table(args, res: dict[int, dict]) -> str:
+def report_table(args, res: dict[int, dict], chosen, out: list) -> str:
     lines = ["| IPC | images | " + " | ".join(f"{f:g}×" for f in args.factors) + " | seeds |",
              "|---|---|" + "---|" * len(args.factors) + "---|"]
     for ipc, by_src in res.items():
@@ -176,50 +185,60 @@ def report_table(args, res: dict[int, dict]) -> str:
             by_seed = by_src[src]
             if not by_seed:
                 continue
-            cells = [mean_std([v[f] for v in by_seed.values()]) for f in args.factors]
-            lines.append(f"| {ipc} | {src.replace('_', ' ')} | " + " | ".join(cells) + f" | {sorted(by_seed)} |")
+            cols = {f: {s: v[f] for s, v in by_seed.items()} for f in args.factors}
+            out += [result_row({"part": "report", "ipc": ipc, "images": src, "factor": f, "split": "test"},
+                               {s: 100 * x for s, x in col.items()}, protocol(*chosen), unit="top-1 %")
+                    for f, col in cols.items()]
+            lines.append(f"| {ipc} | {src.replace('_', ' ')} | " + " | ".join(
+                mean_std(list(c.values())) for c in cols.values()) + f" | {sorted(by_seed)} |")
     return "\n".join(lines)
 
 
-def claim_row(claim: str, where: str, diffs: list[float], threshold: float = 0.0, above: bool = True) -> str:
-    """One claims-table row; ``diffs`` are fractions (shown in points)."""
-    pts = [100 * d for d in diffs]
+def claim_row(out: list, proto: str, claim: str, where: str, diffs: dict, threshold: float = 0.0,
+              above: bool = True) -> str:
+    """One claims-table row (and its JSON row); ``diffs``: seed → difference in fractions (shown in points)."""
+    pts = [100 * d for d in diffs.values()]
     _, lo, hi = paired_interval(pts)
-    return f"| {claim} | {where} | {interval_text(pts, 2)} | {len(pts)} | {verdict(lo, hi, threshold, above)} |"
+    v = verdict(lo, hi, threshold, above)
+    out.append(result_row({"part": "claims", "claim": claim, "where": where, "threshold_points": 100 * threshold,
+                           "above": above}, {s: 100 * d for s, d in diffs.items()}, proto, paired=True, verdict=v,
+                          unit="points"))
+    return f"| {claim} | {where} | {interval_text(pts, 2)} | {len(pts)} | {v} |"
 
 
-def paired(a: dict, b: dict, fa: float, fb: float | None = None) -> list[float]:
-    """Per-seed ``a[seed][fa] - b[seed][fb]`` over the seeds both have."""
+def paired(a: dict, b: dict, fa: float, fb: float | None = None, sign: int = 1) -> dict:
+    """``{seed: sign · (a[seed][fa] - b[seed][fb])}`` over the seeds both have."""
     fb = fa if fb is None else fb
-    return [a[s][fa] - b[s][fb] for s in sorted(set(a) & set(b)) if fa in a[s] and fb in b[s]]
+    return {s: sign * (a[s][fa] - b[s][fb]) for s in sorted(set(a) & set(b)) if fa in a[s] and fb in b[s]}
 
 
-def claims_table(args, res: dict[int, dict], sel: dict, chosen) -> str:
+def claims_table(args, res: dict[int, dict], sel: dict, chosen, out: list) -> str:
     lines = ["| claim (Xiao & He 2024, LPLD) | where | paired difference, points: mean [95 % CI] | n | verdict |",
              "|---|---|---|---|---|"]
+    row = lambda *a, **k: lines.append(claim_row(out, protocol(*chosen), *a, **k))  # noqa: E731
     for ipc, r in res.items():
         for f in args.factors:
-            lines.append(claim_row("class-wise supervision beats SRe2L's (cs − sre2l > 0)", f"IPC {ipc}, {f:g}×",
-                                   paired(r["cs"], r["sre2l"], f)))
+            row("class-wise supervision beats SRe2L's (cs − sre2l > 0)", f"IPC {ipc}, {f:g}×",
+                paired(r["cs"], r["sre2l"], f))
         for f in (40.0, 100.0):
             if f in args.factors:
-                drop = [-d for d in paired(r["cs"], r["cs"], f, 1.0)]
-                lines.append(claim_row(f"cs loses little or nothing from 1× to {f:g}× (drop 1× − {f:g}× < "
-                                       f"{LITTLE_LOSS:g} point)", f"IPC {ipc}", drop, LITTLE_LOSS / 100, False))
+                row(f"cs loses little or nothing from 1× to {f:g}× (drop 1× − {f:g}× < {LITTLE_LOSS:g} point)",
+                    f"IPC {ipc}", paired(r["cs"], r["cs"], f, 1.0, -1), LITTLE_LOSS / 100, False)
         for f in args.factors:
-            lines.append(claim_row("synthesised images beat real ones (cs − random real > 0)", f"IPC {ipc}, {f:g}×",
-                                   paired(r["cs"], r["random_real"], f)))
+            row("synthesised images beat real ones (cs − random real > 0)", f"IPC {ipc}, {f:g}×",
+                paired(r["cs"], r["random_real"], f))
         for f in args.factors:
-            lines.append(claim_row("(not LPLD's) initialising cs from real images helps (cs init real − cs > 0)",
-                                   f"IPC {ipc}, {f:g}×", paired(r["cs_init_real"], r["cs"], f)))
+            row("(not LPLD's) initialising cs from real images helps (cs init real − cs > 0)", f"IPC {ipc}, {f:g}×",
+                paired(r["cs_init_real"], r["cs"], f))
     if chosen:
         epochs = chosen[0]
         high = sel.get((epochs, 20.0), {})
         for low_t in (1.0, 4.0):
-            low = sel.get((epochs, low_t), {})
             for f in SELECT_FACTORS:
-                lines.append(claim_row(f"a high KD temperature suits pruned labels (T 20 − T {low_t:g} > 0)",
-                                       f"IPC 10, {f:g}×, E {epochs}, **holdout**", paired(high, low, f)))
+                lines.append(claim_row(out, protocol(epochs, 20.0),
+                                       f"a high KD temperature suits pruned labels (T 20 − T {low_t:g} > 0)",
+                                       f"IPC 10, {f:g}×, E {epochs}, **holdout**",
+                                       paired(high, sel.get((epochs, low_t), {}), f)))
     return "\n".join(lines)
 
 
@@ -262,23 +281,24 @@ def write(args, t0: float, status: str) -> None:
         f"Chosen on the holdout split: {hp}.  \n"
         f"Compute recorded by the runs: {compute_seconds(args) / 60:.0f} min (sum of stage seconds); this "
         f"invocation: {(time.time() - t0) / 60:.1f} min wall.")
+    rows: list[dict] = []
     parts = [
         head,
         f"### Selection (cs, IPC 10; top-1 % on the **holdout** split, {args.holdout // 10} per class, never the "
         "test split)\n\n"
         "Mean ± std over the seeds listed; the chosen cell has the best mean of 1× and 40× over the seeds that "
-        "finished the whole grid.\n\n" + (selection_table(args, sel, chosen) if sel else "(no run finished)"),
+        "finished the whole grid.\n\n" + (selection_table(args, sel, chosen, rows) if sel else "(no run finished)"),
     ]
     if res:
         parts.append("### Report (top-1 % on the test split; mean ± std over the seeds listed, "
-                     "the same seeds for every source)\n\n" + report_table(args, res))
+                     "the same seeds for every source)\n\n" + report_table(args, res, chosen, rows))
     if res or chosen:
         parts.append("### Claims (paired over seeds: same seed, same teacher, for both sides)\n\n"
                      "95 % t-interval of the per-seed difference (Student t, n − 1 df). A claim reads **held** when "
                      "the interval lies wholly on the claimed side of its threshold (0, or the stated margin), "
                      "**did not hold** when wholly on the other side, else **not resolved**. Temperature rows are "
-                     "holdout accuracy from the selection runs.\n\n" + claims_table(args, res, sel, chosen))
-    write_section(Path(args.out), args.section, "\n\n".join(parts))
+                     "holdout accuracy from the selection runs.\n\n" + claims_table(args, res, sel, chosen, rows))
+    write_section(Path(args.out), args.section, "\n\n".join(parts), rows, commit=args.commit)
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,6 @@
 """What every benchmark script shares: the section of BENCHMARKS.md (header with command, commit, date and
 machine; writing it in place), paired differences over seeds with one 95 % t-interval and one verdict rule, and
-seeding a run directory from another one.
+seeding a run directory from another one, and the section's table as JSON (``docs/results/<section>.json``).
 
 Paired intervals: a claim reads ``held`` only when the interval lies wholly on the claimed side of its threshold,
 ``did not hold`` only when wholly on the other side, and ``not resolved`` otherwise. One convention for too few
@@ -65,14 +65,64 @@ def header(title: str, machine_note: str = "", command: str | None = None, commi
             f"Date: {today()}  \nMachine: {machine()}{machine_note}  \n")
 
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``."""
+def write_section(path: Path, name: str, body: str, rows: list[dict] | None = None, command: str | None = None,
+                  commit: str | None = None) -> None:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``;
+    with ``rows`` also write them to :func:`results_path` (:func:`write_results`)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}\n"
+    path = Path(path)
     text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
     pat = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block
     path.write_text(text)
+    if rows is not None:
+        write_results(path, name, rows, command, commit)
+
+
+# ---------------------------------------------------------------- the section's table as JSON
+
+
+def results_path(md: Path, name: str) -> Path:
+    """``docs/results/<name>.json`` beside the Markdown file ``md`` (the repository's, for BENCHMARKS.md)."""
+    return Path(md).resolve().parent / "docs" / "results" / f"{name}.json"
+
+
+def _finite(x):
+    """``x`` with every NaN / infinite float replaced by ``None`` (JSON has neither)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return [_finite(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def write_results(md: Path, name: str, rows: list[dict], command: str | None = None, commit: str | None = None) -> Path:
+    """Write ``{"section", "command", "commit", "date", "machine", "rows"}`` to :func:`results_path`: the rows a
+    section renders (:func:`result_row`), so a reader can check a claim without parsing Markdown."""
+    from labeldistill.io import atomic_write_json
+
+    f = results_path(md, name)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(f, _finite({"section": name, "command": command or command_line(), "commit": commit or git_commit(),
+                                  "date": today(), "machine": machine(), "rows": rows}))
+    return f
+
+
+def result_row(setting: dict, per_seed: dict | None = None, protocol: str | None = None, *, paired: bool = False,
+               **extra) -> dict:
+    """One JSON row: ``setting`` (what varies), ``protocol`` (how the numbers were evaluated), ``seeds`` and
+    ``values`` (one per seed, in the unit the section prints), their ``mean`` and ``interval``: the 95 %
+    t-interval ``[low, high]`` of :func:`paired_interval` for ``paired`` differences with ≥ 2 seeds, else
+    ``None``; ``extra`` (e.g. ``verdict``, ``unit``) is added as is. Without ``per_seed`` (a measurement): the
+    setting and ``extra`` only."""
+    if per_seed is None:
+        return {"setting": setting, **extra}
+    seeds = sorted(per_seed)
+    values = [per_seed[s] for s in seeds]
+    mean, lo, hi = paired_interval(values)
+    return {"setting": setting, "protocol": protocol, "seeds": seeds, "values": values, "mean": mean,
+            "interval": [lo, hi] if paired and len(values) > 1 else None, **extra}
 
 
 def shown(path) -> str:
@@ -152,7 +202,12 @@ def interval_text(diffs: list[float], digits: int = 1, one: str = "one seed") ->
 
 def paired_diffs(a: dict, b: dict, scale: float = 100) -> list[float]:
     """``scale · (a[seed] − b[seed])`` over the seeds both have, in seed order."""
-    return [scale * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+    return list(paired_by_seed(a, b, scale).values())
+
+
+def paired_by_seed(a: dict, b: dict, scale: float = 100) -> dict:
+    """``{seed: scale · (a[seed] − b[seed])}`` over the seeds both have, in seed order."""
+    return {s: scale * (a[s] - b[s]) for s in sorted(set(a) & set(b))}
 
 
 # ---------------------------------------------------------------- run directories

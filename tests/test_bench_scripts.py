@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"classes", "ipc", "image_size", "epochs", "stage_seconds", "peak_rss_bytes", "store_bytes",
             "estimated_store_bytes"}
@@ -158,6 +160,16 @@ def test_label_study_writes_section_and_plot_from_finished_runs(tmp_path):
     assert "| HLR cs: real-train − cs (hard labels) | 2 | +16.0 |" in text  # 0.86 - 0.70, the same each seed
     assert "| IOR 1× fp16: cs − random_real | 2 | +5.0 |" in text
     assert plot.stat().st_size > 10_000 and f"]({plot})" in text
+    data = json.loads((tmp_path / "docs" / "results" / "label_study.json").read_text())  # the same rows as JSON
+    assert data["section"] == "label_study" and data["command"].startswith("python -m bench.label_study --write-only")
+    rows = {r["setting"].get("comparison"): r for r in data["rows"]}
+    hlr = rows["HLR cs: real-train − cs (hard labels)"]
+    assert hlr["seeds"] == [0, 1] and hlr["values"] == pytest.approx([16, 16]) and hlr["mean"] == pytest.approx(16)
+    assert hlr["interval"] == pytest.approx([16, 16]) and hlr["verdict"] == "> 0" and "hard-label" in hlr["protocol"]
+    ior = rows["IOR 1× fp16: cs − random_real"]
+    assert ior["mean"] == pytest.approx(5) and ior["verdict"] == "held" and "validate" in ior["protocol"]
+    cs10 = next(r for r in data["rows"] if r["setting"] == {"images": "cs", "factor": 10, "codec": "fp16", "loss": "kl"})
+    assert cs10["values"] == pytest.approx([78, 79]) and cs10["interval"] is None
 
 
 def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):

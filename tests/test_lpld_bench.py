@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import lpld_fmnist as bench
 
 GRID = ["--epochs-grid", "100", "300", "--temperatures", "1", "20", "--select-seeds", "0", "1", "--seeds", "0", "1",
@@ -55,3 +57,19 @@ def test_collect_chooses_on_holdout_and_pairs_seeds(tmp_path, monkeypatch):
     assert real.endswith("| not resolved |")
     temp = [line for line in lines if "T 20 − T 1" in line]
     assert len(temp) == 2 and all("**holdout**" in line and line.endswith("| did not hold |") for line in temp)
+    # the same rows as JSON beside the Markdown file (docs/results/<section>.json)
+    data = json.loads((tmp_path / "docs" / "results" / "lpld_fmnist.json").read_text())
+    assert data["section"] == "lpld_fmnist" and data["command"].startswith("python -m bench.lpld_fmnist --collect")
+    assert {"commit", "date", "machine"} <= set(data)
+    rows = data["rows"]
+    cs1 = next(r for r in rows if r["setting"] == {"part": "report", "ipc": 10, "images": "cs", "factor": 1.0,
+                                                   "split": "test"})
+    assert cs1["seeds"] == [0, 1, 2] and cs1["values"] == pytest.approx([72, 73, 74]) and cs1["interval"] is None
+    assert cs1["mean"] == pytest.approx(73.0) and "ConvNet-32 student" in cs1["protocol"] and "300 epochs" in cs1["protocol"]
+    claim = next(r for r in rows if r["setting"].get("claim", "").startswith("class-wise")
+                 and r["setting"]["where"] == "IPC 10, 1×")
+    assert claim["values"] == pytest.approx([2, 3, 4]) and claim["verdict"] == "held"  # the Markdown row above
+    assert claim["interval"] == pytest.approx([0.52, 5.48], abs=0.005)
+    chosen = [r for r in rows if r["setting"].get("chosen")]
+    assert {r["setting"]["factor"] for r in chosen} == {"1x", "40x", "mean of both"}
+    assert all((r["setting"]["epochs"], r["setting"]["temperature"]) == (300, 1) for r in chosen)
