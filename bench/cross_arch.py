@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-from bench.study import (REPO, command_line, header, interval_text, ledger, mean_std, paired_diffs, paired_interval,
-                         seed_run_from, shown, verdict, write_section)
+from bench.study import (REPO, command_line, header, interval_text, ledger, mean_std, paired_by_seed,
+                         paired_interval, result_row, seed_run_from, shown, verdict, write_section)
 from labeldistill import hard_label_rows, load_config, run, run_stage
 from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT
 from labeldistill.io import atomic_write_json, read_json
@@ -59,6 +59,7 @@ HEAVY = ("ResNet-18 (small stem)",)  # run after every other part (see the secti
 MODES = ["cs", "sre2l", "random_real"]
 CROSS_MODES = ["cs", "random_real"]  # random_real: the control (real images belong to no teacher)
 FACTORS = [1, 10]
+CELLS = ((10, "teacher0"), (10, "xteacher"), (50, "teacher0"))  # (IPC, labelling teacher)
 HEAVY_ORDER = {  # groups of (teacher, mode): every seed of a group before the next group, so that the key
     # comparisons (cs vs random_real, own vs cross teacher) get paired seeds first
     10: [[("teacher0", "cs"), ("teacher0", "random_real"), ("xteacher", "cs")],
@@ -111,8 +112,7 @@ def plan(args) -> list[tuple[str, Path, list[str], str]]:
     light = [s for s in STUDENTS if s not in HEAVY]
     parts = [("squeeze", runs / name, o, name) for name, o in teacher_parts(args).items()]
     parts.append(("images", runs / "images_ipc10", image_overrides(args, 10), "images IPC 10"))
-    cells = [(10, "teacher0"), (10, "xteacher"), (50, "teacher0")]
-    for ipc, teacher in cells:
+    for ipc, teacher in CELLS:
         if ipc == 50:
             parts.append(("images", runs / "images_ipc50", image_overrides(args, 50), "images IPC 50"))
         for s in args.seeds:
@@ -231,7 +231,7 @@ def refresh_reports(args) -> None:
     from labeldistill.report import collect_results, write_report
 
     all_students = list(STUDENTS)
-    for ipc, teacher in ((10, "teacher0"), (10, "xteacher"), (50, "teacher0")):
+    for ipc, teacher in CELLS:
         for s in args.seeds:
             path = Path(args.runs) / _cell_dir(ipc, teacher) / f"seed{s}"
             if (path / "validate").is_dir():
@@ -244,7 +244,7 @@ def collect(args) -> list[dict]:
     """Every finished validate row of the label runs, tagged with its IPC, teacher and student label."""
     labels = {(s["name"], json.dumps(s["args"], sort_keys=True)): k for k, s in STUDENTS.items()}
     rows = []
-    for ipc, teacher in ((10, "teacher0"), (10, "xteacher"), (50, "teacher0")):
+    for ipc, teacher in CELLS:
         for f in sorted((Path(args.runs) / _cell_dir(ipc, teacher)).glob("seed*/validate/*/*.json")):
             r = read_json(f)
             key = (r["student"], json.dumps(r["student_args"], sort_keys=True))
@@ -264,39 +264,36 @@ def _acc(rows: list[dict], **match) -> dict[int, float]:
     return {r["seed"]: r["top1"] for r in rows if all(r[k] == v for k, v in match.items())}
 
 
-def main_table(args, rows: list[dict]) -> str:
+def protocol(args, ipc: int, student: str, hard: bool = False) -> str:
+    """The evaluation protocol of a row: this project's student recipe with ``student``."""
+    return (f"labeldistill-{'hard-label' if hard else 'validate'} ({student} student, AdamW, "
+            f"{args.epochs[ipc]} epochs{', cross-entropy' if hard else ''})")
+
+
+def main_table(args, rows: list[dict], out: list) -> str:
     """IPC × images × labelling teacher × factor rows, one column per student: mean ± std (seeds done)."""
-    head = ("| IPC | images | labels by | factor | " + " | ".join(STUDENTS) + " |\n|---|---|---|---|"
-            + "---|" * len(STUDENTS))
-    lines = [head]
-    for ipc, teacher in ((10, "teacher0"), (10, "xteacher"), (50, "teacher0")):
+    lines = ["| IPC | images | labels by | factor | " + " | ".join(STUDENTS) + " |",
+             "|---|---|---|---|" + "---|" * len(STUDENTS)]
+    for ipc, teacher in CELLS:
         for mode in (MODES if teacher == "teacher0" else CROSS_MODES):
-            for f in FACTORS:
-                cells = []
-                for s in STUDENTS:
-                    acc = _acc(rows, cell_ipc=ipc, teacher=teacher, recover=mode, prune_factor=f, label=s)
-                    cells.append(f"{mean_std(list(acc.values()))} ({len(acc)})" if acc else "–")
-                by = "own (ConvNet-64, seed 0)" if teacher == "teacher0" else f"cross ({args.xteacher_label}, seed 1)"
-                lines.append(f"| {ipc} | {mode} | {by} | {f}× | " + " | ".join(cells) + " |")
+            by = "own (ConvNet-64, seed 0)" if teacher == "teacher0" else f"cross ({args.xteacher_label}, seed 1)"
+            keys = [(f, by, {"teacher": teacher, "prune_factor": f}) for f in FACTORS]
             if teacher == "teacher0":
+                keys.append(("–", "none: hard labels (CE)", {"teacher": "none"}))
+            for f, labels_by, match in keys:
                 cells = []
                 for s in STUDENTS:
-                    acc = _acc(rows, cell_ipc=ipc, teacher="none", recover=mode, label=s)
+                    acc = _acc(rows, cell_ipc=ipc, recover=mode, label=s, **match)
                     cells.append(f"{mean_std(list(acc.values()))} ({len(acc)})" if acc else "–")
-                lines.append(f"| {ipc} | {mode} | none: hard labels (CE) | – | " + " | ".join(cells) + " |")
+                    if acc:
+                        out.append(result_row({"ipc": ipc, "images": mode, "labels_by": labels_by, "factor": f,
+                                               "student": s}, {k: 100 * v for k, v in acc.items()},
+                                              protocol(args, ipc, s, f == "–"), unit="top-1 %"))
+                lines.append(f"| {ipc} | {mode} | {labels_by} | {f}{'×' * (f != '–')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> str:
-    """Mean paired difference a − b (points) with its 95 % t-interval over the common seeds, and the verdict."""
-    d = paired_diffs(a, b)
-    if len(d) < 2:
-        return f"{len(d)} paired seed(s): no interval"
-    resolved = verdict(*paired_interval(d)[1:]) != "not resolved"  # either sign: these are measurements, not claims
-    return f"{interval_text(d)} (n={len(d)}; {'held' if resolved else 'not resolved'})"
-
-
-def comparisons(rows: list[dict]) -> str:
+def comparisons(args, rows: list[dict], out: list) -> str:
     """Paired differences per student: synthetic vs real images, and own vs cross teacher."""
     lines = ["| comparison (points of top-1) | factor | " + " | ".join(STUDENTS) + " |",
              "|---|---|" + "---|" * len(STUDENTS)]
@@ -311,12 +308,19 @@ def comparisons(rows: list[dict]) -> str:
               for ipc in (10, 50) for m in ("cs", "random_real")]
     for name, a, b in tests:
         for f in FACTORS:
-            if b.get("prune_factor") == "-":  # hard labels have no store: the same row against each factor
-                cells = [paired(_acc(rows, **a, prune_factor=f, label=s), _acc(rows, **b, label=s)) for s in STUDENTS]
-                lines.append(f"| {name} | {f}× | " + " | ".join(cells) + " |")
-                continue
-            cells = [paired(_acc(rows, **a, prune_factor=f, label=s), _acc(rows, **b, prune_factor=f, label=s))
-                     for s in STUDENTS]
+            cells = []
+            for s in STUDENTS:  # hard labels have no store: the same row against each factor
+                d = paired_by_seed(_acc(rows, **a, prune_factor=f, label=s),
+                                   _acc(rows, **{"prune_factor": f, **b}, label=s))
+                if len(d) < 2:
+                    cells.append(f"{len(d)} paired seed(s): no interval")
+                    continue
+                # either sign: these are measurements, not claims
+                resolved = verdict(*paired_interval(list(d.values()))[1:]) != "not resolved"
+                cells.append(f"{interval_text(list(d.values()))} (n={len(d)}; {'held' if resolved else 'not resolved'})")
+                out.append(result_row({"comparison": name, "factor": f, "student": s}, d,
+                                      protocol(args, a["cell_ipc"], s), paired=True,
+                                      verdict="held" if resolved else "not resolved", unit="points"))
             lines.append(f"| {name} | {f}× | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -380,7 +384,7 @@ def students_table(args) -> str:
 
 def write(args) -> None:
     """Write the ``cross_arch`` section of BENCHMARKS.md from whatever rows exist."""
-    rows = collect(args)
+    rows, out = collect(args), []
     e10, e50 = args.epochs[10], args.epochs[50]
     body = (header("Cross-architecture evaluation (Fashion-MNIST)", ", run at nice 10 beside other jobs", args.command)
             + f"Runs: `{shown(args.runs)}` (rows: `<cell>/seed<s>/validate/<student>/<mode>_x<f>.json`)\n\n"
@@ -394,14 +398,14 @@ def write(args) -> None:
             f"{', '.join(map(str, args.seeds))} (count in brackets); a seed changes relabel's crops, pruning, the "
             f"student's initialisation and its label-pool draws, while the teachers and the images are shared.\n\n"
             "Students (throughput: one thread, batch 50, AdamW, measured by this script at the start of the study, "
-            "beside other jobs):\n\n" + students_table(args) + f"\n\n{status(args, rows)}\n\n" + main_table(args, rows) + "\n\nPaired differences (same seeds), mean with "
-            "its 95 % t-interval over seeds; 'held' when the interval excludes 0:\n\n" + comparisons(rows)
+            "beside other jobs):\n\n" + students_table(args) + f"\n\n{status(args, rows)}\n\n" + main_table(args, rows, out) + "\n\nPaired differences (same seeds), mean with "
+            "its 95 % t-interval over seeds; 'held' when the interval excludes 0:\n\n" + comparisons(args, rows, out)
             + "\n\nHard-label rows (`none: hard labels (CE)`): the same images and students, trained with "
             "cross-entropy on each image's class (the main job's hard-label baseline, `hard_label/<student>/<mode>.json`), "
             f"for as many epochs as the soft-label students ({e10} / {e50}); no teacher is involved, so the "
             "own-teacher − hard-label differences measure what the teacher's soft labels add to the same images. "
             "Not run for ResNet-18 (its CPU cost).\n")
-    write_section(Path(args.out), "cross_arch", body)
+    write_section(Path(args.out), "cross_arch", body, out, command=args.command)
 
 
 def main() -> None:

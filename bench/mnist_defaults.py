@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.study import REPO, cli_env, finished_results, header, interval_text, mean_std, paired_interval, verdict
-from bench.study import write_section
+from bench.study import (REPO, cli_env, finished_results, header, interval_text, mean_std, paired_interval, result_row,
+                         verdict, write_section)
 
 CONFIG = REPO / "configs" / "fmnist_demo.yaml"
 BASE = ["data.dataset=mnist-5k", "recover.modes=[random_real]", "recover.ipc=10", "prune.factors=[1]", "threads=1"]
@@ -114,28 +114,28 @@ def collect(args) -> dict:
     return out
 
 
-def pct(xs: list[float]) -> str:
-    return mean_std(xs, sample=True)  # sample std over seeds
-
-
-def table(res: dict) -> str:
+def table(args, res: dict, out: list) -> str:
+    proto = f"labeldistill-validate (ConvNet-32 student, AdamW, {args.relabel_epochs} epochs)"
     lines = ["| teacher | teacher top-1 before / after | student top-1 before | student top-1 after | "
              "after − before, points: mean [95 % CI] | n | verdict (after > before) |", "|---|---|---|---|---|---|---|"]
     for t in TEACHERS:
         before, after = res[t]["before"], res[t]["after"]
-        seeds = sorted(before)
-        diffs = [100 * (after[s]["student"] - before[s]["student"]) for s in seeds]
-        ci = interval_text(diffs)
-        tb, ta = ([r[s]["teacher"] for s in seeds] for r in (before, after))
-        sb, sa = ([r[s]["student"] for s in seeds] for r in (before, after))
-        lines.append(f"| {t} | {pct(tb)} / {pct(ta)} | {pct(sb)} | {pct(sa)} | {ci} | {len(diffs)} | "
-                     f"{verdict(*paired_interval(diffs)[1:]) if diffs else '–'} |")
+        diffs = {s: 100 * (after[s]["student"] - before[s]["student"]) for s in sorted(before)}
+        v = verdict(*paired_interval(list(diffs.values()))[1:]) if diffs else "–"
+        cols = {f"{who} {arm}": {s: 100 * r[s][who] for s in r} for arm, r in (("before", before), ("after", after))
+                for who in ("teacher", "student")}
+        out += [result_row({"teacher": t, "measure": k}, col, proto, unit="top-1 %") for k, col in cols.items()]
+        out.append(result_row({"teacher": t, "measure": "student after − before"}, diffs, proto, paired=True,
+                              verdict=v, unit="points"))
+        pct = {k: mean_std(list(c.values()), scale=1, sample=True) for k, c in cols.items()}  # sample std over seeds
+        lines.append(f"| {t} | {pct['teacher before']} / {pct['teacher after']} | {pct['student before']} | "
+                     f"{pct['student after']} | {interval_text(list(diffs.values()))} | {len(diffs)} | {v} |")
     return "\n".join(lines)
 
 
 def write(args, status: str) -> None:
     """Rewrite the section from the finished runs."""
-    res = collect(args)
+    res, rows = collect(args), []
     commits = sorted({r["commit"] for t in res.values() for a in t.values() for r in a.values()})
     done = sorted(res["project"]["before"])
     body = "\n".join([
@@ -153,8 +153,8 @@ def write(args, status: str) -> None:
         "Paired over seeds (same seed for both arms); mean ± sample std over seeds; 95 % Student-t interval of the "
         "per-seed difference; **held** when the interval lies wholly above 0, **did not hold** when wholly below, "
         "else **not resolved**.",
-        "", table(res)])
-    write_section(Path(args.out), args.section, body)
+        "", table(args, res, rows)])
+    write_section(Path(args.out), args.section, body, rows)
 
 
 def main(argv=None) -> None:

@@ -197,3 +197,8 @@ def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
     assert "| 93.0 ± 0.0 / 95.0 ± 0.0 | 80.0 ± 0.0 | 86.0 ± 1.0 | +6.0 [+3.5, +8.5] | 3 | held |" in rows["project"]
     assert "| 3 | not resolved |" in rows["elsewhere"]
     assert "abc1234" in text and "project teacher [0, 1, 2]" in text
+    rows = json.loads((tmp_path / "docs" / "results" / "mnist_defaults.json").read_text())["rows"]
+    gain = {r["setting"]["teacher"]: r for r in rows if r["setting"]["measure"] == "student after − before"}
+    assert gain["project"]["values"] == pytest.approx([5, 6, 7]) and gain["project"]["verdict"] == "held"
+    assert gain["project"]["interval"] == pytest.approx([3.5, 8.5], abs=0.02) and gain["project"]["seeds"] == [0, 1, 2]
+    assert gain["elsewhere"]["verdict"] == "not resolved" and "300 epochs" in gain["elsewhere"]["protocol"]

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import cross_arch
 
 
@@ -44,6 +46,17 @@ def test_section_from_partial_rows(tmp_path):
     assert "ConvNet-32: 2/48 runs" not in text and "ConvNet-32: 6/48 runs (seeds 0, 1, 2)" in text
     assert "ResNet-18 (small stem): 2/48 runs (seeds 0, 1)" in text
     assert "<!-- cross_arch:start -->" in text and "Command: `python -m bench.cross_arch`" in text
+    data = json.loads((tmp_path / "docs" / "results" / "cross_arch.json").read_text())  # the same rows as JSON
+    assert data["section"] == "cross_arch" and data["command"] == "python -m bench.cross_arch"
+    own = next(r for r in data["rows"] if r["setting"] == {"ipc": 10, "images": "cs", "labels_by": "own (ConvNet-64, "
+                                                           "seed 0)", "factor": 1, "student": conv})
+    assert own["values"] == pytest.approx([80, 82, 81]) and own["mean"] == pytest.approx(81)
+    assert own["protocol"] == "labeldistill-validate (ConvNet-32 student, AdamW, 60 epochs)"
+    d = next(r for r in data["rows"] if r["setting"] == {"comparison": "IPC 10: cs − random_real (own teacher)",
+                                                         "factor": 1, "student": conv})
+    assert d["values"] == pytest.approx([2, 3, 4]) and d["verdict"] == "held"
+    assert d["interval"] == pytest.approx([0.52, 5.48], abs=0.01)
+    assert not any(r["setting"].get("student") == resnet and "comparison" in r["setting"] for r in data["rows"])
 
 
 def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):
@@ -85,3 +98,6 @@ def test_hard_label_rows_and_what_the_teacher_adds(tmp_path):
     # differences 20, 21, 18 points: mean 19.67, sd 1.53, t(0.975, 2) · 1.53 / √3 = 3.79
     assert "+19.7 [+15.9, +23.5] (n=3; held)" in comp, comp
     assert "ConvNet-32: 3/48 runs (seeds 0, 1, 2); " in text and "hard-label rows: 3." in text
+    rows = json.loads((tmp_path / "docs" / "results" / "cross_arch.json").read_text())["rows"]
+    hard = next(r for r in rows if r["setting"]["labels_by"] == "none: hard labels (CE)" if "labels_by" in r["setting"])
+    assert hard["values"] == pytest.approx([60, 61, 63]) and "hard-label" in hard["protocol"]
