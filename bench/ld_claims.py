@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench.study import REPO, git_commit, interval_text, machine, mean_std, paired_interval, today, verdict
-from bench.study import write_section
+from bench.study import (REPO, git_commit, interval_text, machine, mean_std, paired_by_seed, paired_interval, result_row,
+                         today, verdict, write_section)
 from labeldistill import load_ld_config
 from labeldistill.learn_labels import learn_labels
 from labeldistill.learn_labels.dd import DDMetaLearner, LearnedImages
@@ -171,7 +171,9 @@ class Study:
 
     # ------------------------------------------------------------------ rendering
     def render(self) -> None:
-        write_section(Path(self.args.out), "ld_claims", Render(self).text())
+        r = Render(self)
+        text = r.text()
+        write_section(Path(self.args.out), "ld_claims", text, r.rows, command="; ".join(r.commands))
 
 # ---------------------------------------------------------------------- measurements outside learn-labels
 def outer_step_probe(config: Path, common: list[str], repeats: int = 10) -> dict:
@@ -275,15 +277,16 @@ def claim_measures(res: dict, sens: dict, method: str, learner: str = "lenet") -
             "order": order, "lr": max(lrs) - min(lrs)}
 
 
-def claim_diffs(data: dict, method: str, key: str, sign: int, only: tuple | None = None) -> list[float]:
-    """Paired differences ``sign · (measure(method) − measure(dd))`` over seeds (all settings, or ``only``).
+def claim_diffs(data: dict, method: str, key: str, sign: int, only: tuple | None = None) -> dict:
+    """Paired differences ``{(dataset, N, seed): sign · (measure(method) − measure(dd))}`` over seeds (all
+    settings, or ``only``).
 
     The order measure is left out at N = 10: every minibatch is then the whole set (inner batch 10), so the
     order of examples cannot matter.
     """
-    return [sign * (per[s][method][key] - per[s]["dd"][key]) for st, per in sorted(data.items())
+    return {(*st, s): sign * (per[s][method][key] - per[s]["dd"][key]) for st, per in sorted(data.items())
             if only in (None, st) and (key != "order" or st[1] > 10)
-            for s in sorted(per) if method in per[s] and "dd" in per[s]]
+            for s in sorted(per) if method in per[s] and "dd" in per[s]}
 
 
 def pm(xs: list[float]) -> str:
@@ -291,7 +294,8 @@ def pm(xs: list[float]) -> str:
     return mean_std(xs, scale=1)
 
 
-def ci(d: list[float]) -> str:
+def ci(d: list[float] | dict) -> str:
+    d = list(d.values()) if isinstance(d, dict) else d
     return interval_text(d, one="n=1") + (f" (n={len(d)})" if len(d) > 1 else "")
 
 
@@ -300,6 +304,7 @@ class Render:
 
     def __init__(self, study: Study):
         self.s, self.a, self.runs = study, study.args, study.runs
+        self.rows: list[dict] = []  # the JSON rows of what is rendered
 
     def load(self, key: str, name: str = "results.json") -> dict | None:
         f = self.runs / key / name
@@ -310,7 +315,7 @@ class Render:
         seconds = sum(json.loads((self.runs / k / "results.json").read_text())["seconds"] for k in done)
         recorded = [json.loads((self.runs / k / "bench.json").read_text())["bench_command"] for k in done
                     if (self.runs / k / "bench.json").is_file()]
-        commands = list(dict.fromkeys(recorded)) or [self.s.command]  # what produced the runs, not --render
+        commands = self.commands = list(dict.fromkeys(recorded)) or [self.s.command]  # what made the runs
         out = ["## LD on its own dataset, and LD's claims against image distillation (issue #13)", "",
                "Command: " + "; ".join(f"`{c}`" for c in commands) + "  ",
                f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  ",
@@ -359,10 +364,20 @@ class Render:
                         and r["optimizer"] == "adam"), None)
             return None if row is None else 100 * row["top1_mean"]
 
-        def col(results: list, method: str) -> list[float]:
-            return [v for v in (acc(r, method) for r in results) if v is not None]
-
         done = [r for r in within if r]
+        proto = (f"learn-labels metatest (LeNet, Adam 1e-3, {self.a.mnist_repeats} fresh models per seed; LD: its "
+                 "meta-training step count, baselines: a validated one)")
+        per = {(part, m): {s: v for s, v in enumerate(acc(r, m) for r in res) if v is not None}
+               for part, res in (("mnist-5k within", within), ("Fashion-MNIST → mnist-5k", cross))
+               for m in ("ld", "onehot", "teacher")}
+        self.rows += [result_row({"part": k[0], "labels": k[1]}, v, proto, unit="top-1 %") for k, v in per.items() if v]
+        diffs = {f"LD − {m}": paired_by_seed(per["mnist-5k within", "ld"], per["mnist-5k within", m], 1)
+                 for m in ("onehot", "teacher")}
+        self.rows += [result_row({"part": "mnist-5k within", "comparison": k}, d, proto, paired=True,
+                                 verdict=verdict(*paired_interval(list(d.values()))[1:]), unit="points")
+                      for k, d in diffs.items()]
+        w = {m: list(per["mnist-5k within", m].values()) for m in ("ld", "onehot", "teacher")}
+        x = {m: list(per["Fashion-MNIST → mnist-5k", m].values()) for m in ("ld", "teacher")}
         updates = sorted({r["meta"]["ld"]["outer_steps"] for r in done + [c for c in cross if c]})
         teacher = [100 * r["teacher"]["top1"] for r in done if r.get("teacher")]
         out += ["### LD's MNIST row on mnist-5k (parts `mnist`, `cross`)", "",
@@ -374,16 +389,15 @@ class Render:
                 "brackets.", "",
                 "| labels | mnist-5k within (this study) | Fashion-MNIST → mnist-5k (this study) | MNIST, paper |",
                 "|---|---|---|---|",
-                f"| LD | {pm(col(within, 'ld'))} {self._seeds(col(within, 'ld'))} | {pm(col(cross, 'ld'))} "
-                f"{self._seeds(col(cross, 'ld'))} | 87.3 ± 0.7 (Bohdal et al. 2020 via KIP-CNN Table 1, 20 test models;"
+                f"| LD | {pm(w['ld'])} {self._seeds(w['ld'])} | {pm(x['ld'])} "
+                f"{self._seeds(x['ld'])} | 87.3 ± 0.7 (Bohdal et al. 2020 via KIP-CNN Table 1, 20 test models;"
                 " `docs/anchors.md` §2) |",
-                f"| one-hot (same base examples) | {pm(col(within, 'onehot'))} {self._seeds(col(within, 'onehot'))} "
+                f"| one-hot (same base examples) | {pm(w['onehot'])} {self._seeds(w['onehot'])} "
                 "| – (arbitrary class map) | not quoted (unverified) |",
-                f"| teacher pseudo-labels (LeNet teacher, {pm(teacher)} % test top-1) | {pm(col(within, 'teacher'))} "
-                f"{self._seeds(col(within, 'teacher'))} | {pm(col(cross, 'teacher'))} | not quoted (unverified) |", ""]
-        pairs = [(acc(r, "ld"), acc(r, "onehot"), acc(r, "teacher")) for r in done]
-        out += [f"Paired LD − one-hot (mnist-5k): {ci([a - b for a, b, _ in pairs if a is not None and b is not None])}"
-                f" points; LD − teacher: {ci([a - c for a, _, c in pairs if a is not None and c is not None])}.", "",
+                f"| teacher pseudo-labels (LeNet teacher, {pm(teacher)} % test top-1) | {pm(w['teacher'])} "
+                f"{self._seeds(w['teacher'])} | {pm(x['teacher'])} | not quoted (unverified) |", ""]
+        out += [f"Paired LD − one-hot (mnist-5k): {ci(list(diffs['LD − onehot'].values()))} points; LD − teacher: "
+                f"{ci(list(diffs['LD − teacher'].values()))}.", "",
                 "**Protocol vs the paper.** The paper meta-trains on MNIST's 50,000 training images (10,000 held out "
                 "for validation) and tests on its 10,000 test images. mnist-5k has 4,000 train images (4,000 − 500 "
                 "validation = 3,500 outer-loss images, base examples included) and 1,000 test images, so: the outer "
@@ -439,6 +453,10 @@ class Render:
                 "|---|---|---|---|---|---|"]
         for (ds, n), per in sorted(data.items()):
             for m in ("ld", "rr", "dd"):
+                self.rows += [result_row({"part": "claims", "dataset": DATASETS[ds], "n": n, "labels": m, "measure": k},
+                                         {s: per[s][m][k] for s in per if m in per[s]}, self._claims_protocol(),
+                                         unit="top-1 %" if k == "acc" else "points")
+                              for k in ("acc", "opt", "arch", "order", "lr")]
                 v = [per[s][m] for s in per if m in per[s]]
                 cells = [f"{statistics.fmean(x[k] for x in v):.1f}" for k in ("opt", "arch", "order", "lr")]
                 out.append(f"| {DATASETS[ds]}, N = {n} | {m.upper()} | " + " | ".join(cells) + " |")
@@ -467,11 +485,21 @@ class Render:
                + " | ".join(f"{DATASETS[ds]} N = {n}" for ds, n in settings) + " | RR vs DD, pooled | verdict |",
                "|---|---|---|---|" + "---|" * len(settings) + "---|---|"]
         for name, key, what, sign in CLAIMS:
-            ld, rr = claim_diffs(data, "ld", key, sign), claim_diffs(data, "rr", key, sign)
-            out.append(f"| {name} | {what} | {ci(ld)} | {verdict(*paired_interval(ld)[1:])} | "
+            cell = {}
+            for m in ("ld", "rr"):
+                d = claim_diffs(data, m, key, sign)
+                cell[m] = f"{ci(d)} | {verdict(*paired_interval(list(d.values()))[1:])}"
+                self.rows.append(result_row({"part": "claims", "claim": name, "measure": what, "labels": m,
+                                             "versus": "dd", "pooled": settings}, d, self._claims_protocol(),
+                                            paired=True, verdict=cell[m].split(" | ")[1], unit="points"))
+            out.append(f"| {name} | {what} | {cell['ld']} | "
                        + " | ".join(ci(claim_diffs(data, "ld", key, sign, st)) for st in settings)
-                       + f" | {ci(rr)} | {verdict(*paired_interval(rr)[1:])} |")
+                       + f" | {cell['rr']} |")
         return out
+
+    def _claims_protocol(self) -> str:
+        return (f"learn-labels metatest (LeNet, Adam 1e-3, {self.a.claims_repeats} fresh models per seed, training "
+                f"length validated, ≤ {self.a.claims_max_steps} steps)")
 
     @staticmethod
     def _fraction(updates: list[int]) -> str:

@@ -119,6 +119,15 @@ def test_ld_claims_render_gives_paired_verdicts(tmp_path):
     assert "| held |" in rows["less sensitive to the optimizer"]  # DD spread 20 vs LD 1
     assert "| did not hold |" in rows["less sensitive to the order of examples"]  # LD 10-point order spread
     assert "| not resolved |" in rows["less sensitive to the learning rate"]  # sign changes across seeds
+    data = json.loads((tmp_path / "docs" / "results" / "ld_claims.json").read_text())  # the same rows as JSON
+    claims = {(r["setting"]["claim"], r["setting"]["labels"]): r for r in data["rows"] if "claim" in r["setting"]}
+    beat = claims["labels beat images", "ld"]
+    assert beat["seeds"] == [["fmnist", 100, 0], ["fmnist", 100, 1], ["fmnist", 100, 2]]
+    assert beat["values"] == pytest.approx([10, 10, 10]) and beat["verdict"] == "held" and "LeNet" in beat["protocol"]
+    assert claims["less sensitive to the order of examples", "ld"]["verdict"] == "did not hold"
+    assert claims["less sensitive to the learning rate", "ld"]["verdict"] == "not resolved"
+    acc = next(r for r in data["rows"] if r["setting"].get("measure") == "acc" and r["setting"]["labels"] == "dd")
+    assert acc["values"] == pytest.approx([70, 71, 72]) and acc["setting"]["dataset"] == "fashion-mnist"
 
 
 def _fake_label_study(runs: Path, seeds: list[int]) -> None:
