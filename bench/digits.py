@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.study import REPO, cli_env, header, interval_text, mean_std, paired_interval, verdict, write_section
+from bench.study import (REPO, cli_env, header, interval_text, mean_std, paired_by_seed, paired_interval, result_row,
+                         verdict, write_section)
 from labeldistill import load_config
 from labeldistill.config import config_to_dict
 
@@ -89,16 +90,16 @@ def changed_keys() -> list[str]:
     return [f"`{k}`: {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
 
 
-def paired(xs: list[float], ys: list[float]) -> str:
-    """Mean of ``ys − xs`` in points with a 95 % t-interval (``n`` ≥ 2), e.g. ``+31.2 [+25.0, +37.4]``."""
-    d = [100 * (y - x) for x, y in zip(xs, ys)]
+def paired(d: list[float]) -> tuple[str, str]:
+    """Mean of the differences ``d`` (points) with a 95 % t-interval (``n`` ≥ 2), e.g. ``+31.2 [+25.0, +37.4]``,
+    and the reading (``held`` when the interval excludes 0, either sign: a measurement, not a claim)."""
     if len(d) < 2:
-        return interval_text(d, one="1 seed, no interval")
-    resolved = verdict(*paired_interval(d)[1:]) != "not resolved"  # either sign: a measurement, not a claim
-    return f"{interval_text(d)} ({'held' if resolved else 'not resolved'})"
+        return interval_text(d, one="1 seed, no interval"), "not resolved"
+    v = "held" if verdict(*paired_interval(d)[1:]) != "not resolved" else "not resolved"
+    return f"{interval_text(d)} ({v})", v
 
 
-def section(seeds: list[int], runs: Path, minutes: float | None) -> str:
+def section(seeds: list[int], runs: Path, minutes: float | None, out: list) -> str:
     done = [s for s in seeds if all(read_arm(arm, s, runs) for arm in ARMS)]
     lines = [header("Small inputs: the main job on 8 × 8 digits"),
              "Data: scikit-learn's digits (`data.dataset=digits`: 8 × 8, 1,437 train / 360 test images, a fixed "
@@ -118,8 +119,16 @@ def section(seeds: list[int], runs: Path, minutes: float | None) -> str:
     lines += ["| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     keys = [("teacher", "teacher")] + [((m, f), f"student, {m}, {f}×") for m in MODES for f in FACTORS]
     for key, label in keys:
-        col = {arm: [r[key] for r in res[arm]] for arm in ARMS}
-        cells = [mean_std(col[a]) for a in ARMS] + [paired(col[b], col[a]) for a, b in COMPARE]
+        col = {arm: {s: 100 * r[key] for s, r in zip(done, res[arm])} for arm in ARMS}
+        proto = "labeldistill-validate (the arm's student recipe)" if key != "teacher" else "labeldistill-squeeze"
+        out += [result_row({"measure": label, "arm": a}, col[a], proto, unit="top-1 %") for a in ARMS]
+        cells = [mean_std(list(col[a].values()), scale=1) for a in ARMS]
+        for a, b in COMPARE:
+            d = paired_by_seed(col[a], col[b], 1)
+            text, v = paired(list(d.values()))
+            cells.append(text)
+            out.append(result_row({"measure": label, "comparison": f"{a} − {b}"}, d, proto, paired=True, verdict=v,
+                                  unit="points"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "What changed from demo to digits (resolved config):", ""] + [f"- {c}" for c in changed_keys()]
     return "\n".join(lines)
@@ -138,8 +147,9 @@ def main() -> None:
         for seed in args.seeds:
             for arm in args.arms:
                 run_arm(arm, seed, runs)
-    body = section(args.seeds, runs, None if args.write_only else (time.time() - t0) / 60)
-    write_section(Path(args.out), "digits", body)
+    rows: list[dict] = []
+    body = section(args.seeds, runs, None if args.write_only else (time.time() - t0) / 60, rows)
+    write_section(Path(args.out), "digits", body, rows)
     print(body)
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from bench.study import REPO, cli_env, command_line, machine, seed_run_from, today, write_section
+from bench.study import REPO, cli_env, command_line, machine, result_row, seed_run_from, today, write_section
 from bench.time_estimate import estimate_and_run
 
 from labeldistill.bnstats import class_stats
@@ -336,7 +336,7 @@ def main() -> int:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
-        write_section(Path(args.out), "gpu_check", body)
+        write_section(Path(args.out), "gpu_check", body, [result_row({"check": k}, result=v) for k, v in res.items()])
     tests_ok = args.skip_tests or res["tests"]["rc"] == 0
     return 0 if tests_ok else 1
 

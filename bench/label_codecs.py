@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from bench.study import REPO, header, write_section
+from bench.study import REPO, header, result_row, write_section
 
 from labeldistill.config import load_config
 from labeldistill.labels.accounting import store_report
@@ -289,7 +289,9 @@ def main() -> None:
     body = header("Label codecs: bytes, decode time and soft targets per logits format") + "\n".join([
         setting, "", *_table(dec, byt, qual), "", _reading(dec, byt), "", *_placement_table(pl)])
     if not args.no_write:
-        write_section(Path(args.out), "codecs", body)
+        write_section(Path(args.out), "codecs", body, [result_row({"codec": f}, bytes=byt[f], quality=qual[f], decode={
+            k: v[f] for k, v in dec.items()}) for f in CODECS] + [result_row({"placement": k}, **v) for k, v in pl.items()
+                                                                 if isinstance(v, dict)])
     (Path(args.runs) / "codecs.json").write_text(json.dumps(
         {"decode": dec, "bytes": byt, "quality": qual, "placement": pl}, indent=2))
     print(body)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.study import REPO, header, write_section
+from bench.study import REPO, header, result_row, write_section
 
 from labeldistill.config import RelabelConfig
 from labeldistill.data import load_dataset
@@ -236,7 +236,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     if not args.no_write:
-        write_section(Path(args.out), "loader", body)
+        write_section(Path(args.out), "loader", body, [result_row({"workers": r["workers"]}, **{
+            k: v for k, v in r.items() if k != "workers"}) for r in res["rows"]] + [result_row({"memory": "image set"}, **res["memory"])])
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.study import REPO, header, write_section
+from bench.study import REPO, header, result_row, write_section
 
 WORKLOADS = ("eval", "train", "ld")
 
@@ -119,7 +119,8 @@ def main() -> None:
             f"{args.rounds} alternating rounds. 'default' = glibc's malloc as shipped; 'tuned' = "
             "`labeldistill.runtime.tune_malloc()` (called by the `labeldistill` command; "
             "`LABELDISTILL_MALLOC=system` turns it off). Workloads: see `bench/malloc.py`.\n\n" + "\n".join(lines))
-    write_section(Path(args.out), "malloc", body)
+    write_section(Path(args.out), "malloc", body, [result_row({"workload": w}, default=best("default", w),
+                                                              tuned=best("tuned", w)) for w in WORKLOADS])
     print(body)
 
 

@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.study import REPO, cli_env, header, shown, write_section
+from bench.study import REPO, cli_env, header, result_row, shown, write_section
 
 
 MODE = "lpld"
@@ -390,7 +390,8 @@ def sweep(args) -> None:
     minutes = (time.time() - t_start) / 60
     body = sweep_report(results, args, minutes, load0)
     body = header("Scale: cost per stage vs classes, IPC, image size and stored steps") + body
-    write_section(Path(args.out), "scale", body)
+    write_section(Path(args.out), "scale", body, [result_row({k: r["row"][k] for k in ("classes", "ipc", "image_size", "epochs")},
+                                                             **r["row"]) for r in results])
     print(body)
 
 

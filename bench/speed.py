@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from bench.study import REPO, header, seed_run_from, write_section
+from bench.study import REPO, header, result_row, seed_run_from, write_section
 
 from labeldistill.data import load_split, normalize
 from labeldistill.layout import RunLayout
@@ -462,10 +462,9 @@ def main() -> None:
             f"the ratio is the median of the per-repeat ratios. Wall time of the whole benchmark: "
             f"{(time.time() - t_start) / 60:.1f} min; 1-minute load average {load_start:.1f} at the start, "
             f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the cores).\n\n" + "\n".join(rows))
-    write_section(Path(args.out), "speed", body)
-    (Path(args.runs) / "speed.json").write_text(json.dumps(
-        {"relabel": r1, "student": r2, "recover": r3, "torchrun": r4, "store": rep, "store_x40": rep40,
-         "memory": r6}, indent=2, default=str))
+    res = {"relabel": r1, "student": r2, "recover": r3, "torchrun": r4, "store": rep, "store_x40": rep40, "memory": r6}
+    write_section(Path(args.out), "speed", body, [result_row({"measurement": k}, **(v or {})) for k, v in res.items()])
+    (Path(args.runs) / "speed.json").write_text(json.dumps(res, indent=2, default=str))
     print(body)
 
 

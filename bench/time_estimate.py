@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 
-from bench.study import REPO, header, ledger, write_section
+from bench.study import REPO, header, ledger, result_row, write_section
 from bench.scale import overrides as scale_overrides, register_random_dataset
 
 DEMO_OVERRIDES = ["threads=1", "device=cpu", "squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=50",
@@ -150,7 +150,9 @@ def main() -> int:
         print(name, json.dumps(results[name], indent=1, default=str), flush=True)
         body = section(results)  # written after each configuration: a later failure keeps the earlier ones
         if not args.no_write:
-            write_section(REPO / "BENCHMARKS.md", "time_estimate", body)
+            write_section(REPO / "BENCHMARKS.md", "time_estimate", body, [
+                result_row({"config": n, "stage": r["stage"]}, estimate_s=r["estimate"], actual_s=r["actual"],
+                           ratio=r["ratio"]) for n, res in results.items() for r in res["rows"]])
     print(body)
     return 0
 

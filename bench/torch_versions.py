@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.study import REPO, cli_env, command_line, header, write_section
+from bench.study import REPO, cli_env, command_line, header, result_row, write_section
 
 CHILD = r"""
 import json, resource, sys, time
@@ -88,7 +88,9 @@ def main() -> None:
                   f"| {med[s]['peak_rss_mib']:.0f} |\n" for s in ("new", "old"))
         + f"\nnew ÷ old seconds per step: median **{statistics.median(ratios):.3f}** "
         f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)}).\n")
-    write_section(Path(args.out), "torch_versions", body)
+    write_section(Path(args.out), "torch_versions", body, [result_row({"torch": rows[s][0]["torch"]}, **med[s]) for s in med]
+                  + [result_row({"ratio": "new ÷ old seconds per step"}, per_repeat=ratios, median=statistics.median(ratios))],
+                  command=command_line().replace(args.old, "<venv with torch 2.13.0>/bin/python"))
     print(body)
 
 

@@ -211,3 +211,29 @@ def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
     assert gain["project"]["values"] == pytest.approx([5, 6, 7]) and gain["project"]["verdict"] == "held"
     assert gain["project"]["interval"] == pytest.approx([3.5, 8.5], abs=0.02) and gain["project"]["seeds"] == [0, 1, 2]
     assert gain["elsewhere"]["verdict"] == "not resolved" and "300 epochs" in gain["elsewhere"]["protocol"]
+
+
+def test_digits_write_only_rows_match_the_table(tmp_path):
+    """--write-only on fabricated finished runs: the Markdown cells and the JSON rows come from the same values."""
+    runs = tmp_path / "runs"
+    base = {"demo": 0.50, "teacher_aug": 0.60, "digits": 0.90, "recover_aug": 0.85}
+    for arm, acc in base.items():
+        for seed in (0, 1):
+            root = runs / arm / f"seed{seed}"
+            (root / "teacher").mkdir(parents=True)
+            (root / "teacher" / "teacher.json").write_text(json.dumps({"top1": 0.95}))
+            (root / "validate" / "convnet").mkdir(parents=True)
+            for m in ("sre2l", "lpld"):
+                for f in (1, 10, 40):
+                    (root / "validate" / "convnet" / f"{m}_x{f}.json").write_text(json.dumps(
+                        {"recover": m, "prune_factor": f, "top1": acc + 0.01 * seed}))
+    out = tmp_path / "B.md"
+    r = _bench("digits", "--write-only", "--seeds", "0", "1", "--runs", str(runs), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(ln for ln in out.read_text().splitlines() if ln.startswith("| student, lpld, 1× |"))
+    assert "| 50.5 ± 0.5 | 60.5 ± 0.5 | 90.5 ± 0.5 | 85.5 ± 0.5 |" in line and "+40.0 [+40.0, +40.0] (held)" in line
+    rows = json.loads((tmp_path / "docs" / "results" / "digits.json").read_text())["rows"]
+    d = next(r for r in rows if r["setting"] == {"measure": "student, lpld, 1×", "comparison": "digits − demo"})
+    assert d["values"] == pytest.approx([40, 40]) and d["interval"] == pytest.approx([40, 40]) and d["verdict"] == "held"
+    demo = next(r for r in rows if r["setting"] == {"measure": "student, lpld, 1×", "arm": "demo"})
+    assert demo["seeds"] == [0, 1] and demo["values"] == pytest.approx([50, 51])
