@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench.study import (REPO, cli_env, header, interval_text, mean_std, paired_by_seed, paired_interval, result_row,
-                         verdict, write_section)
+from bench.study import (REPO, header, interval_text, mean_std, paired_by_seed, paired_interval, result_row,
+                         run_cli, verdict, write_section)
 from labeldistill import load_config
 from labeldistill.config import config_to_dict
 
@@ -53,12 +51,7 @@ FACTORS = (1, 10, 40)
 def run_arm(arm: str, seed: int, runs: Path) -> None:
     """``labeldistill run`` for one arm and seed in a child process (resumes a finished part)."""
     path, overrides = ARMS[arm]
-    out = runs / arm / f"seed{seed}"
-    cmd = [sys.executable, "-m", "labeldistill.cli", "run", str(REPO / path), *overrides, f"seed={seed}",
-           f"run_dir={out}", "threads=1"]
-    t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, env=cli_env(), check=True)
-    print(f"{arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    run_cli("run", REPO / path, [*overrides, f"seed={seed}", f"run_dir={runs / arm / f'seed{seed}'}", "threads=1"])
 
 
 def read_arm(arm: str, seed: int, runs: Path) -> dict | None:

@@ -41,14 +41,14 @@ from pathlib import Path
 
 import torch
 
-from bench.study import REPO, cli_env, command_line, machine, result_row, seed_run_from, today, write_section
+from bench.study import REPO, cli_env, command_line, machine, met as verdict, result_row, seed_run_from, today, write_section
 from bench.time_estimate import estimate_and_run
 
 from labeldistill.bnstats import class_stats
 from labeldistill.config import load_config
 from labeldistill.data import ImageSet, register_dataset
 from labeldistill.labels.relabel import relabel
-from labeldistill.models import create_model
+from labeldistill.models.checkpoint import load_teacher
 from labeldistill.recover import recover
 from labeldistill.runtime import autocast
 from labeldistill.squeeze import squeeze
@@ -145,22 +145,12 @@ def check_recover(base: Path, work: Path, sz: dict, device: torch.device) -> lis
     return rows
 
 
-def teacher_from_run(run: Path, info_cfg, device: torch.device) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    meta = json.loads((run / "teacher" / "teacher.json").read_text())
-    model = create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["shape"][0],
-                         image_size=meta["shape"][1], **meta.get("model_args", {}))
-    model.load_state_dict(load_file(str(run / "teacher" / "model.safetensors")))
-    return model.to(device).eval()
-
-
 def check_relabel(run: Path, sz: dict, device: torch.device) -> dict:
     cfg = load_config(None, base_overrides(run, sz, device.type) + [
         f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}"])
     secs, store = timed(lambda: relabel(cfg, "lpld", force=True), device)
     n = store.manifest["num_entries"]
-    teacher = teacher_from_run(run, cfg, device)
+    teacher, _ = load_teacher(run / "teacher", device)
     shape = json.loads((run / "teacher" / "teacher.json").read_text())["shape"]
     x = torch.randn((min(n, 1024), *shape), device=device).contiguous(memory_format=torch.channels_last)
 
@@ -266,10 +256,6 @@ def check_time_estimate(work: Path, sz: dict, device: torch.device) -> dict:
     res = estimate_and_run(cfg)
     res["ratio"] = res["estimate_total"] / res["actual_total"]
     return res
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def main() -> int:

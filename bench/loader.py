@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.study import REPO, header, result_row, write_section
+from bench.study import REPO, header, proc_status, result_row, write_section
 
 from labeldistill.config import RelabelConfig
 from labeldistill.data import load_dataset
@@ -119,19 +119,12 @@ def torchvision_loader(root: Path, batch: int, epochs: int, workers: int):
     return run
 
 
-def rss_anon() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def memory_row(data) -> dict:
     """Bytes of the set as uint8 (held) and as a float32 copy, and the resident growth of making that copy."""
     gc.collect()
-    before = rss_anon()
+    before = proc_status()["RssAnon"]
     f32 = data.float_images()
-    grown = rss_anon() - before
+    grown = proc_status()["RssAnon"] - before
     row = {"uint8_bytes": data.images.nbytes, "float32_bytes": f32.nbytes, "float32_rss_growth": grown}
     del f32
     gc.collect()

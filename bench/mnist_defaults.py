@@ -27,13 +27,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench.study import (REPO, cli_env, finished_results, header, interval_text, mean_std, paired_interval, result_row,
-                         verdict, write_section)
+from bench.study import (REPO, finished_results, header, interval_text, mean_std, paired_interval, result_row,
+                         run_cli, verdict, write_section)
 
 CONFIG = REPO / "configs" / "fmnist_demo.yaml"
 BASE = ["data.dataset=mnist-5k", "recover.modes=[random_real]", "recover.ipc=10", "prune.factors=[1]", "threads=1"]
@@ -65,11 +63,8 @@ def elsewhere_checkpoint(args) -> Path:
 
 def cli(args, verb: str, run_dir: Path, overrides: list[str]) -> None:
     """``labeldistill <verb> fmnist_demo.yaml`` in a child process, one thread, into ``run_dir``."""
-    cmd = [sys.executable, "-m", "labeldistill.cli", verb, str(CONFIG), *BASE,
-           f"relabel.epochs={args.relabel_epochs}", *overrides, *args.override, f"run_dir={run_dir}"]
-    t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, env=cli_env(), check=True)
-    print(f"{verb} {run_dir.name}: {time.time() - t0:.0f} s", flush=True)
+    run_cli(verb, CONFIG, [*BASE, f"relabel.epochs={args.relabel_epochs}", *overrides, *args.override,
+                           f"run_dir={run_dir}"])
 
 
 def arm_overrides(args, teacher: str, arm: str, seed: int) -> list[str]:

@@ -36,11 +36,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from bench.study import REPO, cli_env, header, result_row, shown, write_section
+from bench.study import REPO, PeakAnon, cli_env, header, proc_status, result_row, shown, write_section
 
 
 MODE = "lpld"
@@ -112,15 +111,6 @@ def overrides(spec: dict) -> list[str]:
     ]
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 def _io() -> dict[str, int]:
     try:
         return {k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())}
@@ -166,10 +156,36 @@ def run_stages(stages: list[str], spec: dict) -> dict:
     """
     import torch
 
+    from labeldistill.config import load_config
+
     torch.set_num_threads(spec["threads"])
     register_random_dataset(spec["classes"], spec["real_per_class"])
+    cfg = load_config(None, overrides(spec))
+    run = Path(spec["run_dir"])
+    labels = run / "labels" / MODE
+    out = {}
+    for stage in stages:
+        _fresh_peak()
+        b0 = dir_bytes(run)
+        before, io0, fd0, maps0 = proc_status(), _io(), _open_files(), _maps()
+        with PeakAnon() as peak:
+            t0 = time.perf_counter()
+            extra = run_stage(stage, cfg, labels, fd0, maps0)
+            seconds = time.perf_counter() - t0
+        after, io1 = proc_status(), _io()
+        anon = peak.peak
+        out[stage] = {"seconds": seconds, "peak_rss_bytes": after["VmHWM"], "rss_before_bytes": before["VmRSS"],
+                      "peak_growth_bytes": after["VmHWM"] - before["VmRSS"], "peak_anon_bytes": anon,
+                      "anon_growth_bytes": anon - before.get("RssAnon", 0),
+                      "rss_file_end_bytes": after.get("RssFile", 0),
+                      "wchar": io1.get("wchar", 0) - io0.get("wchar", 0), "bytes_written": dir_bytes(run) - b0,
+                      **extra}
+    return out
+
+
+def run_stage(stage: str, cfg, labels: Path, fd0: int, maps0: int) -> dict:
+    """Run one stage of :func:`run_stages`; returns its extra measurements (store bytes, steps, top-1 …)."""
     from labeldistill.bnstats import class_stats
-    from labeldistill.config import load_config
     from labeldistill.labels.prune import prune_store
     from labeldistill.labels.relabel import relabel
     from labeldistill.labels.store import LabelStore
@@ -178,78 +194,38 @@ def run_stages(stages: list[str], spec: dict) -> dict:
     from labeldistill.squeeze import squeeze
     from labeldistill.validate import validate
 
-    cfg = load_config(None, overrides(spec))
-    run = Path(spec["run_dir"])
-    labels = run / "labels" / MODE
-    out = {}
-    for stage in stages:
-        _fresh_peak()
-        b0 = dir_bytes(run)
-        before, io0, fd0, maps0 = _status(), _io(), _open_files(), _maps()
-        peak_anon = [before.get("RssAnon", 0)]
-        stop = threading.Event()
-
-        def watch() -> None:
-            while not stop.is_set():
-                peak_anon[0] = max(peak_anon[0], _status().get("RssAnon", 0))
-                time.sleep(0.02)
-
-        th = threading.Thread(target=watch, daemon=True)
-        th.start()
-        extra: dict = {}
-        t0 = time.perf_counter()
-        if stage == "squeeze":
-            squeeze(cfg)
-        elif stage == "class_stats":
-            class_stats(cfg)
-        elif stage == "recover":
-            recover(cfg, MODE)
-        elif stage == "relabel":
-            store = relabel(cfg, MODE)
-            m = store.manifest
-            extra = {"store_bytes": store.bytes_on_disk(),
-                     "manifest_bytes": (store.path / "manifest.json").stat().st_size,
-                     "steps": m["num_steps"], "entries": m["num_entries"], "shards": len(m["shards"]),
-                     "component_bytes": m["component_bytes"]}
-            del store
-        elif stage == "plan":
-            p = plan_run(cfg)
-            extra = {"estimates": {r["tag"]: r["total"] for r in p["labels"]},
-                     "reference_layout": {r["tag"]: r["reference_layout"] for r in p["labels"]}}
-        elif stage.startswith("prune_x"):
-            f = float(stage.removeprefix("prune_x"))
-            st = prune_store(labels / "full", labels / stage.removeprefix("prune_"), f, seed=cfg.seed, overwrite=True)
-            extra = {"store_bytes": st.bytes_on_disk(), "steps": len(st),
-                     "manifest_bytes": (st.path / "manifest.json").stat().st_size}
-            del st
-        elif stage.startswith("validate_x"):
-            tag = stage.removeprefix("validate_")
-            row = validate(cfg, MODE, float(tag[1:]), store_path=labels / tag, force=True)
-            extra = {"top1": row["top1"], "steps": row["steps"], "label_bytes": row["label_bytes"],
-                     "kept_steps": row["kept_steps"]}
-        elif stage == "open_store":  # open the full store and read every step once
-            st = LabelStore(labels / "full")
-            t1 = time.perf_counter()
-            for g in st.step_ids:
-                st.get(g)
-            extra = {"read_all_seconds": time.perf_counter() - t1, "steps": len(st),
-                     "shards": len(st.manifest["shards"]), "open_fds_added": _open_files() - fd0,
-                     "maps_added": _maps() - maps0}
-            del st
-        else:
-            raise SystemExit(f"unknown stage {stage}")
-        seconds = time.perf_counter() - t0
-        stop.set()
-        th.join()
-        after, io1 = _status(), _io()
-        anon = max(peak_anon[0], after.get("RssAnon", 0))
-        out[stage] = {"seconds": seconds, "peak_rss_bytes": after["VmHWM"], "rss_before_bytes": before["VmRSS"],
-                      "peak_growth_bytes": after["VmHWM"] - before["VmRSS"], "peak_anon_bytes": anon,
-                      "anon_growth_bytes": anon - before.get("RssAnon", 0),
-                      "rss_file_end_bytes": after.get("RssFile", 0),
-                      "wchar": io1.get("wchar", 0) - io0.get("wchar", 0), "bytes_written": dir_bytes(run) - b0,
-                      **extra}
-    return out
+    simple = {"squeeze": lambda: squeeze(cfg), "class_stats": lambda: class_stats(cfg),
+              "recover": lambda: recover(cfg, MODE)}
+    if stage in simple:
+        simple[stage]()
+        return {}
+    if stage == "relabel":
+        store = relabel(cfg, MODE)
+        m = store.manifest
+        return {"store_bytes": store.bytes_on_disk(), "manifest_bytes": (store.path / "manifest.json").stat().st_size,
+                "steps": m["num_steps"], "entries": m["num_entries"], "shards": len(m["shards"]),
+                "component_bytes": m["component_bytes"]}
+    if stage == "plan":
+        p = plan_run(cfg)
+        return {"estimates": {r["tag"]: r["total"] for r in p["labels"]},
+                "reference_layout": {r["tag"]: r["reference_layout"] for r in p["labels"]}}
+    if stage.startswith("prune_x"):
+        f = float(stage.removeprefix("prune_x"))
+        st = prune_store(labels / "full", labels / stage.removeprefix("prune_"), f, seed=cfg.seed, overwrite=True)
+        return {"store_bytes": st.bytes_on_disk(), "steps": len(st),
+                "manifest_bytes": (st.path / "manifest.json").stat().st_size}
+    if stage.startswith("validate_x"):
+        tag = stage.removeprefix("validate_")
+        row = validate(cfg, MODE, float(tag[1:]), store_path=labels / tag, force=True)
+        return {k: row[k] for k in ("top1", "steps", "label_bytes", "kept_steps")}
+    if stage == "open_store":  # open the full store and read every step once
+        st = LabelStore(labels / "full")
+        t1 = time.perf_counter()
+        for g in st.step_ids:
+            st.get(g)
+        return {"read_all_seconds": time.perf_counter() - t1, "steps": len(st), "shards": len(st.manifest["shards"]),
+                "open_fds_added": _open_files() - fd0, "maps_added": _maps() - maps0}
+    raise SystemExit(f"unknown stage {stage}")
 
 
 def dir_bytes(path: Path) -> int:

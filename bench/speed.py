@@ -36,7 +36,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -45,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from bench.study import REPO, header, result_row, seed_run_from, write_section
+from bench.study import REPO, PeakAnon, header, met as verdict, proc_status, result_row, seed_run_from, write_section
 
 from labeldistill.data import load_split, normalize
 from labeldistill.layout import RunLayout
@@ -250,36 +249,16 @@ def bench_torchrun(base: Path, repeats: int) -> dict:
 
 def child_validate(args) -> None:
     """Run validate's training loop on one store and print this process's peak memory as JSON."""
-    peak = {"anon": 0}
-    stop = threading.Event()
-
-    def status() -> dict[str, int]:
-        out = {}
-        for line in Path("/proc/self/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[k] = int(v.split()[0])
-        return out
-
-    def watch() -> None:
-        while not stop.is_set():
-            peak["anon"] = max(peak["anon"], status().get("RssAnon", 0))
-            time.sleep(0.01)
-
     cfg = load_config(DEMO, overrides(Path(args.run_dir), args.threads))
     torch.set_num_threads(args.threads)
-    th = threading.Thread(target=watch, daemon=True)
-    th.start()
-    store = LabelStore(args.child_validate)
-    data, _ = load_synthetic(RunLayout(cfg.run_path).images_dir(MODE), store.manifest["normalization"]["mean"],
-                             store.manifest["normalization"]["std"])
-    test = load_split(cfg, "test")
-    res = train_student(cfg, store, data, test, desc="mem", log=None, resume_path=None)
-    stop.set()
-    th.join()
-    st = status()
-    print(json.dumps({"vmhwm_kib": st["VmHWM"], "peak_rss_anon_kib": max(peak["anon"], st.get("RssAnon", 0)),
-                      "rss_file_kib_end": st.get("RssFile", 0),
+    with PeakAnon(0.01) as peak:
+        store = LabelStore(args.child_validate)
+        data, _ = load_synthetic(RunLayout(cfg.run_path).images_dir(MODE), store.manifest["normalization"]["mean"],
+                                 store.manifest["normalization"]["std"])
+        res = train_student(cfg, store, data, load_split(cfg, "test"), desc="mem", log=None, resume_path=None)
+    st = proc_status()
+    print(json.dumps({"vmhwm_kib": st["VmHWM"] // 1024, "peak_rss_anon_kib": peak.peak // 1024,
+                      "rss_file_kib_end": st.get("RssFile", 0) // 1024,
                       "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "steps": res["steps"], "seconds": res["seconds"]}))
 
@@ -345,10 +324,6 @@ def bench_memory(run_dir: Path, stores: dict[str, Path], threads: int, repeats: 
 
 def fmt_times(t: dict[str, list[float]]) -> str:
     return ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in t.items())
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def main() -> None:

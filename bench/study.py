@@ -11,6 +11,7 @@ pairs: no pair gives a NaN mean, one pair its difference; with fewer than 2 pair
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import platform
@@ -19,6 +20,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,12 +103,11 @@ def _finite(x):
 def write_results(md: Path, name: str, rows: list[dict], command: str | None = None, commit: str | None = None) -> Path:
     """Write ``{"section", "command", "commit", "date", "machine", "rows"}`` to :func:`results_path`: the rows a
     section renders (:func:`result_row`), so a reader can check a claim without parsing Markdown."""
-    from labeldistill.io import atomic_write_json
-
     f = results_path(md, name)
     f.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(f, _finite({"section": name, "command": command or command_line(), "commit": commit or git_commit(),
-                                  "date": today(), "machine": machine(), "rows": rows}))
+    doc = {"section": name, "command": command or command_line(), "commit": commit or git_commit(), "date": today(),
+           "machine": machine(), "rows": rows}
+    f.write_text(json.dumps(_finite(doc), indent=2, default=str) + "\n")
     return f
 
 
@@ -268,3 +270,58 @@ def cli_env() -> dict:
     progress bars, this checkout's ``src`` first on ``PYTHONPATH``."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_cli(verb: str, config: Path, overrides: list[str]) -> None:
+    """``labeldistill <verb> <config> <overrides>`` in a child process (:func:`cli_env`); prints its wall time.
+
+    Raises:
+        subprocess.CalledProcessError: the command failed.
+    """
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "labeldistill.cli", verb, str(config), *overrides], cwd=REPO, env=cli_env(),
+                   check=True)
+    print(f"{verb} {' '.join(o for o in overrides if o.startswith(('run_dir=', 'seed=')))}: {time.time() - t0:.0f} s",
+          flush=True)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def met(ok: bool) -> str:
+    """A target's verdict in a measurement table: ``met`` or ``**missed**``."""
+    return "met" if ok else "**missed**"
+
+
+def proc_status() -> dict[str, int]:
+    """This process's ``VmHWM``, ``VmRSS``, ``RssAnon`` and ``RssFile`` (bytes) from ``/proc/self/status``."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+class PeakAnon:
+    """``with PeakAnon(interval) as p: ...``: ``p.peak`` is the largest ``RssAnon`` (bytes) sampled every
+    ``interval`` seconds inside the block (and at its start and end)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc_status().get("RssAnon", 0))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakAnon:
+        self.peak = proc_status().get("RssAnon", 0)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, proc_status().get("RssAnon", 0))
