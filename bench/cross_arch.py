@@ -67,10 +67,6 @@ HEAVY_ORDER = {  # groups of (teacher, mode): every seed of a group before the n
     50: [[("teacher0", "cs"), ("teacher0", "random_real")], [("teacher0", "sre2l")]]}
 
 
-def _spec_yaml(spec: dict) -> str:
-    return json.dumps(spec)  # JSON is YAML
-
-
 EXTRA: list[str] = []  # --extra: overrides for every part (a smoke test on a tiny scale)
 
 
@@ -103,7 +99,7 @@ def label_overrides(args, ipc: int, teacher: str, seed: int, students: list[str]
     return [f"seed={seed}", f"squeeze.checkpoint={Path(args.runs) / teacher / 'teacher' / 'model.safetensors'}",
             *model, f"recover.ipc={ipc}", f"recover.modes=[{', '.join(modes)}]", f"recover.variants={{{variants}}}",
             f"relabel.epochs={args.epochs[ipc]}", f"prune.factors={factors or FACTORS}", f"data.test_subset={args.test_subset}",
-            "validate.students=[" + ", ".join(_spec_yaml(STUDENTS[s]) for s in students) + "]"]
+            "validate.students=[" + ", ".join(json.dumps(STUDENTS[s]) for s in students) + "]"]
 
 
 def plan(args) -> list[tuple[str, Path, list[str], str]]:
@@ -245,17 +241,15 @@ def collect(args) -> list[dict]:
     labels = {(s["name"], json.dumps(s["args"], sort_keys=True)): k for k, s in STUDENTS.items()}
     rows = []
     for ipc, teacher in CELLS:
-        for f in sorted((Path(args.runs) / _cell_dir(ipc, teacher)).glob("seed*/validate/*/*.json")):
-            r = read_json(f)
-            key = (r["student"], json.dumps(r["student_args"], sort_keys=True))
-            if key in labels and r["prune_factor"] in FACTORS and r["seed"] in args.seeds:
-                rows.append({**r, "cell_ipc": ipc, "teacher": teacher, "label": labels[key]})
-        for f in sorted((Path(args.runs) / _cell_dir(ipc, teacher)).glob("seed*/hard_label/*/*.json")):
-            r = read_json(f)  # hard labels: no teacher, no store (factor "-")
-            key = (r["student"], json.dumps(r["student_args"], sort_keys=True))
-            if key in labels and r["seed"] in args.seeds and r["images"] in MODES:
-                rows.append({**r, "recover": r["images"], "prune_factor": "-", "cell_ipc": ipc, "teacher": "none",
-                             "label": labels[key]})
+        for kind in ("validate", "hard_label"):  # hard labels: no teacher, no store (factor "-")
+            for f in sorted((Path(args.runs) / _cell_dir(ipc, teacher)).glob(f"seed*/{kind}/*/*.json")):
+                r = read_json(f)
+                if kind == "hard_label":
+                    r = {**r, "recover": r["images"], "prune_factor": "-"} if r["images"] in MODES else {}
+                key = (r.get("student"), json.dumps(r.get("student_args"), sort_keys=True))
+                if key in labels and r["prune_factor"] in [*FACTORS, "-"] and r["seed"] in args.seeds:
+                    rows.append({**r, "cell_ipc": ipc, "teacher": teacher if kind == "validate" else "none",
+                                 "label": labels[key]})
     return rows
 
 

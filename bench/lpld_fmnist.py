@@ -54,7 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--teacher-epochs", type=int, default=3)
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench_lpld2"))
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
-    ap.add_argument("--section", default="lpld_fmnist")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every run (e.g. a small smoke run: data.train_subset=1000)")
     ap.add_argument("--collect", action="store_true", help="run nothing; write the section from finished runs")
@@ -298,7 +297,7 @@ def write(args, t0: float, status: str) -> None:
                      "the interval lies wholly on the claimed side of its threshold (0, or the stated margin), "
                      "**did not hold** when wholly on the other side, else **not resolved**. Temperature rows are "
                      "holdout accuracy from the selection runs.\n\n" + claims_table(args, res, sel, chosen, rows))
-    write_section(Path(args.out), args.section, "\n\n".join(parts), rows, commit=args.commit)
+    write_section(Path(args.out), "lpld_fmnist", "\n\n".join(parts), rows, commit=args.commit)
 
 
 def main(argv=None) -> None:

@@ -50,7 +50,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--relabel-epochs", type=int, default=300, help="relabel (= student) epochs")
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench_mnist_defaults"))
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
-    ap.add_argument("--section", default="mnist_defaults")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every run (e.g. a smoke run: data.train_subset=200)")
     ap.add_argument("--write-only", action="store_true", help="run nothing; write the section from finished runs")
@@ -149,7 +148,7 @@ def write(args, status: str) -> None:
         "per-seed difference; **held** when the interval lies wholly above 0, **did not hold** when wholly below, "
         "else **not resolved**.",
         "", table(args, res, rows)])
-    write_section(Path(args.out), args.section, body, rows)
+    write_section(Path(args.out), "mnist_defaults", body, rows)
 
 
 def main(argv=None) -> None:

@@ -348,15 +348,13 @@ def sweep(args) -> None:
     t_start, load0 = time.time(), os.getloadavg()[0]
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     configs = [(c, i, 32) for c, i in SWEEP_32] + [(c, i, 224) for c, i in SWEEP_224]
-    if args.plumbing:  # check the sweep's code path in seconds (tiny sizes; not for BENCHMARKS.md)
-        configs = [(10, 1, 32), (10, 2, 32), (20, 1, 32), (20, 2, 32), (10, 1, 64)]
     results = []
     for c, i, s in configs:
         log(f"C={c} IPC={i} S={s} E={args.sweep_epochs}")
         results.append(measure(c, i, s, args.sweep_epochs, work, args.threads, args.iterations, args.real_per_class,
                                args.teacher_epochs, log=log))
     study = []
-    for v in (VECTORIZE_STUDY if not args.plumbing else (1, 4)):
+    for v in VECTORIZE_STUDY:
         log(f"recover study: C=256 IPC=1 vectorize={v}")
         study.append(measure(256, 1, 32, 1, work, args.threads, args.iterations, args.real_per_class,
                              args.teacher_epochs, vectorize=v, stages=["squeeze", "class_stats", "recover"]))
@@ -564,8 +562,6 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_scale"), help="work folder (run dirs, details)")
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
-    ap.add_argument("--plumbing", action="store_true", help="--sweep with tiny sizes, to check the code path "
-                    "(use with --out elsewhere)")
     ap.add_argument("--_stages", help=argparse.SUPPRESS)
     ap.add_argument("--_spec", help=argparse.SUPPRESS)
     args = ap.parse_args()
