@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.study import REPO, machine, today, write_section
+from bench.study import REPO, machine, result_row, today, write_section
 from labeldistill import read_results
 from labeldistill.report import results_table
 
@@ -35,7 +35,10 @@ def main() -> None:
             f"Wall time: {wall}\n\n"
             f"Teacher: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, top-1 "
             f"{100 * t['top1']:.2f} % on the 10,000 real test images.\n\n" + results_table(res))
-    write_section(Path(args.out), args.section, body)
+    rows = [result_row({k: r.get(k) for k in ("recover", "prune_factor", "logits", "student")},
+                       {r.get("seed", 0): 100 * r["top1"]}, f"labeldistill-validate ({r.get('student')} student, "
+                       f"{r.get('epochs', '?')} epochs)", unit="top-1 %", row=r) for r in res["rows"]]
+    write_section(Path(args.out), args.section, body, rows, command=args.command)
     print(body)
 
 

@@ -237,3 +237,20 @@ def test_digits_write_only_rows_match_the_table(tmp_path):
     assert d["values"] == pytest.approx([40, 40]) and d["interval"] == pytest.approx([40, 40]) and d["verdict"] == "held"
     demo = next(r for r in rows if r["setting"] == {"measure": "student, lpld, 1×", "arm": "demo"})
     assert demo["seeds"] == [0, 1] and demo["values"] == pytest.approx([50, 51])
+
+
+def test_demo_table_writes_the_rows_it_renders(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"recover": "cs", "ipc": 10, "prune_factor": f, "label_bytes": 1000 // f, "image_bytes": 7840,
+             "student": "convnet", "student_args": {}, "top1": t, "seconds": 3.0, "seed": 0, "epochs": 300}
+            for f, t in ((1.0, 0.791), (10.0, 0.774))]
+    (run / "results.json").write_text(json.dumps({"rows": rows, "seconds": 60.0, "teacher": {
+        "model": "convnet", "epochs": 3, "top1": 0.897}}))
+    out = tmp_path / "B.md"
+    r = _bench("demo_table", "--run", str(run), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| 77.4 % |" in out.read_text()
+    data = json.loads((tmp_path / "docs" / "results" / "demo.json").read_text())
+    assert data["command"] == "make demo" and [v for r in data["rows"] for v in r["values"]] == pytest.approx([79.1, 77.4])
+    assert data["rows"][1]["setting"]["prune_factor"] == 10.0 and "300 epochs" in data["rows"][1]["protocol"]
