@@ -13,7 +13,6 @@ import kornia.augmentation as K
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .config import Config, SqueezeConfig, check_squeeze_options, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
@@ -31,9 +30,8 @@ from .models.checkpoint import (  # noqa: F401
     squeeze_augmentation,
     teacher_record,
 )
-from .resume import fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
-from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
+from .training import Checkpointer, StepGuard, cosine_lr, evaluate, fit, make_optimizer
 
 
 def teacher_lr(sc: SqueezeConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -125,6 +123,46 @@ def train_augmentation(sc: SqueezeConfig, hw: tuple[int, int]) -> nn.Module:
     return nn.Sequential(crop, K.RandomHorizontalFlip() if sc.flip else nn.Identity())
 
 
+def _teacher_batches(train: ImageSet, cfg: Config, g: torch.Generator, steps_per_epoch: int):
+    """``batches(epoch)`` for :func:`fit`: a seeded permutation of ``train`` in batches of ``squeeze.batch_size``,
+    each item ``((images, labels), indices)``. A lazy set under torchrun decodes only this rank's rows of each
+    batch (the other rows stay zero, see :func:`_teacher_step`)."""
+    bs, workers = cfg.squeeze.batch_size, cfg.data.workers
+    rank, world = rank_world()
+
+    def batches(epoch: int):
+        order = torch.randperm(len(train), generator=g)
+        idx = [order[i * bs:(i + 1) * bs] for i in range(steps_per_epoch)]
+        fetch = [b[rank::world] for b in idx] if train.is_lazy and world > 1 else idx
+        return zip(iter_batches(train, fetch, workers), idx)
+
+    return batches
+
+
+def _teacher_step(net: nn.Module, train: ImageSet, cfg: Config, aug: nn.Module, device: torch.device):
+    """``loss(batch, epoch)`` for :func:`fit`: augment the whole batch on every rank (so the global RNG stays in
+    step with a one-process run and every row gets the crop and flip it would get there), then keep this rank's
+    rows (DDP averages the gradients)."""
+    rank, world = rank_world()
+    local_only = train.is_lazy and world > 1
+
+    def loss(batch, epoch: int) -> torch.Tensor:
+        (images, _), idx = batch
+        if local_only:
+            x = torch.zeros((len(idx), *train.shape))
+            x[rank::world] = images.float().div_(255)
+        else:
+            x = images.float().div_(255)
+        x = aug(x)
+        mine = slice(rank, None, world)
+        x = normalize(x[mine].to(device), train.mean, train.std).contiguous(memory_format=torch.channels_last)
+        y = train.labels[idx][mine].to(device)
+        with autocast(device, cfg.autocast):
+            return F.cross_entropy(net(x), y)
+
+    return loss
+
+
 def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLayout, device: torch.device) -> None:
     sc = cfg.squeeze
     net = wrap_ddp(model, device)
@@ -133,52 +171,17 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
     g = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (len(train) + sc.batch_size - 1) // sc.batch_size
     total = sc.epochs * steps_per_epoch
-    rank, world = rank_world()
-    ckpt_path = layout.teacher_dir / ".resume.pt"
-    key = settings_key("squeeze", config_to_dict(sc), config_to_dict(cfg.data), cfg.seed, world)
-    start = 0
-    state = load_checkpoint(ckpt_path, key)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+    key = settings_key("squeeze", config_to_dict(sc), config_to_dict(cfg.data), cfg.seed, rank_world()[1])
+
+    def load_rng(state: dict) -> None:
         g.set_state(state["gen"])
         torch.set_rng_state(state["rng"])
-        start = state["epoch"] + 1
+
+    ckpt = Checkpointer(layout.teacher_dir / ".resume.pt", key, "squeeze-epoch", 0,
+                        lambda: {"gen": g.get_state(), "rng": torch.get_rng_state()}, load_rng)
     log = MetricsLog(layout.metrics)
-    bar = tqdm(total=total, initial=start * steps_per_epoch, desc="squeeze", disable=not is_rank0(), unit="step")
-    step = start * steps_per_epoch
-    # A lazy set under torchrun decodes only this rank's rows of each batch; the other rows stay zero. The
-    # augmentation still runs on the whole batch, so the global RNG stays in step with an in-memory run and
-    # every row gets the same crop and flip it would get there.
-    local_only = train.is_lazy and world > 1
-    for epoch in range(start, sc.epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=g)
-        batches = [order[i * sc.batch_size:(i + 1) * sc.batch_size] for i in range(steps_per_epoch)]
-        fetch = [b[rank::world] for b in batches] if local_only else batches
-        for i, (images, _) in enumerate(iter_batches(train, fetch, cfg.data.workers)):
-            idx = batches[i]
-            if local_only:
-                x = torch.zeros((len(idx), *train.shape))
-                x[rank::world] = images.float().div_(255)
-            else:
-                x = images.float().div_(255)
-            x = aug(x)  # augment the whole batch on every rank so the global RNG stays in step
-            idx_local = slice(rank, None, world)
-            x = normalize(x[idx_local].to(device), train.mean, train.std).contiguous(memory_format=torch.channels_last)
-            y = train.labels[idx][idx_local].to(device)
-            for group in opt.param_groups:
-                group["lr"] = teacher_lr(sc, step, total, steps_per_epoch)
-            with autocast(device, cfg.autocast):
-                loss = F.cross_entropy(net(x), y)
-            optimizer_step(opt, loss, "teacher", f"epoch {epoch}, step {i}", "squeeze.lr")
-            step += 1
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        log.log(stage="squeeze", epoch=epoch, loss=loss.item())
-        if is_rank0() and epoch + 1 < sc.epochs:
-            save_checkpoint(ckpt_path, key, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                                             "gen": g.get_state(), "rng": torch.get_rng_state()})
-            fault_point("squeeze-epoch")
-    bar.close()
+    fit(model, opt, epochs=sc.epochs, total=total, lr=lambda step: teacher_lr(sc, step, total, steps_per_epoch),
+        batches=_teacher_batches(train, cfg, g, steps_per_epoch), loss=_teacher_step(net, train, cfg, aug, device),
+        guard=StepGuard("teacher", "squeeze.lr", lambda epoch, i, step: f"epoch {epoch}, step {i}"),
+        checkpoint=ckpt, end_epoch=lambda epoch, loss: log.log(stage="squeeze", epoch=epoch, loss=loss.item()),
+        desc="squeeze")

@@ -1,16 +1,29 @@
-"""Training primitives every stage shares: the cosine learning-rate schedule, one optimiser factory, and
-top-1 evaluation on a real split."""
+"""Training primitives every stage shares: the cosine learning-rate schedule, one optimiser factory, the guarded
+gradient step, one resumable epoch loop (:func:`fit` with its :class:`Checkpointer`) and top-1 evaluation on a
+real split.
+
+:func:`fit` is the loop of squeeze, validate's students, the hard-label baselines and the label generator, in the
+style of torchvision's ``references/classification/train.py`` (``train_one_epoch``: per step, set the learning
+rate, forward, backward, step) and of timm's ``utils/checkpoint_saver.py`` (a resume file written at the end of an
+epoch). Learn-labels' meta-test trains its fresh models with :func:`labeldistill.learn_labels.learners.train_learner`
+instead: a fixed step count with no schedule and no resume file (its unit of resumption is a finished result row).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .data import ImageSet, iter_batches, normalize
 from .errors import ConfigError, LabelDistillError
+from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
+from .runtime import is_rank0
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -60,6 +73,130 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float, momentu
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ConfigError(f"unknown optimizer '{name}'; known: {', '.join(OPTIMIZERS)}")
+
+
+def _global_step(epoch: int, i: int, step: int) -> str:
+    return f"step {step}"
+
+
+@dataclass
+class StepGuard:
+    """The words of the error :func:`optimizer_step` raises on a non-finite loss.
+
+    Attributes:
+        who: whose loss, e.g. ``"student"``.
+        lr_key: the config key to lower, e.g. ``"validate.lr"``.
+        where: ``(epoch, index of the step in its epoch, global step) -> str``, e.g. ``"step 12 (validate[cs x1])"``
+            (default: ``"step <global step>"``).
+    """
+
+    who: str
+    lr_key: str
+    where: Callable[[int, int, int], str] = _global_step
+
+
+_RESUME_FIELDS = ("model", "opt", "epoch", "step")
+
+
+@dataclass
+class Checkpointer:
+    """The resume file of one :func:`fit` run, in the style of timm's ``CheckpointSaver`` (0.9,
+    ``timm/utils/checkpoint_saver.py``): model, optimiser, last finished epoch, global step and ``save_extra()``'s
+    entries, written atomically (:func:`labeldistill.resume.save_checkpoint`) by rank 0 at the end of an epoch
+    (never after the last), at most every ``seconds``, each save followed by the fault point ``fault``.
+
+    Attributes:
+        path: the resume file; ``None``: nothing is saved or loaded.
+        key: the settings key the file must carry to be resumed from (given by the caller).
+        fault: fault-point name (:func:`labeldistill.resume.fault_point`), e.g. ``"validate-epoch"``.
+        seconds: least time between two saves (0: every epoch).
+        save_extra: more entries to save (RNG states, per-epoch losses …), or ``None``.
+        load_extra: restores them from a loaded file, after the model and optimiser; or ``None``.
+    """
+
+    path: Path | None
+    key: str
+    fault: str
+    seconds: float = 0.0
+    save_extra: Callable[[], dict] | None = None
+    load_extra: Callable[[dict], None] | None = None
+    _due: Throttle = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._due = Throttle(self.seconds)
+
+    def restore(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, int]:
+        """Load the resume file (same key, every field present) into ``model`` and ``opt``; returns (first epoch
+        to train, global step), ``(0, 0)`` without a usable file.
+
+        Raises:
+            StoreError: the file holds objects that could run code (:func:`labeldistill.resume.load_checkpoint`).
+        """
+        state = load_checkpoint(self.path, self.key) if self.path is not None else None
+        if state is None or any(k not in state for k in _RESUME_FIELDS):
+            return 0, 0
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        if self.load_extra is not None:
+            self.load_extra(state)
+        return state["epoch"] + 1, state["step"]
+
+    def save(self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
+        """Save after finished epoch ``epoch`` (global step ``step``) when on rank 0 and due; then the fault point."""
+        if self.path is None or not is_rank0() or not self._due():
+            return
+        extra = self.save_extra() if self.save_extra is not None else {}
+        save_checkpoint(self.path, self.key, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                                              "step": step, **extra})
+        fault_point(self.fault)
+
+
+def fit(model: nn.Module, opt: torch.optim.Optimizer, *, epochs: int, total: int, lr: Callable[[int], float],
+        batches: Callable[[int], Iterable[Any]], loss: Callable[[Any, int], torch.Tensor], guard: StepGuard,
+        checkpoint: Checkpointer | None = None, end_epoch: Callable[[int, torch.Tensor], None] | None = None,
+        desc: str = "train", leave: bool = True) -> int:
+    """Train ``model`` for ``epochs`` epochs, resuming from ``checkpoint``'s file when it holds a usable one.
+
+    Per step (torchvision's ``train_one_epoch`` order): every parameter group's learning rate is set to
+    ``lr(global step)``, ``loss(batch, epoch)`` runs the forward pass (the caller's own DDP wrapper, augmentation
+    and rank slicing go there), then :func:`optimizer_step` (refused on a non-finite loss, in ``guard``'s words).
+    Per epoch: ``batches(epoch)`` gives its batches (called at the epoch's start); after its last step
+    ``end_epoch(epoch, last loss)`` runs, then ``checkpoint.save``. Nothing here draws random numbers, so a
+    resumed run (RNG states restored through ``load_extra``) gives the bytes of an uninterrupted one.
+
+    Args:
+        model: the module whose ``state_dict`` is saved (not a DDP wrapper); set to train mode.
+        opt: its optimiser.
+        epochs: training epochs in all.
+        total: steps in all (the progress bar's length).
+        desc, leave: progress bar label, and whether it stays on screen.
+
+    Returns:
+        The global step count after the last epoch.
+
+    Raises:
+        LabelDistillError: the loss became NaN or infinite (no step taken; the last checkpoint stays).
+    """
+    start, step = checkpoint.restore(model, opt) if checkpoint is not None else (0, 0)
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not is_rank0(), leave=leave)
+    for epoch in range(start, epochs):
+        last = None
+        for i, batch in enumerate(batches(epoch)):
+            for group in opt.param_groups:
+                group["lr"] = lr(step)
+            last = loss(batch, epoch)
+            optimizer_step(opt, last, guard.who, guard.where(epoch, i, step), guard.lr_key)
+            step += 1
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{last.item():.3f}")
+        if end_epoch is not None:
+            end_epoch(epoch, last)
+        if checkpoint is not None and epoch + 1 < epochs:
+            checkpoint.save(model, opt, epoch, step)
+    bar.close()
+    return step
 
 
 @torch.no_grad()

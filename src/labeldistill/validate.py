@@ -24,15 +24,16 @@ temperature calibration (:mod:`labeldistill.labels.calibration`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
@@ -61,9 +62,8 @@ from .provenance import (
     record_stage,
     stage_settings,
 )
-from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import autocast, is_rank0, pick_device
-from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
+from .training import Checkpointer, StepGuard, cosine_lr, evaluate, fit, make_optimizer
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -161,6 +161,10 @@ class LabelFeed:
             return calibrated_kl(out, t, self.student_temperature, self.temperature(epoch), self.vc.t2_scale)
         return student_loss(self.vc, out, t, hard)
 
+    def load_state(self, state: dict) -> None:
+        """Restore the student temperature from a resume file (:class:`~labeldistill.training.Checkpointer`)."""
+        self.student_temperature = state.get("student_temperature", self.student_temperature)
+
     def end_epoch(self, out: torch.Tensor, t: torch.Tensor) -> None:
         """After a training epoch (``out``, ``t``: its last batch): LPQLD's student temperature search."""
         if self.vc.calibration == "lpqld" and self.vc.lpqld_student_search:
@@ -177,17 +181,6 @@ def _resume_settings(vc) -> dict:
         for k in [k for k in d if k == "calibration" or k.startswith("lpqld_")]:
             d.pop(k)
     return d
-
-
-def _restore(state: dict | None, student: torch.nn.Module, opt: torch.optim.Optimizer,
-             feed: LabelFeed) -> tuple[int, int]:
-    """Load a resume checkpoint into the student, optimiser and feed; returns (first epoch, global step)."""
-    if state is None:
-        return 0, 0
-    student.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    feed.student_temperature = state.get("student_temperature", feed.student_temperature)
-    return state["epoch"] + 1, state["step"]
 
 
 def _batches(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed, epochs: int, replay: str,
@@ -226,53 +219,66 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     device = pick_device(cfg.device)
     m = store.manifest
     epochs = vc.epochs or m["epochs"]
-    spe = m["steps_per_epoch"]
-    granularity = m["prune"].get("granularity", "batch")
     replay = replay or LabelVariant.default_replay(m["prune"]["factor"])
     torch.manual_seed(cfg.seed)  # student initialisation
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
     net = wrap_ddp(student, device)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    total = len(PoolSampler(store.step_ids, spe, epochs, cfg.seed, granularity, replay=replay))
-    rank, world = rank_world()
-    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed, world, replay,
-                       *autocast_settings(cfg).values())
+    total = len(PoolSampler(store.step_ids, m["steps_per_epoch"], epochs, cfg.seed,
+                            m["prune"].get("granularity", "batch"), replay=replay))
+    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed,
+                       rank_world()[1], replay, *autocast_settings(cfg).values())
     feed = LabelFeed(vc, label_model, image_logits)
-    start, step = _restore(load_checkpoint(resume_path, key) if resume_path else None, student, opt, feed)
-    batches = _batches(cfg, store, data, feed, epochs, replay, start)
+    ckpt = Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
+                        lambda: {"student_temperature": feed.student_temperature}, feed.load_state)
+    loss, end_epoch = _student_step(cfg, net, feed, device, log, desc)
     t0 = time.time()
-    student.train()
-    save_now = Throttle(vc.checkpoint_seconds)
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not is_rank0(), leave=False)
-    epoch, left = start, batches.epoch_len(start) if start < epochs else 0
-    for x, t, *y in batches:
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(vc.lr, step, total)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)  # this rank's rows (SoftLabelBatches)
-        with autocast(device, cfg.autocast):  # bf16 on CUDA unless autocast: off; a no-op on CPU
-            out = net(x)
-            t = feed.targets(x, t.to(device), epoch)
-        loss = feed.loss(out.float(), t, y[0].to(device) if y else None, epoch)
-        optimizer_step(opt, loss, "student", f"step {step} ({desc})", "validate.lr")
-        step += 1
-        bar.update(1)
-        left -= 1
-        if left == 0:  # end of a training epoch
-            feed.end_epoch(out.float(), t)
-            if log is not None and (epoch + 1) % 50 == 0:
-                log.log(stage="validate", run=desc, epoch=epoch + 1, loss=loss.item())
-            if resume_path is not None and is_rank0() and epoch + 1 < epochs and save_now():
-                save_checkpoint(resume_path, key, {"model": student.state_dict(), "opt": opt.state_dict(),
-                                                   "epoch": epoch, "step": step,
-                                                   "student_temperature": feed.student_temperature})
-                fault_point("validate-epoch")
-            epoch += 1
-            left = batches.epoch_len(epoch) if epoch < epochs else 0
-    bar.close()
+    fit(student, opt, epochs=epochs, total=total, lr=lambda step: cosine_lr(vc.lr, step, total),
+        batches=_epoch_batches(lambda start: _batches(cfg, store, data, feed, epochs, replay, start)), loss=loss,
+        guard=StepGuard("student", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"), checkpoint=ckpt,
+        end_epoch=end_epoch, desc=desc, leave=False)
     mean, std = m["normalization"]["mean"], m["normalization"]["std"]
     top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2),
             **({"student_temperature": feed.student_temperature} if vc.calibration == "lpqld" else {})}
+
+
+def _student_step(cfg: Config, net: nn.Module, feed: LabelFeed, device: torch.device, log: MetricsLog | None,
+                  desc: str) -> tuple[Callable, Callable]:
+    """``loss(batch, epoch)`` and ``end_epoch(epoch, loss)`` of a student run for :func:`fit`: the student's loss
+    towards ``feed``'s targets on one replayed batch; after each epoch ``feed.end_epoch`` on its last batch and,
+    every 50 epochs, a metrics line."""
+    last: dict = {}
+
+    def loss(batch, epoch: int) -> torch.Tensor:
+        x, t, *y = batch
+        x = x.to(device).contiguous(memory_format=torch.channels_last)  # this rank's rows (SoftLabelBatches)
+        with autocast(device, cfg.autocast):  # bf16 on CUDA unless autocast: off; a no-op on CPU
+            last["out"] = net(x)
+            last["t"] = feed.targets(x, t.to(device), epoch)
+        return feed.loss(last["out"].float(), last["t"], y[0].to(device) if y else None, epoch)
+
+    def end_epoch(epoch: int, loss: torch.Tensor) -> None:
+        feed.end_epoch(last["out"].float(), last["t"])
+        if log is not None and (epoch + 1) % 50 == 0:
+            log.log(stage="validate", run=desc, epoch=epoch + 1, loss=loss.item())
+
+    return loss, end_epoch
+
+
+def _epoch_batches(make: Callable[[int], SoftLabelBatches]) -> Callable[[int], Iterable]:
+    """``batches(epoch)`` for :func:`fit` from one :class:`SoftLabelBatches` iteration over every epoch (made by
+    ``make(first epoch)`` at the first call, so its worker processes start once): each call takes the next
+    ``epoch_len(epoch)`` steps of it."""
+    run: dict = {}
+
+    def batches(epoch: int) -> Iterable:
+        if "it" not in run:
+            run["src"] = make(epoch)
+            run["it"] = iter(run["src"])
+        return itertools.islice(run["it"], run["src"].epoch_len(epoch))
+
+    return batches
 
 
 def _source_fields(cfg: Config, weights: Path | None, layout: RunLayout) -> dict:
@@ -390,20 +396,23 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
                         K.RandomHorizontalFlip() if rc.flip else nn.Identity())
     g = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data) + rc.batch_size - 1) // rc.batch_size
-    total, step, t0 = epochs * per_epoch, 0, time.time()
-    student.train()
-    for _ in tqdm(range(epochs), desc=desc, disable=not is_rank0(), leave=False, unit="epoch"):
+    total, t0 = epochs * per_epoch, time.time()
+
+    def batches(epoch: int) -> Iterable:
         order = torch.randperm(len(data), generator=g)
-        batches = [order[i * rc.batch_size:(i + 1) * rc.batch_size] for i in range(per_epoch)]
-        for images, labels in iter_batches(data, batches, cfg.data.workers):
-            x = normalize(aug(images.float().div_(255)), test.mean, test.std)
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(vc.lr, step, total)
-            with autocast(device, cfg.autocast):
-                out = student(x.to(device).contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(out.float(), labels.to(device))
-            optimizer_step(opt, loss, "hard-label", f"step {step} ({desc})", "validate.lr")
-            step += 1
+        return iter_batches(data, [order[i * rc.batch_size:(i + 1) * rc.batch_size] for i in range(per_epoch)],
+                            cfg.data.workers)
+
+    def loss(batch, epoch: int) -> torch.Tensor:
+        images, labels = batch
+        x = normalize(aug(images.float().div_(255)), test.mean, test.std)
+        with autocast(device, cfg.autocast):
+            out = student(x.to(device).contiguous(memory_format=torch.channels_last))
+        return F.cross_entropy(out.float(), labels.to(device))
+
+    fit(student, opt, epochs=epochs, total=total, lr=lambda step: cosine_lr(vc.lr, step, total), batches=batches,
+        loss=loss, guard=StepGuard("hard-label", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"),
+        desc=desc, leave=False)
     top1 = evaluate(student, test, test.mean, test.std, device, vc.eval_batch_size)
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
 

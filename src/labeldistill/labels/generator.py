@@ -17,11 +17,11 @@ Resumable: a checkpoint (model, optimiser, epoch, losses) at the end of an epoch
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.synthetic import load_synthetic
@@ -36,9 +36,8 @@ from ..provenance import (
     record_stage,
     stage_settings,
 )
-from ..resume import Throttle, fault_point, load_checkpoint, save_checkpoint
-from ..runtime import is_rank0, pick_device
-from ..training import cosine_lr, make_optimizer, optimizer_step
+from ..runtime import pick_device
+from ..training import Checkpointer, StepGuard, cosine_lr, fit, make_optimizer
 from .replay import build_batch
 from .sources import GENERATOR_INFO, save_generator
 from .store import LabelStore
@@ -51,23 +50,35 @@ def generator_loss(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return kl * temperature * temperature
 
 
-def _epoch(model: nn.Module, opt: torch.optim.Optimizer, store: LabelStore, images: torch.Tensor, cfg: Config,
-           step: int, total: int, device: torch.device) -> tuple[float, int]:
-    """One pass over every stored step in stored order; returns (mean loss, global step after it)."""
-    gc, m = cfg.generator, store.manifest
+def _stored_steps(store: LabelStore, images: torch.Tensor, cfg: Config, device: torch.device):
+    """``batches(epoch)`` for :func:`~labeldistill.training.fit`: every stored step in stored order, as
+    (replayed images ``(B, C, H, W)``, teacher probabilities at ``generator.temperature`` ``(B, K)``)."""
+    m = store.manifest
     out_hw, mean, std = tuple(m["input_size"]), m["normalization"]["mean"], m["normalization"]["std"]
-    losses = []
-    for g in store.step_ids:
+
+    def batch(g: int) -> tuple[torch.Tensor, torch.Tensor]:
         rec = store.get(g)
-        x = build_batch(images, rec, out_hw, mean, std).to(device)
-        t = rec.soft_targets(m["num_classes"], gc.temperature).to(device)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(gc.lr, step, total)
-        loss = generator_loss(model(x).float(), t, gc.temperature)
-        optimizer_step(opt, loss, "generator", f"step {step}", "generator.lr")
-        losses.append(loss.item())
-        step += 1
-    return sum(losses) / len(losses), step
+        return (build_batch(images, rec, out_hw, mean, std).to(device),
+                rec.soft_targets(m["num_classes"], cfg.generator.temperature).to(device))
+
+    return lambda epoch: (batch(g) for g in store.step_ids)
+
+
+def _mean_loss_step(model: nn.Module, temperature: float, losses: list[float]) -> tuple[Callable, Callable]:
+    """``loss(batch, epoch)`` (:func:`generator_loss` of ``model`` on one stored step) and ``end_epoch(epoch,
+    loss)`` for :func:`~labeldistill.training.fit`; the latter appends the epoch's mean loss to ``losses``."""
+    seen: list[torch.Tensor] = []
+
+    def loss(batch, epoch: int) -> torch.Tensor:
+        value = generator_loss(model(batch[0]).float(), batch[1], temperature)
+        seen.append(value.detach())
+        return value
+
+    def end_epoch(epoch: int, last: torch.Tensor) -> None:
+        losses.append(sum(v.item() for v in seen) / len(seen))
+        seen.clear()
+
+    return loss, end_epoch
 
 
 def train_generator(cfg: Config, mode: str, force: bool = False) -> dict:
@@ -103,23 +114,18 @@ def train_generator(cfg: Config, mode: str, force: bool = False) -> dict:
     model = build_model(gc.model, m["num_classes"], data.shape).to(device)
     opt = make_optimizer(gc.optimizer, model.parameters(), gc.lr, gc.momentum, gc.weight_decay)
     key = settings_key("generator", fingerprint(stage_settings(cfg, ref)), m["shards"])
-    resume = out.with_name(".generator.resume.pt")
-    state = load_checkpoint(resume, key)
-    start, step, losses = 0, 0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, step, losses = state["epoch"] + 1, state["step"], state["losses"]
-    total, images, save_now, t0 = gc.epochs * len(store), data.uint8_images(), Throttle(gc.checkpoint_seconds), time.time()
-    model.train()
-    for epoch in tqdm(range(start, gc.epochs), desc=f"generator[{mode}]", unit="epoch", disable=not is_rank0(),
-                      leave=False):
-        loss, step = _epoch(model, opt, store, images, cfg, step, total, device)
-        losses.append(loss)
-        if epoch + 1 < gc.epochs and save_now():
-            save_checkpoint(resume, key, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                                          "step": step, "losses": losses})
-            fault_point("generator-epoch")
+    resume, losses = out.with_name(".generator.resume.pt"), []
+    loss, end_epoch = _mean_loss_step(model, gc.temperature, losses)
+
+    def load_losses(state: dict) -> None:
+        losses[:] = state["losses"]
+
+    total, t0 = gc.epochs * len(store), time.time()
+    step = fit(model, opt, epochs=gc.epochs, total=total, lr=lambda step: cosine_lr(gc.lr, step, total),
+               batches=_stored_steps(store, data.uint8_images(), cfg, device), loss=loss,
+               guard=StepGuard("generator", "generator.lr"), end_epoch=end_epoch, desc=f"generator[{mode}]",
+               checkpoint=Checkpointer(resume, key, "generator-epoch", gc.checkpoint_seconds,
+                                       lambda: {"losses": losses}, load_losses), leave=False)
     info = {"model": gc.model.name, "model_args": dict(gc.model.args), "num_classes": m["num_classes"],
             "shape": list(data.shape), "epochs": gc.epochs, "losses": losses, "steps": step,
             "store": str(path.relative_to(layout.root)), "teacher_fingerprint": m["teacher_fingerprint"],
