@@ -148,7 +148,8 @@ def reuse_demo_teacher(args) -> bool:
     Returns:
         Whether teacher0 is (now) the demo's teacher.
     """
-    from labeldistill.provenance import StageRef, fingerprint, stage_settings
+    from labeldistill.provenance import StageRef, fingerprint
+    from labeldistill.main_stages import stage_settings
 
     dst, src = Path(args.runs) / "teacher0", Path(args.demo_run)
     ledger = dst / "stages.json"

@@ -23,7 +23,7 @@ LAYERS = [
     ("config (no torch)", {"labeldistill.config", "labeldistill.learn_labels.config"}),
     ("leaf", {"labeldistill.io", "labeldistill.runtime", "labeldistill.augment", "labeldistill.distributed",
               "labeldistill.resume", "labeldistill.training", "labeldistill.data", "labeldistill.models",
-              "labeldistill.provenance",
+              "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages",
               "labeldistill.utils", "labeldistill.common"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),

@@ -16,7 +16,8 @@ from labeldistill.errors import DataError
 from labeldistill.io import atomic_write_json
 from labeldistill.layout import LabelVariant
 from labeldistill.models import create_model
-from labeldistill.provenance import StageRef, fingerprint, hard_label_settings, stage_settings
+from labeldistill.provenance import StageRef, fingerprint
+from labeldistill.main_stages import hard_label_settings, stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "fmnist_demo.yaml"

@@ -20,7 +20,8 @@ from labeldistill.labels.calibration import calibrated_kl, search_student_temper
 from labeldistill.labels.store import StepRecord
 from labeldistill.layout import LabelVariant
 from labeldistill.leaderboard import format_leaderboard, leaderboard
-from labeldistill.provenance import StageRef, fingerprint, stage_settings
+from labeldistill.provenance import StageRef, fingerprint
+from labeldistill.main_stages import stage_settings
 from labeldistill.validate import LabelFeed
 
 from conftest import REPO, needs_fmnist

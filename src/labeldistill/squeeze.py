@@ -15,14 +15,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, SqueezeConfig, check_squeeze_options, config_to_dict
+from .config import Config, SqueezeConfig, check_squeeze_options
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
-from .distributed import barrier, rank_world, wrap_ddp
+from .distributed import rank_world, wrap_ddp
 from .errors import DataError
-from .io import MetricsLog, read_json, settings_key
+from .io import MetricsLog, read_json
 from .layout import RunLayout
 from .models import build_model
-from .provenance import StageRef, check_fresh, record_stage
+from .main_stages import SQUEEZE
+from .provenance import StageRef
 from .models.checkpoint import (  # noqa: F401
     check_teacher_accuracy,
     load_checkpoint_into,
@@ -32,6 +33,7 @@ from .models.checkpoint import (  # noqa: F401
     teacher_record,
 )
 from .resume import fault_point, load_checkpoint, save_checkpoint
+from .runner import run_unit
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr, evaluate, make_optimizer, optimizer_step
 
@@ -67,11 +69,17 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     """
     resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
-    meta_f = layout.teacher_dir / "teacher.json"
-    ref = StageRef("squeeze")
-    if meta_f.is_file() and not force:
-        check_fresh(cfg, ref, layout)
-        return read_json(meta_f)
+    run_unit(SQUEEZE, cfg, SQUEEZE.ref(), lambda: _squeeze(cfg, layout), force=force, layout=layout)
+    return read_json(SQUEEZE.marker(cfg, SQUEEZE.ref(), layout))
+
+
+@SQUEEZE.runs
+def _squeeze_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
+    return squeeze(cfg, force=force)
+
+
+def _squeeze(cfg: Config, layout: RunLayout) -> tuple[None, float]:
+    """Train or load the teacher, score it, write it on rank 0; returns ``(None, seconds)``."""
     t0 = time.time()
     sc = cfg.squeeze
     check_squeeze_options(sc)
@@ -105,9 +113,7 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     if is_rank0():
         save_teacher(model, layout.teacher_dir, info)
         (layout.teacher_dir / ".resume.pt").unlink(missing_ok=True)
-        record_stage(cfg, ref, time.time() - t0, layout)
-    barrier()
-    return read_json(meta_f)
+    return None, time.time() - t0
 
 
 def _class_summary(classes: list[str]) -> str:
@@ -135,7 +141,7 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
     total = sc.epochs * steps_per_epoch
     rank, world = rank_world()
     ckpt_path = layout.teacher_dir / ".resume.pt"
-    key = settings_key("squeeze", config_to_dict(sc), config_to_dict(cfg.data), cfg.seed, world)
+    key = SQUEEZE.resume_key(cfg, SQUEEZE.ref(), world)  # what the ledger records, and the world size
     start = 0
     state = load_checkpoint(ckpt_path, key)
     if state is not None:
