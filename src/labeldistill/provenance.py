@@ -225,12 +225,17 @@ def recorded_changes(layout: RunLayout, key: str, now: dict[str, Any], write: bo
     old = dict(rec.get("settings", {}))
     root = old.pop("data.root", None)
     files = data_identity(now.get("data.dataset", old.get("data.dataset")), root)
-    as_v1 = {**{k: v for k, v in now.items() if k != "data.files"}, "data.root": root}
-    if rec["fingerprint"] == fingerprint(as_v1) and files == now.get("data.files"):
+    if rec["fingerprint"] == fingerprint(as_version1(now, root)) and files == now.get("data.files"):
         if write:
             write_record(layout, key, now, rec.get("seconds"), rec.get("finished"))
         return []
     return _diff({**old, "data.files": files}, now)
+
+
+def as_version1(settings: dict[str, Any], root: str | None) -> dict[str, Any]:
+    """``settings`` as fingerprint version 1 wrote them for data in ``root`` (``data.root`` as the config gave it,
+    no ``data.files``)."""
+    return {**{k: v for k, v in settings.items() if k != "data.files"}, "data.root": root}
 
 
 def _diff(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
