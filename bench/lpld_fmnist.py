@@ -87,7 +87,8 @@ def config(args, name: str, seed: int, extra: list[str]):
 
 
 def copy_missing(src: Path, dst: Path) -> None:
-    """Copy a finished stage output into a run that lacks it (a run directory without a ledger entry reuses it)."""
+    """Copy a finished stage output into a run that lacks it (recorded there by ``adopt`` when the donor's ledger
+    records it with the same settings)."""
     if src.exists() and not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst)
@@ -98,12 +99,18 @@ def run_dir_job(args, name: str, seed: int, extra: list[str], donors: dict[str, 
     ``donors``: relative path → donor run directory); returns its results.json content."""
     from labeldistill.pipeline import run
 
+    from labeldistill.main_stages import main_units
+    from labeldistill.runner import adopt
+
     root = Path(args.runs) / name
     for d in ("teacher", "class_stats"):
         copy_missing(Path(args.runs) / "base" / d, root / d)
     for rel, donor in donors.items():
         copy_missing(donor / rel, root / rel)
-    return run(config(args, name, seed, extra))
+    cfg = config(args, name, seed, extra)
+    for donor in {Path(args.runs) / "base", *donors.values()}:  # copies count only with their donor's record
+        adopt(main_units(cfg), cfg, donor)
+    return run(cfg)
 
 
 def sel_name(seed: int, epochs: int, temp: float) -> str:

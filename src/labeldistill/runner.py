@@ -25,7 +25,7 @@ from .distributed import barrier
 from .errors import StaleStageError
 from .io import settings_key
 from .layout import RunLayout
-from .provenance import StageRef, fingerprint, recorded_changes, write_record
+from .provenance import LEDGER, StageRef, fingerprint, read_ledger, recorded_changes, write_record
 from .runtime import is_rank0
 
 Settings = Callable[[Config, StageRef], dict[str, Any]]
@@ -111,7 +111,7 @@ def check_unit(stage: Stage, cfg: Config, ref: StageRef, layout: RunLayout | Non
     if changed == []:
         return
     if changed is None:
-        why = f"has an output that {layout.root / 'stages.json'} does not record (its settings are unknown)"
+        why = f"has an output that {layout.root / LEDGER} does not record (its settings are unknown)"
     else:
         shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
         why = f"was made with other settings ({shown})"
@@ -158,3 +158,20 @@ def stale_units(units: list[tuple[Stage, StageRef]], cfg: Config, force: bool) -
                 check_unit(stage, cfg, ref, layout)
             stale.add(ref.key)
     return stale
+
+
+def adopt(units: list[tuple[Stage, StageRef]], cfg: Config, donor: Path) -> list[str]:
+    """Record in ``cfg``'s run directory the units whose output was copied there from the run directory ``donor``,
+    each only when ``donor``'s ledger records it with the settings ``cfg`` gives (an output made with other
+    settings, or not recorded there, stays unrecorded and is refused). Returns the adopted keys."""
+    layout, donor_layout = _layout(cfg, None), RunLayout(Path(donor))
+    ours, adopted = read_ledger(layout), []
+    for stage, ref in units:
+        rec = read_ledger(donor_layout).get(ref.key)
+        if ref.key in ours or rec is None or not stage.marker(cfg, ref, layout).is_file():
+            continue
+        now = stage.settings(cfg, ref)
+        if recorded_changes(donor_layout, ref.key, now) == [] and is_rank0():
+            write_record(layout, ref.key, now, rec.get("seconds"), rec.get("finished"))
+            adopted.append(ref.key)
+    return adopted

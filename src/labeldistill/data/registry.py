@@ -140,20 +140,19 @@ def data_identity(name: str, root: str | None) -> str:
     ships with a package, such as ``digits``), ``"(missing)"`` when the folder does not exist.
 
     Moving the files or naming their default folder explicitly keeps the identity; adding, removing, renaming or
-    resizing a file changes it. Listed once per process and folder (a folder of 1.3 M ImageNet files takes a
-    while: it is one ``stat`` per file).
+    resizing a file changes it. Listed once per process and state of the folder itself (its modification time;
+    a folder of 1.3 M ImageNet files takes a while: one ``stat`` per file).
     """
     folder = root if root is not None else _DEFAULT_ROOTS.get(name)
     if folder is None:
         return "none"
-    return _files_digest(str(Path(folder).expanduser().resolve()))
+    top = Path(folder).expanduser().resolve()
+    return _files_digest(str(top), top.stat().st_mtime_ns) if top.exists() else "(missing)"
 
 
 @functools.lru_cache(maxsize=16)
-def _files_digest(folder: str) -> str:
+def _files_digest(folder: str, mtime_ns: int) -> str:
     top = Path(folder)
-    if not top.exists():
-        return "(missing)"
     if top.is_file():
         entries = [(top.name, top.stat().st_size)]
     else:
