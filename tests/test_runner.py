@@ -15,6 +15,7 @@ from labeldistill.data import data_identity
 from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT
 from labeldistill.errors import StaleStageError
 from labeldistill.io import atomic_write_json, read_json
+from labeldistill.layout import RunLayout
 from labeldistill.main_stages import SQUEEZE
 from labeldistill.provenance import FINGERPRINT_VERSION, StageRef, as_version1, fingerprint
 from labeldistill.resume import load_checkpoint, save_checkpoint
@@ -161,3 +162,25 @@ def test_the_ledger_is_written_by_one_function_only():
         spelled |= {path.stem for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "stages.json"}
     assert writers == {"provenance.write_record"}, writers
     assert spelled == {"provenance"}, spelled
+
+
+@needs_fmnist
+def test_a_stage_added_to_the_main_job_is_run_planned_and_refused_by_the_job(micro_run, capsys, monkeypatch):
+    from labeldistill import main_stages
+    from labeldistill.provenance import flat_settings
+
+    toy = Stage("toy", upstream=main_stages.RELABEL, own=lambda cfg, ref: flat_settings("toy", {"seed2": cfg.seed}),
+                marker=lambda cfg, ref, lay: lay.root / "toy" / f"{ref.mode}.json",
+                units=lambda cfg: [StageRef("toy", m) for m in cfg.recover.modes])
+
+    @toy.runs
+    def _unit(cfg, ref, force):
+        out = toy.marker(cfg, ref, RunLayout(cfg.run_path))
+        return run_unit(toy, cfg, ref, lambda: (atomic_write_json(out, {"mode": ref.mode}), 0.0), force=force)
+
+    monkeypatch.setattr(main_stages, "LATE", (*main_stages.LATE, toy))
+    assert _plan(capsys, f"run_dir={micro_run}")["toy[random_real]"] == "to do"
+    assert cli.main(["run", DEMO, *MICRO, f"run_dir={micro_run}"]) == 0
+    assert (micro_run / "toy" / "random_real.json").is_file()
+    assert _plan(capsys, f"run_dir={micro_run}")["toy[random_real]"] == "done"
+    assert _plan(capsys, f"run_dir={micro_run}", "seed=1")["toy[random_real]"].startswith("stale (")

@@ -133,26 +133,25 @@ HARD_LABEL = Stage("hard-label", own=_hard_label_settings,
                    units=lambda cfg: [StageRef("hard-label", m, None, model_tag(s))
                                       for s in student_specs(cfg.validate) for m in hard_label_names(cfg)])
 
-MAIN_JOB = (SQUEEZE, CLASS_STATS, RECOVER, RELABEL, PRUNE, GENERATOR, VALIDATE, HARD_LABEL)
-"""The main job's stages in the order they are declared (the job runs per mode: :func:`main_units`)."""
-PER_MODE = (RECOVER, RELABEL, PRUNE, GENERATOR, VALIDATE)
-"""The stages the job runs mode after mode."""
+EARLY, PER_MODE, LATE = (SQUEEZE, CLASS_STATS), (RECOVER, RELABEL, PRUNE, GENERATOR, VALIDATE), (HARD_LABEL,)
+"""The main job's stages: run once, then mode after mode, then once more at the end (:func:`main_units`)."""
+MAIN_JOB = EARLY + PER_MODE + LATE
 
 
 def stage_named(name: str) -> Stage:
     """The main-job stage called ``name``."""
-    return next(s for s in MAIN_JOB if s.name == name)
+    return next(s for s in EARLY + PER_MODE + LATE if s.name == name)
 
 
 def main_units(cfg: Config) -> list[tuple[Stage, StageRef]]:
     """Every unit of the main job for one seed, in the order it runs: squeeze, class-stats (when some mode
     optimises images), then mode after mode recover, relabel, prune, generator, validate, then the hard-label
     baselines."""
-    units = [(s, r) for s in (SQUEEZE, CLASS_STATS) for r in s.units(cfg)]
+    units = [(s, r) for s in EARLY for r in s.units(cfg)]
     per_mode = [(s, r) for s in PER_MODE for r in s.units(cfg)]
     for mode in cfg.recover.modes:
         units += [(s, r) for s, r in per_mode if r.mode == mode]
-    return units + [(HARD_LABEL, r) for r in HARD_LABEL.units(cfg)]
+    return units + [(s, r) for s in LATE for r in s.units(cfg)]
 
 
 def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:

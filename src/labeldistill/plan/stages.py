@@ -16,9 +16,9 @@ from ..errors import DataError
 from ..layout import REAL_TRAIN, RunLayout, labels_tag
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
-from ..main_stages import GENERATOR, HARD_LABEL, PRUNE, VALIDATE, relabel_ref, stage_named
+from ..main_stages import GENERATOR, HARD_LABEL, PRUNE, VALIDATE, main_units, relabel_ref, stage_named
 from ..provenance import StageRef, check_students, model_tag
-from ..runner import unit_status
+from ..runner import Stage, unit_status
 from ..data.owned import check_own_folder, list_source
 from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
@@ -28,10 +28,10 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
-def _status(cfg: Config, layout: RunLayout, ref: StageRef) -> dict:
+def _status(cfg: Config, layout: RunLayout, ref: StageRef, stage: Stage | None = None) -> dict:
     """``{"done": bool, "status": "done" | "to do" | "stale (changed keys)"}`` of one unit of work
     (:func:`~labeldistill.runner.unit_status`)."""
-    status = unit_status(stage_named(ref.stage), cfg, ref, layout)
+    status = unit_status(stage or stage_named(ref.stage), cfg, ref, layout)
     return {"done": status == "done", "status": status}
 
 
@@ -262,6 +262,16 @@ def hard_label_stage(cfg: Config, layout: RunLayout, plan: StepPlan, n_train: in
                      + (f" for each of {len(specs)} students" if len(specs) > 1 else "")
                      + f"; {steps:,} steps of ≤{bs}, each evaluated on {n_test:,} test images",
              "steps": steps, "images": len(specs) * sum(e * n for _, n, e in units)}]
+
+
+_PLANNED = {"squeeze", "class-stats", "recover", "relabel", "prune", "generator", "validate", "hard-label"}
+
+
+def declared_stages(cfg: Config, layout: RunLayout) -> list[dict]:
+    """A row per unit of a main-job stage that has no plan of its own above (a stage added to
+    :data:`~labeldistill.main_stages.MAIN_JOB`): its status, no work counts."""
+    return [{"stage": ref.key, **_status(cfg, layout, ref, stage), "work": f"declared stage {stage.name}", "steps": 0,
+             "images": 0} for stage, ref in main_units(cfg) if stage.name not in _PLANNED]
 
 
 def _worst(statuses: list[str]) -> str:
