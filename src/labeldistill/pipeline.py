@@ -2,7 +2,8 @@
 
 Each stage skips work whose output is complete and was made with the current settings, so re-running
 resumes after an interruption; an output made with other settings is refused before any work starts
-(``force`` recomputes the stale stages instead; see :mod:`labeldistill.provenance`).
+(``force`` recomputes the stale stages instead). The units come from :func:`labeldistill.main_stages.main_units`
+and each runs through :func:`labeldistill.runner.run_unit`.
 """
 
 from __future__ import annotations
