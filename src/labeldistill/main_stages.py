@@ -3,7 +3,7 @@ the hard-label baselines (:class:`~labeldistill.runner.Stage`).
 
 Each declaration names the stage's units, its own settings (on top of its upstream stage's), its marker file;
 the stage's module binds the function that runs a unit (``@SQUEEZE.runs``). The job (:mod:`labeldistill.pipeline`),
-the dry run (:mod:`labeldistill.plan`) and the report (:mod:`labeldistill.report`) all walk :func:`main_units`,
+the dry run (:mod:`labeldistill.plan`) and the report (:mod:`labeldistill.report`) all walk the units these declarations give,
 so they cannot drift. The declarations live here, below the stage modules, because a stage's settings include
 its upstream stages' and no stage module imports another (docs/architecture.md).
 """
