@@ -110,6 +110,7 @@ def test_a_version_1_ledger_is_re_keyed_when_nothing_that_matters_changed(micro_
     old["squeeze"]["fingerprint"] = fingerprint(old["squeeze"]["settings"])
     atomic_write_json(micro_run / "stages.json", old)
     assert _plan(capsys, f"run_dir={micro_run}")["squeeze"] == "stale (squeeze.epochs: 5 → 1)"
+    atomic_write_json(micro_run / "stages.json", rekeyed)  # as the run left it, for the next test
 
 
 def test_a_stage_declared_in_a_test_runs_resumes_and_is_refused_when_stale(tmp_path):
