@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import filecmp
 import json
 import time
 from pathlib import Path
@@ -142,8 +143,9 @@ def reuse_demo_teacher(args) -> bool:
         Whether teacher0 is (now) the demo's teacher.
     """
     dst = Path(args.runs) / "teacher0"
-    if "squeeze" in ledger(dst):
-        return ledger(dst)["squeeze"].get("reused_from") is not None
+    if "squeeze" in ledger(dst):  # teacher0 made earlier: the demo's teacher when it is the same file
+        return filecmp.cmp(dst / "teacher" / "model.safetensors",
+                           Path(args.demo_run) / "teacher" / "model.safetensors", shallow=False)
     return seed_run_from(Path(args.demo_run), dst, ["teacher", "run.json"], _cfg(dst, []), stages=("squeeze",))
 
 

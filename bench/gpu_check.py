@@ -110,11 +110,11 @@ def base_overrides(run_dir: Path, sz: dict, device: str, size: int | None = None
             "validate.eval_batch_size=500", "validate.checkpoint_seconds=100000"]
 
 
-def clone_run(src: Path, dst: Path, parts: tuple[str, ...] = ()) -> None:
-    """A new run directory sharing the teacher, the class statistics and ``parts`` of ``src``."""
+def clone_run(src: Path, dst: Path, cfg, parts: tuple[str, ...] = ()) -> None:
+    """A new run directory (config ``cfg``) sharing the teacher, the class statistics and ``parts`` of ``src``."""
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    seed_run_from(src, dst, ["teacher", "class_stats", *parts])
+    seed_run_from(src, dst, ["teacher", "class_stats", *parts], cfg)
 
 
 def check_tests(sz: dict, dry: bool) -> dict:
@@ -137,9 +137,9 @@ def check_recover(base: Path, work: Path, sz: dict, device: torch.device) -> lis
         t = {}
         for v in (1, C):
             run = work / f"recover_ipc{ipc}_v{v}"
-            clone_run(base, run)
             cfg = load_config(None, base_overrides(run, sz, device.type) + [
                 f"recover.ipc={ipc}", f"recover.iterations={sz['timing_iterations']}", f"recover.vectorize={v}"])
+            clone_run(base, run, cfg)
             t[v], _ = timed(lambda: recover(cfg, "lpld", force=True), device)
         rows.append({"ipc": ipc, "classes": C, "seconds_v1": t[1], "seconds_vC": t[C], "ratio": t[1] / t[C]})
     return rows
@@ -180,11 +180,11 @@ def check_autocast(base: Path, work: Path, sz: dict, device: torch.device) -> di
     runs = {}
     for on in (False, True):
         run = work / f"parity_{'on' if on else 'off'}"
-        clone_run(base, run)
         cfg = load_config(None, base_overrides(run, sz, device.type) + [
             f"recover.ipc={sz['parity_ipc']}", f"recover.iterations={sz['parity_iterations']}",
             f"recover.vectorize={sz['classes']}", f"relabel.epochs={sz['relabel_epochs']}",
             f"validate.epochs={sz['validate_epochs']}", amp(on)])
+        clone_run(base, run, cfg)
         recover(cfg, "lpld", force=True)
         runs[on] = (run, cfg)
         out[f"recover_teacher_top1_{'on' if on else 'off'}"] = json.loads(
@@ -192,11 +192,11 @@ def check_autocast(base: Path, work: Path, sz: dict, device: torch.device) -> di
     # relabel and validate on the same (autocast-off) images, so only the stage under test differs
     run_off, cfg_off = runs[False]
     run_on = work / "parity_relabel_on"
-    clone_run(run_off, run_on, ("images",))
     cfg_on = load_config(None, [o.replace(str(run_off), str(run_on)) for o in
                                 base_overrides(run_off, sz, device.type)] + [
         f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
         f"validate.epochs={sz['validate_epochs']}", amp(True)])
+    clone_run(run_off, run_on, cfg_on, ("images",))
     cfg_off = load_config(None, base_overrides(run_off, sz, device.type) + [
         f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
         f"validate.epochs={sz['validate_epochs']}", amp(False)])

@@ -76,17 +76,19 @@ def seed_base(runs: Path, threads: int) -> dict:
 def run_seed(runs: Path, seed: int, threads: int) -> None:
     """The seed's main job, then each other loss at fp16 / ``LOSS_FACTOR``× on a copy of its run directory."""
     root = runs / f"s{seed}"
-    seed_run_from(runs / "base", root, ["teacher", "class_stats"])
-    run(load_config(DEMO, job_overrides(runs, seed, threads)))
+    cfg = load_config(DEMO, job_overrides(runs, seed, threads))
+    seed_run_from(runs / "base", root, ["teacher", "class_stats"], cfg)
+    run(cfg)
     for loss in LOSSES:
         dest = loss_dir(runs, seed, loss)
-        if not dest.exists():  # everything but the results: images and stores are reused, only validate runs
-            results = {"validate", "hard_label", "results.json", "report.md", "plots"}
-            seed_run_from(root, dest, [p.name for p in root.iterdir() if p.name not in results])
         over = job_overrides(runs, seed, threads)[1:] + [
             f"run_dir={dest}", f"validate.loss={loss}", f"prune.factors=[{LOSS_FACTOR}]", "prune.logits=[fp16]",
             "hard_label.enabled=false"]
-        run(load_config(DEMO, over))
+        cfg = load_config(DEMO, over)
+        if not dest.exists():  # everything but the results: images and stores are reused, only validate runs
+            results = {"validate", "hard_label", "results.json", "report.md", "plots", "stages.json"}
+            seed_run_from(root, dest, [p.name for p in root.iterdir() if p.name not in results], cfg)
+        run(cfg)
 
 
 def finished_seeds(runs: Path, seeds: list[int]) -> list[int]:

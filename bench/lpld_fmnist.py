@@ -75,12 +75,13 @@ def config(args, name: str, seed: int, extra: list[str]):
 
 def run_dir_job(args, name: str, seed: int, extra: list[str], donors: dict[str, Path]) -> dict:
     """The main job in ``<runs>/<name>`` (teacher and class statistics from ``base``, other outputs from
-    ``donors``: relative path → donor run directory); returns its results.json content."""
-    root = Path(args.runs) / name
-    seed_run_from(Path(args.runs) / "base", root, ["teacher", "class_stats"])
+    ``donors``: relative path → donor run directory; each copy counts only with its donor's ledger record, see
+    :func:`bench.study.seed_run_from`); returns its results.json content."""
+    root, cfg = Path(args.runs) / name, config(args, name, seed, extra)
+    seed_run_from(Path(args.runs) / "base", root, ["teacher", "class_stats"], cfg)
     for rel, donor in donors.items():
-        seed_run_from(donor, root, [rel])
-    return run(config(args, name, seed, extra))
+        seed_run_from(donor, root, [rel], cfg)
+    return run(cfg)
 
 
 def sel_name(seed: int, epochs: int, temp: float) -> str:

@@ -207,7 +207,8 @@ def bench_recover(cfg, teacher, info, repeats: int, iterations: int = 20) -> dic
 
 def bench_torchrun(base: Path, repeats: int) -> dict:
     run_dir = base.parent / "torchrun"
-    seed_run_from(base, run_dir, ["teacher", f"images/{MODE}"])
+    seed_run_from(base, run_dir, ["teacher", f"images/{MODE}"],
+                  load_config(DEMO, overrides(run_dir, 1, relabel_epochs=30) + ["relabel.steps_per_shard=20"]))
 
     def cli(threads: int) -> list[str]:
         ov = overrides(run_dir, threads, relabel_epochs=30) + ["relabel.steps_per_shard=20"]

@@ -235,34 +235,37 @@ def finished_results(run_dir: Path) -> dict | None:
         return None
 
 
-def seed_run_from(src: Path, dst: Path, parts: list[str], cfg=None, stages: tuple[str, ...] = ()) -> bool:
-    """Give run directory ``dst`` the finished outputs ``parts`` (paths relative to a run directory, e.g.
-    ``teacher``, ``images/cs``) of run directory ``src``, instead of computing them again; a part ``dst`` already
-    has is kept.
+def seed_run_from(src: Path, dst: Path, parts: list[str], cfg, stages: tuple[str, ...] = ()) -> bool:
+    """Give run directory ``dst`` (config ``cfg``) the finished outputs ``parts`` (paths relative to a run
+    directory, e.g. ``teacher``, ``images/cs``) of run directory ``src``, instead of computing them again; a part
+    ``dst`` already has is kept.
 
-    The one place where the studies reach into the library's run-directory internals. With ``stages`` (ledger
-    keys, e.g. ``squeeze``) and ``cfg`` (``dst``'s config), nothing is copied unless each stage's recorded
-    fingerprint in ``src`` equals the one ``cfg`` gives, and ``dst``'s ledger gets those records with
-    ``reused_from``. Without ``stages`` the copies are unrecorded: the library accepts an output its ledger does
-    not record (a hole issue #21 closes); when it stops doing so, this function must record them.
+    The one place where the studies reach into the library's run-directory internals. Copies count only through
+    :func:`labeldistill.runner.adopt`: ``dst``'s ledger records a copied unit only when ``src``'s ledger records it
+    with the settings ``cfg`` gives; a copy made with other settings stays unrecorded, and the library refuses it.
+    With ``stages`` (ledger keys, e.g. ``squeeze``) nothing is copied unless each of them would be adopted.
 
     Returns:
-        Whether ``dst`` now has the parts from ``src`` (``False``: a stage's settings differ or are unrecorded).
+        Whether ``dst``'s ledger now records every key of ``stages``.
     """
-    from labeldistill.io import atomic_write_json
-    from labeldistill.provenance import LEDGER, StageRef, fingerprint, stage_settings
+    from labeldistill.layout import RunLayout
+    from labeldistill.main_stages import main_units
+    from labeldistill.provenance import recorded_changes
+    from labeldistill.runner import adopt
 
     src, dst = Path(src), Path(dst)
-    recs = ledger(src)
-    if any(recs.get(s, {}).get("fingerprint") != fingerprint(stage_settings(cfg, StageRef(s))) for s in stages):
+    units = main_units(cfg)
+    wanted = [(st, ref) for st, ref in units if ref.key in stages]
+    if len(wanted) < len(stages) or any(ref.key not in ledger(src) or
+                                        recorded_changes(RunLayout(src), ref.key, st.settings(cfg, ref))
+                                        for st, ref in wanted):
         return False
     for part in parts:
         if (src / part).exists() and not (dst / part).exists():
             (dst / part).parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if (src / part).is_dir() else shutil.copy)(src / part, dst / part)
-    if stages:
-        atomic_write_json(dst / LEDGER, {**ledger(dst), **{s: {**recs[s], "reused_from": str(src)} for s in stages}})
-    return True
+    adopt(units, cfg, src)
+    return all(s in ledger(dst) for s in stages)
 
 
 def cli_env() -> dict:

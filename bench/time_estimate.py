@@ -3,7 +3,7 @@
 For each configuration, in one process and back to back: ``plan_run`` + ``add_time_estimate`` (what
 ``labeldistill run CONFIG --dry-run`` prints), then the whole main job (``labeldistill.pipeline.run``) in a
 fresh run directory. The actual seconds are the ones each stage records in ``stages.json``
-(:func:`labeldistill.provenance.record_stage`: the stage's own wall time, after its data is loaded for
+(:func:`labeldistill.runner.run_unit`: the stage's own wall time, after its data is loaded for
 class-stats, recover, relabel and validate; squeeze's includes loading the data set), summed over the units of
 a stage (every ``validate[...]``, every ``prune[...]``). The total sets the sum of the estimates beside the sum
 of the recorded stage seconds, and the wall time of the whole job beside it.

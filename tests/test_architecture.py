@@ -23,7 +23,7 @@ LAYERS = [
     ("config (no torch)", {"labeldistill.config", "labeldistill.learn_labels.config"}),
     ("leaf", {"labeldistill.io", "labeldistill.runtime", "labeldistill.augment", "labeldistill.distributed",
               "labeldistill.resume", "labeldistill.training", "labeldistill.data", "labeldistill.models",
-              "labeldistill.provenance"}),
+              "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),
     ("jobs and outputs", {"labeldistill.api", "labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",

@@ -60,7 +60,8 @@ def test_section_from_partial_rows(tmp_path):
 
 
 def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):
-    from labeldistill.provenance import StageRef, fingerprint, stage_settings
+    from labeldistill.provenance import StageRef, fingerprint
+    from labeldistill.main_stages import stage_settings
 
     args = _args(tmp_path)
     demo = tmp_path / "demo"

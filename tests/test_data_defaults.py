@@ -16,7 +16,8 @@ from labeldistill.errors import DataError
 from labeldistill.io import atomic_write_json
 from labeldistill.layout import LabelVariant
 from labeldistill.models import create_model
-from labeldistill.provenance import StageRef, fingerprint, hard_label_settings, stage_settings
+from labeldistill.provenance import StageRef, as_version1, fingerprint
+from labeldistill.main_stages import hard_label_settings, stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "fmnist_demo.yaml"
@@ -51,16 +52,18 @@ def test_mirror_symmetric_datasets_resolve_to_the_old_defaults(dataset):
 
 
 def test_fashion_mnist_fingerprints_are_those_of_the_old_fixed_defaults():
-    """Run directories made before the defaults followed the data stay fresh: same settings, same fingerprints."""
+    """Run directories made before the defaults followed the data stay fresh: same settings, same fingerprints
+    (as fingerprint version 1 wrote them: old ledger entries are re-keyed through :func:`as_version1`)."""
     unset = _resolved("data.dataset=fashion-mnist")
-    got = {r.key: fingerprint(stage_settings(unset, r)) for r in REFS}
-    got["hard_label[lpld]"] = fingerprint(hard_label_settings(unset, "lpld"))
+    got = {r.key: fingerprint(as_version1(stage_settings(unset, r), None)) for r in REFS}
+    got["hard_label[lpld]"] = fingerprint(as_version1(hard_label_settings(unset, "lpld"), None))
     assert got == OLD_FINGERPRINTS
     explicit = load_config(None, ["data.dataset=fashion-mnist", *OLD_DEFAULTS])
     assert all(stage_settings(explicit, r) == stage_settings(unset, r) for r in REFS)
     # an unresolved config fingerprints as its resolved self (stage_settings resolves first)
     fresh = load_config(None, [])
-    assert fingerprint(stage_settings(fresh, REFS[-1])) == OLD_FINGERPRINTS["validate[lpld x40 convnet-width32]"]
+    assert fingerprint(as_version1(stage_settings(fresh, REFS[-1]), None)) == \
+        OLD_FINGERPRINTS["validate[lpld x40 convnet-width32]"]
     # the digits' resolved values do change the fingerprints (their runs were made with flips)
     digits = _resolved("data.dataset=mnist-5k")
     old_digits = load_config(None, ["data.dataset=mnist-5k", *OLD_DEFAULTS])

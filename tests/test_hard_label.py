@@ -100,7 +100,8 @@ def test_every_student_gets_its_own_baselines(own_run):
 def test_real_train_fingerprint_depends_on_the_holdout():
     """The real-train baseline trains on the train split less data.holdout: changing it must make the row stale."""
     from labeldistill.config import load_config
-    from labeldistill.provenance import fingerprint, hard_label_settings
+    from labeldistill.provenance import fingerprint
+    from labeldistill.main_stages import hard_label_settings
 
     demo = REPO / "configs" / "fmnist_demo.yaml"
     a, b = load_config(demo), load_config(demo, ["data.holdout=1000"])

@@ -19,7 +19,8 @@ from labeldistill.data import ImageSet, load_split
 from labeldistill.data.loading import holdout_indices
 from labeldistill.data.registry import register_dataset
 from labeldistill.errors import ConfigError
-from labeldistill.provenance import StageRef, stage_settings
+from labeldistill.provenance import StageRef
+from labeldistill.main_stages import stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = {"train": 40, "test": 10}

@@ -20,7 +20,8 @@ from labeldistill.labels.calibration import calibrated_kl, search_student_temper
 from labeldistill.labels.store import StepRecord
 from labeldistill.layout import LabelVariant
 from labeldistill.leaderboard import format_leaderboard, leaderboard
-from labeldistill.provenance import StageRef, fingerprint, stage_settings
+from labeldistill.provenance import StageRef, as_version1, fingerprint
+from labeldistill.main_stages import stage_settings
 from labeldistill.validate import LabelFeed
 
 from conftest import REPO, needs_fmnist
@@ -79,15 +80,15 @@ def test_lpqld_student_temperature_search_finds_the_temperature_of_the_targets()
 
 
 def test_defaults_keep_every_fingerprint():
-    """Fingerprints computed before label sources and calibration existed (main at 7f71b0e)."""
+    """Fingerprints computed before label sources and calibration existed (main at 7f71b0e), as fingerprint
+    version 1 wrote them (``data.root`` instead of ``data.files``: old ledger entries are re-keyed through it)."""
     c = load_config(DEMO)
     assert c.validate.label_source == "stored" and c.validate.calibration == "none"
-    assert fingerprint(stage_settings(c, StageRef("validate", "lpld", LabelVariant(10.0), "convnet-width32"))) \
-        == "a130f52c31df1e6f"
-    assert fingerprint(stage_settings(c, StageRef("relabel", "lpld"))) == "70c29f9a4d60b317"
+    ref = StageRef("validate", "lpld", LabelVariant(10.0), "convnet-width32")
+    assert fingerprint(as_version1(stage_settings(c, ref), None)) == "a130f52c31df1e6f"
+    assert fingerprint(as_version1(stage_settings(c, StageRef("relabel", "lpld")), None)) == "70c29f9a4d60b317"
     on = load_config(DEMO, ["validate.calibration=lpqld"])
-    assert fingerprint(stage_settings(on, StageRef("validate", "lpld", LabelVariant(10.0), "convnet-width32"))) \
-        != "a130f52c31df1e6f"
+    assert fingerprint(as_version1(stage_settings(on, ref), None)) != "a130f52c31df1e6f"
 
 
 @pytest.mark.parametrize("bad, key", [("validate.label_source=teacher", "validate.label_source"),

@@ -18,7 +18,8 @@ from labeldistill.errors import ConfigError, DataError
 from labeldistill.layout import RunLayout
 from labeldistill.plan.probe import probe_data
 from labeldistill.plan.stages import recover_rows
-from labeldistill.provenance import StageRef, stage_settings
+from labeldistill.provenance import StageRef
+from labeldistill.main_stages import stage_settings
 
 from test_dataset_archives import WNIDS, _fake_tiny
 

@@ -27,7 +27,8 @@ from labeldistill.labels.replay import build_batch
 from labeldistill.labels.store import LabelStore
 from labeldistill.layout import RunLayout
 from labeldistill.models import create_model
-from labeldistill.provenance import StageRef, fingerprint, stage_settings
+from labeldistill.provenance import StageRef, fingerprint
+from labeldistill.main_stages import stage_settings
 from labeldistill.recover import recover
 from labeldistill.runtime import autocast
 from labeldistill.squeeze import squeeze

@@ -11,7 +11,8 @@ from test_provenance import DEMO, MICRO, _cli
 from labeldistill.config import load_config, student_specs
 from labeldistill.errors import ConfigError
 from labeldistill.layout import LabelVariant
-from labeldistill.provenance import StageRef, fingerprint, model_tag, stage_settings
+from labeldistill.provenance import StageRef, fingerprint, model_tag
+from labeldistill.main_stages import stage_settings
 
 pytestmark = needs_fmnist
 A = "{name: convnet, args: {width: 4, depth: 3, norm: batch}}"  # = validate.model of MICRO

@@ -50,13 +50,15 @@ from .augment import (
 )
 from .config import Config, check_squeeze_options
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
-from .distributed import all_reduce_sum, barrier, shard
+from .distributed import all_reduce_sum, shard
 from .errors import LabelDistillError
 from .io import MetricsLog, atomic_write_json, read_json
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import load_teacher
-from .provenance import StageRef, check_fresh, record_stage
+from .main_stages import CLASS_STATS
+from .provenance import StageRef
+from .runner import run_unit
 from .runtime import autocast, is_rank0, pick_device
 
 
@@ -126,15 +128,25 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
     resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     out = layout.class_stats_dir / "stats.safetensors"
-    info_file = layout.class_stats_dir / "class_stats.json"
-    ref = StageRef("class-stats")
-    if out.is_file() and info_file.is_file() and not force:
-        check_fresh(cfg, ref, layout)
-        made = read_json(info_file).get("mode", "exact")
-        if made != cfg.class_stats.mode:
+
+    def reuse() -> None:
+        made = read_json(layout.class_stats_dir / "class_stats.json").get("mode", "exact")
+        if not out.is_file() or made != cfg.class_stats.mode:
             raise LabelDistillError(f"{out} holds class_stats.mode '{made}' statistics, not "
                                     f"'{cfg.class_stats.mode}': rerun class-stats with --force")
-        return out
+
+    run_unit(CLASS_STATS, cfg, CLASS_STATS.ref(), lambda: _class_stats(cfg, layout, out), reuse=reuse, force=force,
+             layout=layout)
+    return out
+
+
+@CLASS_STATS.runs
+def _class_stats_unit(cfg: Config, ref: StageRef, force: bool) -> Path:
+    return class_stats(cfg, force=force)
+
+
+def _class_stats(cfg: Config, layout: RunLayout, out: Path) -> tuple[None, float]:
+    """One pass over the train split; writes the statistics on rank 0; returns ``(None, seconds)``."""
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
     bns = require_bn_layers(teacher, info["model"])
@@ -159,9 +171,7 @@ def class_stats(cfg: Config, force: bool = False) -> Path:
             "mode": cfg.class_stats.mode,
         })
         MetricsLog(layout.metrics).log(stage="class-stats", seconds=round(time.time() - t0, 2))
-        record_stage(cfg, ref, time.time() - t0, layout)
-    barrier()
-    return out
+    return None, time.time() - t0
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 Each stage skips work whose output is complete and was made with the current settings, so re-running
 resumes after an interruption; an output made with other settings is refused before any work starts
-(``force`` recomputes the stale stages instead; see :mod:`labeldistill.provenance`).
+(``force`` recomputes the stale stages instead). The units come from :func:`labeldistill.main_stages.main_units`
+and each runs through :func:`labeldistill.runner.run_unit`.
 """
 
 from __future__ import annotations
@@ -12,66 +13,34 @@ import sys
 import time
 from pathlib import Path
 
-from .bnstats import class_stats
-from .config import Config, dump_config, student_specs, with_student
+from . import bnstats, recover, squeeze, validate  # noqa: F401  (they bind their stages' run functions)
+from .config import Config, dump_config
 from .data import load_split, resolve_augmentation
 from .distributed import barrier
 from .io import atomic_write_json
-from .labels.generator import train_generator
-from .labels.prune import prune_all
-from .labels.relabel import relabel
-from .layout import REAL_TRAIN, RunLayout, labels_tag
+from .labels import generator, prune, relabel  # noqa: F401  (they bind their stages' run functions)
+from .layout import RunLayout
+from .main_stages import GENERATOR, HARD_LABEL, PRUNE, VALIDATE, hard_label_names, main_units  # noqa: F401
 from .models import check_model_spec
 from .models.checkpoint import untrained_augmentation_warnings
 from .models.geometry import small_input_warnings
-from .provenance import (StageRef, check_fresh, check_students, done_marker, machine, model_tag, relabel_ref, stage_seconds,
-                         stale_keys)
-from .recover import recover
+from .provenance import StageRef, check_students, machine, stage_seconds
 from .report import results_table, summarize, write_report
 from .resume import check_run_dir
+from .runner import stale_units
 from .runtime import is_rank0, pick_device
-from .squeeze import squeeze
-from .validate import check_hard_label_fresh, hard_label, hard_label_stale, validate
-from .variants import label_variants, needs_class_stats
 
 
 def stage_refs(cfg: Config) -> list[StageRef]:
-    """Every unit of work of the main job for one seed, in the order it runs (class statistics only when some
-    mode optimises images)."""
-    refs = [StageRef("squeeze")]
-    if needs_class_stats(cfg.recover.modes, cfg.recover.variants):
-        refs.append(StageRef("class-stats"))
-    students = [model_tag(s) for s in student_specs(cfg.validate)]
-    for mode in cfg.recover.modes:
-        refs += [StageRef("recover", mode), relabel_ref(cfg, mode)]
-        if cfg.relabel.only_kept is None:
-            refs += [StageRef("prune", mode, v) for v in label_variants(cfg)]
-        if cfg.validate.label_source == "generator":
-            refs.append(StageRef("generator", mode))
-        refs += [StageRef("validate", mode, v, student, _labels(cfg)) for student in students
-                 for v in label_variants(cfg)]
-    return refs
-
-
-def _labels(cfg: Config) -> str | None:
-    """How the validate refs feed the labels (:func:`~labeldistill.layout.labels_tag`; ``None`` = stored)."""
-    tag = labels_tag(cfg.validate.label_source, cfg.validate.calibration)
-    return None if tag == "stored" else tag
+    """Every unit of work of the main job for one seed, in the order it runs
+    (:func:`~labeldistill.main_stages.main_units`)."""
+    return [ref for _, ref in main_units(cfg)]
 
 
 def stale_refs(cfg: Config, force: bool) -> set[str]:
-    """Keys of finished stages made with other settings; refused (StaleStageError) unless ``force``."""
-    layout = RunLayout(cfg.run_path)
-    stale = set()
-    for ref in stage_refs(cfg):
-        if done_marker(cfg, ref, layout).is_file() and stale_keys(cfg, ref, layout):
-            if not force:
-                check_fresh(cfg, ref, layout)
-            stale.add(ref.key)
-    if not force:
-        for one, m in hard_label_units(cfg):
-            check_hard_label_fresh(one, m)
-    return stale
+    """Keys of finished units made with other settings or not recorded in ``stages.json``; refused
+    (StaleStageError) unless ``force`` (:func:`~labeldistill.runner.stale_units`)."""
+    return stale_units(main_units(cfg), cfg, force)
 
 
 def run(cfg: Config, force: bool = False) -> dict:
@@ -137,24 +106,10 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
     barrier()
     t0 = time.time()
     prov = machine(pick_device(cfg.device))  # the code and machine at the start of the run
-    teacher = squeeze(cfg, force="squeeze" in stale)
-    if needs_class_stats(cfg.recover.modes, cfg.recover.variants):  # only synthesis reads them
-        class_stats(cfg, force="class-stats" in stale)
-    rows = []
-    for mode in cfg.recover.modes:
-        recover(cfg, mode, force=StageRef("recover", mode).key in stale)
-        relabel(cfg, mode, force=relabel_ref(cfg, mode).key in stale)
-        if cfg.relabel.only_kept is None and is_rank0():
-            prune_all(cfg, mode, force=stale)
-        if cfg.validate.label_source == "generator" and is_rank0():
-            train_generator(cfg, mode, force=StageRef("generator", mode).key in stale)
-        barrier()
-        for spec in student_specs(cfg.validate):  # same images and stores for every student
-            one, student = with_student(cfg, spec), model_tag(spec)
-            for v in label_variants(cfg):
-                ref = StageRef("validate", mode, v, student, _labels(cfg))
-                rows.append(validate(one, mode, v, force=ref.key in stale))
-    hard = hard_label_rows(cfg, force)
+    done = {ref.key: stage.run(cfg, ref, ref.key in stale) for stage, ref in _ordered(cfg)}
+    teacher = done["squeeze"]
+    rows = [done[ref.key] for ref in VALIDATE.units(cfg)]
+    hard = [done[ref.key] for ref in HARD_LABEL.units(cfg)]
     results = {
         "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
         "teacher": {"model": teacher["model"], "model_args": teacher.get("model_args", {}),
@@ -169,25 +124,26 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
     return results
 
 
+def _ordered(cfg: Config):
+    """The units of :func:`~labeldistill.main_stages.main_units` as they run: per mode, the stages only rank 0
+    runs (prune, generator) then a barrier before validate; yields ``(stage, ref)``."""
+    mode = None
+    for stage, ref in main_units(cfg):
+        if stage is VALIDATE and mode != ref.mode:
+            barrier()  # every rank waits for rank 0's stores and label model
+            mode = ref.mode
+        if stage in (PRUNE, GENERATOR) and not is_rank0():
+            continue
+        yield stage, ref
+
+
 def hard_label_rows(cfg: Config, force: bool = False) -> list[dict]:
     """With ``hard_label.enabled``: the hard-label baselines (HLR) of every recover mode and, with
     ``hard_label.real``, of the real train split, for every student of ``validate.students``
     (:func:`labeldistill.validate.hard_label`); else ``[]``. ``force`` recomputes only rows made with other
-    settings."""
-    return [hard_label(one, m, force=force and hard_label_stale(one, m)) for one, m in hard_label_units(cfg)]
-
-
-def hard_label_units(cfg: Config) -> list[tuple[Config, str]]:
-    """(config with one student, images) of every hard-label baseline the config asks for, student-major: each
-    student of ``validate.students`` gets its own rows, as each gets its own validate rows."""
-    return [(with_student(cfg, spec), m) for spec in student_specs(cfg.validate) for m in hard_label_names(cfg)]
-
-
-def hard_label_names(cfg: Config) -> list[str]:
-    """The ``images`` of the hard-label baselines the config asks for (none unless ``hard_label.enabled``)."""
-    if not cfg.hard_label.enabled:
-        return []
-    return list(cfg.recover.modes) + ([REAL_TRAIN] if cfg.hard_label.real else [])
+    settings or not recorded."""
+    stale = stale_units([(HARD_LABEL, r) for r in HARD_LABEL.units(cfg)], cfg, force)
+    return [HARD_LABEL.run(cfg, r, r.key in stale) for r in HARD_LABEL.units(cfg)]
 
 
 def _finish(cfg: Config, root: Path, results: dict) -> None:

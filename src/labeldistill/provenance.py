@@ -1,15 +1,22 @@
-"""What every artifact of a run was made from: per-stage settings fingerprints, and the machine and code.
+"""What every artifact of a run was made from: settings fingerprints, the ledger ``stages.json``, machine and code.
 
-Each stage's output is recorded in ``<run_dir>/stages.json`` with the fingerprint of exactly the settings it
-depends on — its own config section and everything upstream of it (the seed, the data, the teacher's
-training, the recover mode, ...), flattened to dotted keys. A stage whose output exists is skipped only when
-its recorded fingerprint equals the one the current config gives; otherwise it is **refused** with one line
-that names the changed keys and the two ways out (``--force`` recomputes it, a new ``name``/``run_dir``
-keeps both). Nothing is ever silently reused for other settings.
+Each unit of work of the main job (a :class:`StageRef`) is recorded in ``<run_dir>/stages.json`` with the
+fingerprint of exactly the settings it depends on — its own config section and everything upstream of it (the
+seed, the data, the teacher's training, the recover mode, ...), flattened to dotted keys. Which settings a stage
+depends on, and the refusal and reuse built on them, are declared per stage (:mod:`labeldistill.main_stages`,
+run by :mod:`labeldistill.runner`); this module holds the pieces they share: the settings helpers, the
+fingerprint (with its :data:`FINGERPRINT_VERSION`), and the ledger, which :func:`write_record` alone writes.
 
 Settings that cannot change a number are left out: ``data.workers``, ``data.lazy`` (decoding on the fly
-gives the same images), ``threads``, ``device`` and ``checkpoint_seconds``. Tiny-ImageNet's class order is
-always in (:func:`class_order_settings`).
+gives the same images), ``threads``, ``device`` and ``checkpoint_seconds``. The data enters by identity, not by
+folder (``data.files``: :func:`~labeldistill.data.registry.data_identity`): moving the files or naming their
+default folder changes no fingerprint; changing the files does. Tiny-ImageNet's class order is always in
+(:func:`class_order_settings`).
+
+Fingerprint versions: 1 (no ``version`` in a ledger entry) held ``data.root`` as written in the config; 2 holds
+``data.files`` instead. A version-1 entry is recognised and re-keyed when it equals what the current settings
+give with its recorded ``data.root`` and that folder holds the same files as the current data
+(:func:`recorded_changes`); otherwise it is refused as stale like any other.
 """
 
 from __future__ import annotations
@@ -26,16 +33,16 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ModelConfig, student_specs, with_student
-from .data.owned import source_fingerprint
-from .data.presets import resolve_augmentation
-from .errors import ConfigError, StaleStageError
+from .data import data_identity
+from .errors import ConfigError
 from .io import atomic_write_json, read_json, settings_key
-from .layout import REAL_TRAIN, LabelVariant, RunLayout
+from .layout import LabelVariant, RunLayout
 from .models import check_model_spec
-from .variants import OWN_SOURCES, label_variants, resolve_variant
 
 LEDGER = "stages.json"
-_DATA_KEYS = ("dataset", "root", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
+FINGERPRINT_VERSION = 2
+"""Version of the fingerprints this code writes (ledger entries and result rows carry it); see the module text."""
+_DATA_KEYS = ("dataset", "train_subset", "test_subset", "image_size", "resize", "mean", "std")
 AUTOCAST_DEFAULT = "bf16"
 _NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants", "generator.checkpoint_seconds",
               "validate.students",  # each student's row is fingerprinted with that student as validate.model
@@ -71,9 +78,9 @@ def check_students(cfg: Config) -> None:
 
 @dataclass(frozen=True)
 class StageRef:
-    """One unit of work of the main job: a stage, for a recover mode, a label variant, a student and (validate) how
-    the labels are fed when not straight from the store (a :func:`~labeldistill.layout.labels_tag` such as
-    ``online``, ``generator`` or ``stored+lpqld``; ``None`` = stored)."""
+    """One unit of work: a stage, for a recover mode, a label variant, a student and (validate) how the labels are
+    fed when not straight from the store (a :func:`~labeldistill.layout.labels_tag` such as ``online``,
+    ``generator`` or ``stored+lpqld``; ``None`` = stored). Its :attr:`key` names its record in ``stages.json``."""
 
     stage: str
     mode: str | None = None
@@ -84,21 +91,16 @@ class StageRef:
     @property
     def key(self) -> str:
         """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``,
-        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``, ``... labels=stored+lpqld]``."""
+        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``, ``hard-label[cs convnet-width32]``."""
         tag = None if self.variant is None else self.variant.result_tag if self.stage == "validate" else self.variant.tag
         src = f"labels={self.labels}" if self.labels and self.labels != "stored" else None
         inner = " ".join(p for p in (self.mode, tag, self.student, src) if p)
         return f"{self.stage}[{inner}]" if inner else self.stage
 
 
-def relabel_ref(cfg: Config, mode: str) -> StageRef:
-    """The relabel unit of a mode: the full store, or with ``relabel.only_kept`` the one pruned store it writes
-    (a different output, so a different record: ``relabel[cs x40]``)."""
-    variants = label_variants(cfg) if cfg.relabel.only_kept is not None else [None]
-    return StageRef("relabel", mode, variants[0])
-
-
-def _flat(prefix: str, value: Any) -> dict[str, Any]:
+def flat_settings(prefix: str, value: Any) -> dict[str, Any]:
+    """A config section (dataclass or dict) as dotted keys (``squeeze.model.name``; ``*.args`` kept whole), less
+    the settings that change no number."""
     if prefix in _NO_EFFECT:
         return {}
     if dataclasses.is_dataclass(value):
@@ -106,7 +108,7 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
     if isinstance(value, dict) and not prefix.endswith(".args"):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flat(f"{prefix}.{k}", v))
+            out.update(flat_settings(f"{prefix}.{k}", v))
         return out
     return {prefix: value}
 
@@ -142,42 +144,12 @@ def class_order_settings(cfg: Config) -> dict[str, Any]:
     return {}
 
 
-def stage_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
-    """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages included
-    (``autocast`` only when not the default: :func:`autocast_settings`; augmentation keys left unset resolved from
-    the dataset first: :func:`~labeldistill.data.presets.resolve_augmentation`)."""
-    resolve_augmentation(cfg)
-    out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                           **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg),
-                           **_flat("squeeze", cfg.squeeze)}
-    if ref.stage == "squeeze":
-        return out
-    stats = _flat("class_stats", cfg.class_stats)
-    if ref.stage == "class-stats":
-        return {**out, **stats}
-    variant = resolve_variant(ref.mode, cfg.recover.variants)
-    recover = _flat("recover", cfg.recover)
-    if variant["source"] == "synthesis":
-        out.update(stats)
-    else:  # real-image sources read only these recover settings; a set made elsewhere none of them
-        used = () if variant["source"] in OWN_SOURCES else ("recover.ipc",) + (
-            ("recover.rded_factor", "recover.rded_candidates", "recover.crop_scale")
-            if variant["source"] == "rded" else ())
-        recover = {k: v for k, v in recover.items() if k in used}
-    if variant["source"] in OWN_SOURCES:  # the set's files: an edited folder makes recover (and all after) stale
-        recover["recover.source_fingerprint"] = source_fingerprint(variant["source"], variant["path"])
-    out.update({"recover.mode": ref.mode, "recover.variant": variant, **recover})
-    if ref.stage == "recover":
-        return out
-    out.update(_flat("relabel", cfg.relabel))
-    if ref.stage == "relabel":
-        return out
-    if ref.stage == "generator":
-        return {**out, **_flat("generator", cfg.generator)}
-    out["prune.variant"] = ref.variant.tag
-    if ref.stage == "prune":
-        return out
-    return {**out, **validate_settings(student_config(cfg, ref.student)), "validate.replay": ref.variant.replay_mode}
+def data_settings(cfg: Config) -> dict[str, Any]:
+    """The settings every stage depends on: the seed, the data (by identity: ``data.files``, see the module
+    text), held-out images, Tiny-ImageNet's class order and a non-default ``autocast``."""
+    return {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
+            "data.files": data_identity(cfg.data.dataset, cfg.data.root),
+            **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg)}
 
 
 def student_config(cfg: Config, student: str | None) -> Config:
@@ -199,7 +171,7 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, ``eval_split`` only when not
     ``test``, so that results made before these keys existed keep their fingerprints."""
     vc = cfg.validate
-    out = _flat("validate", vc)
+    out = flat_settings("validate", vc)
     drop = (["loss"] if vc.loss == "kl" else []) + (["gift_alpha", "gift_smoothing"] if vc.loss != "gift" else [])
     drop += ["label_source"] if vc.label_source == "stored" else []
     drop += ["calibration", *_LPQLD_KEYS] if vc.calibration == "none" else []
@@ -207,30 +179,7 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     for k in drop:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":
-        out.update(_flat("generator", cfg.generator))
-    return out
-
-
-_HARD_PROTOCOL = ("relabel.batch_size", "relabel.crop_scale", "relabel.flip")
-
-
-def hard_label_settings(cfg: Config, images: str) -> dict[str, Any]:
-    """Every setting a hard-label baseline depends on (:func:`labeldistill.validate.hard_label`): for a mode,
-    its images' settings (the recover stage's) and the training protocol; for ``real-train`` (:data:`REAL_TRAIN`)
-    the seed, data and protocol."""
-    resolve_augmentation(cfg)
-    if images == REAL_TRAIN:
-        out: dict[str, Any] = {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
-                               **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg),
-                               "hard_label.real_epochs": cfg.hard_label.real_epochs}
-    else:
-        out = {**stage_settings(cfg, StageRef("recover", images)), "validate.epochs": cfg.validate.epochs,
-               "relabel.epochs": cfg.relabel.epochs}
-    relabel = _flat("relabel", cfg.relabel)
-    out.update({k: relabel[k] for k in _HARD_PROTOCOL})
-    vc = _flat("validate", cfg.validate)
-    out.update({k: vc[k] for k in ("validate.model.name", "validate.model.args", "validate.optimizer",
-                                   "validate.lr", "validate.weight_decay", "validate.momentum")})
+        out.update(flat_settings("generator", cfg.generator))
     return out
 
 
@@ -239,58 +188,60 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return settings_key(settings)
 
 
-def _ledger(layout: RunLayout) -> dict:
+def read_ledger(layout: RunLayout) -> dict:
+    """``stages.json`` of a run directory (``{}`` when there is none): stage key → record."""
     f = layout.root / LEDGER
     return read_json(f) if f.is_file() else {}
 
 
-def stale_keys(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> list[str] | None:
-    """The settings keys that differ from those the stage's recorded output was made with.
+def write_record(layout: RunLayout, key: str, settings: dict[str, Any], seconds: float | None = None,
+                 finished: str | None = None) -> None:
+    """Record in ``stages.json`` that the output of stage ``key`` exists, made with ``settings`` (call on rank 0
+    only). The only function that writes the ledger."""
+    ledger = read_ledger(layout)
+    ledger[key] = {"fingerprint": fingerprint(settings), "version": FINGERPRINT_VERSION, "settings": settings,
+                   "seconds": None if seconds is None else round(seconds, 2),
+                   "finished": finished or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_json(layout.root / LEDGER, _jsonable(ledger))
+
+
+def recorded_changes(layout: RunLayout, key: str, now: dict[str, Any], write: bool = False) -> list[str] | None:
+    """The settings keys that differ from those the recorded output of stage ``key`` was made with.
+
+    A version-1 record (see the module text) that still holds is re-keyed to the current version when ``write``
+    (rank 0 of a run; the dry run writes nothing).
 
     Returns:
-        ``None`` when no output of ``ref`` is recorded (not run yet, or made before this record existed),
-        ``[]`` when the record matches, else the changed keys (``key: old → new``).
+        ``None`` when ``stages.json`` records no output of ``key``, ``[]`` when the record matches ``now``, else the
+        changed keys (``key: old → new``).
     """
-    layout = layout or RunLayout(cfg.run_path)
-    rec = _ledger(layout).get(ref.key)
+    rec = read_ledger(layout).get(key)
     if rec is None:
         return None
-    now = stage_settings(cfg, ref)
-    if rec["fingerprint"] == fingerprint(now):
+    if rec.get("version", 1) == FINGERPRINT_VERSION:
+        if rec["fingerprint"] == fingerprint(now):
+            return []
+        return _diff(rec.get("settings", {}), now)
+    old = dict(rec.get("settings", {}))
+    root = old.pop("data.root", None)
+    files = data_identity(now.get("data.dataset", old.get("data.dataset")), root)
+    if rec["fingerprint"] == fingerprint(as_version1(now, root)) and files == now.get("data.files"):
+        if write:
+            write_record(layout, key, now, rec.get("seconds"), rec.get("finished"))
         return []
-    old = rec.get("settings", {})
+    return _diff({**old, "data.files": files}, now)
+
+
+def as_version1(settings: dict[str, Any], root: str | None) -> dict[str, Any]:
+    """``settings`` as fingerprint version 1 wrote them for data in ``root`` (``data.root`` as the config gave it,
+    no ``data.files``)."""
+    return {**{k: v for k, v in settings.items() if k != "data.files"}, "data.root": root}
+
+
+def _diff(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(now))
     return [f"{k}: {old.get(k, '(unset)')!r} → {now.get(k, '(unset)')!r}" for k in keys
-            if _canon(old.get(k)) != _canon(now.get(k))] or ["(settings format changed)"]
-
-
-def _canon(v: Any) -> str:
-    return settings_key(v)
-
-
-def check_fresh(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> None:
-    """Refuse to reuse an output made with other settings.
-
-    Raises:
-        StaleStageError: one line naming the stage, the changed keys and the two ways out.
-    """
-    changed = stale_keys(cfg, ref, layout)
-    if changed:
-        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
-        root = (layout or RunLayout(cfg.run_path)).root
-        raise StaleStageError(f"{ref.key} in {root} was made with other settings ({shown}); rerun with --force "
-                              "to recompute it (and what depends on it), or set a new name=/run_dir= to keep both")
-
-
-def record_stage(cfg: Config, ref: StageRef, seconds: float | None = None, layout: RunLayout | None = None) -> None:
-    """Record that ``ref``'s output now exists, made with the current settings (call on rank 0 only)."""
-    layout = layout or RunLayout(cfg.run_path)
-    ledger = _ledger(layout)
-    settings = stage_settings(cfg, ref)
-    ledger[ref.key] = {"fingerprint": fingerprint(settings), "settings": settings,
-                       "seconds": None if seconds is None else round(seconds, 2),
-                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_json(layout.root / LEDGER, _jsonable(ledger))
+            if settings_key(old.get(k)) != settings_key(now.get(k))] or ["(settings format changed)"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -301,38 +252,9 @@ def _jsonable(obj: Any) -> Any:
     return obj if isinstance(obj, (str, int, float, bool)) or obj is None else str(obj)
 
 
-def done_marker(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> Path:
-    """The file whose existence means the output of ``ref`` is complete."""
-    layout = layout or RunLayout(cfg.run_path)
-    if ref.stage == "squeeze":
-        return layout.teacher_dir / "teacher.json"
-    if ref.stage == "class-stats":
-        return layout.class_stats_dir / "class_stats.json"
-    if ref.stage == "recover":
-        return layout.images_dir(ref.mode) / "images.json"
-    if ref.stage == "relabel":
-        only = cfg.relabel.only_kept
-        store = layout.full_store(ref.mode) if only is None else \
-            layout.pruned_store(ref.mode, LabelVariant(float(only), logits=cfg.relabel.logits))
-        return store / "manifest.json"
-    if ref.stage == "prune":
-        return layout.pruned_store(ref.mode, ref.variant) / "manifest.json"
-    if ref.stage == "generator":
-        return layout.generator_dir(ref.mode) / "generator.json"
-    return layout.validate_file(ref.mode, ref.variant, student=ref.student, labels=ref.labels or "stored")
-
-
-def stage_status(cfg: Config, ref: StageRef, layout: RunLayout | None = None) -> str:
-    """``done``, ``to do``, or ``stale (key: old → new; ...)`` for the dry run."""
-    if not done_marker(cfg, ref, layout).is_file():
-        return "to do"
-    changed = stale_keys(cfg, ref, layout)
-    return f"stale ({'; '.join(changed)})" if changed else "done"
-
-
 def stage_seconds(layout: RunLayout) -> dict[str, float | None]:
     """Wall seconds each recorded stage took when it was computed."""
-    return {k: v.get("seconds") for k, v in _ledger(layout).items()}
+    return {k: v.get("seconds") for k, v in read_ledger(layout).items()}
 
 
 @functools.lru_cache(maxsize=1)

@@ -74,7 +74,9 @@ from .io import (
 from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import CHANCE_FACTOR, load_teacher, near_chance
-from .provenance import StageRef, autocast_settings, check_fresh, record_stage
+from .main_stages import RECOVER
+from .provenance import StageRef, autocast_settings
+from .runner import run_unit
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr
@@ -333,10 +335,17 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
     out = layout.images_dir(mode)
-    ref = StageRef("recover", mode)
-    if (out / "images.json").is_file() and not force:
-        check_fresh(cfg, ref, layout)
-        return out
+    run_unit(RECOVER, cfg, RECOVER.ref(mode), lambda: _recover(cfg, mode, layout, out), force=force, layout=layout)
+    return out
+
+
+@RECOVER.runs
+def _recover_unit(cfg: Config, ref: StageRef, force: bool) -> Path:
+    return recover(cfg, ref.mode, force=force)
+
+
+def _recover(cfg: Config, mode: str, layout: RunLayout, out: Path) -> tuple[None, float]:
+    """Make the images of ``mode`` and write the set on rank 0; returns ``(None, seconds)``."""
     rc = cfg.recover
     variant = resolve_variant(mode, rc.variants)
     device = pick_device(cfg.device)
@@ -363,9 +372,7 @@ def recover(cfg: Config, mode: str, force: bool = False) -> Path:
     if is_rank0():
         _write_image_set(out, mode, variant, images, teacher, info, ipc, extra, device, cfg.autocast, logits=logits)
         MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
-        record_stage(cfg, ref, time.time() - t0, layout)
-    barrier()
-    return out
+    return None, time.time() - t0
 
 
 def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device: torch.device, amp: str

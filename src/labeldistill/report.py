@@ -12,12 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from .config import Config, ModelConfig  # noqa: E402
+from .config import Config  # noqa: E402
 from .data.synthetic import load_synthetic  # noqa: E402
 from .errors import LabelDistillError  # noqa: E402
 from .io import human_bytes, read_json  # noqa: E402
-from .layout import LabelVariant, RunLayout, labels_tag  # noqa: E402
-from .provenance import StageRef, fingerprint, machine, model_tag, stage_seconds, stage_settings  # noqa: E402
+from .layout import RunLayout  # noqa: E402
+from .main_stages import VALIDATE  # noqa: E402
+from .provenance import fingerprint, machine, read_ledger, stage_seconds  # noqa: E402
 from .runtime import pick_device  # noqa: E402
 
 _GROUP = ("recover", "prune_factor", "prune_strategy", "logits", "granularity", "student")
@@ -122,33 +123,31 @@ def plot_accuracy_vs_bytes(results: dict, path: Path) -> None:
 
 def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
     """Results of a run built stage by stage: every ``validate/<student>/*.json`` row of the run directory that
-    was made with the settings of ``cfg`` (rows of other settings are listed under ``stale``). A row's label source
-    (``validate.label_source``) and calibration (``validate.calibration``, ``lpqld_*``) are taken from the row: rows
-    of every label source and calibration are kept side by side.
+    is current (rows of other settings are listed under ``stale``). A row knows its identity: the unit key
+    (``stage``) and fingerprint it was made with. A row of a unit ``cfg`` asks for
+    (:data:`~labeldistill.main_stages.VALIDATE`) is current when its fingerprint is the one ``cfg`` gives; a row of
+    another unit — another label source, calibration or student, kept side by side — when ``stages.json`` records
+    that unit with the row's fingerprint. Rows without a key (made before rows carried one) are stale.
 
     Raises:
         LabelDistillError: no teacher or no validate rows yet.
     """
     root = Path(run_dir or cfg.run_path)
+    cfg = dataclasses.replace(cfg, run_dir=str(root)) if run_dir is not None else cfg
+    layout = RunLayout(root)
+    expected = {ref.key: fingerprint(VALIDATE.settings(cfg, ref)) for ref in VALIDATE.units(cfg)}
+    ledger = read_ledger(layout)
     rows, stale = [], []
     for f in sorted((root / "validate").glob("*/*.json")):
         r = read_json(f)
-        spec = ModelConfig(r["student"], r.get("student_args", {}))
-        # a row of another label source or calibration is another result, not a stale one: its own settings
-        source = r.get("label_source", "stored")
-        calib = {k: r[k] for k in r if k == "calibration" or k.startswith("lpqld_")} or {"calibration": "none"}
-        c = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec, label_source=source,
-                                                                  **calib))
-        v = LabelVariant(r["prune_factor"], r["prune_strategy"], r["logits"], r["granularity"],
-                         r.get("pool", "subset"), r.get("replay"))
-        tag = labels_tag(source, calib["calibration"])
-        ref = StageRef("validate", r["recover"], v, model_tag(spec), None if tag == "stored" else tag)
-        (rows if r.get("fingerprint") == fingerprint(stage_settings(c, ref)) else stale).append(r)
+        key, fp = r.get("stage"), r.get("fingerprint")
+        want = expected.get(key) if key in expected else ledger.get(key, {}).get("fingerprint")
+        (rows if key is not None and fp == want else stale).append(r)
     if not (root / "teacher" / "teacher.json").is_file() or not (rows or stale):
         raise LabelDistillError(f"no validate results in {root}: run 'labeldistill validate CONFIG' first")
     t = read_json(root / "teacher" / "teacher.json")
     old = read_json(root / "results.json") if (root / "results.json").is_file() else {}
-    prov = {**(old.get("provenance") or machine(pick_device(cfg.device))), "stage_seconds": stage_seconds(RunLayout(root))}
+    prov = {**(old.get("provenance") or machine(pick_device(cfg.device))), "stage_seconds": stage_seconds(layout)}
     return {"provenance": prov, "name": cfg.name, "dataset": cfg.data.dataset, "seed": cfg.seed,
             "teacher": {"model": t["model"], "model_args": t.get("model_args", {}), "top1": t["top1"],
                         "epochs": t["epochs"]},

@@ -14,14 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config, SqueezeConfig, check_squeeze_options, config_to_dict
+from .config import Config, SqueezeConfig, check_squeeze_options
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
-from .distributed import barrier, rank_world, wrap_ddp
+from .distributed import rank_world, wrap_ddp
 from .errors import DataError
-from .io import MetricsLog, read_json, settings_key
+from .io import MetricsLog, read_json
 from .layout import RunLayout
 from .models import build_model
-from .provenance import StageRef, check_fresh, record_stage
+from .main_stages import SQUEEZE
+from .provenance import StageRef
 from .models.checkpoint import (  # noqa: F401
     check_teacher_accuracy,
     load_checkpoint_into,
@@ -30,6 +31,7 @@ from .models.checkpoint import (  # noqa: F401
     squeeze_augmentation,
     teacher_record,
 )
+from .runner import run_unit
 from .runtime import autocast, is_rank0, pick_device
 from .training import Checkpointer, StepGuard, cosine_lr, evaluate, fit, make_optimizer
 
@@ -65,11 +67,17 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     """
     resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
-    meta_f = layout.teacher_dir / "teacher.json"
-    ref = StageRef("squeeze")
-    if meta_f.is_file() and not force:
-        check_fresh(cfg, ref, layout)
-        return read_json(meta_f)
+    run_unit(SQUEEZE, cfg, SQUEEZE.ref(), lambda: _squeeze(cfg, layout), force=force, layout=layout)
+    return read_json(SQUEEZE.marker(cfg, SQUEEZE.ref(), layout))
+
+
+@SQUEEZE.runs
+def _squeeze_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
+    return squeeze(cfg, force=force)
+
+
+def _squeeze(cfg: Config, layout: RunLayout) -> tuple[None, float]:
+    """Train or load the teacher, score it, write it on rank 0; returns ``(None, seconds)``."""
     t0 = time.time()
     sc = cfg.squeeze
     check_squeeze_options(sc)
@@ -103,9 +111,7 @@ def squeeze(cfg: Config, force: bool = False) -> dict:
     if is_rank0():
         save_teacher(model, layout.teacher_dir, info)
         (layout.teacher_dir / ".resume.pt").unlink(missing_ok=True)
-        record_stage(cfg, ref, time.time() - t0, layout)
-    barrier()
-    return read_json(meta_f)
+    return None, time.time() - t0
 
 
 def _class_summary(classes: list[str]) -> str:
@@ -171,7 +177,7 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
     g = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = (len(train) + sc.batch_size - 1) // sc.batch_size
     total = sc.epochs * steps_per_epoch
-    key = settings_key("squeeze", config_to_dict(sc), config_to_dict(cfg.data), cfg.seed, rank_world()[1])
+    key = SQUEEZE.resume_key(cfg, SQUEEZE.ref(), rank_world()[1])  # what the ledger records, and the world size
 
     def load_rng(state: dict) -> None:
         g.set_state(state["gen"])

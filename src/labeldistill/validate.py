@@ -38,8 +38,8 @@ from torch import nn
 from .config import Config, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .data.synthetic import image_bytes, load_image_logits, load_synthetic
-from .distributed import barrier, rank_world, wrap_ddp
-from .errors import LabelDistillError, StaleStageError, StoreError
+from .distributed import rank_world, wrap_ddp
+from .errors import LabelDistillError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
 from .labels.loader import (
@@ -50,18 +50,18 @@ from .labels.loader import (
 from .labels.pool import recipe_mismatch
 from .labels.sources import label_model_bytes, load_label_model, static_labels_file
 from .labels.store import LabelStore
-from .layout import REAL_TRAIN, LabelVariant, RunLayout, labels_tag
+from .layout import REAL_TRAIN, LabelVariant, RunLayout
 from .models import build_model
+from .main_stages import GENERATOR, HARD_LABEL, VALIDATE, labels_of
 from .provenance import (
+    FINGERPRINT_VERSION,
     StageRef,
     autocast_settings,
-    check_fresh,
     fingerprint,
-    hard_label_settings,
     model_tag,
-    record_stage,
-    stage_settings,
+    student_config,
 )
+from .runner import Stage, check_unit, run_unit
 from .runtime import autocast, is_rank0, pick_device
 from .training import Checkpointer, StepGuard, cosine_lr, evaluate, fit, make_optimizer
 
@@ -325,17 +325,31 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    source, tag = cfg.validate.label_source, labels_tag(cfg.validate.label_source, cfg.validate.calibration)
-    ref = StageRef("validate", mode, v, model_tag(cfg.validate.model), None if tag == "stored" else tag)
-    out = layout.validate_file(mode, v, student=ref.student, labels=tag)
-    if out.is_file() and not force:
-        check_fresh(cfg, ref, layout)
+    ref = VALIDATE.ref(mode, v, model_tag(cfg.validate.model), labels_of(cfg))
+    out = VALIDATE.marker(cfg, ref, layout)
+
+    def reuse() -> dict:
         row = read_json(out)
         if diff := recipe_mismatch(row, v, with_replay=True):
             raise StoreError(f"{out} was computed with {diff}: rerun with --force to recompute it")
-        return row
-    if source == "generator":  # the label model must be the one these settings make (refuse a stale one)
-        check_fresh(cfg, StageRef("generator", mode), layout)
+        return _rekeyed(VALIDATE, cfg, ref, out, row)
+
+    return run_unit(VALIDATE, cfg, ref, lambda: _validate(cfg, ref, layout, out, store_path), reuse=reuse,
+                    force=force, layout=layout)
+
+
+@VALIDATE.runs
+def _validate_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
+    return validate(student_config(cfg, ref.student), ref.mode, ref.variant, force=force)
+
+
+def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_path: Path | None
+              ) -> tuple[dict, float]:
+    """Train and score the student of ``ref``; writes its row on rank 0; returns ``(row, seconds)``."""
+    mode, v, source = ref.mode, ref.variant, cfg.validate.label_source
+    gen = GENERATOR.ref(mode)
+    if source == "generator" and GENERATOR.marker(cfg, gen, layout).is_file():  # refuse a stale label model
+        check_unit(GENERATOR, cfg, gen, layout)
     store, data, img_meta = open_store(layout, mode, v, Path(store_path) if store_path else None)
     path = store.path
     test = load_split(cfg, cfg.validate.eval_split)
@@ -354,7 +368,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk() if weights is None else label_model_bytes(weights), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
-        "seed": cfg.seed, "fingerprint": fingerprint(stage_settings(cfg, ref)), **res, "pool": v.pool,
+        "seed": cfg.seed, **_identity(VALIDATE, cfg, ref), **res, "pool": v.pool,
         "replay": v.replay_mode, "loss": cfg.validate.loss, "eval_split": cfg.validate.eval_split,
         **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
            if cfg.validate.loss == "gift" else {}),
@@ -363,9 +377,25 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     if is_rank0():
         atomic_write_json(out, row)
         resume.unlink(missing_ok=True)
-        record_stage(cfg, ref, res["seconds"], layout)
-    barrier()
+    return row, res["seconds"]
+
+
+def _rekeyed(stage: Stage, cfg: Config, ref: StageRef, out: Path, row: dict) -> dict:
+    """A reused row (its unit recorded with the current settings) with the current identity: a row written before
+    rows carried one, or with an older fingerprint version, gets it (and is rewritten on rank 0)."""
+    if row.get("fingerprint_version") == FINGERPRINT_VERSION:
+        return row
+    row = {**row, **_identity(stage, cfg, ref)}
+    if is_rank0():
+        atomic_write_json(out, row)
     return row
+
+
+def _identity(stage: Stage, cfg: Config, ref: StageRef) -> dict:
+    """What a result row carries to know its identity: its unit's key and fingerprint, and the fingerprint's
+    version (report and leaderboard compare these instead of rebuilding configs)."""
+    return {"stage": ref.key, "fingerprint": fingerprint(stage.settings(cfg, ref)),
+            "fingerprint_version": FINGERPRINT_VERSION}
 
 
 def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int, desc: str = "hard-label") -> dict:
@@ -417,24 +447,6 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2)}
 
 
-def hard_label_stale(cfg: Config, images: str) -> bool:
-    """Whether a finished hard-label row of ``images`` exists that was made with other settings."""
-    out = RunLayout(cfg.run_path).hard_label_file(images, model_tag(cfg.validate.model))
-    return out.is_file() and read_json(out).get("fingerprint") != fingerprint(hard_label_settings(cfg, images))
-
-
-def check_hard_label_fresh(cfg: Config, images: str) -> None:
-    """Refuse a finished hard-label row made with other settings.
-
-    Raises:
-        StaleStageError: naming the file and the two ways out.
-    """
-    if hard_label_stale(cfg, images):
-        out = RunLayout(cfg.run_path).hard_label_file(images, model_tag(cfg.validate.model))
-        raise StaleStageError(f"{out} was made with other settings; rerun with --force to recompute it, or set a "
-                              "new name=/run_dir= to keep both")
-
-
 def hard_label(cfg: Config, images: str, force: bool = False) -> dict:
     """A hard-label baseline of DD-Ranking's HLR (Li et al. 2025, "DD-Ranking", arXiv 2505.13300: HLR =
     Acc(real-hard) − Acc(syn-hard)); writes ``hard_label/<student>/<images>.json``.
@@ -455,11 +467,20 @@ def hard_label(cfg: Config, images: str, force: bool = False) -> dict:
     """
     resolve_augmentation(cfg)
     layout = RunLayout(cfg.run_path)
-    out = layout.hard_label_file(images, model_tag(cfg.validate.model))
-    fp = fingerprint(hard_label_settings(cfg, images))
-    if out.is_file() and not force:
-        check_hard_label_fresh(cfg, images)
-        return read_json(out)
+    ref = HARD_LABEL.ref(images, student=model_tag(cfg.validate.model))
+    out = HARD_LABEL.marker(cfg, ref, layout)
+    return run_unit(HARD_LABEL, cfg, ref, lambda: _hard_label(cfg, ref, layout, out),
+                    reuse=lambda: _rekeyed(HARD_LABEL, cfg, ref, out, read_json(out)), force=force, layout=layout)
+
+
+@HARD_LABEL.runs
+def _hard_label_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
+    return hard_label(student_config(cfg, ref.student), ref.mode, force=force)
+
+
+def _hard_label(cfg: Config, ref: StageRef, layout: RunLayout, out: Path) -> tuple[dict, float]:
+    """Train and score the hard-label student of ``ref``; writes its row on rank 0; returns ``(row, seconds)``."""
+    images = ref.mode
     test = load_split(cfg, "test")
     if images == REAL_TRAIN:
         data, meta = load_split(cfg, "train"), {"source": "real", "ipc": None}
@@ -470,8 +491,8 @@ def hard_label(cfg: Config, images: str, force: bool = False) -> dict:
     res = train_hard_student(cfg, data, test, epochs, desc=f"hard-label[{images}]")
     row = {"images": images, "source": meta.get("source", "synthesis"), "ipc": meta.get("ipc"),
            "n_images": len(data), "image_bytes": nbytes, "label_bytes": 0, "student": cfg.validate.model.name,
-           "student_args": dict(cfg.validate.model.args), "seed": cfg.seed, "fingerprint": fp, **res}
+           "student_args": dict(cfg.validate.model.args), "seed": cfg.seed, **_identity(HARD_LABEL, cfg, ref),
+           **res}
     if is_rank0():
         atomic_write_json(out, row)
-    barrier()
-    return row
+    return row, res["seconds"]

@@ -15,6 +15,7 @@ from .loading import data_options, denormalize, iter_batches, load_split, normal
 from .registry import (  # noqa: F401
                        ImageSet,
                        check_dataset_options,
+                       data_identity,
                        dataset_options,
                        list_datasets,
                        load_dataset,

@@ -91,7 +91,7 @@ def load_idx_split(root: str | Path, prefix: str) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", default_root=FASHION_MNIST_DEFAULT_ROOT)
 def fashion_mnist(root: str | None, split: str) -> ImageSet:
     """Fashion-MNIST (Xiao et al. 2017): 60k train / 10k test, 1×28×28, 10 classes."""
     prefix = "train" if split == "train" else "t10k"

@@ -17,6 +17,7 @@ Resumable: a checkpoint (model, optimiser, epoch, losses) at the end of an epoch
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,16 +27,12 @@ from torch import nn
 from ..config import Config
 from ..data.synthetic import load_synthetic
 from ..errors import StoreError
-from ..io import MetricsLog, read_json, settings_key
+from ..io import MetricsLog, read_json
 from ..layout import RunLayout
 from ..models import build_model
-from ..provenance import (
-    StageRef,
-    check_fresh,
-    fingerprint,
-    record_stage,
-    stage_settings,
-)
+from ..main_stages import GENERATOR
+from ..provenance import StageRef
+from ..runner import run_unit
 from ..runtime import pick_device
 from ..training import Checkpointer, StepGuard, cosine_lr, fit, make_optimizer
 from .replay import build_batch
@@ -94,11 +91,20 @@ def train_generator(cfg: Config, mode: str, force: bool = False) -> dict:
         LabelDistillError: the loss became NaN or infinite.
     """
     layout = RunLayout(cfg.run_path)
-    ref = StageRef("generator", mode)
     out = layout.generator_dir(mode)
-    if (out / GENERATOR_INFO).is_file() and not force:
-        check_fresh(cfg, ref, layout)
-        return read_json(out / GENERATOR_INFO)
+    run_unit(GENERATOR, cfg, GENERATOR.ref(mode), lambda: _train_generator(cfg, mode, layout, out), force=force,
+             layout=layout, sync=False)
+    return read_json(out / GENERATOR_INFO)
+
+
+@GENERATOR.runs
+def _generator_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
+    return train_generator(cfg, ref.mode, force=force)
+
+
+def _train_generator(cfg: Config, mode: str, layout: RunLayout, out: Path) -> tuple[None, float]:
+    """Train the generator of ``mode`` from its full store, resumable; returns ``(None, seconds)``."""
+    ref = GENERATOR.ref(mode)
     path = layout.full_store(mode)
     if not (path / "manifest.json").is_file():
         raise StoreError(f"no relabel store at {path}: run 'labeldistill relabel CONFIG' first (the generator "
@@ -113,7 +119,7 @@ def train_generator(cfg: Config, mode: str, force: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(gc.model, m["num_classes"], data.shape).to(device)
     opt = make_optimizer(gc.optimizer, model.parameters(), gc.lr, gc.momentum, gc.weight_decay)
-    key = settings_key("generator", fingerprint(stage_settings(cfg, ref)), m["shards"])
+    key = GENERATOR.resume_key(cfg, ref, m["shards"])
     resume, losses = out.with_name(".generator.resume.pt"), []
     loss, end_epoch = _mean_loss_step(model, gc.temperature, losses)
 
@@ -134,5 +140,4 @@ def train_generator(cfg: Config, mode: str, force: bool = False) -> dict:
     resume.unlink(missing_ok=True)
     MetricsLog(layout.metrics).log(stage="generator", mode=mode, loss_first=losses[0], loss_last=losses[-1],
                                    seconds=info["seconds"])
-    record_stage(cfg, ref, info["seconds"], layout)
-    return read_json(out / GENERATOR_INFO)
+    return None, info["seconds"]

@@ -39,7 +39,9 @@ from ..config import Config
 from ..errors import ConfigError, LabelDistillError, StoreError
 from ..io import read_json
 from ..layout import RunLayout
-from ..provenance import StageRef, check_fresh, record_stage
+from ..main_stages import PRUNE
+from ..provenance import StageRef
+from ..runner import run_unit
 from ..variants import label_variants
 from ..layout import LabelVariant
 from ..variants import parse_strategy
@@ -136,28 +138,39 @@ def prune_all(cfg: Config, mode: str, force: bool | set[str] = False) -> list[Pa
         LabelDistillError: no full store yet (run relabel first); StaleStageError: a store made with other
         settings (without ``force``).
     """
+    keys = None if isinstance(force, bool) else force
+    return [prune_one(cfg, mode, v, force=force if keys is None else PRUNE.ref(mode, v).key in keys)
+            for v in label_variants(cfg)]
+
+
+@PRUNE.runs
+def _prune_unit(cfg: Config, ref: StageRef, force: bool) -> Path:
+    return prune_one(cfg, ref.mode, ref.variant, force=force)
+
+
+def prune_one(cfg: Config, mode: str, v: LabelVariant, force: bool = False) -> Path:
+    """Write (or reuse) ``labels/<mode>/<tag>`` of one label variant (see :func:`prune_all`); returns its path."""
     layout = RunLayout(cfg.run_path)
-    out = []
-    labels = None
-    for v in label_variants(cfg):
-        dest, ref = layout.pruned_store(mode, v), StageRef("prune", mode, v)
-        out.append(dest)
-        redo = force if isinstance(force, bool) else ref.key in force
-        if (dest / "manifest.json").is_file() and not redo:
-            check_fresh(cfg, ref, layout)
-            check_pruned_store(dest, v)
-            continue
-        if not (layout.full_store(mode) / "manifest.json").is_file():
-            raise LabelDistillError(f"no full label store for mode '{mode}' in {layout.full_store(mode)}: run "
-                                    "'labeldistill relabel CONFIG' first")
-        if labels is None:
-            labels = read_json(layout.images_dir(mode) / "images.json")
-            labels = torch.arange(len(labels["classes"])).repeat_interleave(labels["ipc"])
-        t0 = time.time()
-        prune_store(layout.full_store(mode), dest, v.factor, v.strategy, cfg.seed, v.logits, v.granularity,
-                    image_labels=labels, overwrite=True, pool=v.pool, steps_per_shard=cfg.relabel.steps_per_shard)
-        record_stage(cfg, ref, time.time() - t0, layout)
-    return out
+    dest = layout.pruned_store(mode, v)
+    run_unit(PRUNE, cfg, PRUNE.ref(mode, v), lambda: _prune(cfg, mode, v, layout),
+             reuse=lambda: check_pruned_store(dest, v), force=force, layout=layout, sync=False)
+    return dest
+
+
+def _prune(cfg: Config, mode: str, v: LabelVariant, layout: RunLayout) -> tuple[None, float]:
+    """Write the pruned store of ``v`` from the full store; returns ``(None, seconds)``."""
+    if not (layout.full_store(mode) / "manifest.json").is_file():
+        raise LabelDistillError(f"no full label store for mode '{mode}' in {layout.full_store(mode)}: run "
+                                "'labeldistill relabel CONFIG' first")
+    images = read_json(layout.images_dir(mode) / "images.json")
+    labels = torch.arange(len(images["classes"])).repeat_interleave(images["ipc"])
+    t0 = time.time()
+    prune_store(layout.full_store(mode), layout.pruned_store(mode, v), v.factor, v.strategy, cfg.seed, v.logits,
+                v.granularity, image_labels=labels, overwrite=True, pool=v.pool,
+                steps_per_shard=cfg.relabel.steps_per_shard)
+    return None, time.time() - t0
+
+
 def check_pruned_store(path: str | Path, variant: LabelVariant) -> None:
     """Refuse to reuse the store at ``path`` for ``variant`` when its manifest records another pool (a store
     written before pools existed used ``subset``).

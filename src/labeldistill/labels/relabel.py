@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -31,10 +32,12 @@ from ..data import ImageSet, resolve_augmentation
 from ..data.synthetic import load_synthetic
 from ..distributed import barrier, shard
 from ..errors import ConfigError, StoreError
-from ..io import MetricsLog, settings_key
-from ..layout import RunLayout
+from ..io import MetricsLog
+from ..layout import LabelVariant, RunLayout
+from ..main_stages import RELABEL, relabel_ref
 from ..models.checkpoint import load_teacher
-from ..provenance import autocast_settings, check_fresh, record_stage, relabel_ref
+from ..provenance import StageRef
+from ..runner import run_unit
 from ..resume import fault_point
 from ..runtime import autocast, is_rank0, pick_device
 from ..variants import label_variants
@@ -185,17 +188,30 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
     """
     layout = RunLayout(cfg.run_path)
     rc = resolve_augmentation(cfg).relabel
-    only = rc.only_kept
-    variant = label_variants(cfg)[0] if only is not None else None
-    out = layout.full_store(mode) if variant is None else layout.pruned_store(mode, variant)
+    variant = label_variants(cfg)[0] if rc.only_kept is not None else None
     ref = relabel_ref(cfg, mode)
-    if (out / "manifest.json").is_file() and not force:
-        check_fresh(cfg, ref, layout)
-        store = LabelStore(out)
-        diff = variant and recipe_mismatch(store.manifest["prune"], variant)
+    out = RELABEL.marker(cfg, ref, layout).parent
+
+    def reuse() -> None:
+        diff = variant and recipe_mismatch(LabelStore(out).manifest["prune"], variant)
         if diff:
             raise StoreError(f"label store {out} was made with {diff}: rebuild it with --force")
-        return store
+
+    run_unit(RELABEL, cfg, ref, lambda: _relabel(cfg, mode, variant, layout, out), reuse=reuse, force=force,
+             layout=layout)
+    return LabelStore(out)
+
+
+@RELABEL.runs
+def _relabel_unit(cfg: Config, ref: StageRef, force: bool) -> LabelStore:
+    return relabel(cfg, ref.mode, force=force)
+
+
+def _relabel(cfg: Config, mode: str, variant: LabelVariant | None, layout: RunLayout, out: Path
+             ) -> tuple[None, float]:
+    """Generate the steps (only the kept ones with a ``variant``) shard by shard, resumable; returns
+    ``(None, seconds)``."""
+    rc, only = cfg.relabel, cfg.relabel.only_kept
     device = pick_device(cfg.device)
     teacher, info = load_teacher(layout.teacher_dir, device)
     data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
@@ -210,7 +226,7 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
                          "seed": cfg.seed, "source_steps": plan.total_steps, "kept_steps": len(steps),
                          "generated_only_kept": True}
     t0 = time.time()
-    key = settings_key("relabel", meta, steps, info["fingerprint"], *autocast_settings(cfg).values())
+    key = RELABEL.resume_key(cfg, relabel_ref(cfg, mode), meta, steps, info["fingerprint"])
     if is_rank0():
         writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=True, resume_key=key)
     barrier()
@@ -231,6 +247,4 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         writer.close(num_shards=len(shards))
         MetricsLog(layout.metrics).log(stage="relabel", mode=mode, steps=len(steps),
                                        seconds=round(time.time() - t0, 2))
-        record_stage(cfg, ref, time.time() - t0, layout)
-    barrier()
-    return LabelStore(out)
+    return None, time.time() - t0

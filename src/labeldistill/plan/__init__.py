@@ -38,7 +38,7 @@ from .estimates import estimate_store_bytes, int_bytes, png_upper_bound, step_si
 from .probe import probe_data
 from ..variants import needs_class_stats
 from .timing import add_time_estimate, format_time, human_seconds  # noqa: F401  (add_time_estimate: the CLI's)
-from .stages import (early_stages, hard_label_stage, label_rows, late_stages, recover_rows, relabel_plan, student_plan,
+from .stages import (declared_stages, early_stages, hard_label_stage, label_rows, late_stages, recover_rows, relabel_plan, student_plan,
                      teacher_plan)
 
 
@@ -86,7 +86,8 @@ def plan_run(cfg: Config) -> dict:
     stages = (early_stages(cfg, layout, n_train, n_test)
               + [{"stage": f"recover[{r['mode']}]", "done": r["done"], "status": r["status"], "work": r["work"],
                   "steps": r["teacher_passes"], "images": r["images"]} for r in recover]
-              + relabel_stages + last_stages + hard_label_stage(cfg, layout, plan, n_train, n_test))
+              + relabel_stages + last_stages + hard_label_stage(cfg, layout, plan, n_train, n_test)
+              + declared_stages(cfg, layout))
     return {"name": cfg.name, "run_dir": str(layout.root), "run_dir_exists": layout.root.exists(),
             "dataset": cfg.data.dataset, "lazy": cfg.data.lazy, "workers": cfg.data.workers, "data": data,
             "image_shape": list(shape), "num_classes": C, "teacher": teacher, "stages": stages,

@@ -9,16 +9,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config, student_specs, with_student
+from ..config import Config, student_specs
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
-from ..io import read_json
 from ..errors import DataError
 from ..layout import REAL_TRAIN, RunLayout, labels_tag
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
-from ..provenance import (StageRef, check_students, fingerprint, hard_label_settings, model_tag, relabel_ref,
-                          stage_status)
+from ..main_stages import GENERATOR, HARD_LABEL, PRUNE, VALIDATE, main_units, relabel_ref, stage_named
+from ..provenance import StageRef, check_students, model_tag
+from ..runner import Stage, unit_status
 from ..data.owned import check_own_folder, list_source, read_tensor_file
 from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
 from .estimates import estimate_store_bytes, step_size
@@ -28,9 +28,10 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
-def _status(cfg: Config, layout: RunLayout, ref: StageRef) -> dict:
-    """``{"done": bool, "status": "done" | "to do" | "stale (changed keys)"}`` of one unit of work."""
-    status = stage_status(cfg, ref, layout)
+def _status(cfg: Config, layout: RunLayout, ref: StageRef, stage: Stage | None = None) -> dict:
+    """``{"done": bool, "status": "done" | "to do" | "stale (changed keys)"}`` of one unit of work
+    (:func:`~labeldistill.runner.unit_status`)."""
+    status = unit_status(stage or stage_named(ref.stage), cfg, ref, layout)
     return {"done": status == "done", "status": status}
 
 
@@ -215,35 +216,34 @@ def label_rows(cfg: Config, plan: StepPlan, num_classes: int, hw: tuple[int, int
 
 
 def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> tuple[list[dict], list[dict]]:
-    """The validate rows (one per mode × variant) and the prune and validate stage rows."""
+    """The validate rows (one per unit of :data:`~labeldistill.main_stages.VALIDATE`) and the prune, generator
+    (``validate.label_source: generator``) and validate stage rows."""
     vc = cfg.validate
     epochs = vc.epochs or cfg.relabel.epochs
     variants = label_variants(cfg)
-    specs = student_specs(vc)
+    specs = {model_tag(s): s for s in student_specs(vc)}
     labels = labels_tag(vc.label_source, vc.calibration)
-    validate = []
-    for mode in cfg.recover.modes:
-        for spec in specs:
-            student = model_tag(spec)
-            for v in variants:
-                validate.append({"mode": mode, "store": v.tag, "result": v.result_tag, "student": spec.name,
-                                 "student_args": dict(spec.args), "student_tag": student, "epochs": epochs,
-                                 "steps": epochs * plan.steps_per_epoch, "images": epochs * plan.n, "eval_images":
-                                 n_test, "labels": labels, **_status(cfg, layout, StageRef(
-                                     "validate", mode, v, student, None if labels == "stored" else labels))})
-    prunes = [_status(cfg, layout, StageRef("prune", m, v)) for m in cfg.recover.modes for v in variants] \
-        if cfg.relabel.only_kept is None else [{"done": True, "status": "done"}]
+    validate = [{"mode": ref.mode, "store": ref.variant.tag, "result": ref.variant.result_tag,
+                 "student": specs[ref.student].name, "student_args": dict(specs[ref.student].args),
+                 "student_tag": ref.student, "epochs": epochs, "steps": epochs * plan.steps_per_epoch,
+                 "images": epochs * plan.n, "eval_images": n_test, "labels": labels, **_status(cfg, layout, ref)}
+                for ref in VALIDATE.units(cfg)]
+    prunes = [_status(cfg, layout, ref) for ref in PRUNE.units(cfg)] or [{"done": True, "status": "done"}]
     prune = {"stage": "prune", "done": all(p["done"] for p in prunes),
              "status": _worst([p["status"] for p in prunes]),
              "work": f"{len(variants)} store(s) per mode: " + ", ".join(v.tag for v in variants),
              "steps": 0, "images": 0}
+    gens = [{"stage": ref.key, **_status(cfg, layout, ref), "steps": cfg.generator.epochs * plan.total_steps,
+             "images": 0, "work": f"train a {cfg.generator.model.name} label generator for {cfg.generator.epochs} "
+                                  f"passes over the {plan.total_steps:,} stored steps"}
+            for ref in GENERATOR.units(cfg)]
     val = {"stage": "validate", "done": all(r["done"] for r in validate),
            "status": _worst([r["status"] for r in validate]),
            "work": f"{len(validate)} student run(s) of {epochs} epochs × {plan.steps_per_epoch} steps "
-                   f"({', '.join(model_tag(s) for s in specs)}), each evaluated on {n_test:,} test images"
+                   f"({', '.join(specs)}), each evaluated on {n_test:,} test images"
                    + ("" if labels == "stored" else f"; labels: {labels}"),
            "steps": sum(r["steps"] for r in validate), "images": sum(r["images"] for r in validate)}
-    return validate, [prune, val]
+    return validate, [prune, *gens, val]
 
 
 def hard_label_stage(cfg: Config, layout: RunLayout, plan: StepPlan, n_train: int, n_test: int) -> list[dict]:
@@ -254,13 +254,7 @@ def hard_label_stage(cfg: Config, layout: RunLayout, plan: StepPlan, n_train: in
     specs = student_specs(cfg.validate)
     units = [(m, plan.n, epochs) for m in cfg.recover.modes]
     units += [(REAL_TRAIN, n_train, cfg.hard_label.real_epochs)] if cfg.hard_label.real else []
-    statuses = []
-    for spec in specs:  # every student of validate.students has its own baselines
-        one = with_student(cfg, spec)
-        for name, n, _ in units:
-            f = layout.hard_label_file(name, model_tag(spec))
-            fresh = f.is_file() and read_json(f).get("fingerprint") == fingerprint(hard_label_settings(one, name))
-            statuses.append("to do" if not f.is_file() else "done" if fresh else "stale (made with other settings)")
+    statuses = [unit_status(HARD_LABEL, cfg, ref, layout) for ref in HARD_LABEL.units(cfg)]
     steps = len(specs) * sum(e * math.ceil(n / bs) for _, n, e in units)
     return [{"stage": "hard-label", "done": all(s == "done" for s in statuses), "status": _worst(statuses),
              "work": f"{len(units) * len(specs)} student run(s) with cross-entropy (HLR baselines): "
@@ -268,6 +262,16 @@ def hard_label_stage(cfg: Config, layout: RunLayout, plan: StepPlan, n_train: in
                      + (f" for each of {len(specs)} students" if len(specs) > 1 else "")
                      + f"; {steps:,} steps of ≤{bs}, each evaluated on {n_test:,} test images",
              "steps": steps, "images": len(specs) * sum(e * n for _, n, e in units)}]
+
+
+_PLANNED = {"squeeze", "class-stats", "recover", "relabel", "prune", "generator", "validate", "hard-label"}
+
+
+def declared_stages(cfg: Config, layout: RunLayout) -> list[dict]:
+    """A row per unit of a main-job stage that has no plan of its own above (a stage added to
+    :data:`~labeldistill.main_stages.MAIN_JOB`): its status, no work counts."""
+    return [{"stage": ref.key, **_status(cfg, layout, ref, stage), "work": f"declared stage {stage.name}", "steps": 0,
+             "images": 0} for stage, ref in main_units(cfg) if stage.name not in _PLANNED]
 
 
 def _worst(statuses: list[str]) -> str:
