@@ -143,9 +143,8 @@ def reuse_demo_teacher(args) -> bool:
         Whether teacher0 is (now) the demo's teacher.
     """
     dst = Path(args.runs) / "teacher0"
-    if "squeeze" in ledger(dst):  # teacher0 made earlier: the demo's teacher when it is the same file
-        return filecmp.cmp(dst / "teacher" / "model.safetensors",
-                           Path(args.demo_run) / "teacher" / "model.safetensors", shallow=False)
+    if "squeeze" in ledger(dst):  # teacher0 made earlier: the demo's teacher when it is the same
+        return _same_teacher(args, "teacher0")
     return seed_run_from(Path(args.demo_run), dst, ["teacher", "run.json"], _cfg(dst, []), stages=("squeeze",))
 
 
@@ -321,12 +320,18 @@ def comparisons(args, rows: list[dict], out: list) -> str:
     return "\n".join(lines)
 
 
+def _same_teacher(args, name: str) -> bool:
+    """Whether run ``name``'s teacher is the demo run's (its ``teacher.json``, with the weights' fingerprint, copied)."""
+    a, b = Path(args.runs) / name / "teacher" / "teacher.json", Path(args.demo_run) / "teacher" / "teacher.json"
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
 def _teacher_line(args, name: str) -> str:
     f = Path(args.runs) / name / "teacher" / "teacher.json"
     if not f.is_file():
         return f"{name}: not trained yet"
     t = read_json(f)
-    reused = ledger(Path(args.runs) / name).get("squeeze", {}).get("reused_from")
+    reused = args.demo_run if _same_teacher(args, name) else None
     return (f"{name}: {t['model']} {t.get('model_args', {})}, {t['epochs']} epochs, top-1 {100 * t['top1']:.2f} % "
             "(10,000 test images)" + (f"; the squeeze stage of `make demo`, reused from `{shown(reused)}` (same settings "
                                       "fingerprint)" if reused else ""))

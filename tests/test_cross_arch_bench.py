@@ -60,21 +60,23 @@ def test_section_from_partial_rows(tmp_path):
 
 
 def test_demo_teacher_is_reused_only_with_the_same_settings(tmp_path):
-    from labeldistill.provenance import StageRef, fingerprint
-    from labeldistill.main_stages import stage_settings
+    from labeldistill.layout import RunLayout
+    from labeldistill.main_stages import SQUEEZE
+    from labeldistill.provenance import write_record
 
     args = _args(tmp_path)
     demo = tmp_path / "demo"
     (demo / "teacher").mkdir(parents=True)
     (demo / "teacher" / "teacher.json").write_text(json.dumps({"model": "convnet", "epochs": 3, "top1": 0.9}))
     (demo / "run.json").write_text("{}")
-    fp = fingerprint(stage_settings(cross_arch._cfg(Path(args.runs) / "teacher0", []), StageRef("squeeze")))
+    cfg = cross_arch._cfg(Path(args.runs) / "teacher0", [])
     args.demo_run = str(demo)
-    (demo / "stages.json").write_text(json.dumps({"squeeze": {"fingerprint": "0" * 16}}))
+    write_record(RunLayout(demo), "squeeze", {**SQUEEZE.settings(cfg, SQUEEZE.ref()), "squeeze.epochs": 99})
     assert not cross_arch.reuse_demo_teacher(args) and not (Path(args.runs) / "teacher0").exists()
-    (demo / "stages.json").write_text(json.dumps({"squeeze": {"fingerprint": fp}}))
+    write_record(RunLayout(demo), "squeeze", SQUEEZE.settings(cfg, SQUEEZE.ref()))  # the same settings
     assert cross_arch.reuse_demo_teacher(args)
     assert (Path(args.runs) / "teacher0" / "teacher" / "teacher.json").is_file()
+    assert "squeeze" in json.loads((Path(args.runs) / "teacher0" / "stages.json").read_text())  # recorded by adopt
     assert "reused from" in cross_arch._teacher_line(args, "teacher0")
 
 

@@ -60,7 +60,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert "base examples: 10 balanced of 1437 digits train images" in out
     assert "target: digits at 1x8x8" in out and "200 outer-loss + 100 validation" in out and "test: 100" in out
     assert "teacher: train mlp for 1 epochs (3 Adam steps)" in out  # 200 // 64 = 3 steps per epoch
-    assert "meta-train ld: 1 epochs = 3 outer steps" in out and "would write: labels.safetensors" in out
+    assert "meta-train ld: 1 epochs = 4 outer steps" in out and "would write: labels.safetensors" in out
     assert not run.exists()
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 import labeldistill.labels.relabel as relabel_mod
 import labeldistill.recover as recover_mod
+import labeldistill.labels.loader as loader_mod
 import labeldistill.validate as validate_mod
 from labeldistill.config import RelabelConfig, load_config
 from labeldistill.data import ImageSet
@@ -97,13 +98,13 @@ def test_relabel_and_validate_make_no_float_copy_of_the_image_set(digits_run, mo
     for g in store.step_ids:
         assert torch.equal(store.get(g).logits, ref.get(g).logits)
     seen = []
-    orig = validate_mod.StoredStepDataset.__init__
+    orig = loader_mod.StoredStepDataset.__init__
 
     def spy(self, store, images, *args, **kwargs):
         seen.append(images.dtype)
         orig(self, store, images, *args, **kwargs)
 
-    monkeypatch.setattr(validate_mod.StoredStepDataset, "__init__", spy)
+    monkeypatch.setattr(loader_mod.StoredStepDataset, "__init__", spy)
     data, _ = recover_mod.load_synthetic(RunLayout(cfg.run_path).images_dir("random_real"),
                                          store.manifest["normalization"]["mean"], store.manifest["normalization"]["std"])
     test = ImageSet(data.images[:8], data.labels[:8], data.classes, data.mean, data.std)

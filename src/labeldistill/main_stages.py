@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import Config, student_specs
 from .data.owned import source_fingerprint
-from .layout import REAL_TRAIN, LabelVariant, RunLayout, labels_tag
+from .layout import REAL_TRAIN, RunLayout, labels_tag
 from .provenance import (StageRef, data_settings, flat_settings, model_tag, student_config, validate_settings)
 from .runner import Stage
 from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_variant
@@ -66,9 +66,7 @@ def relabel_ref(cfg: Config, mode: str) -> StageRef:
 
 
 def _relabel_marker(cfg: Config, ref: StageRef, layout: RunLayout) -> Path:
-    only = cfg.relabel.only_kept
-    store = layout.full_store(ref.mode) if only is None else \
-        layout.pruned_store(ref.mode, LabelVariant(float(only), logits=cfg.relabel.logits))
+    store = layout.full_store(ref.mode) if ref.variant is None else layout.pruned_store(ref.mode, ref.variant)
     return store / "manifest.json"
 
 
