@@ -175,6 +175,9 @@ def _resume_settings(vc) -> dict:
     """The validate settings a resume checkpoint is keyed by (keys at their no-effect defaults left out, so
     checkpoints written before they existed stay usable)."""
     d = config_to_dict(vc)
+    d.pop("parallel")
+    if not vc.sync_bn:
+        d.pop("sync_bn")
     if vc.label_source == "stored":
         d.pop("label_source")
     if vc.calibration == "none":
