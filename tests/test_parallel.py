@@ -66,3 +66,33 @@ def test_students_parallel_rows_equal_one_process(one_process, tmp_path):
                          if k.startswith("validate")}}
     _cli("validate", CONFIG, *OVERRIDES, f"run_dir={run_dir}", "validate.parallel=students", torchrun=True)
     assert _rows(run_dir) == theirs  # reused from the ledger, nothing refused
+
+
+SHARDED_EVAL = '''
+import sys, torch
+from labeldistill.data import ImageSet
+from labeldistill.distributed import init_distributed, rank_world
+from labeldistill.models import build_model
+from labeldistill.config import ModelConfig
+from labeldistill.training import evaluate
+init_distributed()
+torch.manual_seed(0)  # same weights and data on every rank
+model = build_model(ModelConfig("convnet", {"width": 4}), 10, (1, 28, 28))
+data = ImageSet(torch.randint(0, 256, (250, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (250,)),
+                [str(i) for i in range(10)], (0.5,), (0.5,))
+dev = torch.device("cpu")
+full = evaluate(model, data, (0.5,), (0.5,), dev, batch_size=40)
+shard = evaluate(model, data, (0.5,), (0.5,), dev, batch_size=40, sharded=True)
+open(sys.argv[1] + f"/rank{rank_world()[0]}", "w").write(f"{full} {shard}")
+'''
+
+
+def test_sharded_evaluation_gives_the_one_process_top1(tmp_path):
+    script = tmp_path / "eval.py"
+    script.write_text(SHARDED_EVAL)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        "29534", str(script), str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        full, shard = (tmp_path / f"rank{rank}").read_text().split()
+        assert full == shard and 0 < float(full) < 1

@@ -99,3 +99,28 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return model
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank (no-op without a process group or inside
+    :func:`solo`): DistributedDataParallel broadcasts them before each forward, so after the last training step
+    each rank's differ by its own batch rows."""
+    if _active():
+        for b in model.buffers():
+            dist.broadcast(b.data, 0)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` with its BatchNorm layers converted to SyncBatchNorm under a process group of several ranks (not
+    inside :func:`solo`); ``model`` itself otherwise.
+
+    Raises:
+        ConfigError: on a device other than CUDA (torch's SyncBatchNorm runs on GPUs only).
+    """
+    if not (_active() and dist.get_world_size() > 1):
+        return model
+    if device.type != "cuda":
+        from .errors import ConfigError
+
+        raise ConfigError(f"validate.sync_bn needs CUDA (torch's SyncBatchNorm), not {device.type}; set it to false")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
