@@ -230,6 +230,9 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
     from .config import student_specs, with_student
     from .labels.prune import prune_all
     from .provenance import check_students
+    from .main_stages import VALIDATE
+    from .pipeline import spread_validate
+    from .runner import run_spread
     from .validate import validate
     from .variants import label_variants
 
@@ -248,6 +251,12 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
         if args.command == "prune":
             for path in prune_all(cfg, m, force=force):
                 print(path)
+        elif spread_validate(cfg):  # validate.parallel: students under torchrun: whole students per rank
+            refs = [r for r in VALIDATE.units(cfg) if r.mode == m]
+            done = run_spread([(VALIDATE, r) for r in refs], cfg, {r.key for r in refs} if force else set())
+            for r in (done[ref.key] for ref in refs):
+                print(f"{m} {r['label_store']} ({r['label_source']} labels) {r['student']} {r['student_args']}: "
+                      f"top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
         else:
             for spec in student_specs(cfg.validate):  # each student as if it were the only one
                 for v in variants:

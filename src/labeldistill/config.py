@@ -324,6 +324,12 @@ class ValidateConfig:
             ``lpqld_student_search`` is false).
         lpqld_student_search: ``lpqld``: after each epoch, set the student temperature to the value in
             ``0.01, 0.02, ..., 1.0`` that minimises the KL loss on the epoch's last batch.
+        parallel: how validate uses the ranks of a torchrun job: ``data`` (the default: each student is trained
+            data-parallel over every rank, each stored step split ``rank::world``, evaluation sharded over the
+            ranks) or ``students`` (each rank trains whole students: the validate units go round-robin to the
+            ranks, each run as a single process, so its rows equal a one-process run's). No effect without torchrun.
+        sync_bn: ``parallel: data`` under torchrun: convert the student's BatchNorm layers to SyncBatchNorm (batch
+            statistics over the whole global batch, as one process computes them; CUDA only).
     """
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", {"width": 32}))
@@ -348,6 +354,8 @@ class ValidateConfig:
     lpqld_student_temperature: float = 1.0
     lpqld_student_search: bool = True
     eval_split: str = "test"
+    parallel: str = "data"
+    sync_bn: bool = False
 
 
 @dataclass
@@ -721,6 +729,7 @@ def validate_config(cfg: Config) -> None:
     chk.positive(cfg.validate.temperature, "validate.temperature")
     chk.one_of(cfg.validate.loss, VALIDATE_LOSSES, "validate.loss")
     chk.one_of(cfg.validate.eval_split, EVAL_SPLITS, "validate.eval_split")
+    chk.one_of(cfg.validate.parallel, ("data", "students"), "validate.parallel")
     if cfg.validate.eval_split == "holdout" and not cfg.data.holdout:
         raise ConfigError("validate.eval_split: holdout needs data.holdout > 0 (the number of train images to hold "
                           "out, a multiple of the number of classes), e.g. data.holdout=5000")

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import bnstats, recover, squeeze, validate  # noqa: F401  (they bind their stages' run functions)
 from .config import Config, dump_config
 from .data import load_split, resolve_augmentation
-from .distributed import barrier
+from .distributed import barrier, rank_world
 from .io import atomic_write_json
 from .labels import generator, prune, relabel  # noqa: F401  (they bind their stages' run functions)
 from .layout import RunLayout
@@ -27,7 +27,7 @@ from .models.geometry import small_input_warnings
 from .provenance import StageRef, check_students, machine, stage_seconds
 from .report import results_table, summarize, write_report
 from .resume import check_run_dir
-from .runner import stale_units
+from .runner import run_spread, stale_units
 from .runtime import is_rank0, pick_device
 
 
@@ -107,6 +107,8 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
     t0 = time.time()
     prov = machine(pick_device(cfg.device))  # the code and machine at the start of the run
     done = {ref.key: stage.run(cfg, ref, ref.key in stale) for stage, ref in _ordered(cfg)}
+    if spread_validate(cfg):  # validate.parallel: students — each rank trains whole students
+        done.update(run_spread([(VALIDATE, r) for r in VALIDATE.units(cfg)], cfg, stale))
     teacher = done["squeeze"]
     rows = [done[ref.key] for ref in VALIDATE.units(cfg)]
     hard = [done[ref.key] for ref in HARD_LABEL.units(cfg)]
@@ -127,14 +129,21 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
 def _ordered(cfg: Config):
     """The units of :func:`~labeldistill.main_stages.main_units` as they run: per mode, the stages only rank 0
     runs (prune, generator) then a barrier before validate; yields ``(stage, ref)``."""
-    mode = None
+    mode, spread = None, spread_validate(cfg)
     for stage, ref in main_units(cfg):
+        if stage is VALIDATE and spread:
+            continue  # run after the loop by run_spread
         if stage is VALIDATE and mode != ref.mode:
             barrier()  # every rank waits for rank 0's stores and label model
             mode = ref.mode
         if stage in (PRUNE, GENERATOR) and not is_rank0():
             continue
         yield stage, ref
+
+
+def spread_validate(cfg: Config) -> bool:
+    """``validate.parallel: students`` under a process group of more than one rank."""
+    return cfg.validate.parallel == "students" and rank_world()[1] > 1
 
 
 def hard_label_rows(cfg: Config, force: bool = False) -> list[dict]:

@@ -169,13 +169,15 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     """The ``validate`` section's settings; ``loss`` only when not ``kl``, the ``gift_*`` keys only with
     ``loss: gift``, ``label_source`` only when not ``stored`` (with ``generator``: the ``generator`` section too),
     ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, ``eval_split`` only when not
-    ``test``, so that results made before these keys existed keep their fingerprints."""
+    ``test``, ``sync_bn`` only when true, so that results made before these keys existed keep their fingerprints;
+    never ``parallel`` (``students`` gives a one-process run's rows; ``data``'s world size is not recorded either)."""
     vc = cfg.validate
     out = flat_settings("validate", vc)
     drop = (["loss"] if vc.loss == "kl" else []) + (["gift_alpha", "gift_smoothing"] if vc.loss != "gift" else [])
     drop += ["label_source"] if vc.label_source == "stored" else []
     drop += ["calibration", *_LPQLD_KEYS] if vc.calibration == "none" else []
     drop += ["eval_split"] if vc.eval_split == "test" else []
+    drop += ["parallel"] + (["sync_bn"] if not vc.sync_bn else [])  # students: rows equal one process's
     for k in drop:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":

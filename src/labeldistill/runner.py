@@ -15,18 +15,19 @@ rank 0, the runner records the unit (:func:`~labeldistill.provenance.write_recor
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config
 from .data.presets import resolve_augmentation
-from .distributed import barrier
+from .distributed import all_gather_objects, barrier, rank_world, solo
 from .errors import StaleStageError
 from .io import settings_key
 from .layout import RunLayout
 from .provenance import LEDGER, StageRef, fingerprint, read_ledger, recorded_changes, write_record
-from .runtime import is_rank0
+from .runtime import in_solo, is_rank0, process_rank
 
 Settings = Callable[[Config, StageRef], dict[str, Any]]
 
@@ -107,7 +108,7 @@ def check_unit(stage: Stage, cfg: Config, ref: StageRef, layout: RunLayout | Non
         StaleStageError: one line naming the unit, the changed keys (or the missing record) and the two ways out.
     """
     layout = _layout(cfg, layout)
-    changed = changes(stage, cfg, ref, layout, write=is_rank0())
+    changed = changes(stage, cfg, ref, layout, write=process_rank() == 0)
     if changed == []:
         return
     if changed is None:
@@ -140,11 +141,49 @@ def run_unit(stage: Stage, cfg: Config, ref: StageRef, work: Callable[[], tuple[
         check_unit(stage, cfg, ref, layout)
         return reuse() if reuse is not None else None
     result, seconds = work()
-    if is_rank0():
-        write_record(layout, ref.key, stage.settings(cfg, ref), seconds)
+    _record(layout, ref.key, stage.settings(cfg, ref), seconds)
     if sync:
         barrier()
     return result
+
+
+_PENDING: list[tuple] = []  # records of units this rank ran inside solo(), for process rank 0 to write
+
+
+def _record(layout: RunLayout, key: str, settings: dict, seconds: float) -> None:
+    """Record a finished unit: process rank 0 writes it (the ledger's one writer); another rank running units of
+    its own (:func:`run_spread`) keeps it for rank 0 to write."""
+    if process_rank() == 0:
+        write_record(layout, key, settings, seconds)
+    elif in_solo():
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _PENDING.append((str(layout.root), key, settings, seconds, finished))
+
+
+def run_spread(units: list[tuple[Stage, StageRef]], cfg: Config, stale: set[str]) -> dict[str, Any]:
+    """Run ``units`` spread over the ranks (``validate.parallel: students``): unit ``i`` runs on rank
+    ``i mod world`` as a single-process run (:func:`~labeldistill.distributed.solo`: no DDP, its own output files),
+    then every rank gets every unit's result and process rank 0 writes the other ranks' ledger records. Collective:
+    every rank calls it with the same units. Returns ``{unit key: result}``.
+
+    Raises:
+        StaleStageError: as :func:`run_unit` (the other ranks are then stopped by torchrun).
+    """
+    barrier()
+    rank, world = rank_world()
+    mine = {}
+    with solo():
+        for i, (stage, ref) in enumerate(units):
+            if i % world == rank:
+                mine[ref.key] = stage.run(cfg, ref, ref.key in stale)
+    gathered = all_gather_objects((mine, list(_PENDING)))
+    _PENDING.clear()
+    if process_rank() == 0:
+        for _, records in gathered[1:]:
+            for root, key, settings, seconds, finished in records:
+                write_record(RunLayout(Path(root)), key, settings, seconds, finished)
+    barrier()
+    return {k: v for results, _ in gathered for k, v in results.items()}
 
 
 def stale_units(units: list[tuple[Stage, StageRef]], cfg: Config, force: bool) -> set[str]:

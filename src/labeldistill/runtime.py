@@ -35,11 +35,25 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def is_rank0() -> bool:
-    """True on rank 0 of a process group, or without one."""
+_SOLO = {"on": False}  # set by labeldistill.distributed.solo(): this process runs its own units as world 1
+
+
+def in_solo() -> bool:
+    """True inside :func:`labeldistill.distributed.solo` (each rank runs whole units as a single process)."""
+    return _SOLO["on"]
+
+
+def process_rank() -> int:
+    """The process's rank in its process group (0 without one), even inside ``solo``."""
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_rank0() -> bool:
+    """True on rank 0 of a process group, or without one, or inside ``solo`` (every rank writes the outputs of the
+    units it runs)."""
+    return in_solo() or process_rank() == 0
 
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h> mallopt parameters

@@ -21,6 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .data import ImageSet, iter_batches, normalize
+from .distributed import all_reduce_sum, rank_world
 from .errors import ConfigError, LabelDistillError
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import is_rank0
@@ -201,8 +202,13 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, *, epochs: int, total: int
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...],
-             device: torch.device, batch_size: int = 1000, workers: int | None = None) -> float:
+             device: torch.device, batch_size: int = 1000, workers: int | None = None,
+             sharded: bool = False) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data``, in eval mode, in float32.
+
+    With ``sharded`` under a process group, rank ``r`` evaluates batches ``r::world`` (a lazy split decodes only
+    those) and the correct counts are all-reduced: the same top-1 as one process when every rank holds the same
+    weights and buffers.
 
     Args:
         model: classifier taking normalised ``(N, C, H, W)`` images.
@@ -216,9 +222,14 @@ def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tup
     model.eval()
     correct = 0
     batches = [slice(i, i + batch_size) for i in range(0, len(data), batch_size)]
+    if sharded:
+        rank, world = rank_world()
+        batches = batches[rank::world]
     for images, labels in iter_batches(data, batches, workers, pin_memory=device.type == "cuda"):
         x = normalize(images.to(device, non_blocking=True).float() / 255, mean, std)
         y = labels.to(device)
         correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
     model.train(was_training)
+    if sharded:
+        correct = int(all_reduce_sum(torch.tensor([correct], dtype=torch.int64, device=device)).item())
     return correct / max(len(data), 1)

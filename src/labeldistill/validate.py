@@ -38,7 +38,7 @@ from torch import nn
 from .config import Config, config_to_dict
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .data.synthetic import image_bytes, load_image_logits, load_synthetic
-from .distributed import rank_world, wrap_ddp
+from .distributed import broadcast_buffers, rank_world, sync_batchnorm, wrap_ddp
 from .errors import LabelDistillError, StoreError
 from .io import MetricsLog, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
@@ -175,6 +175,9 @@ def _resume_settings(vc) -> dict:
     """The validate settings a resume checkpoint is keyed by (keys at their no-effect defaults left out, so
     checkpoints written before they existed stay usable)."""
     d = config_to_dict(vc)
+    d.pop("parallel")
+    if not vc.sync_bn:
+        d.pop("sync_bn")
     if vc.label_source == "stored":
         d.pop("label_source")
     if vc.calibration == "none":
@@ -222,6 +225,8 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     replay = replay or LabelVariant.default_replay(m["prune"]["factor"])
     torch.manual_seed(cfg.seed)  # student initialisation
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
+    if vc.sync_bn:
+        student = sync_batchnorm(student, device)
     net = wrap_ddp(student, device)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
     total = len(PoolSampler(store.step_ids, m["steps_per_epoch"], epochs, cfg.seed,
@@ -238,7 +243,8 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         guard=StepGuard("student", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"), checkpoint=ckpt,
         end_epoch=end_epoch, desc=desc, leave=False)
     mean, std = m["normalization"]["mean"], m["normalization"]["std"]
-    top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size)
+    broadcast_buffers(student)  # every rank scores rank 0's model on its slice of the split
+    top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size, sharded=True)
     return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2),
             **({"student_temperature": feed.student_temperature} if vc.calibration == "lpqld" else {})}
 
