@@ -1,4 +1,4 @@
-"""GPU check of the label side: one command, at most 8 minutes on one GPU, nothing downloaded.
+"""GPU check of the label side: one command, at most 10 minutes on one GPU, nothing downloaded.
 
 Checks (synthetic in-memory data registered through ``labeldistill.data.register_dataset``; no dataset files):
 
@@ -18,6 +18,15 @@ Checks (synthetic in-memory data registered through ``labeldistill.data.register
   e. 224 px synthetic relabel + validate throughput (ResNet-18 teacher and student, ``random_real`` images).
   f. the dry run's time estimate ÷ the stages' recorded seconds (``bench/time_estimate.py``'s comparison) of a
      fresh small main job (mode ``lpld``, IPC ``parity_ipc``), per stage and in all.
+  g. kill-and-resume identity on the device with ``deterministic: true``: recover killed after its first class
+     group (``LABELDISTILL_KILL_AT=recover-group:1``) and relabel after its first shard (``relabel-shard:1``), each
+     run again, SHA-256 of every file of ``images/lpld`` and ``labels/lpld/full`` against an uninterrupted run
+     (CLI child processes, as ``tests/test_resilience.py`` does on CPU);
+  h. relabel under torchrun (nccl on CUDA; 2 processes with ≥ 2 GPUs, else 1) vs one process, ``deterministic:
+     true``: the label store's SHA-256s;
+  i. ``configs/tiny_imagenet_lpld.yaml`` dry run (``run --dry-run``) on a fake Tiny-ImageNet folder tree (200
+     classes of 64 px JPEGs, ImageFolder layout ``train/<wnid>/``, ``val/<wnid>/``) written to the work folder.
+Check d3 is the bf16 vs fp32 student top-1 difference the issue asks for.
 
 Writes its table into BENCHMARKS.md (section ``gpu_check``) with the GPU's name. ``--dry-run`` checks the plumbing
 on the CPU with tiny sizes in well under a minute (the test suite is only collected) and writes nothing.
@@ -31,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -62,11 +72,11 @@ RECOVER_TOP1_TOLERANCE = 0.05  # d1: |teacher top-1 on the recovered images, on 
 FULL = {"classes": 50, "size": 32, "width": 64, "train_per_class": 100, "test_per_class": 20, "squeeze_epochs": 3,
         "timing_iterations": 100, "ipcs": (10, 50), "parity_ipc": 10, "parity_iterations": 300,
         "relabel_epochs": 20, "validate_epochs": 100, "big_classes": 100, "big_ipc": 2, "big_epochs": 5,
-        "pytest": ["-q", "-x"], "pytest_timeout": 270}
+        "pytest": ["-q", "-x"], "pytest_timeout": 270, "tiny_per_class": 2}
 TINY = {"classes": 4, "size": 16, "width": 8, "train_per_class": 8, "test_per_class": 4, "squeeze_epochs": 1,
         "timing_iterations": 2, "ipcs": (2, 3), "parity_ipc": 2, "parity_iterations": 3,
         "relabel_epochs": 2, "validate_epochs": 2, "big_classes": 3, "big_ipc": 1, "big_epochs": 1,
-        "big_size": 32, "pytest": ["-q", "--collect-only"], "pytest_timeout": 60}
+        "big_size": 32, "pytest": ["-q", "--collect-only"], "pytest_timeout": 60, "tiny_per_class": 1}
 
 
 def register_templates(classes: int, train_per_class: int, test_per_class: int) -> None:
@@ -258,7 +268,117 @@ def check_time_estimate(work: Path, sz: dict, device: torch.device) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- g–i: CUDA correctness, in child processes
+
+
+def child(sz: dict, verb: str, work: Path, run: Path, device: str, extra: list[str], kill_at: str | None = None,
+          nproc: int = 0) -> int:
+    """``labeldistill <verb>`` in a child process (under ``torchrun --nproc-per-node nproc`` when ``nproc``) that
+    first registers this script's synthetic dataset (``--child``); returns its exit code (−9 when killed)."""
+    cfgfile = work / "gpu_check.yaml"
+    cfgfile.write_text("name: gpu_check\n")
+    env = {**cli_env(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env.pop("LABELDISTILL_KILL_AT", None)
+    if kill_at:
+        env["LABELDISTILL_KILL_AT"] = kill_at
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+               "29531"] if nproc else [sys.executable])
+    sizes = f"{sz['classes']},{sz['train_per_class']},{sz['test_per_class']}"
+    args = [*launch, "-m", "bench.gpu_check", "--child", sizes, verb, str(cfgfile),
+            *base_overrides(run, sz, device), *extra]
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300).returncode
+
+
+def tree_sha(folder: Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of every file under ``folder`` (empty when it does not exist)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def det_overrides(sz: dict) -> list[str]:
+    """A small recover → relabel job with ``deterministic: true``: one class per group and one step per shard, so
+    the kills of check g land inside each stage."""
+    return ["deterministic=true", f"recover.ipc={sz['parity_ipc']}", f"recover.iterations={sz['parity_iterations']}",
+            "recover.vectorize=1", f"relabel.epochs={sz['relabel_epochs']}", "relabel.steps_per_shard=1"]
+
+
+def check_kill_resume(work: Path, sz: dict, device: torch.device) -> dict:
+    """g: recover and relabel killed once each, run again, compared with an uninterrupted run (SHA-256)."""
+    ref, killed = work / "det_ref", work / "det_killed"
+    for d in (ref, killed):
+        shutil.rmtree(d, ignore_errors=True)
+    ex = det_overrides(sz)
+    ref_cfg = load_config(None, base_overrides(ref, sz, device.type) + ex)
+    squeeze(ref_cfg)  # in this process: the teacher and statistics are shared, not compared
+    class_stats(ref_cfg)
+    rcs = [child(sz, v, work, ref, device.type, ex) for v in ("recover", "relabel")]
+    cfg = load_config(None, base_overrides(killed, sz, device.type) + ex)
+    clone_run(ref, killed, cfg)
+    out = {"reference_rc": rcs}
+    for verb, point, part in (("recover", "recover-group:1", "images/lpld"), ("relabel", "relabel-shard:1",
+                                                                             "labels/lpld/full")):
+        out[f"{verb}_killed_rc"] = child(sz, verb, work, killed, device.type, ex, kill_at=point)
+        out[f"{verb}_resume_rc"] = child(sz, verb, work, killed, device.type, ex)
+        a, b = tree_sha(ref / part), tree_sha(killed / part)
+        out[f"{verb}_files"] = len(a)
+        out[f"{verb}_identical"] = bool(a) and a == b
+    return out
+
+
+def check_torchrun(work: Path, sz: dict, device: torch.device) -> dict:
+    """h: relabel under torchrun vs the one-process store of check g (same teacher, statistics and images)."""
+    ref, ddp = work / "det_ref", work / "det_torchrun"
+    ex = det_overrides(sz)
+    cfg = load_config(None, base_overrides(ddp, sz, device.type) + ex)
+    clone_run(ref, ddp, cfg, ("images",))
+    nproc = 2 if device.type == "cpu" or torch.cuda.device_count() >= 2 else 1
+    rc = child(sz, "relabel", work, ddp, device.type, ex, nproc=nproc)
+    a, b = tree_sha(ref / "labels/lpld/full"), tree_sha(ddp / "labels/lpld/full")
+    return {"nproc": nproc, "backend": "nccl" if device.type == "cuda" else "gloo", "rc": rc, "files": len(a),
+            "identical": bool(a) and a == b}
+
+
+def fake_tiny_imagenet(root: Path, per_class: int) -> Path:
+    """A Tiny-ImageNet-shaped ImageFolder tree: 200 wnid folders of ``per_class`` 64 px JPEGs in ``train/`` and
+    ``val/`` (random pixels)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(3)
+    for split in ("train", "val"):
+        for c in range(200):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                px = torch.randint(0, 256, (64, 64, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(px).save(d / f"n{c:08d}_{i}.JPEG", quality=90)
+    return root
+
+
+def check_tiny_dry_run(work: Path, sz: dict, device: torch.device) -> dict:
+    """i: ``labeldistill run configs/tiny_imagenet_lpld.yaml --dry-run`` on the fake tree (``--no-probe`` on the
+    CPU dry run: the plumbing, not the timing)."""
+    root = fake_tiny_imagenet(work / "tiny-imagenet-200", sz["tiny_per_class"])
+    cmd = [sys.executable, "-m", "labeldistill.cli", "run", str(REPO / "configs" / "tiny_imagenet_lpld.yaml"),
+           f"data.root={root}", f"run_dir={work / 'tiny_dry'}", f"device={device.type}", "data.workers=0",
+           "--dry-run", "--json", *(["--no-probe"] if sz is TINY else [])]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    out = {"rc": r.returncode, "seconds": time.perf_counter() - t0, "error": r.stderr.strip()[-300:]}
+    try:
+        plan = json.loads(r.stdout)
+    except ValueError:
+        return out
+    out["num_classes"], out["image_shape"] = plan.get("num_classes"), plan.get("image_shape")
+    out["estimate_seconds"] = (plan.get("time") or {}).get("total_seconds")  # absent with --no-probe
+    return out
+
+
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":  # a labeldistill command with the synthetic dataset
+        register_templates(*map(int, sys.argv[2].split(",")))
+        from labeldistill.cli import main as cli_main
+
+        return cli_main(sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; write nothing to BENCHMARKS.md")
     ap.add_argument("--skip-tests", action="store_true", help="skip check (a)")
@@ -313,6 +433,15 @@ def main() -> int:
     res["time_estimate"] = check_time_estimate(work, sz, device)
     print(f"   {res['time_estimate']['ratio']:.2f} (" + ", ".join(
         f"{r['stage']} {r['ratio']:.2f}" for r in res["time_estimate"]["rows"] if r["ratio"]) + ")", flush=True)
+    print("g. kill-and-resume identity, deterministic: true", flush=True)
+    res["kill_resume"] = check_kill_resume(work, sz, device)
+    print("   " + json.dumps(res["kill_resume"]), flush=True)
+    print("h. relabel under torchrun vs one process, deterministic: true", flush=True)
+    res["torchrun"] = check_torchrun(work, sz, device)
+    print("   " + json.dumps(res["torchrun"]), flush=True)
+    print("i. tiny_imagenet_lpld.yaml dry run on fake Tiny-ImageNet", flush=True)
+    res["tiny_dry_run"] = check_tiny_dry_run(work, sz, device)
+    print("   " + json.dumps(res["tiny_dry_run"]), flush=True)
     res["minutes"] = (time.time() - t_start) / 60
     body = report(res, sz, dry)
     print(body)
@@ -353,7 +482,7 @@ def report(res: dict, sz: dict, dry: bool) -> str:
                 f"{a['relabel_argmax_agreement']:.4f} | ≈ 1 | {verdict(a['relabel_argmax_agreement'] >= 0.99)} | "
                 f"max abs logit difference {a['relabel_max_abs_logit_diff']:.3f} |")
     d = abs(a["validate_top1_on"] - a["validate_top1_off"])
-    rows.append(f"| d3. validate, autocast on vs off (same store, seed 0): student top-1 | "
+    rows.append(f"| d3. bf16 vs fp32 student top-1: validate, autocast on vs off (same store, seed 0) | "
                 f"{a['validate_top1_on']:.3f} vs {a['validate_top1_off']:.3f} | within noise | "
                 f"{verdict(d <= max(2 * a['validate_noise'], 0.01))} | noise: seed 1 off gives "
                 f"{a['validate_top1_off_seed1']:.3f} (Δ {a['validate_noise']:.3f}) |")
@@ -369,6 +498,7 @@ def report(res: dict, sz: dict, dry: bool) -> str:
     rows.append(f"| f. dry-run time estimate ÷ recorded stage seconds, small main job (all stages) | {te['ratio']:.2f} | "
                 f"0.7–1.3 | {verdict(0.7 <= te['ratio'] <= 1.3)} | {te['estimate_total']:.1f} s vs "
                 f"{te['actual_total']:.1f} s; per stage: {per} |")
+    rows += correctness_rows(res)
     head = ("## GPU check\n\n"
             f"Command: `bash bench/gpu_check.sh{' --dry-run' if dry else ''}` (runs `{command_line()}`)  \n"
             f"Date: {today()}  \nGPU: {res['gpu'] or 'none (dry run on the CPU)'}  \nMachine: {machine()}  \n"
@@ -377,6 +507,29 @@ def report(res: dict, sz: dict, dry: bool) -> str:
             f"and student; whole check {res['minutes']:.1f} min.  \n"
             f"Note: {AUTOCAST_NOTE}.\n\n")
     return head + "\n".join(rows)
+
+
+def correctness_rows(res: dict) -> list[str]:
+    """Rows g–i of the table."""
+    k, t, ti = res["kill_resume"], res["torchrun"], res["tiny_dry_run"]
+    rows = []
+    for verb, point in (("recover", "recover-group:1"), ("relabel", "relabel-shard:1")):
+        ok = k[f"{verb}_identical"] and k[f"{verb}_killed_rc"] == -9 and k[f"{verb}_resume_rc"] == 0
+        rows.append(f"| g. {verb} killed at `{point}` and run again (`deterministic: true`): SHA-256 of "
+                    f"{k[f'{verb}_files']} files vs an uninterrupted run | "
+                    f"{'identical' if k[f'{verb}_identical'] else 'differ'} | identical | {verdict(ok)} | "
+                    f"exit codes: killed {k[f'{verb}_killed_rc']}, resumed {k[f'{verb}_resume_rc']}; "
+                    f"reference {k['reference_rc']} |")
+    rows.append(f"| h. relabel under torchrun ({t['backend']}, {t['nproc']} process{'es' if t['nproc'] > 1 else ''})"
+                f" vs one process (`deterministic: true`): store SHA-256 ({t['files']} files) | "
+                f"{'identical' if t['identical'] else 'differ'} | identical | {verdict(t['identical'] and t['rc'] == 0)}"
+                f" | exit {t['rc']} |")
+    est = ti.get("estimate_seconds")
+    rows.append(f"| i. `configs/tiny_imagenet_lpld.yaml` `run --dry-run` on a fake 200-class 64 px tree | exit {ti['rc']}"
+                f" | exit 0 | {verdict(ti['rc'] == 0)} | {ti['seconds']:.0f} s; estimated seconds: "
+                f"{'– (no probe)' if est is None else f'{est:,.0f}'}; {ti.get('num_classes')} classes, image shape "
+                f"{ti.get('image_shape')} {ti['error'] if ti['rc'] else ''}|")
+    return rows
 
 
 if __name__ == "__main__":

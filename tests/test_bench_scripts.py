@@ -36,13 +36,15 @@ def test_gpu_check_dry_run_writes_nothing(tmp_path):
     bench = REPO / "BENCHMARKS.md"
     before = bench.read_bytes() if bench.is_file() else None
     r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", "--work", str(tmp_path)],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     for part in ("a. test suite", "b. recover", "c. relabel", "d. bf16 autocast", "e. 224 px", "f. time estimate",
+                 "g. kill-and-resume", "h. relabel under torchrun", "i. tiny_imagenet_lpld.yaml",
+                 "| d3. bf16 vs fp32 student top-1",
                  "config switch autocast: bf16 (default) | off", "nothing written to BENCHMARKS.md"):
         assert part in out, part
-    assert "| c. relabel stage" in out and "| d3. validate" in out
+    assert "| c. relabel stage" in out and "| d3. bf16 vs fp32 student top-1" in out
     d1 = next(line for line in out.splitlines() if line.startswith("| d1. recover"))
     assert "within 0.05 |" in d1 and ("| met |" in d1 or "| **missed** |" in d1)  # d1 has a pass/fail threshold
     res = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -51,6 +53,16 @@ def test_gpu_check_dry_run_writes_nothing(tmp_path):
     assert 0 <= res["autocast"]["relabel_argmax_agreement"] <= 1
     assert res["px224"]["entries"] > 0
     assert res["time_estimate"]["ratio"] > 0 and "| f. dry-run time estimate" in out
+    k = res["kill_resume"]  # g: each stage really died at its fault point, resumed, and matched the reference
+    assert k["reference_rc"] == [0, 0]
+    for verb in ("recover", "relabel"):
+        assert k[f"{verb}_killed_rc"] == -9 and k[f"{verb}_resume_rc"] == 0 and k[f"{verb}_identical"], k
+        assert k[f"{verb}_files"] > 0
+    t = res["torchrun"]  # h: 2 gloo processes on the CPU
+    assert (t["backend"], t["nproc"], t["rc"], t["identical"]) == ("gloo", 2, 0, True), t
+    ti = res["tiny_dry_run"]  # i: the Tiny-ImageNet config planned on the fake 200-class tree
+    assert ti["rc"] == 0 and ti["num_classes"] == 200 and list(ti["image_shape"])[-2:] == [64, 64], ti
+    assert "| g. recover killed" in out and "| h. relabel under torchrun" in out and "| i. `configs/tiny" in out
     assert (bench.read_bytes() if bench.is_file() else None) == before
 
 

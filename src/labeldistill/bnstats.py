@@ -147,7 +147,7 @@ def _class_stats_unit(cfg: Config, ref: StageRef, force: bool) -> Path:
 
 def _class_stats(cfg: Config, layout: RunLayout, out: Path) -> tuple[None, float]:
     """One pass over the train split; writes the statistics on rank 0; returns ``(None, seconds)``."""
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     teacher, info = load_teacher(layout.teacher_dir, device)
     bns = require_bn_layers(teacher, info["model"])
     check_squeeze_options(cfg.squeeze)

@@ -284,9 +284,10 @@ def _main(argv: list[str] | None) -> int:
 
         return learn_labels_main(args.config, args.overrides, force=args.force)
     from .config import load_config
-    from .runtime import set_threads
+    from .runtime import deterministic_env, set_threads
 
     cfg = load_config(args.config, args.overrides)
+    deterministic_env(cfg.deterministic)  # before the first cuBLAS handle: no stage has touched CUDA yet
     from .data import resolve_augmentation
 
     resolve_augmentation(cfg)  # every stage, the stored config.yaml and the dry run see concrete values

@@ -492,10 +492,16 @@ class Config(RunConfig):
     ``autocast``: ``bf16`` (default) runs the teacher and student forward passes of squeeze, class-stats,
     recover, relabel and validate under bf16 autocast on CUDA; ``off`` runs them in float32. CPU and MPS run in
     float32 either way.
+
+    ``deterministic``: ``true`` makes CUDA use deterministic kernels (:func:`labeldistill.runtime.set_deterministic`:
+    ``torch.use_deterministic_algorithms``, deterministic cuDNN without benchmarking, ``CUBLAS_WORKSPACE_CONFIG``),
+    slower; ``false`` (default) leaves CUDA's fast kernels. A no-op on CPU and MPS, whose runs are byte-identical
+    on resume and under torchrun either way.
     """
 
     seeds: list | None = None
     autocast: str | bool = "bf16"  # YAML reads a bare off / on as False / True: validate_config maps them
+    deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
     class_stats: ClassStatsConfig = field(default_factory=ClassStatsConfig)
@@ -716,6 +722,8 @@ def validate_config(cfg: Config) -> None:
     if isinstance(cfg.autocast, bool):  # `autocast: off` in YAML is the boolean False
         cfg.autocast = "bf16" if cfg.autocast else "off"
     chk.one_of(cfg.autocast, AUTOCAST_MODES, "autocast")
+    if not isinstance(cfg.deterministic, bool):
+        raise ConfigError(f"deterministic must be true or false, got {cfg.deterministic!r}")
     _check_recover(cfg.recover)
     _check_labels(cfg)
     check_squeeze_options(cfg.squeeze)

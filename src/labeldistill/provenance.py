@@ -123,6 +123,21 @@ def autocast_settings(cfg: Config) -> dict[str, Any]:
     return {} if cfg.autocast == AUTOCAST_DEFAULT else {"autocast": cfg.autocast}
 
 
+def deterministic_settings(cfg: Config) -> dict[str, Any]:
+    """``{"deterministic": True}`` when ``deterministic`` is on, else ``{}`` (the default ``false``).
+
+    Deterministic CUDA kernels can change numbers on CUDA (other reduction orders); like
+    :func:`autocast_settings`, the key is included on every device and only when not the default, so run
+    directories made before the key existed keep their fingerprints.
+    """
+    return {"deterministic": True} if cfg.deterministic else {}
+
+
+def numerics_settings(cfg: Config) -> dict[str, Any]:
+    """The settings of how CUDA computes (not what): a non-default ``autocast`` and ``deterministic``."""
+    return {**autocast_settings(cfg), **deterministic_settings(cfg)}
+
+
 def holdout_settings(cfg: Config) -> dict[str, Any]:
     """``{"data.holdout": n, "data.test_holdout": t}``, each only when it holds images out of the train split.
 
@@ -146,10 +161,10 @@ def class_order_settings(cfg: Config) -> dict[str, Any]:
 
 def data_settings(cfg: Config) -> dict[str, Any]:
     """The settings every stage depends on: the seed, the data (by identity: ``data.files``, see the module
-    text), held-out images, Tiny-ImageNet's class order and a non-default ``autocast``."""
+    text), held-out images, Tiny-ImageNet's class order and a non-default ``autocast`` or ``deterministic``."""
     return {"seed": cfg.seed, **{f"data.{k}": getattr(cfg.data, k) for k in _DATA_KEYS},
             "data.files": data_identity(cfg.data.dataset, cfg.data.root),
-            **holdout_settings(cfg), **class_order_settings(cfg), **autocast_settings(cfg)}
+            **holdout_settings(cfg), **class_order_settings(cfg), **numerics_settings(cfg)}
 
 
 def student_config(cfg: Config, student: str | None) -> Config:

@@ -75,7 +75,7 @@ from .layout import RunLayout
 from .models import forward_hooks, require_bn_layers
 from .models.checkpoint import CHANCE_FACTOR, load_teacher, near_chance
 from .main_stages import RECOVER
-from .provenance import StageRef, autocast_settings
+from .provenance import StageRef, numerics_settings
 from .runner import run_unit
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
@@ -348,7 +348,7 @@ def _recover(cfg: Config, mode: str, layout: RunLayout, out: Path) -> tuple[None
     """Make the images of ``mode`` and write the set on rank 0; returns ``(None, seconds)``."""
     rc = cfg.recover
     variant = resolve_variant(mode, rc.variants)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     teacher, info = load_teacher(layout.teacher_dir, device)
     gen = step_generator(cfg.seed, mode_stream(mode))
     t0 = time.time()
@@ -480,7 +480,7 @@ def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: 
     out = layout.images_dir(mode)
     partial = out.with_name(f".{out.name}.partial")
     key = settings_key("recover", mode, variant, config_to_dict(rc), info["fingerprint"], cfg.seed,
-                       config_to_dict(cfg.data) if rc.init == "real" else None, *autocast_settings(cfg).values())
+                       config_to_dict(cfg.data) if rc.init == "real" else None, *numerics_settings(cfg).values())
     done = _load_partial(partial, key)
     barrier()
     todo = [gi for gi in shard(range(len(groups))) if gi not in done]

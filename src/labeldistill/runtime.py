@@ -1,4 +1,5 @@
-"""Where and how the code runs: device choice, bf16 autocast, threads, rank 0, the allocator setting."""
+"""Where and how the code runs: device choice, deterministic CUDA kernels, bf16 autocast, threads, rank 0, the
+allocator setting."""
 
 from __future__ import annotations
 
@@ -10,15 +11,58 @@ import sys
 import torch
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA, then MPS, then CPU; any other string is passed to :class:`torch.device`."""
+def pick_device(name: str = "auto", deterministic: bool = False) -> torch.device:
+    """``auto`` → CUDA, then MPS, then CPU; any other string is passed to :class:`torch.device`.
+
+    With ``deterministic`` (the config key) a CUDA device gets :func:`set_deterministic` before it is returned.
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+    else:
+        device = torch.device(name)
+    set_deterministic(device, deterministic)
+    return device
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""``CUBLAS_WORKSPACE_CONFIG`` for deterministic cuBLAS (PyTorch, Reproducibility notes: ``:4096:8`` or ``:16:8``)."""
+
+
+def deterministic_env(on: bool) -> None:
+    """Set ``CUBLAS_WORKSPACE_CONFIG`` (unless the user set it) when ``on``; cuBLAS reads it when CUDA starts its
+    first cuBLAS handle, so the CLI calls this before any CUDA work."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def set_deterministic(device: torch.device, on: bool) -> bool:
+    """Deterministic CUDA kernels for the config key ``deterministic: true``; on CPU and MPS, or with ``on``
+    false, nothing is changed (process-wide torch flags stay as they are).
+
+    On CUDA with ``on``: ``torch.use_deterministic_algorithms(True, warn_only=True)``,
+    ``torch.backends.cudnn.deterministic = True``, ``torch.backends.cudnn.benchmark = False`` and
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (:func:`deterministic_env`). ``warn_only``: an operation that has no
+    deterministic CUDA kernel warns instead of raising; recover differentiates through the crop
+    (``grid_sample``) and ``F.interpolate(bilinear)``, which PyTorch 2.14's
+    ``torch.use_deterministic_algorithms`` documentation lists among those, so a strict mode would stop recover.
+    Cost (PyTorch docs, "Reproducibility"): deterministic operations are often slower; cuDNN no longer picks the
+    fastest convolution algorithm per shape; ``:4096:8`` adds about 24 MiB of cuBLAS workspace per stream.
+
+    Returns:
+        True when the settings were applied (CUDA and ``on``).
+    """
+    if device.type != "cuda" or not on:
+        return False
+    deterministic_env(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return True
 
 
 def autocast(device: torch.device, mode: str = "bf16") -> contextlib.AbstractContextManager:

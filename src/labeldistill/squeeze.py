@@ -81,7 +81,7 @@ def _squeeze(cfg: Config, layout: RunLayout) -> tuple[None, float]:
     t0 = time.time()
     sc = cfg.squeeze
     check_squeeze_options(sc)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     if test.classes != train.classes:
         raise DataError(f"the test split has classes {_class_summary(test.classes)} but the train split has "

@@ -56,7 +56,7 @@ from .main_stages import GENERATOR, HARD_LABEL, VALIDATE, labels_of
 from .provenance import (
     FINGERPRINT_VERSION,
     StageRef,
-    autocast_settings,
+    numerics_settings,
     fingerprint,
     model_tag,
     student_config,
@@ -219,7 +219,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         LabelDistillError: the loss became NaN or infinite.
     """
     vc = cfg.validate
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     m = store.manifest
     epochs = vc.epochs or m["epochs"]
     replay = replay or LabelVariant.default_replay(m["prune"]["factor"])
@@ -232,7 +232,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     total = len(PoolSampler(store.step_ids, m["steps_per_epoch"], epochs, cfg.seed,
                             m["prune"].get("granularity", "batch"), replay=replay))
     key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed,
-                       rank_world()[1], replay, *autocast_settings(cfg).values())
+                       rank_world()[1], replay, *numerics_settings(cfg).values())
     feed = LabelFeed(vc, label_model, image_logits)
     ckpt = Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
                         lambda: {"student_temperature": feed.student_temperature}, feed.load_state)
@@ -365,7 +365,7 @@ def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_pa
         image_logits = load_image_logits(layout.images_dir(mode), img_meta["fingerprint"])
         weights = static_labels_file(layout, mode)
     elif source != "stored":
-        label_model, weights = load_label_model(source, layout, mode, pick_device(cfg.device))
+        label_model, weights = load_label_model(source, layout, mode, pick_device(cfg.device, cfg.deterministic))
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
                         resume_path=resume, replay=v.replay_mode, label_model=label_model, image_logits=image_logits)
     row = {
@@ -424,7 +424,7 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
         LabelDistillError: the loss became NaN or infinite.
     """
     vc, rc = cfg.validate, cfg.relabel
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     torch.manual_seed(cfg.seed)  # student initialisation and kornia's sampling
     student = build_model(vc.model, test.num_classes, test.shape).to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)

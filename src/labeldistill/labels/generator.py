@@ -114,7 +114,7 @@ def _train_generator(cfg: Config, mode: str, layout: RunLayout, out: Path) -> tu
     data, img_meta = load_synthetic(layout.images_dir(mode), m["normalization"]["mean"], m["normalization"]["std"])
     if img_meta["fingerprint"] != m["image_fingerprint"]:
         raise StoreError(f"label store {path} belongs to other images than {layout.images_dir(mode)}: relabel them")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     gc = cfg.generator
     torch.manual_seed(cfg.seed)
     model = build_model(gc.model, m["num_classes"], data.shape).to(device)

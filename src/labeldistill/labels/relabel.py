@@ -212,7 +212,7 @@ def _relabel(cfg: Config, mode: str, variant: LabelVariant | None, layout: RunLa
     """Generate the steps (only the kept ones with a ``variant``) shard by shard, resumable; returns
     ``(None, seconds)``."""
     rc, only = cfg.relabel, cfg.relabel.only_kept
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     teacher, info = load_teacher(layout.teacher_dir, device)
     data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
     plan = StepPlan(len(data), rc.batch_size, rc.epochs, cfg.seed)

@@ -303,7 +303,7 @@ def add_time_estimate(cfg: Config, plan: dict) -> dict:
     """
     t0 = time.perf_counter()
     set_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.deterministic)
     rates = _Rates(cfg, plan, device)
     torch.manual_seed(cfg.seed)
     for row in plan["validate"]:
