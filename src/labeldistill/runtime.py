@@ -51,7 +51,7 @@ def set_deterministic(device: torch.device, on: bool) -> bool:
     (``grid_sample``) and ``F.interpolate(bilinear)``, which PyTorch 2.14's
     ``torch.use_deterministic_algorithms`` documentation lists among those, so a strict mode would stop recover.
     Cost (PyTorch docs, "Reproducibility"): deterministic operations are often slower; cuDNN no longer picks the
-    fastest convolution algorithm per shape; ``:4096:8`` adds about 24 MiB of cuBLAS workspace per stream.
+    fastest convolution algorithm per shape; ``:4096:8`` is one of the two cuBLAS workspace settings the PyTorch reproducibility notes give (its memory cost is not measured here).
 
     Returns:
         True when the settings were applied (CUDA and ``on``).
