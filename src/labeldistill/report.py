@@ -36,7 +36,10 @@ def _labels_from(r: dict) -> tuple[str, str]:
 
 
 def _group_key(r: dict) -> tuple:
-    return tuple(r.get(k) for k in _GROUP) + (_student(r),) + _labels_from(r)
+    """The setting a row belongs to: its images and labels, its student and that student's training recipe (two
+    entries of ``validate.students`` with one model and different learning rates are two settings)."""
+    recipe = tuple(sorted((r.get("recipe") or {}).items()))
+    return tuple(r.get(k) for k in _GROUP) + (_student(r),) + _labels_from(r) + (recipe,)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -61,6 +64,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "image_bytes": first["image_bytes"], "top1_mean": float(t.mean()),
                     "top1_std": float(t.std(unbiased=False)) if len(rs) > 1 else 0.0, "n": len(rs),
                     "seeds": [r.get("seed") for r in rs], "repeats": [r.get("repeat", 0) for r in rs],
+                    **({"recipe": first["recipe"]} if "recipe" in first else {}),
                     **_top5(rs)})
     return out
 
