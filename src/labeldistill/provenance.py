@@ -176,13 +176,23 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     """The ``validate`` section's settings; ``loss`` only when not ``kl``, the ``gift_*`` keys only with
     ``loss: gift``, ``label_source`` only when not ``stored`` (with ``generator``: the ``generator`` section too),
     ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, ``eval_split`` only when not
-    ``test``, so that results made before these keys existed keep their fingerprints."""
+    ``test``, ``weight_decay_1d`` only when false, ``schedule`` only when not ``cosine_step``, ``warmup_epochs``
+    only when not 0, ``eval_every`` only when set, so that results made before these keys existed keep their
+    fingerprints under the settings that reproduce them (the new defaults of ``weight_decay_1d`` and ``schedule``
+    are recorded: such results are stale under the defaults)."""
     vc = cfg.validate
     out = flat_settings("validate", vc)
     drop = (["loss"] if vc.loss == "kl" else []) + (["gift_alpha", "gift_smoothing"] if vc.loss != "gift" else [])
     drop += ["label_source"] if vc.label_source == "stored" else []
     drop += ["calibration", *_LPQLD_KEYS] if vc.calibration == "none" else []
     drop += ["eval_split"] if vc.eval_split == "test" else []
+    # the recipe keys at the behaviour before they existed (decay on every parameter, a cosine per step, no
+    # warm-up, one evaluation): left out, so such rows keep their fingerprints; the new defaults are recorded,
+    # so rows made before them are stale under the defaults
+    drop += ["weight_decay_1d"] if vc.weight_decay_1d else []
+    drop += ["schedule"] if vc.schedule == "cosine_step" else []
+    drop += ["warmup_epochs"] if vc.warmup_epochs == 0 else []
+    drop += ["eval_every"] if vc.eval_every is None else []
     for k in drop:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":
