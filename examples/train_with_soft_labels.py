@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 2 examples/train_with_soft_labels.py runs/fmnist_demo lpld --factor 10
 
 The batches are those `labeldistill validate` trains on (stored crops, flips, CutMix; its replay order); the loss,
-schedule and initialisation are validate's defaults, so on CPU the printed top-1 is validate's with
+schedule (cosine set once per epoch, no warm-up) and weight decay (none on 1-D parameters: BatchNorm and biases)
+and initialisation are validate's defaults, so on CPU the printed top-1 is validate's with
 `validate.model.name=train_with_soft_labels:small_convnet` (this file on PYTHONPATH) and adamw.
 """
 
@@ -45,16 +46,20 @@ def main(argv: list[str] | None = None) -> float:
     torch.manual_seed(batches.seed)
     model = small_convnet(batches.num_classes, c, h, a.width, a.depth).to(device).to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-    T, total = batches.temperature, len(batches)
-    for step, (x, t) in enumerate(batches):  # x: (B, C, H, W) augmented, t: (B, K) = softmax(teacher logits / T)
-        for group in opt.param_groups:
-            group["lr"] = 0.5 * a.lr * (1.0 + math.cos(math.pi * step / total))  # cosine to 0, no warm-up
-        out = net(x.to(device).contiguous(memory_format=torch.channels_last))
-        loss = F.kl_div(F.log_softmax(out / T, 1), t.to(device), reduction="batchmean") * (T * T)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    params = list(model.parameters())  # weight decay on conv / linear weights only, not on 1-D parameters
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": a.weight_decay},
+                             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=a.lr)
+    T, total, it = batches.temperature, len(batches), iter(batches)
+    for epoch in range(batches.epochs):
+        for group in opt.param_groups:  # cosine over epochs: constant within an epoch, no warm-up
+            group["lr"] = 0.5 * a.lr * (1.0 + math.cos(math.pi * epoch / batches.epochs))
+        for _ in range(batches.epoch_len(epoch)):
+            x, t = next(it)  # x: (B, C, H, W) augmented, t: (B, K) = softmax(teacher logits / T)
+            out = net(x.to(device).contiguous(memory_format=torch.channels_last))
+            loss = F.kl_div(F.log_softmax(out / T, 1), t.to(device), reduction="batchmean") * (T * T)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     images, labels = load_eval_split(a.run_dir, batches.mean, batches.std)  # the real test split, normalised
     model.eval()
     with torch.no_grad():

@@ -82,12 +82,15 @@ def test_lpqld_student_temperature_search_finds_the_temperature_of_the_targets()
 def test_defaults_keep_every_fingerprint():
     """Fingerprints computed before label sources and calibration existed (main at 7f71b0e), as fingerprint
     version 1 wrote them (``data.root`` instead of ``data.files``: old ledger entries are re-keyed through it)."""
-    c = load_config(DEMO)
+    old = ["validate.weight_decay_1d=true", "validate.schedule=cosine_step"]  # the student recipe before #20
+    c = load_config(DEMO, old)
     assert c.validate.label_source == "stored" and c.validate.calibration == "none"
     ref = StageRef("validate", "lpld", LabelVariant(10.0), "convnet-width32")
     assert fingerprint(as_version1(stage_settings(c, ref), None)) == "a130f52c31df1e6f"
+    new = load_config(DEMO)  # the new recipe defaults: rows made before them are stale
+    assert fingerprint(as_version1(stage_settings(new, ref), None)) != "a130f52c31df1e6f"
     assert fingerprint(as_version1(stage_settings(c, StageRef("relabel", "lpld")), None)) == "70c29f9a4d60b317"
-    on = load_config(DEMO, ["validate.calibration=lpqld"])
+    on = load_config(DEMO, ["validate.calibration=lpqld", *old])
     assert fingerprint(as_version1(stage_settings(on, ref), None)) != "a130f52c31df1e6f"
 
 

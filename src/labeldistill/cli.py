@@ -259,10 +259,11 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
                       f"top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
         else:
             for spec in student_specs(cfg.validate):  # each student as if it were the only one
-                for v in variants:
-                    r = validate(with_student(cfg, spec), m, v, force=force)
-                    print(f"{m} {r['label_store']} ({r['label_source']} labels) {r['student']} {r['student_args']}: "
-                          f"top-1 {100 * r['top1']:.2f} %, labels {r['label_bytes']} bytes")
+                for v, rep in ((v, rep) for v in variants for rep in range(cfg.validate.repeats)):
+                    r = validate(with_student(cfg, spec), m, v, force=force, repeat=rep)
+                    print(f"{m} {r['label_store']} ({r['label_source']} labels) {r['student']} {r['student_args']}"
+                          f"{f' repeat {rep}' if rep else ''}: top-1 {100 * r['top1']:.2f} %, "
+                          f"labels {r['label_bytes']} bytes")
 
 
 def _main(argv: list[str] | None) -> int:

@@ -289,11 +289,25 @@ class ValidateConfig:
         students: several student architectures (LPLD's cross-architecture evaluation, Table 4): each is
             trained on the same images and label stores and gets its own rows under
             ``validate/<student-tag>/``. Empty (the default) = ``[model]``; when set, it replaces ``model``.
-            Items are model specs (``{name, args}`` or a bare name).
+            Items are model specs (``{name, args}`` or a bare name), optionally with their own ``lr``,
+            ``optimizer``, ``epochs`` and ``weight_decay`` (:class:`StudentSpec`; unset = this section's values).
         epochs: training epochs; ``None`` = the store's stored epochs.
         optimizer: ``adamw`` or ``sgd``.
         lr: peak learning rate (cosine-annealed to 0).
-        weight_decay: optimizer weight decay.
+        weight_decay: optimizer weight decay (on parameters of two or more dimensions only, unless
+            ``weight_decay_1d``).
+        weight_decay_1d: also decay 1-D parameters (BatchNorm weights and biases, every bias). ``false`` (the
+            default) exempts them, as the LPLD / SRe2L reference students do (LPLD ``relabel_and_validate/utils.py``,
+            ``get_parameters``); ``true`` is the behaviour before this key existed.
+        schedule: ``cosine_epoch`` (the default: the learning rate is set once per epoch and is constant within
+            it, as LPLD's ``train_FKD_label_pruning_batch.py`` steps its ``LambdaLR`` once per epoch) or
+            ``cosine_step`` (set at every step: the behaviour before this key existed).
+        warmup_epochs: linear warm-up from ``0.01 · lr`` over this many epochs before the cosine, as the LPLD
+            Tiny-ImageNet SGD student does (``LinearLR(start_factor=0.01)`` for 5 epochs); ``0`` (the default): none.
+        eval_every: also score the student on the eval split every this many epochs (row field ``history``);
+            ``None`` (the default): only after the last epoch. The reported top-1 is always the last epoch's.
+        repeats: train this many fresh students per store (student seeds ``seed + r``, ``r = 0 … repeats − 1``):
+            extra validate units on the same stores, reported as mean ± std; nothing upstream is recomputed.
         temperature: KD temperature ``T``.
         t2_scale: multiply the KL loss by ``T²`` (Hinton et al.; the LPLD Tiny recipe does, its ImageNet
             recipe does not).
@@ -356,6 +370,11 @@ class ValidateConfig:
     eval_split: str = "test"
     parallel: str = "data"
     sync_bn: bool = False
+    weight_decay_1d: bool = False
+    schedule: str = "cosine_epoch"
+    warmup_epochs: int = 0
+    eval_every: int | None = None
+    repeats: int = 1
 
 
 @dataclass
@@ -418,27 +437,65 @@ def student_specs(vc: ValidateConfig) -> list[ModelConfig]:
     return list(vc.students) or [vc.model]
 
 
+@dataclass
+class StudentSpec(ModelConfig):
+    """One entry of ``validate.students``: a model spec with its own training recipe; a recipe key left ``None``
+    takes the ``validate`` section's value."""
+
+    lr: float | None = None
+    optimizer: str | None = None
+    epochs: int | None = None
+    weight_decay: float | None = None
+
+
+STUDENT_RECIPE = ("lr", "optimizer", "epochs", "weight_decay")
+"""The ``validate`` keys a ``validate.students`` entry may set for itself."""
+
+
 def with_student(cfg: Any, spec: ModelConfig) -> Any:
-    """A copy of ``cfg`` that validates with ``spec`` alone (``validate.model = spec``, no ``students``): the
-    config one student's results are made and fingerprinted with, so that adding a student to the list leaves
-    the others' results fresh."""
-    return dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=spec, students=[]))
+    """A copy of ``cfg`` that validates with ``spec`` alone (``validate.model = spec``, no ``students``, and the
+    recipe keys a :class:`StudentSpec` sets in place of the section's): the config one student's results are made
+    and fingerprinted with, so that adding a student to the list leaves the others' results fresh. A spec without
+    recipe keys becomes a plain :class:`ModelConfig` (its settings as before the recipe keys existed)."""
+    recipe = {k: getattr(spec, k) for k in STUDENT_RECIPE if getattr(spec, k, None) is not None}
+    model = spec if recipe else ModelConfig(spec.name, dict(spec.args))
+    return dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=model, students=[], **recipe))
 
 
-def _model_spec(item: Any, where: str) -> ModelConfig:
-    """A ``{name, args}`` mapping (or a bare name) as a :class:`ModelConfig`.
+def _model_spec(item: Any, where: str) -> StudentSpec:
+    """A ``{name, args, lr, optimizer, epochs, weight_decay}`` mapping (or a bare name) as a :class:`StudentSpec`.
 
     Raises:
-        ConfigError: not a name or a mapping with a string ``name`` and a mapping ``args``.
+        ConfigError: not a name or a mapping with a string ``name``, a mapping ``args`` and only the recipe keys
+            :data:`STUDENT_RECIPE` besides.
     """
     if isinstance(item, ModelConfig):
-        return item
+        item = dataclasses.asdict(item)
     if isinstance(item, str):
         item = {"name": item}
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "args"} \
-            or not isinstance(item.get("args", {}), dict):
-        raise ConfigError(f"{where} must be a model name or {{name: NAME, args: {{...}}}}, got {item!r}")
-    return ModelConfig(item["name"], dict(item.get("args") or {}))
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+            or set(item) - {"name", "args", *STUDENT_RECIPE} or not isinstance(item.get("args") or {}, dict):
+        raise ConfigError(f"{where} must be a model name or {{name: NAME, args: {{...}}, lr, optimizer, epochs, "
+                          f"weight_decay}} (recipe keys optional), got {item!r}")
+    return StudentSpec(item["name"], dict(item.get("args") or {}),
+                       **{k: item[k] for k in STUDENT_RECIPE if item.get(k) is not None})
+
+
+def _check_recipe(spec: StudentSpec, where: str) -> None:
+    """Range-check a student's own recipe keys.
+
+    Raises:
+        ConfigError: a learning rate that is not a finite number > 0, an unknown optimiser, epochs below 1 or a
+            negative weight decay.
+    """
+    if spec.lr is not None and (not chk.is_number(spec.lr) or not math.isfinite(spec.lr) or spec.lr <= 0):
+        raise ConfigError(f"{where}.lr must be a finite number > 0, got {spec.lr!r}")
+    if spec.optimizer is not None:
+        chk.one_of(spec.optimizer, ("adamw", "sgd"), f"{where}.optimizer")
+    if spec.epochs is not None:
+        chk.at_least(spec.epochs, 1, f"{where}.epochs")
+    if spec.weight_decay is not None:
+        chk.positive(spec.weight_decay, f"{where}.weight_decay", allow_zero=True)
 
 
 def _check_students(vc: ValidateConfig) -> None:
@@ -450,12 +507,15 @@ def _check_students(vc: ValidateConfig) -> None:
     vc.students = [_model_spec(s, f"validate.students[{i}]") for i, s in enumerate(vc.students)]
     seen: dict[tuple, int] = {}
     for i, s in enumerate(vc.students):
-        key = (s.name, tuple(sorted((k, repr(v)) for k, v in s.args.items())))
+        _check_recipe(s, f"validate.students[{i}]")
+        key = (s.name, tuple(sorted((k, repr(v)) for k, v in s.args.items())),
+               tuple(getattr(s, k) for k in STUDENT_RECIPE))
         if key in seen:
             raise ConfigError(f"validate.students[{i}] repeats validate.students[{seen[key]}] ({s.name} {s.args}); "
                               "their results would collide")
         seen[key] = i
 AUTOCAST_MODES = ("bf16", "off")
+SCHEDULES = ("cosine_epoch", "cosine_step")
 
 
 @dataclass
@@ -738,6 +798,7 @@ def validate_config(cfg: Config) -> None:
     chk.one_of(cfg.validate.loss, VALIDATE_LOSSES, "validate.loss")
     chk.one_of(cfg.validate.eval_split, EVAL_SPLITS, "validate.eval_split")
     chk.one_of(cfg.validate.parallel, ("data", "students"), "validate.parallel")
+    _check_student_recipe(cfg.validate)
     if cfg.validate.eval_split == "holdout" and not cfg.data.holdout:
         raise ConfigError("validate.eval_split: holdout needs data.holdout > 0 (the number of train images to hold "
                           "out, a multiple of the number of classes), e.g. data.holdout=5000")
@@ -746,6 +807,23 @@ def validate_config(cfg: Config) -> None:
     _check_label_source(cfg)
     _check_students(cfg.validate)
     chk.positive(cfg.hard_label.real_epochs, "hard_label.real_epochs")
+
+
+def _check_student_recipe(vc: ValidateConfig) -> None:
+    """Range-check the recipe keys (schedule, warm-up, evaluation interval, repeats).
+
+    Raises:
+        ConfigError: an unknown schedule, warm-up epochs below 0 (or not below ``epochs`` when set), an evaluation
+            interval below 1, repeats below 1.
+    """
+    chk.one_of(vc.schedule, SCHEDULES, "validate.schedule")
+    chk.at_least(vc.warmup_epochs, 0, "validate.warmup_epochs")
+    if vc.epochs is not None and vc.warmup_epochs >= vc.epochs:
+        raise ConfigError(f"validate.warmup_epochs ({vc.warmup_epochs}) must be below validate.epochs ({vc.epochs})")
+    chk.at_least(vc.eval_every, 1, "validate.eval_every", nullable=True)
+    chk.at_least(vc.repeats, 1, "validate.repeats")
+    if not isinstance(vc.weight_decay_1d, bool):
+        raise ConfigError(f"validate.weight_decay_1d must be true or false, got {vc.weight_decay_1d!r}")
 
 
 def _check_label_source(cfg: Config) -> None:

@@ -133,13 +133,20 @@ class RunLayout:
         return self.root / "labels" / mode / LabelVariant.of(variant, *rest, **parts).tag
 
     def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str,
-                      labels: str = "stored", **parts: str) -> Path:
+                      labels: str = "stored", repeat: int = 0, **parts: str) -> Path:
         """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student;
         ``..._<result tag>-labels_<labels>.json`` when ``labels`` (a :func:`labels_tag`) is not ``stored``: the
-        labels come from a label model, or are calibrated."""
-        suffix = "" if labels == "stored" else f"-labels_{labels}"
+        labels come from a label model, or are calibrated; ``...-rep<r>.json`` for repeat ``r > 0``
+        (``validate.repeats``). The trained student's weights lie beside it: :meth:`student_weights`."""
+        suffix = ("" if labels == "stored" else f"-labels_{labels}") + (f"-rep{repeat}" if repeat else "")
         return self.root / "validate" / student / \
             f"{mode}_{LabelVariant.of(variant, *rest, **parts).result_tag}{suffix}.json"
+
+    @staticmethod
+    def student_weights(result: Path) -> Path:
+        """The trained student's weights beside its result row: ``<row stem>.model.safetensors``
+        (``validate/<student>/<mode>_<tag>.json`` → ``validate/<student>/<mode>_<tag>.model.safetensors``)."""
+        return result.with_name(f"{result.stem}.model.safetensors")
 
     def hard_label_file(self, images: str, student: str) -> Path:
         """``hard_label/<student>/<images>.json``: a hard-label baseline (``images``: a recover mode, or

@@ -90,16 +90,23 @@ def labels_of(cfg: Config) -> str | None:
 
 
 def _validate_units(cfg: Config) -> list[StageRef]:
+    """Every (mode, label variant, student, repeat) validate trains: repeats are units of their own (on the same
+    stores), so they run, resume and distribute like any other student."""
     students = [model_tag(s) for s in student_specs(cfg.validate)]
-    return [StageRef("validate", m, v, s, labels_of(cfg)) for m in cfg.recover.modes for s in students
-            for v in label_variants(cfg)]
+    return [StageRef("validate", m, v, s, labels_of(cfg), r) for m in cfg.recover.modes for s in students
+            for v in label_variants(cfg) for r in range(cfg.validate.repeats)]
 
 
-VALIDATE = Stage("validate", upstream=PRUNE, units=_validate_units,
-                 own=lambda cfg, ref: {**validate_settings(student_config(cfg, ref.student)),
-                                       "validate.replay": ref.variant.replay_mode},
+def _validate_own(cfg: Config, ref: StageRef) -> dict[str, Any]:
+    """The student's settings (its own recipe included), the replay, and for a repeat after the first its index
+    (its student seed is ``seed + repeat``)."""
+    return {**validate_settings(student_config(cfg, ref.student)), "validate.replay": ref.variant.replay_mode,
+            **({"validate.repeat": ref.repeat} if ref.repeat else {})}
+
+
+VALIDATE = Stage("validate", upstream=PRUNE, units=_validate_units, own=_validate_own,
                  marker=lambda cfg, ref, lay: lay.validate_file(ref.mode, ref.variant, student=ref.student,
-                                                                labels=ref.labels or "stored"))
+                                                                labels=ref.labels or "stored", repeat=ref.repeat))
 
 _HARD_PROTOCOL = ("relabel.batch_size", "relabel.crop_scale", "relabel.flip")
 _HARD_STUDENT = ("validate.model.name", "validate.model.args", "validate.optimizer", "validate.lr",

@@ -119,6 +119,7 @@ def _run_one(cfg: Config, force: bool, report: bool = True) -> dict:
         "rows": rows, "seconds": round(time.time() - t0, 2),
         "provenance": {**prov, "stage_seconds": stage_seconds(layout)},
         **({"hard_label": hard} if hard else {}),
+        **({"summary": summarize(rows)} if cfg.validate.repeats > 1 else {}),  # mean ± std over the repeats
     }
     if report:
         _finish(cfg, layout.root, results)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ModelConfig, student_specs, with_student
+from .config import STUDENT_RECIPE, Config, ModelConfig, student_specs, with_student
 from .data import data_identity
 from .errors import ConfigError
 from .io import atomic_write_json, read_json, settings_key
@@ -46,12 +46,15 @@ _DATA_KEYS = ("dataset", "train_subset", "test_subset", "image_size", "resize", 
 AUTOCAST_DEFAULT = "bf16"
 _NO_EFFECT = {"validate.checkpoint_seconds", "recover.modes", "recover.variants", "generator.checkpoint_seconds",
               "validate.students",  # each student's row is fingerprinted with that student as validate.model
+              "validate.repeats",  # each repeat is its own unit; repeat r > 0 adds validate.repeat (its seed)
               "squeeze.force_teacher"}  # lets a checkpoint through the chance check; changes no weight
 
 
 def model_tag(spec: ModelConfig) -> str:
-    """A file-name-safe name of a model spec: ``convnet-depth3-normbatch-width32``."""
-    parts = [spec.name] + [f"{k}{v}" for k, v in sorted(spec.args.items())]
+    """A file-name-safe name of a model spec: ``convnet-depth3-normbatch-width32``; a ``validate.students`` entry
+    with its own recipe (:class:`~labeldistill.config.StudentSpec`) adds it: ``convnet-width32-lr0.004-epochs50``."""
+    recipe = [f"{k.replace('_', '')}{getattr(spec, k)}" for k in STUDENT_RECIPE if getattr(spec, k, None) is not None]
+    parts = [spec.name] + [f"{k}{v}" for k, v in sorted(spec.args.items())] + recipe
     tag = "".join(c if c.isalnum() or c in "._=-" else "-" for c in "-".join(parts))
     return tag if len(tag) <= 64 else f"{tag[:48]}-{settings_key(spec.name, spec.args)[:8]}"
 
@@ -80,21 +83,25 @@ def check_students(cfg: Config) -> None:
 class StageRef:
     """One unit of work: a stage, for a recover mode, a label variant, a student and (validate) how the labels are
     fed when not straight from the store (a :func:`~labeldistill.layout.labels_tag` such as ``online``,
-    ``generator`` or ``stored+lpqld``; ``None`` = stored). Its :attr:`key` names its record in ``stages.json``."""
+    ``generator`` or ``stored+lpqld``; ``None`` = stored) and (validate) which repeat of the student
+    (``validate.repeats``; 0 = the first). Its :attr:`key` names its record in ``stages.json``."""
 
     stage: str
     mode: str | None = None
     variant: LabelVariant | None = None
     student: str | None = None
     labels: str | None = None
+    repeat: int = 0
 
     @property
     def key(self) -> str:
         """``squeeze``, ``recover[cs]``, ``prune[cs x40]``, ``validate[cs x40 convnet-width32]``,
-        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``, ``hard-label[cs convnet-width32]``."""
+        ``generator[cs]``, ``validate[cs x1 convnet-width32 labels=online]``, ``hard-label[cs convnet-width32]``,
+        ``validate[cs x40 convnet-width32 rep1]`` (a repeat after the first)."""
         tag = None if self.variant is None else self.variant.result_tag if self.stage == "validate" else self.variant.tag
         src = f"labels={self.labels}" if self.labels and self.labels != "stored" else None
-        inner = " ".join(p for p in (self.mode, tag, self.student, src) if p)
+        rep = f"rep{self.repeat}" if self.repeat else None
+        inner = " ".join(p for p in (self.mode, tag, self.student, src, rep) if p)
         return f"{self.stage}[{inner}]" if inner else self.stage
 
 
@@ -184,8 +191,11 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     """The ``validate`` section's settings; ``loss`` only when not ``kl``, the ``gift_*`` keys only with
     ``loss: gift``, ``label_source`` only when not ``stored`` (with ``generator``: the ``generator`` section too),
     ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, ``eval_split`` only when not
-    ``test``, ``sync_bn`` only when true, so that results made before these keys existed keep their fingerprints;
-    never ``parallel`` (``students`` gives a one-process run's rows; ``data``'s world size is not recorded either)."""
+    ``test``, ``sync_bn`` only when true, ``weight_decay_1d`` only when false, ``schedule`` only when not
+    ``cosine_step``, ``warmup_epochs`` only when not 0, ``eval_every`` only when set, so that results made before
+    these keys existed keep their fingerprints under the settings that reproduce them (the new defaults of
+    ``weight_decay_1d`` and ``schedule`` are recorded: such results are stale under the defaults); never
+    ``parallel`` (``students`` gives a one-process run's rows; ``data``'s world size is not recorded either)."""
     vc = cfg.validate
     out = flat_settings("validate", vc)
     drop = (["loss"] if vc.loss == "kl" else []) + (["gift_alpha", "gift_smoothing"] if vc.loss != "gift" else [])
@@ -193,6 +203,13 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     drop += ["calibration", *_LPQLD_KEYS] if vc.calibration == "none" else []
     drop += ["eval_split"] if vc.eval_split == "test" else []
     drop += ["parallel"] + (["sync_bn"] if not vc.sync_bn else [])  # students: rows equal one process's
+    # the recipe keys at the behaviour before they existed (decay on every parameter, a cosine per step, no
+    # warm-up, one evaluation): left out, so such rows keep their fingerprints; the new defaults are recorded,
+    # so rows made before them are stale under the defaults
+    drop += ["weight_decay_1d"] if vc.weight_decay_1d else []
+    drop += ["schedule"] if vc.schedule == "cosine_step" else []
+    drop += ["warmup_epochs"] if vc.warmup_epochs == 0 else []
+    drop += ["eval_every"] if vc.eval_every is None else []
     for k in drop:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":

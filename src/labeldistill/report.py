@@ -36,15 +36,20 @@ def _labels_from(r: dict) -> tuple[str, str]:
 
 
 def _group_key(r: dict) -> tuple:
-    return tuple(r.get(k) for k in _GROUP) + (_student(r),) + _labels_from(r)
+    """The setting a row belongs to: its images and labels, its student and that student's training recipe (two
+    entries of ``validate.students`` with one model and different learning rates are two settings)."""
+    recipe = tuple(sorted((r.get("recipe") or {}).items()))
+    return tuple(r.get(k) for k in _GROUP) + (_student(r),) + _labels_from(r) + (recipe,)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean ± std (population, in fractions) of top-1 over the seeds of each (images, labels, student) setting.
+    """Mean ± std (population, in fractions) of top-1 (and top-5 where every row has it) over the seeds and
+    repeats (``validate.repeats``) of each (images, labels, student) setting.
 
     Returns:
         One dict per setting, in first-seen order: the grouping fields, ``ipc``, ``label_bytes``,
-        ``image_bytes`` (of the first seed), ``kept_steps``, ``top1_mean``, ``top1_std``, ``n``, ``seeds``.
+        ``image_bytes`` (of the first seed), ``kept_steps``, ``top1_mean``, ``top1_std`` (``top5_mean``,
+        ``top5_std``), ``n``, ``seeds``, ``repeats`` (each row's repeat index, 0 for rows made before repeats).
     """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -58,8 +63,23 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "calibration": _labels_from(first)[1], "ipc": first["ipc"], "kept_steps": first.get("kept_steps"), "label_bytes": first["label_bytes"],
                     "image_bytes": first["image_bytes"], "top1_mean": float(t.mean()),
                     "top1_std": float(t.std(unbiased=False)) if len(rs) > 1 else 0.0, "n": len(rs),
-                    "seeds": [r.get("seed") for r in rs]})
+                    "seeds": [r.get("seed") for r in rs], "repeats": [r.get("repeat", 0) for r in rs],
+                    **({"recipe": first["recipe"]} if "recipe" in first else {}),
+                    **_top5(rs)})
     return out
+
+
+def _top5(rows: list[dict]) -> dict:
+    """``top5_mean`` and ``top5_std`` (population) when every row has a top-5, else ``{}``."""
+    if not all("top5" in r for r in rows):
+        return {}
+    t = torch.tensor([r["top5"] for r in rows], dtype=torch.float64)
+    return {"top5_mean": float(t.mean()), "top5_std": float(t.std(unbiased=False)) if len(rows) > 1 else 0.0}
+
+
+def _run_label(r: dict) -> str:
+    """A row's seed, with its repeat after the first: ``0`` or ``0 rep2``."""
+    return f"{r.get('seed')}" + (f" rep{r['repeat']}" if r.get("repeat") else "")
 
 
 def results_table(results: dict) -> str:
@@ -69,7 +89,7 @@ def results_table(results: dict) -> str:
     if results.get("summary"):
         lines = [_line(r, f"{100 * r['top1_mean']:.1f} ± {100 * r['top1_std']:.1f} %", f"{r['n']}")
                  for r in results["summary"]]
-        per_seed = [_line(r, f"{100 * r['top1']:.1f} %", f"{r.get('seed')}") for r in results["rows"]]
+        per_seed = [_line(r, f"{100 * r['top1']:.1f} %", _run_label(r)) for r in results["rows"]]
         return (head.format(last="seeds") + "\n".join(lines) + "\n\nPer seed:\n\n" + head.format(last="seed")
                 + "\n".join(per_seed) + "\n")
     lines = [_line(r, f"{100 * r['top1']:.1f} %", f"{r['seconds']:.0f}") for r in results["rows"]]
@@ -152,7 +172,8 @@ def collect_results(cfg: Config, run_dir: Path | None = None) -> dict:
             "teacher": {"model": t["model"], "model_args": t.get("model_args", {}), "top1": t["top1"],
                         "epochs": t["epochs"]},
             "rows": rows, "stale": [str(r.get("label_store")) + f" ({r['student']})" for r in stale],
-            "seconds": round(sum(r.get("seconds", 0) for r in rows), 2)}
+            "seconds": round(sum(r.get("seconds", 0) for r in rows), 2),
+            **({"summary": summarize(rows)} if any(r.get("repeat") for r in rows) else {})}
 
 
 def plot_image_grid(folders: dict[str, Path], path: Path, per_class: int = 10) -> None:

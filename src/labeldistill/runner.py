@@ -53,9 +53,9 @@ class Stage:
     run: Callable[[Config, StageRef, bool], Any] | None = None
 
     def ref(self, mode: str | None = None, variant: Any = None, student: str | None = None,
-            labels: str | None = None) -> StageRef:
+            labels: str | None = None, repeat: int = 0) -> StageRef:
         """A unit of this stage."""
-        return StageRef(self.name, mode, variant, student, labels)
+        return StageRef(self.name, mode, variant, student, labels, repeat)
 
     def settings(self, cfg: Config, ref: StageRef) -> dict[str, Any]:
         """Every setting (dotted key → value) the output of ``ref`` depends on, upstream stages' included

@@ -11,6 +11,8 @@ instead: a fixed step count with no schedule and no resume file (its unit of res
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,45 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 def cosine_lr(base: float, step: int, total: int) -> float:
     """Cosine annealing from ``base`` (step 0) to 0 (step ``total``), no warm-up."""
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def warmup_cosine_lr(base: float, t: int, n: int, warm: int = 0, start: float = 0.01) -> float:
+    """The learning rate at position ``t`` of ``n`` (epochs or steps): linear warm-up from ``start · base`` over
+    the first ``warm`` positions, then :func:`cosine_lr` from ``base`` to 0 over the remaining ``n − warm``.
+
+    The LPLD Tiny-ImageNet SGD student's schedule (``relabel_and_validate/train_FKD_label_pruning_batch.py``:
+    ``LinearLR(start_factor=0.01, total_iters=5)`` then ``CosineAnnealingLR(T_max=epochs − 5)``, stepped per
+    epoch); with ``warm = 0`` its ``LambdaLR`` cosine ``0.5 · (1 + cos(π t / n))``.
+    """
+    if t < warm:
+        return base * (start + (1.0 - start) * t / warm)
+    return cosine_lr(base, t - warm, n - warm)
+
+
+def epoch_lr(base: float, epoch_lens: list[int], warmup_epochs: int = 0,
+             per_epoch: bool = True) -> Callable[[int], float]:
+    """``lr(global step)`` for :func:`fit` of a run whose epoch ``e`` has ``epoch_lens[e]`` steps:
+    :func:`warmup_cosine_lr` over epochs (``per_epoch``: constant within an epoch, the reference's ``LambdaLR``
+    stepped once per epoch) or over steps (warm-up over the steps of the first ``warmup_epochs`` epochs)."""
+    starts = list(itertools.accumulate(epoch_lens, initial=0))
+    epochs, total = len(epoch_lens), starts[-1]
+    if per_epoch:
+        return lambda step: warmup_cosine_lr(base, bisect.bisect_right(starts, step) - 1, epochs, warmup_epochs)
+    return lambda step: warmup_cosine_lr(base, step, total, starts[min(warmup_epochs, epochs)])
+
+
+def decay_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) -> list[dict]:
+    """Parameter groups for :func:`make_optimizer`: ``weight_decay`` on parameters of two or more dimensions and
+    none on 1-D ones (BatchNorm weights and biases, every bias) unless ``decay_1d``.
+
+    The split of the SRe2L / LPLD reference students (LPLD ``relabel_and_validate/utils.py``, ``get_parameters``:
+    decay on ``weight`` tensors with more than one dimension, ``weight_decay=0.`` on the rest).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_1d:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, who: str, where: str, lr_key: str) -> None:
@@ -58,7 +99,8 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float, momentu
 
     Args:
         name: ``sgd`` (momentum and Nesterov as given), ``adam`` (no weight decay) or ``adamw``.
-        params: parameters (or tensors) to optimise.
+        params: parameters (or tensors) to optimise, or parameter groups (:func:`decay_groups`: a group's own
+            ``weight_decay`` overrides ``weight_decay``).
         lr: learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty (SGD) or decoupled weight decay (AdamW).
@@ -69,7 +111,8 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float, momentu
     """
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    if name == "adam":
+    if name == "adam":  # no weight decay, not even a group's own
+        params = [{k: v for k, v in g.items() if k != "weight_decay"} if isinstance(g, dict) else g for g in params]
         return torch.optim.Adam(params, lr=lr)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -200,11 +243,19 @@ def fit(model: nn.Module, opt: torch.optim.Optimizer, *, epochs: int, total: int
     return step
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...],
              device: torch.device, batch_size: int = 1000, workers: int | None = None,
              sharded: bool = False) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data``, in eval mode, in float32.
+    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on ``data`` (:func:`evaluate_topk`)."""
+    return evaluate_topk(model, data, mean, std, device, batch_size, workers, sharded)["top1"]
+
+
+@torch.no_grad()
+def evaluate_topk(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...],
+                  device: torch.device, batch_size: int = 1000, workers: int | None = None,
+                  sharded: bool = False) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (fractions in [0, 1]; top-5 over ``min(5, K)`` classes) of ``model`` on ``data``,
+    in eval mode, in float32: ``{"top1", "top5"}``.
 
     With ``sharded`` under a process group, rank ``r`` evaluates batches ``r::world`` (a lazy split decodes only
     those) and the correct counts are all-reduced: the same top-1 as one process when every rank holds the same
@@ -220,7 +271,7 @@ def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tup
     """
     was_training = model.training
     model.eval()
-    correct = 0
+    correct1 = correct5 = 0
     batches = [slice(i, i + batch_size) for i in range(0, len(data), batch_size)]
     if sharded:
         rank, world = rank_world()
@@ -228,8 +279,12 @@ def evaluate(model: nn.Module, data: ImageSet, mean: tuple[float, ...], std: tup
     for images, labels in iter_batches(data, batches, workers, pin_memory=device.type == "cuda"):
         x = normalize(images.to(device, non_blocking=True).float() / 255, mean, std)
         y = labels.to(device)
-        correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
+        out = model(x.contiguous(memory_format=torch.channels_last))
+        correct1 += int((out.argmax(1) == y).sum())
+        correct5 += int((out.topk(min(5, out.shape[1]), 1).indices == y[:, None]).any(1).sum())
     model.train(was_training)
     if sharded:
-        correct = int(all_reduce_sum(torch.tensor([correct], dtype=torch.int64, device=device)).item())
-    return correct / max(len(data), 1)
+        counts = all_reduce_sum(torch.tensor([correct1, correct5], dtype=torch.int64, device=device))
+        correct1, correct5 = int(counts[0]), int(counts[1])
+    n = max(len(data), 1)
+    return {"top1": correct1 / n, "top5": correct5 / n}

@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .config import Config, config_to_dict
@@ -40,7 +41,7 @@ from .data import ImageSet, iter_batches, load_split, normalize, resolve_augment
 from .data.synthetic import image_bytes, load_image_logits, load_synthetic
 from .distributed import broadcast_buffers, rank_world, sync_batchnorm, wrap_ddp
 from .errors import LabelDistillError, StoreError
-from .io import MetricsLog, atomic_write_json, read_json, settings_key
+from .io import MetricsLog, atomic_write_bytes, atomic_write_json, read_json, settings_key
 from .labels.calibration import calibrated_kl, search_student_temperature, teacher_temperature
 from .labels.loader import (
     PoolSampler,
@@ -63,7 +64,8 @@ from .provenance import (
 )
 from .runner import Stage, check_unit, run_unit
 from .runtime import autocast, is_rank0, pick_device
-from .training import Checkpointer, StepGuard, cosine_lr, evaluate, fit, make_optimizer
+from .training import (Checkpointer, StepGuard, cosine_lr, decay_groups, epoch_lr, evaluate, evaluate_topk, fit,
+                       make_optimizer)
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -187,74 +189,99 @@ def _resume_settings(vc) -> dict:
 
 
 def _batches(cfg: Config, store: LabelStore, data: ImageSet, feed: LabelFeed, epochs: int, replay: str,
-             start: int) -> SoftLabelBatches:
+             start: int, seed: int) -> SoftLabelBatches:
     """The training batches of a student run (this rank's rows of every replayed step); images kept as uint8
     (a quarter of a float copy)."""
     vc = cfg.validate
     return SoftLabelBatches(store, data.uint8_images(), feed.temperature if vc.calibration != "none" else
-                            vc.temperature, epochs=epochs, seed=cfg.seed, replay=replay,
+                            vc.temperature, epochs=epochs, seed=seed, replay=replay,
                             num_workers=cfg.data.workers, hard_labels=data.labels if vc.loss == "gift" else None,
                             start_epoch=start, image_logits=feed.image_logits)
 
 
 def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet, desc: str = "validate",
                   log: MetricsLog | None = None, resume_path: Path | None = None, replay: str | None = None,
-                  label_model: torch.nn.Module | None = None, image_logits: torch.Tensor | None = None) -> dict:
+                  label_model: torch.nn.Module | None = None, image_logits: torch.Tensor | None = None,
+                  seed: int | None = None, weights_path: Path | None = None) -> dict:
     """Train a student from ``store`` on ``data``'s images and evaluate it on ``test``.
 
     ``replay``: ``ordered`` or ``pool`` (:class:`PoolSampler`); ``None`` = ``ordered`` for an unpruned store
     (factor 1), ``pool`` otherwise. ``label_model``: take the targets from this frozen model run on each replayed
     batch instead of the stored logits (``validate.label_source`` ``online`` / ``generator``; :class:`LabelFeed`).
     ``image_logits``: float ``(N, K)`` per-image logits in ``data``'s order used instead (``static``).
+    ``seed``: the student's seed (initialisation and pool draws; ``None`` = ``cfg.seed``; a repeat passes
+    ``seed + repeat``). ``weights_path``: rank 0 writes the trained student's ``state_dict`` there (safetensors).
 
-    With ``resume_path``, a checkpoint (model, optimiser, epoch) is saved at the end of an epoch at most
-    every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights. Under torchrun
-    each stored step is split across ranks and gradients are averaged (DistributedDataParallel).
+    The recipe (:class:`~labeldistill.config.ValidateConfig`): weight decay on parameters of two or more dimensions
+    only unless ``weight_decay_1d`` (:func:`~labeldistill.training.decay_groups`), a cosine over epochs
+    (``schedule: cosine_epoch``) or steps (``cosine_step``) after ``warmup_epochs`` of linear warm-up
+    (:func:`~labeldistill.training.epoch_lr`), top-1 and top-5 on ``test`` every ``eval_every`` epochs and after
+    the last (``history``; the reported numbers are the last epoch's, never a selection).
+
+    With ``resume_path``, a checkpoint (model, optimiser, epoch, history) is saved at the end of an epoch at most
+    every ``validate.checkpoint_seconds`` and an interrupted run continues from it, ending with the same weights.
+    Under torchrun each stored step is split across ranks and gradients are averaged (DistributedDataParallel).
 
     Returns:
-        ``{"top1": fraction, "epochs": int, "steps": int, "seconds": float}`` (and ``student_temperature``, the
-        last one, with ``calibration: lpqld``).
+        ``{"top1": fraction, "top5": fraction, "history": [{"epoch", "top1", "top5"}, ...], "epochs": int,
+        "steps": int, "seconds": float}`` (and ``student_temperature``, the last one, with ``calibration: lpqld``).
 
     Raises:
         LabelDistillError: the loss became NaN or infinite.
     """
     vc = cfg.validate
+    seed = cfg.seed if seed is None else seed
     device = pick_device(cfg.device, cfg.deterministic)
     m = store.manifest
     epochs = vc.epochs or m["epochs"]
     replay = replay or LabelVariant.default_replay(m["prune"]["factor"])
-    torch.manual_seed(cfg.seed)  # student initialisation
+    torch.manual_seed(seed)  # student initialisation
     student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
     if vc.sync_bn:
         student = sync_batchnorm(student, device)
     net = wrap_ddp(student, device)
-    opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    total = len(PoolSampler(store.step_ids, m["steps_per_epoch"], epochs, cfg.seed,
-                            m["prune"].get("granularity", "batch"), replay=replay))
-    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], cfg.seed,
+    opt = make_optimizer(vc.optimizer, decay_groups(student, vc.weight_decay, vc.weight_decay_1d), vc.lr,
+                         vc.momentum, vc.weight_decay)
+    sampler = PoolSampler(store.step_ids, m["steps_per_epoch"], epochs, seed, m["prune"].get("granularity", "batch"),
+                          replay=replay)
+    total = len(sampler)
+    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], seed,
                        rank_world()[1], replay, *numerics_settings(cfg).values())
-    feed = LabelFeed(vc, label_model, image_logits)
+    feed, history = LabelFeed(vc, label_model, image_logits), []
+    mean, std = tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"])
+
+    def score() -> dict[str, float]:  # every rank scores rank 0's model on its slice of the split
+        broadcast_buffers(student)
+        return evaluate_topk(student, test, mean, std, device, vc.eval_batch_size, sharded=True)
+
     ckpt = Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
-                        lambda: {"student_temperature": feed.student_temperature}, feed.load_state)
-    loss, end_epoch = _student_step(cfg, net, feed, device, log, desc)
+                        lambda: {"student_temperature": feed.student_temperature, "history": list(history)},
+                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))))
+    loss, end_epoch = _student_step(cfg, net, feed, device, log, desc, epochs, score, history)
     t0 = time.time()
-    fit(student, opt, epochs=epochs, total=total, lr=lambda step: cosine_lr(vc.lr, step, total),
-        batches=_epoch_batches(lambda start: _batches(cfg, store, data, feed, epochs, replay, start)), loss=loss,
-        guard=StepGuard("student", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"), checkpoint=ckpt,
-        end_epoch=end_epoch, desc=desc, leave=False)
-    mean, std = m["normalization"]["mean"], m["normalization"]["std"]
-    broadcast_buffers(student)  # every rank scores rank 0's model on its slice of the split
-    top1 = evaluate(student, test, tuple(mean), tuple(std), device, vc.eval_batch_size, sharded=True)
-    return {"top1": top1, "epochs": epochs, "steps": total, "seconds": round(time.time() - t0, 2),
+    fit(student, opt, epochs=epochs, total=total,
+        lr=epoch_lr(vc.lr, [sampler.epoch_len(e) for e in range(epochs)], vc.warmup_epochs,
+                    vc.schedule == "cosine_epoch"),
+        batches=_epoch_batches(lambda start: _batches(cfg, store, data, feed, epochs, replay, start, seed)),
+        loss=loss, guard=StepGuard("student", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"),
+        checkpoint=ckpt, end_epoch=end_epoch, desc=desc, leave=False)
+    if weights_path is not None and is_rank0():
+        atomic_write_bytes(weights_path, save_safetensors({k: v.detach().cpu().contiguous()
+                                                           for k, v in student.state_dict().items()}))
+    last = history[-1]
+    return {"top1": last["top1"], "top5": last["top5"], "history": history, "epochs": epochs, "steps": total,
+            "seconds": round(time.time() - t0, 2),
             **({"student_temperature": feed.student_temperature} if vc.calibration == "lpqld" else {})}
 
 
 def _student_step(cfg: Config, net: nn.Module, feed: LabelFeed, device: torch.device, log: MetricsLog | None,
-                  desc: str) -> tuple[Callable, Callable]:
+                  desc: str, epochs: int, score: Callable[[], dict], history: list) -> tuple[Callable, Callable]:
     """``loss(batch, epoch)`` and ``end_epoch(epoch, loss)`` of a student run for :func:`fit`: the student's loss
-    towards ``feed``'s targets on one replayed batch; after each epoch ``feed.end_epoch`` on its last batch and,
-    every 50 epochs, a metrics line."""
+    towards ``feed``'s targets on one replayed batch; after each epoch ``feed.end_epoch`` on its last batch,
+    every ``validate.eval_every`` epochs and after the last ``score()`` appended to ``history`` (with the epoch,
+    1-based), and every 50 epochs a metrics line."""
     last: dict = {}
+    every = cfg.validate.eval_every
 
     def loss(batch, epoch: int) -> torch.Tensor:
         x, t, *y = batch
@@ -266,6 +293,8 @@ def _student_step(cfg: Config, net: nn.Module, feed: LabelFeed, device: torch.de
 
     def end_epoch(epoch: int, loss: torch.Tensor) -> None:
         feed.end_epoch(last["out"].float(), last["t"])
+        if epoch + 1 == epochs or (every and (epoch + 1) % every == 0):
+            history.append({"epoch": epoch + 1, **score()})
         if log is not None and (epoch + 1) % 50 == 0:
             log.log(stage="validate", run=desc, epoch=epoch + 1, loss=loss.item())
 
@@ -303,7 +332,7 @@ def _source_fields(cfg: Config, weights: Path | None, layout: RunLayout) -> dict
 
 
 def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, store_path: Path | None = None,
-             force: bool = False, **parts: str) -> dict:
+             force: bool = False, repeat: int = 0, **parts: str) -> dict:
     """Validate one (pruned) store of ``mode``; writes ``validate/<mode>_<tag>.json``.
 
     Args:
@@ -313,13 +342,18 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
             for) strategy, logits, granularity, pool and replay.
         store_path: validate this store instead of the variant's store in the run directory.
         force: redo a finished result.
+        repeat: which fresh student of ``validate.repeats`` (student seed ``seed + repeat``; row file
+            ``..._<tag>-rep<repeat>.json`` when above 0).
 
     Returns:
         The result row: recover, source (of the images: synthesis, random_real, rded, folder, tensor), ipc, prune_factor, prune_strategy, logits, granularity, label_store,
         label_source (``validate.label_source``), label_bytes (bytes on disk of the store, or with a label model
         its weights file, named in label_model, or with ``static`` the per-image logits file, named in label_file),
         image_bytes (bytes of the image files), kept_steps, student,
-        student_args, seed, fingerprint (of every setting the row depends on), top1, epochs, steps, seconds,
+        student_args, seed, repeat, student_seed, recipe (the student's lr, optimizer, epochs, weight_decay,
+        weight_decay_1d, schedule, warmup_epochs, eval_every), fingerprint (of every setting the row depends on),
+        top1, top5 (the last epoch's), history (top1 / top5 per evaluation), epochs, steps, seconds,
+        model_file (the trained student's weights, :meth:`~labeldistill.layout.RunLayout.student_weights`),
         pool, replay, loss, eval_split (the real split top1 is measured on: test or holdout).
 
     Raises:
@@ -331,7 +365,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    ref = VALIDATE.ref(mode, v, model_tag(cfg.validate.model), labels_of(cfg))
+    ref = VALIDATE.ref(mode, v, model_tag(cfg.validate.model), labels_of(cfg), repeat)
     out = VALIDATE.marker(cfg, ref, layout)
 
     def reuse() -> dict:
@@ -346,7 +380,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
 
 @VALIDATE.runs
 def _validate_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
-    return validate(student_config(cfg, ref.student), ref.mode, ref.variant, force=force)
+    return validate(student_config(cfg, ref.student), ref.mode, ref.variant, force=force, repeat=ref.repeat)
 
 
 def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_path: Path | None
@@ -366,16 +400,19 @@ def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_pa
         weights = static_labels_file(layout, mode)
     elif source != "stored":
         label_model, weights = load_label_model(source, layout, mode, pick_device(cfg.device, cfg.deterministic))
+    student_file = RunLayout.student_weights(out)
     res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
-                        resume_path=resume, replay=v.replay_mode, label_model=label_model, image_logits=image_logits)
+                        resume_path=resume, replay=v.replay_mode, label_model=label_model, image_logits=image_logits,
+                        seed=cfg.seed + ref.repeat, weights_path=student_file)
     row = {
         "recover": mode, "source": img_meta.get("source", "synthesis"), "ipc": img_meta["ipc"], "prune_factor": v.factor, "prune_strategy": v.strategy,
         "logits": v.logits, "granularity": v.granularity,
         "label_store": str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path),
         "label_bytes": store.bytes_on_disk() if weights is None else label_model_bytes(weights), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
-        "seed": cfg.seed, **_identity(VALIDATE, cfg, ref), **res, "pool": v.pool,
-        "replay": v.replay_mode, "loss": cfg.validate.loss, "eval_split": cfg.validate.eval_split,
+        "seed": cfg.seed, "repeat": ref.repeat, "student_seed": cfg.seed + ref.repeat, "recipe": _recipe(cfg.validate),
+        **_identity(VALIDATE, cfg, ref), **res, "model_file": str(student_file.relative_to(layout.root)),
+        "pool": v.pool, "replay": v.replay_mode, "loss": cfg.validate.loss, "eval_split": cfg.validate.eval_split,
         **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
            if cfg.validate.loss == "gift" else {}),
         "label_source": source, **_source_fields(cfg, weights, layout),
@@ -384,6 +421,16 @@ def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_pa
         atomic_write_json(out, row)
         resume.unlink(missing_ok=True)
     return row, res["seconds"]
+
+
+_RECIPE_KEYS = ("lr", "optimizer", "epochs", "weight_decay", "weight_decay_1d", "schedule", "warmup_epochs",
+                "eval_every")
+
+
+def _recipe(vc) -> dict:
+    """The training recipe a row records (a student's own ``lr``, ``optimizer``, ``epochs``, ``weight_decay``
+    already in ``vc``: :func:`~labeldistill.config.with_student`)."""
+    return {k: getattr(vc, k) for k in _RECIPE_KEYS}
 
 
 def _rekeyed(stage: Stage, cfg: Config, ref: StageRef, out: Path, row: dict) -> dict:
