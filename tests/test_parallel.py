@@ -26,7 +26,7 @@ CONFIG = str(REPO / "configs" / "fmnist_demo.yaml")
 
 
 def _cli(*args: str, torchrun: bool = False) -> subprocess.CompletedProcess:
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
               if torchrun else [sys.executable])
     r = subprocess.run([*launch, "-m", "labeldistill.cli", *args], capture_output=True, text=True, env=ENV,
                        timeout=600)
@@ -71,7 +71,7 @@ def test_students_parallel_rows_equal_one_process(one_process, tmp_path):
 SHARDED_EVAL = '''
 import sys, torch
 from labeldistill.data import ImageSet
-from labeldistill.distributed import init_distributed, rank_world
+from labeldistill.distributed import close_distributed, init_distributed, rank_world
 from labeldistill.models import build_model
 from labeldistill.config import ModelConfig
 from labeldistill.training import evaluate
@@ -84,14 +84,14 @@ dev = torch.device("cpu")
 full = evaluate(model, data, (0.5,), (0.5,), dev, batch_size=40)
 shard = evaluate(model, data, (0.5,), (0.5,), dev, batch_size=40, sharded=True)
 open(sys.argv[1] + f"/rank{rank_world()[0]}", "w").write(f"{full} {shard}")
+close_distributed()
 '''
 
 
 def test_sharded_evaluation_gives_the_one_process_top1(tmp_path):
     script = tmp_path / "eval.py"
     script.write_text(SHARDED_EVAL)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                        "29534", str(script), str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script), str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1):
         full, shard = (tmp_path / f"rank{rank}").read_text().split()

@@ -101,7 +101,7 @@ def test_two_process_torchrun_matches_one_process(reference_run, tmp_path):
     for d in ("teacher", "class_stats"):  # squeeze under DDP trains another teacher; share it
         shutil.copytree(reference_run / d, run_dir / d)
     shutil.copy(reference_run / "run.json", run_dir / "run.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
            "-m", "labeldistill.cli", "relabel", str(REPO / "configs" / "fmnist_demo.yaml"), *RESUME_OVERRIDES,
            "threads=1", f"run_dir={run_dir}"]
     rec = cmd.copy()

@@ -328,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("labeldistill: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import close_distributed
+
+        close_distributed()
 
 
 if __name__ == "__main__":

@@ -67,6 +67,13 @@ def init_distributed() -> bool:
     return True
 
 
+def close_distributed() -> None:
+    """Destroy the default process group if one is active (before the process exits, so the backend's threads
+    shut down in order rather than at interpreter teardown)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_world() -> tuple[int, int]:
     """(rank, world size); (0, 1) without a process group."""
     if _active():
