@@ -61,6 +61,7 @@ def test_cache_not_used_for_pixels_that_miss_the_fingerprint(tmp_path):
 
 WORKER = r'''
 import json, sys
+from pathlib import Path
 import torch
 from labeldistill.data.synthetic import load_synthetic
 from labeldistill.distributed import barrier, init_distributed, rank_world
