@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DataError, LabelDistillError
 from ..io import atomic_write_json, tensor_fingerprint
+from ..runtime import release_freed_memory
 from .imagefolder import conversion_note, load_imagefolder, load_images, notice, read_class_to_idx, \
     read_headers, scan_imagefolder, set_mode
 from .registry import ImageSet
@@ -120,8 +121,11 @@ def _shared_images(folder: Path, meta: dict, mean: tuple[float, ...], std: tuple
     path = share_dir / f"{folder.name}-{sig.hexdigest()[:16]}.npy"
     with open(share_dir / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first process decodes, the others wait and then map its file
-        if not path.is_file() and not _write_cache(folder, names, labels, classes, meta, path):
-            return None
+        if not path.is_file():
+            ok = _write_cache(folder, names, labels, classes, meta, path)
+            release_freed_memory()  # the decoded chunks' heap, which would otherwise stay resident in this rank
+            if not ok:
+                return None
     with warnings.catch_warnings():  # read-only on purpose: build_batch only indexes the images
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         images = torch.from_numpy(np.load(path, mmap_mode="r"))
