@@ -89,7 +89,7 @@ def tensor_fingerprint(*tensors: torch.Tensor, extra: str = "") -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy (a mapped set stays mapped)
     return h.hexdigest()[:16]
 
 

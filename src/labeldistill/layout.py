@@ -122,6 +122,12 @@ class RunLayout:
     def images_dir(self, mode: str) -> Path:
         return self.root / "images" / mode
 
+    @property
+    def image_cache(self) -> Path:
+        """``.cache/images``: decoded image sets shared by the ranks of a torchrun validate (never hashed or
+        counted as image bytes; safe to delete)."""
+        return self.root / ".cache" / "images"
+
     def full_store(self, mode: str) -> Path:
         return self.root / "labels" / mode / "full"
 

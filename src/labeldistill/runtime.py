@@ -103,6 +103,17 @@ def is_rank0() -> bool:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h> mallopt parameters
 
 
+def release_freed_memory() -> bool:
+    """Hand glibc's freed heap memory back to the kernel (``malloc_trim(0)``), e.g. after decoding a whole image
+    set in small pieces; True when it ran (Linux/glibc only, a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or True
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def tune_malloc(keep_bytes: int = 1 << 30) -> bool:
     """Stop glibc from handing every large tensor buffer back to the kernel (CPU runs only; Linux/glibc).
 

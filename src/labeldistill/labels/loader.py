@@ -17,6 +17,7 @@ memory-mapped shards. :func:`load_soft_label_batches` builds it from a run direc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -239,7 +240,8 @@ class SoftLabelBatches:
 def open_store(layout: RunLayout, mode: str, variant: LabelVariant,
                store_path: Path | None = None) -> tuple[LabelStore, ImageSet, dict]:
     """The label store of ``mode`` × ``variant`` (or the one at ``store_path``), the image set it was made from
-    (uint8 ``(N, C, H, W)``) and that set's ``images.json``.
+    (uint8 ``(N, C, H, W)``) and that set's ``images.json``. Under torchrun (``WORLD_SIZE`` > 1) the images are a
+    read-only memory map of ``RunLayout.image_cache`` shared by the ranks (:func:`~labeldistill.data.synthetic.load_synthetic`).
 
     Raises:
         StoreError: no store there, a store made with another pool, or one made for other images.
@@ -252,7 +254,8 @@ def open_store(layout: RunLayout, mode: str, variant: LabelVariant,
     if diff := recipe_mismatch(store.manifest.get("prune", {}), variant):
         raise StoreError(f"label store {path} was made with {diff}: rebuild it with 'labeldistill prune --force'")
     norm = store.manifest["normalization"]
-    data, img_meta = load_synthetic(layout.images_dir(mode), norm["mean"], norm["std"])
+    shared = layout.image_cache if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None  # torchrun: one copy
+    data, img_meta = load_synthetic(layout.images_dir(mode), norm["mean"], norm["std"], share_dir=shared)
     check_store_matches(store, img_meta["fingerprint"])
     return store, data, img_meta
 
