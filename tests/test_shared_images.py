@@ -64,7 +64,7 @@ import json, sys
 from pathlib import Path
 import torch
 from labeldistill.data.synthetic import load_synthetic
-from labeldistill.distributed import barrier, init_distributed, rank_world
+from labeldistill.distributed import barrier, close_distributed, init_distributed, rank_world
 
 
 def pss_kib():
@@ -85,6 +85,7 @@ barrier()  # both ranks hold their mapping while each measures
 after = pss_kib()
 barrier()
 (out / f"rank{rank}.json").write_text(json.dumps({"pss_kib": after - before, "world": world, "sum": total}))
+close_distributed()
 '''
 
 
@@ -106,8 +107,7 @@ def test_two_ranks_share_one_copy_of_the_pixels(tmp_path):
     subprocess.run([sys.executable, str(script), str(folder), str(one), "plain"], env=ENV, check=True, timeout=120)
     two = tmp_path / "two"
     two.mkdir()
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                        "29541", str(script), str(folder), str(two), "shared"], env=ENV, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script), str(folder), str(two), "shared"], env=ENV, capture_output=True,
                        text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     base = json.loads((one / "rank0.json").read_text())
