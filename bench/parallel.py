@@ -23,7 +23,8 @@ from bench.study import REPO, header, write_section
 OVERRIDES = [
     "data.train_subset=2000", "squeeze.epochs=1", "squeeze.model.args.width=8", "recover.ipc=10",
     "recover.iterations=20", "recover.modes=[lpld]", "relabel.epochs=20", "prune.factors=[1]",
-    "validate.students=[{name: convnet, args: {width: 32}}, {name: convnet, args: {width: 16}}]",
+    # two students of equal cost (one model, two learning rates: per-student recipes get their own folders)
+    "validate.students=[{name: convnet, args: {width: 32}, lr: 0.002}, {name: convnet, args: {width: 32}, lr: 0.004}]",
     "validate.epochs=60", "validate.checkpoint_seconds=600", "threads=1",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -51,8 +52,8 @@ def main() -> None:
                        capture_output=True)
         validate = ["-m", "labeldistill.cli", "validate", config, *run, "--force"]
         one = _measure([sys.executable, *validate])
-        two = _measure([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                        "29541", *validate, "validate.parallel=students"])
+        two = _measure([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                        *validate, "validate.parallel=students"])
     ratio, mem = two[0] / one[0], two[1] / one[1]
     rows = [{"processes": 1, "parallel": "data", "wall_s": round(one[0], 1), "peak_mib": round(one[1])},
             {"processes": 2, "parallel": "students", "wall_s": round(two[0], 1), "peak_mib": round(two[1])}]
