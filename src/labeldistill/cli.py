@@ -16,13 +16,8 @@ STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", 
           "report")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    p = argparse.ArgumentParser(prog="labeldistill", description="Label side of dataset distillation.")
-    p.add_argument("--version", action="version", version=f"labeldistill {__version__}",
-                   help="print the installed version (importlib.metadata) and exit")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_stage_parsers(sub: argparse._SubParsersAction) -> None:
+    """One sub-command per main-job stage (:data:`STAGES`) with its config, overrides and flags."""
     for name in STAGES:
         s = sub.add_parser(name, help=f"run the {name} stage" if name not in ("run", "report") else
                            ("run every stage of the main job" if name == "run" else "rewrite report.md"))
@@ -44,6 +39,16 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
             s.add_argument("--no-probe", action="store_true",
                            help="with --dry-run: skip the time estimate (a few real steps of each stage, timed)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="labeldistill", description="Label side of dataset distillation.")
+    p.add_argument("--version", action="version", version=f"labeldistill {__version__}",
+                   help="print the installed version (importlib.metadata) and exit")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_stage_parsers(sub)
     ll = sub.add_parser("learn-labels", help="learn soft labels for real base examples (LD / RR, Bohdal et al. 2020)")
     ll.add_argument("config", help="YAML learn-labels config")
     ll.add_argument("overrides", nargs="*", help="dotted key=value overrides")

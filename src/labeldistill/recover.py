@@ -185,6 +185,19 @@ class Segment:
     init: torch.Tensor | None = None
 
 
+def _segment_views(segments: list[Segment], xs: list[torch.Tensor], rc, low: float, h: int,
+                   w: int) -> list[torch.Tensor]:
+    """Each segment's augmented view (crop, flip, jitter roll), drawn from the segment's own generator."""
+    views = []
+    for seg, x in zip(segments, xs):
+        n = len(seg.labels)
+        k = n if rc.crops == "per_image" else 1
+        box = sample_resized_crops(seg.gen, k, h, w, (low, rc.crop_scale[1])).expand(n, 4)
+        flip = sample_flips(seg.gen, k).expand(n) if rc.flip else None
+        views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), rc.jitter))
+    return views
+
+
 def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: list[Segment],
                      shape: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...], cfg: Config,
                      device: torch.device, crop_schedule: str = "fixed") -> tuple[list[torch.Tensor], list[dict]]:
@@ -222,13 +235,7 @@ def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: lis
         for group in opt.param_groups:
             group["lr"] = cosine_lr(rc.lr, t, rc.iterations)
         low = min_crop_scale(crop_schedule, t, rc.iterations, rc.crop_scale[0], rc.crop_scale[1], rc.cda_milestone)
-        views = []
-        for seg, x in zip(segments, xs):
-            n = len(seg.labels)
-            k = n if rc.crops == "per_image" else 1
-            box = sample_resized_crops(seg.gen, k, h, w, (low, rc.crop_scale[1])).expand(n, 4)
-            flip = sample_flips(seg.gen, k).expand(n) if rc.flip else None
-            views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), rc.jitter))
+        views = _segment_views(segments, xs, rc, low, h, w)
         with autocast(device, cfg.autocast):
             logits = teacher(torch.cat(views).contiguous(memory_format=torch.channels_last))
         logits = logits.float()

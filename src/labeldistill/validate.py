@@ -229,24 +229,15 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     Raises:
         LabelDistillError: the loss became NaN or infinite.
     """
-    vc = cfg.validate
+    vc, m = cfg.validate, store.manifest
     seed = cfg.seed if seed is None else seed
     device = pick_device(cfg.device, cfg.deterministic)
-    m = store.manifest
     epochs = vc.epochs or m["epochs"]
     replay = replay or LabelVariant.default_replay(m["prune"]["factor"])
-    torch.manual_seed(seed)  # student initialisation
-    student = build_model(vc.model, m["num_classes"], data.shape).to(device).to(memory_format=torch.channels_last)
-    if vc.sync_bn:
-        student = sync_batchnorm(student, device)
-    net = wrap_ddp(student, device)
-    opt = make_optimizer(vc.optimizer, decay_groups(student, vc.weight_decay, vc.weight_decay_1d), vc.lr,
-                         vc.momentum, vc.weight_decay)
+    student, net, opt = _build_student(vc, m["num_classes"], data.shape, seed, device)
     sampler = PoolSampler(store.step_ids, m["steps_per_epoch"], epochs, seed, m["prune"].get("granularity", "batch"),
                           replay=replay)
     total = len(sampler)
-    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], seed,
-                       rank_world()[1], replay, *numerics_settings(cfg).values())
     feed, history = LabelFeed(vc, label_model, image_logits), []
     mean, std = tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"])
 
@@ -254,9 +245,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         broadcast_buffers(student)
         return evaluate_topk(student, test, mean, std, device, vc.eval_batch_size, sharded=True)
 
-    ckpt = Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
-                        lambda: {"student_temperature": feed.student_temperature, "history": list(history)},
-                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))))
+    ckpt = _checkpointer(cfg, m, seed, replay, resume_path, feed, history)
     loss, end_epoch = _student_step(cfg, net, feed, device, log, desc, epochs, score, history)
     t0 = time.time()
     fit(student, opt, epochs=epochs, total=total,
@@ -266,12 +255,48 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         loss=loss, guard=StepGuard("student", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"),
         checkpoint=ckpt, end_epoch=end_epoch, desc=desc, leave=False)
     if weights_path is not None and is_rank0():
-        atomic_write_bytes(weights_path, save_safetensors({k: v.detach().cpu().contiguous()
-                                                           for k, v in student.state_dict().items()}))
+        _save_weights(weights_path, student)
+    return _summary(history, epochs, total, round(time.time() - t0, 2),
+                    feed.student_temperature if vc.calibration == "lpqld" else None)
+
+
+def _save_weights(path: Path, student: nn.Module) -> None:
+    """Write the student's ``state_dict`` to ``path`` (safetensors, CPU, contiguous)."""
+    atomic_write_bytes(path, save_safetensors({k: v.detach().cpu().contiguous()
+                                               for k, v in student.state_dict().items()}))
+
+
+def _summary(history: list[dict], epochs: int, steps: int, seconds: float,
+             student_temperature: float | None) -> dict:
+    """:func:`train_student`'s result: the last epoch's top-1/top-5, the history and the run's size and time."""
     last = history[-1]
-    return {"top1": last["top1"], "top5": last["top5"], "history": history, "epochs": epochs, "steps": total,
-            "seconds": round(time.time() - t0, 2),
-            **({"student_temperature": feed.student_temperature} if vc.calibration == "lpqld" else {})}
+    return {"top1": last["top1"], "top5": last["top5"], "history": history, "epochs": epochs, "steps": steps,
+            "seconds": seconds,
+            **({"student_temperature": student_temperature} if student_temperature is not None else {})}
+
+
+def _checkpointer(cfg: Config, m: dict, seed: int, replay: str, resume_path: Path | None, feed: LabelFeed,
+                  history: list[dict]) -> Checkpointer:
+    """The end-of-epoch checkpointer of :func:`train_student` (keyed by everything that changes the weights)."""
+    vc = cfg.validate
+    key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], seed,
+                       rank_world()[1], replay, *numerics_settings(cfg).values())
+    return Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
+                        lambda: {"student_temperature": feed.student_temperature, "history": list(history)},
+                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))))
+
+
+def _build_student(vc, num_classes: int, shape: tuple, seed: int,
+                   device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """The seeded student (channels-last, synced BatchNorm with ``sync_bn``), its DDP wrapper and its optimiser."""
+    torch.manual_seed(seed)  # student initialisation
+    student = build_model(vc.model, num_classes, shape).to(device).to(memory_format=torch.channels_last)
+    if vc.sync_bn:
+        student = sync_batchnorm(student, device)
+    net = wrap_ddp(student, device)
+    opt = make_optimizer(vc.optimizer, decay_groups(student, vc.weight_decay, vc.weight_decay_1d), vc.lr,
+                         vc.momentum, vc.weight_decay)
+    return student, net, opt
 
 
 def _student_step(cfg: Config, net: nn.Module, feed: LabelFeed, device: torch.device, log: MetricsLog | None,

@@ -117,54 +117,75 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1), last_batch == "drop")
     inner_gen = torch.Generator().manual_seed(seed + 2)
     steps_per_epoch = target_sampler.batches_per_pass()  # = outer_steps_per_epoch(M, outer_batch, last_batch)
-    tracker = PlateauTracker(window)
-    lengths: list[int] = []
-    history: list[dict] = []
-    best, device = (float("inf"), labels.snapshot(), 1, variant.base_images(x_base)), x_base.device
+    run = _MetaRun(variant, labels, x_base, PlateauTracker(window), desc, log)
+    device = x_base.device
     t0 = time.perf_counter()
-    step_time, step, recent = 0.0, 0, []
-
-    def select(epoch: int) -> None:
-        nonlocal best
-        n = validation_steps(lengths, tracker.step, max_steps)
-        current, images = labels.snapshot(), variant.base_images(x_base)
-        err = _validation_error(variant, images, current, n, inner_batch, x_val, y_val, seed, eval_batch)
-        entry = {"epoch": epoch, "outer_step": step, "steps": n, "val_error": err,
-                 "target_error": sum(recent) / max(len(recent), 1)}
-        history.append(entry)
-        if log is not None:
-            log(event="select", method=desc, **entry)
-        if err < best[0]:
-            best = (err, current, n, images)
-
+    recent: list[float] = []
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step")
     for epoch in range(1, epochs + 1):
         recent = []
         for _ in range(steps_per_epoch):
             t_idx = target_sampler.next().to(device)
-            err, seconds = _timed_outer_step(variant, labels, x_base, x_target[t_idx], y_target[t_idx], inner_gen,
-                                             inner_batch, inner_steps)
-            step_time += seconds
-            step += 1
-            recent.append(err)
-            if tracker.update(err):
-                lengths.append(tracker.best_step)
-                if log is not None:
-                    log(event="reset", method=desc, outer_step=step, length=tracker.best_step)
-                variant.reset()
-                tracker.reset()
+            recent.append(run.outer_step(x_target[t_idx], y_target[t_idx], inner_gen, inner_batch, inner_steps))
             bar.update(1)
-        best_val = f"{best[0]:.3f}" if best[0] < float("inf") else "-"
-        bar.set_postfix(err=f"{sum(recent) / len(recent):.3f}", resets=len(lengths), best_val=best_val)
+        best_val = f"{run.best[0]:.3f}" if run.best[0] < float("inf") else "-"
+        bar.set_postfix(err=f"{sum(recent) / len(recent):.3f}", resets=len(run.lengths), best_val=best_val)
         if epoch % val_every == 0 or epoch == epochs:
-            select(epoch)
+            run.select(epoch, recent, max_steps, inner_batch, x_val, y_val, seed, eval_batch)
     bar.close()
-    val_error, best_labels, best_steps, best_images = best
-    learned = best_images is not x_base  # DD: its images, LD/RR: the fixed base examples
-    return MetaResult(labels=best_labels, steps=best_steps, val_error=val_error, final_labels=labels.snapshot(),
-                      outer_steps=step, reset_lengths=lengths, history=history, seconds=time.perf_counter() - t0,
-                      seconds_per_step=step_time / max(step, 1), images=best_images if learned else None,
-                      final_images=variant.base_images(x_base) if learned else None)
+    return run.result(time.perf_counter() - t0)
+
+
+class _MetaRun:
+    """Mutable state of one :func:`meta_train` run: step counts, reset lengths, history and the best labels."""
+
+    def __init__(self, variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, tracker: PlateauTracker,
+                 desc: str, log: Callable[..., None] | None) -> None:
+        self.variant, self.labels, self.x_base, self.tracker, self.desc, self.log = (
+            variant, labels, x_base, tracker, desc, log)
+        self.lengths: list[int] = []
+        self.history: list[dict] = []
+        self.best = (float("inf"), labels.snapshot(), 1, variant.base_images(x_base))
+        self.step_time, self.step = 0.0, 0
+
+    def outer_step(self, x_target: torch.Tensor, y_target: torch.Tensor, inner_gen: torch.Generator,
+                   inner_batch: int, inner_steps: int) -> float:
+        """One timed outer step; on a plateau, records the length and re-initialises the model. Returns the error."""
+        err, seconds = _timed_outer_step(self.variant, self.labels, self.x_base, x_target, y_target, inner_gen,
+                                         inner_batch, inner_steps)
+        self.step_time += seconds
+        self.step += 1
+        if self.tracker.update(err):
+            self.lengths.append(self.tracker.best_step)
+            if self.log is not None:
+                self.log(event="reset", method=self.desc, outer_step=self.step, length=self.tracker.best_step)
+            self.variant.reset()
+            self.tracker.reset()
+        return err
+
+    def select(self, epoch: int, recent: list[float], max_steps: int, inner_batch: int, x_val: torch.Tensor,
+               y_val: torch.Tensor, seed: int, eval_batch: int) -> None:
+        """Model selection: validation error of the current labels; keeps them if it is the lowest so far."""
+        n = validation_steps(self.lengths, self.tracker.step, max_steps)
+        current, images = self.labels.snapshot(), self.variant.base_images(self.x_base)
+        err = _validation_error(self.variant, images, current, n, inner_batch, x_val, y_val, seed, eval_batch)
+        entry = {"epoch": epoch, "outer_step": self.step, "steps": n, "val_error": err,
+                 "target_error": sum(recent) / max(len(recent), 1)}
+        self.history.append(entry)
+        if self.log is not None:
+            self.log(event="select", method=self.desc, **entry)
+        if err < self.best[0]:
+            self.best = (err, current, n, images)
+
+    def result(self, seconds: float) -> MetaResult:
+        """The run's :class:`MetaResult` (``seconds``: wall time of the run)."""
+        val_error, best_labels, best_steps, best_images = self.best
+        learned = best_images is not self.x_base  # DD: its images, LD/RR: the fixed base examples
+        return MetaResult(labels=best_labels, steps=best_steps, val_error=val_error,
+                          final_labels=self.labels.snapshot(), outer_steps=self.step, reset_lengths=self.lengths,
+                          history=self.history, seconds=seconds, seconds_per_step=self.step_time / max(self.step, 1),
+                          images=best_images if learned else None,
+                          final_images=self.variant.base_images(self.x_base) if learned else None)
 
 
 def _timed_outer_step(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,

@@ -464,8 +464,19 @@ def learn_labels(cfg: LearnLabelsConfig, force: bool = False) -> dict:
     if previous is not None:
         images = {m: x.to(device) for m, x in previous.images.items()}
     rows = _metatest_rows(cfg, task, label_sets, images, steps, progress, metrics, device)
+    results = _results(cfg, task, previous, rows, meta_results, teacher_info, device,
+                       round(time.perf_counter() - t_start, 2), progress.key)
+    write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
+                  results, images)
+    progress.clear()
+    return results
+
+
+def _results(cfg: LearnLabelsConfig, task: Task, previous: PreviousLabels | None, rows: list, meta_results: dict,
+             teacher_info: dict | None, device: torch.device, seconds: float, key: str) -> dict:
+    """The ``results.json`` content of a finished run (``seconds``: its wall time)."""
     n = len(task.base_indices)
-    results = {
+    return {
         "name": cfg.name,
         "source": cfg.data.source or cfg.data.target, "target": cfg.data.target, "cross_dataset": task.cross_dataset,
         "n_base": n, "base_mode": cfg.base.mode, "learner": {"name": cfg.learner.name, "args": cfg.learner.args},
@@ -480,13 +491,9 @@ def learn_labels(cfg: LearnLabelsConfig, force: bool = False) -> dict:
         "sizes": {"target_train": len(task.x_target), "val": len(task.x_val), "test": len(task.x_test)},
         "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": str(device),
                     "torch": torch.__version__},
-        "seconds": round(time.perf_counter() - t_start, 2),
-        "settings_key": progress.key,
+        "seconds": seconds,
+        "settings_key": key,
     }
-    write_outputs(cfg, task, label_sets, _method_entries(cfg, label_sets, meta_results, steps, teacher_info),
-                  results, images)
-    progress.clear()
-    return results
 
 
 class Progress:

@@ -173,6 +173,17 @@ def external_teacher(cfg: TeacherConfig, path: Path, num_classes: int, shape: tu
     return model.to(device).eval()
 
 
+def _check_teacher_fits(info: dict, source: Path, classes: list[str], mean: tuple[float, ...],
+                        std: tuple[float, ...], shape: list[int]) -> None:
+    """Raise ConfigError when a saved teacher was trained for other classes, normalisation or input size."""
+    if info.get("classes") != list(classes) or info.get("mean") != list(mean) or \
+            info.get("std") != list(std) or info.get("shape", shape) != shape:
+        raise ConfigError(f"the teacher in {source} was trained for classes {info.get('classes')} with "
+                          f"normalisation {info.get('mean')}/{info.get('std')} at {info.get('shape')}; this run "
+                          f"needs {classes} with {list(mean)}/{list(std)} at {shape} (C, H, W); set "
+                          "teacher.checkpoint to a matching teacher or null")
+
+
 def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
                 y_test: torch.Tensor, classes: list[str], split: TeacherSplit, mean: tuple[float, ...],
                 std: tuple[float, ...], device: torch.device, seed: int, reuse: bool = True) -> tuple[nn.Module, dict]:
@@ -212,12 +223,7 @@ def get_teacher(cfg: TeacherConfig, folder: Path, x: torch.Tensor, y: torch.Tens
     if (source / "teacher.json").is_file() and (source / "model.safetensors").is_file() and \
             (reuse or cfg.checkpoint):
         model, info = load_teacher(source, device)
-        if info.get("classes") != list(classes) or info.get("mean") != list(mean) or \
-                info.get("std") != list(std) or info.get("shape", shape) != shape:
-            raise ConfigError(f"the teacher in {source} was trained for classes {info.get('classes')} with "
-                              f"normalisation {info.get('mean')}/{info.get('std')} at {info.get('shape')}; this run "
-                              f"needs {classes} with {list(mean)}/{list(std)} at {shape} (C, H, W); set "
-                              "teacher.checkpoint to a matching teacher or null")
+        _check_teacher_fits(info, source, classes, mean, std, shape)
         check_teacher_split(info, source, split)
         return model, {**info, "loaded_from": str(source)}
     check_checkpoint_form(cfg)

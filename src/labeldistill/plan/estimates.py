@@ -90,19 +90,8 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
     header = 0
     shard_entries = []
     for sh in shards:
-        m = sum(step_size(plan, g) for g in sh)
-        k = len(sh)
-        t: dict[str, tuple[str, list[int], int]] = {
-            "step_ids": ("I32", [k], 4 * k), "step_offsets": ("I32", [k + 1], 4 * (k + 1)),
-            "sample_idx": (_dt(ib_img), [m], ib_img * m), "crop": (_dt(ib_box), [m, 4], 4 * ib_box * m),
-            "flip": ("U8", [(m + 7) // 8], (m + 7) // 8),
-        }
-        t.update(codec.layout(m, k))
-        if cutmix:
-            ib_perm = int_bytes(max(step_size(plan, g) for g in sh) - 1)
-            t["mix_perm"] = (_dt(ib_perm), [m], ib_perm * m)
-            t["mix_lam"] = ("F16", [k], 2 * k)
-            t["mix_box"] = (_dt(ib_box), [k, 4], 4 * ib_box * k)
+        m, k = sum(step_size(plan, g) for g in sh), len(sh)
+        t = _shard_tensors(plan, sh, m, codec, ib_img, ib_box, cutmix)
         for name, (_, _, nbytes) in t.items():
             comps[COMPONENTS[name]] += nbytes
         hb = _safetensors_header(t)
@@ -120,6 +109,24 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
         "reference_layout": reference_layout_estimate({"num_entries": entries, "num_steps": len(ids),
                                                        "num_classes": num_classes, "cutmix": cutmix}),
     }
+
+
+def _shard_tensors(plan: StepPlan, sh: list[int], m: int, codec: Codec, ib_img: int, ib_box: int,
+                   cutmix: bool) -> dict[str, tuple[str, list[int], int]]:
+    """``{name: (dtype, shape, bytes)}`` of one shard holding steps ``sh`` (``m`` entries in all)."""
+    k = len(sh)
+    t: dict[str, tuple[str, list[int], int]] = {
+        "step_ids": ("I32", [k], 4 * k), "step_offsets": ("I32", [k + 1], 4 * (k + 1)),
+        "sample_idx": (_dt(ib_img), [m], ib_img * m), "crop": (_dt(ib_box), [m, 4], 4 * ib_box * m),
+        "flip": ("U8", [(m + 7) // 8], (m + 7) // 8),
+    }
+    t.update(codec.layout(m, k))
+    if cutmix:
+        ib_perm = int_bytes(max(step_size(plan, g) for g in sh) - 1)
+        t["mix_perm"] = (_dt(ib_perm), [m], ib_perm * m)
+        t["mix_lam"] = ("F16", [k], 2 * k)
+        t["mix_box"] = (_dt(ib_box), [k, 4], 4 * ib_box * k)
+    return t
 
 
 def _dt(nbytes: int) -> str:
