@@ -91,7 +91,7 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
     shard_entries = []
     for sh in shards:
         m, k = sum(step_size(plan, g) for g in sh), len(sh)
-        t = _shard_tensors(plan, sh, m, codec, ib_img, ib_box, cutmix)
+        t = _estimated_shard_layout(plan, sh, m, codec, ib_img, ib_box, cutmix)
         for name, (_, _, nbytes) in t.items():
             comps[COMPONENTS[name]] += nbytes
         hb = _safetensors_header(t)
@@ -111,7 +111,7 @@ def estimate_store_bytes(step_ids: list[int], plan: StepPlan, num_classes: int, 
     }
 
 
-def _shard_tensors(plan: StepPlan, sh: list[int], m: int, codec: Codec, ib_img: int, ib_box: int,
+def _estimated_shard_layout(plan: StepPlan, sh: list[int], m: int, codec: Codec, ib_img: int, ib_box: int,
                    cutmix: bool) -> dict[str, tuple[str, list[int], int]]:
     """``{name: (dtype, shape, bytes)}`` of one shard holding steps ``sh`` (``m`` entries in all)."""
     k = len(sh)
