@@ -91,7 +91,7 @@ def test_mirror_symmetric_option_overrides_the_dataset_and_is_accepted_by_every_
 
 
 def test_dry_run_shows_the_resolved_values(capsys):
-    assert main(["run", str(DEMO), "--dry-run", *DIGITS, "run_dir=/nonexistent/x"]) == 0
+    assert main(["run", str(DEMO), "--dry-run", "--no-probe", *DIGITS, "run_dir=/nonexistent/x"]) == 0
     out = capsys.readouterr().out
     assert ("augmentation: squeeze.flip false, recover.flip false, relabel.flip false, relabel.crop_scale "
             "[0.25, 1.0] (unset keys follow the data: dataset 'digits' is not mirror-symmetric") in out
@@ -112,7 +112,7 @@ def _digits_teacher(folder: Path, record: dict | None) -> Path:
 def test_dry_run_warns_about_relabel_augmentations_the_checkpoint_never_saw(tmp_path, capsys):
     aug = {"flip": False, "crop_scale": [0.5, 1.0], "crop_padding": 0}
     ckpt = _digits_teacher(tmp_path / "t", {"augmentation": aug})
-    base = ["run", str(DEMO), "--dry-run", *DIGITS, f"squeeze.checkpoint={ckpt}", f"run_dir={tmp_path / 'r'}"]
+    base = ["run", str(DEMO), "--dry-run", "--no-probe", *DIGITS, f"squeeze.checkpoint={ckpt}", f"run_dir={tmp_path / 'r'}"]
     assert main(base + ["relabel.flip=true", "relabel.crop_scale=[0.08, 1.0]"]) == 0
     out = capsys.readouterr().out
     assert f"warning: relabel.flip: the teacher checkpoint {ckpt} was trained without horizontal flips" in out

@@ -243,7 +243,7 @@ def test_import_export_and_train_on_its_labels(exported, tmp_path, capsys):
 
     dump_config(c2, cfg_file)
     capsys.readouterr()
-    assert main(["run", str(cfg_file), "--dry-run", "--json"]) == 0
+    assert main(["run", str(cfg_file), "--dry-run", "--no-probe", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert all(s["done"] for s in plan["stages"]), [(s["stage"], s["status"]) for s in plan["stages"]]
     assert plan["validate"][0]["labels"] == "static"

@@ -162,7 +162,7 @@ def test_imagefolder_without_test_folder_is_refused_unless_test_holdout(tmp_path
 
     root = _root_only_folder(tmp_path / "own")
     base = [f"data.root={root}", "data.dataset=imagefolder", f"run_dir={tmp_path / 'run'}"]
-    for argv in (["run", str(REPO / "configs" / "fmnist_demo.yaml"), "--dry-run", *base],
+    for argv in (["run", str(REPO / "configs" / "fmnist_demo.yaml"), "--dry-run", "--no-probe", *base],
                  ["squeeze", str(REPO / "configs" / "fmnist_demo.yaml"), *base]):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_imagefolder_without_test_folder_is_refused_unless_test_holdout(tmp_path
     assert torch.bincount(test.labels).tolist() == [2, 2]
     pixels = {tuple(x.flatten().tolist()) for x in torch.cat([test.images, train.images, held.images])}
     assert len(pixels) == 12  # the three splits share no image
-    assert cli.main(["run", str(REPO / "configs" / "fmnist_demo.yaml"), "--dry-run", *base,
+    assert cli.main(["run", str(REPO / "configs" / "fmnist_demo.yaml"), "--dry-run", "--no-probe", *base,
                      "data.test_holdout=4"]) == 0
     out = capsys.readouterr().out
     assert "same images" not in out

@@ -157,7 +157,7 @@ def test_changed_folder_is_stale(own_run, capsys):
 
 def test_dry_run_skips_class_stats(own_run, capsys):
     cfg, _, _ = own_run
-    assert main(["run", str(cfg), "--dry-run", "--json"]) == 0
+    assert main(["run", str(cfg), "--dry-run", "--no-probe", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert [s["stage"] for s in plan["stages"]][:2] == ["squeeze", "recover[mine]"]
     assert plan["recover"][0]["images"] == 10 * IPC and plan["storage"]["class_stats_bytes"] == 0

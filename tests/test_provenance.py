@@ -49,7 +49,7 @@ def test_a_changed_setting_is_refused_and_config_yaml_is_untouched(micro_run, ca
 
 
 def test_dry_run_names_stale_stages(micro_run, capsys):
-    code, out, _ = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={micro_run}", "relabel.epochs=3", "--dry-run")
+    code, out, _ = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={micro_run}", "relabel.epochs=3", "--dry-run", "--no-probe")
     assert code == 0
     assert "squeeze [done]" in out and "relabel[random_real] [stale (relabel.epochs: 2 → 3)]" in out, out
     assert "[to do]" not in out
@@ -109,14 +109,14 @@ def test_results_carry_provenance(micro_run):
 
 
 def test_bad_student_name_fails_the_dry_run_with_close_matches(capsys, tmp_path):
-    code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path}", "validate.model.name=convnt", "--dry-run")
+    code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path}", "validate.model.name=convnt", "--dry-run", "--no-probe")
     assert code == 2 and "validate.model" in err and "did you mean: convnet" in err, err
     code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path / 'x'}", "validate.model.name=convnt")
     assert code == 2 and not (tmp_path / "x" / "teacher").exists()  # refused before squeeze
 
 
 def test_bad_dataset_name_fails_the_dry_run_with_close_matches(capsys, tmp_path):
-    code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path}", "data.dataset=fashion-mnsit", "--dry-run")
+    code, _, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={tmp_path}", "data.dataset=fashion-mnsit", "--dry-run", "--no-probe")
     assert code == 2 and "unknown dataset 'fashion-mnsit'; did you mean: fashion-mnist" in err, err
 
 

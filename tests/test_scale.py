@@ -229,7 +229,7 @@ def test_dry_run_reports_bad_paths_in_one_line(tmp_path, capsys):
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
     wrong = create_model("resnet18", num_classes=10, in_channels=3, image_size=32, stem="imagenet")
     torch.save(wrong.state_dict(), tmp_path / "r18.pth")
-    assert main(["run", cfg, "--dry-run", f"run_dir={tmp_path / 'run'}", f"data.root={root}",
+    assert main(["run", cfg, "--dry-run", "--no-probe", f"run_dir={tmp_path / 'run'}", f"data.root={root}",
                  f"squeeze.checkpoint={tmp_path / 'r18.pth'}"]) == 2
     assert "does not fit model" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -47,7 +47,7 @@ def test_demo_config_on_digits_warns_for_teacher_student_and_padding():
 
 
 def test_dry_run_prints_the_warning(tmp_path, capsys):
-    rc = main(["run", str(CONFIGS / "fmnist_demo.yaml"), "--dry-run", "data.dataset=digits",
+    rc = main(["run", str(CONFIGS / "fmnist_demo.yaml"), "--dry-run", "--no-probe", "data.dataset=digits",
                f"run_dir={tmp_path / 'r'}"])
     out = capsys.readouterr().out
     assert rc in (None, 0)
@@ -65,7 +65,7 @@ def test_run_start_prints_the_warning_before_any_work(tmp_path, capsys, monkeypa
 
 
 def test_digits_config_has_no_small_input_warning(tmp_path, capsys):
-    rc = main(["run", str(CONFIGS / "digits_lpld.yaml"), "--dry-run", f"run_dir={tmp_path / 'r'}"])
+    rc = main(["run", str(CONFIGS / "digits_lpld.yaml"), "--dry-run", "--no-probe", f"run_dir={tmp_path / 'r'}"])
     out = capsys.readouterr().out
     assert rc in (None, 0)
     assert "images 1×8×8" in out and "warning:" not in out

@@ -84,7 +84,7 @@ def test_dry_run_lists_the_students(one_then_two, capsys):
     run_dir, _ = one_then_two
     c = "{name: convnet, args: {width: 5}}"
     code, out, err = _cli(capsys, "run", DEMO, *MICRO, f"run_dir={run_dir}", f"validate.students=[{A}, {B}, {c}]",
-                          "--dry-run")
+                          "--dry-run", "--no-probe")
     assert code == 0, err
     assert "students: convnet {'width': 4, 'depth': 3, 'norm': 'batch'}" in out and "mlp {'hidden': 16}" in out, out
     assert "→ validate/convnet-width5/" in out
