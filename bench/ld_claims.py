@@ -11,7 +11,12 @@ Parts (``--parts``, comma-separated; run in this order):
   Fashion-MNIST and mnist-5k at N = 10 and 100, same meta-training budget and meta-test, paired seeds; each
   run is followed by a sensitivity probe (Adam learning rates, minibatch orders) on the same label sets;
 - ``cross``: Fashion-MNIST → mnist-5k (N = 100 unbalanced Fashion-MNIST base examples, labels over digits),
-  same protocol as ``mnist``.
+  same protocol as ``mnist``;
+- ``budget`` (issue #22 item 3): LD's MNIST row at the paper's number of label updates (19,600 = 400 × ⌈50,000 /
+  1,024⌉; ``meta.epochs`` sized from the target split, the short last batch kept) against DD (real init, one-hot
+  labels) at the same number of updates, one-hot and teacher labels; every row's training length is validated
+  (``metatest.step_rule=val``). ``--budget-methods ld`` / ``dd`` splits it over two processes. Written into its
+  own section ``ld_budget``.
 
 Every setting is one ``learn-labels`` run under ``--runs`` (skipped when its ``results.json`` exists, and a killed
 run resumes from its own resume file), so the study resumes where it stopped; the section is rewritten after
@@ -50,6 +55,7 @@ from labeldistill.learn_labels.learners import (
     PlainLearner,
     build_network,
     error_rate,
+    outer_steps_per_epoch,
     seeded,
     train_learner,
 )
@@ -79,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--claims-max-steps", type=int, default=300, help="training-length cap of claims fresh models")
     p.add_argument("--ns", default="10,100", help="numbers of base examples of the claims part")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--budget-methods", default="ld,dd", help="runs of the budget part (ld: LD + one-hot + teacher)")
     p.add_argument("--render", action="store_true", help="only rewrite the section from finished runs")
     return p
 
@@ -107,6 +114,23 @@ class Study:
         if cross:
             return ov + ["data.source=fashion-mnist", "base.mode=unbalanced", "methods=[ld, teacher]"]
         return ov + ["methods=[ld, onehot, teacher]"]
+
+    def budget_overrides(self, method: str, seed: int) -> list[str]:
+        """``mnist_overrides`` at the paper's label-update count, every row's training length validated."""
+        ov = self.mnist_overrides(seed, cross=False)
+        cfg = load_ld_config(CONFIG, self.common() + ov)
+        per_epoch = outer_steps_per_epoch(len(prepare_task(cfg, torch.device("cpu")).x_target),
+                                          cfg.meta.outer_batch, cfg.meta.last_batch)
+        epochs = -(-PAPER_LABEL_UPDATES // per_epoch)
+        methods = "[ld, onehot, teacher]" if method == "ld" else "[dd]"
+        return ov + [f"meta.epochs={epochs}", f"meta.val_every={max(epochs // 25, 1)}", "metatest.step_rule=val",
+                     f"methods={methods}", "dd.init=real", "dd.lr=0.01"]
+
+    def budget_part(self) -> None:
+        for s in range(self.args.seeds):
+            for m in self.args.budget_methods.split(","):
+                self.run(f"budget_{m}_s{s}", self.budget_overrides(m, s))
+                self.render()
 
     def claims_overrides(self, ds: str, n: int, seed: int) -> list[str]:
         """LD (project default labels: logits, one-hot init), RR and DD (real init) under one budget."""
@@ -171,9 +195,14 @@ class Study:
 
     # ------------------------------------------------------------------ rendering
     def render(self) -> None:
-        r = Render(self)
-        text = r.text()
-        write_section(Path(self.args.out), "ld_claims", text, r.rows, command="; ".join(r.commands))
+        if any(any(self.runs.glob(pat)) for pat in ("probe.json", "mnist5k_*/results.json", "claims_*/results.json",
+                                                "cross_*/results.json")):  # none: keep the written section
+            r = Render(self)
+            text = r.text()
+            write_section(Path(self.args.out), "ld_claims", text, r.rows, command="; ".join(r.commands))
+        budget = Budget(self)
+        if budget.text:
+            write_section(Path(self.args.out), "ld_budget", budget.text, budget.rows, command="; ".join(budget.commands))
 
 # ---------------------------------------------------------------------- measurements outside learn-labels
 def outer_step_probe(config: Path, common: list[str], repeats: int = 10) -> dict:
@@ -526,6 +555,67 @@ class Render:
             return str(p)
 
 
+class Budget:
+    """Markdown and JSON rows of the ``ld_budget`` section from the finished ``budget_*`` runs."""
+
+    LABELS = {"ld": "LD (paper configuration)", "onehot": "one-hot", "teacher": "teacher pseudo-labels",
+              "dd": "DD (real init, one-hot labels)"}
+
+    def __init__(self, study: Study):
+        self.runs, self.rows = study.runs, []
+        self.commands = sorted({json.loads(f.read_text())["bench_command"] for f in study.runs.glob("budget_*/bench.json")})
+        res = {(m, s): json.loads(f.read_text()) for m in ("ld", "dd") for s in range(study.args.seeds)
+               if (f := study.runs / f"budget_{m}_s{s}" / "results.json").is_file()}
+        self.repeats = study.args.mnist_repeats
+        self.text = self._text(res, study.args.seeds) if res else ""
+
+    @staticmethod
+    def _row(res: dict, method: str) -> dict | None:
+        return next((r for r in res["rows"] if r["method"] == method and r["learner"] == "lenet"
+                     and r["optimizer"] == "adam"), None)
+
+    def _text(self, res: dict, seeds: int) -> str:
+        per: dict = {m: {} for m in self.LABELS}
+        steps: dict = {m: [] for m in self.LABELS}
+        for (run, s), r in res.items():
+            for m in (("ld", "onehot", "teacher") if run == "ld" else ("dd",)):
+                if (row := self._row(r, m)) is not None:
+                    per[m][s] = 100 * row["top1_mean"]
+                    steps[m].append(row["steps"])
+        proto = "learn-labels metatest (LeNet, Adam 1e-3, training length validated for every row)"
+        updates = sorted({i["outer_steps"] for r in res.values() for i in r.get("meta", {}).values()})
+        cpu = sum(r["seconds"] for r in res.values()) / 60
+        out = ["## LD at the paper's number of label updates (mnist-5k, issue #22 item 3)", "",
+               "Command: " + "; ".join(f"`{c}`" for c in self.commands) + "  ", f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  ",
+               f"Finished runs: {len(res)} of {2 * seeds} under `{Render._rel(self.runs)}`; their wall time "
+               f"{cpu:.0f} min (one thread each, two processes on 2 shared cores).", "",
+               f"Setting of the `mnist` part of section `ld_claims` (paper LD configuration, N = 100, LeNet), but "
+               f"{', '.join(f'{u:,}' for u in updates)} label updates per method (the paper's 400 epochs × ⌈50,000 /"
+               f" 1,024⌉ = {PAPER_LABEL_UPDATES:,}; section `ld_claims` was written at 74befc2 with 19,200, i.e. "
+               "⌊50,000 / 1,024⌋, which drops the short last batch the reference keeps), DD at the same number of "
+               "updates, and every row's training length chosen on the 500 validation images "
+               f"(`metatest.step_rule=val`), not LD's meta-training count. {self.repeats} fresh models per row and seed.", "",
+               "| labels | " + " | ".join(f"seed {s}" for s in range(seeds)) + " | mean ± std | steps (validated) |",
+               "|---|" + "---|" * seeds + "---|---|"]
+        for m, name in self.LABELS.items():
+            self.rows.append(result_row({"labels": m}, per[m], proto, unit="top-1 %") if per[m] else {})
+            cells = [f"{per[m][s]:.1f}" if s in per[m] else "–" for s in range(seeds)]
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {pm(list(per[m].values())) if per[m] else '–'} "
+                       f"| {sorted(steps[m]) or '–'} |")
+        out += ["", "LD's paper number: 87.3 ± 0.7 % on MNIST (Bohdal et al. 2020 via KIP-CNN Table 1).", "",
+                "| claim (paired over seeds) | difference (points), 95 % interval | verdict |", "|---|---|---|"]
+        for name, a, b in (("labels beat images (paper configuration): LD − DD", "ld", "dd"),
+                           ("LD − one-hot", "ld", "onehot"), ("LD − teacher", "ld", "teacher")):
+            d = paired_by_seed(per[a], per[b], 1)
+            v = verdict(*paired_interval(list(d.values()))[1:]) if len(d) > 1 else "not resolved (one seed)"
+            self.rows.append(result_row({"comparison": name}, d, proto, paired=True, verdict=v, unit="points"))
+            out.append(f"| {name} | {ci(d) if d else '–'} | {v} |")
+        out += ["", "The same claim under the project's default LD labels is the `labels beat images` row of "
+                "section `ld_claims` (part `claims`); the two configurations are reported separately.", ""]
+        self.rows = [r for r in self.rows if r]
+        return "\n".join(out).replace(str(REPO) + os.sep, "")
+
+
 def main() -> None:
     args = _parser().parse_args()
     tune_malloc()
@@ -535,7 +625,8 @@ def main() -> None:
     parts = args.parts.split(",")
     if not args.render:
         order = [("probe", study.probe_part), ("mnist", lambda: study.mnist_part(False)),
-                 ("claims", study.claims_part), ("cross", lambda: study.mnist_part(True))]
+                 ("claims", study.claims_part), ("cross", lambda: study.mnist_part(True)),
+                 ("budget", study.budget_part)]
         for name, part in order:
             if name in parts:
                 part()
