@@ -1,30 +1,6 @@
-"""Cross-architecture evaluation on Fashion-MNIST (issue #12 item 6; LPLD's cross-architecture table).
-
-How much of a distilled set's accuracy belongs to the images, and how much to the teacher that made them?
-The same images (recovered once per IPC by the demo's ConvNet-64 teacher) and the same label stores are used to
-train four students (``validate.students``); a cross-teacher row relabels the same images with an independently
-trained teacher of another architecture and seed.
-
-Design (sized for ~70 core-minutes at one thread on the 2-core CPU machine):
-
-* ``teacher0``: the demo's teacher (``configs/fmnist_demo.yaml``: ConvNet-64, 3 epochs, seed 0), squeezed once.
-  ``xteacher``: the cross teacher (``--xteacher``, seed 1, same squeeze recipe), squeezed once.
-* ``images_ipc<N>``: the demo's recover recipe (500 iterations, seed 0) for cs and sre2l, plus random_real, with
-  ``teacher0`` loaded through ``squeeze.checkpoint``.
-* ``ipc<N>_own/seed<s>`` and ``ipc10_cross/seed<s>``: the images enter as ``source: folder`` sets (under their
-  own mode names), relabelled by ``teacher0`` (own) or ``xteacher`` (cross) as in the demo (crop 0.08-1, flip,
-  CutMix 0), pruned 1x and 10x (random), validated by every student. The seed changes relabel's crops, the
-  pruning, the student's initialisation and its label-pool draws; teachers and images are shared by all
-  seeds, so the spread is that of labels and students, not of the images.
-* hard-label rows (``ipc<N>_own/seed<s>/hard_label/``): the light students trained with cross-entropy on each
-  image's class, as many epochs as with soft labels: what the images are worth without any teacher.
-
-Resumable: every stage is skipped when its output exists with the same settings, so a rerun continues where
-the last one stopped; ``--write-only`` writes the section from whatever rows exist and names what is missing.
-Work runs in priority order and stops starting new parts once ``--budget-min`` CPU minutes (this process, summed
-over reruns in ``<runs>/cpu_seconds.json``) are spent.
-
-Usage::
+"""Cross-architecture evaluation on Fashion-MNIST (issue #12 item 6; section ``cross_arch``): the same images and
+label stores train four students; a cross teacher relabels the same images; hard-label rows show what the
+images are worth without a teacher. Resumable, in priority order, until ``--budget-min`` CPU minutes are spent.
 
     nice -n 10 python -m bench.cross_arch                 # the study (resumable)
     python -m bench.cross_arch --write-only               # rewrite the section from finished runs

@@ -1,18 +1,9 @@
-"""The main job on scikit-learn's 8 × 8 digits: the Fashion-MNIST demo's settings vs ``configs/digits_lpld.yaml``.
+"""The main job on scikit-learn's 8 × 8 digits: the Fashion-MNIST demo's settings vs ``configs/digits_lpld.yaml``
+(section ``digits``).
 
-Four arms run the whole job (squeeze → recover sre2l / lpld → relabel → prune 1×/10×/40× → validate) on the
-same seeds: ``demo`` (the demo config with ``data.dataset=digits``), ``teacher_aug`` (the same with only the
-teacher's augmentation fitted to 8 px: no flip, 1 px crop padding), ``digits`` (``configs/digits_lpld.yaml``)
-and ``recover_aug`` (the digits config with the demo's recover flip and 2 px jitter). The table gives the
-teacher's and the students' top-1 on the 360 test digits (mean ± std over the finished seeds) and paired
-differences (same seed) with 95 % t-intervals. "What changed" lists the
-config keys whose values differ between ``demo`` and ``digits``, read from the resolved configs.
-
-Every (arm, seed) is its own run directory under ``--runs``; finished stages are skipped, so an interrupted
-benchmark resumes, and ``--write-only`` writes the section from whatever runs have finished (naming the seeds
-that are done). Section ``digits`` of BENCHMARKS.md.
-
-Usage::
+Four arms (``demo``, ``teacher_aug``, ``digits``, ``recover_aug``) run the whole job on the same seeds, one
+resumable run directory per (arm, seed) under ``--runs``; the section gives teacher and student top-1 and paired
+differences with 95 % t-intervals. ``--write-only`` writes it from the finished runs.
 
     nohup nice -n 10 python -m bench.digits --seeds 0 1 2 > runs/bench_digits.log 2>&1 &
     python -m bench.digits --seeds 0 1 2 --write-only

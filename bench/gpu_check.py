@@ -1,37 +1,9 @@
-"""GPU check of the label side: one command, at most 10 minutes on one GPU, nothing downloaded.
-
-Checks (synthetic in-memory data registered through ``labeldistill.data.register_dataset``; no dataset files):
-
-  a. the test suite with CUDA visible (``python -m pytest -q -x``). Tests whose config has ``device: auto``
-     (everything built on ``configs/fmnist_demo.yaml``: conftest's ``tiny_cfg`` / ``tiny_run``, test_pipeline,
-     test_lpld, test_resilience, test_bad_input, test_config) run their stages on the GPU; test_scale.py forces
-     ``device=cpu``; helper checks that build ``torch.device("cpu")`` stay on the CPU. The Fashion-MNIST tests are
-     skipped where the data is not installed.
-  b. recover throughput, class-wise batches (mode ``lpld``), ``recover.vectorize = C`` ÷ ``1`` at IPC 10 and 50
-     (goal ≥ 3×);
-  c. relabel (the ``relabel`` stage: augmentation + teacher + fp16 + store) ÷ a plain teacher forward of as many
-     images, in chunks of 1,024 (relabel's own chunking at ≤ 32 px), both under the default bf16 autocast;
-  d. bf16 autocast on/off parity of recover, relabel and validate through the config switch ``autocast``:
-     "on" = ``autocast=bf16`` (the default: squeeze, class-stats, recover, relabel and validate's training forward
-     run under bf16 autocast on CUDA), "off" = ``autocast=off`` (float32 everywhere). Each pair shares the teacher
-     and class statistics; d2/d3 also share the images (d3 the store), so only the stage under test differs;
-  e. 224 px synthetic relabel + validate throughput (ResNet-18 teacher and student, ``random_real`` images).
-  f. the dry run's time estimate ÷ the stages' recorded seconds (``bench/time_estimate.py``'s comparison) of a
-     fresh small main job (mode ``lpld``, IPC ``parity_ipc``), per stage and in all.
-  g. kill-and-resume identity on the device with ``deterministic: true``: recover killed after its first class
-     group (``LABELDISTILL_KILL_AT=recover-group:1``) and relabel after its first shard (``relabel-shard:1``), each
-     run again, SHA-256 of every file of ``images/lpld`` and ``labels/lpld/full`` against an uninterrupted run
-     (CLI child processes, as ``tests/test_resilience.py`` does on CPU);
-  h. relabel under torchrun (nccl on CUDA; 2 processes with ≥ 2 GPUs, else 1) vs one process, ``deterministic:
-     true``: the label store's SHA-256s;
-  i. ``configs/tiny_imagenet_lpld.yaml`` dry run (``run --dry-run``) on a fake Tiny-ImageNet folder tree (200
-     classes of 64 px JPEGs, ImageFolder layout ``train/<wnid>/``, ``val/<wnid>/``) written to the work folder.
-Check d3 is the bf16 vs fp32 student top-1 difference the issue asks for.
-
-Writes its table into BENCHMARKS.md (section ``gpu_check``) with the GPU's name. ``--dry-run`` checks the plumbing
-on the CPU with tiny sizes in well under a minute (the test suite is only collected) and writes nothing.
-
-Usage::
+"""GPU check of the label side (section ``gpu_check``): one command, at most 10 minutes on one GPU, nothing
+downloaded, synthetic in-memory data. Checks: a. the test suite with CUDA visible; b. vectorised recover
+throughput; c. relabel ÷ plain teacher forward; d. bf16 autocast on/off parity of recover, relabel and validate;
+e. 224 px throughput; f. the dry run's time estimate ÷ actual; g. kill-and-resume identity; h. relabel under
+torchrun vs one process; i. the Tiny-ImageNet config's dry run on a fake tree. ``--dry-run`` checks the plumbing
+on the CPU with tiny sizes and writes nothing.
 
     bash bench/gpu_check.sh              # on a GPU machine
     bash bench/gpu_check.sh --dry-run    # anywhere

@@ -1,27 +1,8 @@
-"""Label codecs on a real relabel store: bytes per codec, decode time ÷ fp16, and the soft targets they keep.
+"""Label codecs on a real relabel store (section ``codecs``): bytes per codec, decode time ÷ fp16 (interleaved
+repeats, with an fp16 A/A noise row), the soft targets each keeps at T = 4, and where scale and offset live
+(per step, per row, per shard).
 
-Setting: a ConvNet-64 teacher trained for one epoch on 5,000 real Fashion-MNIST training images; 200 real
-images (``random_real``, IPC 20); a relabel store of 40 epochs × 4 steps of 50 (160 steps, 8,000 entries),
-written in fp16 by ``relabel``, then re-written in every codec by ``prune_store`` at factor 1 (one shard) —
-the route ``prune.logits: [<codec>]`` takes.
-
-Measured, per codec:
-
-(a) decode time per step ÷ fp16: ``store.get(g)`` (read + decode one step), ``get(g).soft_targets(C, T)``
-    (what the student consumes), ``StoredStepDataset[g]`` (validate's read: + replaying the crops/flips) and
-    a whole validate step (that read + a ConvNet-32 student's forward, KD loss, backward, AdamW step);
-    every step read by every codec back to back (random order per step), all steps per repeat, 1 thread; the ratio
-    is the median over (repeat, step) of codec time ÷ fp16 time, with an fp16-vs-fp16 (A/A) row as noise floor;
-(b) bytes: the logits component (codes or values), ``logits_scale`` (per-step scale + offset), indices, the
-    whole store on disk, each ÷ fp16, and the dry-run estimate (``plan.estimate_store_bytes``) ÷ actual;
-(c) soft targets at T = 4: total variation ½·Σ|p − p_ref| per row (max, mean) and argmax agreement, against the
-    same kept logits in fp16 (``fp16`` for full codecs, ``top3`` for ``top3-int8`` / ``top3-int4``);
-(d) where scale and offset live: the same quantisation per step (the store's), per row (fp16 scale + offset,
-    4 B a row) and per shard, on the same logits — the error and what each costs.
-
-Usage::
-
-    python -m bench.label_codecs                  # about 4 minutes on 2 CPU cores (first run: +1 min of setup)
+    python -m bench.label_codecs                  # about 4 minutes on 2 CPU cores
     python -m bench.label_codecs --repeats 3 --no-write
 """
 

@@ -1,31 +1,12 @@
-"""Every way of paying for labels on one axis of bytes (issue #15 item 6), written into BENCHMARKS.md (section
-``label_study``).
+"""Every way of paying for labels on one axis of bytes (issue #15 item 6; section ``label_study``).
 
-Fashion-MNIST, IPC 10, images ``cs`` (LPLD's class-wise BN supervision) and ``random_real``; per seed one main
-job (``configs/fmnist_demo.yaml`` + the overrides in :func:`job_overrides`) with
-
-* soft labels in the codecs ``fp16``, ``int8``, ``int4``, ``top2-int8`` × prune factors {1, 10, 40} (KL, the
-  default loss); ``top2-int8`` rather than ``top5-int8``: at 10 classes five kept values + five indices cost as
-  much as ``int8``'s ten values, two are the cheapest store (4 B an entry + the scale);
-* the two other student losses (``soft_ce``, ``gift``) at one setting (fp16, 40×), in ``s<seed>_loss-<loss>``
-  (a copy of the seed's run directory without its results: images and stores are reused, only validate runs);
-* hard-label baselines (``hard_label.enabled``): the student trained with cross-entropy on each image set and on
-  the whole real train split, so the leaderboard gives DD-Ranking's HLR beside its IOR;
-* optionally LD / RR learned labels (``--ld-run``: a finished ``learn-labels`` run directory, e.g. N = 100) and
-  any further run directories (``--extra-runs``; the hook for ``labels.source: generator | online`` runs, whose
-  rows the leaderboard reads like any main-job run).
-
-One ConvNet-64 teacher (``<runs>/base``, squeezed once) serves every seed; seeds change recover, relabel,
-pruning, the student and the hard-label baselines. The section (leaderboard table, paired comparisons with 95 %
-t-intervals over seeds, the best setting at label bytes ≤ image bytes, the image-distillation anchors) and the
-plot are rewritten after every finished seed, from whatever runs have finished; finished stages are reused, so
-an interrupted study resumes.
-
-Usage::
+Fashion-MNIST, IPC 10, images ``cs`` and ``random_real``; per seed one resumable main job (codecs × prune
+factors, two more student losses, hard-label baselines), optionally LD / RR runs (``--ld-run``) and other run
+directories (``--extra-runs``). The section (leaderboard, paired comparisons, best setting at label bytes ≤
+image bytes) and the plot are rewritten from the finished runs after every seed.
 
     python -m bench.label_study                          # 3 seeds, about 40 CPU-minutes at one thread
     python -m bench.label_study --write-only             # the section and plot from the finished runs only
-    python -m bench.label_study --ld-run runs/ld_n100    # + learned labels on the same axis
 """
 
 from __future__ import annotations

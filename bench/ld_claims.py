@@ -1,28 +1,11 @@
-"""LD's own dataset and LD's own claims (issue #13 items 4, 6, 7), written into the ``ld_claims`` section.
+"""LD's own dataset and LD's own claims (issues #13 items 4, 6, 7 and #22 item 3): sections ``ld_claims`` and
+``ld_budget``.
 
-Parts (``--parts``, comma-separated; run in this order):
-
-- ``probe``: CPU seconds of one LD and one DD outer step (LeNet, batch 256 and 1024) and of fresh-model
-  training steps, the measurements the study's sizes were chosen from;
-- ``mnist``: LD's MNIST row (Bohdal et al. 2020; 87.3 ± 0.7 % at N = 100 with LeNet) on ``mnist-5k``: the paper's
-  LD configuration (probabilities, uniform init, Adam 1e-3, outer batch 1024, 400 epochs) against the one-hot
-  and teacher baselines on the same base examples, one run per seed;
-- ``claims``: LD vs RR vs DD (Wang et al. 2018 image distillation on LD's machinery, ``methods: [dd]``) on
-  Fashion-MNIST and mnist-5k at N = 10 and 100, same meta-training budget and meta-test, paired seeds; each
-  run is followed by a sensitivity probe (Adam learning rates, minibatch orders) on the same label sets;
-- ``cross``: Fashion-MNIST → mnist-5k (N = 100 unbalanced Fashion-MNIST base examples, labels over digits),
-  same protocol as ``mnist``;
-- ``budget`` (issue #22 item 3): LD's MNIST row at the paper's number of label updates (19,600 = 400 × ⌈50,000 /
-  1,024⌉; ``meta.epochs`` sized from the target split, the short last batch kept) against DD (real init, one-hot
-  labels) at the same number of updates, one-hot and teacher labels; every row's training length is validated
-  (``metatest.step_rule=val``). ``--budget-methods ld`` / ``dd`` splits it over two processes. Written into its
-  own section ``ld_budget``.
-
-Every setting is one ``learn-labels`` run under ``--runs`` (skipped when its ``results.json`` exists, and a killed
-run resumes from its own resume file), so the study resumes where it stopped; the section is rewritten after
-every finished run from whatever has finished. ``--render`` rewrites it from finished runs only.
-
-Example (the whole study, one thread, in the background)::
+Parts (``--parts``): ``probe`` (CPU cost of LD / DD outer steps and fresh-model steps), ``mnist`` (LD's MNIST row,
+Bohdal et al. 2020, on mnist-5k against one-hot and teacher labels), ``claims`` (LD vs RR vs DD on Fashion-MNIST
+and mnist-5k, with a sensitivity probe per run), ``cross`` (Fashion-MNIST base examples → mnist-5k) and
+``budget`` (LD at the paper's 19,600 label updates against DD at as many; section ``ld_budget``). Every setting
+is one resumable ``learn-labels`` run under ``--runs``; ``--render`` rewrites the sections from finished runs.
 
     OMP_NUM_THREADS=1 nohup nice -n 10 .venv/bin/python -m bench.ld_claims --threads 1 \\
         --runs runs/bench_ld2 > runs/bench_ld2.log 2>&1 &

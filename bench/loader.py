@@ -1,26 +1,6 @@
-"""Validate's data path at 224 px vs torchvision's plain ImageFolder pipeline (issue #14, part 3).
-
-Builds, in a temporary folder, an ImageFolder of random-content JPEGs (``--classes`` × ``--per-class``, 256–320 px
-sides, Pillow quality 90: smooth random colour fields + pixel noise), loads it through labeldistill's
-``imagefolder`` dataset at ``image_size=224`` (the uint8 ``(N, 3, 224, 224)`` set validate holds), relabels it into
-a label store with a tiny random ConvNet teacher (``generate_steps`` + ``LabelStoreWriter``, batch ``--batch``,
-``--epochs`` epochs), then measures images/s of
-
-  (a) replaying the stored steps through validate's stock loading path: ``StoredStepDataset`` +
-      ``PoolSampler`` (replay ``ordered``) + ``DataLoader(batch_size=None, num_workers=W)``; batches are only
-      iterated (no student). Per step: read the stored crop/flip/CutMix parameters and soft labels, crop + resize
-      the step's images from the in-memory set, normalise;
-  (b) torchvision's ``ImageFolder`` on the original JPEGs + ``RandomResizedCrop(224) + RandomHorizontalFlip +
-      ToTensor + Normalize`` with ``DataLoader(batch_size=--batch, shuffle=True, num_workers=W,
-      persistent_workers=W > 0)``: decode every JPEG every epoch;
-
-for W in ``--workers`` (default 0 and 2), both over the same number of images (``--epochs`` passes over the set),
-each the best of ``--repeats`` runs (wall time includes the workers' start-up). Also: the resident memory of
-holding the image set as uint8 (what relabel and validate keep) vs a float32 copy (what they kept before).
-
-Writes section ``loader`` of BENCHMARKS.md (``--out``; ``--no-write`` prints only). Torch threads = 1.
-
-Usage::
+"""Validate's data path at 224 px vs torchvision's plain ImageFolder pipeline (issue #14 part 3; section
+``loader``): images/s of replaying a label store (``StoredStepDataset``) against decoding random JPEGs every
+epoch, for each ``--workers`` count, and the memory of a uint8 vs a float32 image set.
 
     python -m bench.loader                # about 2 minutes on one core
     python -m bench.loader --no-write --classes 2 --per-class 4 --epochs 1 --repeats 1

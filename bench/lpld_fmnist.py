@@ -1,21 +1,6 @@
-"""The LPLD study on Fashion-MNIST, with hyperparameters chosen on a held-out split and paired verdicts.
-
-Writes BENCHMARKS.md section ``lpld_fmnist``. One teacher (ConvNet-64) and its class statistics are trained once
-on the train split less ``--holdout`` images (``data.holdout``) in ``<runs>/base``; every run copies them.
-
-1. Selection (on the held-out images, never the test split): KD temperature T × relabel (= student) epochs E
-   for cs at IPC 10, factors 1× and 40×, ``--select-seeds``. The (T, E) with the best mean holdout top-1 over
-   seeds and both factors is used for every reported run.
-2. Report (test split): sre2l, cs, random_real and cs initialised from real images (``recover.init=real``) at
-   ``--factors``, the same seeds for every source (paired), ``--seeds`` at IPC 10 and ``--ipc50-seeds`` at
-   IPC 50 (``--iterations-ipc50`` recover iterations there).
-3. Claims: paired differences over seeds with 95 % t-intervals (bench/study.py); "held" / "did not hold" only
-   when the interval excludes the claim's threshold, else "not resolved".
-
-The section is rewritten after every finished seed. Finished runs are reused (each run directory resumes);
-``--collect`` only reads finished runs and rewrites the section (seconds).
-
-Usage::
+"""The LPLD study on Fashion-MNIST (section ``lpld_fmnist``): KD temperature and epochs chosen on a held-out
+split, then sre2l, cs, random_real and real-initialised cs at IPC 10 and 50 on paired seeds, with paired
+verdicts. Resumable; the section is rewritten after every finished seed.
 
     python -m bench.lpld_fmnist                # selection, then IPC 10 seeds, then IPC 50 seeds (hours)
     python -m bench.lpld_fmnist --collect      # the section from whatever runs have finished

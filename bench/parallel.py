@@ -1,12 +1,7 @@
-"""validate.parallel: students under torchrun: wall time and peak memory of 2 students on 2 processes vs 1 process.
+"""validate.parallel (section ``parallel``): wall time and peak memory of 2 students on 2 torchrun processes vs
+1 process, on one tiny Fashion-MNIST run.
 
-One tiny Fashion-MNIST run is prepared (squeeze … prune, two students), then ``labeldistill validate --force`` runs
-its two validate units twice, each in a fresh wrapper process: once as one process (the students one after the
-other) and once under ``torchrun --nproc-per-node 2`` with ``validate.parallel=students`` (one student per rank).
-Wall time is the whole command (imports and data loading included); peak memory is the largest ``ru_maxrss`` of
-the wrapper's children (for torchrun: the larger rank, or the agent), in MiB. ``OMP_NUM_THREADS=1`` per process.
-
-    python -m bench.parallel            # → BENCHMARKS.md (section parallel) and its JSON rows
+    python -m bench.parallel
 """
 
 from __future__ import annotations

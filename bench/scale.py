@@ -1,30 +1,11 @@
-"""How the label side's cost grows with classes, images per class, image size and stored steps.
+"""How the label side's cost grows with classes, images per class, image size and stored steps (section ``scale``).
 
-Random images, no dataset files: a synthetic in-memory dataset (``bench-random``: ``C`` classes, uint8 noise,
-``--real-per-class`` "real" training images per class, one test image per class) is registered through
-``labeldistill.data.register_dataset`` in every process that needs it. A small BatchNorm teacher (ConvNet
-width 16, depth ``floor(log2(S / 4))`` so that ``S`` pixels pool to 4–7 px; left untrained: ``squeeze.epochs=0``
-unless ``--teacher-epochs``) then goes through every stage of the label side:
-
-    class-stats (on the random "real" images) → recover (mode ``lpld``, ``--iterations`` iterations, class-wise
-    batches, up to 32 of them (about 1,024 · (32 / S)² images) vectorised into one forward) → relabel (E epochs, batch 50, 200 steps
-    per shard) → prune (1×, 10×, 40×, random) → validate (1 epoch, ConvNet-16 student) on the 1× and 40× stores
-
-Each configuration runs in its own child process (``--_stages``); before each stage the child returns freed
-memory to the kernel (``malloc_trim``) and resets its peak resident set (``/proc/self/clear_refs``), so each
-stage's peak (VmHWM, and the peak of the anonymous part RssAnon sampled every 20 ms) is its own, on top of the
-resident set it started with (reported too). The seconds are measured around the stage call (imports excluded). Bytes written are the growth of the run
-directory on disk (and ``wchar`` from ``/proc/self/io``). The full store's bytes on disk are set beside the
-dry run's estimate (``labeldistill.plan.plan_run``, which calls ``estimate_store_bytes``).
-
-Usage::
+Random in-memory images (``bench-random``), an untrained ConvNet-16 teacher, every stage of the label side, each
+configuration in its own child process with the peak memory reset before every stage; seconds, memory and bytes
+per stage, the store's bytes against the dry run's estimate, and an extrapolation to ImageNet-1K.
 
     python -m bench.scale --classes 1000 --ipc 1 --epochs 5 --json      # one configuration, JSON on stdout
     python -m bench.scale --sweep                                        # the sweep → BENCHMARKS.md (scale)
-
-``--json`` prints exactly ``{"rows": [{"classes", "ipc", "image_size", "epochs", "stage_seconds",
-"peak_rss_bytes", "store_bytes", "estimated_store_bytes"}]}`` (``peak_rss_bytes``: the largest VmHWM of the
-stage processes). Per-stage details (memory, bytes written, manifest size …) go to ``<work>/<tag>.json``.
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
-"""Speed and memory ratios of the label side, measured on a small real Fashion-MNIST setting.
-
-Writes its table into BENCHMARKS.md (section ``speed``) with the command, date and machine. Every figure is a
-ratio of two measurements taken in the same run; the CPU may be shared with other jobs, so the two sides of
-each pair are run interleaved (A, B, A, B, …) and the median of the per-repeat ratios is reported.
-
-Setting: a ConvNet-64 teacher trained for one epoch on 5,000 real training images; ``random_real`` images
-(IPC 100 → 1,000 real images: the pixels do not matter for speed); a relabel store of 1,000 images × 100 epochs
-(batch 100 → 1,000 steps, 100,000 entries); a ConvNet-32 student.
-
-Ratios:
-  1. relabel (``generate_steps``: sample crop/flip, augment, teacher forward, fp16) ÷ a plain teacher forward
-     of the same number of already-augmented images (target ≤ 1.15);
-  2. a student epoch with stored labels (``StoredStepDataset``: read a step, replay its augmentation, KL to the
-     stored logits) ÷ the same epoch with hard labels (same augmentation freshly sampled, cross-entropy)
-     (target ≤ 1.10), and ÷ the same epoch with online KD (teacher run on every batch);
-  3. class-wise recover throughput at IPC 10, ``vectorize = 10`` ÷ ``vectorize = 1`` (target ≥ 3×);
-  4. relabel throughput with 2 torchrun processes ÷ 1 process (1 thread each), and 1 process with 2 threads;
-  5. label-store bytes on disk ÷ the floor (sum of the component tensors) for the 100,000-entry store
-     (target ≤ 1.02);
-  6. peak memory of validate with the 1× store ÷ with the 40× store, each in its own process (labels must be
-     read lazily: memory-mapped shards, one step at a time).
-
-Usage::
+"""Speed and memory ratios of the label side on a small real Fashion-MNIST setting (section ``speed``): relabel ÷
+plain inference, stored-label ÷ hard-label and online-KD student epochs, vectorised recover, torchrun relabel,
+store bytes ÷ floor and validate's peak memory with a 1× vs 40× store. Each pair runs interleaved; the median of
+the per-repeat ratios is reported.
 
     python -m bench.speed                      # about 10 minutes on 2 CPU cores
     python -m bench.speed --repeats 3 --skip-torchrun

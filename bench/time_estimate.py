@@ -1,26 +1,8 @@
-"""The dry run's time estimate against the real run: estimate ÷ actual per stage and in all.
+"""The dry run's time estimate against the real run (section ``time_estimate``): estimate ÷ the seconds each
+stage records in ``stages.json``, per stage and in all, for the demo (shortened) and a 224 px synthetic
+configuration, one thread.
 
-For each configuration, in one process and back to back: ``plan_run`` + ``add_time_estimate`` (what
-``labeldistill run CONFIG --dry-run`` prints), then the whole main job (``labeldistill.pipeline.run``) in a
-fresh run directory. The actual seconds are the ones each stage records in ``stages.json``
-(:func:`labeldistill.runner.run_unit`: the stage's own wall time, after its data is loaded for
-class-stats, recover, relabel and validate; squeeze's includes loading the data set), summed over the units of
-a stage (every ``validate[...]``, every ``prune[...]``). The total sets the sum of the estimates beside the sum
-of the recorded stage seconds, and the wall time of the whole job beside it.
-
-Configurations:
-
-* ``demo``: ``configs/fmnist_demo.yaml`` with :data:`DEMO_OVERRIDES` (fewer epochs and iterations, so it runs in
-  minutes on one loaded core; same data, models, modes, batch sizes and prune factors);
-* ``px224``: a 224-px synthetic configuration at 100 classes: ``bench/scale.py``'s random in-memory data set
-  (``bench-random``) and its overrides (ConvNet width 16, depth 5, untrained teacher), IPC
-  :data:`PX224["ipc"]`, with :data:`PX224_EXTRA`.
-
-Threads: 1 (``threads=1``). The load average of the machine is recorded before and after each configuration.
-
-Usage::
-
-    python -m bench.time_estimate            # both configurations → BENCHMARKS.md (section time_estimate)
+    python -m bench.time_estimate            # both configurations
     python -m bench.time_estimate --only demo --no-write
 """
 

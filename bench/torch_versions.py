@@ -1,17 +1,7 @@
-"""A ConvNet training step under two PyTorch builds on this machine: the new default install
-(torch 2.14.1 + torchvision 0.29.1, a CUDA build that runs on the CPU here) against the earlier CPU-only
-torch 2.13.0 wheel.
-
-Usage::
+"""A ConvNet training step under two PyTorch builds on this machine (section ``torch_versions``): new ÷ old
+seconds per step (median over alternating child processes), import time and peak memory.
 
     python -m bench.torch_versions --old /path/to/venv-with-torch-2.13/bin/python [--repeats 5]
-
-Each repeat runs one child process per interpreter, alternating which goes first; a child builds the demo's
-ConvNet-64 teacher (this package's ``convnet``, depth 3, BatchNorm) for 28 × 28 × 1 inputs and times
-``steps`` SGD training steps of batch 128 on random data with one torch thread, after warm-up steps. The
-ratio is new ÷ old seconds per step, median over the repeats; also recorded: start-up seconds of
-``import torch`` and the children's peak resident memory. Writes the ``torch_versions`` section of
-BENCHMARKS.md.
 """
 
 from __future__ import annotations
