@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench.study import (REPO, git_commit, interval_text, machine, mean_std, paired_by_seed, paired_interval, result_row,
-                         today, verdict, write_section)
+from bench.study import (REPO, git_commit, interval_text, load_json, machine, mean_std, paired_by_seed,
+                         paired_interval, result_row, today, verdict, write_section)
 from labeldistill import load_ld_config
 from labeldistill.learn_labels import learn_labels
 from labeldistill.learn_labels.dd import DDMetaLearner, LearnedImages
@@ -223,15 +223,9 @@ def outer_step_probe(config: Path, common: list[str], repeats: int = 10) -> dict
 
 
 def sensitivity(cfg, run_dir: Path) -> dict:
-    """Adam learning-rate rows and minibatch-order models for every label set of a finished claims run.
-
-    Learning rates 3e-4 and 3e-3 (1e-3 is the run's own Adam row): ``evaluate_label_set`` with the run's seeds
-    (repeat r starts from the same initialisation as in the run). Orders: 2 initialisations × 3 minibatch
-    orders, each trained for the step count of the run's Adam row and tested on the test split.
-
-    Returns:
-        ``{method: {"lr": {lr: row summary}, "order": [[acc per order] per init], "order_steps": int}}``.
-    """
+    """``{method: {"lr": {lr: row}, "order": [[top-1 per order] per init], "order_steps"}}`` of a finished claims
+    run: Adam at lr 3e-4 and 3e-3 with the run's seeds, and 2 initialisations × 3 minibatch orders trained for
+    the step count of the run's Adam row."""
     cpu = torch.device("cpu")
     t = load_file(str(run_dir / "labels.safetensors"))
     res = json.loads((run_dir / "results.json").read_text())
@@ -247,8 +241,7 @@ def sensitivity(cfg, run_dir: Path) -> dict:
             spec = LearnerSpec(cfg.learner, "plain", OptimizerSpec("adam", lr))
             row = evaluate_label_set(spec, own, t[m], cfg.metatest.repeats, seed, desc=f"{m} adam {lr:g}")
             lr_rows[f"{lr:g}"] = {k: row[k] for k in ("top1_mean", "top1_all", "steps")}
-        adam = next(r for r in res["rows"] if r["method"] == m and r["learner"] == cfg.learner.name
-                    and r["optimizer"] == "adam")
+        adam = adam_row(res, m, cfg.learner.name)
         spec = LearnerSpec(cfg.learner, "plain", OptimizerSpec("adam", 1e-3))
         orders = []
         for r in range(2):
@@ -277,6 +270,12 @@ CLAIMS = [
 ]
 
 
+def adam_row(res: dict | None, method: str, learner: str = "lenet") -> dict | None:
+    """The meta-test row of ``method`` with ``learner`` and Adam in a run's results, or ``None``."""
+    return next((r for r in (res or {}).get("rows", []) if r["method"] == method and r["learner"] == learner
+                 and r["optimizer"] == "adam"), None)
+
+
 def claim_measures(res: dict, sens: dict, method: str, learner: str = "lenet") -> dict:
     """The five measures (percentage points) of one label set of a claims run."""
     rows = [r for r in res["rows"] if r["method"] == method]
@@ -290,15 +289,17 @@ def claim_measures(res: dict, sens: dict, method: str, learner: str = "lenet") -
 
 
 def claim_diffs(data: dict, method: str, key: str, sign: int, only: tuple | None = None) -> dict:
-    """Paired differences ``{(dataset, N, seed): sign · (measure(method) − measure(dd))}`` over seeds (all
-    settings, or ``only``).
-
-    The order measure is left out at N = 10: every minibatch is then the whole set (inner batch 10), so the
-    order of examples cannot matter.
-    """
+    """``{(dataset, N, seed): sign · (measure(method) − measure(dd))}`` over all settings, or ``only``; no order
+    measure at N = 10, where every minibatch is the whole set."""
     return {(*st, s): sign * (per[s][method][key] - per[s]["dd"][key]) for st, per in sorted(data.items())
             if only in (None, st) and (key != "order" or st[1] > 10)
             for s in sorted(per) if method in per[s] and "dd" in per[s]}
+
+
+def opening(title: str, commands: list[str]) -> list[str]:
+    """A section's title, the commands that made its runs, commit, date and machine."""
+    return [f"## {title}", "", "Command: " + "; ".join(f"`{c}`" for c in commands) + "  ",
+            f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  "]
 
 
 def pm(xs: list[float]) -> str:
@@ -319,8 +320,7 @@ class Render:
         self.rows: list[dict] = []  # the JSON rows of what is rendered
 
     def load(self, key: str, name: str = "results.json") -> dict | None:
-        f = self.runs / key / name
-        return json.loads(f.read_text()) if f.is_file() else None
+        return load_json(self.runs / key / name)
 
     def text(self) -> str:
         done = sorted(p.parent.name for p in self.runs.glob("*/results.json"))
@@ -328,9 +328,7 @@ class Render:
         recorded = [json.loads((self.runs / k / "bench.json").read_text())["bench_command"] for k in done
                     if (self.runs / k / "bench.json").is_file()]
         commands = self.commands = list(dict.fromkeys(recorded)) or [self.s.command]  # what made the runs
-        out = ["## LD on its own dataset, and LD's claims against image distillation (issue #13)", "",
-               "Command: " + "; ".join(f"`{c}`" for c in commands) + "  ",
-               f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  ",
+        out = [*opening("LD on its own dataset, and LD's claims against image distillation (issue #13)", commands),
                f"Finished runs: {len(done)} under `{self._rel(self.runs)}` ({self._progress(done)}); their wall time "
                f"{seconds / 60:.1f} min "
                "(2 shared cores, other studies running: wall time is several times the CPU time).  ",
@@ -372,8 +370,7 @@ class Render:
             return out
 
         def acc(res: dict | None, method: str) -> float | None:
-            row = next((r for r in (res or {}).get("rows", []) if r["method"] == method and r["learner"] == "lenet"
-                        and r["optimizer"] == "adam"), None)
+            row = adam_row(res, method)
             return None if row is None else 100 * row["top1_mean"]
 
         done = [r for r in within if r]
@@ -547,29 +544,23 @@ class Budget:
     def __init__(self, study: Study):
         self.runs, self.rows = study.runs, []
         self.commands = sorted({json.loads(f.read_text())["bench_command"] for f in study.runs.glob("budget_*/bench.json")})
-        res = {(m, s): json.loads(f.read_text()) for m in ("ld", "dd") for s in range(study.args.seeds)
-               if (f := study.runs / f"budget_{m}_s{s}" / "results.json").is_file()}
+        res = {(m, s): r for m in ("ld", "dd") for s in range(study.args.seeds)
+               if (r := load_json(study.runs / f"budget_{m}_s{s}" / "results.json"))}
         self.repeats = study.args.mnist_repeats
         self.text = self._text(res, study.args.seeds) if res else ""
-
-    @staticmethod
-    def _row(res: dict, method: str) -> dict | None:
-        return next((r for r in res["rows"] if r["method"] == method and r["learner"] == "lenet"
-                     and r["optimizer"] == "adam"), None)
 
     def _text(self, res: dict, seeds: int) -> str:
         per: dict = {m: {} for m in self.LABELS}
         steps: dict = {m: [] for m in self.LABELS}
         for (run, s), r in res.items():
             for m in (("ld", "onehot", "teacher") if run == "ld" else ("dd",)):
-                if (row := self._row(r, m)) is not None:
+                if (row := adam_row(r, m)) is not None:
                     per[m][s] = 100 * row["top1_mean"]
                     steps[m].append(row["steps"])
         proto = "learn-labels metatest (LeNet, Adam 1e-3, training length validated for every row)"
         updates = sorted({i["outer_steps"] for r in res.values() for i in r.get("meta", {}).values()})
         cpu = sum(r["seconds"] for r in res.values()) / 60
-        out = ["## LD at the paper's number of label updates (mnist-5k, issue #22 item 3)", "",
-               "Command: " + "; ".join(f"`{c}`" for c in self.commands) + "  ", f"Commit: {git_commit()}; written {today()}; machine: {machine()}.  ",
+        out = [*opening("LD at the paper's number of label updates (mnist-5k, issue #22 item 3)", self.commands),
                f"Finished runs: {len(res)} of {2 * seeds} under `{Render._rel(self.runs)}`; their wall time "
                f"{cpu:.0f} min (one thread each, two processes on 2 shared cores).", "",
                f"Setting of the `mnist` part of section `ld_claims` (paper LD configuration, N = 100, LeNet), but "

@@ -268,6 +268,12 @@ def seed_run_from(src: Path, dst: Path, parts: list[str], cfg, stages: tuple[str
     return all(s in ledger(dst) for s in stages)
 
 
+def load_json(path) -> dict | None:
+    """The JSON document in ``path``, or ``None`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def cli_env() -> dict:
     """The environment of a child ``labeldistill`` / ``python -m bench.<name>`` process: one thread, no
     progress bars, this checkout's ``src`` first on ``PYTHONPATH``."""
