@@ -388,32 +388,7 @@ def main() -> int:
     cfg = load_config(None, base_overrides(base, sz, device.type))
     t_setup, _ = timed(lambda: (squeeze(cfg), class_stats(cfg)), device)
     res["setup_seconds"] = t_setup
-    print("b. recover vectorize=C vs 1", flush=True)
-    res["recover"] = check_recover(base, work, sz, device)
-    for r in res["recover"]:
-        print(f"   IPC {r['ipc']}: {r['seconds_v1']:.2f} s vs {r['seconds_vC']:.2f} s → {r['ratio']:.2f}×", flush=True)
-    print("d. bf16 autocast parity", flush=True)
-    res["autocast"] = check_autocast(base, work, sz, device)
-    print("   " + json.dumps(res["autocast"]), flush=True)
-    print("c. relabel ÷ plain teacher inference", flush=True)
-    res["relabel"] = check_relabel(work / "parity_off", sz, device)
-    print(f"   {res['relabel']['ratio']:.3f}", flush=True)
-    print("e. 224 px relabel + validate throughput", flush=True)
-    res["px224"] = check_224(work, sz, device)
-    print("   " + json.dumps(res["px224"]), flush=True)
-    print("f. time estimate ÷ actual", flush=True)
-    res["time_estimate"] = check_time_estimate(work, sz, device)
-    print(f"   {res['time_estimate']['ratio']:.2f} (" + ", ".join(
-        f"{r['stage']} {r['ratio']:.2f}" for r in res["time_estimate"]["rows"] if r["ratio"]) + ")", flush=True)
-    print("g. kill-and-resume identity, deterministic: true", flush=True)
-    res["kill_resume"] = check_kill_resume(work, sz, device)
-    print("   " + json.dumps(res["kill_resume"]), flush=True)
-    print("h. relabel under torchrun vs one process, deterministic: true", flush=True)
-    res["torchrun"] = check_torchrun(work, sz, device)
-    print("   " + json.dumps(res["torchrun"]), flush=True)
-    print("i. tiny_imagenet_lpld.yaml dry run on fake Tiny-ImageNet", flush=True)
-    res["tiny_dry_run"] = check_tiny_dry_run(work, sz, device)
-    print("   " + json.dumps(res["tiny_dry_run"]), flush=True)
+    run_checks(res, base, work, sz, device)
     res["minutes"] = (time.time() - t_start) / 60
     body = report(res, sz, dry)
     print(body)
@@ -426,6 +401,39 @@ def main() -> int:
         write_section(Path(args.out), "gpu_check", body, [result_row({"check": k}, result=v) for k, v in res.items()])
     tests_ok = args.skip_tests or res["tests"]["rc"] == 0
     return 0 if tests_ok else 1
+
+
+def run_checks(res: dict, base: Path, work: Path, sz: dict, device: torch.device) -> None:
+    """Checks b–i in order, each printed with a one-line summary; results into ``res``."""
+    checks = [
+        ("b. recover vectorize=C vs 1", "recover", lambda: check_recover(base, work, sz, device)),
+        ("d. bf16 autocast parity", "autocast", lambda: check_autocast(base, work, sz, device)),
+        ("c. relabel ÷ plain teacher inference", "relabel", lambda: check_relabel(work / "parity_off", sz, device)),
+        ("e. 224 px relabel + validate throughput", "px224", lambda: check_224(work, sz, device)),
+        ("f. time estimate ÷ actual", "time_estimate", lambda: check_time_estimate(work, sz, device)),
+        ("g. kill-and-resume identity, deterministic: true", "kill_resume",
+         lambda: check_kill_resume(work, sz, device)),
+        ("h. relabel under torchrun vs one process, deterministic: true", "torchrun",
+         lambda: check_torchrun(work, sz, device)),
+        ("i. tiny_imagenet_lpld.yaml dry run on fake Tiny-ImageNet", "tiny_dry_run",
+         lambda: check_tiny_dry_run(work, sz, device)),
+    ]
+    for title, key, check in checks:
+        print(title, flush=True)
+        res[key] = check()
+        print("   " + summary(key, res[key]), flush=True)
+
+
+def summary(key: str, r) -> str:
+    """The line printed after a check."""
+    if key == "recover":
+        return "\n   ".join(f"IPC {x['ipc']}: {x['seconds_v1']:.2f} s vs {x['seconds_vC']:.2f} s → {x['ratio']:.2f}×"
+                             for x in r)
+    if key == "relabel":
+        return f"{r['ratio']:.3f}"
+    if key == "time_estimate":
+        return f"{r['ratio']:.2f} (" + ", ".join(f"{x['stage']} {x['ratio']:.2f}" for x in r["rows"] if x["ratio"]) + ")"
+    return json.dumps(r)
 
 
 def report(res: dict, sz: dict, dry: bool) -> str:

@@ -355,7 +355,16 @@ def mib(b: float) -> str:
 
 
 def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str:
+    """The section's body: setting, seconds and memory tables, growth fits, the recover study, ImageNet-1K."""
     stages = list(results[0]["row"]["stage_seconds"])
+    lines = tables(results, args, minutes, load0, stages)
+    growth, fits = growth_lines(results, stages)
+    lines += growth + memory_lines(results) + recover_study_lines(getattr(args, "recover_study", []), args)
+    return "\n".join(lines + extrapolation_lines(results, fits, args))
+
+
+def tables(results: list[dict], args, minutes: float, load0: float, stages: list[str]) -> list[str]:
+    """Setting, seconds per stage and memory per stage."""
     lines = [
         f"Setting: random uint8 images (synthetic dataset registered in-process; {args.real_per_class} \"real\" "
         f"training images per class for class-stats), ConvNet-16 teacher (depth 3 at 32 px, 5 at 224 px) left "
@@ -401,11 +410,14 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
             f"{row['store_bytes'] / row['estimated_store_bytes']:.4f} | {rel['manifest_bytes']:,} | "
             f"{rel['shards']} | {rel['manifest_bytes'] / rel['steps']:.1f} | "
             f"{d['open_store']['open_fds_added']} / {d['open_store']['maps_added']} |")
+    return lines
 
-    # ---- fits at 32 px
+
+def growth_lines(results: list[dict], stages: list[str]) -> tuple[list[str], dict]:
+    """Least-squares growth per stage at 32 px (and its per-unit cost at 224 px), per class at fixed images."""
     r32 = [r for r in results if r["row"]["image_size"] == 32]
     r224 = [r for r in results if r["row"]["image_size"] != 32]  # the large-image rows (224 px in the sweep)
-    lines += ["", "### Growth (32 px rows): least-squares `seconds = a + b · units`, and the log-log slope", "",
+    lines = ["", "### Growth (32 px rows): least-squares `seconds = a + b · units`, and the log-log slope", "",
               "Slope over the larger half of the points: 1 = linear; clearly above 1 = grows faster than linear "
               "(a finding).", "",
               "| stage | unit | a (s) | b (µs per unit) | log-log slope | per-unit at 224 px (µs) |",
@@ -436,8 +448,11 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
             parts.append(f"{st} " + " → ".join(f"{r['row']['stage_seconds'][st]:.2f} s (C={r['row']['classes']})"
                                                for r in rs))
         lines.append(f"- {n:,} images: " + "; ".join(parts))
+    return lines, fits
 
-    # manifest growth
+
+def memory_lines(results: list[dict]) -> list[str]:
+    """Manifest bytes per step, validate's and prune's memory against the store's size."""
     m_x = [r["details"]["relabel"]["steps"] for r in results]
     m_y = [r["details"]["relabel"]["manifest_bytes"] - 20 * r["row"]["classes"] for r in results]
     ma, mb = lstsq(m_x, m_y)
@@ -449,7 +464,7 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
                    d["prune_x40"]["store_bytes"], d["validate_x1"]["peak_rss_bytes"] - d["validate_x40"]["peak_rss_bytes"],
                    d["validate_x1"]["peak_anon_bytes"] - d["validate_x40"]["peak_anon_bytes"]))
     big = max(vm, key=lambda v: v[3])
-    lines += ["", "### Memory at scale", "",
+    return ["", "### Memory at scale", "",
               f"- **manifest.json per stored step**: fitted {mb:.2f} B per step (after removing ~20 B per class of "
               f"`class_to_idx`) + {ma:,.0f} B fixed: the manifest holds one entry per *shard* "
               f"({STEPS_PER_SHARD} steps), not per step, so it grows by ≈ one shard entry / {STEPS_PER_SHARD} steps; "
@@ -467,7 +482,10 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
                           for r in results if r["details"]["prune_x1"]["store_bytes"] > 8 * 2**20) + ".",
               ]
 
-    study = getattr(args, "recover_study", [])
+
+def recover_study_lines(study: list[dict], args) -> list[str]:
+    """Vectorised recover: seconds against batches per forward."""
+    lines: list[str] = []
     if study:
         lines += ["", "### Vectorised recover: seconds vs batches per forward (C = 256, IPC 1, 32 px, "
                   f"{args.iterations} iterations, class-wise batches of 1 image)", "",
@@ -488,10 +506,13 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
                      "More batches per forward slow the step down: look for per-batch work that grows with the "
                      "whole tensor (the old per-slice BN statistics were quadratic in `recover.vectorize`).")
                   + f" The sweep caps vectorize at {VECTORIZE_CAP}."]
+    return lines
 
-    # extrapolation to ImageNet-1K
+
+def extrapolation_lines(results: list[dict], fits: dict, args) -> list[str]:
+    """Label bytes and hours of every stage for ImageNet-1K at IPC 10, 50 and 200."""
     dev = max(abs(r["row"]["store_bytes"] / r["row"]["estimated_store_bytes"] - 1) for r in results)
-    lines += ["", "### Extrapolation to ImageNet-1K (1,000 classes, 224 px, 300 relabel epochs, batch "
+    lines = ["", "### Extrapolation to ImageNet-1K (1,000 classes, 224 px, 300 relabel epochs, batch "
               f"{RELABEL_BATCH})", "",
               "Label bytes are this project's 1× fp16 store without CutMix, from the dry-run estimator "
               f"(`estimate_store_bytes`; in the sweep the bytes on disk were within {dev:.3%} of it) and, as a check, from the "
@@ -524,7 +545,7 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
                      f"{hours('recover', n * 4000)} | {n * 3 * 224 * 224 / 1e9:.1f} GB |")
     lines += ["", f"Measured bytes per stored entry at C = {cmax}: {be:,.1f} B. Per-row details (every stage's "
               f"VmHWM, RssAnon, wchar, bytes written): `{shown(Path(args.work) / 'sweep.json')}` after a run."]
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
