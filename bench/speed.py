@@ -323,6 +323,22 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(args.threads)
     t_start, load_start = time.time(), os.getloadavg()[0]
+    res, stores = measure_all(args)
+    body = (header("Speed and memory ratios") + f"Setting: Fashion-MNIST, ConvNet-64 teacher (1 epoch on 5,000 images), 1,000 real images "
+            f"(`random_real`, IPC 100), relabel batch 100, ConvNet-32 student, CPU, {args.threads} torch thread(s) "
+            f"for in-process measurements. Each pair was run interleaved (A, B, A, B …, after one warm-up round), "
+            f"{args.repeats} repeats (torchrun: {max(3, args.repeats // 2 + 1)}, memory: {MEMORY_REPEATS}, one process per run); "
+            f"the ratio is the median of the per-repeat ratios. Wall time of the whole benchmark: "
+            f"{(time.time() - t_start) / 60:.1f} min; 1-minute load average {load_start:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the cores).\n\n"
+            + "\n".join(ratio_rows(res) + store_rows(res, stores)))
+    write_section(Path(args.out), "speed", body, [result_row({"measurement": k}, **(v or {})) for k, v in res.items()])
+    (Path(args.runs) / "speed.json").write_text(json.dumps(res, indent=2, default=str))
+    print(body)
+
+
+def measure_all(args) -> tuple[dict, dict]:
+    """Measurements 1–6 on the bench setting (made first when missing); returns them and the stores' sizes."""
     base = Path(args.runs) / "main"
     cfg = load_config(DEMO, overrides(base, args.threads))
     layout = RunLayout(base)
@@ -363,7 +379,14 @@ def main() -> None:
     r6 = bench_memory(base, {"1×": full.path, "40×": x40, "amplified 1×": big.path, "amplified 40×": big40},
                       args.threads, MEMORY_REPEATS)
     print(f"   {r6['pairs']}", flush=True)
+    res = {"relabel": r1, "student": r2, "recover": r3, "torchrun": r4, "store": rep, "store_x40": rep40, "memory": r6}
+    return res, {"shards": len(full.manifest["shards"]), "big_entries": big.manifest["num_entries"],
+                 "big_bytes": big_bytes, "big40_bytes": big40_bytes}
 
+
+def ratio_rows(res: dict) -> list[str]:
+    """Table rows 1–4: relabel, student epoch, recover, torchrun."""
+    r1, r2, r3, r4 = res["relabel"], res["student"], res["recover"], res["torchrun"]
     rows = [
         "| # | measurement | ratio (median) | target | | medians of the two sides |",
         "|---|---|---|---|---|---|",
@@ -385,9 +408,16 @@ def main() -> None:
             f"| 4b | relabel throughput, 1 process × 2 threads ÷ 1 process × 1 thread | {thr['stage']:.2f}× in-stage, "
             f"{thr['wall']:.2f}× wall | (report) | | |",
         ]
-    rows += [
+    return rows
+
+
+def store_rows(res: dict, stores: dict) -> list[str]:
+    """Table rows 5–6: store bytes and validate's memory."""
+    rep, rep40, r6 = res["store"], res["store_x40"], res["memory"]
+    big_bytes, big40_bytes = stores["big_bytes"], stores["big40_bytes"]
+    return [
         f"| 5 | label store bytes on disk ÷ floor (components), {rep['entries']:,} entries, {rep['steps']} steps, "
-        f"{len(full.manifest['shards'])} shards | {rep['overhead_ratio']:.4f} | ≤ 1.02 | "
+        f"{stores['shards']} shards | {rep['overhead_ratio']:.4f} | ≤ 1.02 | "
         f"{verdict(rep['overhead_ratio'] <= 1.02)} | {rep['total_on_disk']:,} B ÷ {rep['floor']:,} B |",
         f"| 5b | same for the 40× store ({rep40['entries']:,} entries, 1 shard) | {rep40['overhead_ratio']:.4f} | "
         f"(report) | | {rep40['total_on_disk']:,} B ÷ {rep40['floor']:,} B |",
@@ -399,7 +429,7 @@ def main() -> None:
                     for k, v in r6["median"].items() if not k.startswith("amplified")) + " |",
         f"| 6b | same, peak anonymous memory (RssAnon, sampled every 10 ms) | {r6['pairs']['1× ÷ 40×']['anon']:.3f} | "
         f"≈ 1 | | difference {r6['pairs']['1× ÷ 40×']['anon_diff_mib']:+.1f} MiB |",
-        f"| 6c | same with an amplified 1× store ({big.manifest['num_entries']:,} entries, {human_bytes(big_bytes)}; "
+        f"| 6c | same with an amplified 1× store ({stores['big_entries']:,} entries, {human_bytes(big_bytes)}; "
         f"fresh crops, real logits reused) ÷ its 40× store ({human_bytes(big40_bytes)}) | "
         f"{r6['pairs']['amplified 1× ÷ amplified 40×']['hwm']:.3f} (RssAnon "
         f"{r6['pairs']['amplified 1× ÷ amplified 40×']['anon']:.3f}) | ≈ 1 (lazy) | "
@@ -411,17 +441,6 @@ def main() -> None:
         f"{r6['median']['amplified 1×']['rss_file_kib_end'] / 1024:.1f} vs "
         f"{r6['median']['amplified 40×']['rss_file_kib_end'] / 1024:.1f} MiB |",
     ]
-    body = (header("Speed and memory ratios") + f"Setting: Fashion-MNIST, ConvNet-64 teacher (1 epoch on 5,000 images), 1,000 real images "
-            f"(`random_real`, IPC 100), relabel batch 100, ConvNet-32 student, CPU, {args.threads} torch thread(s) "
-            f"for in-process measurements. Each pair was run interleaved (A, B, A, B …, after one warm-up round), "
-            f"{args.repeats} repeats (torchrun: {max(3, args.repeats // 2 + 1)}, memory: {MEMORY_REPEATS}, one process per run); "
-            f"the ratio is the median of the per-repeat ratios. Wall time of the whole benchmark: "
-            f"{(time.time() - t_start) / 60:.1f} min; 1-minute load average {load_start:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the cores).\n\n" + "\n".join(rows))
-    res = {"relabel": r1, "student": r2, "recover": r3, "torchrun": r4, "store": rep, "store_x40": rep40, "memory": r6}
-    write_section(Path(args.out), "speed", body, [result_row({"measurement": k}, **(v or {})) for k, v in res.items()])
-    (Path(args.runs) / "speed.json").write_text(json.dumps(res, indent=2, default=str))
-    print(body)
 
 
 if __name__ == "__main__":
