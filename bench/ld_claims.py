@@ -276,6 +276,12 @@ def adam_row(res: dict | None, method: str, learner: str = "lenet") -> dict | No
                  and r["optimizer"] == "adam"), None)
 
 
+def adam_top1(res: dict | None, method: str) -> float | None:
+    """Top-1 (%) of :func:`adam_row` with LeNet, or ``None``."""
+    row = adam_row(res, method)
+    return None if row is None else 100 * row["top1_mean"]
+
+
 def claim_measures(res: dict, sens: dict, method: str, learner: str = "lenet") -> dict:
     """The five measures (percentage points) of one label set of a claims run."""
     rows = [r for r in res["rows"] if r["method"] == method]
@@ -369,14 +375,10 @@ class Render:
         if not any(within) and not any(cross):
             return out
 
-        def acc(res: dict | None, method: str) -> float | None:
-            row = adam_row(res, method)
-            return None if row is None else 100 * row["top1_mean"]
-
         done = [r for r in within if r]
         proto = (f"learn-labels metatest (LeNet, Adam 1e-3, {self.a.mnist_repeats} fresh models per seed; LD: its "
                  "meta-training step count, baselines: a validated one)")
-        per = {(part, m): {s: v for s, v in enumerate(acc(r, m) for r in res) if v is not None}
+        per = {(part, m): {s: v for s, v in enumerate(adam_top1(r, m) for r in res) if v is not None}
                for part, res in (("mnist-5k within", within), ("Fashion-MNIST → mnist-5k", cross))
                for m in ("ld", "onehot", "teacher")}
         self.rows += [result_row({"part": k[0], "labels": k[1]}, v, proto, unit="top-1 %") for k, v in per.items() if v]
