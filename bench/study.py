@@ -1,11 +1,7 @@
-"""What every benchmark script shares: the section of BENCHMARKS.md (header with command, commit, date and
-machine; writing it in place), paired differences over seeds with one 95 % t-interval and one verdict rule, and
-seeding a run directory from another one, and the section's table as JSON (``docs/results/<section>.json``).
-
-Paired intervals: a claim reads ``held`` only when the interval lies wholly on the claimed side of its threshold,
-``did not hold`` only when wholly on the other side, and ``not resolved`` otherwise. One convention for too few
-pairs: no pair gives a NaN mean, one pair its difference; with fewer than 2 pairs the interval is
-``(-inf, inf)`` (never resolved) and :func:`interval_text` prints no interval.
+"""What every benchmark script shares: its BENCHMARKS.md section (command, commit, date, machine) and JSON rows
+(``docs/results/<section>.json``), paired 95 % t-intervals with one verdict rule, seeding a run directory from
+another and running the CLI. Too few pairs: none gives a NaN mean, one its difference; under 2 pairs the
+interval is ``(-inf, inf)``, never resolved.
 """
 
 from __future__ import annotations
@@ -62,16 +58,14 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def header(title: str, machine_note: str = "", command: str | None = None, commit: str | None = None) -> str:
-    """A section's opening lines: ``## title``, then the command (default :func:`command_line`), the commit, the
-    UTC date and the machine (``machine_note`` appended, e.g. the load average), each a Markdown line break."""
+    """``## title``, then command (default :func:`command_line`), commit, UTC date and machine (+ ``machine_note``)."""
     return (f"## {title}\n\nCommand: `{command or command_line()}`  \nCommit: {commit or git_commit()}  \n"
             f"Date: {today()}  \nMachine: {machine()}{machine_note}  \n")
 
 
 def write_section(path: Path, name: str, body: str, rows: list[dict] | None = None, command: str | None = None,
                   commit: str | None = None) -> None:
-    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``;
-    with ``rows`` also write them to :func:`results_path` (:func:`write_results`)."""
+    """Replace (or append) section ``name`` (``<!-- name:start/end -->``) of ``path``; ``rows``: also its JSON."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}\n"
     path = Path(path)
@@ -101,8 +95,7 @@ def _finite(x):
 
 
 def write_results(md: Path, name: str, rows: list[dict], command: str | None = None, commit: str | None = None) -> Path:
-    """Write ``{"section", "command", "commit", "date", "machine", "rows"}`` to :func:`results_path`: the rows a
-    section renders (:func:`result_row`), so a reader can check a claim without parsing Markdown."""
+    """Write ``{"section", "command", "commit", "date", "machine", "rows"}`` to :func:`results_path`."""
     f = results_path(md, name)
     f.parent.mkdir(parents=True, exist_ok=True)
     doc = {"section": name, "command": command or command_line(), "commit": commit or git_commit(), "date": today(),
@@ -113,11 +106,8 @@ def write_results(md: Path, name: str, rows: list[dict], command: str | None = N
 
 def result_row(setting: dict, per_seed: dict | None = None, protocol: str | None = None, *, paired: bool = False,
                **extra) -> dict:
-    """One JSON row: ``setting`` (what varies), ``protocol`` (how the numbers were evaluated), ``seeds`` and
-    ``values`` (one per seed, in the unit the section prints), their ``mean`` and ``interval``: the 95 %
-    t-interval ``[low, high]`` of :func:`paired_interval` for ``paired`` differences with ≥ 2 seeds, else
-    ``None``; ``extra`` (e.g. ``verdict``, ``unit``) is added as is. Without ``per_seed`` (a measurement): the
-    setting and ``extra`` only."""
+    """One JSON row: ``setting``, ``protocol``, ``seeds``, ``values`` (per seed), ``mean``, ``interval`` (95 %, for
+    ``paired`` differences of ≥ 2 seeds, else ``None``) and ``extra``; without ``per_seed``: setting and extra."""
     if per_seed is None:
         return {"setting": setting, **extra}
     seeds = sorted(per_seed)
@@ -134,8 +124,7 @@ def shown(path) -> str:
 
 
 def mean_std(xs: list[float], scale: float = 100, sample: bool = False) -> str:
-    """``"79.1 ± 0.4"``: mean ± std of ``xs × scale`` (population std, or the sample std when ``sample``); the
-    value alone for one, ``–`` for none."""
+    """``"79.1 ± 0.4"``: mean ± std (population, or sample) of ``xs × scale``; one value alone, ``–`` for none."""
     v = [scale * x for x in xs]
     if len(v) < 2:
         return f"{v[0]:.1f}" if v else "–"
@@ -153,12 +142,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def t975_table(df: int) -> float:
-    """``t_{0.975, df}`` from :data:`T975` (between tabulated dfs the next smaller df: a conservative value;
-    beyond 120 the normal 1.960).
-
-    Raises:
-        ValueError: ``df < 1``.
-    """
+    """``t_{0.975, df}`` from :data:`T975` (the next smaller tabulated df; 1.960 beyond 120); ValueError for df < 1."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     return 1.960 if df > 120 else T975[max(k for k in T975 if k <= df)]
@@ -176,8 +160,7 @@ def t975(df: int) -> float:
 
 
 def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval ``(mean, low, high)`` of paired differences (one per seed): NaN mean for none,
-    ``(-inf, inf)`` for fewer than 2."""
+    """``(mean, low, high)``: mean and 95 % t-interval of paired differences (one per seed)."""
     n = len(diffs)
     if n < 2:
         return (diffs[0] if n else math.nan), -math.inf, math.inf
@@ -187,8 +170,7 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
 
 
 def verdict(low: float, high: float, threshold: float = 0.0, above: bool = True) -> str:
-    """``held`` when the whole interval is on the claimed side of ``threshold`` (above it when ``above``, else
-    below it), ``did not hold`` when it is wholly on the other side, else ``not resolved``."""
+    """``held`` / ``did not hold`` when the interval is wholly on the claimed / other side of ``threshold``."""
     if above:
         return "held" if low > threshold else "did not hold" if high < threshold else "not resolved"
     return "held" if high < threshold else "did not hold" if low > threshold else "not resolved"
@@ -236,18 +218,10 @@ def finished_results(run_dir: Path) -> dict | None:
 
 
 def seed_run_from(src: Path, dst: Path, parts: list[str], cfg, stages: tuple[str, ...] = ()) -> bool:
-    """Give run directory ``dst`` (config ``cfg``) the finished outputs ``parts`` (paths relative to a run
-    directory, e.g. ``teacher``, ``images/cs``) of run directory ``src``, instead of computing them again; a part
-    ``dst`` already has is kept.
-
-    The one place where the studies reach into the library's run-directory internals. Copies count only through
-    :func:`labeldistill.runner.adopt`: ``dst``'s ledger records a copied unit only when ``src``'s ledger records it
-    with the settings ``cfg`` gives; a copy made with other settings stays unrecorded, and the library refuses it.
-    With ``stages`` (ledger keys, e.g. ``squeeze``) nothing is copied unless each of them would be adopted.
-
-    Returns:
-        Whether ``dst``'s ledger now records every key of ``stages``.
-    """
+    """Copy the finished outputs ``parts`` (e.g. ``teacher``, ``images/cs``) of run ``src`` into run ``dst`` (config
+    ``cfg``; parts it has are kept). The ledger records a copy only through :func:`labeldistill.runner.adopt`, when
+    ``src`` made it with ``cfg``'s settings; with ``stages`` (ledger keys) nothing is copied unless each would be
+    adopted. Returns whether ``dst``'s ledger records every key of ``stages``."""
     from labeldistill.layout import RunLayout
     from labeldistill.main_stages import main_units
     from labeldistill.provenance import recorded_changes
@@ -275,18 +249,13 @@ def load_json(path) -> dict | None:
 
 
 def cli_env() -> dict:
-    """The environment of a child ``labeldistill`` / ``python -m bench.<name>`` process: one thread, no
-    progress bars, this checkout's ``src`` first on ``PYTHONPATH``."""
+    """A child process's environment: one thread, no progress bars, this checkout's ``src`` on ``PYTHONPATH``."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
 def run_cli(verb: str, config: Path, overrides: list[str]) -> None:
-    """``labeldistill <verb> <config> <overrides>`` in a child process (:func:`cli_env`); prints its wall time.
-
-    Raises:
-        subprocess.CalledProcessError: the command failed.
-    """
+    """``labeldistill <verb> <config> <overrides>`` in a child process (:func:`cli_env`); prints its wall time."""
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "labeldistill.cli", verb, str(config), *overrides], cwd=REPO, env=cli_env(),
                    check=True)
@@ -313,8 +282,7 @@ def proc_status() -> dict[str, int]:
 
 
 class PeakAnon:
-    """``with PeakAnon(interval) as p: ...``: ``p.peak`` is the largest ``RssAnon`` (bytes) sampled every
-    ``interval`` seconds inside the block (and at its start and end)."""
+    """``with PeakAnon(interval) as p``: ``p.peak``, the largest ``RssAnon`` (bytes) sampled in the block."""
 
     def __init__(self, interval: float = 0.02):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
