@@ -112,12 +112,7 @@ def _cell_dir(ipc: int, teacher: str) -> str:
 
 
 def reuse_demo_teacher(args) -> bool:
-    """Copy ``make demo``'s teacher into ``<runs>/teacher0`` when its squeeze stage was made with exactly
-    teacher0's settings (same fingerprint), instead of training the same teacher again (~6 CPU minutes).
-
-    Returns:
-        Whether teacher0 is (now) the demo's teacher.
-    """
+    """Whether teacher0 is (now) ``make demo``'s teacher, copied when made with teacher0's settings."""
     dst = Path(args.runs) / "teacher0"
     if "squeeze" in ledger(dst):  # teacher0 made earlier: the demo's teacher when it is the same
         return _same_teacher(args, "teacher0")

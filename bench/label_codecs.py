@@ -86,11 +86,8 @@ def train_step(cfg: Any, store: LabelStore) -> Callable[[Any, Any, int], None]:
 
 
 def bench_decode(stores: dict[str, LabelStore], images: torch.Tensor, repeats: int, cfg: Any) -> dict:
-    """(a): seconds per call of four read paths (``get``, + soft targets, validate's read, a validate step). Every step is read by every codec back to back (in a fresh
-    random order for every step), so a slow spell of the shared CPU hits all codecs of that step alike; the ratio
-    is the median over all (repeat, step) pairs of codec time ÷ fp16 time for the same step in the same round.
-    ``fp16 (A/A)`` reads the fp16 store through a second handle: its ratio is the noise floor. The first repeat
-    is a warm-up."""
+    """(a): seconds per call of four read paths, every step read by every codec back to back (random order); ratio:
+    median of codec ÷ fp16 time per (repeat, step); ``fp16 (A/A)`` is the noise floor; repeat 0 warms up."""
     c = stores["fp16"].manifest["num_classes"]
     stores = {**stores, "fp16 (A/A)": LabelStore(stores["fp16"].path)}
     datasets = {f: StoredStepDataset(s, images, T) for f, s in stores.items()}

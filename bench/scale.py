@@ -130,11 +130,7 @@ def _fresh_peak() -> None:
 
 
 def run_stages(stages: list[str], spec: dict) -> dict:
-    """Run the stages of one configuration in this process, in order; returns their measurements.
-
-    One process per configuration; before each stage, freed memory is returned to the kernel and the peak
-    resident set is reset, so each stage's VmHWM is its own (on top of the resident set it started with).
-    """
+    """Run the stages of one configuration in this process, each with its own peak memory; their measurements."""
     import torch
 
     from labeldistill.config import load_config

@@ -245,12 +245,8 @@ def child_validate(args) -> None:
 
 
 def amplified_store(full: LabelStore, dest: Path, epochs: int) -> LabelStore:
-    """A store of the same images with ``epochs`` stored epochs: fresh crop/flip per step (as relabel samples
-    them), logits copied from the real store's step with the same position in its epoch.
-
-    Only used to make the 1× store large next to the process (10 classes make a real 100k-entry store 2.5 MiB),
-    so that eager label loading would show in the memory figures.
-    """
+    """The store with ``epochs`` stored epochs (fresh crops, the real store's logits reused): large enough next to
+    the process that eager label loading would show in the memory figures."""
     if (dest / "manifest.json").is_file():
         return LabelStore(dest)
     m = full.manifest

@@ -36,12 +36,8 @@ def actual_seconds(stage: str, ledger: dict) -> float | None:
 
 
 def estimate_and_run(cfg) -> dict:
-    """Dry-run estimate, then the real run of ``cfg`` (its run directory is removed first).
-
-    Returns:
-        ``{"rows": [{"stage", "estimate", "actual", "ratio"}], "estimate_total", "actual_total", "wall",
-        "probe_seconds", "load_before", "load_after", "rates"}`` (seconds).
-    """
+    """Dry-run estimate, then the real run of ``cfg`` in a fresh run directory: ``{"rows": [{"stage", "estimate",
+    "actual", "ratio"}], "estimate_total", "actual_total", "wall", ...}`` (seconds)."""
     from labeldistill import run
     from labeldistill.plan import add_time_estimate, plan_run
 
