@@ -192,10 +192,10 @@ def test_no_function_longer_than_60_lines():
 
 def test_random_stream_keys_are_distinct():
     from labeldistill.augment import Stream, mode_stream
-    from labeldistill.variants import BUILTIN_VARIANTS
+    from labeldistill.variants import BUILTIN_MODES
 
     values = [int(s) for s in Stream]
     assert len(values) == len(set(values))
-    modes = {m: mode_stream(m) for m in BUILTIN_VARIANTS}
+    modes = {m: mode_stream(m) for m in BUILTIN_MODES}
     assert len(set(modes.values())) == len(modes)
     assert not set(modes.values()) & set(values)

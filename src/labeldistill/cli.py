@@ -10,7 +10,7 @@ import json
 import sys
 
 from .errors import ConfigError, LabelDistillError
-from .variants import resolve_variant
+from .variants import resolve_mode
 
 STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", "validate", "hard-label", "run",
           "report")
@@ -300,7 +300,7 @@ def _main(argv: list[str] | None) -> int:
     set_threads(cfg.threads)
     modes = getattr(args, "mode", None) or cfg.recover.modes
     for m in modes:
-        resolve_variant(m, cfg.recover.variants)
+        resolve_mode(m, cfg.recover.variants)
     force = getattr(args, "force", False)
     if args.command == "run":
         _run_command(cfg, args)

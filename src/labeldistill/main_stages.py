@@ -18,7 +18,7 @@ from .data.owned import source_fingerprint
 from .layout import REAL_TRAIN, RunLayout, labels_tag
 from .provenance import (StageRef, data_settings, flat_settings, model_tag, student_config, validate_settings)
 from .runner import Stage
-from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_variant
+from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_mode
 
 
 def _modes(stage: str):
@@ -37,21 +37,22 @@ CLASS_STATS = Stage("class-stats", upstream=SQUEEZE,
 
 
 def _recover_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
-    """The recover mode, its variant and the recover settings its source reads (synthesis: all of them and the
+    """The recover mode, its switches (:class:`~labeldistill.variants.RecoverMode`, recorded as
+    ``recover.variant``) and the recover settings its source reads (synthesis: all of them and the
     class statistics'; real-image sources: the few they read; a set made elsewhere: its files' fingerprint)."""
-    variant = resolve_variant(ref.mode, cfg.recover.variants)
+    switches = resolve_mode(ref.mode, cfg.recover.variants)
     recover = flat_settings("recover", cfg.recover)
     out: dict[str, Any] = {}
-    if variant["source"] == "synthesis":
+    if switches.source == "synthesis":
         out.update(CLASS_STATS.own(cfg, ref))
     else:  # real-image sources read only these recover settings; a set made elsewhere none of them
-        used = () if variant["source"] in OWN_SOURCES else ("recover.ipc",) + (
+        used = () if switches.source in OWN_SOURCES else ("recover.ipc",) + (
             ("recover.rded_factor", "recover.rded_candidates", "recover.crop_scale")
-            if variant["source"] == "rded" else ())
+            if switches.source == "rded" else ())
         recover = {k: v for k, v in recover.items() if k in used}
-    if variant["source"] in OWN_SOURCES:  # the set's files: an edited folder makes recover (and all after) stale
-        recover["recover.source_fingerprint"] = source_fingerprint(variant["source"], variant["path"])
-    return {**out, "recover.mode": ref.mode, "recover.variant": variant, **recover}
+    if switches.source in OWN_SOURCES:  # the set's files: an edited folder makes recover (and all after) stale
+        recover["recover.source_fingerprint"] = source_fingerprint(switches.source, switches.path)
+    return {**out, "recover.mode": ref.mode, "recover.variant": switches.as_dict(), **recover}
 
 
 RECOVER = Stage("recover", upstream=SQUEEZE, own=_recover_settings, units=_modes("recover"),

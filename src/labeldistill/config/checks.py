@@ -17,7 +17,7 @@ import math
 from typing import Any, Iterable
 
 from ..errors import ConfigError
-from ..variants import GRANULARITIES, POOLS, REPLAYS, parse_logits_format, parse_strategy, resolve_variant
+from ..variants import GRANULARITIES, POOLS, REPLAYS, parse_logits_format, parse_strategy, resolve_mode
 from .schema import (AUTOCAST_MODES, CALIBRATIONS, EVAL_SPLITS, LABEL_SOURCES, SCHEDULES, STUDENT_RECIPE,
                      VALIDATE_LOSSES, ClassStatsConfig, Config, GeneratorConfig, HardLabelConfig, PruneConfig,
                      RecoverConfig, RelabelConfig, SqueezeConfig, StudentSpec, ValidateConfig)
@@ -216,7 +216,7 @@ def check_recover(recover_cfg: RecoverConfig) -> None:
     """
     at_least(recover_cfg.ipc, 1, "recover.ipc")
     for m in recover_cfg.modes:
-        resolve_variant(m, recover_cfg.variants)
+        resolve_mode(m, recover_cfg.variants)
     if recover_cfg.crops not in ("per_batch", "per_image"):
         raise ConfigError(f"recover.crops must be per_batch or per_image, got '{recover_cfg.crops}'")
     if recover_cfg.init not in ("noise", "real"):
@@ -393,7 +393,7 @@ def check_across(cfg: Config) -> None:
         raise ConfigError("validate.eval_split: holdout needs data.holdout > 0 (the number of train images to hold "
                           "out, a multiple of the number of classes), e.g. data.holdout=5000")
     if vc.label_source == "static":
-        other = [m for m in cfg.recover.modes if resolve_variant(m, cfg.recover.variants)["source"] != "tensor"]
+        other = [m for m in cfg.recover.modes if resolve_mode(m, cfg.recover.variants).source != "tensor"]
         if other:
             raise ConfigError(f"validate.label_source: static trains on the soft labels a set was imported with: "
                               f"recover mode '{other[0]}' is not a source: tensor set (drop it from recover.modes)")
