@@ -15,10 +15,10 @@ L2 norms and ``s_1 = first_bn_multiplier``. Modes (spec §4.2):
   scale bound is cosine-annealed from the upper bound down to the lower one, easy (large) crops first.
 
 Built-in modes (:data:`~labeldistill.variants.BUILTIN_MODES`): ``sre2l`` = cross_class + global; ``c`` =
-class_wise + global; ``cs`` (alias ``lpld``) = class_wise + class; ``cda`` = cross_class + global + cda schedule. Two real-image sources go through the same
-relabel/prune/validate path as baselines: ``random_real`` (IPC random training images per class, after
-DD-Ranking's fairness idea) and ``rded`` (RDED, Sun et al. CVPR 2024: random crops of real images scored by
-the teacher, the most confident kept and stitched ``factor × factor`` into one image).
+class_wise + global; ``cs`` (alias ``lpld``) = class_wise + class; ``cda`` = cross_class + global + cda schedule.
+Two real-image sources go through the same relabel/prune/validate path as baselines: ``random_real`` (IPC random
+training images per class, after DD-Ranking's fairness idea) and ``rded`` (RDED, Sun et al. CVPR 2024: random crops
+of real images scored by the teacher, the most confident kept and stitched ``factor × factor`` into one image).
 
 Images start as N(0, 1) in normalised space; Adam (0.5, 0.9); cosine lr to 0; per-iteration random resized
 crop + flip + roll jitter; clipped to the valid pixel range after each step; the last iterate is saved as
@@ -376,7 +376,8 @@ def _recover(cfg: Config, mode: str, layout: RunLayout, out: Path) -> tuple[None
     elif switches.source == "rded":
         images = rded_images(teacher, train, info, cfg, gen, device)
     else:
-        init = train.images[pick_real(train, recover_cfg.ipc, gen)].float() / 255 if recover_cfg.init == "real" else None
+        real = recover_cfg.init == "real"
+        init = train.images[pick_real(train, recover_cfg.ipc, gen)].float() / 255 if real else None
         images = synthesise(cfg, mode, switches, teacher, info, layout, init, device)
         extra.update(variant=switches.as_dict(), init=recover_cfg.init, iterations=recover_cfg.iterations,
                      crops=recover_cfg.crops)
@@ -429,8 +430,8 @@ def own_images(mode: str, switches: RecoverMode, teacher: nn.Module, info: dict,
             print(f"warning: recover[{mode}]: {path} holds float pixels off the 1/255 grid; rounded to uint8 for the "
                   f"PNG set (largest error {notes['quantised']['max_error_grey_levels']:g} grey levels; teacher top-1 "
                   f"{100 * before:.1f} % before, {100 * top1:.1f} % after)", file=sys.stderr)
-    extra = {"path": str(Path(path).expanduser().resolve()), "source_fingerprint": source_fingerprint(switches.source, path),
-             **notes}
+    extra = {"path": str(Path(path).expanduser().resolve()),
+             "source_fingerprint": source_fingerprint(switches.source, path), **notes}
     if is_rank0():
         for line in _own_notices(mode, path, notes):
             notice(line)
@@ -500,7 +501,7 @@ def synthesise(cfg: Config, mode: str, switches: RecoverMode, teacher: nn.Module
     hooks = [BNInputHook() for _ in bns]
     with forward_hooks(bns, hooks):
         for gi in tqdm(todo, desc=f"recover[{mode}]", disable=not is_rank0(), unit="group"):
-            segs = [_segment(cfg, mode, switches, batch, stats, len(bns), init, device) for batch in groups[gi]]
+            segs = [_make_segment(cfg, mode, switches, batch, stats, len(bns), init, device) for batch in groups[gi]]
             imgs, terms = recover_segments(teacher, hooks, segs, tuple(info["shape"]), info["mean"], info["std"],
                                            cfg, device, switches.crop_schedule)
             slots = torch.tensor([cls * recover_cfg.ipc + k for batch in groups[gi] for cls, k in batch])
@@ -519,8 +520,9 @@ def synthesise(cfg: Config, mode: str, switches: RecoverMode, teacher: nn.Module
     return images
 
 
-def _segment(cfg: Config, mode: str, switches: RecoverMode, batch: list[tuple[int, int]],
-             stats: dict[str, torch.Tensor], num_layers: int, init: torch.Tensor | None, device: torch.device) -> Segment:
+def _make_segment(cfg: Config, mode: str, switches: RecoverMode, batch: list[tuple[int, int]],
+                  stats: dict[str, torch.Tensor], num_layers: int, init: torch.Tensor | None,
+                  device: torch.device) -> Segment:
     """One optimisation batch of ``(class, slot)`` pairs with its BN targets, generator and start images."""
     slots = [cls * cfg.recover.ipc + k for cls, k in batch]
     return Segment(torch.tensor([cls for cls, _ in batch]),

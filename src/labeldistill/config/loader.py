@@ -1,8 +1,8 @@
 """The config loader: a YAML file plus dotted ``key=value`` overrides into typed dataclasses, resolved, checked.
 
 Generic over the schema: :func:`load_typed_config` fills any dataclass tree (the main job's
-:class:`~labeldistill.config.schema.Config`, ``learn-labels``' :class:`~labeldistill.learn_labels.config.LearnLabelsConfig`)
-from YAML, rejecting unknown keys and values of the wrong type with a :class:`~labeldistill.errors.ConfigError`
+:class:`~labeldistill.config.schema.Config`, ``learn-labels``'
+:class:`~labeldistill.learn_labels.config.LearnLabelsConfig`) from YAML, rejecting unknown keys and values of the wrong type with a :class:`~labeldistill.errors.ConfigError`
 that lists the known keys, so a typo never silently falls back to a default.
 
 The main job's :func:`load_config` runs three steps: build (:func:`load_typed_config`), **resolve**
@@ -163,11 +163,11 @@ def resolve_config(cfg: Config) -> Config:
         ConfigError: a ``validate.students`` entry that is neither a name nor such a mapping.
     """
     autocast = ("bf16" if cfg.autocast else "off") if isinstance(cfg.autocast, bool) else cfg.autocast
-    students = [_student_spec(s, f"validate.students[{i}]") for i, s in enumerate(cfg.validate.students)]
+    students = [_parse_student(s, f"validate.students[{i}]") for i, s in enumerate(cfg.validate.students)]
     return dataclasses.replace(cfg, autocast=autocast, validate=dataclasses.replace(cfg.validate, students=students))
 
 
-def _student_spec(item: Any, where: str) -> StudentSpec:
+def _parse_student(item: Any, where: str) -> StudentSpec:
     """A ``{name, args, lr, optimizer, epochs, weight_decay}`` mapping (or a bare name) as a :class:`StudentSpec`.
 
     Raises:

@@ -13,7 +13,7 @@ from ..config import Config, student_specs
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
 from ..errors import DataError
-from ..layout import REAL_TRAIN, RunLayout, labels_tag
+from ..layout import REAL_TRAIN, RunLayout, label_feed_tag
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
 from ..main_stages import GENERATOR, HARD_LABEL, PRUNE, VALIDATE, main_units, relabel_ref, stage_named
@@ -225,7 +225,7 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     epochs = vc.epochs or cfg.relabel.epochs
     variants = label_variants(cfg)
     specs = {model_tag(s): s for s in student_specs(vc)}
-    labels = labels_tag(vc.label_source, vc.calibration)
+    labels = label_feed_tag(vc.label_source, vc.calibration)
     validate = [{"mode": ref.mode, "store": ref.variant.tag, "result": ref.variant.result_tag,
                  "student": specs[ref.student].name, "student_args": dict(specs[ref.student].args),
                  "student_tag": ref.student, "epochs": epochs, "steps": epochs * plan.steps_per_epoch,
