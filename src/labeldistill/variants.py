@@ -105,10 +105,10 @@ def resolve_mode(mode: str, custom: dict | None = None) -> RecoverMode:
     if switches.source == "synthesis":
         for k, allowed in MODE_SWITCHES.items():
             if getattr(switches, k) not in allowed:
-                raise ConfigError(f"recover variant '{mode}': {k} must be one of {', '.join(allowed)}, "
+                raise ConfigError(f"recover mode '{mode}': {k} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(switches, k)!r}")
         if switches.bn_targets == "class" and switches.batching != "class_wise":
-            raise ConfigError(f"recover variant '{mode}': class BN targets need class_wise batching")
+            raise ConfigError(f"recover mode '{mode}': class BN targets need class_wise batching")
     return switches
 
 

@@ -2,8 +2,8 @@
 
 Generic over the schema: :func:`load_typed_config` fills any dataclass tree (the main job's
 :class:`~labeldistill.config.schema.Config`, ``learn-labels``'
-:class:`~labeldistill.learn_labels.config.LearnLabelsConfig`) from YAML, rejecting unknown keys and values of the wrong type with a :class:`~labeldistill.errors.ConfigError`
-that lists the known keys, so a typo never silently falls back to a default.
+:class:`~labeldistill.learn_labels.config.LearnLabelsConfig`) from YAML, rejecting unknown keys and values of the
+wrong type with a :class:`~labeldistill.errors.ConfigError` that lists the known keys, so a typo never silently falls back to a default.
 
 The main job's :func:`load_config` runs three steps: build (:func:`load_typed_config`), **resolve**
 (:func:`resolve_config`: the only normalisation of the values a user wrote, done once, before any check) and

@@ -125,14 +125,16 @@ class RecoverConfig:
     """Where the distilled images come from: BN-statistics synthesis (SRe2L / CDA / LPLD) or real baselines.
 
     Attributes:
-        modes: image sources to run, each a built-in variant or a key of ``variants``. Built-in:
+        modes: image sources to run, each a built-in recover mode or a key of ``variants``. Built-in:
             ``sre2l`` (cross-class batches, global BN targets), ``c`` (class-wise batches, global targets),
             ``cs`` / ``lpld`` (class-wise batches, class-wise targets: LPLD), ``cda`` (SRe2L + CDA's crop
             curriculum), ``random_real`` (IPC random real training images per class), ``rded`` (RDED:
             teacher-scored real crops stitched together).
-        variants: extra named variants, each a mapping with ``batching`` (``cross_class`` | ``class_wise``),
-            ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` | ``cda``); or
-            ``{source: folder | tensor, path: DIR}``: a set made elsewhere (:mod:`labeldistill.data.owned`).
+        variants: extra named recover modes (the YAML key keeps its name; each is read into a
+            :class:`~labeldistill.variants.RecoverMode`), each a mapping with ``batching`` (``cross_class`` |
+            ``class_wise``), ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` |
+            ``cda``); or ``{source: folder | tensor, path: DIR}``: a set made elsewhere
+            (:mod:`labeldistill.data.owned`).
         ipc: images per class.
         iterations: optimisation steps per batch.
         lr: Adam learning rate (cosine-annealed to 0).

@@ -142,7 +142,7 @@ class MetaConfig:
 
 @dataclass
 class LDConfig:
-    """Second-order variant (spec §4).
+    """Second-order method, LD (spec §4).
 
     Attributes:
         inner_lr: SGD step size α of the unrolled inner step(s).
@@ -155,7 +155,7 @@ class LDConfig:
 
 @dataclass
 class RRConfig:
-    """First-order ridge-regression variant (spec §6).
+    """First-order ridge-regression method, RR (spec §6).
 
     Attributes:
         lam: ridge penalty λ of the dual solve.
