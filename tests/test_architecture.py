@@ -19,8 +19,11 @@ PKG = "labeldistill"
 # Layer of every module (a module may import modules of its own layer or below, never above).
 LAYERS = [
     ("root", {"labeldistill", "labeldistill.errors"}),
-    ("specs (no torch)", {"labeldistill.config_checks", "labeldistill.layout", "labeldistill.variants"}),
-    ("config (no torch)", {"labeldistill.config", "labeldistill.learn_labels.config"}),
+    ("specs (no torch)", {"labeldistill.layout", "labeldistill.variants"}),
+    ("config schema (no torch)", {"labeldistill.config.schema"}),
+    ("config checks (no torch)", {"labeldistill.config.checks"}),
+    ("config loader (no torch)", {"labeldistill.config", "labeldistill.config.loader",
+                                  "labeldistill.learn_labels.config"}),
     ("leaf", {"labeldistill.io", "labeldistill.runtime", "labeldistill.augment", "labeldistill.distributed",
               "labeldistill.resume", "labeldistill.training", "labeldistill.data", "labeldistill.models",
               "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages"}),
@@ -34,8 +37,9 @@ LAYERS = [
 STAGES = {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
           "labeldistill.labels.relabel", "labeldistill.labels.prune", "labeldistill.labels.generator",
           "labeldistill.learn_labels"}
-TORCH_FREE = {"labeldistill", "labeldistill.errors", "labeldistill.config_checks", "labeldistill.layout",
-              "labeldistill.variants", "labeldistill.config"}
+TORCH_FREE = {"labeldistill", "labeldistill.errors", "labeldistill.layout", "labeldistill.variants",
+              "labeldistill.config", "labeldistill.config.schema", "labeldistill.config.checks",
+              "labeldistill.config.loader", "labeldistill.learn_labels.config"}
 
 
 def _modules() -> dict[str, Path]:
@@ -156,7 +160,7 @@ def test_the_checker_sees_function_level_and_package_imports():
     """A function-level import and a submodule's ``from . import name`` both count as edges."""
     tree = ast.parse("def f():\n    from .recover import recover\n")
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
-    assert _resolve("labeldistill.config", SRC / PKG / "config.py", node) == ["labeldistill.recover"]
+    assert _resolve("labeldistill.squeeze", SRC / PKG / "squeeze.py", node) == ["labeldistill.recover"]
     node = ast.parse("from . import register_model").body[0]
     path = SRC / PKG / "models" / "convnet.py"
     assert _resolve("labeldistill.models.convnet", path, node) == ["labeldistill.models"]
@@ -189,10 +193,10 @@ def test_no_function_longer_than_60_lines():
 
 def test_random_stream_keys_are_distinct():
     from labeldistill.augment import Stream, mode_stream
-    from labeldistill.variants import BUILTIN_VARIANTS
+    from labeldistill.variants import BUILTIN_MODES
 
     values = [int(s) for s in Stream]
     assert len(values) == len(set(values))
-    modes = {m: mode_stream(m) for m in BUILTIN_VARIANTS}
+    modes = {m: mode_stream(m) for m in BUILTIN_MODES}
     assert len(set(modes.values())) == len(modes)
     assert not set(modes.values()) & set(values)

@@ -113,16 +113,17 @@ def _relabel_like_store(path, fmt, n=37, c=12, hw=(20, 20), cutmix=True, steps_p
     from labeldistill.data.registry import ImageSet
     from labeldistill.labels.relabel import store_meta
 
-    rc = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0, crop_scale=[0.08, 1.0], flip=True)
-    plan = StepPlan(n, rc.batch_size, rc.epochs, seed=0)
+    relabel_cfg = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0, crop_scale=[0.08, 1.0],
+                                flip=True)
+    plan = StepPlan(n, relabel_cfg.batch_size, relabel_cfg.epochs, seed=0)
     names = [f"class_{i:04d}" for i in range(c)]
     images = ImageSet(torch.zeros(n, 3, *hw, dtype=torch.uint8), torch.arange(n) % c, names, (0.5,) * 3, (0.25,) * 3)
     info = {"fingerprint": "f" * 16, "mean": [0.4802, 0.4481, 0.3975], "std": [0.2302, 0.2265, 0.2262]}
-    meta = {**store_meta(images, info, "e" * 16, rc, 0, plan), "logits_format": fmt}
+    meta = {**store_meta(images, info, "e" * 16, relabel_cfg, 0, plan), "logits_format": fmt}
     writer = LabelStoreWriter(path, meta, steps_per_shard=steps_per_shard)
     g = torch.Generator().manual_seed(0)
     for sid in range(plan.total_steps):
-        rec = sample_step(plan, sid, rc, hw, hw)
+        rec = sample_step(plan, sid, relabel_cfg, hw, hw)
         rec.logits = (4 * torch.randn(len(rec.sample_idx), c, generator=g)).half()
         writer.add(rec)
     return writer.close(), plan, names

@@ -1,6 +1,11 @@
+import copy
+import dataclasses
+import typing
+
 import pytest
 
-from labeldistill.config import Config, load_config
+from labeldistill.config import Config, check_config, load_config, load_typed_config, resolve_config
+from labeldistill.config import checks
 from labeldistill.errors import ConfigError
 
 from conftest import REPO
@@ -64,3 +69,27 @@ def test_a_model_mapping_naming_another_model_drops_the_default_args(tmp_path):
     cfg = load_config(p)
     assert cfg.squeeze.model.name == "torchvision:resnet18" and cfg.squeeze.model.args == {}
     assert cfg.validate.model.args == {"width": 32}  # same model: its defaults stay
+
+
+def test_resolve_is_the_one_normalisation_and_checks_never_change_the_config():
+    raw = load_typed_config(Config, REPO / "configs" / "fmnist_demo.yaml",
+                            ["autocast=off", "validate.students=[convnet, {name: mlp, lr: 0.01}]"])
+    before = copy.deepcopy(raw)
+    cfg = resolve_config(raw)
+    assert raw == before  # resolve builds a new config
+    assert raw.autocast is False and cfg.autocast == "off"
+    assert [(type(s).__name__, s.name, s.lr) for s in cfg.validate.students] == [("StudentSpec", "convnet", None),
+                                                                                 ("StudentSpec", "mlp", 0.01)]
+    snapshot = copy.deepcopy(cfg)
+    check_config(cfg)
+    assert cfg == snapshot
+    with pytest.raises(ConfigError, match="unknown autocast 'False'"):
+        check_config(raw)  # a check does not fix an unresolved value
+    assert load_config(REPO / "configs" / "fmnist_demo.yaml", ["autocast=off"]).autocast == "off"
+
+
+def test_every_config_section_has_its_check():
+    sections = [k for k, h in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(h)]
+    assert len(sections) == 9
+    missing = [k for k in sections if not callable(getattr(checks, f"check_{k}", None))]
+    assert not missing, f"sections without a check_<section> in labeldistill.config.checks: {missing}"

@@ -34,7 +34,8 @@ from labeldistill.labels.prune import prune_store
 from labeldistill.labels.relabel import StepPlan, build_batch, relabel
 from labeldistill.models import bn_layers, create_model
 from labeldistill.recover import (BNInputHook, Segment, bn_targets, load_synthetic, min_crop_scale, recover,
-                                  recover_segments, resolve_variant)
+                                  recover_segments)
+from labeldistill.variants import resolve_mode
 from labeldistill.validate import kd_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
@@ -279,10 +280,10 @@ def test_cutmix_steps_replay_to_the_stored_teacher_logits(run):
 
 def test_bn_targets_class_rows_vs_running_stats(run):
     """Catches: 'class' returning running or global stats or another class's row; 'global' returning the
-    exact pass statistics or class rows instead of the teacher's running buffers; variant switches swapped."""
-    assert resolve_variant("cs")["bn_targets"] == "class" and resolve_variant("cs")["batching"] == "class_wise"
-    assert resolve_variant("sre2l")["bn_targets"] == "global"
-    assert resolve_variant("sre2l")["batching"] == "cross_class"
+    exact pass statistics or class rows instead of the teacher's running buffers; recover-mode switches swapped."""
+    assert resolve_mode("cs").bn_targets == "class" and resolve_mode("cs").batching == "class_wise"
+    assert resolve_mode("sre2l").bn_targets == "global"
+    assert resolve_mode("sre2l").batching == "cross_class"
     s, bns = run.stats, bn_layers(run.model)
     for cls in (0, 7):
         t = bn_targets("class", s, 2, cls, CPU)

@@ -234,14 +234,14 @@ def test_label_updates_per_epoch_follow_the_reference_loader(last_batch, updates
     updates per epoch, 8 in all); ``drop`` gives 3 per epoch."""
     torch.manual_seed(0)
     make = lambda: create_model("mlp", 3, 1, 2, hidden=4, depth=1)  # noqa: E731
-    variant = RRMetaLearner(make, 3, model_lr=1e-2, lam=1.0, ema=0.5, scale_lr=0.1)
+    meta_learner = RRMetaLearner(make, 3, model_lr=1e-2, lam=1.0, ema=0.5, scale_lr=0.1)
     seen = []
-    step = variant.outer_step
-    variant.outer_step = lambda labels, xb, idx, xt, yt: seen.append(len(xt)) or step(labels, xb, idx, xt, yt)
+    step = meta_learner.outer_step
+    meta_learner.outer_step = lambda labels, xb, idx, xt, yt: seen.append(len(xt)) or step(labels, xb, idx, xt, yt)
     g = torch.Generator().manual_seed(0)
     x_base, x_t = torch.randn(6, 1, 2, 2, generator=g), torch.randn(3500, 1, 2, 2, generator=g)
     y_t = torch.randint(0, 3, (3500,), generator=g)
-    out = meta_train(variant, LearnedLabels(uniform_labels(6, 3), "logits", lr=0.1), x_base, x_t, y_t,
+    out = meta_train(meta_learner, LearnedLabels(uniform_labels(6, 3), "logits", lr=0.1), x_base, x_t, y_t,
                      x_t[:30], y_t[:30], epochs=2, outer_batch=1024, inner_batch=6, inner_steps=1, window=50,
                      val_every=5, max_steps=5, seed=0, last_batch=last_batch)
     assert out.outer_steps == updates == len(seen) and set(seen) == sizes

@@ -1,4 +1,4 @@
-"""LPLD switches on the tiny real run: recover variants, metric pruning, epoch pools, top-k, accounting, export."""
+"""LPLD switches on the tiny real run: recover modes, metric pruning, epoch pools, top-k, accounting, export."""
 
 import dataclasses
 import json
@@ -14,24 +14,37 @@ from labeldistill.labels.pool import select_steps
 from labeldistill.labels.prune import parse_strategy, prune_store, step_score
 from labeldistill.labels.relabel import relabel
 from labeldistill.labels.store import LabelStore
-from labeldistill.recover import load_synthetic, min_crop_scale, pick_real, plan_batches, recover, resolve_variant
+from labeldistill.recover import load_synthetic, min_crop_scale, pick_real, plan_batches, recover
 from labeldistill.validate import PoolSampler, validate
+from labeldistill.variants import RecoverMode, resolve_mode
 
 from conftest import needs_fmnist
 
 
-def test_variants_are_orthogonal_switches():
-    assert resolve_variant("sre2l")["batching"] == "cross_class"
-    assert resolve_variant("c") == {"source": "synthesis", "batching": "class_wise", "bn_targets": "global",
-                                    "crop_schedule": "fixed"}
-    assert resolve_variant("cs") == resolve_variant("lpld")
-    assert resolve_variant("cda")["crop_schedule"] == "cda"
-    mine = resolve_variant("mine", {"mine": {"batching": "class_wise", "crop_schedule": "cda"}})
-    assert mine["bn_targets"] == "global" and mine["crop_schedule"] == "cda"
+def test_recover_modes_are_orthogonal_switches():
+    assert resolve_mode("sre2l").batching == "cross_class"
+    assert resolve_mode("c") == RecoverMode("synthesis", "class_wise", "global", "fixed")
+    assert resolve_mode("cs") == resolve_mode("lpld")
+    assert resolve_mode("cda").crop_schedule == "cda"
+    mine = resolve_mode("mine", {"mine": {"batching": "class_wise", "crop_schedule": "cda"}})
+    assert mine.bn_targets == "global" and mine.crop_schedule == "cda"
     with pytest.raises(ConfigError, match="class_wise"):
-        resolve_variant("bad", {"bad": {"bn_targets": "class"}})  # class targets need class-wise batches
+        resolve_mode("bad", {"bad": {"bn_targets": "class"}})  # class targets need class-wise batches
     with pytest.raises(ConfigError, match="unknown recover mode"):
-        resolve_variant("dm")
+        resolve_mode("dm")
+
+
+def test_recover_mode_is_frozen_and_records_the_mapping_fingerprints_always_held():
+    """``as_dict`` is what fingerprints, resume keys and images.json record: the key order and values of the
+    plain mapping these switches were before the record existed, so no finished run turns stale."""
+    assert list(resolve_mode("c").as_dict().items()) == [("source", "synthesis"), ("batching", "class_wise"),
+                                                          ("bn_targets", "global"), ("crop_schedule", "fixed")]
+    assert resolve_mode("rded").as_dict() == {"source": "rded"}
+    own = resolve_mode("dd", {"dd": {"source": "tensor", "path": "x", "mean": [1], "std": [0.5]}})
+    assert list(own.as_dict().items()) == [("source", "tensor"), ("path", "x"), ("mean", [1.0]), ("std", [0.5])]
+    assert resolve_mode("f", {"f": {"source": "folder", "path": "y"}}).as_dict() == {"source": "folder", "path": "y"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        own.path = "z"
 
 
 def test_batch_plans_cover_every_slot_once():

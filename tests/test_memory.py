@@ -66,8 +66,8 @@ def digits_run(tmp_path_factory):
 
 def _record(n: int, hw: tuple[int, int], cutmix: float = 1.0):
     plan = StepPlan(n, 6, 2, seed=3)
-    rc = RelabelConfig(cutmix=cutmix, crop_scale=[0.08, 1.0], flip=True)
-    return [sample_step(plan, g, rc, hw, hw) for g in range(plan.total_steps)]
+    relabel_cfg = RelabelConfig(cutmix=cutmix, crop_scale=[0.08, 1.0], flip=True)
+    return [sample_step(plan, g, relabel_cfg, hw, hw) for g in range(plan.total_steps)]
 
 
 # ---------------------------------------------------------------- uint8 image sets (finding a)

@@ -240,22 +240,23 @@ def test_storage_estimate_matches_a_written_store(tmp_path, cutmix, logits):
     from labeldistill.config import RelabelConfig
 
     n, c, hw = 37, 12, (20, 20)
-    rc = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0, crop_scale=[0.08, 1.0], flip=True)
-    plan = StepPlan(n, rc.batch_size, rc.epochs, seed=0)
+    relabel_cfg = RelabelConfig(epochs=5, batch_size=8, cutmix=1.0 if cutmix else 0.0, crop_scale=[0.08, 1.0],
+                                flip=True)
+    plan = StepPlan(n, relabel_cfg.batch_size, relabel_cfg.epochs, seed=0)
     names = [f"class_{i:04d}" for i in range(c)]
     images = ImageSet(torch.zeros(n, 3, *hw, dtype=torch.uint8), torch.arange(n) % c, names, (0.5,) * 3, (0.25,) * 3)
     info = {"fingerprint": "f" * 16, "mean": [0.4802, 0.4481, 0.3975], "std": [0.2302, 0.2265, 0.2262]}
-    meta = {**store_meta(images, info, "e" * 16, rc, 0, plan), "logits_format": logits}
+    meta = {**store_meta(images, info, "e" * 16, relabel_cfg, 0, plan), "logits_format": logits}
     writer = LabelStoreWriter(tmp_path / "full", meta, steps_per_shard=7)
     g = torch.Generator().manual_seed(0)
     for sid in range(plan.total_steps):
-        rec = sample_step(plan, sid, rc, hw, hw)
+        rec = sample_step(plan, sid, relabel_cfg, hw, hw)
         rec.logits = torch.randn(len(rec.sample_idx), c, generator=g).half()
         writer.add(rec)
     store = writer.close()
     est = estimate_store_bytes(list(range(plan.total_steps)), plan, c, hw, cutmix, logits, 7, names)
     assert est["components"] == {k: store.manifest["component_bytes"].get(k, 0) for k in est["components"]}
-    assert est["entries"] == store.manifest["num_entries"] == n * rc.epochs
+    assert est["entries"] == store.manifest["num_entries"] == n * relabel_cfg.epochs
     assert abs(est["total"] - store.bytes_on_disk()) < 200  # metadata: headers + manifest, estimated
     if logits == "fp16":
         # streamed in shards of the source's 7 steps (not one shard holding every kept step)

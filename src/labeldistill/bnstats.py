@@ -48,7 +48,7 @@ from .augment import (
     sample_resized_crops,
     step_generator,
 )
-from .config import Config, check_squeeze_options
+from .config import Config, check_squeeze
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .distributed import all_reduce_sum, shard
 from .errors import LabelDistillError
@@ -150,7 +150,7 @@ def _class_stats(cfg: Config, layout: RunLayout, out: Path) -> tuple[None, float
     device = pick_device(cfg.device, cfg.deterministic)
     teacher, info = load_teacher(layout.teacher_dir, device)
     bns = require_bn_layers(teacher, info["model"])
-    check_squeeze_options(cfg.squeeze)
+    check_squeeze(cfg.squeeze)
     train = load_split(cfg, "train")
     accs = [_Accumulator(train.num_classes, bn.num_features) for bn in bns]
     t0 = time.time()

@@ -10,7 +10,7 @@ import json
 import sys
 
 from .errors import ConfigError, LabelDistillError
-from .variants import resolve_variant
+from .variants import resolve_mode
 
 STAGES = ("squeeze", "class-stats", "recover", "relabel", "generator", "prune", "validate", "hard-label", "run",
           "report")
@@ -41,7 +41,7 @@ def _add_stage_parsers(sub: argparse._SubParsersAction) -> None:
                            help="with --dry-run: skip the time estimate (a few real steps of each stage, timed)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p = argparse.ArgumentParser(prog="labeldistill", description="Label side of dataset distillation.")
@@ -107,9 +107,9 @@ def _leaderboard_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``, accepting ``key=value`` overrides after flags too (``run CONFIG --dry-run a=1``)."""
-    parser = _parser()
+    parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
@@ -272,7 +272,7 @@ def _label_command(cfg, args: argparse.Namespace, modes: list[str], force: bool)
 
 
 def _main(argv: list[str] | None) -> int:
-    args = _parse(argv)
+    args = _parse_args(argv)
     if args.command == "store":
         return _store_command(args)
     if args.command == "export":
@@ -300,7 +300,7 @@ def _main(argv: list[str] | None) -> int:
     set_threads(cfg.threads)
     modes = getattr(args, "mode", None) or cfg.recover.modes
     for m in modes:
-        resolve_variant(m, cfg.recover.variants)
+        resolve_mode(m, cfg.recover.variants)
     force = getattr(args, "force", False)
     if args.command == "run":
         _run_command(cfg, args)

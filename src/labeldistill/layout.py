@@ -85,7 +85,7 @@ class LabelVariant(NamedTuple):
         return self.tag
 
 
-def labels_tag(source: str = "stored", calibration: str = "none") -> str:
+def label_feed_tag(source: str = "stored", calibration: str = "none") -> str:
     """How validate feeds the labels: ``validate.label_source`` (``stored``, ``online``, ``generator``), plus
     ``+<calibration>`` when ``validate.calibration`` is not ``none`` (``stored+lpqld``, ``online``)."""
     return source if calibration == "none" else f"{source}+{calibration}"
@@ -93,12 +93,6 @@ def labels_tag(source: str = "stored", calibration: str = "none") -> str:
 
 REAL_TRAIN = "real-train"
 """The ``images`` name of the hard-label baseline trained on the whole real train split."""
-
-
-def label_tag(factor: float, strategy: str = "random", logits: str = "fp16", granularity: str = "batch",
-              pool: str = "prefix") -> str:
-    """The store name of a variant given by its parts (see :attr:`LabelVariant.tag`)."""
-    return LabelVariant(float(factor), strategy, logits, granularity, pool).tag
 
 
 @dataclass
@@ -141,7 +135,7 @@ class RunLayout:
     def validate_file(self, mode: str, variant: LabelVariant | float, *rest: str, student: str,
                       labels: str = "stored", repeat: int = 0, **parts: str) -> Path:
         """``validate/<student>/<mode>_<result tag>.json``: one result per images × labels × replay × student;
-        ``..._<result tag>-labels_<labels>.json`` when ``labels`` (a :func:`labels_tag`) is not ``stored``: the
+        ``..._<result tag>-labels_<labels>.json`` when ``labels`` (a :func:`label_feed_tag`) is not ``stored``: the
         labels come from a label model, or are calibrated; ``...-rep<r>.json`` for repeat ``r > 0``
         (``validate.repeats``). The trained student's weights lie beside it: :meth:`student_weights`."""
         suffix = ("" if labels == "stored" else f"-labels_{labels}") + (f"-rep{repeat}" if repeat else "")

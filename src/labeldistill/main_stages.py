@@ -15,10 +15,10 @@ from typing import Any
 
 from .config import Config, student_specs
 from .data.owned import source_fingerprint
-from .layout import REAL_TRAIN, RunLayout, labels_tag
+from .layout import REAL_TRAIN, RunLayout, label_feed_tag
 from .provenance import (StageRef, data_settings, flat_settings, model_tag, student_config, validate_settings)
 from .runner import Stage
-from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_variant
+from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_mode
 
 
 def _modes(stage: str):
@@ -37,21 +37,22 @@ CLASS_STATS = Stage("class-stats", upstream=SQUEEZE,
 
 
 def _recover_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
-    """The recover mode, its variant and the recover settings its source reads (synthesis: all of them and the
+    """The recover mode, its switches (:class:`~labeldistill.variants.RecoverMode`, recorded as
+    ``recover.variant``) and the recover settings its source reads (synthesis: all of them and the
     class statistics'; real-image sources: the few they read; a set made elsewhere: its files' fingerprint)."""
-    variant = resolve_variant(ref.mode, cfg.recover.variants)
+    switches = resolve_mode(ref.mode, cfg.recover.variants)
     recover = flat_settings("recover", cfg.recover)
     out: dict[str, Any] = {}
-    if variant["source"] == "synthesis":
+    if switches.source == "synthesis":
         out.update(CLASS_STATS.own(cfg, ref))
     else:  # real-image sources read only these recover settings; a set made elsewhere none of them
-        used = () if variant["source"] in OWN_SOURCES else ("recover.ipc",) + (
+        used = () if switches.source in OWN_SOURCES else ("recover.ipc",) + (
             ("recover.rded_factor", "recover.rded_candidates", "recover.crop_scale")
-            if variant["source"] == "rded" else ())
+            if switches.source == "rded" else ())
         recover = {k: v for k, v in recover.items() if k in used}
-    if variant["source"] in OWN_SOURCES:  # the set's files: an edited folder makes recover (and all after) stale
-        recover["recover.source_fingerprint"] = source_fingerprint(variant["source"], variant["path"])
-    return {**out, "recover.mode": ref.mode, "recover.variant": variant, **recover}
+    if switches.source in OWN_SOURCES:  # the set's files: an edited folder makes recover (and all after) stale
+        recover["recover.source_fingerprint"] = source_fingerprint(switches.source, switches.path)
+    return {**out, "recover.mode": ref.mode, "recover.variant": switches.as_dict(), **recover}
 
 
 RECOVER = Stage("recover", upstream=SQUEEZE, own=_recover_settings, units=_modes("recover"),
@@ -83,17 +84,17 @@ GENERATOR = Stage("generator", upstream=RELABEL, own=lambda cfg, ref: flat_setti
                   units=lambda cfg: _modes("generator")(cfg) if cfg.validate.label_source == "generator" else [])
 
 
-def labels_of(cfg: Config) -> str | None:
-    """How validate feeds the labels (:func:`~labeldistill.layout.labels_tag`; ``None`` = stored)."""
-    tag = labels_tag(cfg.validate.label_source, cfg.validate.calibration)
+def label_feed_of(cfg: Config) -> str | None:
+    """How validate feeds the labels (:func:`~labeldistill.layout.label_feed_tag`; ``None`` = stored)."""
+    tag = label_feed_tag(cfg.validate.label_source, cfg.validate.calibration)
     return None if tag == "stored" else tag
 
 
-def _validate_units(cfg: Config) -> list[StageRef]:
+def _validate_refs(cfg: Config) -> list[StageRef]:
     """Every (mode, label variant, student, repeat) validate trains: repeats are units of their own (on the same
     stores), so they run, resume and distribute like any other student."""
     students = [model_tag(s) for s in student_specs(cfg.validate)]
-    return [StageRef("validate", m, v, s, labels_of(cfg), r) for m in cfg.recover.modes for s in students
+    return [StageRef("validate", m, v, s, label_feed_of(cfg), r) for m in cfg.recover.modes for s in students
             for v in label_variants(cfg) for r in range(cfg.validate.repeats)]
 
 
@@ -104,7 +105,7 @@ def _validate_own(cfg: Config, ref: StageRef) -> dict[str, Any]:
             **({"validate.repeat": ref.repeat} if ref.repeat else {})}
 
 
-VALIDATE = Stage("validate", upstream=PRUNE, units=_validate_units, own=_validate_own,
+VALIDATE = Stage("validate", upstream=PRUNE, units=_validate_refs, own=_validate_own,
                  marker=lambda cfg, ref, lay: lay.validate_file(ref.mode, ref.variant, student=ref.student,
                                                                 labels=ref.labels or "stored", repeat=ref.repeat))
 

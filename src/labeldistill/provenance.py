@@ -82,7 +82,7 @@ def check_students(cfg: Config) -> None:
 @dataclass(frozen=True)
 class StageRef:
     """One unit of work: a stage, for a recover mode, a label variant, a student and (validate) how the labels are
-    fed when not straight from the store (a :func:`~labeldistill.layout.labels_tag` such as ``online``,
+    fed when not straight from the store (a :func:`~labeldistill.layout.label_feed_tag` such as ``online``,
     ``generator`` or ``stored+lpqld``; ``None`` = stored) and (validate) which repeat of the student
     (``validate.repeats``; 0 = the first). Its :attr:`key` names its record in ``stages.json``."""
 

@@ -14,11 +14,11 @@ L2 norms and ``s_1 = first_bn_multiplier``. Modes (spec §4.2):
 * crop schedule ``fixed`` or ``cda`` — CDA's curriculum (Yin & Shen, TMLR 2024): the RandomResizedCrop lower
   scale bound is cosine-annealed from the upper bound down to the lower one, easy (large) crops first.
 
-Built-in variants: ``sre2l`` = cross_class + global; ``c`` = class_wise + global; ``cs`` (alias ``lpld``) =
-class_wise + class; ``cda`` = cross_class + global + cda schedule. Two real-image sources go through the same
-relabel/prune/validate path as baselines: ``random_real`` (IPC random training images per class, after
-DD-Ranking's fairness idea) and ``rded`` (RDED, Sun et al. CVPR 2024: random crops of real images scored by
-the teacher, the most confident kept and stitched ``factor × factor`` into one image).
+Built-in modes (:data:`~labeldistill.variants.BUILTIN_MODES`): ``sre2l`` = cross_class + global; ``c`` =
+class_wise + global; ``cs`` (alias ``lpld``) = class_wise + class; ``cda`` = cross_class + global + cda schedule.
+Two real-image sources go through the same relabel/prune/validate path as baselines: ``random_real`` (IPC random
+training images per class, after DD-Ranking's fairness idea) and ``rded`` (RDED, Sun et al. CVPR 2024: random crops
+of real images scored by the teacher, the most confident kept and stitched ``factor × factor`` into one image).
 
 Images start as N(0, 1) in normalised space; Adam (0.5, 0.9); cosine lr to 0; per-iteration random resized
 crop + flip + roll jitter; clipped to the valid pixel range after each step; the last iterate is saved as
@@ -80,7 +80,7 @@ from .runner import run_unit
 from .resume import fault_point
 from .runtime import autocast, is_rank0, pick_device
 from .training import cosine_lr
-from .variants import OWN_SOURCES, plan_batches, resolve_variant
+from .variants import OWN_SOURCES, RecoverMode, plan_batches, resolve_mode
 
 
 def min_crop_scale(schedule: str, t: int, iterations: int, low: float, high: float, milestone: float) -> float:
@@ -185,16 +185,16 @@ class Segment:
     init: torch.Tensor | None = None
 
 
-def _segment_views(segments: list[Segment], xs: list[torch.Tensor], rc, low: float, h: int,
+def _segment_views(segments: list[Segment], xs: list[torch.Tensor], recover_cfg, low: float, h: int,
                    w: int) -> list[torch.Tensor]:
     """Each segment's augmented view (crop, flip, jitter roll), drawn from the segment's own generator."""
     views = []
     for seg, x in zip(segments, xs):
         n = len(seg.labels)
-        k = n if rc.crops == "per_image" else 1
-        box = sample_resized_crops(seg.gen, k, h, w, (low, rc.crop_scale[1])).expand(n, 4)
-        flip = sample_flips(seg.gen, k).expand(n) if rc.flip else None
-        views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), rc.jitter))
+        k = n if recover_cfg.crops == "per_image" else 1
+        box = sample_resized_crops(seg.gen, k, h, w, (low, recover_cfg.crop_scale[1])).expand(n, 4)
+        flip = sample_flips(seg.gen, k).expand(n) if recover_cfg.flip else None
+        views.append(random_roll(seg.gen, apply_crops_flips(x, box, flip, (h, w)), recover_cfg.jitter))
     return views
 
 
@@ -215,7 +215,7 @@ def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: lis
     Raises:
         LabelDistillError: a segment's loss became NaN or infinite (names its classes).
     """
-    rc = cfg.recover
+    recover_cfg = cfg.recover
     c, h, w = shape
     xs = []
     for seg in segments:
@@ -224,29 +224,30 @@ def recover_segments(teacher: nn.Module, hooks: list[BNInputHook], segments: lis
         xs.append(x0.to(device).requires_grad_(True))
     lo_px = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
     hi_px = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
-    opt = torch.optim.Adam(xs, lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
+    opt = torch.optim.Adam(xs, lr=recover_cfg.lr, betas=(0.5, 0.9), eps=1e-8)
     labels = torch.cat([seg.labels for seg in segments]).to(device)
     sizes = torch.tensor([len(seg.labels) for seg in segments], device=device)
     seg_id = torch.repeat_interleave(torch.arange(len(segments), device=device), sizes)
     targets = [(torch.stack([seg.targets[li][0] for seg in segments]), torch.stack([seg.targets[li][1] for seg in segments]))
                for li in range(len(hooks))]
     terms = [{"ce": 0.0, "bn": 0.0} for _ in segments]
-    for t in range(rc.iterations):
+    for t in range(recover_cfg.iterations):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(rc.lr, t, rc.iterations)
-        low = min_crop_scale(crop_schedule, t, rc.iterations, rc.crop_scale[0], rc.crop_scale[1], rc.cda_milestone)
-        views = _segment_views(segments, xs, rc, low, h, w)
+            group["lr"] = cosine_lr(recover_cfg.lr, t, recover_cfg.iterations)
+        low = min_crop_scale(crop_schedule, t, recover_cfg.iterations, recover_cfg.crop_scale[0],
+                             recover_cfg.crop_scale[1], recover_cfg.cda_milestone)
+        views = _segment_views(segments, xs, recover_cfg, low, h, w)
         with autocast(device, cfg.autocast):
             logits = teacher(torch.cat(views).contiguous(memory_format=torch.channels_last))
         logits = logits.float()
-        ce, bn = segment_losses(logits, labels, hooks, targets, seg_id, rc.first_bn_multiplier)
-        losses = ce + rc.r_bn * bn
+        ce, bn = segment_losses(logits, labels, hooks, targets, seg_id, recover_cfg.first_bn_multiplier)
+        losses = ce + recover_cfg.r_bn * bn
         if not bool(torch.isfinite(losses).all()):
             bad = int((~torch.isfinite(losses)).nonzero()[0])
             raise LabelDistillError(f"recover loss became {losses[bad].item()} at iteration {t} for classes "
                                     f"{sorted(set(segments[bad].labels.tolist()))}; lower recover.lr or recover.r_bn")
         total = losses.sum()
-        if t == rc.iterations - 1:
+        if t == recover_cfg.iterations - 1:
             terms = [{"ce": c_, "bn": b_} for c_, b_ in zip(ce.tolist(), bn.tolist())]
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -299,8 +300,8 @@ def rded_images(teacher: nn.Module, data: ImageSet, info: dict, cfg: Config, gen
     Returns:
         float ``(C · ipc, C_in, H, W)`` in [0, 1], class-major.
     """
-    rc = cfg.recover
-    f = rc.rded_factor
+    recover_cfg = cfg.recover
+    f = recover_cfg.rded_factor
     _, h, w = data.shape
     ph, pw = max(h // f, 1), max(w // f, 1)
     per_image = f * f
@@ -309,18 +310,19 @@ def rded_images(teacher: nn.Module, data: ImageSet, info: dict, cfg: Config, gen
         idx = torch.nonzero(data.labels == c).flatten()
         if len(idx) == 0:
             raise DataError(f"class '{data.classes[c]}' has no real training images for RDED")
-        m = rc.ipc * per_image * rc.rded_candidates
+        m = recover_cfg.ipc * per_image * recover_cfg.rded_candidates
         pick = idx[torch.randint(len(idx), (m,), generator=gen)]
-        boxes = sample_resized_crops(gen, m, h, w, tuple(rc.crop_scale))
+        boxes = sample_resized_crops(gen, m, h, w, tuple(recover_cfg.crop_scale))
         crops = apply_crops_flips(data.images[pick].float() / 255, boxes, None, (h, w))
         with autocast(device, cfg.autocast):
             logp = torch.cat([
                 F.log_softmax(teacher(normalize(crops[i:i + 512], info["mean"], info["std"]).to(device)
                                       .contiguous(memory_format=torch.channels_last)).float(), 1)[:, c].cpu()
                 for i in range(0, m, 512)])
-        best = crops[logp.argsort(descending=True)[:rc.ipc * per_image]]
+        best = crops[logp.argsort(descending=True)[:recover_cfg.ipc * per_image]]
         patches = F.interpolate(best, size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
-        patches = patches.view(rc.ipc, f, f, -1, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(rc.ipc, -1, f * ph, f * pw)
+        ipc = recover_cfg.ipc
+        patches = patches.view(ipc, f, f, -1, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(ipc, -1, f * ph, f * pw)
         if (f * ph, f * pw) != (h, w):
             patches = F.interpolate(patches, size=(h, w), mode="bilinear", align_corners=False)
         out.append(patches.clamp(0, 1))
@@ -353,36 +355,39 @@ def _recover_unit(cfg: Config, ref: StageRef, force: bool) -> Path:
 
 def _recover(cfg: Config, mode: str, layout: RunLayout, out: Path) -> tuple[None, float]:
     """Make the images of ``mode`` and write the set on rank 0; returns ``(None, seconds)``."""
-    rc = cfg.recover
-    variant = resolve_variant(mode, rc.variants)
+    recover_cfg = cfg.recover
+    switches = resolve_mode(mode, recover_cfg.variants)
     device = pick_device(cfg.device, cfg.deterministic)
     teacher, info = load_teacher(layout.teacher_dir, device)
     gen = step_generator(cfg.seed, mode_stream(mode))
     t0 = time.time()
-    needs_real = variant["source"] in ("random_real", "rded") or (variant["source"] == "synthesis" and rc.init == "real")
+    needs_real = switches.source in ("random_real", "rded") or (switches.source == "synthesis"
+                                                                and recover_cfg.init == "real")
     train = load_split(cfg, "train") if needs_real else None
     extra: dict = {}
-    ipc, logits = rc.ipc, None
-    if variant["source"] in OWN_SOURCES:
-        images, extra, logits = own_images(mode, variant, teacher, info, device, cfg.autocast)
+    ipc, logits = recover_cfg.ipc, None
+    if switches.source in OWN_SOURCES:
+        images, extra, logits = own_images(mode, switches, teacher, info, device, cfg.autocast)
         ipc = extra["ipc"]
-    elif variant["source"] == "random_real":
-        sel = pick_real(train, rc.ipc, gen)
+    elif switches.source == "random_real":
+        sel = pick_real(train, recover_cfg.ipc, gen)
         images = train.images[sel].float() / 255
         extra["real_indices"] = sel.tolist()
-    elif variant["source"] == "rded":
+    elif switches.source == "rded":
         images = rded_images(teacher, train, info, cfg, gen, device)
     else:
-        init = train.images[pick_real(train, rc.ipc, gen)].float() / 255 if rc.init == "real" else None
-        images = synthesise(cfg, mode, variant, teacher, info, layout, init, device)
-        extra.update(variant=variant, init=rc.init, iterations=rc.iterations, crops=rc.crops)
+        real = recover_cfg.init == "real"
+        init = train.images[pick_real(train, recover_cfg.ipc, gen)].float() / 255 if real else None
+        images = synthesise(cfg, mode, switches, teacher, info, layout, init, device)
+        extra.update(variant=switches.as_dict(), init=recover_cfg.init, iterations=recover_cfg.iterations,
+                     crops=recover_cfg.crops)
     if is_rank0():
-        _write_image_set(out, mode, variant, images, teacher, info, ipc, extra, device, cfg.autocast, logits=logits)
+        _write_image_set(out, mode, switches, images, teacher, info, ipc, extra, device, cfg.autocast, logits=logits)
         MetricsLog(layout.metrics).log(stage="recover", mode=mode, seconds=round(time.time() - t0, 2))
     return None, time.time() - t0
 
 
-def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device: torch.device, amp: str
+def own_images(mode: str, switches: RecoverMode, teacher: nn.Module, info: dict, device: torch.device, amp: str
                ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """A ``folder`` / ``tensor`` set made elsewhere, checked against the teacher (:mod:`labeldistill.data.owned`).
 
@@ -401,9 +406,9 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
         DataError: the set does not fit the teacher, or the teacher's top-1 on it is at most
         :data:`CHANCE_FACTOR` × chance: the class mapping is most likely wrong.
     """
-    path = variant["path"]
-    own = load_own_set(variant["source"], path, tuple(info["shape"]), info["classes"], variant.get("mean"),
-                       variant.get("std"))
+    path = switches.path
+    own = load_own_set(switches.source, path, tuple(info["shape"]), info["classes"], switches.as_dict().get("mean"),
+                       switches.as_dict().get("std"))
     u8, labels, notes = own.images, own.labels, own.notes
     top1 = teacher_top1(teacher, u8, labels, info, device, amp)
     c = info["num_classes"]
@@ -425,8 +430,8 @@ def own_images(mode: str, variant: dict, teacher: nn.Module, info: dict, device:
             print(f"warning: recover[{mode}]: {path} holds float pixels off the 1/255 grid; rounded to uint8 for the "
                   f"PNG set (largest error {notes['quantised']['max_error_grey_levels']:g} grey levels; teacher top-1 "
                   f"{100 * before:.1f} % before, {100 * top1:.1f} % after)", file=sys.stderr)
-    extra = {"path": str(Path(path).expanduser().resolve()), "source_fingerprint": source_fingerprint(variant["source"], path),
-             **notes}
+    extra = {"path": str(Path(path).expanduser().resolve()),
+             "source_fingerprint": source_fingerprint(switches.source, path), **notes}
     if is_rank0():
         for line in _own_notices(mode, path, notes):
             notice(line)
@@ -462,7 +467,7 @@ def teacher_top1(teacher: nn.Module, u8: torch.Tensor, labels: torch.Tensor, inf
     return float((torch.cat(preds) == labels).float().mean())
 
 
-def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: dict, layout: RunLayout,
+def synthesise(cfg: Config, mode: str, switches: RecoverMode, teacher: nn.Module, info: dict, layout: RunLayout,
                init: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     """BN-statistics synthesis of every image of a mode, batch group by batch group, resumable.
 
@@ -479,15 +484,16 @@ def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: 
         LabelDistillError: missing class statistics, no BatchNorm2d layer, a non-finite loss, or groups missing
         after every rank finished.
     """
-    rc = cfg.recover
+    recover_cfg = cfg.recover
     stats, _ = load_class_stats(layout.class_stats_dir)
     bns = require_bn_layers(teacher, info["model"])
-    batches = plan_batches(variant["batching"], info["num_classes"], rc.ipc, rc.batch_size)
-    groups = [batches[i:i + rc.vectorize] for i in range(0, len(batches), rc.vectorize)]
+    batches = plan_batches(switches.batching, info["num_classes"], recover_cfg.ipc, recover_cfg.batch_size)
+    groups = [batches[i:i + recover_cfg.vectorize] for i in range(0, len(batches), recover_cfg.vectorize)]
     out = layout.images_dir(mode)
     partial = out.with_name(f".{out.name}.partial")
-    key = settings_key("recover", mode, variant, config_to_dict(rc), info["fingerprint"], cfg.seed,
-                       config_to_dict(cfg.data) if rc.init == "real" else None, *numerics_settings(cfg).values())
+    key = settings_key("recover", mode, switches.as_dict(), config_to_dict(recover_cfg), info["fingerprint"],
+                       cfg.seed, config_to_dict(cfg.data) if recover_cfg.init == "real" else None,
+                       *numerics_settings(cfg).values())
     done = _load_partial(partial, key)
     barrier()
     todo = [gi for gi in shard(range(len(groups))) if gi not in done]
@@ -495,10 +501,10 @@ def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: 
     hooks = [BNInputHook() for _ in bns]
     with forward_hooks(bns, hooks):
         for gi in tqdm(todo, desc=f"recover[{mode}]", disable=not is_rank0(), unit="group"):
-            segs = [_segment(cfg, mode, variant, batch, stats, len(bns), init, device) for batch in groups[gi]]
+            segs = [_make_segment(cfg, mode, switches, batch, stats, len(bns), init, device) for batch in groups[gi]]
             imgs, terms = recover_segments(teacher, hooks, segs, tuple(info["shape"]), info["mean"], info["std"],
-                                           cfg, device, variant["crop_schedule"])
-            slots = torch.tensor([cls * rc.ipc + k for batch in groups[gi] for cls, k in batch])
+                                           cfg, device, switches.crop_schedule)
+            slots = torch.tensor([cls * recover_cfg.ipc + k for batch in groups[gi] for cls, k in batch])
             _save_partial(partial, gi, slots, torch.cat(imgs))
             fault_point("recover-group")
             for batch, tm in zip(groups[gi], terms):
@@ -508,23 +514,24 @@ def synthesise(cfg: Config, mode: str, variant: dict, teacher: nn.Module, info: 
     if len(done) != len(groups):
         raise LabelDistillError(f"recover[{mode}]: {len(groups) - len(done)} batch groups missing from "
                                 f"{partial}; re-run to finish them")
-    images = torch.zeros((info["num_classes"] * rc.ipc, *info["shape"]))
+    images = torch.zeros((info["num_classes"] * recover_cfg.ipc, *info["shape"]))
     for slots, imgs in done.values():
         images[slots] = imgs
     return images
 
 
-def _segment(cfg: Config, mode: str, variant: dict, batch: list[tuple[int, int]], stats: dict[str, torch.Tensor],
-             num_layers: int, init: torch.Tensor | None, device: torch.device) -> Segment:
+def _make_segment(cfg: Config, mode: str, switches: RecoverMode, batch: list[tuple[int, int]],
+                  stats: dict[str, torch.Tensor], num_layers: int, init: torch.Tensor | None,
+                  device: torch.device) -> Segment:
     """One optimisation batch of ``(class, slot)`` pairs with its BN targets, generator and start images."""
     slots = [cls * cfg.recover.ipc + k for cls, k in batch]
     return Segment(torch.tensor([cls for cls, _ in batch]),
-                   bn_targets(variant["bn_targets"], stats, num_layers, batch[0][0], device),
+                   bn_targets(switches.bn_targets, stats, num_layers, batch[0][0], device),
                    step_generator(cfg.seed, mode_stream(mode), batch[0][0], batch[0][1]),
                    None if init is None else init[slots])
 
 
-def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, teacher: nn.Module, info: dict,
+def _write_image_set(out: Path, mode: str, switches: RecoverMode, images: torch.Tensor, teacher: nn.Module, info: dict,
                      ipc: int, extra: dict, device: torch.device, amp: str = "bf16", chunk: int = 256,
                      logits: torch.Tensor | None = None) -> None:
     """Quantise to uint8, measure the teacher's top-1 on the set (:func:`teacher_top1`), write PNGs (a folder
@@ -536,14 +543,14 @@ def _write_image_set(out: Path, mode: str, variant: dict, images: torch.Tensor, 
     if logits is not None:
         extra = {**extra, "soft_labels": {**extra.get("soft_labels", {}), "file": IMAGE_LOGITS}}
     with atomic_dir(out) as tmp:
-        if variant["source"] == "folder":
-            _write_own_files(tmp, variant["path"], u8, labels, info["classes"], extra)
+        if switches.source == "folder":
+            _write_own_files(tmp, switches.path, u8, labels, info["classes"], extra)
         else:
             save_imagefolder(u8, labels, info["classes"], tmp)
         if logits is not None:
             save_image_logits(logits, tmp, image_fingerprint(u8, labels))
         atomic_write_json(tmp / "images.json", {
-            "mode": mode, "source": variant["source"], "ipc": ipc, "num_images": len(labels),
+            "mode": mode, "source": switches.source, "ipc": ipc, "num_images": len(labels),
             "classes": info["classes"], "fingerprint": image_fingerprint(u8, labels),
             "teacher_fingerprint": info["fingerprint"], "teacher_top1_on_images": top1, **extra,
         })

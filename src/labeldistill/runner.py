@@ -62,10 +62,10 @@ class Stage:
         (augmentation keys left unset are resolved from the dataset first:
         :func:`~labeldistill.data.presets.resolve_augmentation`)."""
         resolve_augmentation(cfg)
-        return self._settings(cfg, ref)
+        return self._chained_settings(cfg, ref)
 
-    def _settings(self, cfg: Config, ref: StageRef) -> dict[str, Any]:
-        up = self.upstream._settings(cfg, ref) if self.upstream is not None else {}
+    def _chained_settings(self, cfg: Config, ref: StageRef) -> dict[str, Any]:
+        up = self.upstream._chained_settings(cfg, ref) if self.upstream is not None else {}
         return {**up, **self.own(cfg, ref)}
 
     def resume_key(self, cfg: Config, ref: StageRef, *extra: Any) -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config, SqueezeConfig, check_squeeze_options
+from .config import Config, SqueezeConfig, check_squeeze
 from .data import ImageSet, iter_batches, load_split, normalize, resolve_augmentation
 from .distributed import rank_world, wrap_ddp
 from .errors import DataError
@@ -80,7 +80,7 @@ def _squeeze(cfg: Config, layout: RunLayout) -> tuple[None, float]:
     """Train or load the teacher, score it, write it on rank 0; returns ``(None, seconds)``."""
     t0 = time.time()
     sc = cfg.squeeze
-    check_squeeze_options(sc)
+    check_squeeze(sc)
     device = pick_device(cfg.device, cfg.deterministic)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     if test.classes != train.classes:

@@ -53,7 +53,7 @@ from .labels.sources import label_model_bytes, load_label_model, static_labels_f
 from .labels.store import LabelStore
 from .layout import REAL_TRAIN, LabelVariant, RunLayout
 from .models import build_model
-from .main_stages import GENERATOR, HARD_LABEL, VALIDATE, labels_of
+from .main_stages import GENERATOR, HARD_LABEL, VALIDATE, label_feed_of
 from .provenance import (
     FINGERPRINT_VERSION,
     StageRef,
@@ -390,7 +390,7 @@ def validate(cfg: Config, mode: str, variant: LabelVariant | float, *rest: str, 
     """
     v = LabelVariant.of(variant, *rest, **parts)
     layout = RunLayout(cfg.run_path)
-    ref = VALIDATE.ref(mode, v, model_tag(cfg.validate.model), labels_of(cfg), repeat)
+    ref = VALIDATE.ref(mode, v, model_tag(cfg.validate.model), label_feed_of(cfg), repeat)
     out = VALIDATE.marker(cfg, ref, layout)
 
     def reuse() -> dict:
@@ -495,21 +495,21 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     Raises:
         LabelDistillError: the loss became NaN or infinite.
     """
-    vc, rc = cfg.validate, cfg.relabel
+    vc, relabel_cfg = cfg.validate, cfg.relabel
     device = pick_device(cfg.device, cfg.deterministic)
     torch.manual_seed(cfg.seed)  # student initialisation and kornia's sampling
     student = build_model(vc.model, test.num_classes, test.shape).to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    aug = nn.Sequential(K.RandomResizedCrop(tuple(test.shape[1:]), scale=tuple(rc.crop_scale)),
-                        K.RandomHorizontalFlip() if rc.flip else nn.Identity())
+    aug = nn.Sequential(K.RandomResizedCrop(tuple(test.shape[1:]), scale=tuple(relabel_cfg.crop_scale)),
+                        K.RandomHorizontalFlip() if relabel_cfg.flip else nn.Identity())
     g = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = (len(data) + rc.batch_size - 1) // rc.batch_size
+    per_epoch = (len(data) + relabel_cfg.batch_size - 1) // relabel_cfg.batch_size
     total, t0 = epochs * per_epoch, time.time()
 
     def batches(epoch: int) -> Iterable:
         order = torch.randperm(len(data), generator=g)
-        return iter_batches(data, [order[i * rc.batch_size:(i + 1) * rc.batch_size] for i in range(per_epoch)],
-                            cfg.data.workers)
+        b = relabel_cfg.batch_size
+        return iter_batches(data, [order[i * b:(i + 1) * b] for i in range(per_epoch)], cfg.data.workers)
 
     def loss(batch, epoch: int) -> torch.Tensor:
         images, labels = batch
@@ -547,7 +547,7 @@ def hard_label(cfg: Config, images: str, force: bool = False) -> dict:
     layout = RunLayout(cfg.run_path)
     ref = HARD_LABEL.ref(images, student=model_tag(cfg.validate.model))
     out = HARD_LABEL.marker(cfg, ref, layout)
-    return run_unit(HARD_LABEL, cfg, ref, lambda: _hard_label(cfg, ref, layout, out),
+    return run_unit(HARD_LABEL, cfg, ref, lambda: _train_hard_label(cfg, ref, layout, out),
                     reuse=lambda: _rekeyed(HARD_LABEL, cfg, ref, out, read_json(out)), force=force, layout=layout)
 
 
@@ -556,7 +556,7 @@ def _hard_label_unit(cfg: Config, ref: StageRef, force: bool) -> dict:
     return hard_label(student_config(cfg, ref.student), ref.mode, force=force)
 
 
-def _hard_label(cfg: Config, ref: StageRef, layout: RunLayout, out: Path) -> tuple[dict, float]:
+def _train_hard_label(cfg: Config, ref: StageRef, layout: RunLayout, out: Path) -> tuple[dict, float]:
     """Train and score the hard-label student of ``ref``; writes its row on rank 0; returns ``(row, seconds)``."""
     images = ref.mode
     test = load_split(cfg, "test")

@@ -16,22 +16,59 @@ Recover modes (LPLD §3, spec §4.2):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
 from .layout import LabelVariant
 
-BUILTIN_VARIANTS: dict[str, dict] = {
-    "sre2l": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed"},
-    "c": {"batching": "class_wise", "bn_targets": "global", "crop_schedule": "fixed"},
-    "cs": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
-    "lpld": {"batching": "class_wise", "bn_targets": "class", "crop_schedule": "fixed"},
-    "cda": {"batching": "cross_class", "bn_targets": "global", "crop_schedule": "cda"},
-    "random_real": {"source": "random_real"},
-    "rded": {"source": "rded"},
+
+@dataclass(frozen=True)
+class RecoverMode:
+    """What one recover mode switches on (a built-in mode, or one a config defines under ``recover.variants``;
+    immutable). Synthesis fields are ``None`` for a real-image or own source, ``path`` / ``mean`` / ``std`` for
+    any source but ``folder`` / ``tensor``.
+
+    Attributes:
+        source: ``synthesis`` (BN-statistics matching), ``random_real``, ``rded``, or a set made elsewhere:
+            ``folder`` or ``tensor`` (:mod:`labeldistill.data.owned`).
+        batching: synthesis only: ``cross_class`` (SRe2L) or ``class_wise`` (LPLD's "+C").
+        bn_targets: synthesis only: ``global`` (the teacher's running statistics) or ``class`` (LPLD's "+CS").
+        crop_schedule: synthesis only: ``fixed`` or ``cda`` (CDA's crop curriculum).
+        path: ``folder`` / ``tensor`` only: the folder holding the set.
+        mean: ``tensor`` only, optional: the per-channel normalisation mean of its ``images.pt`` ([0, 1] units).
+        std: ``tensor`` only, optional: the per-channel std (> 0), with ``mean``.
+    """
+
+    source: str = "synthesis"
+    batching: str | None = None
+    bn_targets: str | None = None
+    crop_schedule: str | None = None
+    path: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, in field order (``mean`` / ``std`` as lists): what fingerprints
+        (``recover.variant``), resume keys and ``images.json`` (``variant``) record, unchanged since these switches
+        were a plain mapping."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+BUILTIN_MODES: dict[str, RecoverMode] = {
+    "sre2l": RecoverMode("synthesis", "cross_class", "global", "fixed"),
+    "c": RecoverMode("synthesis", "class_wise", "global", "fixed"),
+    "cs": RecoverMode("synthesis", "class_wise", "class", "fixed"),
+    "lpld": RecoverMode("synthesis", "class_wise", "class", "fixed"),
+    "cda": RecoverMode("synthesis", "cross_class", "global", "cda"),
+    "random_real": RecoverMode("random_real"),
+    "rded": RecoverMode("rded"),
 }
-VARIANT_SWITCHES = {"batching": ("cross_class", "class_wise"), "bn_targets": ("global", "class"),
-                    "crop_schedule": ("fixed", "cda")}
+"""The recover modes every config knows, by name."""
+MODE_SWITCHES = {"batching": ("cross_class", "class_wise"), "bn_targets": ("global", "class"),
+                 "crop_schedule": ("fixed", "cda")}
+"""A synthesis mode's switches and their values; the first value of each is a custom mode's default."""
 SOURCES = ("synthesis", "random_real", "rded", "folder", "tensor")
 OWN_SOURCES = ("folder", "tensor")  # sets made elsewhere, read from ``path``
 NORM_KEYS = ("mean", "std")  # a ``tensor`` source's normalisation of images.pt
@@ -41,17 +78,14 @@ POOLS = ("prefix", "subset")  # which stored steps a pruned store keeps (labels/
 REPLAYS = ("ordered", "pool")  # how validate walks a store's steps (validate.PoolSampler)
 
 
-def resolve_variant(mode: str, custom: dict | None = None) -> dict:
-    """The switches of a recover mode: a built-in variant or one defined under ``recover.variants``.
+def resolve_mode(mode: str, custom: dict | None = None) -> RecoverMode:
+    """The switches of a recover mode: a built-in one (:data:`BUILTIN_MODES`) or one defined under
+    ``recover.variants`` (the YAML key keeps its name).
 
-    A custom variant is either synthesis switches (``batching``, ``bn_targets``, ``crop_schedule``) or a source:
-    ``{source: random_real | rded}``, or ``{source: folder | tensor, path: DIR}`` for a set made elsewhere (a
-    ``tensor`` one may add ``mean`` and ``std``, one value per channel: the normalisation of its ``images.pt``).
-
-    Returns:
-        ``{"source": "synthesis", "batching", "bn_targets", "crop_schedule"}``, ``{"source": "random_real" |
-        "rded"}`` or ``{"source": "folder" | "tensor", "path": str}`` (``tensor``: plus ``mean``, ``std`` when
-        given).
+    A custom mode is either synthesis switches (``batching``, ``bn_targets``, ``crop_schedule``; unset ones take
+    the first value of :data:`MODE_SWITCHES`) or a source: ``{source: random_real | rded}``, or ``{source: folder
+    | tensor, path: DIR}`` for a set made elsewhere (a ``tensor`` one may add ``mean`` and ``std``, one value per
+    channel: the normalisation of its ``images.pt``).
 
     Raises:
         ConfigError: unknown mode, unknown switch or value, class targets with cross-class batches, a
@@ -60,28 +94,29 @@ def resolve_variant(mode: str, custom: dict | None = None) -> dict:
     """
     custom = custom or {}
     if mode in custom:
-        v = _custom_variant(mode, custom[mode])
-        if v["source"] != "synthesis":
-            return v
-    elif mode in BUILTIN_VARIANTS:
-        v = {"source": "synthesis", **BUILTIN_VARIANTS[mode]}
+        switches = _custom_mode(mode, custom[mode])
+        if switches.source != "synthesis":
+            return switches
+    elif mode in BUILTIN_MODES:
+        switches = BUILTIN_MODES[mode]
     else:
-        raise ConfigError(f"unknown recover mode '{mode}'; known: {', '.join(BUILTIN_VARIANTS)}"
+        raise ConfigError(f"unknown recover mode '{mode}'; known: {', '.join(BUILTIN_MODES)}"
                           + (f", {', '.join(custom)}" if custom else ""))
-    if v["source"] == "synthesis":
-        for k, allowed in VARIANT_SWITCHES.items():
-            if v[k] not in allowed:
-                raise ConfigError(f"recover variant '{mode}': {k} must be one of {', '.join(allowed)}, got {v[k]!r}")
-        if v["bn_targets"] == "class" and v["batching"] != "class_wise":
-            raise ConfigError(f"recover variant '{mode}': class BN targets need class_wise batching")
-    return v
+    if switches.source == "synthesis":
+        for k, allowed in MODE_SWITCHES.items():
+            if getattr(switches, k) not in allowed:
+                raise ConfigError(f"recover mode '{mode}': {k} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(switches, k)!r}")
+        if switches.bn_targets == "class" and switches.batching != "class_wise":
+            raise ConfigError(f"recover mode '{mode}': class BN targets need class_wise batching")
+    return switches
 
 
-def _custom_variant(mode: str, spec: Any) -> dict:
-    """The switches of a variant defined under ``recover.variants.<mode>`` (synthesis ones not yet checked)."""
+def _custom_mode(mode: str, spec: Any) -> RecoverMode:
+    """A mode defined under ``recover.variants.<mode>`` (synthesis switches not yet checked)."""
     if not isinstance(spec, dict):
         raise ConfigError(f"recover.variants.{mode} must be a mapping of switches")
-    known = (*VARIANT_SWITCHES, "source", "path", *NORM_KEYS)
+    known = (*MODE_SWITCHES, "source", "path", *NORM_KEYS)
     bad = [k for k in spec if k not in known]
     if bad:
         raise ConfigError(f"recover.variants.{mode}: unknown switch '{bad[0]}'; known: " + ", ".join(known))
@@ -93,9 +128,8 @@ def _custom_variant(mode: str, spec: Any) -> dict:
     if source == "synthesis":
         if "path" in spec:
             raise ConfigError(f"recover.variants.{mode}: 'path' needs source: folder or tensor")
-        return {"source": "synthesis", "batching": "cross_class", "bn_targets": "global", "crop_schedule": "fixed",
-                **spec}
-    extra = [k for k in spec if k in VARIANT_SWITCHES]
+        return RecoverMode("synthesis", **{k: spec.get(k, allowed[0]) for k, allowed in MODE_SWITCHES.items()})
+    extra = [k for k in spec if k in MODE_SWITCHES]
     if extra:
         raise ConfigError(f"recover.variants.{mode}: '{extra[0]}' applies to source: synthesis only, not {source}")
     if source in OWN_SOURCES:
@@ -103,10 +137,10 @@ def _custom_variant(mode: str, spec: Any) -> dict:
         if not isinstance(path, str) or not path:
             raise ConfigError(f"recover.variants.{mode}: source: {source} needs path: DIR (the folder holding "
                               + ("the images" if source == "folder" else "images.pt and labels.pt") + ")")
-        return {"source": source, "path": path, **_norm_keys(mode, spec)}
+        return RecoverMode(source, path=path, **_norm_keys(mode, spec))
     if "path" in spec:
         raise ConfigError(f"recover.variants.{mode}: 'path' needs source: folder or tensor")
-    return {"source": source}
+    return RecoverMode(source)
 
 
 def _norm_keys(mode: str, spec: dict) -> dict:
@@ -122,13 +156,13 @@ def _norm_keys(mode: str, spec: dict) -> dict:
     if not ok or len(vals[0]) != len(vals[1]) or min(vals[1]) <= 0:
         raise ConfigError(f"recover.variants.{mode}: mean and std must be lists of numbers of the same length, one "
                           f"per channel, std > 0; got mean={spec['mean']!r}, std={spec['std']!r}")
-    return {"mean": [float(a) for a in vals[0]], "std": [float(a) for a in vals[1]]}
+    return {"mean": tuple(float(a) for a in vals[0]), "std": tuple(float(a) for a in vals[1])}
 
 
 def needs_class_stats(modes: list[str], custom: dict | None = None) -> bool:
     """Whether any recover mode optimises images (source ``synthesis``): only those read the class statistics
     and need a teacher with BatchNorm layers."""
-    return any(resolve_variant(m, custom)["source"] == "synthesis" for m in modes)
+    return any(resolve_mode(m, custom).source == "synthesis" for m in modes)
 
 
 def plan_batches(batching: str, num_classes: int, ipc: int, batch_size: int) -> list[list[tuple[int, int]]]:

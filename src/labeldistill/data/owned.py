@@ -18,7 +18,8 @@ Layouts read:
   ``classes`` (names by index; the teacher's names must keep the teacher's indices) and ``hard_labels`` (per
   image).
   Float images normalised as DD-Ranking's real data (``utils/data.py``: ``Normalize(mean, std)``) are
-  de-normalised, ``x · std + mean``, with the ``mean``/``std`` of the recover variant, else of ``meta.json``;
+  de-normalised, ``x · std + mean``, with the ``mean``/``std`` given under ``recover.variants.<mode>``, else of
+  ``meta.json``;
   without either, float images are taken as pixels in [0, 1] and values outside are refused (the message asks for
   the mean and std). The class of an image with soft labels is ``meta.json``'s ``hard_labels``, else the
   class-major order DD-Ranking assumes (image ``i`` is class ``i // IPC``, ``metrics/soft_label.py``).

@@ -34,7 +34,7 @@ import math
 import torch
 
 from ..augment import Stream, step_generator
-from ..config_checks import one_of
+from ..config.checks import one_of
 from ..errors import ConfigError
 from ..layout import LabelVariant
 from ..variants import POOLS, parse_strategy

@@ -76,25 +76,25 @@ class StepPlan:
         return self.epoch_order(e)[j * self.b:(j + 1) * self.b]
 
 
-def sample_step(plan: StepPlan, step_id: int, rc: RelabelConfig, hw: tuple[int, int],
+def sample_step(plan: StepPlan, step_id: int, relabel_cfg: RelabelConfig, hw: tuple[int, int],
                 out_hw: tuple[int, int]) -> StepRecord:
     """Sample the augmentation of one step (logits left empty).
 
     Raises:
-        ConfigError: ``rc.flip`` or ``rc.crop_scale`` unset (resolve them first:
+        ConfigError: ``relabel_cfg.flip`` or ``relabel_cfg.crop_scale`` unset (resolve them first:
             :func:`labeldistill.data.presets.resolve_augmentation`).
     """
-    if rc.flip is None or rc.crop_scale is None:
+    if relabel_cfg.flip is None or relabel_cfg.crop_scale is None:
         raise ConfigError("relabel.flip and relabel.crop_scale are unset: resolve them from the dataset first "
                           "(labeldistill.data.resolve_augmentation(cfg)) or set them")
     idx = plan.sample_idx(step_id)
     n = len(idx)
     g = step_generator(plan.seed, Stream.RELABEL_AUG, step_id)
-    boxes = sample_resized_crops(g, n, hw[0], hw[1], tuple(rc.crop_scale))
-    flips = sample_flips(g, n) if rc.flip else torch.zeros(n, dtype=torch.bool)
+    boxes = sample_resized_crops(g, n, hw[0], hw[1], tuple(relabel_cfg.crop_scale))
+    flips = sample_flips(g, n) if relabel_cfg.flip else torch.zeros(n, dtype=torch.bool)
     mix = None
-    if rc.cutmix > 0 and float(torch.rand(1, generator=g)) < rc.cutmix:
-        mix = sample_cutmix(g, n, out_hw[0], out_hw[1], rc.cutmix_alpha)
+    if relabel_cfg.cutmix > 0 and float(torch.rand(1, generator=g)) < relabel_cfg.cutmix:
+        mix = sample_cutmix(g, n, out_hw[0], out_hw[1], relabel_cfg.cutmix_alpha)
     return StepRecord(step_id, idx, boxes, flips, mix, torch.empty(0))
 
 
@@ -112,7 +112,7 @@ def chunk_images_for(hw: tuple[int, int]) -> int:
 
 @torch.no_grad()
 def generate_steps(teacher: nn.Module, images: torch.Tensor, plan: StepPlan, step_ids: Iterable[int],
-                   rc: RelabelConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                   relabel_cfg: RelabelConfig, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                    chunk_images: int | None = None, progress: bool = True, amp: str = "bf16") -> Iterable[StepRecord]:
     """Yield the records of ``step_ids`` (in the given order) with the teacher's fp16 logits.
 
@@ -129,7 +129,7 @@ def generate_steps(teacher: nn.Module, images: torch.Tensor, plan: StepPlan, ste
     while i < len(ids):
         recs, xs, count = [], [], 0
         while i < len(ids) and (count == 0 or count + plan.b <= chunk_images):
-            r = sample_step(plan, ids[i], rc, hw, hw)
+            r = sample_step(plan, ids[i], relabel_cfg, hw, hw)
             xs.append(build_batch(images, r, hw, mean, std))
             recs.append(r)
             count += len(r.sample_idx)
@@ -148,7 +148,8 @@ def generate_steps(teacher: nn.Module, images: torch.Tensor, plan: StepPlan, ste
     bar.close()
 
 
-def store_meta(data: ImageSet, info: dict, image_fp: str, rc: RelabelConfig, seed: int, plan: StepPlan) -> dict:
+def store_meta(data: ImageSet, info: dict, image_fp: str, relabel_cfg: RelabelConfig, seed: int,
+               plan: StepPlan) -> dict:
     """Manifest fields shared by a full store and its pruned children."""
     return {
         "num_images": len(data),
@@ -160,10 +161,10 @@ def store_meta(data: ImageSet, info: dict, image_fp: str, rc: RelabelConfig, see
         "image_fingerprint": image_fp,
         "teacher_fingerprint": info["fingerprint"],
         "normalization": {"mean": list(info["mean"]), "std": list(info["std"])},
-        "augmentation": {"crop": "random_resized_crop", "crop_scale": list(rc.crop_scale),
-                         "crop_ratio": [3 / 4, 4 / 3], "flip": rc.flip, "cutmix": rc.cutmix,
-                         "cutmix_alpha": rc.cutmix_alpha, "interpolation": "bilinear"},
-        "cutmix": rc.cutmix > 0,
+        "augmentation": {"crop": "random_resized_crop", "crop_scale": list(relabel_cfg.crop_scale),
+                         "crop_ratio": [3 / 4, 4 / 3], "flip": relabel_cfg.flip, "cutmix": relabel_cfg.cutmix,
+                         "cutmix_alpha": relabel_cfg.cutmix_alpha, "interpolation": "bilinear"},
+        "cutmix": relabel_cfg.cutmix > 0,
         "seed": seed,
         "batch_size": plan.b,
         "epochs": plan.epochs,
@@ -187,8 +188,8 @@ def relabel(cfg: Config, mode: str, force: bool = False) -> LabelStore:
         another pool.
     """
     layout = RunLayout(cfg.run_path)
-    rc = resolve_augmentation(cfg).relabel
-    variant = label_variants(cfg)[0] if rc.only_kept is not None else None
+    relabel_cfg = resolve_augmentation(cfg).relabel
+    variant = label_variants(cfg)[0] if relabel_cfg.only_kept is not None else None
     ref = relabel_ref(cfg, mode)
     out = RELABEL.marker(cfg, ref, layout).parent
 
@@ -211,14 +212,14 @@ def _relabel(cfg: Config, mode: str, variant: LabelVariant | None, layout: RunLa
              ) -> tuple[None, float]:
     """Generate the steps (only the kept ones with a ``variant``) shard by shard, resumable; returns
     ``(None, seconds)``."""
-    rc, only = cfg.relabel, cfg.relabel.only_kept
+    relabel_cfg, only = cfg.relabel, cfg.relabel.only_kept
     device = pick_device(cfg.device, cfg.deterministic)
     teacher, info = load_teacher(layout.teacher_dir, device)
     data, img_meta = load_synthetic(layout.images_dir(mode), info["mean"], info["std"])
-    plan = StepPlan(len(data), rc.batch_size, rc.epochs, cfg.seed)
+    plan = StepPlan(len(data), relabel_cfg.batch_size, relabel_cfg.epochs, cfg.seed)
     images = data.uint8_images()  # converted per step by build_batch: no float copy of the set
-    meta = store_meta(data, info, img_meta["fingerprint"], rc, cfg.seed, plan)
-    meta["logits_format"] = rc.logits
+    meta = store_meta(data, info, img_meta["fingerprint"], relabel_cfg, cfg.seed, plan)
+    meta["logits_format"] = relabel_cfg.logits
     steps = list(range(plan.total_steps))
     if variant is not None:
         steps = kept_steps(steps, variant, cfg.seed, plan.steps_per_epoch, plan.epochs)
@@ -228,17 +229,17 @@ def _relabel(cfg: Config, mode: str, variant: LabelVariant | None, layout: RunLa
     t0 = time.time()
     key = RELABEL.resume_key(cfg, relabel_ref(cfg, mode), meta, steps, info["fingerprint"])
     if is_rank0():
-        writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=True, resume_key=key)
+        writer = LabelStoreWriter(out, meta, relabel_cfg.steps_per_shard, overwrite=True, resume_key=key)
     barrier()
     if not is_rank0():
-        writer = LabelStoreWriter(out, meta, rc.steps_per_shard, overwrite=True, resume_key=key, prepare=False)
-    shards = [steps[i:i + rc.steps_per_shard] for i in range(0, len(steps), rc.steps_per_shard)]
+        writer = LabelStoreWriter(out, meta, relabel_cfg.steps_per_shard, overwrite=True, resume_key=key, prepare=False)
+    shards = [steps[i:i + relabel_cfg.steps_per_shard] for i in range(0, len(steps), relabel_cfg.steps_per_shard)]
     todo = [i for i in shard(range(len(shards))) if not writer.shard_done(i)]
     bar = tqdm(total=sum(len(shards[i]) for i in todo), desc=f"relabel[{mode}]", unit="step", disable=not is_rank0())
     for i in todo:
         # One teacher pass per shard, so a resumed run batches (and rounds) exactly as an uninterrupted one.
-        writer.write_shard(i, list(generate_steps(teacher, images, plan, shards[i], rc, info["mean"], info["std"],
-                                                  device, progress=False, amp=cfg.autocast)))
+        writer.write_shard(i, list(generate_steps(teacher, images, plan, shards[i], relabel_cfg, info["mean"],
+                                                  info["std"], device, progress=False, amp=cfg.autocast)))
         bar.update(len(shards[i]))
         fault_point("relabel-shard")
     bar.close()

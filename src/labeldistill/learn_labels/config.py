@@ -1,7 +1,9 @@
 """Typed config of the ``learn-labels`` job (label distillation, Bohdal, Yang & Hospedales 2020).
 
-Loaded with :func:`labeldistill.config.load_typed_config` (YAML + dotted ``key=value`` overrides, unknown keys
-rejected), then range-checked by :func:`validate_ld_config`. Defaults follow the reference configuration of the
+Loaded with the main job's generic loader, :func:`labeldistill.config.load_typed_config` (YAML + dotted
+``key=value`` overrides, unknown keys rejected), then range-checked by :func:`validate_ld_config` (which never
+changes the config; the ``data`` keys it shares with the main job are checked by
+:func:`labeldistill.config.checks.check_data`). Defaults follow the reference configuration of the
 paper (spec §9): N = 100 base examples, inner batch 50, outer batch 1024, inner lr 0.01, labels as probabilities
 with uniform init and Adam 1e-3, reset window 50, validation every 5 epochs, λ = 1 for RR, 20 test repeats.
 """
@@ -11,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config_checks as chk
-from ..config import ModelConfig, RunConfig, check_data_keys, load_typed_config
+from ..config import ModelConfig, RunConfig, load_typed_config
+from ..config import checks as chk
 from ..errors import ConfigError
 
 METHODS = ("ld", "rr", "dd", "onehot", "smooth", "teacher")
@@ -70,10 +72,6 @@ class LDDataConfig:
     mean: list | None = None
     std: list | None = None
     test_holdout: int = 0
-
-    def __post_init__(self) -> None:
-        """Range checks shared with the main job's ``data`` keys (:func:`~labeldistill.config.check_data_keys`)."""
-        check_data_keys(self)
 
 
 @dataclass
@@ -144,7 +142,7 @@ class MetaConfig:
 
 @dataclass
 class LDConfig:
-    """Second-order variant (spec §4).
+    """Second-order method, LD (spec §4).
 
     Attributes:
         inner_lr: SGD step size α of the unrolled inner step(s).
@@ -157,7 +155,7 @@ class LDConfig:
 
 @dataclass
 class RRConfig:
-    """First-order ridge-regression variant (spec §6).
+    """First-order ridge-regression method, RR (spec §6).
 
     Attributes:
         lam: ridge penalty λ of the dual solve.
@@ -378,6 +376,7 @@ def validate_ld_config(cfg: LearnLabelsConfig) -> None:
     Raises:
         ConfigError: on the first bad value, naming the key and the accepted values.
     """
+    chk.check_data(cfg.data)
     _check_methods_and_labels(cfg)
     _check_meta(cfg)
     _check_metatest(cfg.metatest)

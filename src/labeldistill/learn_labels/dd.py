@@ -83,7 +83,7 @@ class LearnedImages:
 
 
 class DDMetaLearner(LDMetaLearner):
-    """The DD variant of the meta-training loop: LD's online model and unroll, gradient to the pixels.
+    """The DD method's meta-learner: LD's online model and unroll, gradient to the pixels.
 
     Args:
         make_model: builds a freshly initialised network (train mode) on the right device.

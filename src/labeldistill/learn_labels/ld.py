@@ -63,7 +63,7 @@ def unrolled_outer_loss(model: nn.Module, inner: list[tuple[torch.Tensor, torch.
 
 
 class LDMetaLearner:
-    """The LD variant of the meta-training loop: a persistent model trained online, reset on plateau.
+    """The LD method's meta-learner: a persistent model trained online, reset on plateau.
 
     Args:
         make_model: builds a freshly initialised network (train mode) on the right device.

@@ -1,12 +1,12 @@
 """The meta-training loop shared by LD, RR and DD (Bohdal et al. 2020; spec §5, §7, §11).
 
-Per outer step: one target batch, ``k`` random inner batches of base examples, the variant's outer step
+Per outer step: one target batch, ``k`` random inner batches of base examples, the meta-learner's outer step
 (label update + online model update), and the plateau tracker; on a plateau the model is re-initialised
 and the training length at the moving-average minimum is recorded. Every ``val_every`` epochs (and after
 the last), a fresh model is trained on (base examples, current labels) for the mean of the last three
 recorded lengths (or the current length if no reset happened yet), its error on the held-out validation
 split is measured, and the labels with the lowest validation error are kept together with that step count.
-DD (:mod:`.dd`) runs the same loop with fixed one-hot labels and learned images: the variant's
+DD (:mod:`.dd`) runs the same loop with fixed one-hot labels and learned images: the meta-learner's
 ``base_images`` gives the images the validation model trains on, and the best images are kept with the labels.
 """
 
@@ -30,8 +30,9 @@ from .learners import (
 )
 
 
-class MetaVariant(Protocol):
-    """LD, RR or DD: what the loop needs from a variant."""
+class MetaLearner(Protocol):
+    """LD, RR or DD (:class:`~labeldistill.learn_labels.ld.LDMetaLearner`, ...): what the loop needs from a
+    method's meta-learner."""
 
     head: str
 
@@ -85,7 +86,7 @@ def validation_steps(reset_lengths: list[int], current: int, max_steps: int) -> 
     return int(min(max(n, 1), max_steps))
 
 
-def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
+def meta_train(meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
                y_target: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *, epochs: int,
                outer_batch: int, inner_batch: int, inner_steps: int, window: int, val_every: int, max_steps: int,
                seed: int, eval_batch: int = 1000, desc: str = "meta", last_batch: str = "keep",
@@ -93,7 +94,7 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     """Learn labels for the base examples (spec §11, ``meta_train``).
 
     Args:
-        variant: an :class:`~labeldistill.learn_labels.ld.LDMetaLearner`,
+        meta_learner: an :class:`~labeldistill.learn_labels.ld.LDMetaLearner`,
             :class:`~labeldistill.learn_labels.rr.RRMetaLearner` or :class:`~labeldistill.learn_labels.dd.DDMetaLearner`.
         labels: the learned labels (updated in place).
         x_base: normalised base images ``(N, C, H, W)``.
@@ -117,7 +118,7 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
     target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1), last_batch == "drop")
     inner_gen = torch.Generator().manual_seed(seed + 2)
     steps_per_epoch = target_sampler.batches_per_pass()  # = outer_steps_per_epoch(M, outer_batch, last_batch)
-    run = _MetaRun(variant, labels, x_base, PlateauTracker(window), desc, log)
+    run = _MetaRun(meta_learner, labels, x_base, PlateauTracker(window), desc, log)
     device = x_base.device
     t0 = time.perf_counter()
     recent: list[float] = []
@@ -139,19 +140,19 @@ def meta_train(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor
 class _MetaRun:
     """Mutable state of one :func:`meta_train` run: step counts, reset lengths, history and the best labels."""
 
-    def __init__(self, variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, tracker: PlateauTracker,
+    def __init__(self, meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.Tensor, tracker: PlateauTracker,
                  desc: str, log: Callable[..., None] | None) -> None:
-        self.variant, self.labels, self.x_base, self.tracker, self.desc, self.log = (
-            variant, labels, x_base, tracker, desc, log)
+        self.meta_learner, self.labels, self.x_base, self.tracker, self.desc, self.log = (
+            meta_learner, labels, x_base, tracker, desc, log)
         self.lengths: list[int] = []
         self.history: list[dict] = []
-        self.best = (float("inf"), labels.snapshot(), 1, variant.base_images(x_base))
+        self.best = (float("inf"), labels.snapshot(), 1, meta_learner.base_images(x_base))
         self.step_time, self.step = 0.0, 0
 
     def outer_step(self, x_target: torch.Tensor, y_target: torch.Tensor, inner_gen: torch.Generator,
                    inner_batch: int, inner_steps: int) -> float:
         """One timed outer step; on a plateau, records the length and re-initialises the model. Returns the error."""
-        err, seconds = _timed_outer_step(self.variant, self.labels, self.x_base, x_target, y_target, inner_gen,
+        err, seconds = _timed_outer_step(self.meta_learner, self.labels, self.x_base, x_target, y_target, inner_gen,
                                          inner_batch, inner_steps)
         self.step_time += seconds
         self.step += 1
@@ -159,7 +160,7 @@ class _MetaRun:
             self.lengths.append(self.tracker.best_step)
             if self.log is not None:
                 self.log(event="reset", method=self.desc, outer_step=self.step, length=self.tracker.best_step)
-            self.variant.reset()
+            self.meta_learner.reset()
             self.tracker.reset()
         return err
 
@@ -167,8 +168,8 @@ class _MetaRun:
                y_val: torch.Tensor, seed: int, eval_batch: int) -> None:
         """Model selection: validation error of the current labels; keeps them if it is the lowest so far."""
         n = validation_steps(self.lengths, self.tracker.step, max_steps)
-        current, images = self.labels.snapshot(), self.variant.base_images(self.x_base)
-        err = _validation_error(self.variant, images, current, n, inner_batch, x_val, y_val, seed, eval_batch)
+        current, images = self.labels.snapshot(), self.meta_learner.base_images(self.x_base)
+        err = _validation_error(self.meta_learner, images, current, n, inner_batch, x_val, y_val, seed, eval_batch)
         entry = {"epoch": epoch, "outer_step": self.step, "steps": n, "val_error": err,
                  "target_error": sum(recent) / max(len(recent), 1)}
         self.history.append(entry)
@@ -185,23 +186,23 @@ class _MetaRun:
                           final_labels=self.labels.snapshot(), outer_steps=self.step, reset_lengths=self.lengths,
                           history=self.history, seconds=seconds, seconds_per_step=self.step_time / max(self.step, 1),
                           images=best_images if learned else None,
-                          final_images=self.variant.base_images(self.x_base) if learned else None)
+                          final_images=self.meta_learner.base_images(self.x_base) if learned else None)
 
 
-def _timed_outer_step(variant: MetaVariant, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
+def _timed_outer_step(meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
                       y_target: torch.Tensor, inner_gen: torch.Generator, inner_batch: int,
                       inner_steps: int) -> tuple[float, float]:
     """Draw the inner batches, run one outer step; returns (target error, seconds of the step itself)."""
     inner_idx = [torch.randperm(len(x_base), generator=inner_gen)[:inner_batch].to(x_base.device)
                  for _ in range(inner_steps)]
     ts = time.perf_counter()
-    err = variant.outer_step(labels, x_base, inner_idx, x_target, y_target)
+    err = meta_learner.outer_step(labels, x_base, inner_idx, x_target, y_target)
     return err, time.perf_counter() - ts
 
 
-def _validation_error(variant: MetaVariant, x_base: torch.Tensor, labels: torch.Tensor, steps: int,
+def _validation_error(meta_learner: MetaLearner, x_base: torch.Tensor, labels: torch.Tensor, steps: int,
                       inner_batch: int, x_val: torch.Tensor, y_val: torch.Tensor, seed: int, eval_batch: int) -> float:
     """Error on the validation split of a fresh learner trained ``steps`` steps on the base examples + labels."""
-    learner = seeded(seed + 10_000, variant.new_learner)
+    learner = seeded(seed + 10_000, meta_learner.new_learner)
     train_learner(learner, x_base, labels, steps, inner_batch, torch.Generator().manual_seed(seed + 3))
     return error_rate(learner.predict, x_val, y_val, eval_batch)

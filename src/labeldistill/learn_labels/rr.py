@@ -115,7 +115,7 @@ class RRLearner:
 
 
 class RRMetaLearner:
-    """The RR variant of the meta-training loop (spec §6 and §11).
+    """The RR method's meta-learner (spec §6 and §11).
 
     Args:
         make_model: builds a freshly initialised network (train mode) on the right device.

@@ -543,7 +543,7 @@ def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_lab
                     device: torch.device, log: Callable[..., None]) -> MetaResult:
     """Meta-train one learned set: LD or RR labels (from ``labels.init``), or DD images (one-hot labels)."""
     make_model = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
-    variant: LDMetaLearner | RRMetaLearner | DDMetaLearner
+    meta_learner: LDMetaLearner | RRMetaLearner | DDMetaLearner
     if method == "dd":
         labels = LearnedLabels(_hard_labels(task, "methods: dd").to(device), "prob", cfg.labels.lr)
         images = LearnedImages(initial_images(task.x_base, cfg.dd.init, cfg.seed + 7), cfg.dd.lr)
@@ -552,13 +552,13 @@ def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_lab
         labels = LearnedLabels(init, cfg.labels.param, cfg.labels.lr, cfg.labels.temperature)
     torch.manual_seed(cfg.seed)
     if method == "ld":
-        variant = LDMetaLearner(make_model, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
+        meta_learner = LDMetaLearner(make_model, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
     elif method == "dd":
-        variant = DDMetaLearner(make_model, images, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
+        meta_learner = DDMetaLearner(make_model, images, cfg.meta.model_lr, cfg.ld.inner_lr, cfg.ld.inner_steps)
     else:
-        variant = RRMetaLearner(make_model, task.num_classes, cfg.meta.model_lr, cfg.rr.lam, cfg.rr.ema,
-                                cfg.rr.scale_lr)
-    return meta_train(variant, labels, task.x_base, task.x_target, task.y_target, task.x_val, task.y_val,
+        meta_learner = RRMetaLearner(make_model, task.num_classes, cfg.meta.model_lr, cfg.rr.lam, cfg.rr.ema,
+                                     cfg.rr.scale_lr)
+    return meta_train(meta_learner, labels, task.x_base, task.x_target, task.y_target, task.x_val, task.y_val,
                       epochs=cfg.meta.epochs, outer_batch=cfg.meta.outer_batch, inner_batch=cfg.meta.inner_batch,
                       inner_steps=1 if method == "rr" else cfg.ld.inner_steps, window=cfg.reset_window(),
                       val_every=cfg.meta.val_every, max_steps=cfg.max_steps(), seed=cfg.seed,

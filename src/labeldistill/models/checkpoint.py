@@ -78,15 +78,15 @@ def untrained_augmentation_warnings(cfg: Any) -> list[str]:
     aug = teacher_record(path).get("augmentation") if path else None
     if not isinstance(aug, dict):
         return []
-    rc, out = cfg.relabel, []
-    if rc.flip and aug.get("flip") is False:
+    relabel_cfg, out = cfg.relabel, []
+    if relabel_cfg.flip and aug.get("flip") is False:
         out.append(f"relabel.flip: the teacher checkpoint {path} was trained without horizontal flips (its "
                    "teacher.json), so its labels of flipped images are guesses; set relabel.flip: false")
     low = (aug.get("crop_scale") or [None])[0]
-    if low is not None and rc.crop_scale[0] < low:
-        out.append(f"relabel.crop_scale: crops down to {100 * rc.crop_scale[0]:g} % of the area, but the teacher "
-                   f"checkpoint {path} was trained on crops of at least {100 * low:g} % (its teacher.json); set "
-                   f"relabel.crop_scale: [{low:g}, {rc.crop_scale[1]:g}]")
+    if low is not None and relabel_cfg.crop_scale[0] < low:
+        out.append(f"relabel.crop_scale: crops down to {100 * relabel_cfg.crop_scale[0]:g} % of the area, but the "
+                   f"teacher checkpoint {path} was trained on crops of at least {100 * low:g} % (its teacher.json); set "
+                   f"relabel.crop_scale: [{low:g}, {relabel_cfg.crop_scale[1]:g}]")
     return out
 
 

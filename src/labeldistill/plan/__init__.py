@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import Config, check_squeeze_options
+from ..config import Config, check_squeeze
 from ..data import augmentation_summary, check_dataset_options, data_options
 from ..io import human_bytes
 from ..labels.relabel import StepPlan
@@ -63,7 +63,7 @@ def plan_run(cfg: Config) -> dict:
     """
     check_dataset_options(cfg.data.dataset, data_options(cfg))
     augmentation = augmentation_summary(cfg)  # resolves the keys that follow the data
-    check_squeeze_options(cfg.squeeze)
+    check_squeeze(cfg.squeeze)
     layout = RunLayout(cfg.run_path)
     check_run_dir(layout.root, create=False)
     data = probe_data(cfg)

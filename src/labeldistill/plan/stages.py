@@ -13,14 +13,14 @@ from ..config import Config, student_specs
 from ..labels.pool import kept_steps
 from ..labels.relabel import StepPlan
 from ..errors import DataError
-from ..layout import REAL_TRAIN, RunLayout, labels_tag
+from ..layout import REAL_TRAIN, RunLayout, label_feed_tag
 from ..models import build_model, check_model_spec, require_bn_layers
 from ..models.checkpoint import load_checkpoint_into
 from ..main_stages import GENERATOR, HARD_LABEL, PRUNE, VALIDATE, main_units, relabel_ref, stage_named
 from ..provenance import StageRef, check_students, model_tag
 from ..runner import Stage, unit_status
 from ..data.owned import check_own_folder, list_source, read_tensor_file
-from ..variants import OWN_SOURCES, label_variants, needs_class_stats, plan_batches, resolve_variant
+from ..variants import OWN_SOURCES, RecoverMode, label_variants, needs_class_stats, plan_batches, resolve_mode
 from .estimates import estimate_store_bytes, step_size
 
 
@@ -98,38 +98,41 @@ def early_stages(cfg: Config, layout: RunLayout, n_train: int, n_test: int) -> l
 def recover_rows(cfg: Config, layout: RunLayout, classes: list[str], shape: tuple[int, int, int]) -> list[dict]:
     """One row per recover mode: its switches, batches and teacher passes (a set made elsewhere: its files,
     listed and checked as recover checks them, short of decoding: :func:`_own_row`)."""
-    rc = cfg.recover
+    recover_cfg = cfg.recover
     num_classes = len(classes)
-    n_syn = num_classes * rc.ipc
+    n_syn = num_classes * recover_cfg.ipc
     rows = []
-    for mode in rc.modes:
-        v = resolve_variant(mode, rc.variants)
-        row: dict[str, Any] = {"mode": mode, "source": v["source"], "images": n_syn,
+    for mode in recover_cfg.modes:
+        switches = resolve_mode(mode, recover_cfg.variants)
+        row: dict[str, Any] = {"mode": mode, "source": switches.source, "images": n_syn,
                                **_status(cfg, layout, StageRef("recover", mode))}
-        if v["source"] == "synthesis":
-            batches = plan_batches(v["batching"], num_classes, rc.ipc, rc.batch_size)
-            groups = math.ceil(len(batches) / rc.vectorize)
+        if switches.source == "synthesis":
+            batches = plan_batches(switches.batching, num_classes, recover_cfg.ipc, recover_cfg.batch_size)
+            groups = math.ceil(len(batches) / recover_cfg.vectorize)
             biggest = max(len(b) for b in batches)
-            row.update(batching=v["batching"], bn_targets=v["bn_targets"], crop_schedule=v["crop_schedule"],
-                       batches=len(batches), batch_size=biggest, teacher_passes=groups * rc.iterations,
-                       image_iterations=n_syn * rc.iterations,
-                       work=f"{len(batches)} batches of ≤{biggest} ({v['batching']}, "
-                            f"{v['bn_targets']} BN targets) × {rc.iterations} iterations, {rc.vectorize} batch(es) "
-                            f"per forward: {groups * rc.iterations:,} teacher forward+backward passes, "
-                            f"{n_syn * rc.iterations:,} image-iterations")
-        elif v["source"] == "rded":
-            scored = n_syn * rc.rded_factor ** 2 * rc.rded_candidates
+            iters = recover_cfg.iterations
+            row.update(batching=switches.batching, bn_targets=switches.bn_targets,
+                       crop_schedule=switches.crop_schedule, batches=len(batches), batch_size=biggest,
+                       teacher_passes=groups * iters, image_iterations=n_syn * iters,
+                       work=f"{len(batches)} batches of ≤{biggest} ({switches.batching}, "
+                            f"{switches.bn_targets} BN targets) × {iters} iterations, {recover_cfg.vectorize} "
+                            f"batch(es) per forward: {groups * iters:,} teacher forward+backward passes, "
+                            f"{n_syn * iters:,} image-iterations")
+        elif switches.source == "rded":
+            scored = n_syn * recover_cfg.rded_factor ** 2 * recover_cfg.rded_candidates
             row.update(teacher_passes=math.ceil(scored / 512), image_iterations=scored,
-                       work=f"score {scored:,} real crops, stitch {rc.rded_factor}×{rc.rded_factor} patches")
-        elif v["source"] in OWN_SOURCES:
-            row.update(_own_row(v, classes, shape, cfg.validate.label_source == "static"))
+                       work=f"score {scored:,} real crops, stitch {recover_cfg.rded_factor}×"
+                            f"{recover_cfg.rded_factor} patches")
+        elif switches.source in OWN_SOURCES:
+            row.update(_own_row(switches, classes, shape, cfg.validate.label_source == "static"))
         else:
-            row.update(teacher_passes=0, image_iterations=0, work=f"pick {rc.ipc} real training images per class")
+            row.update(teacher_passes=0, image_iterations=0,
+                       work=f"pick {recover_cfg.ipc} real training images per class")
         rows.append(row)
     return rows
 
 
-def _own_row(v: dict, classes: list[str], shape: tuple[int, int, int], static: bool = False) -> dict:
+def _own_row(switches: RecoverMode, classes: list[str], shape: tuple[int, int, int], static: bool = False) -> dict:
     """The plan of a ``folder`` / ``tensor`` source: its image count (a tensor set's from ``labels.pt``, read
     here), whether it brings soft labels, and the work of copying it. A folder set gets recover's checks that need
     no pixel (:func:`~labeldistill.data.owned.check_own_folder`: every file's header, the classes and their
@@ -139,9 +142,9 @@ def _own_row(v: dict, classes: list[str], shape: tuple[int, int, int], static: b
         DataError: ``static`` (``validate.label_source: static``) and a tensor set without float soft labels;
         see :func:`~labeldistill.data.owned.check_own_folder`.
     """
-    listing = list_source(v["source"], v["path"])
+    listing = list_source(switches.source, switches.path)
     soft = False
-    if v["source"] == "tensor":
+    if switches.source == "tensor":
         y = read_tensor_file(listing.root / "labels.pt")
         n, soft = len(y), isinstance(y, torch.Tensor) and y.dim() == 2 and y.is_floating_point()
         if static and not soft:
@@ -222,7 +225,7 @@ def late_stages(cfg: Config, layout: RunLayout, plan: StepPlan, n_test: int) -> 
     epochs = vc.epochs or cfg.relabel.epochs
     variants = label_variants(cfg)
     specs = {model_tag(s): s for s in student_specs(vc)}
-    labels = labels_tag(vc.label_source, vc.calibration)
+    labels = label_feed_tag(vc.label_source, vc.calibration)
     validate = [{"mode": ref.mode, "store": ref.variant.tag, "result": ref.variant.result_tag,
                  "student": specs[ref.student].name, "student_args": dict(specs[ref.student].args),
                  "student_tag": ref.student, "epochs": epochs, "steps": epochs * plan.steps_per_epoch,

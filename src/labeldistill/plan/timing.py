@@ -60,7 +60,7 @@ from ..runtime import autocast, pick_device, set_threads
 from ..squeeze import train_augmentation
 from ..training import make_optimizer, optimizer_step
 from ..validate import student_loss
-from ..variants import plan_batches, resolve_variant
+from ..variants import plan_batches, resolve_mode
 
 WARMUP_CALLS = 1
 MIN_CALLS, MAX_CALLS, MIN_SECONDS = 2, 20, 0.5
@@ -171,30 +171,32 @@ def recover_rate(cfg: Config, mode: str, teacher: torch.nn.Module, shape: tuple[
                  device: torch.device) -> float:
     """Seconds per teacher forward + backward of ``mode``'s first batch group
     (:func:`labeldistill.recover.recover_segments` with one iteration per call)."""
-    rc = cfg.recover
-    v = resolve_variant(mode, rc.variants)
+    recover_cfg = cfg.recover
+    switches = resolve_mode(mode, recover_cfg.variants)
     bns = require_bn_layers(teacher, cfg.squeeze.model.name)
-    group = plan_batches(v["batching"], num_classes, rc.ipc, rc.batch_size)[:rc.vectorize]
+    batches = plan_batches(switches.batching, num_classes, recover_cfg.ipc, recover_cfg.batch_size)
+    group = batches[:recover_cfg.vectorize]
     targets = [(torch.zeros(b.num_features, device=device), torch.ones(b.num_features, device=device)) for b in bns]
-    one = dataclasses.replace(cfg, recover=dataclasses.replace(rc, iterations=1))
+    one = dataclasses.replace(cfg, recover=dataclasses.replace(recover_cfg, iterations=1))
     hooks = [BNInputHook() for _ in bns]
     mean, std = (0.5,) * shape[0], (0.25,) * shape[0]
 
     def segments() -> list[Segment]:
         return [Segment(torch.tensor([c for c, _ in b]), targets, torch.Generator().manual_seed(i),
-                        torch.rand((len(b), *shape)) if rc.init == "real" else None) for i, b in enumerate(group)]
+                        torch.rand((len(b), *shape)) if recover_cfg.init == "real" else None)
+                for i, b in enumerate(group)]
 
     with forward_hooks(bns, hooks):
         return seconds_per_call(lambda: recover_segments(teacher, hooks, segments(), shape, mean, std, one, device,
-                                                         v["crop_schedule"]), device)
+                                                         switches.crop_schedule), device)
 
 
 def relabel_rate(cfg: Config, teacher: torch.nn.Module, shape: tuple[int, int, int], n_images: int,
                  device: torch.device) -> float:
     """Seconds per stored entry (one augmented image through the teacher) of
     :func:`labeldistill.labels.relabel.generate_steps` at ``relabel.batch_size``."""
-    rc = cfg.relabel
-    b = max(1, min(rc.batch_size, n_images))
+    relabel_cfg = cfg.relabel
+    b = max(1, min(relabel_cfg.batch_size, n_images))
     plan = StepPlan(b, b, 10**6, cfg.seed)  # one step per epoch: every probed step is a full batch
     u8 = _images(b, shape)
     hw = (shape[1], shape[2])
@@ -203,7 +205,7 @@ def relabel_rate(cfg: Config, teacher: torch.nn.Module, shape: tuple[int, int, i
 
     def step() -> None:
         first = next(calls)
-        list(generate_steps(teacher, u8, plan, range(first, first + per_call), rc, (0.5,) * shape[0],
+        list(generate_steps(teacher, u8, plan, range(first, first + per_call), relabel_cfg, (0.5,) * shape[0],
                             (0.25,) * shape[0], device, progress=False, amp=cfg.autocast))
 
     return seconds_per_call(step, device) / (per_call * b)
@@ -212,11 +214,11 @@ def relabel_rate(cfg: Config, teacher: torch.nn.Module, shape: tuple[int, int, i
 def validate_rate(cfg: Config, spec, shape: tuple[int, int, int], num_classes: int, n_images: int,
                   device: torch.device) -> tuple[float, float]:
     """(seconds per validate training step, seconds per evaluated image) of the student ``spec``."""
-    vc, rc = cfg.validate, cfg.relabel
+    vc, relabel_cfg = cfg.validate, cfg.relabel
     torch.manual_seed(cfg.seed)
     student = build_model(spec, num_classes, shape).to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    b = max(1, min(rc.batch_size, n_images))
+    b = max(1, min(relabel_cfg.batch_size, n_images))
     plan = StepPlan(b, b, 10**6, cfg.seed)
     u8 = _images(b, shape)
     hw = (shape[1], shape[2])
@@ -224,7 +226,7 @@ def validate_rate(cfg: Config, spec, shape: tuple[int, int, int], num_classes: i
     hard = torch.randint(0, num_classes, (b,), device=device)
 
     def step() -> None:
-        rec = sample_step(plan, next(steps), rc, hw, hw)
+        rec = sample_step(plan, next(steps), relabel_cfg, hw, hw)
         rec.logits = torch.randn((b, num_classes)).to(torch.float16)
         x = build_batch(u8, rec, hw, (0.5,) * shape[0], (0.25,) * shape[0])
         t = rec.soft_targets(num_classes, vc.temperature)

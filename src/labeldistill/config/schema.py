@@ -1,32 +1,17 @@
-"""Typed experiment config: YAML file + dotted ``key=value`` overrides.
+"""The config schema: every section of the main job's config as a typed dataclass, with its keys' meaning.
 
-A config is a tree of dataclasses. Loading rejects unknown keys and values of the wrong type with a
-:class:`~labeldistill.errors.ConfigError` that lists the known keys, so a typo never silently falls back
-to a default. The resolved config is dumped as ``config.yaml`` in the run directory.
+This module only declares: a section's fields, their types and defaults, and (in its docstring) what each key
+does, in which units, and where its default comes from. Reading YAML into these classes is
+:mod:`labeldistill.config.loader`'s job; range and choice checks are :mod:`labeldistill.config.checks`'s. To add a
+key: add the field and its docstring line here, its range check to the section's function in ``checks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
-
-from . import config_checks as chk
-from .errors import ConfigError
-from .variants import (
-    GRANULARITIES,
-    POOLS,
-    REPLAYS,
-    parse_logits_format,
-    parse_strategy,
-    resolve_variant,
-)
 
 
 @dataclass
@@ -92,42 +77,6 @@ class DataConfig:
     class_order: str | None = None
     mirror_symmetric: bool | None = None
 
-    def __post_init__(self) -> None:
-        """Range checks of the data keys (:func:`check_data_keys`)."""
-        check_data_keys(self)
-
-
-def check_data_keys(d: Any) -> None:
-    """Range checks of the data keys a ``data`` section has (main job and ``learn-labels`` share them).
-
-    Raises:
-        ConfigError: naming the bad key and the fix.
-    """
-    for key in ("workers", "holdout", "test_holdout"):
-        if hasattr(d, key):
-            chk.at_least(getattr(d, key), 0, f"data.{key}")
-    if getattr(d, "class_order", None) is not None:
-        chk.one_of(d.class_order, ("sorted", "wnids"), "data.class_order")
-    for key in ("train_subset", "test_subset", "image_size", "resize"):
-        if hasattr(d, key):
-            chk.at_least(getattr(d, key), 1, f"data.{key}", nullable=True)
-    if d.resize is not None:
-        if d.image_size is None:
-            raise ConfigError("data.resize needs data.image_size (the centre-crop size), e.g. image_size: 224")
-        if d.resize < d.image_size:
-            raise ConfigError(f"data.resize ({d.resize}) must be >= data.image_size ({d.image_size}): "
-                              "the centre crop must fit in the resized image")
-    if (d.mean is None) != (d.std is None):
-        raise ConfigError("set both data.mean and data.std, or neither")
-    if d.mean is not None:
-        if len(d.mean) != len(d.std) or not d.mean:
-            raise ConfigError(f"data.mean and data.std need one value per channel, got {d.mean} and {d.std}")
-        for key in ("mean", "std"):
-            if not all(chk.is_number(v) and math.isfinite(v) for v in getattr(d, key)):
-                raise ConfigError(f"data.{key} must be a list of numbers, got {getattr(d, key)}")
-        if min(d.std) <= 0:
-            raise ConfigError(f"data.std values must be > 0, got {d.std}")
-
 
 @dataclass
 class SqueezeConfig:
@@ -176,14 +125,16 @@ class RecoverConfig:
     """Where the distilled images come from: BN-statistics synthesis (SRe2L / CDA / LPLD) or real baselines.
 
     Attributes:
-        modes: image sources to run, each a built-in variant or a key of ``variants``. Built-in:
+        modes: image sources to run, each a built-in recover mode or a key of ``variants``. Built-in:
             ``sre2l`` (cross-class batches, global BN targets), ``c`` (class-wise batches, global targets),
             ``cs`` / ``lpld`` (class-wise batches, class-wise targets: LPLD), ``cda`` (SRe2L + CDA's crop
             curriculum), ``random_real`` (IPC random real training images per class), ``rded`` (RDED:
             teacher-scored real crops stitched together).
-        variants: extra named variants, each a mapping with ``batching`` (``cross_class`` | ``class_wise``),
-            ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` | ``cda``); or
-            ``{source: folder | tensor, path: DIR}``: a set made elsewhere (:mod:`labeldistill.data.owned`).
+        variants: extra named recover modes (the YAML key keeps its name; each is read into a
+            :class:`~labeldistill.variants.RecoverMode`), each a mapping with ``batching`` (``cross_class`` |
+            ``class_wise``), ``bn_targets`` (``global`` | ``class``) and optionally ``crop_schedule`` (``fixed`` |
+            ``cda``); or ``{source: folder | tensor, path: DIR}``: a set made elsewhere
+            (:mod:`labeldistill.data.owned`).
         ipc: images per class.
         iterations: optimisation steps per batch.
         lr: Adam learning rate (cosine-annealed to 0).
@@ -430,6 +381,10 @@ VALIDATE_LOSSES = ("kl", "soft_ce", "gift")
 LABEL_SOURCES = ("stored", "generator", "online", "static")
 CALIBRATIONS = ("none", "lpqld")
 EVAL_SPLITS = ("test", "holdout")
+AUTOCAST_MODES = ("bf16", "off")
+SCHEDULES = ("cosine_epoch", "cosine_step")
+"""The choices of ``validate.loss``, ``validate.label_source``, ``validate.calibration``, ``validate.eval_split``,
+``autocast`` and ``validate.schedule`` (checked by :mod:`labeldistill.config.checks`)."""
 
 
 def student_specs(vc: ValidateConfig) -> list[ModelConfig]:
@@ -460,62 +415,6 @@ def with_student(cfg: Any, spec: ModelConfig) -> Any:
     recipe = {k: getattr(spec, k) for k in STUDENT_RECIPE if getattr(spec, k, None) is not None}
     model = spec if recipe else ModelConfig(spec.name, dict(spec.args))
     return dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, model=model, students=[], **recipe))
-
-
-def _model_spec(item: Any, where: str) -> StudentSpec:
-    """A ``{name, args, lr, optimizer, epochs, weight_decay}`` mapping (or a bare name) as a :class:`StudentSpec`.
-
-    Raises:
-        ConfigError: not a name or a mapping with a string ``name``, a mapping ``args`` and only the recipe keys
-            :data:`STUDENT_RECIPE` besides.
-    """
-    if isinstance(item, ModelConfig):
-        item = dataclasses.asdict(item)
-    if isinstance(item, str):
-        item = {"name": item}
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
-            or set(item) - {"name", "args", *STUDENT_RECIPE} or not isinstance(item.get("args") or {}, dict):
-        raise ConfigError(f"{where} must be a model name or {{name: NAME, args: {{...}}, lr, optimizer, epochs, "
-                          f"weight_decay}} (recipe keys optional), got {item!r}")
-    return StudentSpec(item["name"], dict(item.get("args") or {}),
-                       **{k: item[k] for k in STUDENT_RECIPE if item.get(k) is not None})
-
-
-def _check_recipe(spec: StudentSpec, where: str) -> None:
-    """Range-check a student's own recipe keys.
-
-    Raises:
-        ConfigError: a learning rate that is not a finite number > 0, an unknown optimiser, epochs below 1 or a
-            negative weight decay.
-    """
-    if spec.lr is not None and (not chk.is_number(spec.lr) or not math.isfinite(spec.lr) or spec.lr <= 0):
-        raise ConfigError(f"{where}.lr must be a finite number > 0, got {spec.lr!r}")
-    if spec.optimizer is not None:
-        chk.one_of(spec.optimizer, ("adamw", "sgd"), f"{where}.optimizer")
-    if spec.epochs is not None:
-        chk.at_least(spec.epochs, 1, f"{where}.epochs")
-    if spec.weight_decay is not None:
-        chk.positive(spec.weight_decay, f"{where}.weight_decay", allow_zero=True)
-
-
-def _check_students(vc: ValidateConfig) -> None:
-    """Turn ``validate.students`` items into :class:`ModelConfig` and refuse duplicates (their rows would collide).
-
-    Raises:
-        ConfigError: a malformed item or the same student twice.
-    """
-    vc.students = [_model_spec(s, f"validate.students[{i}]") for i, s in enumerate(vc.students)]
-    seen: dict[tuple, int] = {}
-    for i, s in enumerate(vc.students):
-        _check_recipe(s, f"validate.students[{i}]")
-        key = (s.name, tuple(sorted((k, repr(v)) for k, v in s.args.items())),
-               tuple(getattr(s, k) for k in STUDENT_RECIPE))
-        if key in seen:
-            raise ConfigError(f"validate.students[{i}] repeats validate.students[{seen[key]}] ({s.name} {s.args}); "
-                              "their results would collide")
-        seen[key] = i
-AUTOCAST_MODES = ("bf16", "off")
-SCHEDULES = ("cosine_epoch", "cosine_step")
 
 
 @dataclass
@@ -560,7 +459,7 @@ class Config(RunConfig):
     """
 
     seeds: list | None = None
-    autocast: str | bool = "bf16"  # YAML reads a bare off / on as False / True: validate_config maps them
+    autocast: str | bool = "bf16"  # YAML reads a bare off / on as False / True: the loader maps them (resolve_config)
     deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
@@ -571,287 +470,3 @@ class Config(RunConfig):
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     hard_label: HardLabelConfig = field(default_factory=HardLabelConfig)
-
-
-def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
-    """Check ``value`` against a (string-free) annotation; returns (ok, coerced value)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            ok, v = _type_ok(value, arg)
-            if ok:
-                return True, v
-        return False, value
-    if annotation is type(None):
-        return value is None, value
-    if annotation is bool:
-        return isinstance(value, bool), value
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
-    if annotation is str:
-        return isinstance(value, str), value
-    if annotation in (list, dict):
-        return isinstance(value, annotation), value
-    return True, value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(chk.unknown_key_message(unknown[0], where, fields))
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint):
-            if hint is ModelConfig and isinstance(value, str):
-                value = {"name": value}
-            kwargs[name] = _build(hint, value, key)
-            continue
-        ok, coerced = _type_ok(value, hint)
-        if not ok:
-            raise ConfigError(f"config key '{key}' must be {_hint_name(hint)}, got {value!r}")
-        kwargs[name] = coerced
-    return cls(**kwargs)
-
-
-def _hint_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """The config as plain YAML-able data."""
-    return dataclasses.asdict(cfg)
-
-
-def load_typed_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Load a YAML file into dataclass ``cls`` and apply ``key=value`` overrides (values parsed as YAML).
-
-    Unknown keys and wrong types are rejected; nested dataclass fields merge key by key, other dicts
-    (e.g. model ``args``) are replaced by an override of the whole dict or updated by a dotted key.
-
-    Raises:
-        ConfigError: missing/unparsable file, unknown key, wrong type, bad override syntax.
-    """
-    tree = config_to_dict(cls())
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {p} as YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        _check_keys(loaded, "", cls)
-        _merge(tree, loaded)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. seed=1)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        _check_keys(_nest(key, value), "", cls)
-        _set_dotted(tree, key, value)
-    return _build(cls, tree, "")
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load the main-job :class:`Config` (see :func:`load_typed_config`) and range-check it.
-
-    Example overrides: ``["recover.ipc=5", "validate.model.args.width=16"]``.
-
-    Raises:
-        ConfigError: as :func:`load_typed_config`, or a value out of range.
-    """
-    cfg = load_typed_config(Config, path, overrides)
-    validate_config(cfg)
-    return cfg
-
-
-def _nest(dotted: str, value: Any) -> dict:
-    out: dict = {}
-    _set_dotted(out, dotted, value)
-    return out
-
-
-def _check_keys(data: dict, where: str, cls: type = Config) -> None:
-    """Reject unknown keys early (before merging into defaults), with the known names."""
-    hints = typing.get_type_hints(cls)
-    for k, v in data.items():
-        if k not in hints:
-            raise ConfigError(chk.unknown_key_message(k, where, hints))
-        h = hints[k]
-        if dataclasses.is_dataclass(h) and isinstance(v, dict):
-            _check_keys(v, f"{where}.{k}" if where else k, h)
-
-
-def _merge(base: dict, new: dict) -> None:
-    """Merge ``new`` into ``base`` key by key; a model mapping that names another model without ``args``
-    starts from no args (the default model's options, e.g. convnet's width, do not fit another model)."""
-    for k, v in new.items():
-        old = base.get(k)
-        if isinstance(v, dict) and isinstance(old, dict) and "args" in old and "name" in v and "args" not in v \
-                and v["name"] != old.get("name"):
-            base[k] = {**old, "args": {}}
-            old = base[k]
-        if isinstance(v, dict) and isinstance(old, dict) and k != "args":
-            _merge(old, v)
-        else:
-            base[k] = v
-
-
-def check_squeeze_options(sc: SqueezeConfig) -> None:
-    """Range checks of ``squeeze.warmup_epochs`` and ``squeeze.crop_scale``.
-
-    Raises:
-        ConfigError: naming the key.
-    """
-    if sc.warmup_epochs < 0 or (not sc.checkpoint and 0 < sc.epochs <= sc.warmup_epochs):
-        raise ConfigError(f"squeeze.warmup_epochs must be >= 0 and < squeeze.epochs ({sc.epochs}), "
-                          f"got {sc.warmup_epochs}")
-    chk.scale_range(sc.crop_scale, "squeeze.crop_scale", nullable=True)
-
-
-def _check_recover(rc: RecoverConfig) -> None:
-    chk.at_least(rc.ipc, 1, "recover.ipc")
-    for m in rc.modes:
-        resolve_variant(m, rc.variants)
-    if rc.crops not in ("per_batch", "per_image"):
-        raise ConfigError(f"recover.crops must be per_batch or per_image, got '{rc.crops}'")
-    if rc.init not in ("noise", "real"):
-        raise ConfigError(f"recover.init must be noise or real, got '{rc.init}'")
-    if min(rc.iterations, rc.batch_size, rc.rded_factor, rc.rded_candidates, rc.vectorize) < 1:
-        raise ConfigError("recover.iterations, batch_size, rded_factor, rded_candidates and vectorize must be >= 1")
-    chk.in_interval(rc.cda_milestone, 0, 1, "recover.cda_milestone", closed="right")
-    chk.scale_range(rc.crop_scale, "recover.crop_scale")
-
-
-def _check_labels(cfg: Config) -> None:
-    for f in cfg.prune.factors + ([cfg.relabel.only_kept] if cfg.relabel.only_kept is not None else []):
-        if not chk.is_number(f) or f < 1:
-            raise ConfigError(f"prune factors must be numbers >= 1, got {f!r}")
-    for st in cfg.prune.strategies:
-        parse_strategy(st)
-    for fmt in cfg.prune.logits + [cfg.relabel.logits]:
-        parse_logits_format(fmt)
-    if cfg.prune.granularity not in GRANULARITIES:
-        raise ConfigError(f"prune.granularity must be batch or epoch, got '{cfg.prune.granularity}'")
-    chk.one_of(cfg.prune.pool, POOLS, "prune.pool")
-    if cfg.prune.replay is not None:
-        chk.one_of(cfg.prune.replay, REPLAYS, "prune.replay")
-    chk.one_of(cfg.class_stats.mode, ("exact", "ema"), "class_stats.mode")
-    if cfg.relabel.epochs < 1 or cfg.relabel.batch_size < 1:
-        raise ConfigError("relabel.epochs and relabel.batch_size must be >= 1")
-    chk.in_interval(cfg.relabel.cutmix, 0, 1, "relabel.cutmix", what="is a probability")
-    chk.scale_range(cfg.relabel.crop_scale, "relabel.crop_scale", nullable=True)
-
-
-def validate_config(cfg: Config) -> None:
-    """Range checks that types alone cannot express.
-
-    Raises:
-        ConfigError: on the first bad value, naming the key.
-    """
-    if cfg.seeds is not None and (not cfg.seeds or len(set(map(str, cfg.seeds))) != len(cfg.seeds)
-                                  or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds)):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers (or null), got {cfg.seeds}")
-    if isinstance(cfg.autocast, bool):  # `autocast: off` in YAML is the boolean False
-        cfg.autocast = "bf16" if cfg.autocast else "off"
-    chk.one_of(cfg.autocast, AUTOCAST_MODES, "autocast")
-    if not isinstance(cfg.deterministic, bool):
-        raise ConfigError(f"deterministic must be true or false, got {cfg.deterministic!r}")
-    _check_recover(cfg.recover)
-    _check_labels(cfg)
-    check_squeeze_options(cfg.squeeze)
-    for key in ("squeeze.lr", "recover.lr", "validate.lr"):
-        sect, name = key.split(".")
-        v = getattr(getattr(cfg, sect), name)
-        if not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"{key} must be a finite number > 0, got {v}")
-    if cfg.validate.optimizer not in ("adamw", "sgd"):
-        raise ConfigError(f"unknown validate.optimizer '{cfg.validate.optimizer}'; known: adamw, sgd")
-    chk.positive(cfg.validate.temperature, "validate.temperature")
-    chk.one_of(cfg.validate.loss, VALIDATE_LOSSES, "validate.loss")
-    chk.one_of(cfg.validate.eval_split, EVAL_SPLITS, "validate.eval_split")
-    chk.one_of(cfg.validate.parallel, ("data", "students"), "validate.parallel")
-    _check_student_recipe(cfg.validate)
-    if cfg.validate.eval_split == "holdout" and not cfg.data.holdout:
-        raise ConfigError("validate.eval_split: holdout needs data.holdout > 0 (the number of train images to hold "
-                          "out, a multiple of the number of classes), e.g. data.holdout=5000")
-    chk.in_interval(cfg.validate.gift_alpha, 0, 1, "validate.gift_alpha")
-    chk.in_interval(cfg.validate.gift_smoothing, 0, 1, "validate.gift_smoothing")
-    _check_label_source(cfg)
-    _check_students(cfg.validate)
-    chk.positive(cfg.hard_label.real_epochs, "hard_label.real_epochs")
-
-
-def _check_student_recipe(vc: ValidateConfig) -> None:
-    """Range-check the recipe keys (schedule, warm-up, evaluation interval, repeats).
-
-    Raises:
-        ConfigError: an unknown schedule, warm-up epochs below 0 (or not below ``epochs`` when set), an evaluation
-            interval below 1, repeats below 1.
-    """
-    chk.one_of(vc.schedule, SCHEDULES, "validate.schedule")
-    chk.at_least(vc.warmup_epochs, 0, "validate.warmup_epochs")
-    if vc.epochs is not None and vc.warmup_epochs >= vc.epochs:
-        raise ConfigError(f"validate.warmup_epochs ({vc.warmup_epochs}) must be below validate.epochs ({vc.epochs})")
-    chk.at_least(vc.eval_every, 1, "validate.eval_every", nullable=True)
-    chk.at_least(vc.repeats, 1, "validate.repeats")
-    if not isinstance(vc.weight_decay_1d, bool):
-        raise ConfigError(f"validate.weight_decay_1d must be true or false, got {vc.weight_decay_1d!r}")
-
-
-def _check_label_source(cfg: Config) -> None:
-    vc, gc = cfg.validate, cfg.generator
-    chk.one_of(vc.label_source, LABEL_SOURCES, "validate.label_source")
-    chk.one_of(vc.calibration, CALIBRATIONS, "validate.calibration")
-    if vc.calibration == "lpqld" and vc.loss != "kl":
-        raise ConfigError(f"validate.calibration: lpqld needs validate.loss: kl, got '{vc.loss}'")
-    chk.at_least(vc.lpqld_step, 1, "validate.lpqld_step")
-    chk.in_interval(vc.lpqld_gamma, 0, 1, "validate.lpqld_gamma", closed="right")
-    chk.positive(vc.lpqld_min_temperature, "validate.lpqld_min_temperature")
-    chk.positive(vc.lpqld_student_temperature, "validate.lpqld_student_temperature")
-    if vc.label_source == "static":
-        other = [m for m in cfg.recover.modes if resolve_variant(m, cfg.recover.variants)["source"] != "tensor"]
-        if other:
-            raise ConfigError(f"validate.label_source: static trains on the soft labels a set was imported with: "
-                              f"recover mode '{other[0]}' is not a source: tensor set (drop it from recover.modes)")
-    if vc.label_source == "generator" and cfg.relabel.only_kept is not None:
-        raise ConfigError("validate.label_source: generator learns from every stored step: unset relabel.only_kept")
-    chk.at_least(gc.epochs, 1, "generator.epochs")
-    chk.positive(gc.temperature, "generator.temperature")
-    if gc.optimizer not in ("adamw", "sgd"):
-        raise ConfigError(f"unknown generator.optimizer '{gc.optimizer}'; known: adamw, sgd")
-    if not math.isfinite(gc.lr) or gc.lr <= 0:
-        raise ConfigError(f"generator.lr must be a finite number > 0, got {gc.lr}")
-
-
-def dump_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
