@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench.study import (REPO, git_commit, interval_text, load_json, machine, mean_std, paired_by_seed,
-                         paired_interval, result_row, today, verdict, write_section)
+from bench.study import (REPO, compare, git_commit, interval_text, load_json, machine, md_table, mean_std,
+                         paired_by_seed, paired_interval, parser, result_row, today, verdict, write_section)
 from labeldistill import load_ld_config
 from labeldistill.learn_labels import learn_labels
 from labeldistill.learn_labels.dd import DDMetaLearner, LearnedImages
@@ -55,10 +55,8 @@ PAPER_LABEL_UPDATES = 400 * -(-50000 // 1024)  # 19,600: the reference target lo
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, runs="bench_ld2", threads=True, render="render")
     p.add_argument("--parts", default="probe,mnist,claims,cross", help="comma-separated parts")
-    p.add_argument("--runs", default=str(REPO / "runs" / "bench_ld2"), help="folder of the run directories")
-    p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="Markdown file of the 'ld_claims' section")
     p.add_argument("--seeds", type=int, default=3, help="paired seeds of every part (seed s: base.seed 1234 + s)")
     p.add_argument("--cross-seeds", type=int, default=2, help="seeds of the cross part")
     p.add_argument("--mnist-epochs", type=int, default=400, help="meta-training epochs of the mnist/cross parts")
@@ -67,9 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--claims-repeats", type=int, default=2, help="fresh models per row of the claims part")
     p.add_argument("--claims-max-steps", type=int, default=300, help="training-length cap of claims fresh models")
     p.add_argument("--ns", default="10,100", help="numbers of base examples of the claims part")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--budget-methods", default="ld,dd", help="runs of the budget part (ld: LD + one-hot + teacher)")
-    p.add_argument("--render", action="store_true", help="only rewrite the section from finished runs")
     return p
 
 
@@ -335,17 +331,13 @@ class Render:
                     if (self.runs / k / "bench.json").is_file()]
         commands = self.commands = list(dict.fromkeys(recorded)) or [self.s.command]  # what made the runs
         out = [*opening("LD on its own dataset, and LD's claims against image distillation (issue #13)", commands),
-               f"Finished runs: {len(done)} under `{self._rel(self.runs)}` ({self._progress(done)}); their wall time "
-               f"{seconds / 60:.1f} min "
-               "(2 shared cores, other studies running: wall time is several times the CPU time).  ",
-               f"Rewrite from finished runs: `.venv/bin/python -m bench.ld_claims --render --runs "
+               f"Finished runs: {len(done)} under `{self._rel(self.runs)}` ({self._progress(done)}), {seconds / 60:.1f} "
+               "min wall on 2 shared cores. Rewrite: `.venv/bin/python -m bench.ld_claims --render --runs "
                f"{self._rel(self.runs)}`.", "",
-               "Every number: top-1 (%) on the real test split of fresh models trained from scratch on the N images "
-               "and their labels only; the training length and label snapshots are chosen on a validation split "
-               "held out of the TRAIN split; the test split only reports. Seed s means `seed=s` (initialisations, "
-               "batches) and `base.seed=1234+s` (which base examples): every comparison below pairs runs with the "
-               "same s. Intervals are 95 % t-intervals over the paired differences; a claim reads 'held' / 'did "
-               "not hold' only when its interval excludes 0.", ""]
+               "Top-1 (%) on the test split of fresh models trained on the N images and their labels; training "
+               "length and label snapshots chosen on a validation split of TRAIN. Seed s: `seed=s`, "
+               "`base.seed=1234+s`; comparisons pair equal s (95 % t-intervals; 'held' / 'did not hold' only when "
+               "the interval excludes 0).", ""]
         out += self._probe() + self._mnist() + self._claims()
         return "\n".join(out).replace(str(REPO) + os.sep, "")
 
@@ -360,13 +352,8 @@ class Render:
                 *[f"| {k.split('@')[0].upper()} outer step, N = 100, LeNet, outer batch {k.split('@')[1]} | {v:.3f} |"
                   for k, v in o.items()],
                 *[f"| fresh-model training step, {k}, batch 50 | {v:.4f} |" for k, v in f.items()], "",
-                f"Sizes chosen from these to fit about 60 CPU-minutes in all: mnist/cross parts "
-                f"{self.a.mnist_epochs} epochs at outer batch 1024 ({self.a.mnist_repeats} fresh models per row, "
-                f"≤ 1000 training steps); claims part {self.a.claims_steps} outer steps at batch 256 per method, "
-                f"{self.a.claims_repeats} fresh models per row, ≤ {self.a.claims_max_steps} training steps; "
-                f"{self.a.seeds} paired seeds (cross part: {self.a.cross_seeds}). The paper's "
-                f"{PAPER_LABEL_UPDATES:,} label updates at batch 1024 would "
-                f"take ≈ {PAPER_LABEL_UPDATES * o['ld@1024'] / 60:.0f} CPU-min per LD run here.", ""]
+                f"Sized to about 60 CPU-minutes; the paper's {PAPER_LABEL_UPDATES:,} label updates at batch 1024 "
+                f"would take ≈ {PAPER_LABEL_UPDATES * o['ld@1024'] / 60:.0f} CPU-min per LD run here.", ""]
 
     def _mnist(self) -> list[str]:
         out: list[str] = []
@@ -392,12 +379,8 @@ class Render:
         updates = sorted({r["meta"]["ld"]["outer_steps"] for r in done + [c for c in cross if c]})
         teacher = [100 * r["teacher"]["top1"] for r in done if r.get("teacher")]
         out += ["### LD's MNIST row on mnist-5k (parts `mnist`, `cross`)", "",
-                "The paper's LD configuration (spec §9; probabilities, uniform init, clamp-and-renormalise, label "
-                "Adam 1e-3, inner SGD step 0.01, online model Adam 1e-3, reset window 50, outer batch 1024, "
-                f"{self.a.mnist_epochs} epochs), N = 100 balanced base examples, LeNet learner and test models "
-                f"(Adam 1e-3); LD uses its meta-training step count, the baselines a validated one. Each cell: mean ± "
-                f"std over seeds of the per-seed mean over {self.a.mnist_repeats} fresh models; per-seed values in "
-                "brackets.", "",
+                f"The paper's LD configuration (spec §9, outer batch 1024, {self.a.mnist_epochs} epochs), N = 100, "
+                f"LeNet; mean ± std over seeds of {self.a.mnist_repeats} fresh models each (per seed in brackets).", "",
                 "| labels | mnist-5k within (this study) | Fashion-MNIST → mnist-5k (this study) | MNIST, paper |",
                 "|---|---|---|---|",
                 f"| LD | {pm(w['ld'])} {self._seeds(w['ld'])} | {pm(x['ld'])} "
@@ -409,21 +392,9 @@ class Render:
                 f"{self._seeds(w['teacher'])} | {pm(x['teacher'])} | not quoted (unverified) |", ""]
         out += [f"Paired LD − one-hot (mnist-5k): {ci(list(diffs['LD − onehot'].values()))} points; LD − teacher: "
                 f"{ci(list(diffs['LD − teacher'].values()))}.", "",
-                "**Protocol vs the paper.** The paper meta-trains on MNIST's 50,000 training images (10,000 held out "
-                "for validation) and tests on its 10,000 test images. mnist-5k has 4,000 train images (4,000 − 500 "
-                "validation = 3,500 outer-loss images, base examples included) and 1,000 test images, so: the outer "
-                "loss revisits the same 3,500 digits every 4 outer steps (the labels can fit that small target; "
-                "the paper's outer loss sees 14× more digits); validation has 500 images (model selection is noisier,"
-                " one image = 0.2 points); one test image is 0.1 point and the standard error of one model's "
-                "accuracy is about 1 point, so the repeats' std carries test noise the 10,000-image test split "
-                f"does not. **Label updates:** {self.a.mnist_epochs} epochs over 3,500 images at batch 1024 are "
-                f"{', '.join(map(str, updates)) or '–'} label updates, against the paper's {PAPER_LABEL_UPDATES:,} "
-                f"(400 epochs × ⌈50,000 / 1024⌉, the short last batch kept): "
-                + ("the paper's epoch count" if self.a.mnist_epochs == 400 else "not even the paper's epoch count")
-                + ", not its number of label updates, which at the measured cost does not fit the study's CPU "
-                "budget (see sizing above). The result is "
-                f"therefore LD under {self._fraction(updates)} of the paper's label updates, with a 14× smaller "
-                "target.", ""]
+                "**Protocol vs the paper:** mnist-5k's 3,500 outer-loss images (the paper: 50,000 − 10,000), 500 "
+                f"validation and 1,000 test images; {', '.join(map(str, updates)) or '–'} label updates against the "
+                f"paper's {PAPER_LABEL_UPDATES:,}, i.e. {self._fraction(updates)} of them.", ""]
         return out
 
     def _claims_data(self) -> dict:
@@ -444,24 +415,17 @@ class Render:
             return []
         a = self.a
         out = ["### LD vs RR vs DD: the paper's claims (part `claims`)", "",
-               "Same base examples, same learner (LeNet), same budget for every method: "
-               f"{a.claims_steps} outer steps at outer batch 256 over 3,072 outer-loss images (a class-balanced "
-               "subset of the train split without the 500 validation images), k = 1 unrolled SGD step "
-               "(α = 0.01), inner batch 10 (N = 10) / 50 (N = 100), the same online model, plateau resets and "
-               "validation-based snapshot choice. LD: the project's default labels (logits, one-hot init smoothed "
-               "0.1, Adam 0.03); RR: the same labels through the ridge head; DD: pixels from the real base examples"
-               ", one-hot labels, Adam 0.01 on pixels (Wang et al.'s optimiser; not tuned here). Meta-test, "
-               f"identical for all: LeNet and MLP test models, {a.claims_repeats} fresh models per row, training "
-               f"length searched on validation for every row (≤ {a.claims_max_steps} steps), RR labels on plain "
-               "networks. Fashion-MNIST tests on 2,000 test images (class-balanced subset), mnist-5k on its 1,000.",
-               "", "Top-1 (%) with LeNet + Adam 1e-3, mean ± std over seeds:", "",
-               "| setting | seeds | LD | RR | DD |", "|---|---|---|---|---|"]
-        for (ds, n), per in sorted(data.items()):
-            cells = [pm([per[s][m]["acc"] for s in per if m in per[s]]) for m in ("ld", "rr", "dd")]
-            out.append(f"| {DATASETS[ds]}, N = {n} | {len(per)} | " + " | ".join(cells) + " |")
+               f"Same base examples, learner (LeNet) and budget for every method: {a.claims_steps} outer steps at "
+               "batch 256 over 3,072 images, k = 1. LD: the project's default labels; RR: the same through the ridge "
+               f"head; DD: pixels from the real base examples, Adam 0.01. Meta-test: LeNet and MLP, {a.claims_repeats}"
+               f" fresh models per row, training length validated (≤ {a.claims_max_steps} steps).", "",
+               "Top-1 (%) with LeNet + Adam 1e-3, mean ± std over seeds:", "",
+               *md_table(["setting", "seeds", "LD", "RR", "DD"], [
+                   [f"{DATASETS[ds]}, N = {n}", len(per), *(pm([per[s][m]["acc"] for s in per if m in per[s]])
+                                                           for m in ("ld", "rr", "dd"))]
+                   for (ds, n), per in sorted(data.items())])]
         out += ["", "Sensitivity measures (percentage points, mean over seeds; smaller = less sensitive):", "",
-                "| setting | labels | optimizer spread | LeNet→MLP gap | order spread | lr spread |",
-                "|---|---|---|---|---|---|"]
+                *md_table(["setting", "labels", "optimizer spread", "LeNet→MLP gap", "order spread", "lr spread"])]
         for (ds, n), per in sorted(data.items()):
             for m in ("ld", "rr", "dd"):
                 self.rows += [result_row({"part": "claims", "dataset": DATASETS[ds], "n": n, "labels": m, "measure": k},
@@ -472,10 +436,8 @@ class Render:
                 cells = [f"{statistics.fmean(x[k] for x in v):.1f}" for k in ("opt", "arch", "order", "lr")]
                 out.append(f"| {DATASETS[ds]}, N = {n} | {m.upper()} | " + " | ".join(cells) + " |")
         out += ["", self._meta_line(), "", *self._verdicts(data), "",
-                "DD here is the project's variant (module docstring of `learn_labels/dd.py`): it already trains its "
-                "images under random minibatch orders and a fixed inner step, so the order and learning-rate "
-                "claims are tested against a DD that was not tied to one order or learned step sizes as Wang et "
-                "al.'s was; a 'not resolved' or 'did not hold' there says nothing about the original DD.", ""]
+                "DD is the project's variant (`learn_labels/dd.py`: random orders, fixed inner step), not Wang et "
+                "al.'s; its order and learning-rate verdicts say nothing about the original DD.", ""]
         return out
 
     def _meta_line(self) -> str:
@@ -499,10 +461,9 @@ class Render:
             cell = {}
             for m in ("ld", "rr"):
                 d = claim_diffs(data, m, key, sign)
-                cell[m] = f"{ci(d)} | {verdict(*paired_interval(list(d.values()))[1:])}"
-                self.rows.append(result_row({"part": "claims", "claim": name, "measure": what, "labels": m,
-                                             "versus": "dd", "pooled": settings}, d, self._claims_protocol(),
-                                            paired=True, verdict=cell[m].split(" | ")[1], unit="points"))
+                cell[m] = f"{ci(d)} | " + compare(self.rows, {"part": "claims", "claim": name, "measure": what,
+                                                              "labels": m, "versus": "dd", "pooled": settings},
+                                                  d, self._claims_protocol())
             out.append(f"| {name} | {what} | {cell['ld']} | "
                        + " | ".join(ci(claim_diffs(data, "ld", key, sign, st)) for st in settings)
                        + f" | {cell['rr']} |")
@@ -531,10 +492,7 @@ class Render:
 
     @staticmethod
     def _rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(REPO))
-        except ValueError:
-            return str(p)
+        return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
 
 class Budget:
@@ -563,14 +521,10 @@ class Budget:
         updates = sorted({i["outer_steps"] for r in res.values() for i in r.get("meta", {}).values()})
         cpu = sum(r["seconds"] for r in res.values()) / 60
         out = [*opening("LD at the paper's number of label updates (mnist-5k, issue #22 item 3)", self.commands),
-               f"Finished runs: {len(res)} of {2 * seeds} under `{Render._rel(self.runs)}`; their wall time "
-               f"{cpu:.0f} min (one thread each, two processes on 2 shared cores).", "",
-               f"Setting of the `mnist` part of section `ld_claims` (paper LD configuration, N = 100, LeNet), but "
-               f"{', '.join(f'{u:,}' for u in updates)} label updates per method (the paper's 400 epochs × ⌈50,000 /"
-               f" 1,024⌉ = {PAPER_LABEL_UPDATES:,}; section `ld_claims` was written at 74befc2 with 19,200, i.e. "
-               "⌊50,000 / 1,024⌋, which drops the short last batch the reference keeps), DD at the same number of "
-               "updates, and every row's training length chosen on the 500 validation images "
-               f"(`metatest.step_rule=val`), not LD's meta-training count. {self.repeats} fresh models per row and seed.", "",
+               f"Finished runs: {len(res)} of {2 * seeds} under `{Render._rel(self.runs)}`, {cpu:.0f} min wall.", "",
+               f"Part `mnist` of section `ld_claims`, but {', '.join(f'{u:,}' for u in updates)} label updates per "
+               f"method (the paper's {PAPER_LABEL_UPDATES:,}), DD at as many, every row's training length validated "
+               f"(`metatest.step_rule=val`); {self.repeats} fresh models per row and seed.", "",
                "| labels | " + " | ".join(f"seed {s}" for s in range(seeds)) + " | mean ± std | steps (validated) |",
                "|---|" + "---|" * seeds + "---|---|"]
         for m, name in self.LABELS.items():
@@ -579,15 +533,14 @@ class Budget:
             out.append(f"| {name} | " + " | ".join(cells) + f" | {pm(list(per[m].values())) if per[m] else '–'} "
                        f"| {sorted(steps[m]) or '–'} |")
         out += ["", "LD's paper number: 87.3 ± 0.7 % on MNIST (Bohdal et al. 2020 via KIP-CNN Table 1).", "",
-                "| claim (paired over seeds) | difference (points), 95 % interval | verdict |", "|---|---|---|"]
+                *md_table(["claim (paired over seeds)", "difference (points), 95 % interval", "verdict"])]
         for name, a, b in (("labels beat images (paper configuration): LD − DD", "ld", "dd"),
                            ("LD − one-hot", "ld", "onehot"), ("LD − teacher", "ld", "teacher")):
             d = paired_by_seed(per[a], per[b], 1)
             v = verdict(*paired_interval(list(d.values()))[1:]) if len(d) > 1 else "not resolved (one seed)"
             self.rows.append(result_row({"comparison": name}, d, proto, paired=True, verdict=v, unit="points"))
             out.append(f"| {name} | {ci(d) if d else '–'} | {v} |")
-        out += ["", "The same claim under the project's default LD labels is the `labels beat images` row of "
-                "section `ld_claims` (part `claims`); the two configurations are reported separately.", ""]
+        out += ["", "Under the project's default LD labels: row `labels beat images` of section `ld_claims`.", ""]
         self.rows = [r for r in self.rows if r]
         return "\n".join(out).replace(str(REPO) + os.sep, "")
 

@@ -6,6 +6,7 @@ interval is ``(-inf, inf)``, never resolved.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -75,6 +76,33 @@ def write_section(path: Path, name: str, body: str, rows: list[dict] | None = No
     path.write_text(text)
     if rows is not None:
         write_results(path, name, rows, command, commit)
+
+
+def parser(doc: str, runs: str | None = None, seeds: list[int] | None = None, threads: bool = False,
+           render: str | None = None) -> argparse.ArgumentParser:
+    """A study's parser with the shared flags: ``--out``, and as asked ``--runs`` (``runs/<runs>``), ``--seeds``,
+    ``--threads`` and a render-only flag (``render``: ``write-only``, ``render`` or ``collect``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="Markdown file of the section")
+    if runs:
+        ap.add_argument("--runs", default=str(REPO / "runs" / runs), help="folder of the run directories")
+    if seeds is not None:
+        ap.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    if threads:
+        ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    if render:
+        ap.add_argument(f"--{render}", action="store_true", help="run nothing; write the section from finished runs")
+    return ap
+
+
+def md_row(cells) -> str:
+    """One Markdown table line: ``| a | b |``."""
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def md_table(head: list, rows=()) -> list[str]:
+    """A Markdown table's lines: the header ``head``, its separator and one line per row of cells."""
+    return [md_row(head), "|" + "---|" * len(head), *(md_row(r) for r in rows)]
 
 
 # ---------------------------------------------------------------- the section's table as JSON
@@ -182,6 +210,16 @@ def interval_text(diffs: list[float], digits: int = 1, one: str = "one seed") ->
         return "–"
     m, lo, hi = paired_interval(diffs)
     return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" if len(diffs) > 1 else f"{m:+.{digits}f} ({one})"
+
+
+def compare(out: list, setting: dict, diffs: dict, protocol: str, threshold: float = 0.0, above: bool = True, *,
+            either: bool = False, unit: str = "points", **extra) -> str:
+    """The verdict of paired ``diffs`` (``{seed: difference}``; ``either``: ``held`` when the interval excludes 0 on
+    either side, a measurement rather than a claim), its JSON row appended to ``out``."""
+    v = verdict(*paired_interval(list(diffs.values()))[1:], threshold, above)
+    v = ("held" if v != "not resolved" else v) if either else v
+    out.append(result_row(setting, diffs, protocol, paired=True, verdict=v, unit=unit, **extra))
+    return v
 
 
 def paired_diffs(a: dict, b: dict, scale: float = 100) -> list[float]:
