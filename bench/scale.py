@@ -11,6 +11,7 @@ per stage, the store's bytes against the dry run's estimate, and an extrapolatio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -93,24 +94,16 @@ def overrides(spec: dict) -> list[str]:
 
 
 def _io() -> dict[str, int]:
-    try:
-        return {k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())}
-    except OSError:
-        return {}
+    f = Path("/proc/self/io")
+    return {k: int(v) for k, v in (ln.split(": ") for ln in f.read_text().splitlines())} if f.exists() else {}
 
 
 def _open_files() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1
 
 
 def _maps() -> int:
-    try:
-        return sum(1 for _ in open("/proc/self/maps"))
-    except OSError:
-        return -1
+    return len(Path("/proc/self/maps").read_text().splitlines()) if os.path.exists("/proc/self/maps") else -1
 
 
 def _fresh_peak() -> None:
@@ -119,14 +112,10 @@ def _fresh_peak() -> None:
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: reset the peak RSS
-    except OSError:
-        pass
 
 
 def run_stages(stages: list[str], spec: dict) -> dict:
@@ -281,28 +270,21 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
     return b
 
 
+def _kept(r: dict, stage: str) -> float:
+    return r["details"]["relabel"]["entries"] * r["details"][stage]["steps"] / r["details"]["relabel"]["steps"]
+
+
+UNITS = {  # stage → (unit, work units of a sweep row): relabel stores entries; prune keeps some; validate 1 epoch
+    "squeeze": ("real image", lambda r: r["real_images"]), "class_stats": ("real image", lambda r: r["real_images"]),
+    "recover": ("image-iteration", lambda r: r["images"] * r["spec"]["iterations"]),
+    "relabel": ("stored entry", lambda r: r["details"]["relabel"]["entries"]),
+    **{f"prune_x{f}": ("kept entry", lambda r, f=f: _kept(r, f"prune_x{f}")) for f in FACTORS},
+    **{f"validate_x{f}": ("image-step", lambda r: r["images"]) for f in VALIDATE_FACTORS}}
+
+
 def units(r: dict, stage: str) -> float:
-    """Work units of a stage: real images (class-stats), image-iterations (recover), stored entries (relabel,
-    prune at 1×: all; 10×/40×: kept), image-steps of training (validate: 1 epoch = every image once)."""
-    d = r["details"]
-    if stage == "class_stats":
-        return r["real_images"]
-    if stage == "recover":
-        return r["images"] * r["spec"]["iterations"]
-    if stage == "relabel":
-        return d["relabel"]["entries"]
-    if stage.startswith("prune"):
-        return d["relabel"]["entries"] * d[stage]["steps"] / d["relabel"]["steps"]
-    if stage.startswith("validate"):
-        return r["images"]
-    if stage == "squeeze":
-        return r["real_images"]
-    raise KeyError(stage)
-
-
-UNIT_NAME = {"squeeze": "real image", "class_stats": "real image", "recover": "image-iteration",
-             "relabel": "stored entry", "prune_x1": "kept entry", "prune_x10": "kept entry",
-             "prune_x40": "kept entry", "validate_x1": "image-step", "validate_x40": "image-step"}
+    """Work units of ``stage`` in sweep row ``r`` (:data:`UNITS`)."""
+    return UNITS[stage][1](r)
 
 
 def imagenet_store_bytes(ipc: int, epochs: int = 300, cutmix: bool = False, batch: int = RELABEL_BATCH) -> int:
@@ -362,16 +344,11 @@ def sweep_report(results: list[dict], args, minutes: float, load0: float) -> str
 def tables(results: list[dict], args, minutes: float, load0: float, stages: list[str]) -> list[str]:
     """Setting, seconds per stage and memory per stage."""
     lines = [
-        f"Setting: random uint8 images (synthetic dataset registered in-process; {args.real_per_class} \"real\" "
-        f"training images per class for class-stats), ConvNet-16 teacher (depth 3 at 32 px, 5 at 224 px) left "
-        f"untrained (`squeeze.epochs={args.teacher_epochs}`: timing does not depend on the weights), recover mode "
-        f"`{MODE}` with {args.iterations} iterations, relabel {args.sweep_epochs} epochs × batch {RELABEL_BATCH} "
-        f"({STEPS_PER_SHARD} steps per shard), prune 1×/10×/40× (random), validate 1 epoch (ConvNet-16 student) "
-        f"on the 1× and 40× stores; CPU, {args.threads} torch thread; one process per configuration, peak memory "
-        f"reset before each stage. "
-        f"**Cut to fit the time budget**: C = 1000 × IPC = 50 at 32 px is skipped, 224 px is run only at "
-        f"C = 1000 × IPC = 1, and relabel stores {args.sweep_epochs} epochs (not 300). "
-        f"Whole sweep: {minutes:.1f} min wall (1-min load average {load0:.1f} at the start, "
+        f"Setting: random uint8 images ({args.real_per_class} \"real\" per class for class-stats), untrained "
+        f"ConvNet-16 teacher, recover `{MODE}` ({args.iterations} iterations), relabel {args.sweep_epochs} epochs × "
+        f"batch {RELABEL_BATCH}, prune 1×/10×/40×, validate 1 epoch on the 1× and 40× stores; CPU, {args.threads} "
+        f"thread, one process per configuration. Cut to fit: no C = 1000 × IPC 50 at 32 px, 224 px only at C = 1000 "
+        f"× IPC 1. Sweep: {minutes:.1f} min wall (1-min load average {load0:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end; the 2 cores were shared with other jobs).",
         "",
         "### Seconds per stage (in-process, imports excluded)",
@@ -386,8 +363,7 @@ def tables(results: list[dict], args, minutes: float, load0: float, stages: list
                      f"{r['details']['relabel']['entries']:,} | " + " | ".join(f"{secs[k]:.2f}" for k in stages)
                      + f" | {sum(secs.values()):.1f} |")
     lines += ["", "### Memory (peak resident set per stage process, MiB) and bytes", "",
-              "VmHWM includes the interpreter + torch (the `rss before` column: resident set when the stage "
-              "started); RssAnon peak is the anonymous part (sampled every 20 ms), which excludes memory-mapped "
+              "VmHWM includes interpreter + torch (`rss before`); RssAnon (sampled every 20 ms) excludes mapped "
               "label shards.", "",
               "| C | IPC | px | rss before | class_stats | recover | relabel | prune 1× | validate 1× (anon) | "
               "validate 40× (anon) | full store | dry-run estimate | store ÷ estimate | manifest | shards | "
@@ -414,8 +390,7 @@ def growth_lines(results: list[dict], stages: list[str]) -> tuple[list[str], dic
     r32 = [r for r in results if r["row"]["image_size"] == 32]
     r224 = [r for r in results if r["row"]["image_size"] != 32]  # the large-image rows (224 px in the sweep)
     lines = ["", "### Growth (32 px rows): least-squares `seconds = a + b · units`, and the log-log slope", "",
-              "Slope over the larger half of the points: 1 = linear; clearly above 1 = grows faster than linear "
-              "(a finding).", "",
+             "Slope over the larger half of the points (1 = linear).", "",
               "| stage | unit | a (s) | b (µs per unit) | log-log slope | per-unit at 224 px (µs) |",
               "|---|---|---|---|---|---|"]
     fits = {}
@@ -428,7 +403,7 @@ def growth_lines(results: list[dict], stages: list[str]) -> tuple[list[str], dic
         if r224:
             b224 = sum((r["row"]["stage_seconds"][st] - max(a, 0)) / units(r, st) for r in r224) / len(r224)
         fits[st] = {"a": a, "b": b, "slope": slope, "b224": b224}
-        lines.append(f"| {st} | {UNIT_NAME[st]} | {a:.2f} | {b * 1e6:,.1f} | {slope:.2f} | "
+        lines.append(f"| {st} | {UNITS[st][0]} | {a:.2f} | {b * 1e6:,.1f} | {slope:.2f} | "
                      + (f"{b224 * 1e6:,.1f}" if b224 is not None else "–") + " |")
     # per class: relabel/validate at fixed images, different C
     lines += ["", "Per class at a fixed image count (32 px; rows with the same C·IPC):", ""]
@@ -461,10 +436,8 @@ def memory_lines(results: list[dict]) -> list[str]:
                    d["validate_x1"]["peak_anon_bytes"] - d["validate_x40"]["peak_anon_bytes"]))
     big = max(vm, key=lambda v: v[3])
     return ["", "### Memory at scale", "",
-              f"- **manifest.json per stored step**: fitted {mb:.2f} B per step (after removing ~20 B per class of "
-              f"`class_to_idx`) + {ma:,.0f} B fixed: the manifest holds one entry per *shard* "
-              f"({STEPS_PER_SHARD} steps), not per step, so it grows by ≈ one shard entry / {STEPS_PER_SHARD} steps; "
-              "the per-step index lives in memory (`LabelStore._index`, a dict entry per step, built on open).",
+              f"- **manifest.json per stored step**: {mb:.2f} B per step + {ma:,.0f} B fixed (one entry per "
+              f"shard of {STEPS_PER_SHARD} steps; the per-step index is built in memory on open).",
               "- **validate peak memory vs store size** (same images, same training steps, 1× minus 40× store): "
               + "; ".join(f"C={c} IPC={i} {s}px: store {mib(b1)} vs {mib(b40)} MiB → VmHWM {mib(dh)} MiB, "
                           f"RssAnon {mib(da)} MiB" for c, i, s, b1, b40, dh, da in vm if b1 > 8 * 2**20)
@@ -494,14 +467,10 @@ def recover_study_lines(study: list[dict], args) -> list[str]:
         per = {r["spec"]["vectorize"]: r["details"]["recover"]["seconds"] for r in study}
         big, mid = max(per), sorted(per)[len(per) // 2]
         growth = per[big] / per[mid]
-        lines += ["", f"Per image-iteration, {big} batches per forward take {growth:.2f}× the time of {mid}. "
-                  + ("The step no longer slows down with more batches per forward: each batch's BN statistics and "
-                     "cross-entropy come from one scatter-add over all rows (`recover.segment_stats`, since commit "
-                     "d1c8daa), not from one row slice per batch, whose backward materialised a whole-tensor "
-                     "gradient per slice (quadratic in `recover.vectorize`)." if growth < 1.3 else
-                     "More batches per forward slow the step down: look for per-batch work that grows with the "
-                     "whole tensor (the old per-slice BN statistics were quadratic in `recover.vectorize`).")
-                  + f" The sweep caps vectorize at {VECTORIZE_CAP}."]
+        lines += ["", f"Per image-iteration, {big} batches per forward take {growth:.2f}× the time of {mid} "
+                  + ("(flat: per-batch statistics are one scatter-add)" if growth < 1.3 else
+                     "(slower: look for per-batch work that grows with the whole tensor)")
+                  + f"; the sweep caps vectorize at {VECTORIZE_CAP}."]
     return lines
 
 
@@ -510,14 +479,10 @@ def extrapolation_lines(results: list[dict], fits: dict, args) -> list[str]:
     dev = max(abs(r["row"]["store_bytes"] / r["row"]["estimated_store_bytes"] - 1) for r in results)
     lines = ["", "### Extrapolation to ImageNet-1K (1,000 classes, 224 px, 300 relabel epochs, batch "
               f"{RELABEL_BATCH})", "",
-              "Label bytes are this project's 1× fp16 store without CutMix, from the dry-run estimator "
-              f"(`estimate_store_bytes`; in the sweep the bytes on disk were within {dev:.3%} of it) and, as a check, from the "
-              "measured bytes per stored entry of the C = 1000 rows. LPLD's table uses the reference layout "
-              "(per entry fp16 logits + 4 float32 crop + flip flag + int64 CutMix index, one file per batch), so "
-              "the numbers are comparable only to within that per-entry difference (≈ 2,025 vs ≈ 2,006 B/entry). "
-              "Seconds: fitted fixed cost + per-unit cost measured at 224 px, for *this* ConvNet-16 teacher/student "
-              "on 1 CPU thread (ResNet-18 on a GPU changes the constants, not the growth); recover at 4,000 "
-              "iterations, validate 300 epochs.", ""]
+              "Label bytes: the 1× fp16 store without CutMix from the dry-run estimator (on disk within "
+              f"{dev:.3%} of it in the sweep), and from the measured bytes per entry; LPLD's table uses its "
+              "reference layout (≈ 2,025 vs ≈ 2,006 B/entry). Hours: fitted fixed + per-unit cost at 224 px for "
+              "this ConvNet-16 on 1 CPU thread; recover 4,000 iterations, validate 300 epochs.", ""]
     cmax = max(r["row"]["classes"] for r in results)
     c1000 = [r for r in results if r["row"]["classes"] == cmax]
     be = sum(r["row"]["store_bytes"] for r in c1000) / sum(r["details"]["relabel"]["entries"] for r in c1000)
