@@ -119,8 +119,8 @@ def check_recover(base: Path, work: Path, sz: dict, device: torch.device) -> lis
         t = {}
         for v in (1, C):
             run = work / f"recover_ipc{ipc}_v{v}"
-            cfg = load_config(None, base_overrides(run, sz, device.type) + [
-                f"recover.ipc={ipc}", f"recover.iterations={sz['timing_iterations']}", f"recover.vectorize={v}"])
+            cfg = config(run, sz, device, f"recover.ipc={ipc}", f"recover.iterations={sz['timing_iterations']}",
+                         f"recover.vectorize={v}")
             clone_run(base, run, cfg)
             t[v], _ = timed(lambda: recover(cfg, "lpld", force=True), device)
         rows.append({"ipc": ipc, "classes": C, "seconds_v1": t[1], "seconds_vC": t[C], "ratio": t[1] / t[C]})
@@ -128,8 +128,7 @@ def check_recover(base: Path, work: Path, sz: dict, device: torch.device) -> lis
 
 
 def check_relabel(run: Path, sz: dict, device: torch.device) -> dict:
-    cfg = load_config(None, base_overrides(run, sz, device.type) + [
-        f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}"])
+    cfg = config(run, sz, device, f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}")
     secs, store = timed(lambda: relabel(cfg, "lpld", force=True), device)
     n = store.manifest["num_entries"]
     teacher, _ = load_teacher(run / "teacher", device)
@@ -156,33 +155,33 @@ def amp(on: bool) -> str:
     return f"autocast={'bf16' if on else 'off'}"
 
 
+def config(run: Path, sz: dict, device: torch.device, *extra: str):
+    """The check's config of run directory ``run``, with ``extra`` overrides."""
+    return load_config(None, base_overrides(run, sz, device.type) + list(extra))
+
+
+def parity(sz: dict, *extra: str) -> list[str]:
+    """The overrides of the parity chain (check d), then ``extra``."""
+    return [f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
+            f"validate.epochs={sz['validate_epochs']}", *extra]
+
+
 def check_autocast(base: Path, work: Path, sz: dict, device: torch.device) -> dict:
     """The same recover → relabel → validate chain with the stages inside / outside a bf16 autocast context."""
     out: dict = {}
-    runs = {}
     for on in (False, True):
         run = work / f"parity_{'on' if on else 'off'}"
-        cfg = load_config(None, base_overrides(run, sz, device.type) + [
-            f"recover.ipc={sz['parity_ipc']}", f"recover.iterations={sz['parity_iterations']}",
-            f"recover.vectorize={sz['classes']}", f"relabel.epochs={sz['relabel_epochs']}",
-            f"validate.epochs={sz['validate_epochs']}", amp(on)])
+        cfg = config(run, sz, device, *parity(sz, f"recover.iterations={sz['parity_iterations']}",
+                                               f"recover.vectorize={sz['classes']}", amp(on)))
         clone_run(base, run, cfg)
         recover(cfg, "lpld", force=True)
-        runs[on] = (run, cfg)
         out[f"recover_teacher_top1_{'on' if on else 'off'}"] = json.loads(
             (run / "images" / "lpld" / "images.json").read_text())["teacher_top1_on_images"]
     # relabel and validate on the same (autocast-off) images, so only the stage under test differs
-    run_off, cfg_off = runs[False]
-    run_on = work / "parity_relabel_on"
-    cfg_on = load_config(None, [o.replace(str(run_off), str(run_on)) for o in
-                                base_overrides(run_off, sz, device.type)] + [
-        f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
-        f"validate.epochs={sz['validate_epochs']}", amp(True)])
+    run_off, run_on = work / "parity_off", work / "parity_relabel_on"
+    cfg_on = config(run_on, sz, device, *parity(sz, amp(True)))
     clone_run(run_off, run_on, cfg_on, ("images",))
-    cfg_off = load_config(None, base_overrides(run_off, sz, device.type) + [
-        f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
-        f"validate.epochs={sz['validate_epochs']}", amp(False)])
-    s_off = relabel(cfg_off, "lpld", force=True)
+    s_off = relabel(config(run_off, sz, device, *parity(sz, amp(False))), "lpld", force=True)
     s_on = relabel(cfg_on, "lpld", force=True)
     agree, maxdiff, k = 0, 0.0, 0
     for g in s_off.step_ids:
@@ -191,12 +190,9 @@ def check_autocast(base: Path, work: Path, sz: dict, device: torch.device) -> di
         maxdiff = max(maxdiff, float((a - b).abs().max()))
         k += len(a)
     out.update(relabel_argmax_agreement=agree / k, relabel_max_abs_logit_diff=maxdiff)
-    rows = {}
-    for name, on, seed in (("off", False, 0), ("off_seed1", False, 1), ("on", True, 0)):
-        cfg = load_config(None, base_overrides(run_off, sz, device.type) + [
-            f"recover.ipc={sz['parity_ipc']}", f"relabel.epochs={sz['relabel_epochs']}",
-            f"validate.epochs={sz['validate_epochs']}", f"seed={seed}", amp(on)])
-        rows[name] = validate(cfg, "lpld", 1.0, store_path=s_off.path, force=True)["top1"]
+    rows = {name: validate(config(run_off, sz, device, *parity(sz, f"seed={seed}", amp(on))), "lpld", 1.0,
+                           store_path=s_off.path, force=True)["top1"]
+            for name, on, seed in (("off", False, 0), ("off_seed1", False, 1), ("on", True, 0))}
     out.update({f"validate_top1_{k}": v for k, v in rows.items()})
     out["validate_noise"] = abs(rows["off"] - rows["off_seed1"])
     return out
@@ -280,12 +276,11 @@ def check_kill_resume(work: Path, sz: dict, device: torch.device) -> dict:
     for d in (ref, killed):
         shutil.rmtree(d, ignore_errors=True)
     ex = det_overrides(sz)
-    ref_cfg = load_config(None, base_overrides(ref, sz, device.type) + ex)
+    ref_cfg = config(ref, sz, device, *ex)
     squeeze(ref_cfg)  # in this process: the teacher and statistics are shared, not compared
     class_stats(ref_cfg)
     rcs = [child(sz, v, work, ref, device.type, ex) for v in ("recover", "relabel")]
-    cfg = load_config(None, base_overrides(killed, sz, device.type) + ex)
-    clone_run(ref, killed, cfg)
+    clone_run(ref, killed, config(killed, sz, device, *ex))
     out = {"reference_rc": rcs}
     for verb, point, part in (("recover", "recover-group:1", "images/lpld"), ("relabel", "relabel-shard:1",
                                                                              "labels/lpld/full")):
@@ -301,8 +296,7 @@ def check_torchrun(work: Path, sz: dict, device: torch.device) -> dict:
     """h: relabel under torchrun vs the one-process store of check g (same teacher, statistics and images)."""
     ref, ddp = work / "det_ref", work / "det_torchrun"
     ex = det_overrides(sz)
-    cfg = load_config(None, base_overrides(ddp, sz, device.type) + ex)
-    clone_run(ref, ddp, cfg, ("images",))
+    clone_run(ref, ddp, config(ddp, sz, device, *ex), ("images",))
     nproc = 2 if device.type == "cpu" or torch.cuda.device_count() >= 2 else 1
     rc = child(sz, "relabel", work, ddp, device.type, ex, nproc=nproc)
     a, b = tree_sha(ref / "labels/lpld/full"), tree_sha(ddp / "labels/lpld/full")
@@ -385,7 +379,7 @@ def main() -> int:
         print(f"   rc={res['tests']['rc']}: {res['tests']['summary']}", flush=True)
     base = work / "base"
     shutil.rmtree(base, ignore_errors=True)
-    cfg = load_config(None, base_overrides(base, sz, device.type))
+    cfg = config(base, sz, device)
     t_setup, _ = timed(lambda: (squeeze(cfg), class_stats(cfg)), device)
     res["setup_seconds"] = t_setup
     run_checks(res, base, work, sz, device)
