@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.study import REPO, header, ledger, paired_by_seed, paired_interval, result_row, seed_run_from, verdict, write_section
+from bench.study import REPO, header, parser, ledger, paired_by_seed, paired_interval, result_row, seed_run_from, verdict, write_section
 from labeldistill import load_config, read_results, run, run_stage
 from labeldistill.io import human_bytes, read_json
 from labeldistill.leaderboard import format_leaderboard, leaderboard, plot_leaderboard
@@ -216,21 +216,15 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
     state = "complete" if done == args.seeds else f"in progress: seeds {done} of {args.seeds} finished"
     teacher = read_json(runs / "base" / "teacher" / "teacher.json") if (runs / "base" / "teacher").is_dir() else {}
     head = (header("Label study: every way of paying for labels on one axis of bytes (Fashion-MNIST, IPC 10)")
-            + f"Seeds: {state}. Wall time of this invocation: {(time.time() - t0) / 60:.1f} min; recorded wall time "
-            f"of the finished runs' stages and hard-label baselines: {stage_minutes(runs, done):.1f} min (1 torch "
-            "thread, nice 10, other studies sharing the 2 cores).\n\n"
+            + f"Seeds: {state}. Wall time: {(time.time() - t0) / 60:.1f} min this invocation, "
+            f"{stage_minutes(runs, done):.1f} min recorded by the finished runs (1 thread, 2 shared cores).\n\n"
             f"Setting: teacher ConvNet-64 ({teacher.get('epochs', '?')} epochs, top-1 "
-            f"{100 * teacher.get('top1', float('nan')):.2f} %, one for all seeds); images `cs` (LPLD class-wise BN "
-            "supervision, 500 iterations) and `random_real`, IPC 10 (100 images); relabel 300 epochs × 2 steps of "
-            "50 with CutMix (p 0.5); student ConvNet-32 (batch norm), AdamW, T = 4; prune factors "
-            f"{FACTORS} × codecs {CODECS} (loss KL; `top2-int8`, not `top5-int8`: at 10 classes five values + five "
-            f"indices cost as much as `int8`'s ten values); losses soft_ce and gift at fp16 {LOSS_FACTOR}×; hard-label "
-            f"baselines with the same student (cross-entropy, 300 epochs on the 100 images, {REAL_EPOCHS} epochs on "
-            "the 60,000 real training images; `hard_label` in the README). Top-1 on the real test split (10,000), "
-            "mean ± std over seeds. IOR and HLR are DD-Ranking's (arXiv 2505.13300) under this project's "
-            "protocol; HLR is lower-better. Anchors: DC 82.3 %, DSA 84.6 % at IPC 10 (hard labels, no stored "
-            "labels, ConvNet-128 with instance norm; [docs/anchors.md](docs/anchors.md) §1) — a "
-            "different student and protocol, so a comparison, not a reproduction.\n\n")
+            f"{100 * teacher.get('top1', float('nan')):.2f} %); images `cs` and `random_real`, IPC 10; relabel 300 "
+            f"epochs with CutMix; student ConvNet-32, AdamW, T = 4; factors {FACTORS} × codecs {CODECS} (loss KL); "
+            f"losses soft_ce and gift at fp16 {LOSS_FACTOR}×; hard-label baselines (cross-entropy; {REAL_EPOCHS} "
+            "epochs on the 60,000 real images). Top-1 on the test split, mean ± std over seeds. IOR and HLR: "
+            "DD-Ranking's (arXiv 2505.13300), HLR lower-better. Anchors DC 82.3 %, DSA 84.6 % (ConvNet-128, hard "
+            "labels; [docs/anchors.md](docs/anchors.md) §1): a comparison, not a reproduction.\n\n")
     if not dirs:
         write_section(Path(args.out), "label_study", head + "No seed has finished yet.", [])
         return
@@ -240,8 +234,7 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
     plot = Path(args.plot)
     plot_leaderboard(table, plot, title=f"Fashion-MNIST IPC 10: top-1 vs bytes ({len(done)} seed(s))")
     link = plot.relative_to(REPO) if plot.is_relative_to(REPO) else plot
-    hook = ("Rows of `labels.source: generator | online` runs are not in this study yet; pass their run "
-            "directories with `--extra-runs` and they join the table and the plot.")
+    hook = "Other run directories (e.g. `generator` / `online` label sources) join with `--extra-runs`."
     body = (head + headline(table, tops) + f"\n\n![top-1 vs total bytes]({link})\n\n### Leaderboard\n\n"
             + format_leaderboard(table) + "\n### Paired comparisons over seeds\n\n"
             "Differences in points; an interval that excludes 0 gives the sign (IOR rows: `held` = cs beats "
@@ -250,15 +243,10 @@ def render(args: argparse.Namespace, runs: Path, t0: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_label_study"))
+    ap = parser(__doc__, runs="bench_label_study", seeds=[0, 1, 2], threads=True, render="write-only")
     ap.add_argument("--ld-run", help="a finished learn-labels run directory (e.g. LD/RR at N = 100)")
     ap.add_argument("--extra-runs", nargs="*", default=[], help="more run directories for the table and plot")
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--plot", default=str(REPO / "docs" / "label_study.png"))
-    ap.add_argument("--write-only", action="store_true", help="only rewrite the section from finished runs")
     args = ap.parse_args()
     tune_malloc()
     torch.set_num_threads(args.threads)
