@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from bench.study import (REPO, finished_results, header, interval_text, mean_std, paired_interval, result_row,
-                         run_cli, verdict, write_section)
+from bench.study import (REPO, compare, finished_results, header, interval_text, mean_std, parser, result_row,
+                         run_cli, write_section)
 
 CONFIG = REPO / "configs" / "fmnist_demo.yaml"
 BASE = ["data.dataset=mnist-5k", "recover.modes=[random_real]", "recover.ipc=10", "prune.factors=[1]", "threads=1"]
@@ -25,16 +25,12 @@ ELSEWHERE_SEED = 100
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = parser(__doc__, runs="bench_mnist_defaults", seeds=[0, 1, 2], render="write-only")
     ap.add_argument("--teacher-epochs", type=int, default=5, help="squeeze epochs of the project's teacher")
     ap.add_argument("--elsewhere-epochs", type=int, default=15, help="squeeze epochs of the teacher from elsewhere")
     ap.add_argument("--relabel-epochs", type=int, default=300, help="relabel (= student) epochs")
-    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_mnist_defaults"))
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every run (e.g. a smoke run: data.train_subset=200)")
-    ap.add_argument("--write-only", action="store_true", help="run nothing; write the section from finished runs")
     return ap.parse_args(argv)
 
 
@@ -97,12 +93,10 @@ def table(args, res: dict, out: list) -> str:
     for t in TEACHERS:
         before, after = res[t]["before"], res[t]["after"]
         diffs = {s: 100 * (after[s]["student"] - before[s]["student"]) for s in sorted(before)}
-        v = verdict(*paired_interval(list(diffs.values()))[1:]) if diffs else "–"
         cols = {f"{who} {arm}": {s: 100 * r[s][who] for s in r} for arm, r in (("before", before), ("after", after))
                 for who in ("teacher", "student")}
         out += [result_row({"teacher": t, "measure": k}, col, proto, unit="top-1 %") for k, col in cols.items()]
-        out.append(result_row({"teacher": t, "measure": "student after − before"}, diffs, proto, paired=True,
-                              verdict=v, unit="points"))
+        v = compare(out, {"teacher": t, "measure": "student after − before"}, diffs, proto) if diffs else "–"
         pct = {k: mean_std(list(c.values()), scale=1, sample=True) for k, c in cols.items()}  # sample std over seeds
         lines.append(f"| {t} | {pct['teacher before']} / {pct['teacher after']} | {pct['student before']} | "
                      f"{pct['student after']} | {interval_text(list(diffs.values()))} | {len(diffs)} | {v} |")
@@ -118,17 +112,11 @@ def write(args, status: str) -> None:
         header("Augmentation defaults that follow the data (mnist-5k, real digits at IPC 10)"),
         f"Status: {status}; seeds with both arms finished: project teacher {done}, elsewhere "
         f"{sorted(res['elsewhere']['before'])}; runs made by commit(s) {', '.join(commits) or '–'}.  ",
-        f"Before: `{' '.join(BEFORE)}` (the fixed defaults until now; still Fashion-MNIST's). After: those keys unset, "
-        "resolved from mnist-5k (not mirror-symmetric, smallest crop 0.25): every flip off, relabel crops "
-        "[0.25, 1.0].  ",
-        f"Images: 100 real train digits (`random_real`, IPC 10, picked by the seed); labels: one store, "
-        f"{args.relabel_epochs} relabel (= student) epochs, no CutMix; student ConvNet-32 (depth 3), AdamW; top-1 "
-        f"on the 1,000 test digits. Teachers: ConvNet-64 (depth 3). `project`: trained in each run for "
-        f"{args.teacher_epochs} epochs (with flips before, without after). `elsewhere`: one teacher trained once "
-        f"without flips for {args.elsewhere_epochs} epochs (seed {ELSEWHERE_SEED}), given as `squeeze.checkpoint`.  ",
-        "Paired over seeds (same seed for both arms); mean ± sample std over seeds; 95 % Student-t interval of the "
-        "per-seed difference; **held** when the interval lies wholly above 0, **did not hold** when wholly below, "
-        "else **not resolved**.",
+        f"Before: `{' '.join(BEFORE)}`. After: those keys resolved from mnist-5k (no flip, relabel crops "
+        f"[0.25, 1.0]). 100 real train digits (IPC 10), {args.relabel_epochs} relabel (= student) epochs, student "
+        f"ConvNet-32, top-1 on the 1,000 test digits. Teacher ConvNet-64: `project` trained in each run "
+        f"({args.teacher_epochs} epochs), `elsewhere` once without flips ({args.elsewhere_epochs} epochs, seed "
+        f"{ELSEWHERE_SEED}). Paired seeds; mean ± sample std; 95 % t-interval of the difference.",
         "", table(args, res, rows)])
     write_section(Path(args.out), "mnist_defaults", body, rows)
 
