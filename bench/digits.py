@@ -11,13 +11,12 @@ differences with 95 % t-intervals. ``--write-only`` writes it from the finished 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from bench.study import (REPO, header, interval_text, mean_std, paired_by_seed, paired_interval, result_row,
-                         run_cli, verdict, write_section)
+from bench.study import (REPO, compare, header, interval_text, mean_std, paired_by_seed, parser, result_row,
+                         run_cli, write_section)
 from labeldistill import load_config
 from labeldistill.config import config_to_dict
 
@@ -74,27 +73,14 @@ def changed_keys() -> list[str]:
     return [f"`{k}`: {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
 
 
-def paired(d: list[float]) -> tuple[str, str]:
-    """Mean of the differences ``d`` (points) with a 95 % t-interval (``n`` ≥ 2), e.g. ``+31.2 [+25.0, +37.4]``,
-    and the reading (``held`` when the interval excludes 0, either sign: a measurement, not a claim)."""
-    if len(d) < 2:
-        return interval_text(d, one="1 seed, no interval"), "not resolved"
-    v = "held" if verdict(*paired_interval(d)[1:]) != "not resolved" else "not resolved"
-    return f"{interval_text(d)} ({v})", v
-
-
 def section(seeds: list[int], runs: Path, minutes: float | None, out: list) -> str:
     done = [s for s in seeds if all(read_arm(arm, s, runs) for arm in ARMS)]
     lines = [header("Small inputs: the main job on 8 × 8 digits"),
-             "Data: scikit-learn's digits (`data.dataset=digits`: 8 × 8, 1,437 train / 360 test images, a fixed "
-             "stratified split). Arms: **demo** = `configs/fmnist_demo.yaml data.dataset=digits` (the Fashion-MNIST "
-             "demo's settings unchanged); **teacher aug** = the same plus `squeeze.flip=false "
-             "squeeze.crop_padding=1` (only the teacher's augmentation fitted to 8 px); **digits** = "
-             "`configs/digits_lpld.yaml`; **digits + demo recover aug** = the digits config plus `recover.flip=true "
-             "recover.jitter=2`. Same seeds in every arm (the seed changes the teacher, the images, the labels and "
-             "the student). Cells: top-1 % on the 360 test digits, mean ± std over seeds "
-             f"{done or 'none yet'} (of {seeds} asked); Δ = difference in points, paired by seed, with a 95 % "
-             "t-interval; 'held' when it excludes 0."
+             "scikit-learn's digits (8 × 8, 1,437 train / 360 test). Arms: **demo** = `configs/fmnist_demo.yaml "
+             "data.dataset=digits`; **teacher aug** = plus `squeeze.flip=false squeeze.crop_padding=1`; **digits** = "
+             "`configs/digits_lpld.yaml`; **digits + demo recover aug** = plus `recover.flip=true recover.jitter=2`. "
+             f"Top-1 % on the test digits, mean ± std over seeds {done or 'none yet'} (of {seeds} asked); Δ in "
+             "points, paired by seed, 95 % t-interval, 'held' when it excludes 0."
              + (f" Wall time of this invocation: {minutes:.1f} min." if minutes is not None else ""), ""]
     if not done:
         return "\n".join(lines + ["No seed has finished every arm yet."])
@@ -109,22 +95,17 @@ def section(seeds: list[int], runs: Path, minutes: float | None, out: list) -> s
         cells = [mean_std(list(col[a].values()), scale=1) for a in ARMS]
         for a, b in COMPARE:
             d = paired_by_seed(col[a], col[b], 1)
-            text, v = paired(list(d.values()))
-            cells.append(text)
-            out.append(result_row({"measure": label, "comparison": f"{a} − {b}"}, d, proto, paired=True, verdict=v,
-                                  unit="points"))
+            v = compare(out, {"measure": label, "comparison": f"{a} − {b}"}, d, proto, either=True)
+            cells.append(f"{interval_text(list(d.values()))} ({v})" if len(d) > 1 else
+                         interval_text(list(d.values()), one="1 seed, no interval"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "What changed from demo to digits (resolved config):", ""] + [f"- {c}" for c in changed_keys()]
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_digits"), help="work folder (one run dir per arm, seed)")
+    ap = parser(__doc__, runs="bench_digits", seeds=[0, 1, 2], render="write-only")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--write-only", action="store_true", help="write the section from finished runs; train nothing")
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = ap.parse_args()
     runs, t0 = Path(args.runs), time.time()
     if not args.write_only:
