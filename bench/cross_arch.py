@@ -8,7 +8,6 @@ images are worth without a teacher. Resumable, in priority order, until ``--budg
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import filecmp
 import json
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from bench.study import (REPO, command_line, header, interval_text, ledger, mean_std, paired_by_seed,
-                         paired_interval, result_row, seed_run_from, shown, verdict, write_section)
+from bench.study import (REPO, command_line, compare, header, interval_text, ledger, md_table, mean_std,
+                         paired_by_seed, parser, result_row, seed_run_from, shown, write_section)
 from labeldistill import hard_label_rows, load_config, run, run_stage
 from labeldistill.data.idx import FASHION_MNIST_DEFAULT_ROOT
 from labeldistill.io import atomic_write_json, read_json
@@ -281,12 +280,9 @@ def comparisons(args, rows: list[dict], out: list) -> str:
                 if len(d) < 2:
                     cells.append(f"{len(d)} paired seed(s): no interval")
                     continue
-                # either sign: these are measurements, not claims
-                resolved = verdict(*paired_interval(list(d.values()))[1:]) != "not resolved"
-                cells.append(f"{interval_text(list(d.values()))} (n={len(d)}; {'held' if resolved else 'not resolved'})")
-                out.append(result_row({"comparison": name, "factor": f, "student": s}, d,
-                                      protocol(args, a["cell_ipc"], s), paired=True,
-                                      verdict="held" if resolved else "not resolved", unit="points"))
+                v = compare(out, {"comparison": name, "factor": f, "student": s}, d, protocol(args, a["cell_ipc"], s),
+                            either=True)  # either sign: these are measurements, not claims
+                cells.append(f"{interval_text(list(d.values()))} (n={len(d)}; {v})")
             lines.append(f"| {name} | {f}× | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -345,13 +341,10 @@ def students_table(args) -> str:
     """The students: spec, parameters and measured throughput."""
     path = Path(args.runs) / "throughput.json"
     tp = read_json(path) if path.is_file() else {}
-    lines = ["| student | model spec | parameters | train img / CPU s | eval img / CPU s |", "|---|---|---|---|---|"]
-    for label, spec in STUDENTS.items():
-        t = tp.get(label, {})
-        params = f"{t['parameters']:,}" if t else "–"
-        lines.append(f"| {label} | `{spec['name']}` {spec['args'] or ''} | {params} | "
-                     f"{t.get('train_img_per_cpu_s', '–')} | {t.get('eval_img_per_cpu_s', '–')} |")
-    return "\n".join(lines)
+    return "\n".join(md_table(["student", "model spec", "parameters", "train img / CPU s", "eval img / CPU s"], [
+        [label, f"`{spec['name']}` {spec['args'] or ''}", f"{t['parameters']:,}" if t else "–",
+         t.get("train_img_per_cpu_s", "–"), t.get("eval_img_per_cpu_s", "–")]
+        for label, spec in STUDENTS.items() for t in [tp.get(label, {})]]))
 
 
 def write(args) -> None:
@@ -361,29 +354,20 @@ def write(args) -> None:
     body = (header("Cross-architecture evaluation (Fashion-MNIST)", ", run at nice 10 beside other jobs", args.command)
             + f"Runs: `{shown(args.runs)}` (rows: `<cell>/seed<s>/validate/<student>/<mode>_x<f>.json`)\n\n"
             f"{_teacher_line(args, 'teacher0')}  \n{_teacher_line(args, 'xteacher')}  \n{_images_line(args)}\n\n"
-            f"Recipe: images by the demo's recover (500 iterations, seed 0; 10 batches per forward, same images) from teacher0; relabel as the demo "
-            f"(crops 0.08-1, flip, CutMix 0, batch 50, T = 4, AdamW lr 0.002) but **{e10} epochs at IPC 10 and {e50} "
-            f"at IPC 50** (student epochs = stored epochs; the demo trains 300 at IPC 10: these budgets were chosen to "
-            f"fit ~{args.budget_min:g} CPU minutes, so every student here is trained for fewer steps than the demo's and "
-            f"absolute numbers are lower). Pruning: random, 1× and 10×. Top-1 on a fixed class-balanced subset of "
-            f"{args.test_subset} real test images (the same for every row), mean ± std (population) over seeds "
-            f"{', '.join(map(str, args.seeds))} (count in brackets); a seed changes relabel's crops, pruning, the "
-            f"student's initialisation and its label-pool draws, while the teachers and the images are shared.\n\n"
-            "Students (throughput: one thread, batch 50, AdamW, measured by this script at the start of the study, "
-            "beside other jobs):\n\n" + students_table(args) + f"\n\n{status(args, rows)}\n\n" + main_table(args, rows, out) + "\n\nPaired differences (same seeds), mean with "
-            "its 95 % t-interval over seeds; 'held' when the interval excludes 0:\n\n" + comparisons(args, rows, out)
-            + "\n\nHard-label rows (`none: hard labels (CE)`): the same images and students, trained with "
-            "cross-entropy on each image's class (the main job's hard-label baseline, `hard_label/<student>/<mode>.json`), "
-            f"for as many epochs as the soft-label students ({e10} / {e50}); no teacher is involved, so the "
-            "own-teacher − hard-label differences measure what the teacher's soft labels add to the same images. "
-            "Not run for ResNet-18 (its CPU cost).\n")
+            f"Recipe: the demo's recover from teacher0 and its relabel, but **{e10} epochs at IPC 10 and {e50} at IPC "
+            f"50** (the demo: 300; sized to ~{args.budget_min:g} CPU minutes, so absolute numbers are lower); random "
+            f"pruning 1× and 10×. Top-1 on a fixed subset of {args.test_subset} test images, mean ± std over seeds "
+            f"{', '.join(map(str, args.seeds))} (count in brackets); teachers and images are shared by the seeds.\n\n"
+            "Students (throughput: one thread, batch 50, AdamW):\n\n" + students_table(args)
+            + f"\n\n{status(args, rows)}\n\n" + main_table(args, rows, out) + "\n\nPaired differences (same seeds)"
+            ", 95 % t-interval; 'held' when it excludes 0:\n\n" + comparisons(args, rows, out)
+            + f"\n\nHard-label rows: the same images and students trained with cross-entropy on the images' classes "
+            f"({e10} / {e50} epochs, no teacher; not run for ResNet-18).\n")
     write_section(Path(args.out), "cross_arch", body, out, command=args.command)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_cross_arch"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = parser(__doc__, runs="bench_cross_arch", seeds=[0, 1, 2], render="write-only")
     ap.add_argument("--epochs10", type=int, default=60, help="relabel = student epochs at IPC 10")
     ap.add_argument("--epochs50", type=int, default=20, help="relabel = student epochs at IPC 50")
     ap.add_argument("--test-subset", type=int, default=2000)
@@ -393,8 +377,6 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=62.0, help="CPU minutes after which no new part starts")
     ap.add_argument("--demo-run", default=str(REPO / "runs" / "fmnist_demo"),
                     help="make demo's run directory: its teacher is reused when the settings match")
-    ap.add_argument("--write-only", action="store_true", help="only rewrite the section from finished runs")
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--extra", nargs="*", default=[], help="overrides for every part (smoke tests only)")
     args = ap.parse_args()
     EXTRA[:] = args.extra
