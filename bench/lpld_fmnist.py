@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from bench.study import (REPO, finished_results, git_commit, header, interval_text, ledger, mean_std, paired_interval,
-                         result_row, seed_run_from, verdict, write_section)
+from bench.study import (REPO, compare, finished_results, git_commit, header, interval_text, ledger, md_row, mean_std,
+                         parser, result_row, seed_run_from, write_section)
 from labeldistill import load_config, run, run_stage
 from labeldistill.io import read_json
 from labeldistill.runtime import tune_malloc
@@ -26,7 +26,7 @@ LITTLE_LOSS = 1.0  # points: the "little or no loss" margin the 1x -> 40x drop i
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, runs="bench_lpld2", render="collect")
     ap.add_argument("--holdout", type=int, default=5000, help="train images held out for selection (data.holdout)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1, 4, 20])
     ap.add_argument("--epochs-grid", type=int, nargs="+", default=[100, 200, 300], help="relabel = student epochs")
@@ -37,11 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--iterations", type=int, default=500, help="recover iterations at IPC 10")
     ap.add_argument("--iterations-ipc50", type=int, default=500, help="recover iterations at IPC 50")
     ap.add_argument("--teacher-epochs", type=int, default=3)
-    ap.add_argument("--runs", default=str(REPO / "runs" / "bench_lpld2"))
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every run (e.g. a small smoke run: data.train_subset=1000)")
-    ap.add_argument("--collect", action="store_true", help="run nothing; write the section from finished runs")
     return ap.parse_args(argv)
 
 
@@ -182,13 +179,10 @@ def report_table(args, res: dict[int, dict], chosen, out: list) -> str:
 def claim_row(out: list, proto: str, claim: str, where: str, diffs: dict, threshold: float = 0.0,
               above: bool = True) -> str:
     """One claims-table row (and its JSON row); ``diffs``: seed → difference in fractions (shown in points)."""
-    pts = [100 * d for d in diffs.values()]
-    _, lo, hi = paired_interval(pts)
-    v = verdict(lo, hi, threshold, above)
-    out.append(result_row({"part": "claims", "claim": claim, "where": where, "threshold_points": 100 * threshold,
-                           "above": above}, {s: 100 * d for s, d in diffs.items()}, proto, paired=True, verdict=v,
-                          unit="points"))
-    return f"| {claim} | {where} | {interval_text(pts, 2)} | {len(pts)} | {v} |"
+    pts = {s: 100 * d for s, d in diffs.items()}
+    v = compare(out, {"part": "claims", "claim": claim, "where": where, "threshold_points": 100 * threshold,
+                      "above": above}, pts, proto, threshold, above)
+    return md_row([claim, where, interval_text(list(pts.values()), 2), len(pts), v])
 
 
 def paired(a: dict, b: dict, fa: float, fb: float | None = None, sign: int = 1) -> dict:
@@ -259,30 +253,27 @@ def write(args, t0: float, status: str) -> None:
     head = header("LPLD study on Fashion-MNIST (validation-selected hyperparameters, paired seeds)",
                   commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
         f"Status: {status}; report seeds finished: {done or 'none'}.  \n"
-        f"Teacher: ConvNet-64, {teacher['epochs']} epochs on the train split less {args.holdout:,} held-out images "
-        f"(`data.holdout={args.holdout}`), top-1 {100 * teacher['top1']:.2f} % on the test split. Student: "
-        f"ConvNet-32, AdamW. Relabel batch 50 with CutMix (p 0.5); label pool `prefix` (the reference's). "
-        f"Recover {args.iterations} iterations at IPC 10, {args.iterations_ipc50} at IPC 50.  \n"
+        f"Teacher: ConvNet-64, {teacher['epochs']} epochs without {args.holdout:,} held-out train images, top-1 "
+        f"{100 * teacher['top1']:.2f} % on test. Student ConvNet-32, AdamW; CutMix 0.5; recover "
+        f"{args.iterations} / {args.iterations_ipc50} iterations at IPC 10 / 50.  \n"
         f"Chosen on the holdout split: {hp}.  \n"
-        f"Compute recorded by the runs: {compute_seconds(args) / 60:.0f} min (sum of stage seconds); this "
-        f"invocation: {(time.time() - t0) / 60:.1f} min wall.")
+        f"Compute: {compute_seconds(args) / 60:.0f} min recorded by the runs, {(time.time() - t0) / 60:.1f} min this "
+        "invocation.")
     rows: list[dict] = []
     parts = [
         head,
-        f"### Selection (cs, IPC 10; top-1 % on the **holdout** split, {args.holdout // 10} per class, never the "
-        "test split)\n\n"
-        "Mean ± std over the seeds listed; the chosen cell has the best mean of 1× and 40× over the seeds that "
-        "finished the whole grid.\n\n" + (selection_table(args, sel, chosen, rows) if sel else "(no run finished)"),
+        f"### Selection (cs, IPC 10; top-1 % on the **holdout** split, {args.holdout // 10} per class)\n\n"
+        "Chosen: the best mean of 1× and 40× over the seeds that finished the grid.\n\n"
+        + (selection_table(args, sel, chosen, rows) if sel else "(no run finished)"),
     ]
     if res:
         parts.append("### Report (top-1 % on the test split; mean ± std over the seeds listed, "
                      "the same seeds for every source)\n\n" + report_table(args, res, chosen, rows))
     if res or chosen:
         parts.append("### Claims (paired over seeds: same seed, same teacher, for both sides)\n\n"
-                     "95 % t-interval of the per-seed difference (Student t, n − 1 df). A claim reads **held** when "
-                     "the interval lies wholly on the claimed side of its threshold (0, or the stated margin), "
-                     "**did not hold** when wholly on the other side, else **not resolved**. Temperature rows are "
-                     "holdout accuracy from the selection runs.\n\n" + claims_table(args, res, sel, chosen, rows))
+                     "95 % t-interval of the per-seed difference; **held** / **did not hold** when it lies wholly on "
+                     "one side of the threshold. Temperature rows: holdout accuracy.\n\n"
+                     + claims_table(args, res, sel, chosen, rows))
     write_section(Path(args.out), "lpld_fmnist", "\n\n".join(parts), rows, commit=args.commit)
 
 
