@@ -181,7 +181,7 @@ def claim_row(out: list, proto: str, claim: str, where: str, diffs: dict, thresh
     """One claims-table row (and its JSON row); ``diffs``: seed → difference in fractions (shown in points)."""
     pts = {s: 100 * d for s, d in diffs.items()}
     v = compare(out, {"part": "claims", "claim": claim, "where": where, "threshold_points": 100 * threshold,
-                      "above": above}, pts, proto, threshold, above)
+                      "above": above}, pts, proto, 100 * threshold, above)  # pts and threshold in points
     return md_row([claim, where, interval_text(list(pts.values()), 2), len(pts), v])
 
 
