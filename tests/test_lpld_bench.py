@@ -73,3 +73,11 @@ def test_collect_chooses_on_holdout_and_pairs_seeds(tmp_path, monkeypatch):
     chosen = [r for r in rows if r["setting"].get("chosen")]
     assert {r["setting"]["factor"] for r in chosen} == {"1x", "40x", "mean of both"}
     assert all((r["setting"]["epochs"], r["setting"]["temperature"]) == (300, 1) for r in chosen)
+
+
+def test_little_loss_margin_is_compared_in_points():
+    """A drop of about 0.5 points (fractions 0.004-0.006) is within the 1-point margin: held, not 'did not hold'."""
+    out: list = []
+    row = bench.claim_row(out, "p", "cs loses little", "IPC 10", {0: 0.004, 1: 0.005, 2: 0.006},
+                          bench.LITTLE_LOSS / 100, False)
+    assert row.endswith("| held |") and out[0]["verdict"] == "held" and out[0]["setting"]["threshold_points"] == 1.0
