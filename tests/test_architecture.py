@@ -19,11 +19,13 @@ PKG = "labeldistill"
 # Layer of every module (a module may import modules of its own layer or below, never above).
 LAYERS = [
     ("root", {"labeldistill", "labeldistill.errors"}),
-    ("specs (no torch)", {"labeldistill.config_checks", "labeldistill.layout", "labeldistill.variants"}),
+    ("specs (no torch)", {"labeldistill.config_checks", "labeldistill.layout", "labeldistill.variants",
+                          "labeldistill.protocols"}),
     ("config (no torch)", {"labeldistill.config", "labeldistill.learn_labels.config"}),
     ("leaf", {"labeldistill.io", "labeldistill.runtime", "labeldistill.augment", "labeldistill.distributed",
               "labeldistill.resume", "labeldistill.training", "labeldistill.data", "labeldistill.models",
-              "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages"}),
+              "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages",
+              "labeldistill.hard_augment"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),
     ("jobs and outputs", {"labeldistill.api", "labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
@@ -35,7 +37,7 @@ STAGES = {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover"
           "labeldistill.labels.relabel", "labeldistill.labels.prune", "labeldistill.labels.generator",
           "labeldistill.learn_labels"}
 TORCH_FREE = {"labeldistill", "labeldistill.errors", "labeldistill.config_checks", "labeldistill.layout",
-              "labeldistill.variants", "labeldistill.config"}
+              "labeldistill.variants", "labeldistill.config", "labeldistill.protocols"}
 
 
 def _modules() -> dict[str, Path]:

@@ -123,7 +123,8 @@ def _hard_label_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
         out = {**RECOVER.settings(one, StageRef("recover", ref.mode)), "validate.epochs": one.validate.epochs,
                "relabel.epochs": one.relabel.epochs}
     relabel, vc = flat_settings("relabel", one.relabel), flat_settings("validate", one.validate)
-    return {**out, **{k: relabel[k] for k in _HARD_PROTOCOL}, **{k: vc[k] for k in _HARD_STUDENT}}
+    preset = {"validate.protocol": vc["validate.protocol"]} if one.validate.protocol else {}  # its batch and aug
+    return {**out, **{k: relabel[k] for k in _HARD_PROTOCOL}, **{k: vc[k] for k in _HARD_STUDENT}, **preset}
 
 
 def hard_label_names(cfg: Config) -> list[str]:
