@@ -28,8 +28,10 @@ from labeldistill.validate import train_hard_student
 
 # DC paper (Zhao et al., ICLR 2021, arXiv 2006.05929) Table 1, "Random" row, FashionMNIST: mean, std (top-1 %).
 PUBLISHED = {1: (51.4, 3.8), 10: (73.8, 0.7)}
-PUBLISHED_NOTE = ("DC paper Table 1, Random row (shared/ANCHORS.md §1; status there: unverified, "
-                  "see the note below the table)")
+PUBLISHED_NOTE = ("DC paper Table 1, Random row, as shared/ANCHORS.md §1 quotes it (status there: unverified; the "
+                  "paper's table could not be read with the tools available here, so these two numbers are "
+                  "second-hand). DC reports mean ± std over many models; the values here are over seeds, each a new "
+                  "subset and a new student")
 
 
 def one_row(protocol: str, ipc: int, seed: int, epochs: int | None, train, test) -> dict:
