@@ -508,16 +508,16 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     opt = make_optimizer(vc.optimizer, params, vc.lr, vc.momentum, vc.weight_decay)
     size = tuple(test.shape[1:])
     aug = hard_augmentation(recipe.augment if recipe else "crop_flip", size, rc.crop_scale, rc.flip)
-    batch = recipe.batch_size if recipe else rc.batch_size
+    bs = recipe.batch_size if recipe else rc.batch_size
     g = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = (len(data) + batch - 1) // batch
+    per_epoch = (len(data) + bs - 1) // bs
     total, t0 = epochs * per_epoch, time.time()
     lr = (schedule_lr(vc.schedule, vc.lr, [per_epoch] * epochs, vc.warmup_epochs) if recipe
           else lambda step: cosine_lr(vc.lr, step, total))
 
     def batches(epoch: int) -> Iterable:
         order = torch.randperm(len(data), generator=g)
-        return iter_batches(data, [order[i * batch:(i + 1) * batch] for i in range(per_epoch)], cfg.data.workers)
+        return iter_batches(data, [order[i * bs:(i + 1) * bs] for i in range(per_epoch)], cfg.data.workers)
 
     def loss(batch, epoch: int) -> torch.Tensor:
         images, labels = batch
