@@ -83,7 +83,7 @@ def main() -> None:
                                    {s: 100 * r["top1"] for s, r in res.items()}, protocol, unit="top-1 %",
                                    published=list(PUBLISHED[ipc]), verdict=v, train_minutes=round(cpu / 60, 2)))
             print(lines[-1], flush=True)
-    body = (header("Protocol check: random real Fashion-MNIST subsets under the dc / dsa presets") + "\n"
+    body = (header(f"Protocol check: random real Fashion-MNIST subsets under {' / '.join(args.protocols)}") + "\n"
             "A random class-balanced real subset (IPC images per class, drawn by the seed) with hard labels, trained "
             "by `labeldistill.validate.train_hard_student` under `validate.protocol` (DC ConvNet-128 with instance "
             "norm and DC's 28 → 32 px first-conv padding, SGD 0.01 / momentum 0.9 / weight decay 5e-4, lr × 0.1 after "
