@@ -19,14 +19,15 @@ PKG = "labeldistill"
 # Layer of every module (a module may import modules of its own layer or below, never above).
 LAYERS = [
     ("root", {"labeldistill", "labeldistill.errors"}),
-    ("specs (no torch)", {"labeldistill.layout", "labeldistill.variants"}),
+    ("specs (no torch)", {"labeldistill.layout", "labeldistill.variants", "labeldistill.protocols"}),
     ("config schema (no torch)", {"labeldistill.config.schema"}),
     ("config checks (no torch)", {"labeldistill.config.checks"}),
     ("config loader (no torch)", {"labeldistill.config", "labeldistill.config.loader",
                                   "labeldistill.learn_labels.config"}),
     ("leaf", {"labeldistill.io", "labeldistill.runtime", "labeldistill.augment", "labeldistill.distributed",
               "labeldistill.resume", "labeldistill.training", "labeldistill.data", "labeldistill.models",
-              "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages"}),
+              "labeldistill.provenance", "labeldistill.runner", "labeldistill.main_stages",
+              "labeldistill.hard_augment"}),
     ("stages", {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover", "labeldistill.validate",
                 "labeldistill.labels", "labeldistill.learn_labels"}),
     ("jobs and outputs", {"labeldistill.api", "labeldistill.pipeline", "labeldistill.plan", "labeldistill.report", "labeldistill.export",
@@ -39,7 +40,7 @@ STAGES = {"labeldistill.squeeze", "labeldistill.bnstats", "labeldistill.recover"
           "labeldistill.learn_labels"}
 TORCH_FREE = {"labeldistill", "labeldistill.errors", "labeldistill.layout", "labeldistill.variants",
               "labeldistill.config", "labeldistill.config.schema", "labeldistill.config.checks",
-              "labeldistill.config.loader", "labeldistill.learn_labels.config"}
+              "labeldistill.config.loader", "labeldistill.learn_labels.config", "labeldistill.protocols"}
 
 
 def _modules() -> dict[str, Path]:

@@ -18,6 +18,8 @@ per-image logits (x<factor> ...)`` with codec ``float32 logits`` and the bytes o
 target classes) and images = the uint8 ``base_images`` tensor of ``labels.safetensors`` (``N·C·H·W``), read from
 its header (``dd`` rows: the float32 ``dd_images`` tensor, ``N·C·H·W·4``, labelled "learned images");
 unknown bytes are shown as ``?`` and such a row is left out of the front and the budget choice.
+Rows of different evaluation protocols (``validate.protocol``; none = the project's recipe) are never ranked
+together: the leaderboard refuses such a mix (:func:`check_one_protocol`).
 Main-job rows scored on the ``holdout`` split (``validate.eval_split: holdout``) are left out: the table compares
 test-split accuracy.
 Their top-1 spread is over the meta-test repeats (``top1_all``) of every run given.
@@ -93,7 +95,7 @@ def _main_rows(rows: list[dict], run: str, dataset: str | None) -> list[dict]:
         out.append({"kind": "main", "run": run, "setting": setting, "images": r["recover"], "labels": labels,
                     "codec": _CODEC.get(source, r.get("logits", "fp16")), "student": _student(r),
                     "image_bytes": r.get("image_bytes"), "label_bytes": r.get("label_bytes"), "top1": [r["top1"]],
-                    "seeds": [r.get("seed")],
+                    "seeds": [r.get("seed")], "protocol": r.get("protocol"),
                     "match": (setting, *(str(r.get(k)) for k in _MAIN_KEY), _student(r)),
                     "hard_key": (setting, r["recover"], _student(r))})
     return out
@@ -118,7 +120,7 @@ def _hard_table_rows(hard: list[dict], run: str) -> list[dict]:
         images = r["images"] if not real else f"{REAL_TRAIN} ({r['n_images']} images)"
         out.append({"kind": "hard-label", "run": run, "setting": r["setting"], "images": images,
                     "labels": "hard (CE)", "codec": "-", "student": _student(r), "image_bytes": r.get("image_bytes"),
-                    "label_bytes": 0, "top1": [r["top1"]], "seeds": [r.get("seed")],
+                    "label_bytes": 0, "top1": [r["top1"]], "seeds": [r.get("seed")], "protocol": r.get("protocol"),
                     "match": None if real else (r["setting"], "hard", _student(r)),
                     "hard_key": None if real else (r["setting"], r["images"], _student(r))})
     return out
@@ -277,6 +279,23 @@ def _mark(table: list[dict], hard: list[dict]) -> None:
         r["pareto"] = r["total_bytes"] is not None and not _dominated(r, table)
 
 
+def check_one_protocol(rows: list[dict]) -> None:
+    """Refuse rows of more than one evaluation protocol (``validate.protocol``; a row without one is the project's
+    own recipe, ``project``): their accuracies come from different students and recipes and are not ranked
+    together.
+
+    Raises:
+        LabelDistillError: the protocols found and the runs that have each.
+    """
+    seen: dict[str, set] = {}
+    for r in rows:
+        seen.setdefault(r.get("protocol") or "project", set()).add(r["run"])
+    if len(seen) > 1:
+        which = "; ".join(f"{p}: {', '.join(sorted(runs))}" for p, runs in sorted(seen.items()))
+        raise LabelDistillError(f"leaderboard: rows of {len(seen)} evaluation protocols ({which}); rank the run "
+                                "directories of one validate.protocol at a time")
+
+
 def leaderboard(run_dirs: list[str | Path]) -> list[dict]:
     """The merged table over ``run_dirs``, sorted by total bytes (unknown last), then top-1 (best first).
 
@@ -290,7 +309,9 @@ def leaderboard(run_dirs: list[str | Path]) -> list[dict]:
     Raises:
         LabelDistillError: from :func:`load_rows`.
     """
-    table = _group([r for d in run_dirs for r in load_rows(d)])
+    rows = [r for d in run_dirs for r in load_rows(d)]
+    check_one_protocol(rows)
+    table = _group(rows)
     _mark(table, [h for d in run_dirs for h in load_hard_rows(d)])
     table.sort(key=lambda r: (r["total_bytes"] is None, r["total_bytes"] or 0, -r["top1_mean"]))
     for r in table:

@@ -10,12 +10,14 @@ its upstream stages' and no stage module imports another (docs/architecture.md).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .config import Config, student_specs
 from .data.owned import source_fingerprint
 from .layout import REAL_TRAIN, RunLayout, label_feed_tag
+from .protocols import hard_recipe
 from .provenance import (StageRef, data_settings, flat_settings, model_tag, student_config, validate_settings)
 from .runner import Stage
 from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_mode
@@ -124,7 +126,9 @@ def _hard_label_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
         out = {**RECOVER.settings(one, StageRef("recover", ref.mode)), "validate.epochs": one.validate.epochs,
                "relabel.epochs": one.relabel.epochs}
     relabel, vc = flat_settings("relabel", one.relabel), flat_settings("validate", one.validate)
-    return {**out, **{k: relabel[k] for k in _HARD_PROTOCOL}, **{k: vc[k] for k in _HARD_STUDENT}}
+    recipe = hard_recipe(one)  # the preset's hard-label batch, augmentation and epochs, by value
+    preset = {"validate.protocol": vc["validate.protocol"], "validate.protocol.hard": asdict(recipe)} if recipe else {}
+    return {**out, **{k: relabel[k] for k in _HARD_PROTOCOL}, **{k: vc[k] for k in _HARD_STUDENT}, **preset}
 
 
 def hard_label_names(cfg: Config) -> list[str]:

@@ -192,8 +192,8 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     ``loss: gift``, ``label_source`` only when not ``stored`` (with ``generator``: the ``generator`` section too),
     ``calibration`` and the ``lpqld_*`` keys only with ``calibration: lpqld``, ``eval_split`` only when not
     ``test``, ``sync_bn`` only when true, ``weight_decay_1d`` only when false, ``schedule`` only when not
-    ``cosine_step``, ``warmup_epochs`` only when not 0, ``eval_every`` only when set, so that results made before
-    these keys existed keep their fingerprints under the settings that reproduce them (the new defaults of
+    ``cosine_step``, ``warmup_epochs`` only when not 0, ``eval_every`` only when set, ``protocol`` only when set,
+    so that results made before these keys existed keep their fingerprints under the settings that reproduce them (the new defaults of
     ``weight_decay_1d`` and ``schedule`` are recorded: such results are stale under the defaults); never
     ``parallel`` (``students`` gives a one-process run's rows; ``data``'s world size is not recorded either)."""
     vc = cfg.validate
@@ -210,6 +210,7 @@ def validate_settings(cfg: Config) -> dict[str, Any]:
     drop += ["schedule"] if vc.schedule == "cosine_step" else []
     drop += ["warmup_epochs"] if vc.warmup_epochs == 0 else []
     drop += ["eval_every"] if vc.eval_every is None else []
+    drop += ["protocol"] if vc.protocol is None else []  # no preset: the settings as before the key existed
     for k in drop:
         out.pop(f"validate.{k}")
     if vc.label_source == "generator":

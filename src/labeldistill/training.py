@@ -61,6 +61,23 @@ def epoch_lr(base: float, epoch_lens: list[int], warmup_epochs: int = 0,
     return lambda step: warmup_cosine_lr(base, step, total, starts[min(warmup_epochs, epochs)])
 
 
+def step_decay_epoch(epochs: int) -> int:
+    """The first (0-based) epoch at ``0.1 · lr`` of the ``step`` schedule of an ``epochs``-epoch run: DC's
+    ``evaluate_synset`` (``VICO-UoE/DatasetCondensation`` ``utils.py``) trains ``Epoch + 1`` passes and drops the
+    learning rate after pass ``Epoch // 2 + 1``, so with ``epochs = Epoch + 1`` the drop is at ``ceil(epochs / 2) + 1``."""
+    return math.ceil(epochs / 2) + 1
+
+
+def schedule_lr(schedule: str, base: float, epoch_lens: list[int], warmup_epochs: int = 0) -> Callable[[int], float]:
+    """``lr(global step)`` of ``validate.schedule``: ``cosine_epoch`` / ``cosine_step`` (:func:`epoch_lr`) or
+    ``step`` (``base`` until :func:`step_decay_epoch`, then ``0.1 · base``; constant within an epoch)."""
+    if schedule != "step":
+        return epoch_lr(base, epoch_lens, warmup_epochs, schedule == "cosine_epoch")
+    starts = list(itertools.accumulate(epoch_lens, initial=0))
+    drop = starts[min(step_decay_epoch(len(epoch_lens)), len(epoch_lens))]
+    return lambda step: base if step < drop else 0.1 * base
+
+
 def decay_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) -> list[dict]:
     """Parameter groups for :func:`make_optimizer`: ``weight_decay`` on parameters of two or more dimensions and
     none on 1-D ones (BatchNorm weights and biases, every bias) unless ``decay_1d``.

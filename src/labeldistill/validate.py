@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
@@ -52,6 +51,7 @@ from .labels.pool import recipe_mismatch
 from .labels.sources import label_model_bytes, load_label_model, static_labels_file
 from .labels.store import LabelStore
 from .layout import REAL_TRAIN, LabelVariant, RunLayout
+from .hard_augment import hard_augmentation
 from .models import build_model
 from .main_stages import GENERATOR, HARD_LABEL, VALIDATE, label_feed_of
 from .provenance import (
@@ -62,10 +62,11 @@ from .provenance import (
     model_tag,
     student_config,
 )
+from .protocols import hard_recipe
 from .runner import Stage, check_unit, run_unit
 from .runtime import autocast, is_rank0, pick_device
-from .training import (Checkpointer, StepGuard, cosine_lr, decay_groups, epoch_lr, evaluate, evaluate_topk, fit,
-                       make_optimizer)
+from .training import (Checkpointer, StepGuard, cosine_lr, decay_groups, evaluate, evaluate_topk, fit,
+                       make_optimizer, schedule_lr)
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -178,6 +179,8 @@ def _resume_settings(vc) -> dict:
     checkpoints written before they existed stay usable)."""
     d = config_to_dict(vc)
     d.pop("parallel")
+    if vc.protocol is None:
+        d.pop("protocol")
     if not vc.sync_bn:
         d.pop("sync_bn")
     if vc.label_source == "stored":
@@ -249,8 +252,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
     loss, end_epoch = _student_step(cfg, net, feed, device, log, desc, epochs, score, history)
     t0 = time.time()
     fit(student, opt, epochs=epochs, total=total,
-        lr=epoch_lr(vc.lr, [sampler.epoch_len(e) for e in range(epochs)], vc.warmup_epochs,
-                    vc.schedule == "cosine_epoch"),
+        lr=schedule_lr(vc.schedule, vc.lr, [sampler.epoch_len(e) for e in range(epochs)], vc.warmup_epochs),
         batches=_epoch_batches(lambda start: _batches(cfg, store, data, feed, epochs, replay, start, seed)),
         loss=loss, guard=StepGuard("student", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"),
         checkpoint=ckpt, end_epoch=end_epoch, desc=desc, leave=False)
@@ -436,6 +438,7 @@ def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_pa
         "label_bytes": store.bytes_on_disk() if weights is None else label_model_bytes(weights), "image_bytes": image_bytes(layout.images_dir(mode)),
         "kept_steps": len(store), "student": cfg.validate.model.name, "student_args": dict(cfg.validate.model.args),
         "seed": cfg.seed, "repeat": ref.repeat, "student_seed": cfg.seed + ref.repeat, "recipe": _recipe(cfg.validate),
+        "protocol": cfg.validate.protocol,
         **_identity(VALIDATE, cfg, ref), **res, "model_file": str(student_file.relative_to(layout.root)),
         "pool": v.pool, "replay": v.replay_mode, "loss": cfg.validate.loss, "eval_split": cfg.validate.eval_split,
         **({"gift_alpha": cfg.validate.gift_alpha, "gift_smoothing": cfg.validate.gift_smoothing}
@@ -483,6 +486,8 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     weight decay with a cosine schedule over all steps; each epoch a seeded permutation in batches of
     ``relabel.batch_size``; RandomResizedCrop(``relabel.crop_scale``) + horizontal flip (``relabel.flip``)
     through kornia; no CutMix; normalised with ``test``'s mean and std; the last model is evaluated.
+    Under ``validate.protocol`` the preset's batch size and augmentation (:func:`labeldistill.protocols.hard_recipe`,
+    applied to the normalised images) and the ``validate`` schedule, momentum and 1-D weight decay instead.
 
     Args:
         data: uint8 images ``(N, C, H, W)`` with int64 labels ``(N,)`` (in memory or lazy).
@@ -495,30 +500,34 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     Raises:
         LabelDistillError: the loss became NaN or infinite.
     """
-    vc, relabel_cfg = cfg.validate, cfg.relabel
+    vc, relabel_cfg, recipe = cfg.validate, cfg.relabel, hard_recipe(cfg)
     device = pick_device(cfg.device, cfg.deterministic)
     torch.manual_seed(cfg.seed)  # student initialisation and kornia's sampling
     student = build_model(vc.model, test.num_classes, test.shape).to(device).to(memory_format=torch.channels_last)
-    opt = make_optimizer(vc.optimizer, student.parameters(), vc.lr, vc.momentum, vc.weight_decay)
-    aug = nn.Sequential(K.RandomResizedCrop(tuple(test.shape[1:]), scale=tuple(relabel_cfg.crop_scale)),
-                        K.RandomHorizontalFlip() if relabel_cfg.flip else nn.Identity())
+    params = decay_groups(student, vc.weight_decay, vc.weight_decay_1d) if recipe else student.parameters()
+    opt = make_optimizer(vc.optimizer, params, vc.lr, vc.momentum, vc.weight_decay)
+    size = tuple(test.shape[1:])
+    aug = hard_augmentation(recipe.augment if recipe else "crop_flip", size, relabel_cfg.crop_scale, relabel_cfg.flip)
+    bs = recipe.batch_size if recipe else relabel_cfg.batch_size
     g = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = (len(data) + relabel_cfg.batch_size - 1) // relabel_cfg.batch_size
+    per_epoch = (len(data) + bs - 1) // bs
     total, t0 = epochs * per_epoch, time.time()
+    lr = (schedule_lr(vc.schedule, vc.lr, [per_epoch] * epochs, vc.warmup_epochs) if recipe
+          else lambda step: cosine_lr(vc.lr, step, total))
 
     def batches(epoch: int) -> Iterable:
         order = torch.randperm(len(data), generator=g)
-        b = relabel_cfg.batch_size
-        return iter_batches(data, [order[i * b:(i + 1) * b] for i in range(per_epoch)], cfg.data.workers)
+        return iter_batches(data, [order[i * bs:(i + 1) * bs] for i in range(per_epoch)], cfg.data.workers)
 
     def loss(batch, epoch: int) -> torch.Tensor:
         images, labels = batch
-        x = normalize(aug(images.float().div_(255)), test.mean, test.std)
+        x = images.float().div_(255)
+        x = aug(normalize(x, test.mean, test.std)) if recipe else normalize(aug(x), test.mean, test.std)
         with autocast(device, cfg.autocast):
             out = student(x.to(device).contiguous(memory_format=torch.channels_last))
         return F.cross_entropy(out.float(), labels.to(device))
 
-    fit(student, opt, epochs=epochs, total=total, lr=lambda step: cosine_lr(vc.lr, step, total), batches=batches,
+    fit(student, opt, epochs=epochs, total=total, lr=lr, batches=batches,
         loss=loss, guard=StepGuard("hard-label", "validate.lr", lambda epoch, i, step: f"step {step} ({desc})"),
         desc=desc, leave=False)
     top1 = evaluate(student, test, test.mean, test.std, device, vc.eval_batch_size)
@@ -566,10 +575,13 @@ def _train_hard_label(cfg: Config, ref: StageRef, layout: RunLayout, out: Path) 
     else:
         data, meta = load_synthetic(layout.images_dir(images), test.mean, test.std)
         nbytes, epochs = image_bytes(layout.images_dir(images)), cfg.validate.epochs or cfg.relabel.epochs
+        if (recipe := hard_recipe(cfg)) is not None:
+            epochs = recipe.epochs
     res = train_hard_student(cfg, data, test, epochs, desc=f"hard-label[{images}]")
     row = {"images": images, "source": meta.get("source", "synthesis"), "ipc": meta.get("ipc"),
            "n_images": len(data), "image_bytes": nbytes, "label_bytes": 0, "student": cfg.validate.model.name,
-           "student_args": dict(cfg.validate.model.args), "seed": cfg.seed, **_identity(HARD_LABEL, cfg, ref),
+           "student_args": dict(cfg.validate.model.args), "seed": cfg.seed, "protocol": cfg.validate.protocol,
+           **_identity(HARD_LABEL, cfg, ref),
            **res}
     if is_rank0():
         atomic_write_json(out, row)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..protocols import apply_protocol
 from .checks import check_config, unknown_key_message
 from .schema import STUDENT_RECIPE, Config, ModelConfig, StudentSpec
 
@@ -153,6 +154,8 @@ def resolve_config(cfg: Config) -> Config:
 
     - ``autocast``: YAML reads a bare ``on`` / ``off`` as the booleans ``True`` / ``False``: they become ``bf16`` /
       ``off``.
+    - ``validate.protocol``: the preset's values fill the ``validate`` keys (:func:`~labeldistill.protocols.apply_protocol`;
+      a key set to another value is refused).
     - ``validate.students``: each entry (a bare model name, or a ``{name, args, lr, optimizer, epochs,
       weight_decay}`` mapping) becomes a :class:`~labeldistill.config.schema.StudentSpec`.
 
@@ -160,11 +163,14 @@ def resolve_config(cfg: Config) -> Config:
     data layer (:func:`labeldistill.data.presets.resolve_augmentation`), since they need the dataset registry.
 
     Raises:
-        ConfigError: a ``validate.students`` entry that is neither a name nor such a mapping.
+        ConfigError: a ``validate.students`` entry that is neither a name nor such a mapping; a protocol preset
+            contradicted by an explicit key (or by ``validate.students``).
     """
     autocast = ("bf16" if cfg.autocast else "off") if isinstance(cfg.autocast, bool) else cfg.autocast
     students = [_parse_student(s, f"validate.students[{i}]") for i, s in enumerate(cfg.validate.students)]
-    return dataclasses.replace(cfg, autocast=autocast, validate=dataclasses.replace(cfg.validate, students=students))
+    out = dataclasses.replace(cfg, autocast=autocast, validate=dataclasses.replace(cfg.validate, students=students))
+    apply_protocol(out)  # sets the new config's validate keys; ``cfg`` keeps its own section
+    return out
 
 
 def _parse_student(item: Any, where: str) -> StudentSpec:

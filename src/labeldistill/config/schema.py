@@ -251,8 +251,9 @@ class ValidateConfig:
             default) exempts them, as the LPLD / SRe2L reference students do (LPLD ``relabel_and_validate/utils.py``,
             ``get_parameters``); ``true`` is the behaviour before this key existed.
         schedule: ``cosine_epoch`` (the default: the learning rate is set once per epoch and is constant within
-            it, as LPLD's ``train_FKD_label_pruning_batch.py`` steps its ``LambdaLR`` once per epoch) or
-            ``cosine_step`` (set at every step: the behaviour before this key existed).
+            it, as LPLD's ``train_FKD_label_pruning_batch.py`` steps its ``LambdaLR`` once per epoch),
+            ``cosine_step`` (set at every step: the behaviour before this key existed) or ``step`` (DC's
+            ``evaluate_synset``: ``lr`` until epoch ``ceil(E / 2)``, then ``0.1 · lr``; no warm-up).
         warmup_epochs: linear warm-up from ``0.01 · lr`` over this many epochs before the cosine, as the LPLD
             Tiny-ImageNet SGD student does (``LinearLR(start_factor=0.01)`` for 5 epochs); ``0`` (the default): none.
         eval_every: also score the student on the eval split every this many epochs (row field ``history``);
@@ -293,6 +294,9 @@ class ValidateConfig:
             data-parallel over every rank, each stored step split ``rank::world``, evaluation sharded over the
             ranks) or ``students`` (each rank trains whole students: the validate units go round-robin to the
             ranks, each run as a single process, so its rows equal a one-process run's). No effect without torchrun.
+        protocol: an evaluation protocol preset (``dc``, ``dsa``, ``sre2l``, ``lpld``, ``ddranking``;
+            :mod:`labeldistill.protocols`) that sets the student and its recipe the way that table evaluates;
+            ``None`` (the default): this section's keys as given. Rows record it (``protocol``).
         sync_bn: ``parallel: data`` under torchrun: convert the student's BatchNorm layers to SyncBatchNorm (batch
             statistics over the whole global batch, as one process computes them; CUDA only).
     """
@@ -326,6 +330,7 @@ class ValidateConfig:
     warmup_epochs: int = 0
     eval_every: int | None = None
     repeats: int = 1
+    protocol: str | None = None
 
 
 @dataclass
@@ -382,7 +387,7 @@ LABEL_SOURCES = ("stored", "generator", "online", "static")
 CALIBRATIONS = ("none", "lpqld")
 EVAL_SPLITS = ("test", "holdout")
 AUTOCAST_MODES = ("bf16", "off")
-SCHEDULES = ("cosine_epoch", "cosine_step")
+SCHEDULES = ("cosine_epoch", "cosine_step", "step")
 """The choices of ``validate.loss``, ``validate.label_source``, ``validate.calibration``, ``validate.eval_split``,
 ``autocast`` and ``validate.schedule`` (checked by :mod:`labeldistill.config.checks`)."""
 

@@ -22,18 +22,21 @@ def _norm(kind: str, ch: int) -> nn.Module:
 class ConvNet(nn.Module):
     """``features`` (depth conv blocks) then a linear ``classifier``.
 
-    Input ``(N, in_channels, S, S)``; output logits ``(N, num_classes)``.
+    Input ``(N, in_channels, S, S)``; output logits ``(N, num_classes)``. ``dc_padding``: pad the first conv by
+    3 pixels when ``in_channels == 1``, as DC's ``networks.py`` does (28 px inputs become 32 px feature maps:
+    ``VICO-UoE/DatasetCondensation`` at 306245d, ``ConvNet._make_layers``); otherwise every conv pads by 1.
     """
 
     def __init__(self, num_classes: int, in_channels: int, image_size: int, width: int = 128, depth: int = 3,
-                 norm: str = "batch"):
+                 norm: str = "batch", dc_padding: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         ch, size = in_channels, image_size
-        for _ in range(depth):
-            layers += [nn.Conv2d(ch, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True),
+        for d in range(depth):
+            pad = 3 if dc_padding and d == 0 and in_channels == 1 else 1
+            layers += [nn.Conv2d(ch, width, 3, padding=pad), _norm(norm, width), nn.ReLU(inplace=True),
                        nn.AvgPool2d(2)]
-            ch, size = width, size // 2
+            ch, size = width, (size + 2 * pad - 2) // 2
         if size < 1:
             raise RegistryError(f"convnet depth {depth} is too deep for {image_size}px images")
         self.features = nn.Sequential(*layers)
@@ -50,5 +53,5 @@ class ConvNet(nn.Module):
 
 @register_model("convnet")
 def convnet(num_classes: int, in_channels: int, image_size: int, width: int = 128, depth: int = 3,
-            norm: str = "batch") -> nn.Module:
-    return ConvNet(num_classes, in_channels, image_size, width, depth, norm)
+            norm: str = "batch", dc_padding: bool = False) -> nn.Module:
+    return ConvNet(num_classes, in_channels, image_size, width, depth, norm, dc_padding)
