@@ -1,15 +1,9 @@
-"""The push (section ``fmnist_push``): a Fashion-MNIST IPC 10 set with label bytes <= image bytes under DC's own
-student (``validate.protocol=dc``: ConvNet-128, instance norm, SGD 0.01, step decay, 301 epochs) against DSA's
-84.6 % (stretch: RCIG's 88.5 %). One lever at a time against the base recipe, paired seeds, holdout split; the
-best recipe (every lever's holdout-best value, kept only if it beats the base on holdout) then runs on the test
-split over 5 seeds beside random real images with hard labels under the same preset. Resumable.
-
-    OMP_NUM_THREADS=1 python -m bench.fmnist_push        # selection (3 seeds), then the test rows (5 seeds)
-    python -m bench.fmnist_push --collect                # the section from whatever runs have finished
-
-Not run (CPU): the whole-data upper bound under the same student, the best recipe at IPC 1 / 50, a ResNet-18
-teacher; a fixed published number is not paired: the anchor rows use the one-sample 95 % t-interval of the
-seeds' top-1 minus the number.
+"""The push (section ``fmnist_push``): Fashion-MNIST IPC 10, label bytes <= image bytes, under DC's student
+(``validate.protocol=dc``) against DSA's 84.6 % (stretch: RCIG's 88.5 %). One lever at a time against the base
+recipe on the holdout split (paired seeds); the best recipe then runs on the test split (5 seeds) beside random
+real images with hard labels under the same preset; against a published number the interval is one-sample.
+Resumable: ``OMP_NUM_THREADS=1 python -m bench.fmnist_push`` (``--collect``: only write the section).
+TODO (CPU): the whole-data upper bound under this student, the best recipe at IPC 1 / 50, a ResNet-18 teacher.
 """
 
 from __future__ import annotations
@@ -63,18 +57,16 @@ def recipe_overrides(args, r: dict, split: str) -> list[str]:
 
 
 def teacher_dir(args, epochs: int) -> Path:
-    """``teacher_e<epochs>``: the teacher and class statistics every run with that teacher copies."""
-    cfg = config(args, f"teacher_e{epochs}", 0, recipe_overrides(args, {**BASE, "teacher": epochs}, "holdout")
-                 + ["recover.modes=[]"])
+    """``teacher_e<epochs>``: the teacher every run with that many teacher epochs loads."""
+    cfg = config(args, f"teacher_e{epochs}", 0, recipe_overrides(args, {**BASE, "teacher": epochs}, "holdout"))
     run_stage(cfg, "squeeze")
-    run_stage(cfg, "class-stats")
     return cfg.run_path
 
 
 def job(args, split: str, seed: int, r: dict, hard: bool = False):
     """Run recipe ``r`` for ``seed`` on ``split`` (``hard``: only random real images with hard labels, test split);
-    the teacher is :func:`teacher_dir`'s (``squeeze.checkpoint``), images and full label stores from any finished run of this seed
-    made with the same settings (the ledger decides)."""
+    the teacher is :func:`teacher_dir`'s (``squeeze.checkpoint``), images and full label stores come from any
+    finished run of this seed made with the same settings (the ledger decides)."""
     nm = f"test_s{seed}_hard" if hard else name(split, seed, r)
     teacher = teacher_dir(args, r["teacher"]) / "teacher" / "model.safetensors"  # one teacher for every seed
     cfg = config(args, nm, seed, recipe_overrides(args, r, split) + [f"squeeze.checkpoint={teacher}"])
@@ -89,18 +81,12 @@ def job(args, split: str, seed: int, r: dict, hard: bool = False):
     return hard_label(cfg, mode)
 
 
-def top1(args, split: str, seed: int, r: dict) -> dict | None:
-    """The one row of a finished run (top-1 in %), else None."""
-    res = finished_results(Path(args.runs) / name(split, seed, r))
-    if not res:
-        return None
-    (row,) = res["rows"]
-    assert row["eval_split"] == split
-    return {**row, "top1": 100 * row["top1"]}
-
-
 def by_seed(args, split: str, r: dict, seeds) -> dict:
-    return {s: row for s in seeds if (row := top1(args, split, s, r))}
+    """``{seed: the row of its finished run, top-1 in %}`` (each run has one row)."""
+    res = {s: finished_results(Path(args.runs) / name(split, s, r)) for s in seeds}
+    rows = {s: {**x["rows"][0], "top1": 100 * x["rows"][0]["top1"]} for s, x in res.items() if x}
+    assert all(len(res[s]["rows"]) == 1 and x["eval_split"] == split for s, x in rows.items())
+    return rows
 
 
 def fits(row: dict) -> bool:
@@ -122,14 +108,12 @@ def choose(args) -> dict:
 
 
 def final_recipe(args, best: dict) -> dict | None:
-    """``best`` if it beats the base in mean holdout top-1 over the seeds both finished, the base if not; None
-    while the selection is unfinished."""
-    if best == BASE:
-        return BASE if by_seed(args, "holdout", BASE, args.select_seeds) else None
-    a, b = by_seed(args, "holdout", best, args.select_seeds), by_seed(args, "holdout", BASE, args.select_seeds)
-    seeds = sorted(set(a) & set(b))
-    return None if len(seeds) < len(args.select_seeds) else \
-        best if sum(a[s]["top1"] - b[s]["top1"] for s in seeds) > 0 else BASE
+    """``best`` if its mean holdout top-1 beats the base's over every selection seed, else the base; None until
+    both finished every selection seed."""
+    a, b = (by_seed(args, "holdout", r, args.select_seeds) for r in (best, BASE))
+    if len(set(a) & set(b)) < len(args.select_seeds):
+        return None
+    return best if sum(a[s]["top1"] - b[s]["top1"] for s in a) > 0 else BASE
 
 
 def lever_table(args, best: dict, out: list) -> str:
@@ -173,13 +157,13 @@ def write(args, t0: float, status: str) -> None:
     teachers = {e: load_json(Path(args.runs) / f"teacher_e{e}" / "teacher" / "teacher.json") for e in (15, 3)}
     head = header("The push: Fashion-MNIST IPC 10 under DC's student, label bytes ≤ image bytes",
                   commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
-        f"Status: {status}{'' if status == 'complete' else ' (**partial**: the rows below are the finished runs)'}.  \n"
-        "Teachers (ConvNet-64, without the held-out images), test top-1: " + ", ".join(
-            f"{e} epochs {100 * t['top1']:.2f} %" for e, t in teachers.items() if t) + ".  \n"
-        f"Base recipe: {BASE} (codec `<logits>x<prune factor>`; relabel batch 50, CutMix 0.5, pool `prefix`). "
-        "The dc preset fixes the student's 301 epochs; the relabel lever changes only the stored epochs.  \n"
-        f"Compute: {compute_seconds(args) / 60:.0f} min recorded by the runs, {(time.time() - t0) / 60:.1f} min "
-        "this invocation.")
+        f"Status: {status}{'' if status == 'complete' else ' (**partial**: only the finished runs below)'}.  \n"
+        "Teachers (ConvNet-64 without the holdout images; one per teacher length, shared by every seed), test "
+        "top-1: " + ", ".join(f"{e} epochs {100 * t['top1']:.2f} %" for e, t in teachers.items() if t) + ".  \n"
+        f"Base recipe: {BASE} (codec `<logits>x<prune factor>`; relabel batch 50, CutMix 0.5, pool `prefix`, "
+        f"recover {args.iterations} iterations). The dc preset fixes the student's 301 epochs: the relabel lever "
+        f"changes only the stored epochs.  \nCompute: {compute_seconds(args) / 60:.0f} min recorded by the runs, "
+        f"{(time.time() - t0) / 60:.1f} min this invocation. {__doc__.splitlines()[-1]}")
     rows: list[dict] = []
     parts = [head, f"### Levers (holdout split, {args.holdout // 10} per class; seeds {args.select_seeds})\n\n"
              "Paired difference: 95 % t-interval over seeds. Chosen: best mean within the byte budget.\n\n"
