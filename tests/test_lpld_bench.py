@@ -81,3 +81,46 @@ def test_little_loss_margin_is_compared_in_points():
     row = bench.claim_row(out, "p", "cs loses little", "IPC 10", {0: 0.004, 1: 0.005, 2: 0.006},
                           bench.LITTLE_LOSS / 100, False)
     assert row.endswith("| held |") and out[0]["verdict"] == "held" and out[0]["setting"]["threshold_points"] == 1.0
+
+
+def _push_run(root: Path, name: str, top1: float, split: str, label_bytes: int = 30_000) -> None:
+    _write(root, name, [{"recover": "cs", "prune_factor": 10.0, "top1": top1, "eval_split": split,
+                         "label_bytes": label_bytes, "image_bytes": 65_000}])
+
+
+def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_path):
+    """fmnist_push --collect: T 4 wins its lever, fp16x10 wins on accuracy but is over the byte budget (not
+    chosen); the combined recipe beats the base on holdout, so its test rows are the final ones; DSA's 84.6 is
+    beaten (one-sample interval above 0), RCIG's 88.5 unresolved (interval spans 0)."""
+    from bench import fmnist_push as push
+
+    runs, out, base = tmp_path / "runs", tmp_path / "B.md", push.BASE
+    t4, fp16 = {**base, "T": 4.0}, {**base, "codec": "fp16x10"}
+    for seed in (0, 1, 2):
+        _push_run(runs, push.name("holdout", seed, base), 0.80 + 0.01 * seed, "holdout")
+        _push_run(runs, push.name("holdout", seed, {**base, "T": 1.0}), 0.78 + 0.01 * seed, "holdout")
+        _push_run(runs, push.name("holdout", seed, t4), 0.81 + 0.01 * seed + 0.001 * seed, "holdout")
+        _push_run(runs, push.name("holdout", seed, fp16), 0.90, "holdout", label_bytes=70_000)
+        _push_run(runs, push.name("test", seed, t4), [0.870, 0.875, 0.880][seed], "test")
+        _push_run(runs, push.name("test", seed, base), 0.99, "test")  # not the final recipe: ignored
+        hard = runs / f"test_s{seed}_hard" / "hard_label" / "convnet" / "random_real.json"
+        hard.parent.mkdir(parents=True)
+        hard.write_text(json.dumps({"top1": 0.74}))
+    assert push.name("holdout", 0, t4) == "holdout_s0_T4" and push.choose(push.parse_args([])) == base
+    args = ["--collect", "--runs", str(runs), "--out", str(out), "--select-seeds", "0", "1", "2", "--seeds", "0", "1",
+            "2"]
+    push.main(args)
+    assert push.choose(push.parse_args(args)) == t4
+    lines = out.read_text().splitlines()
+    row = {(c[1].strip(), c[2].strip()): c for c in (line.split("|") for line in lines if line.startswith("| "))}
+    assert row[("T", "4.0")][-2].strip() == "yes" and row[("T", "4.0")][5].strip().startswith("+1.10 [")
+    assert row[("codec", "fp16x10")][4].strip() == "70,000 / 65,000 (over)" and not row[("codec", "fp16x10")][-2].strip()
+    final = next(line for line in lines if line.startswith("| best recipe {"))
+    assert "'T': 4.0" in final and "| 87.5 ± 0.4 | [0, 1, 2] |" in final
+    assert "| random real, hard labels (the dc preset's hard recipe) | 74.0 ± 0.0 | [0, 1, 2] |" in lines
+    dsa = next(line for line in lines if "beats DSA's 84.6" in line)
+    assert dsa.endswith("| +2.90 [+1.66, +4.14] | 3 | held |")  # one-sample t: mean 2.9, sd 0.5, t 4.303
+    rows = json.loads((tmp_path / "docs" / "results" / "fmnist_push.json").read_text())["rows"]
+    anchor = next(r for r in rows if r["setting"].get("claim", "").startswith("best recipe beats DSA"))
+    assert anchor["values"] == pytest.approx([2.4, 2.9, 3.4]) and anchor["verdict"] == "held"
+    assert next(line for line in lines if "beats RCIG's 88.5" in line).endswith("| -1.00 [-2.24, +0.24] | 3 | not resolved |")
