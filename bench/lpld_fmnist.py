@@ -56,14 +56,22 @@ def config(args, name: str, seed: int, extra: list[str]):
 
 
 def run_dir_job(args, name: str, seed: int, extra: list[str], donors: dict[str, Path]) -> dict:
-    """The main job in ``<runs>/<name>`` (teacher and class statistics from ``base``, other outputs from
-    ``donors``: relative path → donor run directory; each copy counts only with its donor's ledger record, see
-    :func:`bench.study.seed_run_from`); returns its results.json content."""
-    root, cfg = Path(args.runs) / name, config(args, name, seed, extra)
-    seed_run_from(Path(args.runs) / "base", root, ["teacher", "class_stats"], cfg)
+    """The main job in ``<runs>/<name>`` (the teacher: ``base``'s, loaded through ``squeeze.checkpoint`` so every
+    seed shares it; other outputs from ``donors``: relative path → donor run directory, copied only when the
+    donor's ledger records them with this run's settings, see :func:`bench.study.seed_run_from`); returns its
+    results.json content."""
+    teacher = Path(args.runs) / "base" / "teacher" / "model.safetensors"
+    root, cfg = Path(args.runs) / name, config(args, name, seed, extra + [f"squeeze.checkpoint={teacher}"])
     for rel, donor in donors.items():
-        seed_run_from(donor, root, [rel], cfg)
+        seed_run_from(donor, root, [rel], cfg, stages=(_stage_of(rel),))
     return run(cfg)
+
+
+def _stage_of(rel: str) -> str:
+    """The ledger key of a copied part: ``images/<mode>`` → ``recover[<mode>]``, ``labels/<mode>/...`` →
+    ``relabel[<mode>]``."""
+    kind, mode = rel.split("/")[:2]
+    return f"{'recover' if kind == 'images' else 'relabel'}[{mode}]"
 
 
 def sel_name(seed: int, epochs: int, temp: float) -> str:
