@@ -259,6 +259,7 @@ def test_recover_reports_rounding_off_the_grid(exported, tmp_path, capsys):
     """Float pixels off the 1/255 grid: rounded for the PNG set, with the largest error and the teacher's top-1
     before and after in images.json and one warning line."""
     from labeldistill.recover import own_images
+    from labeldistill.variants import resolve_mode
 
     cfg, out = exported
     meta = json.loads((out / "meta.json").read_text())
@@ -266,8 +267,8 @@ def test_recover_reports_rounding_off_the_grid(exported, tmp_path, capsys):
     x = x + torch.where(x < 0, 0.4, -0.4) / 255 / meta["normalization"]["std"][0]  # 0.4 grey levels off
     d = _tensor_set(tmp_path / "off", x, torch.load(out / "labels.pt"), meta)
     teacher, info = load_teacher(RunLayout(cfg.run_path).teacher_dir, torch.device("cpu"))
-    images, extra, logits = own_images("off", {"source": "tensor", "path": str(d)}, teacher, info,
-                                       torch.device("cpu"), "off")
+    mode = resolve_mode("off", {"off": {"source": "tensor", "path": str(d)}})
+    images, extra, logits = own_images("off", mode, teacher, info, torch.device("cpu"), "off")
     q = extra["quantised"]
     assert 0.39 < q["max_error_grey_levels"] <= 0.5 and 0 <= q["teacher_top1_before"] <= 1
     assert torch.equal(logits, torch.load(out / "labels.pt")) and images.shape == x.shape
@@ -278,8 +279,9 @@ def test_recover_reports_rounding_off_the_grid(exported, tmp_path, capsys):
 def test_dry_run_row_of_a_corrupt_tensor_set_is_one_data_error(tmp_path):
     """The dry run reads a tensor set's labels.pt through the same safe reader as recover (DataError, not a traceback)."""
     from labeldistill.plan.stages import _own_row
+    from labeldistill.variants import resolve_mode
 
     torch.save(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), tmp_path / "images.pt")
     (tmp_path / "labels.pt").write_bytes(b"PK\x03\x04 not a torch file")
     with pytest.raises(DataError, match="labels.pt"):
-        _own_row({"source": "tensor", "path": str(tmp_path)}, ["a", "b"], (1, 8, 8))
+        _own_row(resolve_mode("t", {"t": {"source": "tensor", "path": str(tmp_path)}}), ["a", "b"], (1, 8, 8))
