@@ -359,15 +359,25 @@ def _metatest_rows(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, tor
     return rows
 
 
+# Keys (dotted) that change no result: left out of the settings fingerprint and of the "changed keys" list.
+_NO_EFFECT = frozenset({"name", "run_dir", "threads", "device", "plot_examples", "meta.checkpoint_seconds"})
+
+
 def settings_fingerprint(cfg: LearnLabelsConfig) -> str:
     """Fingerprint of every setting that can change a result (the config without ``name``, ``run_dir``,
-    ``threads``, ``device`` and ``plot_examples``): the resume file's key, recorded in ``results.json``."""
+    ``threads``, ``device``, ``plot_examples`` and ``meta.checkpoint_seconds``): the resume file's key, recorded
+    in ``results.json``."""
     return settings_key("learn-labels", _settings(cfg))
 
 
+def _without_no_effect(d: dict, prefix: str = "") -> dict:
+    """``d`` (a config as nested dicts) without the :data:`_NO_EFFECT` keys, at any depth."""
+    return {k: _without_no_effect(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in d.items() if f"{prefix}{k}" not in _NO_EFFECT}
+
+
 def _settings(cfg: LearnLabelsConfig) -> dict:
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads", "device",
-                                                                        "plot_examples")}
+    return _without_no_effect(config_to_dict(cfg))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -390,8 +400,7 @@ def finished_state(cfg: LearnLabelsConfig) -> tuple[str, list[str]]:
     if recorded == settings_fingerprint(cfg):
         return "done", []
     try:
-        old = _flatten({k: v for k, v in (yaml.safe_load((cfg.run_path / "config.yaml").read_text()) or {}).items()
-                        if k not in ("name", "run_dir", "threads", "device", "plot_examples")})
+        old = _flatten(_without_no_effect(yaml.safe_load((cfg.run_path / "config.yaml").read_text()) or {}))
     except (OSError, yaml.YAMLError, AttributeError):
         old = {}
     new = _flatten(_settings(cfg))
