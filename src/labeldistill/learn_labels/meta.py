@@ -8,6 +8,8 @@ recorded lengths (or the current length if no reset happened yet), its error on 
 split is measured, and the labels with the lowest validation error are kept together with that step count.
 DD (:mod:`.dd`) runs the same loop with fixed one-hot labels and learned images: the meta-learner's
 ``base_images`` gives the images the validation model trains on, and the best images are kept with the labels.
+With a :class:`MetaCheckpoint` the loop saves its whole state at the end of an epoch (at most every
+``meta.checkpoint_seconds``) and a killed run continues from the last save with the same bytes (CPU).
 """
 
 from __future__ import annotations
