@@ -60,7 +60,7 @@ def fault_point(name: str) -> None:
 
     A fault-injection hook for the test suite: it makes "killed right after the n-th unit of work of a
     stage" reproducible (units: ``squeeze-epoch``, ``recover-group``, ``relabel-shard``, ``generator-epoch``,
-    ``validate-epoch``).
+    ``validate-epoch``, ``meta-epoch``).
     Without the variable it does nothing.
     """
     spec = os.environ.get("LABELDISTILL_KILL_AT")

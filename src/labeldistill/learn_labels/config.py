@@ -128,6 +128,10 @@ class MetaConfig:
         last_batch: ``keep`` (default; the reference's target loader keeps the short last batch of each epoch:
             ``⌈M / outer_batch⌉`` label updates per epoch, 400 × ⌈50,000 / 1,024⌉ = 19,600 on MNIST) or
             ``drop`` (``⌊M / outer_batch⌋``; this project's behaviour before 2026-12-06).
+        checkpoint_seconds: save the meta-training loop's whole state (labels or images, online model, optimisers,
+            plateau tracker, RNG states, best snapshot) into the run's resume file at the end of an epoch, at most
+            this often (seconds; ``0``: every epoch); a run killed mid-meta-training continues from the last save
+            and ends with the same bytes. Not part of the settings fingerprint (it changes no result).
     """
 
     epochs: int = 400
@@ -138,6 +142,7 @@ class MetaConfig:
     val_every: int = 5
     max_steps: int | None = None
     last_batch: str = "keep"
+    checkpoint_seconds: float = 60.0
 
 
 @dataclass
@@ -339,6 +344,7 @@ def _check_meta(cfg: LearnLabelsConfig) -> None:
         raise ConfigError(f"meta.inner_batch ({cfg.meta.inner_batch}) must not exceed base.n ({cfg.base.n})")
     chk.one_of(cfg.meta.last_batch, ("keep", "drop"), "meta.last_batch")
     chk.positive(cfg.meta.model_lr, "meta.model_lr")
+    chk.at_least(cfg.meta.checkpoint_seconds, 0, "meta.checkpoint_seconds")
     chk.at_least(cfg.meta.reset_window, 1, "meta.reset_window", nullable=True)
     chk.at_least(cfg.meta.max_steps, 1, "meta.max_steps", nullable=True)
     chk.positive(cfg.ld.inner_lr, "ld.inner_lr")

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .config import DD_INITS
-from .labels import LearnedLabels
+from .labels import LearnedLabels, load_param_state, param_state
 from .ld import LDMetaLearner, unrolled_outer_loss
 
 
@@ -81,6 +81,14 @@ class LearnedImages:
         """A detached copy of the current images ``(N, C, H, W)``."""
         return self.raw.detach().clone()
 
+    def state_dict(self) -> dict:
+        """The pixels ``(N, C, H, W)`` and their Adam state (:func:`~.labels.param_state`)."""
+        return param_state(self.raw, self.optimizer)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (same N, C, H, W)."""
+        load_param_state(self.raw, self.optimizer, state)
+
 
 class DDMetaLearner(LDMetaLearner):
     """The DD method's meta-learner: LD's online model and unroll, gradient to the pixels.
@@ -101,6 +109,15 @@ class DDMetaLearner(LDMetaLearner):
     def base_images(self, x_base: torch.Tensor) -> torch.Tensor:
         """The current learned images ``(N, C, H, W)`` (detached); ``x_base`` is ignored."""
         return self.images.snapshot()
+
+    def state_dict(self) -> dict:
+        """LD's online model and optimiser (:meth:`LDMetaLearner.state_dict`) plus the images and their Adam state."""
+        return {**super().state_dict(), "images": self.images.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        super().load_state_dict(state)
+        self.images.load_state_dict(state["images"])
 
     def outer_step(self, labels: LearnedLabels, x_base: torch.Tensor, inner_idx: list[torch.Tensor],
                    x_target: torch.Tensor, y_target: torch.Tensor) -> float:

@@ -68,6 +68,18 @@ def project_rows(y: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, y / s.clamp_min(torch.finfo(y.dtype).tiny), uniform)
 
 
+def param_state(raw: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict:
+    """A learned tensor and its optimiser as ``{"raw", "optimizer"}`` (references: copy before keeping them)."""
+    return {"raw": raw.detach(), "optimizer": optimizer.state_dict()}
+
+
+def load_param_state(raw: torch.Tensor, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore :func:`param_state`'s output into ``raw`` (in place, same shape) and ``optimizer``."""
+    with torch.no_grad():
+        raw.copy_(state["raw"])
+    optimizer.load_state_dict(state["optimizer"])
+
+
 class LearnedLabels:
     """Trainable soft labels for N base examples, with their Adam optimiser.
 
@@ -115,3 +127,11 @@ class LearnedLabels:
         """A detached copy of the current label distributions ``(N, C)``."""
         with torch.no_grad():
             return self.probs().detach().clone()
+
+    def state_dict(self) -> dict:
+        """The parameters ``(N, C)`` and their Adam state (:func:`param_state`), for a mid-run resume file."""
+        return param_state(self.raw, self.optimizer)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (same N, C and parameterisation)."""
+        load_param_state(self.raw, self.optimizer, state)

@@ -113,6 +113,15 @@ class LDMetaLearner:
         """The images the labels belong to: the fixed base examples themselves."""
         return x_base
 
+    def state_dict(self) -> dict:
+        """The online model's weights and its Adam state (references: copy before keeping them)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output into the current model and optimiser (same architecture)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def new_learner(self, optimizer: OptimizerSpec | None = None) -> PlainLearner:
         """A fresh plain learner of the same architecture (Adam at the model lr unless given)."""
         return PlainLearner(self.make_model(), optimizer or OptimizerSpec("adam", self.model_lr))

@@ -77,6 +77,15 @@ class MinibatchSampler:
         self._pos += len(idx)
         return idx
 
+    def state_dict(self) -> dict:
+        """The generator's state (uint8 tensor), the current permutation (int64) and the position in it."""
+        return {"rng": self.generator.get_state(), "order": self._order.clone(), "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output: the next batches are those the saved sampler would have drawn."""
+        self.generator.set_state(state["rng"])
+        self._order, self._pos = state["order"].clone(), int(state["pos"])
+
     def batches_per_pass(self) -> int:
         """Batches in one pass over the ``n`` items: ``⌊n / batch⌋`` with ``drop_last``, else ``⌈n / batch⌉``."""
         return self.n // self.batch if self.drop_last else -(-self.n // self.batch)
@@ -118,6 +127,16 @@ class PlateauTracker:
             self.best, self.best_step = avg, self.step
             return False
         return self.step - self.best_step >= self.window
+
+    def state_dict(self) -> dict:
+        """The window's errors (list of floats), the step count, the best average and its step."""
+        return {"errors": list(self.errors), "step": self.step, "best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.reset()
+        self.errors.extend(float(e) for e in state["errors"])
+        self.step, self.best, self.best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
 
 
 class Learner(Protocol):

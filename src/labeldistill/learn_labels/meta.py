@@ -8,17 +8,21 @@ recorded lengths (or the current length if no reset happened yet), its error on 
 split is measured, and the labels with the lowest validation error are kept together with that step count.
 DD (:mod:`.dd`) runs the same loop with fixed one-hot labels and learned images: the meta-learner's
 ``base_images`` gives the images the validation model trains on, and the best images are kept with the labels.
+With a :class:`MetaCheckpoint` the loop saves its whole state at the end of an epoch (at most every
+``meta.checkpoint_seconds``) and a killed run continues from the last save with the same bytes (CPU).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from ..resume import Throttle, fault_point
 from .labels import LearnedLabels
 from .learners import (
     Learner,
@@ -44,6 +48,10 @@ class MetaLearner(Protocol):
                    x_target: torch.Tensor, y_target: torch.Tensor) -> float: ...
 
     def new_learner(self) -> Learner: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -86,11 +94,44 @@ def validation_steps(reset_lengths: list[int], current: int, max_steps: int) -> 
     return int(min(max(n, 1), max_steps))
 
 
+@dataclass
+class MetaCheckpoint:
+    """Mid-run saving and resuming of :func:`meta_train` (the run's resume file holds the state).
+
+    At the end of an epoch (never after the last), at most every ``seconds``, the loop's whole state is handed
+    to ``save`` and then the fault point ``fault`` (:func:`~labeldistill.resume.fault_point`) is passed; a run
+    started with that state continues from the next epoch and ends with the same labels, images and history as
+    one never stopped (CPU).
+
+    Attributes:
+        state: a state saved by an earlier, killed run (resume from it), or ``None`` (start afresh).
+        save: writes a state: a dict of CPU tensors, numbers, strings, lists and dicts (what
+            ``torch.load(weights_only=True)`` reads; RNG states are uint8 tensors).
+        seconds: least time between two saves (seconds; 0: every epoch).
+        fault: fault-point name passed after each save.
+    """
+
+    state: dict | None
+    save: Callable[[dict], None]
+    seconds: float = 60.0
+    fault: str = "meta-epoch"
+    _due: Throttle = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._due = Throttle(self.seconds)
+
+    def maybe_save(self, make_state: Callable[[], dict]) -> None:
+        """Save ``make_state()`` when due, then pass the fault point."""
+        if self._due():
+            self.save(make_state())
+            fault_point(self.fault)
+
+
 def meta_train(meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,
                y_target: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *, epochs: int,
                outer_batch: int, inner_batch: int, inner_steps: int, window: int, val_every: int, max_steps: int,
                seed: int, eval_batch: int = 1000, desc: str = "meta", last_batch: str = "keep",
-               log: Callable[..., None] | None = None) -> MetaResult:
+               log: Callable[..., None] | None = None, checkpoint: MetaCheckpoint | None = None) -> MetaResult:
     """Learn labels for the base examples (spec §11, ``meta_train``).
 
     Args:
@@ -100,60 +141,64 @@ def meta_train(meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.T
         x_base: normalised base images ``(N, C, H, W)``.
         x_target, y_target: normalised outer-loss target images ``(M, C, H, W)`` and their int64 classes.
         x_val, y_val: normalised validation images ``(V, C, H, W)`` (held out of the target train split), classes.
-        epochs: passes over the target images.
-        outer_batch: target images per outer step.
+        epochs: passes over the target images. outer_batch: target images per outer step.
         inner_batch: base examples per inner batch.
         inner_steps: inner batches per outer step (LD's unrolled steps; RR uses one).
-        window: plateau window W.
-        val_every: epochs between model-selection checks.
+        window: plateau window W. val_every: epochs between model-selection checks.
         max_steps: cap of the validation training length.
         seed: seed of the target and inner batch order and of the validation models' initialisation.
         eval_batch: batch size of the validation pass. desc: progress-bar label.
         last_batch: ``keep`` (the reference's: ``⌈M / outer_batch⌉`` label updates per epoch) or ``drop`` (``⌊…⌋``).
         log: optional callback receiving keyword metrics (e.g. :meth:`MetricsLog.log`).
+        checkpoint: save the loop state during the run and resume from a saved one (:class:`MetaCheckpoint`);
+            ``None``: neither. The progress bar starts at the resumed outer step.
 
     Returns:
         The best labels, their step count and the run's history.
     """
-    target_sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1), last_batch == "drop")
-    inner_gen = torch.Generator().manual_seed(seed + 2)
-    steps_per_epoch = target_sampler.batches_per_pass()  # = outer_steps_per_epoch(M, outer_batch, last_batch)
-    run = _MetaRun(meta_learner, labels, x_base, PlateauTracker(window), desc, log)
-    device = x_base.device
-    t0 = time.perf_counter()
-    recent: list[float] = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step")
-    for epoch in range(1, epochs + 1):
-        recent = []
+    sampler = MinibatchSampler(len(x_target), outer_batch, torch.Generator().manual_seed(seed + 1), last_batch == "drop")
+    run = _MetaRun(meta_learner, labels, x_base, PlateauTracker(window), sampler,
+                   torch.Generator().manual_seed(seed + 2), desc, log)
+    first = run.load_state_dict(checkpoint.state) + 1 if checkpoint is not None and checkpoint.state else 1
+    steps_per_epoch = sampler.batches_per_pass()  # = outer_steps_per_epoch(M, outer_batch, last_batch)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=run.step, desc=desc, unit="step")
+    for epoch in range(first, epochs + 1):
+        recent: list[float] = []
         for _ in range(steps_per_epoch):
-            t_idx = target_sampler.next().to(device)
-            recent.append(run.outer_step(x_target[t_idx], y_target[t_idx], inner_gen, inner_batch, inner_steps))
+            recent.append(run.outer_step(x_target, y_target, inner_batch, inner_steps))
             bar.update(1)
         best_val = f"{run.best[0]:.3f}" if run.best[0] < float("inf") else "-"
         bar.set_postfix(err=f"{sum(recent) / len(recent):.3f}", resets=len(run.lengths), best_val=best_val)
         if epoch % val_every == 0 or epoch == epochs:
             run.select(epoch, recent, max_steps, inner_batch, x_val, y_val, seed, eval_batch)
+        if checkpoint is not None and epoch < epochs:
+            checkpoint.maybe_save(partial(run.state_dict, epoch))
     bar.close()
-    return run.result(time.perf_counter() - t0)
+    return run.result()
 
 
 class _MetaRun:
-    """Mutable state of one :func:`meta_train` run: step counts, reset lengths, history and the best labels."""
+    """Mutable state of one :func:`meta_train` run: the batch streams, step counts, reset lengths, history, the
+    best labels and the time spent (also before a resume)."""
 
     def __init__(self, meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.Tensor, tracker: PlateauTracker,
-                 desc: str, log: Callable[..., None] | None) -> None:
+                 sampler: MinibatchSampler, inner_gen: torch.Generator, desc: str,
+                 log: Callable[..., None] | None) -> None:
         self.meta_learner, self.labels, self.x_base, self.tracker, self.desc, self.log = (
             meta_learner, labels, x_base, tracker, desc, log)
+        self.sampler, self.inner_gen = sampler, inner_gen
         self.lengths: list[int] = []
         self.history: list[dict] = []
         self.best = (float("inf"), labels.snapshot(), 1, meta_learner.base_images(x_base))
         self.step_time, self.step = 0.0, 0
+        self.seconds_before, self.t0 = 0.0, time.perf_counter()
 
-    def outer_step(self, x_target: torch.Tensor, y_target: torch.Tensor, inner_gen: torch.Generator,
-                   inner_batch: int, inner_steps: int) -> float:
-        """One timed outer step; on a plateau, records the length and re-initialises the model. Returns the error."""
-        err, seconds = _timed_outer_step(self.meta_learner, self.labels, self.x_base, x_target, y_target, inner_gen,
-                                         inner_batch, inner_steps)
+    def outer_step(self, x_target: torch.Tensor, y_target: torch.Tensor, inner_batch: int, inner_steps: int) -> float:
+        """One timed outer step on the next target batch; on a plateau, records the length and re-initialises the
+        model. Returns the target error (fraction)."""
+        t_idx = self.sampler.next().to(self.x_base.device)
+        err, seconds = _timed_outer_step(self.meta_learner, self.labels, self.x_base, x_target[t_idx],
+                                         y_target[t_idx], self.inner_gen, inner_batch, inner_steps)
         self.step_time += seconds
         self.step += 1
         if self.tracker.update(err):
@@ -178,15 +223,77 @@ class _MetaRun:
         if err < self.best[0]:
             self.best = (err, current, n, images)
 
-    def result(self, seconds: float) -> MetaResult:
-        """The run's :class:`MetaResult` (``seconds``: wall time of the run)."""
+    def state_dict(self, epoch: int) -> dict:
+        """Everything the loop needs to continue after finished epoch ``epoch`` (CPU copies, see
+        :class:`MetaCheckpoint`): labels and learner with their optimisers, tracker, batch streams, torch's global
+        RNG (model re-initialisations draw from it), counters, history and the best snapshot (its images only
+        when they are learned, DD)."""
+        err, best_labels, steps, images = self.best
+        return _cpu_copy({
+            "epoch": epoch, "step": self.step, "step_time": self.step_time, "seconds": self.seconds(),
+            "lengths": self.lengths, "history": self.history,
+            "best": {"val_error": err, "labels": best_labels, "steps": steps,
+                     "images": None if images is self.x_base else images},
+            "labels": self.labels.state_dict(), "learner": self.meta_learner.state_dict(),
+            "tracker": self.tracker.state_dict(), "sampler": self.sampler.state_dict(),
+            "inner_rng": self.inner_gen.get_state(), "rng": _global_rng_state(self.x_base.device)})
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore :meth:`state_dict`'s output; returns the last finished epoch."""
+        device = self.x_base.device
+        self.step, self.step_time, self.seconds_before = int(state["step"]), state["step_time"], state["seconds"]
+        self.lengths, self.history = list(state["lengths"]), list(state["history"])
+        b = state["best"]
+        images = self.x_base if b["images"] is None else b["images"].to(device)
+        self.best = (b["val_error"], b["labels"].to(device), int(b["steps"]), images)
+        self.labels.load_state_dict(state["labels"])
+        self.meta_learner.load_state_dict(state["learner"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.inner_gen.set_state(state["inner_rng"])
+        _set_global_rng_state(state["rng"], device)
+        return int(state["epoch"])
+
+    def seconds(self) -> float:
+        """Wall time of the loop so far (seconds), the runs before a resume included."""
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def result(self) -> MetaResult:
+        """The run's :class:`MetaResult`."""
         val_error, best_labels, best_steps, best_images = self.best
         learned = best_images is not self.x_base  # DD: its images, LD/RR: the fixed base examples
         return MetaResult(labels=best_labels, steps=best_steps, val_error=val_error,
                           final_labels=self.labels.snapshot(), outer_steps=self.step, reset_lengths=self.lengths,
-                          history=self.history, seconds=seconds, seconds_per_step=self.step_time / max(self.step, 1),
+                          history=self.history, seconds=self.seconds(),
+                          seconds_per_step=self.step_time / max(self.step, 1),
                           images=best_images if learned else None,
                           final_images=self.meta_learner.base_images(self.x_base) if learned else None)
+
+
+def _cpu_copy(obj: object) -> object:
+    """``obj`` with every tensor replaced by a detached CPU copy (dicts, lists and tuples walked)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _global_rng_state(device: torch.device) -> dict:
+    """torch's global CPU RNG state (uint8 tensor) and, on CUDA, the device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_global_rng_state(state: dict, device: torch.device) -> None:
+    """Restore :func:`_global_rng_state`'s output (the CUDA part only on CUDA)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _timed_outer_step(meta_learner: MetaLearner, labels: LearnedLabels, x_base: torch.Tensor, x_target: torch.Tensor,

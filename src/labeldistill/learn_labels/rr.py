@@ -170,6 +170,23 @@ class RRMetaLearner:
         """The images the labels belong to: the fixed base examples themselves."""
         return x_base
 
+    def state_dict(self) -> dict:
+        """The online RR learner: feature extractor weights, its Adam state, the head ``H`` ``(d + 1, C)``, the
+        scale ``s`` and its Adam state (references: copy before keeping them)."""
+        rr = self.learner
+        return {"model": rr.model.state_dict(), "optimizer": rr.optimizer.state_dict(), "H": rr.H,
+                "scale": rr.scale.detach(), "scale_optimizer": rr.scale_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output into the current learner (same architecture and classes)."""
+        rr = self.learner
+        rr.model.load_state_dict(state["model"])
+        rr.optimizer.load_state_dict(state["optimizer"])
+        rr.H = state["H"].to(rr.H.device, rr.H.dtype)
+        with torch.no_grad():
+            rr.scale.copy_(state["scale"])
+        rr.scale_optimizer.load_state_dict(state["scale_optimizer"])
+
     def new_learner(self, optimizer: OptimizerSpec | None = None) -> RRLearner:
         """A fresh RR learner of the same architecture (Adam at the model lr unless given)."""
         return RRLearner(self.make_model(), self.num_classes, optimizer or OptimizerSpec("adam", self.model_lr),

@@ -12,10 +12,12 @@ Outputs in the run directory (written only when the whole job succeeded):
 - ``teacher/`` when a teacher was trained.
 
 Resuming: while the job runs, ``.learn_labels.resume.pt`` in the run directory holds every finished label set
-(with its meta-training record) and every finished meta-test row. Running the same command again after a kill
-continues from there; the file carries a fingerprint of the settings (the config without ``name``,
-``run_dir``, ``threads``, ``device``), so a file left by other settings is ignored. It is removed once the outputs
-are written.
+(with its meta-training record), the whole loop state of the meta-training in progress (saved at the end of an
+epoch, at most every ``meta.checkpoint_seconds``) and every finished meta-test row. Running the same command
+again after a kill continues from there, mid-meta-training from the next epoch, and ends with the same label and
+image tensors and meta-test rows as an uninterrupted run (CPU); the file carries a fingerprint of the settings
+(:func:`settings_fingerprint`), so a file left by other settings is ignored. It is removed once the outputs are
+written.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +48,7 @@ from .labels import LearnedLabels, onehot_labels, smooth_labels, uniform_labels
 from .dd import DDMetaLearner, LearnedImages, initial_images
 from .ld import LDMetaLearner
 from .learners import OptimizerSpec, build_network
-from .meta import MetaResult, meta_train
+from .meta import MetaCheckpoint, MetaResult, meta_train
 from .metatest import EvalData, LearnerSpec, evaluate_label_set
 from .report import plot_labels, write_report
 from .rr import RRMetaLearner
@@ -359,15 +362,25 @@ def _metatest_rows(cfg: LearnLabelsConfig, task: Task, label_sets: dict[str, tor
     return rows
 
 
+# Keys (dotted) that change no result: left out of the settings fingerprint and of the "changed keys" list.
+_NO_EFFECT = frozenset({"name", "run_dir", "threads", "device", "plot_examples", "meta.checkpoint_seconds"})
+
+
 def settings_fingerprint(cfg: LearnLabelsConfig) -> str:
     """Fingerprint of every setting that can change a result (the config without ``name``, ``run_dir``,
-    ``threads``, ``device`` and ``plot_examples``): the resume file's key, recorded in ``results.json``."""
+    ``threads``, ``device``, ``plot_examples`` and ``meta.checkpoint_seconds``): the resume file's key, recorded
+    in ``results.json``."""
     return settings_key("learn-labels", _settings(cfg))
 
 
+def _without_no_effect(d: dict, prefix: str = "") -> dict:
+    """``d`` (a config as nested dicts) without the :data:`_NO_EFFECT` keys, at any depth."""
+    return {k: _without_no_effect(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in d.items() if f"{prefix}{k}" not in _NO_EFFECT}
+
+
 def _settings(cfg: LearnLabelsConfig) -> dict:
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in ("name", "run_dir", "threads", "device",
-                                                                        "plot_examples")}
+    return _without_no_effect(config_to_dict(cfg))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -390,8 +403,7 @@ def finished_state(cfg: LearnLabelsConfig) -> tuple[str, list[str]]:
     if recorded == settings_fingerprint(cfg):
         return "done", []
     try:
-        old = _flatten({k: v for k, v in (yaml.safe_load((cfg.run_path / "config.yaml").read_text()) or {}).items()
-                        if k not in ("name", "run_dir", "threads", "device", "plot_examples")})
+        old = _flatten(_without_no_effect(yaml.safe_load((cfg.run_path / "config.yaml").read_text()) or {}))
     except (OSError, yaml.YAMLError, AttributeError):
         old = {}
     new = _flatten(_settings(cfg))
@@ -500,9 +512,9 @@ class Progress:
     """The resume file of a learn-labels run (``<run_dir>/.learn_labels.resume.pt``).
 
     Holds the meta-training record of every finished learned label set (its :class:`MetaResult` as a dict,
-    ``(N, C)`` labels included) and the finished meta-test rows, keyed by a fingerprint of the settings
-    (:func:`~labeldistill.io.settings_key` of the config without ``name``, ``run_dir``, ``threads``,
-    ``device`` and ``plot_examples``). Written atomically after each unit.
+    ``(N, C)`` labels included), the loop state of a meta-training in progress (``meta_progress``, by method:
+    :meth:`~.meta._MetaRun.state_dict`) and the finished meta-test rows, keyed by a fingerprint of the settings
+    (:func:`settings_fingerprint`). Written atomically after each unit; read with ``weights_only=True``.
     """
 
     def __init__(self, cfg: LearnLabelsConfig):
@@ -510,16 +522,31 @@ class Progress:
         self.path = cfg.run_path / ".learn_labels.resume.pt"
         state = load_checkpoint(self.path, self.key) or {}
         self.meta: dict[str, dict] = state.get("meta", {})
+        self.meta_progress: dict[str, dict] = state.get("meta_progress", {})
         self.rows: list[dict] = state.get("rows", [])
         if state:
+            busy = "".join(f"; {m} meta-training continues after epoch {s['epoch']} (outer step {s['step']})"
+                           for m, s in self.meta_progress.items())
             print(f"resuming {cfg.run_path}: {len(self.meta)} label sets and {len(self.rows)} meta-test rows "
-                  "already done", flush=True)
+                  f"already done{busy}", flush=True)
 
     def _save(self) -> None:
-        save_checkpoint(self.path, self.key, {"meta": self.meta, "rows": self.rows})
+        save_checkpoint(self.path, self.key, {"meta": self.meta, "meta_progress": self.meta_progress,
+                                              "rows": self.rows})
+
+    def meta_checkpoint(self, method: str, seconds: float) -> MetaCheckpoint:
+        """Saving (every ``seconds`` at most) and resuming of ``method``'s meta-training in this file."""
+        return MetaCheckpoint(self.meta_progress.get(method), partial(self.save_meta_progress, method), seconds)
+
+    def save_meta_progress(self, method: str, state: dict) -> None:
+        """Keep ``state`` (CPU tensors, numbers, lists, dicts) as ``method``'s meta-training in progress; save."""
+        self.meta_progress[method] = state
+        self._save()
 
     def save_label_set(self, method: str, meta: MetaResult) -> None:
+        """Keep ``method``'s finished meta-training record (and drop its state in progress); save."""
         self.meta[method] = {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in asdict(meta).items()}
+        self.meta_progress.pop(method, None)
         self._save()
 
     def meta_result(self, method: str, device: torch.device) -> MetaResult | None:
@@ -540,8 +567,12 @@ class Progress:
 
 
 def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_labels: torch.Tensor | None,
-                    device: torch.device, log: Callable[..., None]) -> MetaResult:
-    """Meta-train one learned set: LD or RR labels (from ``labels.init``), or DD images (one-hot labels)."""
+                    device: torch.device, log: Callable[..., None],
+                    checkpoint: MetaCheckpoint | None = None) -> MetaResult:
+    """Meta-train one learned set: LD or RR labels (from ``labels.init``), or DD images (one-hot labels).
+
+    ``checkpoint``: saves the loop state mid-run and resumes from a saved one (:class:`~.meta.MetaCheckpoint`).
+    """
     make_model = lambda: build_network(cfg.learner, task.num_classes, task.shape, device)  # noqa: E731
     meta_learner: LDMetaLearner | RRMetaLearner | DDMetaLearner
     if method == "dd":
@@ -562,7 +593,8 @@ def _meta_train_one(cfg: LearnLabelsConfig, task: Task, method: str, teacher_lab
                       epochs=cfg.meta.epochs, outer_batch=cfg.meta.outer_batch, inner_batch=cfg.meta.inner_batch,
                       inner_steps=1 if method == "rr" else cfg.ld.inner_steps, window=cfg.reset_window(),
                       val_every=cfg.meta.val_every, max_steps=cfg.max_steps(), seed=cfg.seed,
-                      eval_batch=cfg.metatest.eval_batch, desc=method, last_batch=cfg.meta.last_batch, log=log)
+                      eval_batch=cfg.metatest.eval_batch, desc=method, last_batch=cfg.meta.last_batch, log=log,
+                      checkpoint=checkpoint)
 
 
 def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, log: Callable[..., None],
@@ -571,7 +603,8 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
     """Teacher (if needed), meta-training of LD/RR/DD and the baseline label sets.
 
     Learned label sets already in ``progress`` (a run resumed after a kill) are taken from it; each newly
-    learned set is saved there. ``retrain_teacher``: train the teacher even if the run's own ``teacher/`` holds
+    learned set is saved there, and so is its meta-training's state during the run (``meta.checkpoint_seconds``),
+    from which a killed meta-training continues. ``retrain_teacher``: train the teacher even if the run's own ``teacher/`` holds
     one (``--force``).
 
     Returns:
@@ -598,7 +631,8 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
                 meta_results[method] = done
                 label_sets[method] = done.labels
                 continue
-            res = _meta_train_one(cfg, task, method, teacher_labels, device, log)
+            ckpt = progress.meta_checkpoint(method, cfg.meta.checkpoint_seconds) if progress is not None else None
+            res = _meta_train_one(cfg, task, method, teacher_labels, device, log, ckpt)
             meta_results[method] = res
             label_sets[method] = res.labels
             if progress is not None:
