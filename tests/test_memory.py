@@ -30,6 +30,7 @@ from labeldistill.layout import RunLayout
 from labeldistill.models import create_model
 from labeldistill.provenance import StageRef, fingerprint
 from labeldistill.main_stages import stage_settings
+from labeldistill.variants import resolve_mode
 from labeldistill.recover import recover
 from labeldistill.runtime import autocast
 from labeldistill.squeeze import squeeze
@@ -134,11 +135,11 @@ def test_recover_measures_teacher_top1_in_chunks(tmp_path):
     teacher = CountingTeacher(3, 5).eval()
     info = {"num_classes": 5, "mean": (0.5,) * 3, "std": (0.25,) * 3, "classes": list("abcde"), "fingerprint": "f"}
     images = torch.rand(5 * 61, 3, 4, 4)
-    recover_mod._write_image_set(tmp_path / "all", "m", {"source": "synthesis"}, images, teacher, info, 61, {},
+    recover_mod._write_image_set(tmp_path / "all", "m", resolve_mode("cs"), images, teacher, info, 61, {},
                                  torch.device("cpu"), chunk=10**6)
     assert teacher.sizes == [305]
     teacher.sizes.clear()
-    recover_mod._write_image_set(tmp_path / "chunked", "m", {"source": "synthesis"}, images, teacher, info, 61, {},
+    recover_mod._write_image_set(tmp_path / "chunked", "m", resolve_mode("cs"), images, teacher, info, 61, {},
                                  torch.device("cpu"))
     assert teacher.sizes == [256, 49]  # the default chunk
     a = (tmp_path / "all" / "images.json").read_text()
