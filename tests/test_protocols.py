@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def test_dc_and_dsa_set_dc_convnet_sgd_step_schedule_and_their_hard_label_recipe
     dsa = _cfg("dsa")
     assert _vc(dsa) == {**_vc(dc), "epochs": 1001}
     assert hard_recipe(dsa) == HardRecipe(256, "dsa", 1001)
+    for digits in ("mnist-5k", "digits28", "digits"):  # DSA readme: no flip for digit datasets
+        assert hard_recipe(_cfg("dsa", digits)) == HardRecipe(256, "dsa_no_flip", 1001)
 
 
 def test_sre2l_lpld_and_ddranking_set_their_reference_recipes():
@@ -107,6 +110,95 @@ def test_no_protocol_leaves_every_stage_setting_as_before():
 def test_step_schedule_drops_the_lr_where_dc_does():
     lr = schedule_lr("step", 0.01, [2] * 301)  # DC Epoch = 300: passes 0..151 at lr, then 0.1 lr
     assert lr(151 * 2 + 1) == 0.01 and lr(152 * 2) == pytest.approx(0.001) and lr(300 * 2 + 1) == pytest.approx(0.001)
+    # evaluate_synset: lr x 0.1 after pass ep == Epoch // 2 + 1 of range(Epoch + 1), so the first slow pass is
+    # Epoch // 2 + 2: 502 for DSA's / MNIST's Epoch = 1000, 151 for Epoch = 299 (odd)
+    for epoch_arg in (1000, 299):
+        first_slow = epoch_arg // 2 + 2
+        lr = schedule_lr("step", 0.01, [1] * (epoch_arg + 1))
+        assert lr(first_slow - 1) == 0.01 and lr(first_slow) == pytest.approx(0.001)
+
+
+def test_dc_instance_norm_is_groupnorm_with_one_group_per_channel_and_affine():
+    """DC's ``instancenorm`` is ``nn.GroupNorm(C, C, affine=True)``, not ``nn.InstanceNorm2d`` (no affine)."""
+    net = build_model(ModelConfig(**CONVNET128), 10, (3, 32, 32))
+    norms = [m for m in net.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.InstanceNorm2d))]
+    assert len(norms) == 3 and all(type(m) is torch.nn.GroupNorm for m in norms)
+    assert all(m.num_groups == m.num_channels == 128 and m.affine and m.weight.shape == (128,) for m in norms)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.padding for c in convs] == [(1, 1)] * 3 and net.feature_dim == 128 * 4 * 4  # RGB 32 px: no extra pad
+    pools = [m for m in net.modules() if isinstance(m, torch.nn.AvgPool2d)]
+    assert len(pools) == 3 and sum(isinstance(m, torch.nn.ReLU) for m in net.modules()) == 3
+
+
+def _replay(seed: int, draws):
+    torch.manual_seed(seed)
+    return [d() for d in draws]
+
+
+def test_dsa_scale_and_rotate_resample_dsa_s_own_sampling_grid():
+    """DSA's rand_scale / rand_rotate: grid x and y × U(1/1.2, 1.2) (drawn x first), rotation U(±15°), through
+    affine_grid + grid_sample, per image."""
+    from labeldistill.hard_augment import _dsa_rotate, _dsa_scale
+
+    x = torch.randn(5, 1, 28, 28)
+    sx, sy = _replay(3, [lambda: torch.rand(5) * (1.2 - 1 / 1.2) + 1 / 1.2] * 2)
+    theta = torch.zeros(5, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = sx, sy
+    want = torch.nn.functional.grid_sample(x, torch.nn.functional.affine_grid(theta, [5, 1, 28, 28],
+                                                                              align_corners=False),
+                                           align_corners=False)
+    torch.manual_seed(3)
+    assert torch.allclose(_dsa_scale(x), want, atol=1e-6)
+    (a,) = _replay(4, [lambda: (torch.rand(5) - 0.5) * 2 * 15 / 180 * math.pi])
+    rot = torch.stack([torch.stack([a.cos(), -a.sin(), 0 * a], 1), torch.stack([a.sin(), a.cos(), 0 * a], 1)], 1)
+    want = torch.nn.functional.grid_sample(x, torch.nn.functional.affine_grid(rot, [5, 1, 28, 28],
+                                                                              align_corners=False),
+                                           align_corners=False)
+    torch.manual_seed(4)
+    assert torch.allclose(_dsa_rotate(x), want, atol=1e-5)
+
+
+def test_dsa_no_flip_never_mirrors_and_dsa_does():
+    x = torch.arange(28.0).expand(1, 1, 28, 28).clone()  # a left-to-right ramp: only a flip mirrors it
+    mirrored = {name: 0 for name in ("dsa", "dsa_no_flip")}
+    for name in mirrored:
+        aug = hard_augmentation(name, (28, 28))
+        torch.manual_seed(0)
+        mirrored[name] = sum(torch.equal(aug(x), x.flip(3)) for _ in range(200))
+    assert mirrored["dsa"] > 0 and mirrored["dsa_no_flip"] == 0
+
+
+def test_dc_augment_fills_with_the_batch_means_and_scales_by_whole_pixels():
+    """DC's augment: crop pads with the batch's channel means, rotate fills with their mean (both over the whole
+    batch, not the images that drew that op), scale centres an int(U(0.8, 1.2) * 28) px resize on zeros."""
+    from labeldistill.hard_augment import _dc_augment, _dc_scale_one
+
+    x = torch.arange(8.0).mul(4).view(8, 1, 1, 1).expand(8, 1, 28, 28).clone()  # constant images 0, 4, ..., 28
+    batch_mean = 14.0
+    seen, filled = set(), 0
+    for seed in range(6):
+        (choice,) = _replay(seed, [lambda: torch.randint(3, (8,))])
+        torch.manual_seed(seed)
+        y = _dc_augment(x)
+        for i, k in enumerate(choice.tolist()):
+            c, vals = 4.0 * i, set(y[i].unique().tolist())
+            if k == 0:  # crop: own value and the batch mean
+                assert vals <= {c, batch_mean}
+            elif k == 2:  # rotate: a corner blends own value and fill (all fill past a few degrees)
+                corner = y[i, 0, 0, 0].item()
+                assert min(c, batch_mean) - 1e-4 <= corner <= max(c, batch_mean) + 1e-4
+                filled += c != batch_mean and corner == pytest.approx(batch_mean)
+            else:  # scale: own value and zeros
+                assert vals <= {c, 0.0}
+            seen.add(k)
+    assert seen == {0, 1, 2} and filled > 0
+    torch.manual_seed(1)
+    for _ in range(20):
+        y = _dc_scale_one(torch.ones(1, 28, 28))
+        rows, cols = (y[0] != 0).any(1), (y[0] != 0).any(0)
+        nh, nw = int(rows.sum()), int(cols.sum())
+        assert 22 <= nh <= 28 and 22 <= nw <= 28  # int(0.8 * 28) = 22; larger sizes are cut back to 28
+        assert int(rows.float().argmax()) == (28 - nh) // 2 and int(cols.float().argmax()) == (28 - nw) // 2
 
 
 def test_dc_convnet_pads_28_px_to_32_and_hard_augmentations_keep_shapes():

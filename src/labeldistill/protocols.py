@@ -29,6 +29,9 @@ from .errors import ConfigError
 MNIST_DATASETS = ("mnist-5k", "digits28")
 """The datasets DC's ``get_daparam`` treats as ``MNIST`` (the only one it augments for the ConvNet)."""
 
+DIGIT_DATASETS = ("digits", *MNIST_DATASETS)
+"""The datasets DSA's readme calls digit datasets (MNIST, SVHN): their DiffAugment strategy has no flip."""
+
 
 @dataclass(frozen=True)
 class HardRecipe:
@@ -36,8 +39,8 @@ class HardRecipe:
 
     Attributes:
         batch_size: images per step.
-        augment: ``none``, ``dc_crop_scale_rotate`` (DC's ``augment``), ``dsa`` (DSA's ``DiffAugment``) or
-            ``crop_flip`` (RandomResizedCrop(``relabel.crop_scale``) + flip, the project's hard-label default).
+        augment: ``none``, ``dc_crop_scale_rotate`` (DC's ``augment``), ``dsa`` / ``dsa_no_flip`` (DSA's
+            ``DiffAugment`` with / without flip) or ``crop_flip`` (RandomResizedCrop(``relabel.crop_scale``) + flip, the project's hard-label default).
         epochs: passes over the images.
     """
 
@@ -89,11 +92,12 @@ DC = Protocol(
 DSA = Protocol(
     "dsa",
     "VICO-UoE/DatasetCondensation at 306245d074cca5524694a8a83ca0797a6e85dfc8: as dc, with main.py's DSA branch "
-    "(epoch_eval_train 1000, DiffAugment in evaluate_synset's epoch) and utils.py ParamDiffAug / DiffAugment "
-    "(aug_mode S: one of color, crop, cutout, flip, scale, rotate per batch; strategy "
-    "color_crop_cutout_flip_scale_rotate as readme.md's commands pass it)",
+    "(epoch_eval_train 1000, DiffAugment in evaluate_synset's epoch, seed -1: parameters drawn per image) and "
+    "utils.py ParamDiffAug / DiffAugment (aug_mode S: one of color, crop, cutout, flip, scale, rotate per batch); "
+    "strategy as readme.md at 53f63a672eab9ade02aabe6432706ef56f317d64 says: color_crop_cutout_flip_scale_rotate, "
+    "color_crop_cutout_scale_rotate (no flip) for digit datasets",
     settings=lambda ds: _dc_sgd(1001),
-    hard=lambda ds: HardRecipe(256, "dsa", 1001))
+    hard=lambda ds: HardRecipe(256, "dsa_no_flip" if ds in DIGIT_DATASETS else "dsa", 1001))
 
 
 def _lpld(dataset: str) -> dict:
