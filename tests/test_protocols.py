@@ -283,3 +283,19 @@ def test_hard_label_fingerprint_holds_the_preset_values(monkeypatch):
     monkeypatch.setitem(protocols.PROTOCOLS, "dc", changed)
     after = _hard_label_settings(cfg, ref)
     assert before["validate.protocol.hard"]["batch_size"] != 7 and after["validate.protocol.hard"]["batch_size"] == 7
+
+
+def test_hard_label_fingerprint_holds_the_augmentation_revision():
+    """Rows made with the earlier DC / DSA augmentation code go stale; a preset without augmentation keeps its key."""
+    from labeldistill.layout import REAL_TRAIN
+    from labeldistill.main_stages import _hard_label_settings
+    from labeldistill.protocols import AUGMENT_REVISIONS
+    from labeldistill.provenance import StageRef
+
+    ref = StageRef("hard-label", REAL_TRAIN)
+    revision = "validate.protocol.hard_augment_revision"
+    for protocol, dataset, want in [("dsa", "fashion-mnist", 2), ("dsa", "mnist-5k", 2), ("dc", "mnist-5k", 2),
+                                    ("dc", "fashion-mnist", None), ("ddranking", "fashion-mnist", None)]:
+        cfg = load_config(None, [f"data.dataset={dataset}", f"validate.protocol={protocol}", "hard_label.enabled=true"])
+        assert _hard_label_settings(cfg, ref).get(revision) == want, (protocol, dataset)
+    assert set(AUGMENT_REVISIONS) <= set(HARD_AUGMENTATIONS)

@@ -17,7 +17,7 @@ from typing import Any
 from .config import Config, student_specs
 from .data.owned import source_fingerprint
 from .layout import REAL_TRAIN, RunLayout, label_feed_tag
-from .protocols import hard_recipe
+from .protocols import AUGMENT_REVISIONS, hard_recipe
 from .provenance import (StageRef, data_settings, flat_settings, model_tag, student_config, validate_settings)
 from .runner import Stage
 from .variants import OWN_SOURCES, label_variants, needs_class_stats, resolve_mode
@@ -128,6 +128,8 @@ def _hard_label_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
     relabel, vc = flat_settings("relabel", one.relabel), flat_settings("validate", one.validate)
     recipe = hard_recipe(one)  # the preset's hard-label batch, augmentation and epochs, by value
     preset = {"validate.protocol": vc["validate.protocol"], "validate.protocol.hard": asdict(recipe)} if recipe else {}
+    if recipe and recipe.augment in AUGMENT_REVISIONS:  # rows made before a change of the augmentation go stale
+        preset["validate.protocol.hard_augment_revision"] = AUGMENT_REVISIONS[recipe.augment]
     return {**out, **{k: relabel[k] for k in _HARD_PROTOCOL}, **{k: vc[k] for k in _HARD_STUDENT}, **preset}
 
 

@@ -11,10 +11,20 @@ Explicit settings against a preset: a key the preset sets that is left at its de
 a key set to the preset's value is accepted; a key set to any other value is refused (:class:`ConfigError`), as
 is ``validate.students`` (the preset names its student). No preset (``None``, the default) changes nothing.
 
-Differences from the reference code kept on purpose (said in each preset): the student is scored once after its
-last epoch (DD-Ranking keeps the best of its test-split evaluations and searches the learning rate on the test
-split; neither is done here), and DC re-creates its SGD optimiser at the learning-rate drop (momentum buffers
-reset), which the project's one loop does not do.
+Differences from the reference code kept on purpose (said in each preset's ``notes``):
+
+- every preset: the student is scored once after its last epoch (DD-Ranking keeps the best of its test-split
+  evaluations and searches the learning rate on the test split; neither is done here);
+- ``dc`` / ``dsa``: DC re-creates its SGD optimiser at the learning-rate drop (momentum buffers reset), which the
+  project's one loop does not do; DC's MNIST rotation is kornia's bilinear one, not scipy's cubic spline
+  (:mod:`labeldistill.hard_augment`);
+- ``sre2l``: the reference batch of 1024 is two accumulated micro-batches of 512 (BatchNorm statistics over 512);
+  a hard-label row here trains on one batch of 1024;
+- ``sre2l`` / ``lpld``: neither reference trains a hard-label student; their hard-label recipe here is the
+  soft-label student's with cross-entropy, RandomResizedCrop(``relabel.crop_scale``, the references' 0.08 lower
+  bound only where that is the dataset's default) + flip and no CutMix;
+- ``ddranking``: DD-Ranking 0.2.0 has no 1-channel dataset and builds its ConvNet with 3 input channels; on 1-channel
+  data this preset takes DC's 28 → 32 px first-layer padding.
 """
 
 from __future__ import annotations
@@ -31,6 +41,13 @@ MNIST_DATASETS = ("mnist-5k", "digits28")
 
 DIGIT_DATASETS = ("digits", *MNIST_DATASETS)
 """The datasets DSA's readme calls digit datasets (MNIST, SVHN): their DiffAugment strategy has no flip."""
+
+
+AUGMENT_REVISIONS = {"dc_crop_scale_rotate": 2, "dsa": 2, "dsa_no_flip": 2}
+"""Hard-label augmentations whose implementation changed after rows were made with them: the revision is part of
+a hard-label row's fingerprint (``validate.protocol.hard_augment_revision``), so older rows go stale. 2: DC's crop
+and rotate fill with the whole batch's means, rotate by whole degrees, scale by whole-pixel nearest resizes; DSA's
+scale and rotate resample its own sampling grid (``F.affine_grid``) instead of kornia's affine sampler."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +101,12 @@ DC = Protocol(
     "lr_net 0.01, momentum 0.9, weight decay 5e-4 on every parameter, lr x 0.1 after epoch Epoch // 2 + 1, "
     "Epoch + 1 passes), get_network / get_default_convnet_setting (ConvNet width 128, depth 3, instancenorm, "
     "relu, avgpooling), networks.py ConvNet (padding 3 on a 1-channel first conv: 28 px becomes 32 px), "
-    "get_daparam (crop_scale_rotate for MNIST only, none otherwise); main.py (batch_train 256; "
-    "epoch_eval_train 300 without augmentation, 1000 with it)",
+    "get_daparam (crop_scale_rotate for MNIST only, none otherwise) and augment (crop 4, scale 0.2, rotate 45); "
+    "main.py (lr_net 0.01, batch_train 256; epoch_eval_train 300 without augmentation, 1000 with it)",
     settings=lambda ds: _dc_sgd(_dc_epochs(ds)),
-    hard=lambda ds: HardRecipe(256, "dc_crop_scale_rotate" if ds in MNIST_DATASETS else "none", _dc_epochs(ds)))
+    hard=lambda ds: HardRecipe(256, "dc_crop_scale_rotate" if ds in MNIST_DATASETS else "none", _dc_epochs(ds)),
+    notes=("DC re-creates its SGD optimiser at the lr drop (momentum reset); not done here",
+           "MNIST rotate: kornia bilinear instead of scipy.ndimage.rotate's cubic spline"))
 
 DSA = Protocol(
     "dsa",
@@ -97,7 +116,8 @@ DSA = Protocol(
     "strategy as readme.md at 53f63a672eab9ade02aabe6432706ef56f317d64 says: color_crop_cutout_flip_scale_rotate, "
     "color_crop_cutout_scale_rotate (no flip) for digit datasets",
     settings=lambda ds: _dc_sgd(1001),
-    hard=lambda ds: HardRecipe(256, "dsa_no_flip" if ds in DIGIT_DATASETS else "dsa", 1001))
+    hard=lambda ds: HardRecipe(256, "dsa_no_flip" if ds in DIGIT_DATASETS else "dsa", 1001),
+    notes=("DC re-creates its SGD optimiser at the lr drop (momentum reset); not done here",))
 
 
 def _lpld(dataset: str) -> dict:
@@ -119,16 +139,23 @@ LPLD = Protocol(
     "cfg/reproduce/LPLD_in1k_[4k].yaml (batch 128, 300 epochs, T 20) and LPLD_tiny_[4k].yaml (batch 64, "
     "100 epochs, T 20, SGD lr 0.2, momentum 0.9, weight decay 1e-4)",
     settings=_lpld,
-    hard=lambda ds: HardRecipe(64 if ds == "tiny-imagenet" else 128, "crop_flip", _lpld(ds)["epochs"]))
+    hard=lambda ds: HardRecipe(64 if ds == "tiny-imagenet" else 128, "crop_flip", _lpld(ds)["epochs"]),
+    notes=("no hard-label student in the reference: the hard-label recipe is the soft-label student's with "
+           "cross-entropy, RandomResizedCrop(relabel.crop_scale) + flip, no CutMix",))
 
 SRE2L = Protocol(
     "sre2l",
     "VILA-Lab/SRe2L: SRe2L/validate/train_FKD.sh at bf4cae24a7e1025b0313b547ec10c32ea6bdf1af (ResNet-18, "
-    "batch 1024 in 2 accumulation steps, --cos, T 20, CutMix) with train_FKD.py's defaults (AdamW lr 1e-3, "
-    "weight decay 0.01, 300 epochs, no T^2); the same recipe on every dataset (its Tiny-ImageNet student is "
-    "trained online elsewhere), small stem below ImageNet",
+    "batch 1024 in 2 accumulation steps, --cos, T 20, CutMix) with train_FKD.py's defaults at "
+    "2e346ff14386b8ea3a6a9c287c0fdf49c9e8fe21 (AdamW lr 1e-3, weight decay 0.01, 300 epochs, LambdaLR cosine "
+    "stepped per epoch, no T^2) and utils.py get_parameters at 0bd3cf01bab99aad9e21c85004bf00319da54b2d (decay "
+    "on >1-D weights only); the same recipe on every dataset (its Tiny-ImageNet student is trained online "
+    "elsewhere), small stem below ImageNet",
     settings=lambda ds: {**_lpld("imagenet"), "model": _resnet18(ds)},
-    hard=lambda ds: HardRecipe(1024, "crop_flip", 300))
+    hard=lambda ds: HardRecipe(1024, "crop_flip", 300),
+    notes=("batch 1024 is 2 accumulated micro-batches of 512 in the reference (BatchNorm over 512); one batch here",
+           "no hard-label student in the reference: the hard-label recipe is the soft-label student's with "
+           "cross-entropy, RandomResizedCrop(relabel.crop_scale) + flip, no CutMix"))
 
 DDRANKING = Protocol(
     "ddranking",
@@ -139,6 +166,10 @@ DDRANKING = Protocol(
     settings=lambda ds: {**_dc_sgd(300), "temperature": 1.2, "t2_scale": False},
     hard=lambda ds: HardRecipe(256, "none", 300),
     notes=("step_size has no default in DD-Ranking (it asserts one is given): the step schedule here is DC's",
+           "loss_fn_kwargs has no default either (None fails): T 1.2 is KLDivergenceLoss's own default; "
+           "DD-Ranking's README example passes temperature 1.0",
+           "DD-Ranking 0.2.0 has only RGB datasets and builds its ConvNet with channel=3; on 1-channel data the "
+           "28 -> 32 px first-layer padding here is DC's",
            "DD-Ranking searches lr in {0.001, 0.005, 0.01, 0.05, 0.1} on the test split and keeps the best "
            "evaluation every 20 epochs; this preset fixes lr 0.01 (DC's) and scores the last epoch"))
 
