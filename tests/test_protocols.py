@@ -299,3 +299,12 @@ def test_hard_label_fingerprint_holds_the_augmentation_revision():
         cfg = load_config(None, [f"data.dataset={dataset}", f"validate.protocol={protocol}", "hard_label.enabled=true"])
         assert _hard_label_settings(cfg, ref).get(revision) == want, (protocol, dataset)
     assert set(AUGMENT_REVISIONS) <= set(HARD_AUGMENTATIONS)
+
+
+def test_kd_loss_is_pinned_by_the_soft_label_protocols_only():
+    """sre2l / lpld / ddranking evaluate with KL: another loss is refused; dc leaves the loss to the method."""
+    for name in ("sre2l", "lpld", "ddranking"):
+        assert load_config(None, [f"validate.protocol={name}"]).validate.loss == "kl"
+        with pytest.raises(ConfigError, match="validate.loss"):
+            load_config(None, [f"validate.protocol={name}", "validate.loss=gift"])
+    assert load_config(None, ["validate.protocol=dc", "validate.loss=gift"]).validate.loss == "gift"

@@ -3,7 +3,8 @@ published table evaluates, so that a row can be lined up with that table.
 
 A preset sets the ``validate`` section's student (``validate.model``), optimiser, learning rate, momentum, weight
 decay (and whether 1-D parameters decay), schedule, warm-up, epochs and, for soft-label rows, the KD temperature
-and its ``T²`` factor; for hard-label rows (``labeldistill hard-label``, ``hard_label.enabled``) also the batch
+and its ``T²`` factor (``sre2l`` / ``lpld`` / ``ddranking`` also the KD loss, ``kl``; ``dc`` / ``dsa`` leave
+``validate.loss`` free: DC evaluates hard labels only, so a soft-label loss is part of the method under test); for hard-label rows (``labeldistill hard-label``, ``hard_label.enabled``) also the batch
 size, the augmentation and the epochs (:func:`hard_recipe`). Soft-label rows keep their stored augmentation and
 batches (the label store's ``relabel`` settings: that is the method under test); the preset sets everything else.
 
@@ -124,10 +125,10 @@ def _lpld(dataset: str) -> dict:
     if dataset == "tiny-imagenet":
         return {"model": _resnet18(dataset), "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4,
                 "weight_decay_1d": False, "schedule": "cosine_epoch", "warmup_epochs": 5, "epochs": 100,
-                "temperature": 20.0, "t2_scale": True}
+                "temperature": 20.0, "t2_scale": True, "loss": "kl"}
     return {"model": _resnet18(dataset), "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01,
             "weight_decay_1d": False, "schedule": "cosine_epoch", "warmup_epochs": 0, "epochs": 300,
-            "temperature": 20.0, "t2_scale": False}
+            "temperature": 20.0, "t2_scale": False, "loss": "kl"}
 
 
 LPLD = Protocol(
@@ -163,7 +164,7 @@ DDRANKING = Protocol(
     "momentum 0.9, weight decay 5e-4 on every parameter, lr_scheduler step, 300 epochs, batch 256, "
     "use_aug_for_hard false), loss/kl.py (KLDivergenceLoss temperature 1.2, scale_loss false), "
     "utils/networks.py ConvNet (width 128, instancenorm, padding 3 on a 1-channel first conv)",
-    settings=lambda ds: {**_dc_sgd(300), "temperature": 1.2, "t2_scale": False},
+    settings=lambda ds: {**_dc_sgd(300), "temperature": 1.2, "t2_scale": False, "loss": "kl"},
     hard=lambda ds: HardRecipe(256, "none", 300),
     notes=("step_size has no default in DD-Ranking (it asserts one is given): the step schedule here is DC's",
            "loss_fn_kwargs has no default either (None fails): T 1.2 is KLDivergenceLoss's own default; "
