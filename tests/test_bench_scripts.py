@@ -266,3 +266,28 @@ def test_demo_table_writes_the_rows_it_renders(tmp_path):
     data = json.loads((tmp_path / "docs" / "results" / "demo.json").read_text())
     assert data["command"] == "make demo" and [v for r in data["rows"] for v in r["values"]] == pytest.approx([79.1, 77.4])
     assert data["rows"][1]["setting"]["prune_factor"] == 10.0 and "300 epochs" in data["rows"][1]["protocol"]
+
+
+def test_ld_budget_section_from_budget_runs_only(tmp_path):
+    """--render with only budget runs: section ld_budget gets the per-seed rows and the paired LD − DD verdict
+    (held when LD leads in every pair), and no ld_claims section is written (its parts have no runs here)."""
+    runs = tmp_path / "runs"
+    for s, eps in enumerate((0.0, 0.01, 0.02)):
+        for method, accs in (("ld", {"ld": 0.87 + eps, "onehot": 0.80, "teacher": 0.85}), ("dd", {"dd": 0.80})):
+            folder = runs / f"budget_{method}_s{s}"
+            folder.mkdir(parents=True)
+            rows = [{"method": m, "learner": "lenet", "optimizer": "adam", "top1_mean": a, "steps": 400}
+                    for m, a in accs.items()]
+            meta = {method: {"outer_steps": 19600}}
+            (folder / "results.json").write_text(json.dumps({"rows": rows, "seconds": 60.0, "meta": meta}))
+            (folder / "bench.json").write_text(json.dumps({"bench_command": f"ld_claims --budget-methods {method}"}))
+    out = tmp_path / "B.md"
+    r = _bench("ld_claims", "--render", "--runs", str(runs), "--out", str(out), "--seeds", "3", timeout=300)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "<!-- ld_budget:start -->" in text and "<!-- ld_claims:start -->" not in text and "19,600" in text
+    beat = next(line for line in text.splitlines() if line.startswith("| labels beat images"))
+    assert "+8.0 [" in beat and beat.endswith("| held |")  # LD − DD = 7, 8, 9 points
+    data = json.loads((tmp_path / "docs" / "results" / "ld_budget.json").read_text())
+    ld = next(r for r in data["rows"] if r["setting"].get("labels") == "ld")
+    assert ld["values"] == pytest.approx([87, 88, 89]) and ld["seeds"] == [0, 1, 2]
