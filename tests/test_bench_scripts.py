@@ -291,3 +291,15 @@ def test_ld_budget_section_from_budget_runs_only(tmp_path):
     data = json.loads((tmp_path / "docs" / "results" / "ld_budget.json").read_text())
     ld = next(r for r in data["rows"] if r["setting"].get("labels") == "ld")
     assert ld["values"] == pytest.approx([87, 88, 89]) and ld["seeds"] == [0, 1, 2]
+
+
+def test_ld_budget_runs_get_the_papers_number_of_label_updates(tmp_path):
+    """mnist-5k's 3,500 outer-loss images at batch 1,024 are 4 updates per epoch: 4,900 epochs = 19,600 updates."""
+    from bench import ld_claims
+
+    study = ld_claims.Study(ld_claims._parser().parse_args(["--runs", str(tmp_path)]))
+    ov = study.budget_overrides("ld", 0)
+    epochs = int(next(o for o in reversed(ov) if o.startswith("meta.epochs=")).split("=")[1])
+    assert epochs == 4900 and epochs * 4 == ld_claims.PAPER_LABEL_UPDATES == 19600
+    assert "metatest.step_rule=val" in ov and ov[-6:].count("methods=[ld, onehot, teacher]") == 1
+    assert "methods=[dd]" in study.budget_overrides("dd", 0)
