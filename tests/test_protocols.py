@@ -93,6 +93,11 @@ def test_cli_refuses_a_contradiction_with_exit_2(capsys):
     code = cli.main(["run", str(REPO / "configs" / "fmnist_demo.yaml"), "validate.protocol=dc", "--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "validate.protocol: dc sets validate.model" in err[0]
+    code = cli.main(["run", str(REPO / "configs" / "fmnist_demo.yaml"), "validate.protocol=dc", "validate.lr=0.05",
+                     "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()  # every contradicting key at once, so one edit fixes it
+    assert code == 2 and len(err) == 1 and "validate.model =" in err[0] and "validate.lr = 0.01 (got 0.05)" in err[0]
+    assert "drop these keys" in err[0]
 
 
 def test_no_protocol_leaves_every_stage_setting_as_before():

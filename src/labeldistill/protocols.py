@@ -208,8 +208,8 @@ def apply_protocol(cfg: Any) -> None:
     preset's value stays; any other value contradicts the preset.
 
     Raises:
-        ConfigError: an unknown preset, ``validate.students`` set, or a key set to another value than the
-            preset's (one line naming the key, both values and the way out).
+        ConfigError: an unknown preset, ``validate.students`` set, or keys set to other values than the
+            preset's (one line naming every such key with both values, and the way out).
     """
     vc = cfg.validate
     if vc.protocol is None:
@@ -219,16 +219,28 @@ def apply_protocol(cfg: Any) -> None:
         raise ConfigError(f"validate.protocol: {vc.protocol} sets the student ({preset['model']['name']}): "
                           "drop validate.students or the protocol")
     default = type(vc)()
+    conflicts = [f"validate.{key} = {want} (got {have})" for key, want, have in _conflicts(vc, default, preset)]
+    if conflicts:
+        raise ConfigError(f"validate.protocol: {vc.protocol} sets {'; '.join(conflicts)}: drop "
+                          f"{'these keys' if len(conflicts) > 1 else 'that key'} or the protocol")
     for key, want in preset.items():
-        have = getattr(vc, key)
         if key == "model":
-            have, was = dataclasses.asdict(have), dataclasses.asdict(default.model)
-            if have not in (want, was):
-                raise ConfigError(f"validate.protocol: {vc.protocol} sets validate.model to {want}, got {have}: "
-                                  "drop validate.model or the protocol")
             vc.model = dataclasses.replace(vc.model, name=want["name"], args=dict(want["args"]))
-            continue
-        if not _same(have, want) and not _same(have, getattr(default, key)):
-            raise ConfigError(f"validate.protocol: {vc.protocol} sets validate.{key} = {want}, got {have}: "
-                              f"drop validate.{key} or the protocol")
-        setattr(vc, key, want)
+        else:
+            setattr(vc, key, want)
+
+
+def _conflicts(vc: Any, default: Any, preset: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, preset value, set value)`` of every ``validate`` key set to neither its default nor the preset's
+    value (the model compared as ``{name, args}``)."""
+    out = []
+    for key, want in preset.items():
+        have, was = getattr(vc, key), getattr(default, key)
+        if key == "model":
+            have, was = dataclasses.asdict(have), dataclasses.asdict(was)
+            bad = have not in (want, was)
+        else:
+            bad = not _same(have, want) and not _same(have, was)
+        if bad:
+            out.append((key, want, have))
+    return out
