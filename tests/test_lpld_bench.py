@@ -106,6 +106,9 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
         hard = runs / f"test_s{seed}_hard" / "hard_label" / "convnet" / "random_real.json"
         hard.parent.mkdir(parents=True)
         hard.write_text(json.dumps({"top1": 0.74}))
+    upper = runs / "upper_s0" / "hard_label" / "convnet" / "real-train.json"
+    upper.parent.mkdir(parents=True)
+    upper.write_text(json.dumps({"top1": 0.912}))
     assert push.name("holdout", 0, t4) == "holdout_s0_T4" and push.choose(push.parse_args([])) == base
     args = ["--collect", "--runs", str(runs), "--out", str(out), "--select-seeds", "0", "1", "2", "--seeds", "0", "1",
             "2"]
@@ -118,6 +121,7 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
     final = next(line for line in lines if line.startswith("| best recipe {"))
     assert "'T': 4.0" in final and "| 87.5 ± 0.4 | [0, 1, 2] |" in final
     assert "| random real, hard labels (the dc preset's hard recipe) | 74.0 ± 0.0 | [0, 1, 2] |" in lines
+    assert "| whole train split less the holdout, hard labels, 5 epochs (upper bound) | 91.2 | [0] |" in lines
     dsa = next(line for line in lines if "beats DSA's 84.6" in line)
     assert dsa.endswith("| +2.90 [+1.66, +4.14] | 3 | held |")  # one-sample t: mean 2.9, sd 0.5, t 4.303
     rows = json.loads((tmp_path / "docs" / "results" / "fmnist_push.json").read_text())["rows"]
