@@ -41,6 +41,9 @@ def parse_args(argv=None):
     ap.add_argument("--upper-epochs", type=int, default=5, help="epochs of the whole-data upper bound (0: none)")
     ap.add_argument("--upper-seeds", type=int, nargs="*", default=[0], help="seeds of the whole-data upper bound")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="for every run (smoke tests)")
+    ap.add_argument("--parts", nargs="+", choices=["levers", "final", "upper"], default=["levers", "final", "upper"],
+                    help="what to run (two processes can share the work: e.g. `upper` beside `levers`)")
+    ap.add_argument("--only-seeds", type=int, nargs="*", help="run only these seeds' lever / test jobs")
     args = ap.parse_args(argv)
     args.iterations_ipc50, args.teacher_epochs = args.iterations, BASE["teacher"]  # read by lpld_fmnist.overrides
     return args
@@ -198,23 +201,31 @@ def main(argv=None) -> None:
     tune_malloc()
     torch.set_num_threads(1)
     t0 = time.time()
-    if not args.collect:
-        for seed in args.select_seeds:
-            for r in [BASE] + [{**BASE, k: v} for k, v in LEVERS]:
-                job(args, "holdout", seed, r)
-                write(args, t0, f"selection: seed {seed}, {name('holdout', seed, r)} done")
-        best = choose(args)
-        for seed in args.select_seeds:
-            job(args, "holdout", seed, best)
-        rec = final_recipe(args, best)
-        for seed in args.seeds:
-            job(args, "test", seed, rec)
-            job(args, "test", seed, {**BASE, "images": "random_real"}, hard=True)
-            write(args, t0, f"test rows: seed {seed} done")
+
+    def mine(seeds):
+        return [s for s in seeds if args.only_seeds is None or s in args.only_seeds]
+
+    if not args.collect and "upper" in args.parts:
         for seed in args.upper_seeds if args.upper_epochs else []:
             upper_bound(args, seed)
             write(args, t0, f"upper bound: seed {seed} done")
-    write(args, t0, "complete" if not args.collect else "written from finished runs by --collect")
+    if not args.collect and "levers" in args.parts:
+        for seed in mine(args.select_seeds):
+            for r in [BASE] + [{**BASE, k: v} for k, v in LEVERS]:
+                job(args, "holdout", seed, r)
+                write(args, t0, f"selection: seed {seed}, {name('holdout', seed, r)} done")
+    if not args.collect and "final" in args.parts:
+        best = choose(args)
+        for seed in mine(args.select_seeds):
+            job(args, "holdout", seed, best)
+        rec = final_recipe(args, best)
+        for seed in mine(args.seeds) if rec else []:
+            job(args, "test", seed, rec)
+            job(args, "test", seed, {**BASE, "images": "random_real"}, hard=True)
+            write(args, t0, f"test rows: seed {seed} done")
+    whole = set(args.parts) == {"levers", "final", "upper"} and args.only_seeds is None
+    write(args, t0, "written from finished runs by --collect" if args.collect else "complete" if whole
+          else f"parts {args.parts} done for seeds {args.only_seeds or 'all'}")
 
 
 if __name__ == "__main__":
