@@ -4,7 +4,8 @@ recipe on the holdout split (paired seeds); the best recipe then runs on the tes
 real images with hard labels under the same preset, and the whole-data upper bound (the same student on the
 whole train split less the holdout, hard labels, ``--upper-epochs``); against a published number the interval is
 one-sample. Resumable: ``OMP_NUM_THREADS=1 python -m bench.fmnist_push`` (``--collect``: only write the section).
-TODO (CPU): the best recipe at IPC 1 / 50, a ResNet-18 teacher.
+``--parts ipc``: the final recipe at IPC 1 and 50 (test split, ``--ipc-seeds``) against DSA at that IPC.
+TODO (CPU): a ConvNet-128 and a ResNet-18 teacher.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ LEVERS = [("teacher", 3), ("images", "cs_init_real"), ("images", "rded"), ("imag
           ("T", 4.0), ("relabel", 100), ("codec", "fp16x10"), ("codec", "int4x5"), ("codec", "int8x40"),
           ("codec", "int4x40"), ("loss", "gift")]
 ANCHORS = {"DSA": 84.6, "RCIG": 88.5}  # shared/ANCHORS.md §1, F-MNIST IPC 10 (RCIG: unverified there)
+DSA_AT = {1: 70.6, 50: 88.7}  # DSA at F-MNIST IPC 1 and 50 (shared/ANCHORS.md §1, verified)
 DC = ["validate.protocol=dc", "validate.optimizer=sgd", "validate.lr=0.01", "validate.weight_decay=0.0005",
       "validate.model={name: convnet, args: {width: 128, depth: 3, norm: instance, dc_padding: true}}"]
 HARD = "hard_label/*/random_real.json"
@@ -41,23 +43,25 @@ def parse_args(argv=None):
     ap.add_argument("--upper-epochs", type=int, default=5, help="epochs of the whole-data upper bound (0: none)")
     ap.add_argument("--upper-seeds", type=int, nargs="*", default=[0], help="seeds of the whole-data upper bound")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="for every run (smoke tests)")
-    ap.add_argument("--parts", nargs="+", choices=["levers", "final", "upper"], default=["levers", "final", "upper"],
+    ap.add_argument("--parts", nargs="+", choices=["levers", "final", "upper", "ipc"],
+                    default=["levers", "final", "upper", "ipc"],
                     help="what to run (two processes can share the work: e.g. `upper` beside `levers`)")
+    ap.add_argument("--ipc-seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the IPC 1 / 50 rows")
     ap.add_argument("--only-seeds", type=int, nargs="*", help="run only these seeds' lever / test jobs")
     args = ap.parse_args(argv)
     args.iterations_ipc50, args.teacher_epochs = args.iterations, BASE["teacher"]  # read by lpld_fmnist.overrides
     return args
 
 
-def name(split: str, seed: int, r: dict) -> str:
+def name(split: str, seed: int, r: dict, ipc: int = 10) -> str:
     diff = "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in r.items() if v != BASE[k])
-    return f"{split}_s{seed}_{diff or 'base'}"
+    return f"{split}_s{seed}_{diff or 'base'}" + ("" if ipc == 10 else f"_ipc{ipc}")
 
 
-def recipe_overrides(args, r: dict, split: str) -> list[str]:
+def recipe_overrides(args, r: dict, split: str, ipc: int = 10) -> list[str]:
     logits, factor = r["codec"].split("x")
     mode = "cs" if r["images"] == "cs_init_real" else r["images"]
-    return [*overrides(args, 10, r["relabel"]), *DC, f"squeeze.epochs={r['teacher']}", f"recover.modes=[{mode}]",
+    return [*overrides(args, ipc, r["relabel"]), *DC, f"squeeze.epochs={r['teacher']}", f"recover.modes=[{mode}]",
             *(["recover.init=real"] if r["images"] == "cs_init_real" else []), f"prune.factors=[{factor}]",
             f"prune.logits=[{logits}]", f"validate.temperature={r['T']:g}", f"validate.loss={r['loss']}",
             f"validate.eval_split={split}", *args.override]  # the smoke overrides win
@@ -70,13 +74,13 @@ def teacher_dir(args, epochs: int) -> Path:
     return cfg.run_path
 
 
-def job(args, split: str, seed: int, r: dict, hard: bool = False):
+def job(args, split: str, seed: int, r: dict, hard: bool = False, ipc: int = 10):
     """Run recipe ``r`` for ``seed`` on ``split`` (``hard``: only random real images with hard labels, test split);
     the teacher is :func:`teacher_dir`'s (``squeeze.checkpoint``), images and full label stores come from any
     finished run of this seed made with the same settings (the ledger decides)."""
-    nm = f"test_s{seed}_hard" if hard else name(split, seed, r)
+    nm = f"test_s{seed}_hard" if hard else name(split, seed, r, ipc)
     teacher = teacher_dir(args, r["teacher"]) / "teacher" / "model.safetensors"  # one teacher for every seed
-    cfg = config(args, nm, seed, recipe_overrides(args, r, split) + [f"squeeze.checkpoint={teacher}"])
+    cfg = config(args, nm, seed, recipe_overrides(args, r, split, ipc) + [f"squeeze.checkpoint={teacher}"])
     mode = cfg.recover.modes[0]
     for d in sorted(Path(args.runs).glob(f"*_s{seed}_*")):
         for part, key in ((f"images/{mode}", f"recover[{mode}]"), (f"labels/{mode}/full", f"relabel[{mode}]")):
@@ -99,9 +103,9 @@ def upper_bound(args, seed: int) -> dict:
     return hard_label(cfg, REAL_TRAIN)
 
 
-def by_seed(args, split: str, r: dict, seeds) -> dict:
+def by_seed(args, split: str, r: dict, seeds, ipc: int = 10) -> dict:
     """``{seed: the row of its finished run, top-1 in %}`` (each run has one row)."""
-    res = {s: finished_results(Path(args.runs) / name(split, s, r)) for s in seeds}
+    res = {s: finished_results(Path(args.runs) / name(split, s, r, ipc)) for s in seeds}
     rows = {s: {**x["rows"][0], "top1": 100 * x["rows"][0]["top1"]} for s, x in res.items() if x}
     assert all(len(res[s]["rows"]) == 1 and x["eval_split"] == split for s, x in rows.items())
     return rows
@@ -160,16 +164,22 @@ def final_table(args, rec: dict, out: list) -> str:
             if (h := load_json(f))}
     upper = {s: 100 * h["top1"] for s in args.upper_seeds for f in (Path(args.runs) / f"upper_s{s}").glob(UPPER)
              if (h := load_json(f))}
+    at = {ipc: by_seed(args, "test", rec, args.ipc_seeds, ipc) for ipc in DSA_AT}
     lines = md_table(["row (test split)", "top-1 %", "seeds"])
     for label, vals in ((f"best recipe {rec}", best), ("random real, hard labels (the dc preset's hard recipe)", hard),
                         (f"whole train split less the holdout, hard labels, {args.upper_epochs} epochs (upper bound)",
-                         upper)):
+                         upper), *((f"the same recipe at IPC {i}" + ("" if all(map(fits, x.values())) else
+                                    " (labels over the byte budget)"), {s: y["top1"] for s, y in x.items()})
+                                   for i, x in at.items())):
         out.append(result_row({"part": "final", "row": label, "split": "test"}, vals, "dc", unit="top-1 %"))
         lines.append(md_row([label, mean_std([v / 100 for v in vals.values()]), sorted(vals)]))
     lines += ["", *md_table(["claim", "where", "top-1 minus the anchor, points: mean [95 % CI]", "n", "verdict"])]
-    for anchor, pub in ANCHORS.items():  # one-sample: the anchor is a fixed published number, not a paired run
-        lines.append(claim_row(out, "dc", f"best recipe beats {anchor}'s {pub} % (one-sample t, not paired)",
-                               "IPC 10, test", {s: (v - pub) / 100 for s, v in best.items()}))
+    claims = [(f"{a}'s {p} %", 10, best, p) for a, p in ANCHORS.items()]
+    for anchor, ipc, vals, pub in claims + [(f"DSA's {p} %", i, {s: y["top1"] for s, y in at[i].items()}, p)
+                                            for i, p in DSA_AT.items()]:
+        # one-sample: the anchor is a fixed published number, not a paired run
+        lines.append(claim_row(out, "dc", f"best recipe beats {anchor} (one-sample t, not paired)",
+                               f"IPC {ipc}, test", {s: (v - pub) / 100 for s, v in vals.items()}))
     return "\n".join(lines)
 
 
@@ -223,7 +233,12 @@ def main(argv=None) -> None:
             job(args, "test", seed, rec)
             job(args, "test", seed, {**BASE, "images": "random_real"}, hard=True)
             write(args, t0, f"test rows: seed {seed} done")
-    whole = set(args.parts) == {"levers", "final", "upper"} and args.only_seeds is None
+    rec = final_recipe(args, choose(args)) if not args.collect and "ipc" in args.parts else None
+    for ipc in DSA_AT if rec else []:
+        for seed in mine(args.ipc_seeds):
+            job(args, "test", seed, rec, ipc=ipc)
+            write(args, t0, f"IPC {ipc}: seed {seed} done")
+    whole = set(args.parts) == {"levers", "final", "upper", "ipc"} and args.only_seeds is None
     write(args, t0, "written from finished runs by --collect" if args.collect else "complete" if whole
           else f"parts {args.parts} done for seeds {args.only_seeds or 'all'}")
 

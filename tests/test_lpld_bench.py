@@ -103,6 +103,7 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
         _push_run(runs, push.name("holdout", seed, fp16), 0.90, "holdout", label_bytes=70_000)
         _push_run(runs, push.name("test", seed, t4), [0.870, 0.875, 0.880][seed], "test")
         _push_run(runs, push.name("test", seed, base), 0.99, "test")  # not the final recipe: ignored
+        _push_run(runs, push.name("test", seed, t4, ipc=50), 0.88, "test", label_bytes=400_000)  # over budget
         hard = runs / f"test_s{seed}_hard" / "hard_label" / "convnet" / "random_real.json"
         hard.parent.mkdir(parents=True)
         hard.write_text(json.dumps({"top1": 0.74}))
@@ -122,6 +123,10 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
     assert "'T': 4.0" in final and "| 87.5 ± 0.4 | [0, 1, 2] |" in final
     assert "| random real, hard labels (the dc preset's hard recipe) | 74.0 ± 0.0 | [0, 1, 2] |" in lines
     assert "| whole train split less the holdout, hard labels, 5 epochs (upper bound) | 91.2 | [0] |" in lines
+    assert push.name("test", 0, t4, ipc=50) == "test_s0_T4_ipc50"
+    assert "| the same recipe at IPC 50 (labels over the byte budget) | 88.0 ± 0.0 | [0, 1, 2] |" in lines
+    assert "| the same recipe at IPC 1 | – | [] |" in lines  # no IPC 1 run finished
+    assert next(line for line in lines if "beats DSA's 88.7" in line).endswith("| -0.70 [-0.70, -0.70] | 3 | did not hold |")
     dsa = next(line for line in lines if "beats DSA's 84.6" in line)
     assert dsa.endswith("| +2.90 [+1.66, +4.14] | 3 | held |")  # one-sample t: mean 2.9, sd 0.5, t 4.303
     rows = json.loads((tmp_path / "docs" / "results" / "fmnist_push.json").read_text())["rows"]
