@@ -183,6 +183,17 @@ def final_table(args, rec: dict, out: list) -> str:
     return "\n".join(lines)
 
 
+def goal_text(rows: list[dict]) -> str:
+    """The goal's verdict in words, from the JSON rows: the DSA IPC 10 claim and the levers whose gain held."""
+    dsa = next(r for r in rows if r["setting"].get("claim", "").startswith(f"best recipe beats DSA's {ANCHORS['DSA']}"))
+    up = [f"{r['setting']['lever']} {r['setting']['value']}" for r in rows
+          if r["setting"].get("part") == "lever diff" and r["setting"]["lever"] != "combined" and r["verdict"] == "held"]
+    gap = f"{dsa['mean']:+.2f} points against DSA's {ANCHORS['DSA']} %" if dsa["values"] else "no test seed yet"
+    return (f"**Goal** (above DSA's {ANCHORS['DSA']} % at IPC 10, the interval saying so): "
+            f"{'reached' if dsa['verdict'] == 'held' else 'not reached'} ({gap}). Levers whose holdout gain over the "
+            f"base held (byte budget aside): {', '.join(up) or 'none (every lever measured here ran out)'}.")
+
+
 def write(args, t0: float, status: str) -> None:
     best = choose(args)
     rec = final_recipe(args, best)
@@ -202,6 +213,7 @@ def write(args, t0: float, status: str) -> None:
              + lever_table(args, best, rows)]
     if rec:
         parts.append(f"### Final rows (test split, seeds {args.seeds})\n\n" + final_table(args, rec, rows))
+        parts.append(goal_text(rows))
     write_section(Path(args.out), args.section, "\n\n".join(parts), rows, commit=args.commit)
 
 

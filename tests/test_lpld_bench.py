@@ -127,6 +127,8 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
     assert "| the same recipe at IPC 50 (labels over the byte budget) | 88.0 ± 0.0 | [0, 1, 2] |" in lines
     assert "| the same recipe at IPC 1 | – | [] |" in lines  # no IPC 1 run finished
     assert next(line for line in lines if "beats DSA's 88.7" in line).endswith("| -0.70 [-0.70, -0.70] | 3 | did not hold |")
+    assert ("**Goal** (above DSA's 84.6 % at IPC 10, the interval saying so): reached (+2.90 points against DSA's "
+            "84.6 %). Levers whose holdout gain over the base held (byte budget aside): T 4.0, codec fp16x10.") in lines
     dsa = next(line for line in lines if "beats DSA's 84.6" in line)
     assert dsa.endswith("| +2.90 [+1.66, +4.14] | 3 | held |")  # one-sample t: mean 2.9, sd 0.5, t 4.303
     rows = json.loads((tmp_path / "docs" / "results" / "fmnist_push.json").read_text())["rows"]
