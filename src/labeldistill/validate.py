@@ -487,7 +487,8 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     ``relabel.batch_size``; RandomResizedCrop(``relabel.crop_scale``) + horizontal flip (``relabel.flip``)
     through kornia; no CutMix; normalised with ``test``'s mean and std; the last model is evaluated.
     Under ``validate.protocol`` the preset's batch size and augmentation (:func:`labeldistill.protocols.hard_recipe`,
-    applied to the normalised images) and the ``validate`` schedule, momentum and 1-D weight decay instead.
+    applied to the normalised images; its crop scale, where it sets one, instead of ``relabel.crop_scale``) and the
+    ``validate`` schedule, momentum and 1-D weight decay instead.
 
     Args:
         data: uint8 images ``(N, C, H, W)`` with int64 labels ``(N,)`` (in memory or lazy).
@@ -507,7 +508,8 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     params = decay_groups(student, vc.weight_decay, vc.weight_decay_1d) if recipe else student.parameters()
     opt = make_optimizer(vc.optimizer, params, vc.lr, vc.momentum, vc.weight_decay)
     size = tuple(test.shape[1:])
-    aug = hard_augmentation(recipe.augment if recipe else "crop_flip", size, relabel_cfg.crop_scale, relabel_cfg.flip)
+    crop_scale = recipe.crop_scale if recipe and recipe.crop_scale else relabel_cfg.crop_scale
+    aug = hard_augmentation(recipe.augment if recipe else "crop_flip", size, crop_scale, relabel_cfg.flip)
     bs = recipe.batch_size if recipe else relabel_cfg.batch_size
     g = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data) + bs - 1) // bs
