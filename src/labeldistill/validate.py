@@ -248,7 +248,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         broadcast_buffers(student)
         return evaluate_topk(student, test, mean, std, device, vc.eval_batch_size, sharded=True)
 
-    ckpt = _checkpointer(cfg, m, seed, replay, resume_path, feed, history)
+    ckpt = _checkpointer(cfg, m, seed, replay, resume_path, feed, history, log, desc)
     loss, end_epoch = _student_step(cfg, net, feed, device, log, desc, epochs, score, history)
     t0 = time.time()
     fit(student, opt, epochs=epochs, total=total,
@@ -278,14 +278,16 @@ def _summary(history: list[dict], epochs: int, steps: int, seconds: float,
 
 
 def _checkpointer(cfg: Config, m: dict, seed: int, replay: str, resume_path: Path | None, feed: LabelFeed,
-                  history: list[dict]) -> Checkpointer:
-    """The end-of-epoch checkpointer of :func:`train_student` (keyed by everything that changes the weights)."""
+                  history: list[dict], log: MetricsLog | None, desc: str) -> Checkpointer:
+    """The end-of-epoch checkpointer of :func:`train_student` (keyed by everything that changes the weights; a
+    resumed run drops its lines in ``log`` written after the save, see :class:`~labeldistill.training.Checkpointer`)."""
     vc = cfg.validate
     key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], seed,
                        rank_world()[1], replay, *numerics_settings(cfg).values())
     return Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
                         lambda: {"student_temperature": feed.student_temperature, "history": list(history)},
-                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))))
+                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))),
+                        metrics=log, metrics_match={"stage": "validate", "run": desc})
 
 
 def _build_student(vc, num_classes: int, shape: tuple, seed: int,
