@@ -144,3 +144,35 @@ def test_learn_labels_killed_mid_meta_training_ends_identical(tmp_path):
     assert _timeless(res_a["rows"]) == _timeless(res_b["rows"])
     assert {m: _timeless([e])[0] for m, e in res_a["meta"].items()} == \
         {m: _timeless([e])[0] for m, e in res_b["meta"].items()}
+    assert _metrics(ref) == _metrics(cut)  # kills right after a save: nothing logged twice, nothing lost
+
+
+def _metrics(run_dir) -> list[dict]:
+    """The lines of ``metrics.jsonl`` without their ``time`` and ``seconds`` fields."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return _timeless([{k: v for k, v in r.items() if k != "time"} for r in rows])
+
+
+def test_metrics_of_a_run_killed_between_saves_equal_an_uninterrupted_runs(tmp_path):
+    """A run killed after an epoch's model-selection line was logged but before that epoch was saved (its resume
+    file holds the epoch before: a kill between two throttled saves, made here by putting back the previous
+    save's file after a SIGKILL), resumed: ``metrics.jsonl`` holds exactly an uninterrupted run's lines, in its
+    order — the redone epoch's ``select`` line and the teacher line once, the lines of an earlier run in the
+    same file kept."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "methods": ["teacher", "ld"], "meta": {**TINY["meta"], "epochs": 3},
+                                   "teacher": {"model": {"name": "mlp", "args": {"hidden": 16, "depth": 1}},
+                                               "epochs": 1}}))
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert _cli(str(cfg), ref).returncode == 0
+    cut.mkdir()
+    (cut / "metrics.jsonl").write_text('{"time": 1.0, "event": "an earlier run"}\n')
+    assert _cli(str(cfg), cut, "meta-epoch:1").returncode == -9  # saved after epoch 1, killed
+    epoch1 = (cut / ".learn_labels.resume.pt").read_bytes()
+    assert _cli(str(cfg), cut, "meta-epoch:1").returncode == -9  # resumed: epoch 2 logged and saved, killed
+    (cut / ".learn_labels.resume.pt").write_bytes(epoch1)  # as if killed during epoch 2's save
+    r = _cli(str(cfg), cut)
+    assert r.returncode == 0, r.stderr
+    want = _metrics(ref)
+    assert [m["event"] for m in want].count("select") == 3 and want[0]["event"] == "teacher"
+    assert _metrics(cut) == [{"event": "an earlier run"}, *want]

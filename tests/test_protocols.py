@@ -59,13 +59,13 @@ def test_sre2l_lpld_and_ddranking_set_their_reference_recipes():
                     "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_1d": False,
                     "schedule": "cosine_epoch", "warmup_epochs": 5, "epochs": 100, "temperature": 20.0,
                     "t2_scale": True}
-    assert hard_recipe(_cfg("lpld", "tiny-imagenet")) == HardRecipe(64, "crop_flip", 100)
+    assert hard_recipe(_cfg("lpld", "tiny-imagenet")) == HardRecipe(64, "crop_flip", 100, (0.08, 1.0))
     in1k = _vc(_cfg("lpld", "imagenet"))
     assert in1k == {**tiny, "model": {"name": "torchvision:resnet18", "args": {"stem": "imagenet"}},
                     "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "warmup_epochs": 0, "epochs": 300,
                     "t2_scale": False}
     assert _vc(_cfg("sre2l", "imagenet")) == in1k
-    assert hard_recipe(_cfg("sre2l")) == HardRecipe(1024, "crop_flip", 300)
+    assert hard_recipe(_cfg("sre2l")) == HardRecipe(1024, "crop_flip", 300, (0.08, 1.0))
     dd = _vc(_cfg("ddranking"))
     assert dd == {**_vc(_cfg("dc")), "epochs": 300, "temperature": 1.2, "t2_scale": False}
     assert hard_recipe(_cfg("ddranking")) == HardRecipe(256, "none", 300)
@@ -288,6 +288,38 @@ def test_hard_label_fingerprint_holds_the_preset_values(monkeypatch):
     monkeypatch.setitem(protocols.PROTOCOLS, "dc", changed)
     after = _hard_label_settings(cfg, ref)
     assert before["validate.protocol.hard"]["batch_size"] != 7 and after["validate.protocol.hard"]["batch_size"] == 7
+
+
+def test_sre2l_and_lpld_hard_rows_crop_as_the_reference_students(monkeypatch):
+    """The SRe2L and LPLD students crop with RandomResizedCrop scale (0.08, 1): a hard-label row under their presets
+    does too, whatever ``relabel.crop_scale`` is, and the scale is in its fingerprint; without a preset (or under
+    ``dc``) the row keeps ``relabel.crop_scale`` and its fingerprint has no crop key."""
+    from types import SimpleNamespace
+
+    import labeldistill.validate as V
+    from labeldistill.layout import REAL_TRAIN
+    from labeldistill.main_stages import _hard_label_settings
+    from labeldistill.provenance import StageRef
+
+    class Seen(Exception):
+        pass
+
+    def spy(name, size, crop_scale, flip):
+        raise Seen(name, tuple(crop_scale))
+
+    monkeypatch.setattr(V, "hard_augmentation", spy)
+    test = SimpleNamespace(num_classes=10, shape=(1, 28, 28))
+    for protocol, want in [("sre2l", (0.08, 1.0)), ("lpld", (0.08, 1.0)), (None, (0.5, 1.0))]:
+        cfg = load_config(None, ["data.dataset=fashion-mnist", "relabel.crop_scale=[0.5, 1.0]", "device=cpu",
+                                 "hard_label.enabled=true", *([f"validate.protocol={protocol}"] if protocol else [])])
+        with pytest.raises(Seen) as seen:
+            V.train_hard_student(cfg, None, test, 1)
+        assert seen.value.args == ("crop_flip", want), protocol
+        hard = _hard_label_settings(cfg, StageRef("hard-label", REAL_TRAIN)).get("validate.protocol.hard")
+        assert (hard or {}).get("crop_scale") == (want if protocol else None)
+    dc = load_config(None, ["validate.protocol=dc", "hard_label.enabled=true"])
+    assert set(_hard_label_settings(dc, StageRef("hard-label", REAL_TRAIN))["validate.protocol.hard"]) == \
+        {"batch_size", "augment", "epochs"}  # a preset that sets no crop keeps its fingerprint
 
 
 def test_hard_label_fingerprint_holds_the_augmentation_revision():

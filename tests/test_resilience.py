@@ -81,6 +81,13 @@ def test_kill_at_every_stage_then_resume_is_byte_identical(reference_run, tmp_pa
         b = json.loads(next((run_dir / "validate").glob(f"*/{f}")).read_text())
         assert a["top1"] == b["top1"]
     assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob(".*.resume.pt"))
+    assert _metrics(run_dir) == _metrics(reference_run)  # no line of a resumed unit twice, none lost
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """The lines of ``metrics.jsonl`` without their wall-clock fields (``time``, ``*seconds*``)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time" and "seconds" not in k} for r in rows]
 
 
 def test_sigkill_at_a_random_moment_then_resume(reference_run, tmp_path):

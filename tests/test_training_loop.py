@@ -3,10 +3,13 @@ file carries every field it needs, a non-finite loss is refused in the caller's 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from labeldistill.errors import LabelDistillError
+from labeldistill.io import MetricsLog
 from labeldistill.resume import save_checkpoint
 from labeldistill.training import Checkpointer, StepGuard, cosine_lr, fit
 
@@ -53,6 +56,38 @@ def test_a_cut_off_run_resumes_to_the_same_weights_and_schedule(tmp_path):
     resumed, steps2, lrs2 = _train(path)
     assert steps == steps2 == 12 and lrs2 == lrs[6:]  # the schedule continues at the saved step
     assert torch.equal(whole.weight, resumed.weight) and torch.equal(whole.bias, resumed.bias)
+
+
+def test_a_run_killed_during_a_save_logs_each_epoch_once_and_keeps_other_lines(tmp_path):
+    """Killed while saving epoch 1 (its metrics line written, the resume file still epoch 0's), then resumed: epoch
+    1's line is in the log once, in its place among the run's lines; lines of other work, before the save and
+    after the kill, stay."""
+    log, path = MetricsLog(tmp_path / "metrics.jsonl"), tmp_path / ".resume.pt"
+
+    def run(die_in_save: int | None = None) -> None:
+        model = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        saves = []
+
+        def extra() -> dict:
+            saves.append(1)
+            if len(saves) == die_in_save:
+                raise Stop
+            return {}
+
+        fit(model, opt, epochs=4, total=12, lr=lambda s: 0.1, batches=lambda e: [slice(i, i + 8) for i in (0, 8, 16)],
+            loss=lambda idx, e: torch.nn.functional.mse_loss(model(X[idx]), Y[idx]),
+            guard=StepGuard("toy", "toy.lr"), end_epoch=lambda epoch, loss: log.log(stage="toy", epoch=epoch),
+            checkpoint=Checkpointer(path, "k", "test-epoch", 0, extra, metrics=log, metrics_match={"stage": "toy"}))
+
+    log.log(stage="before")
+    with pytest.raises(Stop):
+        run(die_in_save=2)
+    log.log(stage="other")
+    run()
+    lines = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert [(r["stage"], r.get("epoch")) for r in lines] == \
+        [("before", None), ("toy", 0), ("other", None), ("toy", 1), ("toy", 2), ("toy", 3)]
 
 
 def test_a_resume_file_without_the_loop_fields_or_with_another_key_starts_over(tmp_path):

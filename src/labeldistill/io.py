@@ -105,7 +105,11 @@ def dir_bytes(path: Path) -> int:
 
 
 class MetricsLog:
-    """Append JSON lines (one dict per event, with a wall-clock timestamp) to ``metrics.jsonl``."""
+    """Append JSON lines (one dict per event, with a wall-clock timestamp) to ``metrics.jsonl``.
+
+    A resumable loop records :meth:`size` in its checkpoint and calls :meth:`rewind` with it when it resumes, so
+    the lines of the work it redoes are not written twice.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -115,6 +119,38 @@ class MetricsLog:
         kv = {"time": round(time.time(), 3), **kv}
         with open(self.path, "a") as f:
             f.write(json.dumps(kv) + "\n")
+
+    def size(self) -> int:
+        """The file's length now (bytes; 0 when it does not exist yet)."""
+        return self.path.stat().st_size if self.path.is_file() else 0
+
+    def rewind(self, size: int, **match: Any) -> None:
+        """Drop the lines written after byte ``size`` whose fields include ``match`` (every such line when no
+        ``match`` is given): the lines of work a resumed run redoes and logs again. Lines before ``size`` and
+        later lines of other work stay, in their order; the file is replaced atomically (temporary file +
+        rename), so a kill leaves either the old or the new file.
+
+        Args:
+            size: bytes of the file at the checkpoint the run resumes from (:meth:`size`); a file now shorter
+                (edited or replaced since) is left as it is.
+            match: fields (e.g. ``stage="validate", run=...``) that mark the resumed work's lines.
+        """
+        if not self.path.is_file() or self.path.stat().st_size <= size:
+            return
+        data = self.path.read_bytes()
+        if size and data[size - 1:size] != b"\n":
+            return  # not a line boundary of this file: not the file the checkpoint saw
+        kept = [line for line in data[size:].splitlines(keepends=True) if match and not _matches(line, match)]
+        atomic_write_bytes(self.path, data[:size] + b"".join(kept))
+
+
+def _matches(line: bytes, match: dict) -> bool:
+    """True when the JSON line ``line`` holds every field of ``match`` with the same value (a cut-off line: True)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return True
+    return isinstance(row, dict) and all(row.get(k) == v for k, v in match.items())
 
 
 def load_class_stats(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:

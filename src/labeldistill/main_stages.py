@@ -127,7 +127,8 @@ def _hard_label_settings(cfg: Config, ref: StageRef) -> dict[str, Any]:
                "relabel.epochs": one.relabel.epochs}
     relabel, vc = flat_settings("relabel", one.relabel), flat_settings("validate", one.validate)
     recipe = hard_recipe(one)  # the preset's hard-label batch, augmentation and epochs, by value
-    preset = {"validate.protocol": vc["validate.protocol"], "validate.protocol.hard": asdict(recipe)} if recipe else {}
+    hard = {k: v for k, v in asdict(recipe).items() if v is not None} if recipe else {}  # unset: not fingerprinted
+    preset = {"validate.protocol": vc["validate.protocol"], "validate.protocol.hard": hard} if recipe else {}
     if recipe and recipe.augment in AUGMENT_REVISIONS:  # rows made before a change of the augmentation go stale
         preset["validate.protocol.hard_augment_revision"] = AUGMENT_REVISIONS[recipe.augment]
     return {**out, **{k: relabel[k] for k in _HARD_PROTOCOL}, **{k: vc[k] for k in _HARD_STUDENT}, **preset}

@@ -22,8 +22,8 @@ Differences from the reference code kept on purpose (said in each preset's ``not
 - ``sre2l``: the reference batch of 1024 is two accumulated micro-batches of 512 (BatchNorm statistics over 512);
   a hard-label row here trains on one batch of 1024;
 - ``sre2l`` / ``lpld``: neither reference trains a hard-label student; their hard-label recipe here is the
-  soft-label student's with cross-entropy, RandomResizedCrop(``relabel.crop_scale``, the references' 0.08 lower
-  bound only where that is the dataset's default) + flip and no CutMix;
+  soft-label student's with cross-entropy, the student's RandomResizedCrop scale (0.08, 1)
+  (:data:`REFERENCE_CROP_SCALE`, whatever ``relabel.crop_scale`` is) + flip (``relabel.flip``) and no CutMix;
 - ``ddranking``: DD-Ranking 0.2.0 has no 1-channel dataset and builds its ConvNet with 3 input channels; on 1-channel
   data this preset takes DC's 28 → 32 px first-layer padding.
 """
@@ -51,6 +51,17 @@ and rotate fill with the whole batch's means, rotate by whole degrees, scale by 
 scale and rotate resample its own sampling grid (``F.affine_grid``) instead of kornia's affine sampler."""
 
 
+REFERENCE_CROP_SCALE = (0.08, 1.0)
+"""RandomResizedCrop scale (fractions of the area) of the SRe2L and LPLD students, the crop of their presets'
+hard-label rows: VILA-Lab/SRe2L ``SRe2L/validate/train_FKD.py`` at 2e346ff14386b8ea3a6a9c287c0fdf49c9e8fe21
+(``RandomResizedCropWithCoords(size=224, scale=(0.08, 1))`` + flip) and ``SRe2L/validate/train_KD.py`` at
+d6a720e8503775d64628b2bd6d56706e48ada3a3 (``RandomResizedCrop(224, scale=(0.08, 1.0))`` + flip, the online-KD
+student); he-y/soft-label-pruning-for-dataset-distillation ``relabel_and_validate/train_FKD_label_pruning_batch.py``
+at 63eee186e15e09a6889dda07805ce921c439aef4 (``load_dataset``: ``scale=(args.min_scale_crops, 1)`` + flip on
+ImageNet-1K and Tiny-ImageNet, ``--min-scale-crops`` default 0.08, which ``cfg/reproduce/LPLD_*.yaml`` leave as
+it is for validation)."""
+
+
 @dataclass(frozen=True)
 class HardRecipe:
     """What a preset sets for a hard-label row besides the ``validate`` keys.
@@ -58,13 +69,18 @@ class HardRecipe:
     Attributes:
         batch_size: images per step.
         augment: ``none``, ``dc_crop_scale_rotate`` (DC's ``augment``), ``dsa`` / ``dsa_no_flip`` (DSA's
-            ``DiffAugment`` with / without flip) or ``crop_flip`` (RandomResizedCrop(``relabel.crop_scale``) + flip, the project's hard-label default).
+            ``DiffAugment`` with / without flip) or ``crop_flip`` (RandomResizedCrop(``crop_scale``) + flip, the
+            project's hard-label default).
         epochs: passes over the images.
+        crop_scale: ``crop_flip``'s RandomResizedCrop scale ``(low, high)`` (fractions of the area); ``None``:
+            ``relabel.crop_scale``. Left out of the hard-label fingerprint when ``None``, so presets that do not
+            set it keep their fingerprints.
     """
 
     batch_size: int
     augment: str
     epochs: int
+    crop_scale: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,11 +154,12 @@ LPLD = Protocol(
     "LambdaLR cosine stepped per epoch; Tiny: LinearLR warm-up from 0.01x over 5 epochs, 3x3 stem without "
     "max-pool, loss x T^2), utils.py get_parameters (decay on >1-D weights only), "
     "cfg/reproduce/LPLD_in1k_[4k].yaml (batch 128, 300 epochs, T 20) and LPLD_tiny_[4k].yaml (batch 64, "
-    "100 epochs, T 20, SGD lr 0.2, momentum 0.9, weight decay 1e-4)",
+    "100 epochs, T 20, SGD lr 0.2, momentum 0.9, weight decay 1e-4); the student's crop: REFERENCE_CROP_SCALE",
     settings=_lpld,
-    hard=lambda ds: HardRecipe(64 if ds == "tiny-imagenet" else 128, "crop_flip", _lpld(ds)["epochs"]),
+    hard=lambda ds: HardRecipe(64 if ds == "tiny-imagenet" else 128, "crop_flip", _lpld(ds)["epochs"],
+                               REFERENCE_CROP_SCALE),
     notes=("no hard-label student in the reference: the hard-label recipe is the soft-label student's with "
-           "cross-entropy, RandomResizedCrop(relabel.crop_scale) + flip, no CutMix",))
+           "cross-entropy, RandomResizedCrop(0.08, 1) + flip, no CutMix",))
 
 SRE2L = Protocol(
     "sre2l",
@@ -151,12 +168,12 @@ SRE2L = Protocol(
     "2e346ff14386b8ea3a6a9c287c0fdf49c9e8fe21 (AdamW lr 1e-3, weight decay 0.01, 300 epochs, LambdaLR cosine "
     "stepped per epoch, no T^2) and utils.py get_parameters at 0bd3cf01bab99aad9e21c85004bf00319da54b2d (decay "
     "on >1-D weights only); the same recipe on every dataset (its Tiny-ImageNet student is trained online "
-    "elsewhere), small stem below ImageNet",
+    "elsewhere), small stem below ImageNet; the student's crop: REFERENCE_CROP_SCALE",
     settings=lambda ds: {**_lpld("imagenet"), "model": _resnet18(ds)},
-    hard=lambda ds: HardRecipe(1024, "crop_flip", 300),
+    hard=lambda ds: HardRecipe(1024, "crop_flip", 300, REFERENCE_CROP_SCALE),
     notes=("batch 1024 is 2 accumulated micro-batches of 512 in the reference (BatchNorm over 512); one batch here",
            "no hard-label student in the reference: the hard-label recipe is the soft-label student's with "
-           "cross-entropy, RandomResizedCrop(relabel.crop_scale) + flip, no CutMix"))
+           "cross-entropy, RandomResizedCrop(0.08, 1) + flip, no CutMix"))
 
 DDRANKING = Protocol(
     "ddranking",

@@ -505,10 +505,10 @@ def synthesise(cfg: Config, mode: str, switches: RecoverMode, teacher: nn.Module
             imgs, terms = recover_segments(teacher, hooks, segs, tuple(info["shape"]), info["mean"], info["std"],
                                            cfg, device, switches.crop_schedule)
             slots = torch.tensor([cls * recover_cfg.ipc + k for batch in groups[gi] for cls, k in batch])
+            for batch, tm in zip(groups[gi], terms):  # before the save: a group saved is never redone
+                log.log(stage="recover", mode=mode, classes=sorted({c for c, _ in batch}), **tm)
             _save_partial(partial, gi, slots, torch.cat(imgs))
             fault_point("recover-group")
-            for batch, tm in zip(groups[gi], terms):
-                log.log(stage="recover", mode=mode, classes=sorted({c for c, _ in batch}), **tm)
     barrier()
     done = _load_partial(partial, key)
     if len(done) != len(groups):

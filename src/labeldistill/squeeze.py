@@ -183,9 +183,10 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
         g.set_state(state["gen"])
         torch.set_rng_state(state["rng"])
 
-    ckpt = Checkpointer(layout.teacher_dir / ".resume.pt", key, "squeeze-epoch", 0,
-                        lambda: {"gen": g.get_state(), "rng": torch.get_rng_state()}, load_rng)
     log = MetricsLog(layout.metrics)
+    ckpt = Checkpointer(layout.teacher_dir / ".resume.pt", key, "squeeze-epoch", 0,
+                        lambda: {"gen": g.get_state(), "rng": torch.get_rng_state()}, load_rng,
+                        metrics=log, metrics_match={"stage": "squeeze"})
     fit(model, opt, epochs=sc.epochs, total=total, lr=lambda step: teacher_lr(sc, step, total, steps_per_epoch),
         batches=_teacher_batches(train, cfg, g, steps_per_epoch), loss=_teacher_step(net, train, cfg, aug, device),
         guard=StepGuard("teacher", "squeeze.lr", lambda epoch, i, step: f"epoch {epoch}, step {i}"),

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .data import ImageSet, iter_batches, normalize
 from .distributed import all_reduce_sum, rank_world
 from .errors import ConfigError, LabelDistillError
+from .io import MetricsLog
 from .resume import Throttle, fault_point, load_checkpoint, save_checkpoint
 from .runtime import is_rank0
 
@@ -166,6 +167,10 @@ class Checkpointer:
     entries, written atomically (:func:`labeldistill.resume.save_checkpoint`) by rank 0 at the end of an epoch
     (never after the last), at most every ``seconds``, each save followed by the fault point ``fault``.
 
+    With ``metrics``, each save records the metrics log's length and a resumed run first drops the lines matching
+    ``metrics_match`` logged after it (:meth:`labeldistill.io.MetricsLog.rewind`): the epochs it redoes log them
+    again, so the log ends as an uninterrupted run's.
+
     Attributes:
         path: the resume file; ``None``: nothing is saved or loaded.
         key: the settings key the file must carry to be resumed from (given by the caller).
@@ -173,6 +178,8 @@ class Checkpointer:
         seconds: least time between two saves (0: every epoch).
         save_extra: more entries to save (RNG states, per-epoch losses …), or ``None``.
         load_extra: restores them from a loaded file, after the model and optimiser; or ``None``.
+        metrics: the log the loop's ``end_epoch`` writes to, or ``None``.
+        metrics_match: the fields of this run's lines in ``metrics`` (e.g. ``{"stage": "squeeze"}``).
     """
 
     path: Path | None
@@ -181,6 +188,8 @@ class Checkpointer:
     seconds: float = 0.0
     save_extra: Callable[[], dict] | None = None
     load_extra: Callable[[dict], None] | None = None
+    metrics: MetricsLog | None = None
+    metrics_match: dict = field(default_factory=dict)
     _due: Throttle = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -200,6 +209,8 @@ class Checkpointer:
         opt.load_state_dict(state["opt"])
         if self.load_extra is not None:
             self.load_extra(state)
+        if self.metrics is not None and "metrics_bytes" in state and is_rank0():
+            self.metrics.rewind(state["metrics_bytes"], **self.metrics_match)
         return state["epoch"] + 1, state["step"]
 
     def save(self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
@@ -207,6 +218,8 @@ class Checkpointer:
         if self.path is None or not is_rank0() or not self._due():
             return
         extra = self.save_extra() if self.save_extra is not None else {}
+        if self.metrics is not None:
+            extra["metrics_bytes"] = self.metrics.size()
         save_checkpoint(self.path, self.key, {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                                               "step": step, **extra})
         fault_point(self.fault)

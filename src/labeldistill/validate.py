@@ -248,7 +248,7 @@ def train_student(cfg: Config, store: LabelStore, data: ImageSet, test: ImageSet
         broadcast_buffers(student)
         return evaluate_topk(student, test, mean, std, device, vc.eval_batch_size, sharded=True)
 
-    ckpt = _checkpointer(cfg, m, seed, replay, resume_path, feed, history)
+    ckpt = _checkpointer(cfg, m, seed, replay, resume_path, feed, history, log, desc)
     loss, end_epoch = _student_step(cfg, net, feed, device, log, desc, epochs, score, history)
     t0 = time.time()
     fit(student, opt, epochs=epochs, total=total,
@@ -278,14 +278,16 @@ def _summary(history: list[dict], epochs: int, steps: int, seconds: float,
 
 
 def _checkpointer(cfg: Config, m: dict, seed: int, replay: str, resume_path: Path | None, feed: LabelFeed,
-                  history: list[dict]) -> Checkpointer:
-    """The end-of-epoch checkpointer of :func:`train_student` (keyed by everything that changes the weights)."""
+                  history: list[dict], log: MetricsLog | None, desc: str) -> Checkpointer:
+    """The end-of-epoch checkpointer of :func:`train_student` (keyed by everything that changes the weights; a
+    resumed run drops its lines in ``log`` written after the save, see :class:`~labeldistill.training.Checkpointer`)."""
     vc = cfg.validate
     key = settings_key("validate", _resume_settings(vc), m["image_fingerprint"], m["shards"], seed,
                        rank_world()[1], replay, *numerics_settings(cfg).values())
     return Checkpointer(resume_path, key, "validate-epoch", vc.checkpoint_seconds,
                         lambda: {"student_temperature": feed.student_temperature, "history": list(history)},
-                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))))
+                        lambda state: (feed.load_state(state), history.extend(state.get("history", []))),
+                        metrics=log, metrics_match={"stage": "validate", "run": desc})
 
 
 def _build_student(vc, num_classes: int, shape: tuple, seed: int,
@@ -487,7 +489,8 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     ``relabel.batch_size``; RandomResizedCrop(``relabel.crop_scale``) + horizontal flip (``relabel.flip``)
     through kornia; no CutMix; normalised with ``test``'s mean and std; the last model is evaluated.
     Under ``validate.protocol`` the preset's batch size and augmentation (:func:`labeldistill.protocols.hard_recipe`,
-    applied to the normalised images) and the ``validate`` schedule, momentum and 1-D weight decay instead.
+    applied to the normalised images; its crop scale, where it sets one, instead of ``relabel.crop_scale``) and the
+    ``validate`` schedule, momentum and 1-D weight decay instead.
 
     Args:
         data: uint8 images ``(N, C, H, W)`` with int64 labels ``(N,)`` (in memory or lazy).
@@ -507,7 +510,8 @@ def train_hard_student(cfg: Config, data: ImageSet, test: ImageSet, epochs: int,
     params = decay_groups(student, vc.weight_decay, vc.weight_decay_1d) if recipe else student.parameters()
     opt = make_optimizer(vc.optimizer, params, vc.lr, vc.momentum, vc.weight_decay)
     size = tuple(test.shape[1:])
-    aug = hard_augmentation(recipe.augment if recipe else "crop_flip", size, relabel_cfg.crop_scale, relabel_cfg.flip)
+    crop_scale = recipe.crop_scale if recipe and recipe.crop_scale else relabel_cfg.crop_scale
+    aug = hard_augmentation(recipe.augment if recipe else "crop_flip", size, crop_scale, relabel_cfg.flip)
     bs = recipe.batch_size if recipe else relabel_cfg.batch_size
     g = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data) + bs - 1) // bs

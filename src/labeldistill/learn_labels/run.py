@@ -463,6 +463,7 @@ def learn_labels(cfg: LearnLabelsConfig, force: bool = False) -> dict:
         build_network(spec.arch, task.num_classes, task.shape, torch.device("cpu"))
     metrics = MetricsLog(cfg.run_path / "metrics.jsonl")
     progress = Progress(cfg)
+    progress.attach_metrics(metrics)
     torch.manual_seed(cfg.seed)
     if previous is None:
         label_sets, meta_results, teacher_info = make_label_sets(cfg, task, device, metrics.log, progress,
@@ -515,6 +516,10 @@ class Progress:
     ``(N, C)`` labels included), the loop state of a meta-training in progress (``meta_progress``, by method:
     :meth:`~.meta._MetaRun.state_dict`) and the finished meta-test rows, keyed by a fingerprint of the settings
     (:func:`settings_fingerprint`). Written atomically after each unit; read with ``weights_only=True``.
+
+    Each save also records the length of ``metrics.jsonl`` (bytes) and the one-off events already logged
+    (:meth:`log_once`), so a resumed run first drops the lines logged after the last save (:meth:`attach_metrics`)
+    and its ``metrics.jsonl`` ends with the lines of an uninterrupted run, in the same order (``time`` aside).
     """
 
     def __init__(self, cfg: LearnLabelsConfig):
@@ -524,15 +529,41 @@ class Progress:
         self.meta: dict[str, dict] = state.get("meta", {})
         self.meta_progress: dict[str, dict] = state.get("meta_progress", {})
         self.rows: list[dict] = state.get("rows", [])
-        if state:
+        self.metrics_bytes: int | None = state.get("metrics_bytes")
+        self.logged: list[str] = list(state.get("logged", []))
+        self.metrics: MetricsLog | None = None
+        if self.meta or self.meta_progress or self.rows:
             busy = "".join(f"; {m} meta-training continues after epoch {s['epoch']} (outer step {s['step']})"
                            for m, s in self.meta_progress.items())
             print(f"resuming {cfg.run_path}: {len(self.meta)} label sets and {len(self.rows)} meta-test rows "
                   f"already done{busy}", flush=True)
 
     def _save(self) -> None:
+        if self.metrics is not None:
+            self.metrics_bytes = self.metrics.size()
         save_checkpoint(self.path, self.key, {"meta": self.meta, "meta_progress": self.meta_progress,
-                                              "rows": self.rows})
+                                              "rows": self.rows, "metrics_bytes": self.metrics_bytes,
+                                              "logged": self.logged})
+
+    def attach_metrics(self, metrics: MetricsLog) -> None:
+        """Record ``metrics``' length with every save from now on. A resumed run first drops the lines written
+        after its last save (they are logged again as their work is redone); a new run (or a file saved before
+        lengths were recorded) saves at once, so a kill before any other save is undone the same way and the lines
+        of earlier runs in the file stay."""
+        self.metrics = metrics
+        if self.metrics_bytes is not None:
+            metrics.rewind(self.metrics_bytes)
+        else:
+            self._save()
+
+    def log_once(self, log: Callable[..., None], event: str, **kv) -> None:
+        """``log(event=event, **kv)`` unless a saved state already holds it (an event of work a resumed run does
+        not redo, such as the teacher line); then save."""
+        if event in self.logged:
+            return
+        log(event=event, **kv)
+        self.logged.append(event)
+        self._save()
 
     def meta_checkpoint(self, method: str, seconds: float) -> MetaCheckpoint:
         """Saving (every ``seconds`` at most) and resuming of ``method``'s meta-training in this file."""
@@ -620,7 +651,10 @@ def make_label_sets(cfg: LearnLabelsConfig, task: Task, device: torch.device, lo
                                             task.std, device, cfg.seed, reuse=not retrain_teacher)
         teacher_labels = soft_labels(teacher, task.x_base, cfg.teacher.temperature).to(device)
         teacher_info = {**teacher_info, "temperature": cfg.teacher.temperature}
-        log(event="teacher", top1=teacher_info.get("top1"))
+        if progress is None:
+            log(event="teacher", top1=teacher_info.get("top1"))
+        else:
+            progress.log_once(log, "teacher", top1=teacher_info.get("top1"))
 
     label_sets: dict[str, torch.Tensor] = {}
     meta_results: dict[str, MetaResult] = {}
