@@ -96,3 +96,10 @@ def test_sharded_evaluation_gives_the_one_process_top1(tmp_path):
     for rank in (0, 1):
         full, shard = (tmp_path / f"rank{rank}").read_text().split()
         assert full == shard and 0 < float(full) < 1
+
+
+def test_squeeze_under_ddp_logs_each_epoch_once(tmp_path):
+    """Both ranks train the teacher; only rank 0 writes its metrics lines (they were written once per rank)."""
+    _cli("squeeze", CONFIG, *OVERRIDES, "squeeze.epochs=2", f"run_dir={tmp_path}", torchrun=True)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines if x["stage"] == "squeeze" and "epoch" in x] == [0, 1]

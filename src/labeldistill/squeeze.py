@@ -190,5 +190,6 @@ def _train_teacher(model: nn.Module, train: ImageSet, cfg: Config, layout: RunLa
     fit(model, opt, epochs=sc.epochs, total=total, lr=lambda step: teacher_lr(sc, step, total, steps_per_epoch),
         batches=_teacher_batches(train, cfg, g, steps_per_epoch), loss=_teacher_step(net, train, cfg, aug, device),
         guard=StepGuard("teacher", "squeeze.lr", lambda epoch, i, step: f"epoch {epoch}, step {i}"),
-        checkpoint=ckpt, end_epoch=lambda epoch, loss: log.log(stage="squeeze", epoch=epoch, loss=loss.item()),
+        checkpoint=ckpt, end_epoch=lambda epoch, loss: is_rank0() and log.log(stage="squeeze", epoch=epoch,
+                                                                              loss=loss.item()),  # once, not per rank
         desc="squeeze")

@@ -430,7 +430,8 @@ def _validate(cfg: Config, ref: StageRef, layout: RunLayout, out: Path, store_pa
     elif source != "stored":
         label_model, weights = load_label_model(source, layout, mode, pick_device(cfg.device, cfg.deterministic))
     student_file = RunLayout.student_weights(out)
-    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]", log=MetricsLog(layout.metrics),
+    res = train_student(cfg, store, data, test, desc=f"validate[{mode} {path.name}]",
+                        log=MetricsLog(layout.metrics) if is_rank0() else None,  # one copy of the lines, not one per rank
                         resume_path=resume, replay=v.replay_mode, label_model=label_model, image_logits=image_logits,
                         seed=cfg.seed + ref.repeat, weights_path=student_file)
     row = {
