@@ -22,10 +22,11 @@ from labeldistill import run, run_stage
 from labeldistill.runtime import tune_malloc
 
 BASE = {"teacher": 15, "images": "cs", "T": 20.0, "relabel": 300, "codec": "int8x10", "loss": "kl"}
-LEVERS = [("teacher", 3), ("images", "cs_init_real"), ("images", "rded"), ("images", "random_real"), ("T", 1.0),
-          ("T", 4.0), ("relabel", 100), ("codec", "fp16x10"), ("codec", "int4x5"), ("codec", "int8x40"),
+LEVERS = [("teacher", 3), ("teacher", 1), ("teacher", 6), ("images", "cs_init_real"), ("images", "rded"),
+          ("images", "random_real"), ("T", 1.0), ("T", 4.0), ("relabel", 100), ("codec", "fp16x10"), ("codec", "int4x5"), ("codec", "int8x40"),
           ("codec", "int4x40"), ("loss", "gift")]
 ANCHORS = {"DSA": 84.6, "RCIG": 88.5}  # shared/ANCHORS.md §1, F-MNIST IPC 10 (RCIG: unverified there)
+TEACHERS = sorted({BASE["teacher"], *(v for k, v in LEVERS if k == "teacher")}, reverse=True)
 DSA_AT = {1: 70.6, 50: 88.7}  # DSA at F-MNIST IPC 1 and 50 (shared/ANCHORS.md §1, verified)
 DC = ["validate.protocol=dc", "validate.optimizer=sgd", "validate.lr=0.01", "validate.weight_decay=0.0005",
       "validate.model={name: convnet, args: {width: 128, depth: 3, norm: instance, dc_padding: true}}"]
@@ -47,6 +48,7 @@ def parse_args(argv=None):
                     default=["levers", "final", "upper", "ipc"],
                     help="what to run (two processes can share the work: e.g. `upper` beside `levers`)")
     ap.add_argument("--ipc-seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the IPC 1 / 50 rows")
+    ap.add_argument("--only-levers", nargs="*", metavar="LEVER=VALUE", help="run only these levers' jobs (e.g. teacher=1)")
     ap.add_argument("--only-seeds", type=int, nargs="*", help="run only these seeds' lever / test jobs")
     args = ap.parse_args(argv)
     args.iterations_ipc50, args.teacher_epochs = args.iterations, BASE["teacher"]  # read by lpld_fmnist.overrides
@@ -197,7 +199,7 @@ def goal_text(rows: list[dict]) -> str:
 def write(args, t0: float, status: str) -> None:
     best = choose(args)
     rec = final_recipe(args, best)
-    teachers = {e: load_json(Path(args.runs) / f"teacher_e{e}" / "teacher" / "teacher.json") for e in (15, 3)}
+    teachers = {e: load_json(Path(args.runs) / f"teacher_e{e}" / "teacher" / "teacher.json") for e in TEACHERS}
     head = header("The push: Fashion-MNIST IPC 10 under DC's student, label bytes ≤ image bytes",
                   commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
         f"Status: {status}{'' if status == 'complete' else ' (**partial**: only the finished runs below)'}.  \n"
@@ -233,7 +235,8 @@ def main(argv=None) -> None:
             write(args, t0, f"upper bound: seed {seed} done")
     if not args.collect and "levers" in args.parts:
         for seed in mine(args.select_seeds):
-            for r in [BASE] + [{**BASE, k: v} for k, v in LEVERS]:
+            for r in ([] if args.only_levers else [BASE]) + [{**BASE, k: v} for k, v in LEVERS
+                                                              if not args.only_levers or f"{k}={v}" in args.only_levers]:
                 job(args, "holdout", seed, r)
                 write(args, t0, f"selection: seed {seed}, {name('holdout', seed, r)} done")
     if not args.collect and "final" in args.parts:

@@ -110,7 +110,7 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
     upper = runs / "upper_s0" / "hard_label" / "convnet" / "real-train.json"
     upper.parent.mkdir(parents=True)
     upper.write_text(json.dumps({"top1": 0.912}))
-    assert push.name("holdout", 0, t4) == "holdout_s0_T4" and push.choose(push.parse_args([])) == base
+    assert push.name("holdout", 0, t4) == "holdout_s0_T4" and push.choose(push.parse_args(["--runs", str(tmp_path / "none")])) == base
     args = ["--collect", "--runs", str(runs), "--out", str(out), "--select-seeds", "0", "1", "2", "--seeds", "0", "1",
             "2"]
     push.main(args)
