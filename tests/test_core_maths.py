@@ -93,7 +93,11 @@ def run(tmp_path_factory):
     base = ["data.dataset=digits", "device=cpu", "squeeze.model.args={width: 8, depth: 2, norm: batch}",
             f"squeeze.checkpoint={ckpt}", "squeeze.force_teacher=true", f"run_dir={root}", "name=t", "class_stats.augment=false",
             "class_stats.batch_size=500"]
-    assert main(["squeeze", str(DEMO), *base]) == 0  # the CLI's squeeze, in this process (no seconds of imports)
+    threads = torch.get_num_threads()
+    try:  # the CLI's squeeze, in this process (no seconds of imports); it sets the config's torch threads
+        assert main(["squeeze", str(DEMO), *base]) == 0
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
