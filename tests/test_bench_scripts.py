@@ -1,7 +1,10 @@
 """The benchmark scripts' plumbing: ``bench/gpu_check.sh --dry-run``, a tiny ``python -m bench.scale`` run, and
 the section writers of the studies on fabricated finished runs (``--write-only`` / ``--render``).
 
-All run as subprocesses exactly as a user would start them (``python -m bench.<name>`` in the repository root).
+The gpu check, the scale run (its peak RSS is a process's), label_study and one ld_claims render run as
+subprocesses exactly as a user starts them (``python -m bench.<name>`` in the repository root); the other section
+writers run the same ``main()`` in this process with the argv ``-m`` gives (each subprocess costs seconds of imports
+and proves nothing more about a section).
 """
 
 from __future__ import annotations
@@ -32,11 +35,35 @@ def _bench(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedPro
                           text=True, timeout=timeout, check=False)
 
 
+def _bench_here(monkeypatch, name: str, *args: str) -> None:
+    """``python -m bench.<name> args`` in this process: ``main()`` with ``sys.argv[0]`` the script's path (as ``-m``
+    sets it), from the repository root; glibc's malloc settings (``tune_malloc``, which cannot be undone) are left
+    alone and torch's thread count is restored."""
+    import importlib
+
+    import torch
+
+    module = importlib.import_module(f"bench.{name}")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "bench" / f"{name}.py"), *args])
+    if hasattr(module, "tune_malloc"):
+        monkeypatch.setattr(module, "tune_malloc", lambda: None)
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_gpu_check_dry_run_writes_nothing(tmp_path):
     bench = REPO / "BENCHMARKS.md"
     before = bench.read_bytes() if bench.is_file() else None
+    # check a's pytest (--collect-only in a dry run) collects one small module: the plumbing (the script's
+    # pytest call, its environment, the summary it reads) is the same, and collecting the whole suite again
+    # inside the suite that is running proves nothing more (PYTEST_ADDOPTS reaches the script's pytest)
+    env = {**_env(), "PYTEST_ADDOPTS": "tests/test_cli_entry.py"}
     r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", "--work", str(tmp_path)],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     for part in ("a. test suite", "b. recover", "c. relabel", "d. bf16 autocast", "e. 224 px", "f. time estimate",
@@ -193,7 +220,7 @@ def test_label_study_writes_section_and_plot_from_finished_runs(tmp_path):
     assert cs10["values"] == pytest.approx([78, 79]) and cs10["interval"] is None
 
 
-def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
+def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path, monkeypatch):
     """--write-only on fabricated finished runs: a teacher whose students gain in every seed reads 'held', one
     with mixed signs 'not resolved'; a seed with one arm missing is left out (unpaired)."""
     runs = tmp_path / "runs"
@@ -208,9 +235,8 @@ def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
                 (folder / "results.json").write_text(json.dumps(res))
     (runs / "project_before_s3").mkdir()  # seed 3: only one arm, not finished
     out = tmp_path / "B.md"
-    r = _bench("mnist_defaults", "--write-only", "--runs", str(runs), "--out", str(out), "--seeds", "0", "1", "2",
-               "3")
-    assert r.returncode == 0, r.stderr
+    _bench_here(monkeypatch, "mnist_defaults", "--write-only", "--runs", str(runs), "--out", str(out), "--seeds", "0",
+                "1", "2", "3")
     text = out.read_text()
     assert "<!-- mnist_defaults:start -->" in text and "Commit:" in text and "Command:" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith(("| project",
@@ -225,7 +251,7 @@ def test_mnist_defaults_write_only_gives_paired_verdicts(tmp_path):
     assert gain["elsewhere"]["verdict"] == "not resolved" and "300 epochs" in gain["elsewhere"]["protocol"]
 
 
-def test_digits_write_only_rows_match_the_table(tmp_path):
+def test_digits_write_only_rows_match_the_table(tmp_path, monkeypatch):
     """--write-only on fabricated finished runs: the Markdown cells and the JSON rows come from the same values."""
     runs = tmp_path / "runs"
     base = {"demo": 0.50, "teacher_aug": 0.60, "digits": 0.90, "recover_aug": 0.85}
@@ -240,8 +266,7 @@ def test_digits_write_only_rows_match_the_table(tmp_path):
                     (root / "validate" / "convnet" / f"{m}_x{f}.json").write_text(json.dumps(
                         {"recover": m, "prune_factor": f, "top1": acc + 0.01 * seed}))
     out = tmp_path / "B.md"
-    r = _bench("digits", "--write-only", "--seeds", "0", "1", "--runs", str(runs), "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
+    _bench_here(monkeypatch, "digits", "--write-only", "--seeds", "0", "1", "--runs", str(runs), "--out", str(out))
     line = next(ln for ln in out.read_text().splitlines() if ln.startswith("| student, lpld, 1× |"))
     assert "| 50.5 ± 0.5 | 60.5 ± 0.5 | 90.5 ± 0.5 | 85.5 ± 0.5 |" in line and "+40.0 [+40.0, +40.0] (held)" in line
     rows = json.loads((tmp_path / "docs" / "results" / "digits.json").read_text())["rows"]
@@ -251,7 +276,7 @@ def test_digits_write_only_rows_match_the_table(tmp_path):
     assert demo["seeds"] == [0, 1] and demo["values"] == pytest.approx([50, 51])
 
 
-def test_demo_table_writes_the_rows_it_renders(tmp_path):
+def test_demo_table_writes_the_rows_it_renders(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     rows = [{"recover": "cs", "ipc": 10, "prune_factor": f, "label_bytes": 1000 // f, "image_bytes": 7840,
@@ -260,15 +285,14 @@ def test_demo_table_writes_the_rows_it_renders(tmp_path):
     (run / "results.json").write_text(json.dumps({"rows": rows, "seconds": 60.0, "teacher": {
         "model": "convnet", "epochs": 3, "top1": 0.897}}))
     out = tmp_path / "B.md"
-    r = _bench("demo_table", "--run", str(run), "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
+    _bench_here(monkeypatch, "demo_table", "--run", str(run), "--out", str(out))
     assert "| 77.4 % |" in out.read_text()
     data = json.loads((tmp_path / "docs" / "results" / "demo.json").read_text())
     assert data["command"] == "make demo" and [v for r in data["rows"] for v in r["values"]] == pytest.approx([79.1, 77.4])
     assert data["rows"][1]["setting"]["prune_factor"] == 10.0 and "300 epochs" in data["rows"][1]["protocol"]
 
 
-def test_ld_budget_section_from_budget_runs_only(tmp_path):
+def test_ld_budget_section_from_budget_runs_only(tmp_path, monkeypatch):
     """--render with only budget runs: section ld_budget gets the per-seed rows and the paired LD − DD verdict
     (held when LD leads in every pair), and no ld_claims section is written (its parts have no runs here)."""
     runs = tmp_path / "runs"
@@ -282,8 +306,7 @@ def test_ld_budget_section_from_budget_runs_only(tmp_path):
             (folder / "results.json").write_text(json.dumps({"rows": rows, "seconds": 60.0, "meta": meta}))
             (folder / "bench.json").write_text(json.dumps({"bench_command": f"ld_claims --budget-methods {method}"}))
     out = tmp_path / "B.md"
-    r = _bench("ld_claims", "--render", "--runs", str(runs), "--out", str(out), "--seeds", "3", timeout=300)
-    assert r.returncode == 0, r.stderr
+    _bench_here(monkeypatch, "ld_claims", "--render", "--runs", str(runs), "--out", str(out), "--seeds", "3")
     text = out.read_text()
     assert "<!-- ld_budget:start -->" in text and "<!-- ld_claims:start -->" not in text and "19,600" in text
     beat = next(line for line in text.splitlines() if line.startswith("| labels beat images"))

@@ -144,9 +144,12 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
     assert not run.exists()
 
 
-def test_learn_labels_resumes_after_a_kill(tmp_path):
+def test_learn_labels_resumes_after_a_kill(tmp_path, capsys):
     """SIGKILL after the first learned label set, then after the third meta-test row: the re-run continues and
-    its labels and test accuracies equal those of a run that was never interrupted."""
+    its labels and test accuracies equal those of a run that was never interrupted.
+
+    Only the two killed runs need a process of their own; the reference and the final resume run in this one
+    (the same ``main``; each subprocess costs seconds of imports: torch, torch._dynamo, scikit-learn)."""
     import os
     import subprocess
     import sys
@@ -155,22 +158,20 @@ def test_learn_labels_resumes_after_a_kill(tmp_path):
              "plot_examples": 0}
     cfg = _write(tmp_path / "tiny.yaml", small)
 
-    def run(run_dir, kill_at=None):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        env.pop("LABELDISTILL_KILL_AT", None)
-        if kill_at:
-            env["LABELDISTILL_KILL_AT"] = kill_at
+    def killed(run_dir, kill_at):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "LABELDISTILL_KILL_AT": kill_at}
         return subprocess.run([sys.executable, "-m", "labeldistill.cli", "learn-labels", cfg, f"run_dir={run_dir}"],
                               capture_output=True, text=True, env=env, timeout=600)
 
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert run(ref).returncode == 0
-    assert run(cut, "meta-train:1").returncode == -9
+    assert main(["learn-labels", cfg, f"run_dir={ref}"]) == 0
+    assert killed(cut, "meta-train:1").returncode == -9
     assert (cut / ".learn_labels.resume.pt").is_file() and not (cut / "results.json").exists()
-    assert run(cut, "metatest-row:3").returncode == -9  # resumes ld, learns rr, dies after 3 of the rows
-    r = run(cut)
-    assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stdout and "2 label sets and 3 meta-test rows" in r.stdout
+    assert killed(cut, "metatest-row:3").returncode == -9  # resumes ld, learns rr, dies after 3 of the rows
+    capsys.readouterr()
+    assert main(["learn-labels", cfg, f"run_dir={cut}"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "2 label sets and 3 meta-test rows" in out
     assert not (cut / ".learn_labels.resume.pt").exists()
     a, b = load_file(str(ref / "labels.safetensors")), load_file(str(cut / "labels.safetensors"))
     assert a.keys() == b.keys()

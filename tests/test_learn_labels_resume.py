@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from labeldistill.cli import main
 from labeldistill.learn_labels import load_ld_config
 from labeldistill.learn_labels.dd import DDMetaLearner, LearnedImages
 from labeldistill.learn_labels.labels import LearnedLabels, onehot_labels, uniform_labels
@@ -100,28 +101,28 @@ TINY = {
 }
 
 
-def _cli(cfg: str, run_dir, kill_at: str | None = None, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("LABELDISTILL_KILL_AT", None)
-    if kill_at:
-        env["LABELDISTILL_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "labeldistill.cli", "learn-labels", cfg, f"run_dir={run_dir}",
-                           *overrides], capture_output=True, text=True, env=env, timeout=600)
+def _killed(cfg: str, run_dir, kill_at: str) -> subprocess.CompletedProcess:
+    """``learn-labels`` in a process of its own, SIGKILLed at ``kill_at`` (resume.fault_point)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LABELDISTILL_KILL_AT": kill_at}
+    return subprocess.run([sys.executable, "-m", "labeldistill.cli", "learn-labels", cfg, f"run_dir={run_dir}"],
+                          capture_output=True, text=True, env=env, timeout=600)
 
 
 def _timeless(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
 
 
-def test_learn_labels_killed_mid_meta_training_ends_identical(tmp_path):
+def test_learn_labels_killed_mid_meta_training_ends_identical(tmp_path, capsys):
     """SIGKILL after LD's 2nd epoch, then (resumed) after DD's 2nd epoch, then the same command with another
     ``meta.checkpoint_seconds`` (not a result setting): labels, images and meta-test rows equal an uninterrupted
-    run's. The state in progress is offered to the same settings only."""
+    run's. The state in progress is offered to the same settings only. The two killed runs have processes of
+    their own; the reference and the final resume run ``main`` in this one (a subprocess costs seconds of
+    imports)."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert _cli(str(cfg), ref).returncode == 0
-    assert _cli(str(cfg), cut, "meta-epoch:2").returncode == -9
+    assert main(["learn-labels", str(cfg), f"run_dir={ref}"]) == 0
+    assert _killed(str(cfg), cut, "meta-epoch:2").returncode == -9
     assert not (cut / "results.json").exists()
 
     def progress(*overrides: str) -> Progress:
@@ -132,10 +133,11 @@ def test_learn_labels_killed_mid_meta_training_ends_identical(tmp_path):
     assert list(progress("meta.checkpoint_seconds=7").meta_progress) == ["ld"]
     assert progress("meta.model_lr=0.002").meta_progress == {}  # other settings: not resumed
     # ld resumes at epoch 3 (save 1), finishes at 4 (never saved), dd saves epochs 1, 2: killed after its 2nd
-    assert _cli(str(cfg), cut, "meta-epoch:3").returncode == -9
-    r = _cli(str(cfg), cut, None, "meta.checkpoint_seconds=1000")
-    assert r.returncode == 0, r.stderr
-    assert "1 label sets and 0 meta-test rows already done; dd meta-training continues after epoch 2" in r.stdout
+    assert _killed(str(cfg), cut, "meta-epoch:3").returncode == -9
+    capsys.readouterr()
+    assert main(["learn-labels", str(cfg), f"run_dir={cut}", "meta.checkpoint_seconds=1000"]) == 0
+    out = capsys.readouterr().out
+    assert "1 label sets and 0 meta-test rows already done; dd meta-training continues after epoch 2" in out
     assert not (cut / ".learn_labels.resume.pt").exists()
     a, b = load_file(str(ref / "labels.safetensors")), load_file(str(cut / "labels.safetensors"))
     assert a.keys() == b.keys() and "dd_images" in a

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from labeldistill.cli import main
 
 from conftest import REPO, needs_fmnist
 
@@ -45,8 +48,13 @@ def _rows(run_dir: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
+    """The one-process reference, run in this process (only the torchrun runs need processes of their own)."""
     run_dir = tmp_path_factory.mktemp("one")
-    _cli("run", CONFIG, *OVERRIDES, f"run_dir={run_dir}")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["run", CONFIG, *OVERRIDES, f"run_dir={run_dir}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return run_dir
 
 

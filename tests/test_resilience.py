@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from labeldistill.cli import main
 from labeldistill.io import load_class_stats
 from labeldistill.layout import RunLayout
 from labeldistill.models.checkpoint import load_teacher
@@ -36,13 +37,14 @@ RESUME_OVERRIDES = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _run(run_dir: Path, kill_at: str | None = None, extra: list[str] = ()) -> subprocess.CompletedProcess:
-    env = dict(ENV)
-    if kill_at:
-        env["LABELDISTILL_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "labeldistill.cli", "run", str(REPO / "configs" / "fmnist_demo.yaml"),
-                           *RESUME_OVERRIDES, "threads=1", f"run_dir={run_dir}", *extra],
-                          capture_output=True, text=True, env=env, timeout=600)
+def _argv(run_dir: Path) -> list[str]:
+    return ["run", str(REPO / "configs" / "fmnist_demo.yaml"), *RESUME_OVERRIDES, "threads=1", f"run_dir={run_dir}"]
+
+
+def _killed(run_dir: Path, kill_at: str) -> subprocess.CompletedProcess:
+    """``labeldistill run`` in a process of its own, SIGKILLed at ``kill_at`` (resume.fault_point)."""
+    return subprocess.run([sys.executable, "-m", "labeldistill.cli", *_argv(run_dir)], capture_output=True,
+                          text=True, env={**ENV, "LABELDISTILL_KILL_AT": kill_at}, timeout=600)
 
 
 def _artifacts(run_dir: Path) -> list[Path]:
@@ -61,20 +63,29 @@ def _assert_same_artifacts(a: Path, b: Path) -> None:
     assert not diff, f"differ after resume: {diff}"
 
 
+def _run_here(run_dir: Path) -> None:
+    """The same ``labeldistill run``, uninterrupted, in this process (no seconds of imports)."""
+    threads = torch.get_num_threads()
+    try:
+        assert main(_argv(run_dir)) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
+    """A run never interrupted; only the killed runs below need processes of their own."""
     ref = tmp_path_factory.mktemp("ref")
-    r = _run(ref)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _run_here(ref)
     return ref
 
 
 def test_kill_at_every_stage_then_resume_is_byte_identical(reference_run, tmp_path):
     run_dir = tmp_path / "killed"
     for point in ("squeeze-epoch:1", "recover-group:1", "relabel-shard:2", "validate-epoch:2"):
-        r = _run(run_dir, kill_at=point)
+        r = _killed(run_dir, point)
         assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stderr[-1500:])
-    assert _run(run_dir).returncode == 0
+    _run_here(run_dir)
     _assert_same_artifacts(reference_run, run_dir)
     for f in ("lpld_x1.json", "lpld_x4.json"):
         a = json.loads(next((reference_run / "validate").glob(f"*/{f}")).read_text())
@@ -92,13 +103,12 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def test_sigkill_at_a_random_moment_then_resume(reference_run, tmp_path):
     run_dir = tmp_path / "timer"
-    p = subprocess.Popen([sys.executable, "-m", "labeldistill.cli", "run", str(REPO / "configs" / "fmnist_demo.yaml"),
-                          *RESUME_OVERRIDES, "threads=1", f"run_dir={run_dir}"], env=ENV,
+    p = subprocess.Popen([sys.executable, "-m", "labeldistill.cli", *_argv(run_dir)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(6.0)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert _run(run_dir).returncode == 0
+    _run_here(run_dir)
     _assert_same_artifacts(reference_run, run_dir)
 
 
