@@ -166,15 +166,14 @@ def test_metrics_of_a_run_killed_between_saves_equal_an_uninterrupted_runs(tmp_p
                                    "teacher": {"model": {"name": "mlp", "args": {"hidden": 16, "depth": 1}},
                                                "epochs": 1}}))
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert _cli(str(cfg), ref).returncode == 0
+    assert main(["learn-labels", str(cfg), f"run_dir={ref}"]) == 0
     cut.mkdir()
     (cut / "metrics.jsonl").write_text('{"time": 1.0, "event": "an earlier run"}\n')
-    assert _cli(str(cfg), cut, "meta-epoch:1").returncode == -9  # saved after epoch 1, killed
+    assert _killed(str(cfg), cut, "meta-epoch:1").returncode == -9  # saved after epoch 1, killed
     epoch1 = (cut / ".learn_labels.resume.pt").read_bytes()
-    assert _cli(str(cfg), cut, "meta-epoch:1").returncode == -9  # resumed: epoch 2 logged and saved, killed
+    assert _killed(str(cfg), cut, "meta-epoch:1").returncode == -9  # resumed: epoch 2 logged and saved, killed
     (cut / ".learn_labels.resume.pt").write_bytes(epoch1)  # as if killed during epoch 2's save
-    r = _cli(str(cfg), cut)
-    assert r.returncode == 0, r.stderr
+    assert main(["learn-labels", str(cfg), f"run_dir={cut}"]) == 0
     want = _metrics(ref)
     assert [m["event"] for m in want].count("select") == 3 and want[0]["event"] == "teacher"
     assert _metrics(cut) == [{"event": "an earlier run"}, *want]
