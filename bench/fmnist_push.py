@@ -10,6 +10,7 @@ TODO (CPU): a ConvNet-128 and a ResNet-18 teacher.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -244,6 +245,9 @@ def main(argv=None) -> None:
         for seed in mine(args.select_seeds):
             job(args, "holdout", seed, best)
         rec = final_recipe(args, best)
+        if rec is None:
+            print("fmnist_push: the combined recipe has not finished on every selection seed (another process's "
+                  "seeds?): no test rows run; run --parts final for those seeds first", file=sys.stderr)
         for seed in mine(args.seeds) if rec else []:
             job(args, "test", seed, rec)
             job(args, "test", seed, {**BASE, "images": "random_real"}, hard=True)
