@@ -208,7 +208,9 @@ def write(args, t0: float, status: str) -> None:
         "top-1: " + (", ".join(f"{e} epochs {100 * t['top1']:.2f} %" for e, t in teachers.items() if t) or "none trained yet") + ".  \n"
         f"Base recipe: {BASE} (codec `<logits>x<prune factor>`; relabel batch 50, CutMix 0.5, pool `prefix`, "
         f"recover {args.iterations} iterations). The dc preset fixes the student's 301 epochs: the relabel lever "
-        f"changes only the stored epochs.  \nCompute: {compute_seconds(args) / 60:.0f} min recorded by the runs, "
+        f"changes only the stored epochs. The `gift` lever is the project's GIFT-style cosine loss (not a verified "
+        f"reproduction): at T = 20 its gradient is about 1/100 of `kl`'s (`labeldistill.validate.gift_loss`), which the "
+        f"dc preset's SGD at lr 0.01 does not make up for; its row measures that pairing.  \nCompute: {compute_seconds(args) / 60:.0f} min recorded by the runs, "
         f"{(time.time() - t0) / 60:.1f} min this invocation. {__doc__.splitlines()[-1]}")
     rows: list[dict] = []
     parts = [head, f"### Levers (holdout split, {args.holdout // 10} per class; seeds {args.select_seeds})\n\n"

@@ -89,3 +89,21 @@ def test_validate_with_gift_end_to_end_records_the_loss(tmp_path):
     # the kl default leaves the loss keys out of the fingerprint (older results stay valid)
     from labeldistill.provenance import validate_settings
     assert "validate.loss" not in validate_settings(load_config(DEMO))
+
+
+def test_gift_gradient_is_a_small_fraction_of_kl_at_high_temperature():
+    """The scale the gift_loss docstring states: |∇ gift| / |∇ kl (T²)| on random logits (B 50, K 10) is below
+    1/50 at T = 20 and grows as T falls (below 1/10 at 4, above 1/20 at 1)."""
+    g = torch.Generator().manual_seed(0)
+    teacher, student = torch.randn(50, 10, generator=g) * 5, torch.randn(50, 10, generator=g) * 2
+    y = teacher.argmax(1)
+
+    def ratio(t: float) -> float:
+        p = torch.softmax(teacher / t, 1)
+        s = student.clone().requires_grad_()
+        grads = [torch.autograd.grad(f(s), s)[0].norm() for f in (lambda s: gift_loss(s, p, y, t),
+                                                                   lambda s: kd_loss(s, p, t))]
+        return (grads[0] / grads[1]).item()
+
+    r20, r4, r1 = ratio(20.0), ratio(4.0), ratio(1.0)
+    assert r20 < 1 / 50 and r4 < 1 / 10 and r1 > 1 / 20 and r20 < r4 < r1

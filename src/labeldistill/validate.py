@@ -100,6 +100,12 @@ def gift_loss(student_logits: torch.Tensor, targets: torch.Tensor, hard: torch.T
     ``q = normalize(α·p + (1 − α)·h)`` (L2 normalisation; the cosine ignores the scale anyway); the loss is
     ``1 − cos(softmax(s / T), q)`` averaged over the batch. No ``T²`` factor.
 
+    Scale: the cosine is bounded and ``softmax(s / T)`` flattens as ``T`` grows, so the gradient is far smaller
+    than :func:`kd_loss`'s (``T²``-scaled): about 1/100 of it at ``T = 20``, 1/25 at 4, 1/5 at 1 (random
+    logits, ``tests/test_validate_losses.py``). Under plain SGD at a KD learning rate (e.g. ``validate.protocol:
+    dc``'s 0.01) the student barely trains at ``T = 20``; use a low ``T``, a larger learning rate or an adaptive
+    optimiser (AdamW), as GIFT's paper plugs it into AdamW-trained students.
+
     Args:
         student_logits: ``(B, K)``.
         targets: the soft labels ``p`` at temperature ``T``, ``(B, K)``.
