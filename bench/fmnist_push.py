@@ -133,12 +133,13 @@ def choose(args) -> dict:
 
 
 def final_recipe(args, best: dict) -> dict | None:
-    """``best`` if its mean holdout top-1 beats the base's over every selection seed, else the base; None until
-    both finished every selection seed."""
-    a, b = (by_seed(args, "holdout", r, args.select_seeds) for r in (best, BASE))
-    if len(set(a) & set(b)) < len(args.select_seeds):
+    """The recipe with the best mean holdout top-1 among the base, each chosen lever alone and ``best`` (all chosen
+    levers together: chosen one at a time, they need not add up); None until each finished every selection seed."""
+    cands = [BASE] + [{**BASE, k: v} for k, v in best.items() if v != BASE[k]] + [best]
+    rows = [by_seed(args, "holdout", r, args.select_seeds) for r in cands]
+    if any(len(x) < len(args.select_seeds) for x in rows):
         return None
-    return best if sum(a[s]["top1"] - b[s]["top1"] for s in a) > 0 else BASE
+    return max(zip(cands, rows), key=lambda c: sum(y["top1"] for y in c[1].values()))[0]
 
 
 def lever_table(args, best: dict, out: list) -> str:

@@ -135,3 +135,18 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
     anchor = next(r for r in rows if r["setting"].get("claim", "").startswith("best recipe beats DSA"))
     assert anchor["values"] == pytest.approx([2.4, 2.9, 3.4]) and anchor["verdict"] == "held"
     assert next(line for line in lines if "beats RCIG's 88.5" in line).endswith("| -1.00 [-2.24, +0.24] | 3 | not resolved |")
+
+
+def test_push_final_recipe_is_the_best_holdout_mean_among_base_single_levers_and_combined(monkeypatch):
+    """Chosen one at a time, two levers need not add up: a single chosen lever that beats their combination on
+    holdout is the final recipe; None while a candidate misses a selection seed."""
+    from bench import fmnist_push as push
+
+    base, t3, real = push.BASE, {**push.BASE, "teacher": 3}, {**push.BASE, "images": "cs_init_real"}
+    both = {**t3, "images": "cs_init_real"}
+    means = {str(base): 77.0, str(t3): 83.6, str(real): 81.5, str(both): 82.6}
+    args = push.parse_args(["--select-seeds", "0", "1"])
+    monkeypatch.setattr(push, "by_seed", lambda a, split, r, seeds: {s: {"top1": means[str(r)]} for s in seeds})
+    assert push.final_recipe(args, both) == t3
+    monkeypatch.setattr(push, "by_seed", lambda a, split, r, seeds: {0: {"top1": means[str(r)]}})
+    assert push.final_recipe(args, both) is None
