@@ -206,7 +206,7 @@ def write(args, t0: float, status: str) -> None:
                   commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
         f"Status: {status}{'' if status == 'complete' else ' (**partial**: only the finished runs below)'}.  \n"
         "Teachers (ConvNet-64 without the holdout images; one per teacher length, shared by every seed), test "
-        "top-1: " + (", ".join(f"{e} epochs {100 * t['top1']:.2f} %" for e, t in teachers.items() if t) or "none trained yet") + ".  \n"
+        "top-1: " + (", ".join(f"{e} epoch{'s' * (e != 1)} {100 * t['top1']:.2f} %" for e, t in teachers.items() if t) or "none trained yet") + ".  \n"
         f"Base recipe: {BASE} (codec `<logits>x<prune factor>`; relabel batch 50, CutMix 0.5, pool `prefix`, "
         f"recover {args.iterations} iterations). The dc preset fixes the student's 301 epochs: the relabel lever "
         f"changes only the stored epochs. The `gift` lever is the project's GIFT-style cosine loss (not a verified "
