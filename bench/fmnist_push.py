@@ -5,7 +5,8 @@ real images with hard labels under the same preset, and the whole-data upper bou
 whole train split less the holdout, hard labels, ``--upper-epochs``); against a published number the interval is
 one-sample. Resumable: ``OMP_NUM_THREADS=1 python -m bench.fmnist_push`` (``--collect``: only write the section).
 ``--parts ipc``: the final recipe at IPC 1 and 50 (test split, ``--ipc-seeds``) against DSA at that IPC.
-TODO (CPU): a ConvNet-128 and a ResNet-18 teacher.
+Teacher lever: an int is a ConvNet-64's epochs, ``w128e3`` a ConvNet-128 (batch norm) trained 3 epochs.
+Not measured: a ResNet-18 teacher (about 10x a ConvNet-128's CPU cost per epoch here: GPU-sized).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from labeldistill import run, run_stage
 from labeldistill.runtime import tune_malloc
 
 BASE = {"teacher": 15, "images": "cs", "T": 20.0, "relabel": 300, "codec": "int8x10", "loss": "kl"}
-LEVERS = [("teacher", 3), ("teacher", 1), ("teacher", 6), ("images", "cs_init_real"), ("images", "rded"),
+LEVERS = [("teacher", 3), ("teacher", 1), ("teacher", 6), ("teacher", "w128e3"), ("images", "cs_init_real"), ("images", "rded"),
           ("images", "random_real"), ("T", 1.0), ("T", 4.0), ("relabel", 100), ("codec", "fp16x10"), ("codec", "int4x5"), ("codec", "int8x40"),
           ("codec", "int4x40"), ("loss", "gift")]
 ANCHORS = {"DSA": 84.6, "RCIG": 88.5}  # shared/ANCHORS.md §1, F-MNIST IPC 10 (RCIG: unverified there)
-TEACHERS = sorted({BASE["teacher"], *(v for k, v in LEVERS if k == "teacher")}, reverse=True)
+TEACHERS = [BASE["teacher"], *(v for k, v in LEVERS if k == "teacher")]
 DSA_AT = {1: 70.6, 50: 88.7}  # DSA at F-MNIST IPC 1 and 50 (shared/ANCHORS.md §1, verified)
 DC = ["validate.protocol=dc", "validate.optimizer=sgd", "validate.lr=0.01", "validate.weight_decay=0.0005",
       "validate.model={name: convnet, args: {width: 128, depth: 3, norm: instance, dc_padding: true}}"]
@@ -61,20 +62,46 @@ def name(split: str, seed: int, r: dict, ipc: int = 10) -> str:
     return f"{split}_s{seed}_{diff or 'base'}" + ("" if ipc == 10 else f"_ipc{ipc}")
 
 
+def teacher_spec(v: int | str) -> tuple[int, int]:
+    """``(width, epochs)`` of a teacher lever value: ``15`` -> ConvNet-64 for 15 epochs, ``"w128e3"`` -> (128, 3)."""
+    if isinstance(v, int):
+        return 64, v
+    width, epochs = v.removeprefix("w").split("e")
+    return int(width), int(epochs)
+
+
+def teacher_overrides(v: int | str) -> list[str]:
+    """The squeeze settings of teacher ``v`` (the model only where it is not the config's ConvNet-64)."""
+    width, epochs = teacher_spec(v)
+    model = [f"squeeze.model={{name: convnet, args: {{width: {width}, depth: 3, norm: batch}}}}"] if width != 64 else []
+    return [f"squeeze.epochs={epochs}", *model]
+
+
+def teacher_label(v: int | str) -> str:
+    width, epochs = teacher_spec(v)
+    return f"ConvNet-{width}, {epochs} epoch{'s' * (epochs != 1)}"
+
+
 def recipe_overrides(args, r: dict, split: str, ipc: int = 10) -> list[str]:
     logits, factor = r["codec"].split("x")
     mode = "cs" if r["images"] == "cs_init_real" else r["images"]
-    return [*overrides(args, ipc, r["relabel"]), *DC, f"squeeze.epochs={r['teacher']}", f"recover.modes=[{mode}]",
+    return [*overrides(args, ipc, r["relabel"]), *DC, *teacher_overrides(r["teacher"]), f"recover.modes=[{mode}]",
             *(["recover.init=real"] if r["images"] == "cs_init_real" else []), f"prune.factors=[{factor}]",
             f"prune.logits=[{logits}]", f"validate.temperature={r['T']:g}", f"validate.loss={r['loss']}",
             f"validate.eval_split={split}", *args.override]  # the smoke overrides win
 
 
-def teacher_dir(args, epochs: int) -> Path:
-    """``teacher_e<epochs>``: the teacher every run with that many teacher epochs loads."""
-    cfg = config(args, f"teacher_e{epochs}", 0, recipe_overrides(args, {**BASE, "teacher": epochs}, "holdout"))
+def teacher_dir(args, teacher: int | str) -> Path:
+    """``teacher_e<epochs>`` (ConvNet-64) or ``teacher_w<width>_e<epochs>``: the teacher every run with that teacher
+    lever value loads."""
+    cfg = config(args, teacher_name(teacher), 0, recipe_overrides(args, {**BASE, "teacher": teacher}, "holdout"))
     run_stage(cfg, "squeeze")
     return cfg.run_path
+
+
+def teacher_name(teacher: int | str) -> str:
+    width, epochs = teacher_spec(teacher)
+    return f"teacher_e{epochs}" if width == 64 else f"teacher_w{width}_e{epochs}"
 
 
 def job(args, split: str, seed: int, r: dict, hard: bool = False, ipc: int = 10):
@@ -119,16 +146,16 @@ def fits(row: dict) -> bool:
 
 
 def choose(args) -> dict:
-    """Every lever's value with the best mean holdout top-1 (over the seeds that finished all its values and the
-    base; codecs only within the byte budget); unchanged where no seed finished."""
-    best = dict(BASE)
+    """Every lever's value with the best mean holdout top-1 among the values (the base's included) that finished
+    every selection seed (codecs only within the byte budget); a value still running is not a candidate, so the
+    choice never rests on a subset of the seeds; the base's value where none finished."""
+    best, seeds = dict(BASE), args.select_seeds
     for lever in dict(LEVERS):
         cands = [BASE] + [{**BASE, lever: v} for k, v in LEVERS if k == lever]
-        rows = [by_seed(args, "holdout", c, args.select_seeds) for c in cands]
-        seeds = set.intersection(*(set(x) for x in rows))
+        rows = [by_seed(args, "holdout", c, seeds) for c in cands]
         ok = [(sum(x[s]["top1"] for s in seeds), c[lever]) for c, x in zip(cands, rows)
-              if seeds and all(fits(x[s]) for s in seeds)]
-        best[lever] = max(ok)[1] if ok else BASE[lever]
+              if set(seeds) <= set(x) and all(fits(x[s]) for s in seeds)]
+        best[lever] = max(ok, key=lambda t: t[0])[1] if ok else BASE[lever]
     return best
 
 
@@ -201,12 +228,13 @@ def goal_text(rows: list[dict]) -> str:
 def write(args, t0: float, status: str) -> None:
     best = choose(args)
     rec = final_recipe(args, best)
-    teachers = {e: load_json(Path(args.runs) / f"teacher_e{e}" / "teacher" / "teacher.json") for e in TEACHERS}
+    teachers = {t: load_json(Path(args.runs) / teacher_name(t) / "teacher" / "teacher.json") for t in TEACHERS}
     head = header("The push: Fashion-MNIST IPC 10 under DC's student, label bytes ≤ image bytes",
                   commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
         f"Status: {status}{'' if status == 'complete' else ' (**partial**: only the finished runs below)'}.  \n"
-        "Teachers (ConvNet-64 without the holdout images; one per teacher length, shared by every seed), test "
-        "top-1: " + (", ".join(f"{e} epoch{'s' * (e != 1)} {100 * t['top1']:.2f} %" for e, t in teachers.items() if t) or "none trained yet") + ".  \n"
+        "Teachers (batch norm, trained without the holdout images; one per teacher lever value, shared by every "
+        "seed), test top-1: " + (", ".join(f"{teacher_label(v)} {100 * t['top1']:.2f} %" for v, t in teachers.items()
+                                           if t) or "none trained yet") + ".  \n"
         f"Base recipe: {BASE} (codec `<logits>x<prune factor>`; relabel batch 50, CutMix 0.5, pool `prefix`, "
         f"recover {args.iterations} iterations). The dc preset fixes the student's 301 epochs: the relabel lever "
         f"changes only the stored epochs. The `gift` lever is the project's GIFT-style cosine loss (not a verified "

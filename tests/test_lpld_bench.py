@@ -150,3 +150,27 @@ def test_push_final_recipe_is_the_best_holdout_mean_among_base_single_levers_and
     assert push.final_recipe(args, both) == t3
     monkeypatch.setattr(push, "by_seed", lambda a, split, r, seeds: {0: {"top1": means[str(r)]}})
     assert push.final_recipe(args, both) is None
+
+
+def test_push_choice_ignores_a_lever_value_that_has_not_finished_every_selection_seed(monkeypatch):
+    """A ConvNet-128 teacher with one finished seed (however good) is not a candidate, so the recipe a running
+    process reads does not change under it; once every seed finished it is chosen on its mean."""
+    from bench import fmnist_push as push
+
+    assert push.teacher_spec(3) == (64, 3) and push.teacher_spec("w128e3") == (128, 3)
+    assert push.teacher_name(15) == "teacher_e15" and push.teacher_name("w128e3") == "teacher_w128_e3"
+    assert push.teacher_overrides(6) == ["squeeze.epochs=6"]
+    assert push.teacher_overrides("w128e3")[1].startswith("squeeze.model={name: convnet, args: {width: 128")
+    args = push.parse_args(["--select-seeds", "0", "1", "2"])
+    top = {3: 83.0, "w128e3": 95.0}
+
+    def rows(seeds_of_w128):
+        def by_seed(a, split, r, seeds):
+            done = seeds_of_w128 if r["teacher"] == "w128e3" else seeds
+            return {s: {"top1": top.get(r["teacher"], 70.0), "label_bytes": 1, "image_bytes": 2} for s in done}
+        return by_seed
+
+    monkeypatch.setattr(push, "by_seed", rows([0]))
+    assert push.choose(args)["teacher"] == 3
+    monkeypatch.setattr(push, "by_seed", rows([0, 1, 2]))
+    assert push.choose(args)["teacher"] == "w128e3"
