@@ -118,6 +118,7 @@ def job(args, split: str, seed: int, r: dict, hard: bool = False, ipc: int = 10)
     if not hard:
         return run(cfg)
     from labeldistill.validate import hard_label
+    run_stage(cfg, "squeeze")  # loads the shared teacher: recover needs it where no donor had these images
     run_stage(cfg, "recover")
     return hard_label(cfg, mode)
 
