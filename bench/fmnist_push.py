@@ -190,6 +190,20 @@ def lever_table(args, best: dict, out: list) -> str:
     return "\n".join(lines)
 
 
+def width_text(args, out: list) -> str:
+    """Teacher width at equal length: ConvNet-128 − ConvNet-64, both 3 epochs, paired on the holdout seeds."""
+    wide, narrow = ({s: y["top1"] for s, y in by_seed(args, "holdout", {**BASE, "teacher": t}, args.select_seeds).items()}
+                    for t in ("w128e3", 3))
+    diffs = {s: wide[s] - narrow[s] for s in sorted(set(wide) & set(narrow))}
+    if not diffs:
+        return ""
+    v = compare(out, {"part": "teacher width", "lever": "teacher", "value": "w128e3 - 3"}, diffs,
+                "dc preset, holdout split", either=True)
+    return (f"Teacher width at equal length (3 epochs), ConvNet-128 − ConvNet-64: "
+            f"{interval_text(list(diffs.values()), 2)} points (n = {len(diffs)}; "
+            f"{'the interval excludes 0' if v == 'held' else 'not resolved'}).")
+
+
 def final_table(args, rec: dict, out: list) -> str:
     best = {s: y["top1"] for s, y in by_seed(args, "test", rec, args.seeds).items()}
     hard = {s: 100 * h["top1"] for s in args.seeds for f in (Path(args.runs) / f"test_s{s}_hard").glob(HARD)
@@ -245,7 +259,7 @@ def write(args, t0: float, status: str) -> None:
     rows: list[dict] = []
     parts = [head, f"### Levers (holdout split, {args.holdout // 10} per class; seeds {args.select_seeds})\n\n"
              "Paired difference: 95 % t-interval over seeds. Chosen: best mean within the byte budget.\n\n"
-             + lever_table(args, best, rows)]
+             + lever_table(args, best, rows) + (f"\n\n{w}" if (w := width_text(args, rows)) else "")]
     if rec:
         parts.append(f"### Final rows (test split, seeds {args.seeds})\n\n" + final_table(args, rec, rows))
         parts.append(goal_text(rows))

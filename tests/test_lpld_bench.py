@@ -174,3 +174,17 @@ def test_push_choice_ignores_a_lever_value_that_has_not_finished_every_selection
     assert push.choose(args)["teacher"] == 3
     monkeypatch.setattr(push, "by_seed", rows([0, 1, 2]))
     assert push.choose(args)["teacher"] == "w128e3"
+
+
+def test_push_width_line_pairs_the_two_3_epoch_teachers_by_seed(monkeypatch):
+    from bench import fmnist_push as push
+
+    top = {"w128e3": {0: 82.0, 1: 83.0, 2: 84.0}, 3: {0: 83.0, 1: 84.5, 2: 85.0}}
+    monkeypatch.setattr(push, "by_seed", lambda a, split, r, seeds: {s: {"top1": v} for s, v in
+                                                                     top.get(r["teacher"], {}).items()})
+    rows: list = []
+    text = push.width_text(push.parse_args([]), rows)
+    assert text.startswith("Teacher width at equal length (3 epochs), ConvNet-128 − ConvNet-64: -1.17 [")
+    assert "n = 3; the interval excludes 0" in text and rows[0]["values"] == [-1.0, -1.5, -1.0]
+    top["w128e3"] = {}
+    assert push.width_text(push.parse_args([]), []) == ""
