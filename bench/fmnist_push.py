@@ -240,13 +240,29 @@ def goal_text(rows: list[dict]) -> str:
             f"base held (byte budget aside): {', '.join(up) or 'none (every lever measured here ran out)'}.")
 
 
+def missing_runs(args, best: dict, rec: dict | None) -> list[str]:
+    """The planned runs (levers, combined, test rows, hard rows, upper bound, IPC rows) not finished yet."""
+    runs = Path(args.runs)
+    recipes = [BASE] + [{**BASE, k: v} for k, v in LEVERS] + [best]
+    want = [name("holdout", s, r) for r in recipes for s in args.select_seeds]
+    if rec is not None:
+        want += [name("test", s, rec) for s in args.seeds] + [name("test", s, rec, i) for i in DSA_AT for s in args.ipc_seeds]
+    todo = sorted({n for n in want if finished_results(runs / n) is None})
+    todo += [f"test_s{s}_hard" for s in args.seeds if not any((runs / f"test_s{s}_hard").glob(HARD))]
+    todo += [f"upper_s{s}" for s in (args.upper_seeds if args.upper_epochs else []) if not any((runs / f"upper_s{s}").glob(UPPER))]
+    return todo + ([] if rec else ["the final recipe (combined holdout runs)"])
+
+
 def write(args, t0: float, status: str) -> None:
     best = choose(args)
     rec = final_recipe(args, best)
+    todo = missing_runs(args, best, rec)
     teachers = {t: load_json(Path(args.runs) / teacher_name(t) / "teacher" / "teacher.json") for t in TEACHERS}
     head = header("The push: Fashion-MNIST IPC 10 under DC's student, label bytes ≤ image bytes",
                   commit=f"{args.commit} (runs made by {', '.join(run_commits(args)) or '–'})") + (
-        f"Status: {status}{'' if status == 'complete' else ' (**partial**: only the finished runs below)'}.  \n"
+        f"Status: {status}; " + (f"**partial**, {len(todo)} planned runs not finished ({', '.join(todo[:4])}"
+                                 f"{', …' if len(todo) > 4 else ''}): only the finished runs below" if todo
+                                 else "every planned run finished") + ".  \n"
         "Teachers (batch norm, trained without the holdout images; one per teacher lever value, shared by every "
         "seed), test top-1: " + (", ".join(f"{teacher_label(v)} {100 * t['top1']:.2f} %" for v, t in teachers.items()
                                            if t) or "none trained yet") + ".  \n"
@@ -303,8 +319,7 @@ def main(argv=None) -> None:
         for seed in mine(args.ipc_seeds):
             job(args, "test", seed, rec, ipc=ipc)
             write(args, t0, f"IPC {ipc}: seed {seed} done")
-    whole = set(args.parts) == {"levers", "final", "upper", "ipc"} and args.only_seeds is None
-    write(args, t0, "written from finished runs by --collect" if args.collect else "complete" if whole
+    write(args, t0, "written from finished runs by --collect" if args.collect
           else f"parts {args.parts} done for seeds {args.only_seeds or 'all'}")
 
 

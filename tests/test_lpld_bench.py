@@ -116,6 +116,11 @@ def test_push_chooses_levers_on_holdout_within_budget_and_tests_the_anchors(tmp_
     push.main(args)
     assert push.choose(push.parse_args(args)) == t4
     lines = out.read_text().splitlines()
+    a = push.parse_args(args)
+    todo = push.missing_runs(a, t4, push.final_recipe(a, t4))
+    assert {"test_s0_T4_ipc1", "holdout_s2_teacher3"} <= set(todo) and "test_s0_T4" not in todo
+    assert next(x for x in lines if x.startswith("Status:")).startswith(
+        f"Status: written from finished runs by --collect; **partial**, {len(todo)} planned runs not finished (")
     row = {(c[1].strip(), c[2].strip()): c for c in (line.split("|") for line in lines if line.startswith("| "))}
     assert row[("T", "4.0")][-2].strip() == "yes" and row[("T", "4.0")][5].strip().startswith("+1.10 [")
     assert row[("codec", "fp16x10")][4].strip() == "70,000 / 65,000 (over)" and not row[("codec", "fp16x10")][-2].strip()
