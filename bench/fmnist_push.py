@@ -235,9 +235,15 @@ def goal_text(rows: list[dict]) -> str:
     up = [f"{r['setting']['lever']} {r['setting']['value']}" for r in rows
           if r["setting"].get("part") == "lever diff" and r["setting"]["lever"] != "combined" and r["verdict"] == "held"]
     gap = f"{dsa['mean']:+.2f} points against DSA's {ANCHORS['DSA']} %" if dsa["values"] else "no test seed yet"
+    rest = sum(r["setting"].get("part") == "lever diff" and r["setting"]["lever"] != "combined"
+               and r["verdict"] != "held" for r in rows)
+    short = ("" if dsa["verdict"] == "held" or not dsa["values"] else
+             f" Which lever ran out: the gains that held ({', '.join(up) or 'none'}) are already spent on the final "
+             f"recipe, and the other {rest} lever values measured here gained nothing that held, so none of them is "
+             f"left to close the gap.")
     return (f"**Goal** (above DSA's {ANCHORS['DSA']} % at IPC 10, the interval saying so): "
             f"{'reached' if dsa['verdict'] == 'held' else 'not reached'} ({gap}). Levers whose holdout gain over the "
-            f"base held (byte budget aside): {', '.join(up) or 'none (every lever measured here ran out)'}.")
+            f"base held (byte budget aside): {', '.join(up) or 'none (every lever measured here ran out)'}.{short}")
 
 
 def missing_runs(args, best: dict, rec: dict | None) -> list[str]:

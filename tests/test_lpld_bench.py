@@ -193,3 +193,19 @@ def test_push_width_line_pairs_the_two_3_epoch_teachers_by_seed(monkeypatch):
     assert "n = 3; the interval excludes 0" in text and rows[0]["values"] == [-1.0, -1.5, -1.0]
     top["w128e3"] = {}
     assert push.width_text(push.parse_args([]), []) == ""
+
+
+def test_push_goal_text_names_the_lever_that_ran_out_when_the_goal_is_missed():
+    from bench import fmnist_push as push
+
+    rows = [{"setting": {"claim": "best recipe beats DSA's 84.6 % (one-sample t, not paired)"}, "values": [-2.0, -3.0],
+             "mean": -2.5, "verdict": "did not hold"},
+            {"setting": {"part": "lever diff", "lever": "teacher", "value": 3}, "verdict": "held"},
+            {"setting": {"part": "lever diff", "lever": "T", "value": 4.0}, "verdict": "not resolved"},
+            {"setting": {"part": "lever diff", "lever": "loss", "value": "gift"}, "verdict": "did not hold"},
+            {"setting": {"part": "lever diff", "lever": "combined", "value": ""}, "verdict": "not resolved"}]
+    text = push.goal_text(rows)
+    assert text.startswith("**Goal** (above DSA's 84.6 % at IPC 10, the interval saying so): not reached (-2.50 points")
+    assert text.endswith("Which lever ran out: the gains that held (teacher 3) are already spent on the final recipe, "
+                         "and the other 2 lever values measured here gained nothing that held, so none of them is "
+                         "left to close the gap.")
