@@ -77,6 +77,12 @@ def teacher_overrides(v: int | str) -> list[str]:
     return [f"squeeze.epochs={epochs}", *model]
 
 
+def teacher_name(teacher: int | str) -> str:
+    """The run folder of teacher ``teacher``: ``teacher_e<epochs>`` (ConvNet-64) or ``teacher_w<width>_e<epochs>``."""
+    width, epochs = teacher_spec(teacher)
+    return f"teacher_e{epochs}" if width == 64 else f"teacher_w{width}_e{epochs}"
+
+
 def teacher_label(v: int | str) -> str:
     width, epochs = teacher_spec(v)
     return f"ConvNet-{width}, {epochs} epoch{'s' * (epochs != 1)}"
@@ -92,16 +98,10 @@ def recipe_overrides(args, r: dict, split: str, ipc: int = 10) -> list[str]:
 
 
 def teacher_dir(args, teacher: int | str) -> Path:
-    """``teacher_e<epochs>`` (ConvNet-64) or ``teacher_w<width>_e<epochs>``: the teacher every run with that teacher
-    lever value loads."""
+    """:func:`teacher_name`'s folder, with the teacher every run with that teacher lever value loads."""
     cfg = config(args, teacher_name(teacher), 0, recipe_overrides(args, {**BASE, "teacher": teacher}, "holdout"))
     run_stage(cfg, "squeeze")
     return cfg.run_path
-
-
-def teacher_name(teacher: int | str) -> str:
-    width, epochs = teacher_spec(teacher)
-    return f"teacher_e{epochs}" if width == 64 else f"teacher_w{width}_e{epochs}"
 
 
 def job(args, split: str, seed: int, r: dict, hard: bool = False, ipc: int = 10):
