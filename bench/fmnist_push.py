@@ -6,7 +6,7 @@ whole train split less the holdout, hard labels, ``--upper-epochs``); against a 
 one-sample. Resumable: ``OMP_NUM_THREADS=1 python -m bench.fmnist_push`` (``--collect``: only write the section).
 ``--parts ipc``: the final recipe at IPC 1 and 50 (test split, ``--ipc-seeds``) against DSA at that IPC.
 Teacher lever: an int is a ConvNet-64's epochs, ``w128e3`` a ConvNet-128 (batch norm) trained 3 epochs.
-Not measured: a ResNet-18 teacher (about 10x a ConvNet-128's CPU cost per epoch here: GPU-sized).
+Not measured: a ResNet-18 teacher (left for a GPU; this CPU study's time went to the levers above).
 """
 
 from __future__ import annotations
